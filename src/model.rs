@@ -1,0 +1,169 @@
+//! Durable facts shared by the API, the switch core, the store and the webhook worker.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The public call statuses (voice-api.txt) and their wire names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Initiating,
+    Ringing,
+    InProgress,
+    Completed,
+    Busy,
+    NoAnswer,
+    Cancelled,
+    Failed,
+}
+
+impl CallStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initiating => "initiating",
+            Self::Ringing => "ringing",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Busy => "busy",
+            Self::NoAnswer => "no_answer",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "initiating" => Self::Initiating,
+            "ringing" => Self::Ringing,
+            "in_progress" => Self::InProgress,
+            "completed" => Self::Completed,
+            "busy" => Self::Busy,
+            "no_answer" => Self::NoAnswer,
+            "cancelled" => Self::Cancelled,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Busy | Self::NoAnswer | Self::Cancelled | Self::Failed
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Developer,
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+            Self::Developer => "developer",
+            Self::Member => "member",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "owner" => Self::Owner,
+            "admin" => Self::Admin,
+            "developer" => Self::Developer,
+            "member" => Self::Member,
+            _ => return None,
+        })
+    }
+}
+
+/// One call, as stored and as served by the API (`serde` gives the API shape).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub id: String,
+    #[serde(skip)]
+    pub tenant: String,
+    /// "outbound" or "inbound".
+    pub direction: String,
+    pub to: String,
+    pub from: String,
+    pub agent_id: Option<String>,
+    pub status: CallStatus,
+    pub record: bool,
+    pub recording_url: Option<String>,
+    pub webhook_url: Option<String>,
+    pub max_duration: i64,
+    pub ring_timeout: i64,
+    pub metadata: serde_json::Value,
+    pub trunk: Option<String>,
+    pub sip_call_id: Option<String>,
+    /// Final SIP status code and reason (from the far end, or the one we sent).
+    pub sip_code: Option<i32>,
+    pub sip_reason: Option<String>,
+    /// Q.850 cause (RFC 3326 mapping of the SIP code).
+    pub q850_cause: Option<i32>,
+    /// Why the call ended, in words an operator can read ("remote_bye", "hangup", "max_duration", "ring_timeout", "switch_restart", ...).
+    pub end_reason: Option<String>,
+    pub rtp_packets_received: i64,
+    pub rtp_bytes_received: i64,
+    pub created_at: DateTime<Utc>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<i64>,
+}
+
+/// A status-callback event to enqueue in the outbox, in the same transaction as the call row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    /// e.g. "call.initiating", "call.ringing", "call.in_progress", "call.completed", "call.busy", ...
+    pub event_type: String,
+    /// Extra fields for terminal events: {"sip_code", "sip_reason", "q850_cause"}; merged into the payload.
+    pub extra: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its turn or its next attempt.
+    Pending,
+    Delivered,
+    /// No `webhook_url` on the call: recorded for the event list, nothing to send.
+    NoEndpoint,
+    /// Gave up after the configured number of attempts; can be redelivered through the API.
+    Failed,
+}
+
+/// An outbox row: one status-callback event of one call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    /// "evt_<ulid>"; also the `webhook-id` header.
+    pub id: String,
+    pub call_id: String,
+    #[serde(skip)]
+    pub tenant: String,
+    /// Per-call sequence number, 1, 2, 3, ... assigned by the store inside the transaction.
+    pub sequence: i64,
+    pub event_type: String,
+    /// The JSON body POSTed to the webhook (event id, type, sequence, timestamp, call object, extras).
+    pub payload: serde_json::Value,
+    pub webhook_url: Option<String>,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant: String,
+    pub role: Role,
+}

@@ -1,0 +1,91 @@
+//! Durable storage behind one trait: SQLite by default, PostgreSQL when the URL says so.
+//! Every status change and its outbox event are written in one transaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::model::{ApiKeyRecord, CallEvent, CallRecord, NewEvent, Role};
+
+pub mod sql;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("unsupported database url: {0}")]
+    UnsupportedUrl(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A page of calls, newest first.
+#[derive(Debug, Clone)]
+pub struct CallPage {
+    pub calls: Vec<CallRecord>,
+    pub total: i64,
+    pub has_more: bool,
+    /// Opaque cursor for the next page (None when `has_more` is false).
+    pub next_cursor: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Insert a new call and its first event (sequence 1) in one transaction.
+    async fn create_call(&self, call: &CallRecord, event: &NewEvent) -> StoreResult<CallEvent>;
+    /// Overwrite the call row and, if given, append its next event (sequence = last + 1) in one transaction.
+    async fn update_call(
+        &self,
+        call: &CallRecord,
+        event: Option<&NewEvent>,
+    ) -> StoreResult<Option<CallEvent>>;
+    async fn get_call(&self, tenant: &str, id: &str) -> StoreResult<Option<CallRecord>>;
+    /// Newest first; `cursor` is one returned by a previous page.
+    async fn list_calls(
+        &self,
+        tenant: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> StoreResult<CallPage>;
+    /// Calls whose status is not terminal (for closing out after a restart).
+    async fn live_calls(&self) -> StoreResult<Vec<CallRecord>>;
+
+    /// Events ready to send: state pending, next_attempt_at <= now, and the lowest pending
+    /// sequence of their call (so a call's events go out in order). Oldest first.
+    async fn due_events(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<CallEvent>>;
+    /// The earliest next_attempt_at among pending events (for the deliverer's sleep).
+    async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>>;
+    async fn mark_delivered(&self, event_id: &str, at: DateTime<Utc>) -> StoreResult<()>;
+    async fn mark_attempt_failed(
+        &self,
+        event_id: &str,
+        attempts: i64,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()>;
+    async fn list_events(&self, tenant: &str, call_id: &str) -> StoreResult<Vec<CallEvent>>;
+    /// Put an event back in the queue (state pending, attempts 0, due now). None if unknown.
+    async fn redeliver_event(
+        &self,
+        tenant: &str,
+        call_id: &str,
+        event_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CallEvent>>;
+
+    /// Keys are stored as SHA-256 hex of the secret.
+    async fn create_api_key(
+        &self,
+        tenant: &str,
+        role: Role,
+        key_hash: &str,
+    ) -> StoreResult<ApiKeyRecord>;
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    /// The tenant's webhook signing secret ("whsec_" + base64 of 32 random bytes), created on first use.
+    async fn webhook_secret(&self, tenant: &str) -> StoreResult<String>;
+    async fn rotate_webhook_secret(&self, tenant: &str) -> StoreResult<String>;
+}
