@@ -1,0 +1,196 @@
+//! ITU-T G.711 µ-law and A-law companding, using the classic bit algorithm (the
+//! Sun Microsystems reference `g711.c`, public domain).
+//!
+//! In: 16-bit linear PCM samples or 8-bit code words. Out: the other form. One code
+//! word per sample, so buffers convert element for element with no allocation.
+
+/// µ-law bias added before finding the segment (0x84 = 132).
+const ULAW_BIAS: i32 = 0x84;
+/// Largest magnitude µ-law can represent before the bias is added.
+const ULAW_CLIP: i32 = 32635;
+
+/// Encodes one linear sample as µ-law.
+pub fn linear_to_ulaw(sample: i16) -> u8 {
+    let mut s = i32::from(sample);
+    let sign: u8 = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    s = s.min(ULAW_CLIP) + ULAW_BIAS;
+    // Segment = position of the highest set bit among bits 7..14.
+    let top = ((s >> 7) & 0xff) as u8;
+    let exponent = if top == 0 {
+        0
+    } else {
+        7 - top.leading_zeros() as u8
+    };
+    let mantissa = ((s >> (exponent + 3)) & 0x0f) as u8;
+    !(sign | (exponent << 4) | mantissa)
+}
+
+/// Decodes one µ-law code word.
+pub fn ulaw_to_linear(code: u8) -> i16 {
+    let u = !code;
+    let exponent = (u >> 4) & 0x07;
+    let mantissa = i32::from(u & 0x0f);
+    let magnitude = (((mantissa << 3) + ULAW_BIAS) << exponent) - ULAW_BIAS;
+    // |magnitude| ≤ 32124, always in range.
+    let v = if u & 0x80 != 0 { -magnitude } else { magnitude };
+    v as i16
+}
+
+/// Upper bounds of the A-law segments on the 13-bit scale.
+const ALAW_SEG_END: [i32; 8] = [0x1f, 0x3f, 0x7f, 0xff, 0x1ff, 0x3ff, 0x7ff, 0xfff];
+
+/// Encodes one linear sample as A-law.
+pub fn linear_to_alaw(sample: i16) -> u8 {
+    // A-law works on 13 bits.
+    let mut v = i32::from(sample) >> 3;
+    let mask: u8 = if v >= 0 {
+        0xd5
+    } else {
+        v = -v - 1;
+        0x55
+    };
+    let Some(seg) = ALAW_SEG_END.iter().position(|&end| v <= end) else {
+        return 0x7f ^ mask;
+    };
+    let seg = seg as u8;
+    let shift = if seg < 2 { 1 } else { seg };
+    let quant = ((v >> shift) & 0x0f) as u8;
+    ((seg << 4) | quant) ^ mask
+}
+
+/// Decodes one A-law code word.
+pub fn alaw_to_linear(code: u8) -> i16 {
+    let a = code ^ 0x55;
+    let mut t = i32::from(a & 0x0f) << 4;
+    let seg = (a >> 4) & 0x07;
+    match seg {
+        0 => t += 8,
+        1 => t += 0x108,
+        _ => t = (t + 0x108) << (seg - 1),
+    }
+    // |t| ≤ 32256, always in range.
+    let v = if a & 0x80 != 0 { t } else { -t };
+    v as i16
+}
+
+/// Encodes `src` into `dst` as µ-law, up to the shorter of the two; returns the count.
+pub fn encode_ulaw(src: &[i16], dst: &mut [u8]) -> usize {
+    let n = src.len().min(dst.len());
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = linear_to_ulaw(*s);
+    }
+    n
+}
+
+/// Decodes µ-law `src` into `dst`, up to the shorter of the two; returns the count.
+pub fn decode_ulaw(src: &[u8], dst: &mut [i16]) -> usize {
+    let n = src.len().min(dst.len());
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = ulaw_to_linear(*s);
+    }
+    n
+}
+
+/// Encodes `src` into `dst` as A-law, up to the shorter of the two; returns the count.
+pub fn encode_alaw(src: &[i16], dst: &mut [u8]) -> usize {
+    let n = src.len().min(dst.len());
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = linear_to_alaw(*s);
+    }
+    n
+}
+
+/// Decodes A-law `src` into `dst`, up to the shorter of the two; returns the count.
+pub fn decode_alaw(src: &[u8], dst: &mut [i16]) -> usize {
+    let n = src.len().min(dst.len());
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = alaw_to_linear(*s);
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        assert_eq!(linear_to_ulaw(0), 0xff);
+        assert_eq!(ulaw_to_linear(0xff), 0);
+        assert_eq!(ulaw_to_linear(0x7f), 0);
+        assert_eq!(linear_to_ulaw(i16::MAX), 0x80);
+        assert_eq!(linear_to_ulaw(i16::MIN), 0x00);
+        assert_eq!(ulaw_to_linear(0x80), 32124);
+        assert_eq!(ulaw_to_linear(0x00), -32124);
+        assert_eq!(linear_to_alaw(0), 0xd5);
+        assert_eq!(alaw_to_linear(0xd5), 8);
+        assert_eq!(alaw_to_linear(0x55), -8);
+        assert_eq!(linear_to_alaw(i16::MAX), 0xaa);
+        assert_eq!(linear_to_alaw(i16::MIN), 0x2a);
+        assert_eq!(alaw_to_linear(0xaa), 32256);
+        assert_eq!(alaw_to_linear(0x2a), -32256);
+    }
+
+    #[test]
+    fn every_code_word_survives_decode_encode() {
+        for code in 0..=255u8 {
+            // 0x7f is µ-law's negative zero; it re-encodes as positive zero.
+            if code != 0x7f {
+                assert_eq!(linear_to_ulaw(ulaw_to_linear(code)), code, "ulaw {code:#x}");
+            }
+            assert_eq!(linear_to_alaw(alaw_to_linear(code)), code, "alaw {code:#x}");
+        }
+    }
+
+    /// Companding error grows with amplitude: about 1/32 of the value (half a step of
+    /// 1/16), plus a small floor near zero, plus clipping at the top of the µ-law range.
+    #[test]
+    fn round_trip_error_is_bounded_over_whole_range() {
+        let mut worst_u = 0i32;
+        let mut worst_a = 0i32;
+        for x in i16::MIN..=i16::MAX {
+            let xi = i32::from(x);
+            let mag = xi.abs();
+            let eu = (i32::from(ulaw_to_linear(linear_to_ulaw(x))) - xi).abs();
+            let ea = (i32::from(alaw_to_linear(linear_to_alaw(x))) - xi).abs();
+            let clip_u = (mag - 32124).max(0);
+            assert!(eu <= mag / 32 + 5 + clip_u, "ulaw {x}: error {eu}");
+            assert!(ea <= mag / 32 + 16, "alaw {x}: error {ea}");
+            worst_u = worst_u.max(eu - clip_u);
+            worst_a = worst_a.max(ea);
+        }
+        // Largest step is 1024 (µ) / 1024 (A): half of it is the worst error.
+        assert!(worst_u <= 512, "{worst_u}");
+        assert!(worst_a <= 512, "{worst_a}");
+        // And both are monotonic: a louder input never decodes quieter.
+        let mut prev_u = i16::MIN;
+        let mut prev_a = i16::MIN;
+        for x in i16::MIN..=i16::MAX {
+            let u = ulaw_to_linear(linear_to_ulaw(x));
+            let a = alaw_to_linear(linear_to_alaw(x));
+            assert!(u >= prev_u && a >= prev_a, "not monotonic at {x}");
+            prev_u = u;
+            prev_a = a;
+        }
+    }
+
+    #[test]
+    fn slice_helpers() {
+        let pcm = [0i16, 1000, -1000, 30000];
+        let mut codes = [0u8; 3];
+        assert_eq!(encode_ulaw(&pcm, &mut codes), 3);
+        assert_eq!(codes[0], 0xff);
+        let mut back = [0i16; 4];
+        assert_eq!(decode_ulaw(&codes, &mut back), 3);
+        assert!((i32::from(back[1]) - 1000).abs() < 40);
+        assert_eq!(encode_alaw(&pcm, &mut codes), 3);
+        assert_eq!(codes[0], 0xd5);
+        assert_eq!(decode_alaw(&codes, &mut back), 3);
+        assert!((i32::from(back[2]) + 1000).abs() < 40);
+    }
+}

@@ -1,0 +1,388 @@
+//! One RTP endpoint: a pair of UDP sockets and the tokio task that drives them.
+//!
+//! In: a port pair from the [`PortPool`], then [`StreamParams`] via
+//! [`RtpEndpoint::connect`]. Out: paced RTP silence in the negotiated codec (RFC 3550
+//! §5.1 seq/timestamp/SSRC, marker on the first packet) towards the remote address or
+//! the latched source (symmetric RTP, RFC 4961), receive statistics as a
+//! [`MediaSnapshot`], and a first-packet event.
+//!
+//! Latching: after each `connect`, the first valid packet's source becomes the
+//! destination. A later packet from another address with a new SSRC is a new source
+//! (the far end moved, e.g. after a transfer) and is latched too. Packets from other
+//! addresses with the latched SSRC, or with the SSRC we just moved away from, do not
+//! move the latch, so two live sources cannot make it flap.
+#![allow(clippy::disallowed_methods)] // driver: the only clock reader in this crate
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Interval, MissedTickBehavior};
+
+use super::pool::{PortPair, PortPool};
+use crate::rtp::{HEADER_LEN, RtpSender, RtpView};
+use crate::sdp::StreamParams;
+use crate::stats::RtpStats;
+
+/// Receive buffer: larger than any sane RTP packet on an Ethernet path.
+const RECV_BUF: usize = 2048;
+/// Send buffer: header plus 120 ms of 8 kHz G.711.
+const SEND_BUF: usize = HEADER_LEN + 960;
+/// Clock rate assumed for jitter before a codec is known.
+const DEFAULT_CLOCK: u32 = 8000;
+
+/// A point-in-time copy of an endpoint's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MediaSnapshot {
+    /// Valid RTP packets received.
+    pub packets_received: u64,
+    /// Payload octets received.
+    pub bytes_received: u64,
+    /// RTP packets sent.
+    pub packets_sent: u64,
+    /// Datagrams on the RTP port that were not valid RTP.
+    pub malformed: u64,
+    /// Packets lost (RFC 3550 cumulative, current source).
+    pub lost: u64,
+    /// Interarrival jitter in milliseconds (current source).
+    pub jitter_ms: f64,
+    /// When the latest valid packet arrived.
+    pub last_received: Option<Instant>,
+}
+
+/// Counters shared between the task (writer) and the handle (reader).
+#[derive(Debug)]
+struct Shared {
+    epoch: Instant,
+    packets_received: AtomicU64,
+    bytes_received: AtomicU64,
+    packets_sent: AtomicU64,
+    malformed: AtomicU64,
+    lost: AtomicU64,
+    jitter_us: AtomicU64,
+    /// Nanoseconds after `epoch` plus one; 0 means never.
+    last_rx: AtomicU64,
+}
+
+impl Shared {
+    fn snapshot(&self) -> MediaSnapshot {
+        let last = self.last_rx.load(Ordering::Relaxed);
+        MediaSnapshot {
+            packets_received: self.packets_received.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            packets_sent: self.packets_sent.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            jitter_ms: self.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            last_received: last
+                .checked_sub(1)
+                .and_then(|n| self.epoch.checked_add(Duration::from_nanos(n))),
+        }
+    }
+}
+
+/// A bound RTP/RTCP socket pair with its send/receive task.
+///
+/// Dropping it (or [`close`](Self::close)) stops the task, which closes the sockets and
+/// then returns the ports to the pool.
+#[derive(Debug)]
+pub struct RtpEndpoint {
+    local: SocketAddr,
+    shared: Arc<Shared>,
+    params_tx: watch::Sender<Option<StreamParams>>,
+    first_rx: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+}
+
+fn bind_pair(ip: IpAddr, pair: &PortPair) -> io::Result<(UdpSocket, UdpSocket)> {
+    let bind = |port| -> io::Result<UdpSocket> {
+        let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s)
+    };
+    Ok((bind(pair.rtp())?, bind(pair.rtcp())?))
+}
+
+impl RtpEndpoint {
+    /// Takes a port pair from `pool`, binds RTP and RTCP on `bind_ip`, and starts
+    /// receiving. Pairs that fail to bind are skipped. Must run inside a tokio runtime
+    /// with I/O enabled; errors if the pool is exhausted or there is no runtime.
+    pub fn open(pool: &PortPool, bind_ip: IpAddr) -> io::Result<RtpEndpoint> {
+        let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        // Failed pairs stay booked until we are done so `alloc` moves past them.
+        let mut failed = Vec::new();
+        let mut last_err = None;
+        let (pair, rtp, rtcp) = loop {
+            let Some(pair) = pool.alloc() else {
+                return Err(last_err.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::AddrInUse, "RTP port pool exhausted")
+                }));
+            };
+            match bind_pair(bind_ip, &pair) {
+                Ok((rtp, rtcp)) => break (pair, rtp, rtcp),
+                Err(e) => {
+                    tracing::debug!(port = pair.rtp(), error = %e, "RTP port pair unavailable");
+                    last_err = Some(e);
+                    failed.push(pair);
+                }
+            }
+        };
+        drop(failed);
+        let local = rtp.local_addr()?;
+        let shared = Arc::new(Shared {
+            epoch: Instant::now(),
+            packets_received: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            packets_sent: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            jitter_us: AtomicU64::new(0),
+            last_rx: AtomicU64::new(0),
+        });
+        let (params_tx, params_rx) = watch::channel(None);
+        let (first_tx, first_rx) = watch::channel(false);
+        let driver = Driver {
+            rtp,
+            rtcp,
+            shared: Arc::clone(&shared),
+            first_tx,
+            rng: StdRng::seed_from_u64(pool.seed()),
+            stats: RtpStats::new(),
+            send: None,
+        };
+        let task = handle.spawn(driver.run(params_rx, pair));
+        Ok(RtpEndpoint {
+            local,
+            shared,
+            params_tx,
+            first_rx,
+            task,
+        })
+    }
+
+    /// The bound RTP address (RTCP is on the next port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Starts (or re-targets) sending per `params`; resets latching. Sends nothing if
+    /// `params.direction` does not send.
+    pub fn connect(&self, params: StreamParams) {
+        self.params_tx.send_replace(Some(params));
+    }
+
+    /// Current counters; cheap (atomic loads).
+    pub fn stats(&self) -> MediaSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// Resolves when the first valid RTP packet has arrived (at once if it already
+    /// has): `true`; `false` if the endpoint stopped first.
+    pub async fn first_packet(&self) -> bool {
+        let mut rx = self.first_rx.clone();
+        rx.wait_for(|got| *got).await.is_ok()
+    }
+
+    /// A watch that turns `true` at the first valid packet, for use in `select!`.
+    pub fn first_packet_watch(&self) -> watch::Receiver<bool> {
+        self.first_rx.clone()
+    }
+
+    /// Stops the task, waits until the sockets are closed and the ports are back in
+    /// the pool, and returns the final counters.
+    pub async fn close(self) -> MediaSnapshot {
+        let RtpEndpoint {
+            shared,
+            params_tx,
+            task,
+            ..
+        } = self;
+        // The task ends when the params sender goes away.
+        drop(params_tx);
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "RTP endpoint task failed");
+        }
+        shared.snapshot()
+    }
+}
+
+/// Sending state after `connect`.
+#[derive(Debug)]
+struct SendState {
+    params: StreamParams,
+    sender: RtpSender,
+    /// (source, SSRC) we latched onto.
+    latched: Option<(SocketAddr, u32)>,
+    /// The SSRC latched before the current one; never latched again.
+    retired: Option<u32>,
+    payload_len: usize,
+    ticker: Option<Interval>,
+    last_tick: Option<tokio::time::Instant>,
+    ptime: Duration,
+}
+
+impl SendState {
+    fn dest(&self) -> SocketAddr {
+        self.latched.map_or(self.params.remote, |(a, _)| a)
+    }
+}
+
+/// The task's state. Buffers live on the task's stack: nothing allocates per packet.
+#[derive(Debug)]
+struct Driver {
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    shared: Arc<Shared>,
+    first_tx: watch::Sender<bool>,
+    rng: StdRng,
+    stats: RtpStats,
+    send: Option<SendState>,
+}
+
+/// Next pacing tick, or never when not sending.
+async fn next_tick(send: &mut Option<SendState>) -> tokio::time::Instant {
+    match send.as_mut().and_then(|s| s.ticker.as_mut()) {
+        Some(t) => t.tick().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    async fn run(mut self, mut params_rx: watch::Receiver<Option<StreamParams>>, ports: PortPair) {
+        let mut rbuf = [0u8; RECV_BUF];
+        let mut cbuf = [0u8; RECV_BUF];
+        let mut sbuf = [0u8; SEND_BUF];
+        loop {
+            tokio::select! {
+                changed = params_rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let params = *params_rx.borrow_and_update();
+                    if let Some(p) = params {
+                        self.configure(p, &mut sbuf);
+                    }
+                }
+                r = self.rtp.recv_from(&mut rbuf) => match r {
+                    Ok((n, src)) => self.on_datagram(rbuf.get(..n).unwrap_or_default(), src),
+                    Err(e) => tracing::trace!(error = %e, "RTP recv error"),
+                },
+                // RTCP is not interpreted yet; drain it so the socket buffer stays empty.
+                _ = self.rtcp.recv_from(&mut cbuf) => {}
+                tick = next_tick(&mut self.send) => self.send_packet(tick, &mut sbuf).await,
+            }
+        }
+        // Sockets close before the ports go back to the pool.
+        drop(self);
+        drop(ports);
+    }
+
+    fn configure(&mut self, params: StreamParams, sbuf: &mut [u8; SEND_BUF]) {
+        let ptime_ms = params.ptime_ms.clamp(10, 120);
+        let samples = params.clock_rate.saturating_mul(ptime_ms) / 1000;
+        // G.711: one byte per sample.
+        let payload_len = (samples as usize).min(SEND_BUF - HEADER_LEN);
+        if let Some(p) = sbuf.get_mut(HEADER_LEN..HEADER_LEN + payload_len) {
+            p.fill(params.codec.silence_byte());
+        }
+        let ptime = Duration::from_millis(u64::from(ptime_ms));
+        let ticker = params.direction.sends().then(|| {
+            let mut t = tokio::time::interval(ptime);
+            t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            t
+        });
+        self.send = Some(SendState {
+            params,
+            sender: RtpSender::new(&mut self.rng, params.pt, samples),
+            latched: None,
+            retired: None,
+            payload_len,
+            ticker,
+            last_tick: None,
+            ptime,
+        });
+    }
+
+    fn on_datagram(&mut self, data: &[u8], src: SocketAddr) {
+        let view = match RtpView::parse(data) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::trace!(%src, error = %e, "malformed RTP dropped");
+                self.shared.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        // RTCP multiplexed on the RTP port (RFC 5761 §4): PT 64-95 is not media.
+        if (64..=95).contains(&view.pt()) {
+            return;
+        }
+        let now = Instant::now();
+        let since = now.saturating_duration_since(self.shared.epoch);
+        let clock = self
+            .send
+            .as_ref()
+            .map_or(DEFAULT_CLOCK, |s| s.params.clock_rate);
+        // Arrival in RTP units; wraps like an RTP timestamp.
+        let arrival = (since.as_micros() * u128::from(clock) / 1_000_000) as u32;
+        self.stats.on_packet(&view, arrival);
+
+        let sh = &self.shared;
+        sh.packets_received
+            .store(self.stats.packets, Ordering::Relaxed);
+        sh.bytes_received.store(self.stats.bytes, Ordering::Relaxed);
+        sh.lost.store(self.stats.lost, Ordering::Relaxed);
+        let jitter_us = (self.stats.jitter_ms(clock) * 1000.0) as u64;
+        sh.jitter_us.store(jitter_us, Ordering::Relaxed);
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX - 1);
+        sh.last_rx.store(nanos.saturating_add(1), Ordering::Relaxed);
+        self.first_tx
+            .send_if_modified(|got| !std::mem::replace(got, true));
+
+        if let Some(s) = self.send.as_mut() {
+            let ssrc = view.ssrc();
+            match s.latched {
+                None => s.latched = Some((src, ssrc)),
+                Some((addr, old)) if addr != src && old != ssrc && s.retired != Some(ssrc) => {
+                    tracing::debug!(from = %addr, to = %src, "RTP re-latched to a new source");
+                    s.latched = Some((src, ssrc));
+                    s.retired = Some(old);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    async fn send_packet(&mut self, tick: tokio::time::Instant, sbuf: &mut [u8; SEND_BUF]) {
+        let Some(s) = self.send.as_mut() else {
+            return;
+        };
+        // Ticks lost to a stalled runtime still advance the timestamp.
+        let skipped = s.last_tick.map_or(0, |last| {
+            let elapsed = tick.saturating_duration_since(last).as_micros();
+            let per = s.ptime.as_micros().max(1);
+            let n = (elapsed + per / 2) / per;
+            u32::try_from(n.saturating_sub(1)).unwrap_or(u32::MAX)
+        });
+        s.last_tick = Some(tick);
+        let header = s.sender.next_header(skipped);
+        if header.write(&mut sbuf[..]).is_err() {
+            return;
+        }
+        let Some(packet) = sbuf.get(..HEADER_LEN + s.payload_len) else {
+            return;
+        };
+        match self.rtp.send_to(packet, s.dest()).await {
+            Ok(_) => {
+                self.shared.packets_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::trace!(dest = %s.dest(), error = %e, "RTP send failed"),
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! SDP (RFC 4566) for audio, with the offer/answer model of RFC 3264.
+//!
+//! In: SDP bytes received from the far end (an answer to our offer, or an offer for an
+//! inbound call) and our own [`OfferParams`] (local address, port, codec preferences).
+//! Out: SDP text to send ([`build_offer`], [`answer_offer`]) and the [`StreamParams`] the
+//! media endpoint needs (remote address, codec, payload types, ptime, direction).
+//!
+//! Only what a G.711 voice call needs is understood: `v o s c t m` lines and the
+//! `rtpmap`, `fmtp`, `ptime` and direction attributes. Everything else is skipped.
+//! Parsing never panics, whatever the input.
+
+mod negotiate;
+mod parse;
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+pub use negotiate::{answer_offer, negotiate_answer};
+pub use parse::{Connection, MediaDescription, Origin, RtpMap, SessionDescription, parse};
+
+/// Errors from parsing or negotiating SDP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SdpError {
+    /// The body is not UTF-8 text.
+    #[error("SDP is not valid UTF-8")]
+    NotUtf8,
+    /// The first line is not `v=0`.
+    #[error("SDP does not start with v=0")]
+    BadVersion,
+    /// A line is not of the form `<letter>=<value>`.
+    #[error("malformed SDP line {line}")]
+    Malformed { line: usize },
+    /// An `o=` line has the wrong shape.
+    #[error("bad o= line {line}")]
+    BadOrigin { line: usize },
+    /// A `c=` line is not `IN IP4|IP6 <address>`.
+    #[error("bad c= line {line}")]
+    BadConnection { line: usize },
+    /// An `m=` line has the wrong shape.
+    #[error("bad m= line {line}")]
+    BadMedia { line: usize },
+    /// There is no audio m-line at all.
+    #[error("no audio stream in SDP")]
+    NoAudio,
+    /// Every audio m-line has port 0: the stream was rejected.
+    #[error("audio stream rejected (port 0)")]
+    Rejected,
+    /// The audio stream has no c= line, neither at media nor at session level.
+    #[error("audio stream has no connection address")]
+    NoConnection,
+    /// None of the codecs on the audio m-line is one we offered or support.
+    #[error("no codec in common")]
+    NoCommonCodec,
+}
+
+/// The audio codecs this crate can send and receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// G.711 µ-law, static payload type 0.
+    Pcmu,
+    /// G.711 A-law, static payload type 8.
+    Pcma,
+}
+
+impl Codec {
+    /// The static payload type (RFC 3551 table 4).
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+        }
+    }
+
+    /// RTP clock rate in Hz.
+    pub fn clock_rate(self) -> u32 {
+        8000
+    }
+
+    /// The encoding name used in `a=rtpmap`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+        }
+    }
+
+    /// The byte that encodes linear 0 (used to send silence).
+    pub fn silence_byte(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0xFF,
+            Codec::Pcma => 0xD5,
+        }
+    }
+
+    /// Codec for a static payload type, if it is one we know.
+    pub fn from_static_pt(pt: u8) -> Option<Codec> {
+        match pt {
+            0 => Some(Codec::Pcmu),
+            8 => Some(Codec::Pcma),
+            _ => None,
+        }
+    }
+
+    /// Codec from an rtpmap encoding name and clock rate (name is case-insensitive).
+    pub fn from_rtpmap(name: &str, clock_rate: u32) -> Option<Codec> {
+        if clock_rate != 8000 {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("PCMU") {
+            Some(Codec::Pcmu)
+        } else if name.eq_ignore_ascii_case("PCMA") {
+            Some(Codec::Pcma)
+        } else {
+            None
+        }
+    }
+}
+
+/// Media direction attribute (RFC 3264 §5.1, §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Direction {
+    /// `a=sendrecv` (the default when absent).
+    #[default]
+    SendRecv,
+    /// `a=sendonly`.
+    SendOnly,
+    /// `a=recvonly`.
+    RecvOnly,
+    /// `a=inactive`.
+    Inactive,
+}
+
+impl Direction {
+    /// The attribute name, without `a=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// Parses an attribute name (`sendrecv`, ...).
+    pub fn from_attr(s: &str) -> Option<Direction> {
+        match s {
+            "sendrecv" => Some(Direction::SendRecv),
+            "sendonly" => Some(Direction::SendOnly),
+            "recvonly" => Some(Direction::RecvOnly),
+            "inactive" => Some(Direction::Inactive),
+            _ => None,
+        }
+    }
+
+    /// Whether this side sends media.
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    /// Whether this side receives media.
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+
+    /// Builds a direction from its send and receive halves.
+    pub fn from_flags(send: bool, recv: bool) -> Direction {
+        match (send, recv) {
+            (true, true) => Direction::SendRecv,
+            (true, false) => Direction::SendOnly,
+            (false, true) => Direction::RecvOnly,
+            (false, false) => Direction::Inactive,
+        }
+    }
+
+    /// The same stream seen from the other end: sendonly ↔ recvonly.
+    pub fn reversed(self) -> Direction {
+        Direction::from_flags(self.receives(), self.sends())
+    }
+
+    /// Both sides' wishes combined: a half is on only if both allow it.
+    pub fn intersect(self, other: Direction) -> Direction {
+        Direction::from_flags(
+            self.sends() && other.sends(),
+            self.receives() && other.receives(),
+        )
+    }
+}
+
+/// What we offer (or answer with): our address, port and codec preferences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferParams {
+    /// `o=` session id; stays the same for the session.
+    pub session_id: u64,
+    /// `o=` session version; bump it for every new offer in the session.
+    pub session_version: u64,
+    /// Our RTP address (goes into `o=` and `c=`).
+    pub addr: IpAddr,
+    /// Our RTP port.
+    pub port: u16,
+    /// Codecs in order of preference.
+    pub codecs: Vec<Codec>,
+    /// Payload type for RFC 4733 telephone-event (usually 101), or `None` for no DTMF.
+    pub dtmf_pt: Option<u8>,
+    /// Packetization time we want to receive, in milliseconds.
+    pub ptime_ms: u32,
+    /// Our direction.
+    pub direction: Direction,
+}
+
+/// The negotiated stream: everything the media endpoint needs to send and receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamParams {
+    /// Where to send RTP (until symmetric RTP latching says otherwise).
+    pub remote: SocketAddr,
+    /// The codec to send.
+    pub codec: Codec,
+    /// The payload type to put on sent packets for `codec`.
+    pub pt: u8,
+    /// RTP clock rate of `codec`.
+    pub clock_rate: u32,
+    /// Packetization time to send with, in milliseconds (what the far end asked for).
+    pub ptime_ms: u32,
+    /// The telephone-event payload type both sides agreed on.
+    pub dtmf_pt: Option<u8>,
+    /// Our direction, from our side: `SendOnly` means we send and do not expect media.
+    pub direction: Direction,
+}
+
+/// The `IP4`/`IP6` token for an address.
+fn addr_type(addr: IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => "IP4",
+        IpAddr::V6(_) => "IP6",
+    }
+}
+
+/// Writes `v=`, `o=`, `s=`, `c=` and `t=` lines.
+fn write_session_header(out: &mut String, session_id: u64, session_version: u64, addr: IpAddr) {
+    let at = addr_type(addr);
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        "v=0\r\no=- {session_id} {session_version} IN {at} {addr}\r\ns=-\r\nc=IN {at} {addr}\r\nt=0 0\r\n"
+    );
+}
+
+/// Writes the rtpmap/fmtp lines for one audio m-line plus ptime and direction.
+fn write_audio_attrs(
+    out: &mut String,
+    codecs: &[(Codec, u8)],
+    dtmf: Option<(u8, &str)>,
+    ptime_ms: u32,
+    direction: Direction,
+) {
+    for (codec, pt) in codecs {
+        let _ = write!(
+            out,
+            "a=rtpmap:{pt} {}/{}\r\n",
+            codec.name(),
+            codec.clock_rate()
+        );
+    }
+    if let Some((pt, events)) = dtmf {
+        let _ = write!(
+            out,
+            "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} {events}\r\n"
+        );
+    }
+    let _ = write!(out, "a=ptime:{ptime_ms}\r\na={}\r\n", direction.as_str());
+}
+
+/// Builds an SDP offer for one audio stream (RFC 3264 §5), CRLF line ends.
+///
+/// Static payload types are listed in `p.codecs` order, then telephone-event/8000
+/// (events 0-16) when `p.dtmf_pt` is set.
+pub fn build_offer(p: &OfferParams) -> String {
+    let mut out = String::with_capacity(320);
+    write_session_header(&mut out, p.session_id, p.session_version, p.addr);
+    let mut seen: Vec<Codec> = Vec::with_capacity(p.codecs.len());
+    for c in &p.codecs {
+        if !seen.contains(c) {
+            seen.push(*c);
+        }
+    }
+    let _ = write!(out, "m=audio {} RTP/AVP", p.port);
+    for c in &seen {
+        let _ = write!(out, " {}", c.payload_type());
+    }
+    if let Some(pt) = p.dtmf_pt {
+        let _ = write!(out, " {pt}");
+    }
+    out.push_str("\r\n");
+    let pairs: Vec<(Codec, u8)> = seen.iter().map(|c| (*c, c.payload_type())).collect();
+    write_audio_attrs(
+        &mut out,
+        &pairs,
+        p.dtmf_pt.map(|pt| (pt, "0-16")),
+        p.ptime_ms,
+        p.direction,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    pub(crate) fn offer_params() -> OfferParams {
+        OfferParams {
+            session_id: 42,
+            session_version: 1,
+            addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+            port: 20000,
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
+            dtmf_pt: Some(101),
+            ptime_ms: 20,
+            direction: Direction::SendRecv,
+        }
+    }
+
+    #[test]
+    fn offer_text_is_exact() {
+        let sdp = build_offer(&offer_params());
+        let expected = "v=0\r\n\
+            o=- 42 1 IN IP4 192.0.2.10\r\n\
+            s=-\r\n\
+            c=IN IP4 192.0.2.10\r\n\
+            t=0 0\r\n\
+            m=audio 20000 RTP/AVP 0 8 101\r\n\
+            a=rtpmap:0 PCMU/8000\r\n\
+            a=rtpmap:8 PCMA/8000\r\n\
+            a=rtpmap:101 telephone-event/8000\r\n\
+            a=fmtp:101 0-16\r\n\
+            a=ptime:20\r\n\
+            a=sendrecv\r\n";
+        assert_eq!(sdp, expected);
+    }
+
+    #[test]
+    fn offer_ipv6_no_dtmf_parses_back() {
+        let mut p = offer_params();
+        p.addr = "2001:db8::1".parse().unwrap();
+        p.dtmf_pt = None;
+        p.codecs = vec![Codec::Pcma, Codec::Pcma];
+        p.direction = Direction::SendOnly;
+        let sdp = build_offer(&p);
+        assert!(sdp.contains("c=IN IP6 2001:db8::1\r\n"));
+        assert!(sdp.contains("m=audio 20000 RTP/AVP 8\r\n"));
+        assert!(!sdp.contains("telephone-event"));
+        let parsed = parse(sdp.as_bytes()).unwrap();
+        assert_eq!(parsed.media.len(), 1);
+        assert_eq!(parsed.media[0].direction, Some(Direction::SendOnly));
+    }
+
+    #[test]
+    fn direction_algebra() {
+        assert_eq!(Direction::SendOnly.reversed(), Direction::RecvOnly);
+        assert_eq!(Direction::RecvOnly.reversed(), Direction::SendOnly);
+        assert_eq!(Direction::SendRecv.reversed(), Direction::SendRecv);
+        assert_eq!(Direction::Inactive.reversed(), Direction::Inactive);
+        assert_eq!(
+            Direction::SendRecv.intersect(Direction::RecvOnly),
+            Direction::RecvOnly
+        );
+        assert_eq!(
+            Direction::SendOnly.intersect(Direction::RecvOnly),
+            Direction::Inactive
+        );
+    }
+
+    #[test]
+    fn codec_tables() {
+        assert_eq!(Codec::Pcmu.payload_type(), 0);
+        assert_eq!(Codec::Pcma.payload_type(), 8);
+        assert_eq!(Codec::Pcma.name(), "PCMA");
+        assert_eq!(Codec::from_rtpmap("pcmu", 8000), Some(Codec::Pcmu));
+        assert_eq!(Codec::from_rtpmap("PCMU", 16000), None);
+        assert_eq!(Codec::from_static_pt(8), Some(Codec::Pcma));
+        assert_eq!(Codec::from_static_pt(9), None);
+    }
+}
