@@ -19,6 +19,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("unsupported database url: {0}")]
     UnsupportedUrl(String),
+    /// A pagination cursor that this store did not issue (the API answers 400).
+    #[error("invalid cursor")]
+    InvalidCursor,
+    /// `update_call` for a call id/tenant that has no row.
+    #[error("call not found: {0}")]
+    CallNotFound(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -56,9 +62,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Events ready to send: state pending, next_attempt_at <= now, and the lowest pending
     /// sequence of their call (so a call's events go out in order). Oldest first.
+    /// The returned events are claimed: their next_attempt_at moves forward by a lease, so
+    /// other deliverers (other nodes, or the next loop turn) skip them while they are in flight.
     async fn due_events(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<CallEvent>>;
     /// The earliest next_attempt_at among pending events (for the deliverer's sleep).
     async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>>;
+    /// Success: state delivered, `attempts` incremented (it counts every POST, including this one).
     async fn mark_delivered(&self, event_id: &str, at: DateTime<Utc>) -> StoreResult<()>;
     async fn mark_attempt_failed(
         &self,
@@ -67,6 +76,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         next_attempt_at: DateTime<Utc>,
         error: &str,
     ) -> StoreResult<()>;
+    /// Give up on an event after the last allowed attempt: state failed (redeliverable via the API).
+    async fn mark_abandoned(&self, event_id: &str, attempts: i64, error: &str) -> StoreResult<()>;
     async fn list_events(&self, tenant: &str, call_id: &str) -> StoreResult<Vec<CallEvent>>;
     /// Put an event back in the queue (state pending, attempts 0, due now). None if unknown.
     async fn redeliver_event(

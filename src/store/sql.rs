@@ -1,0 +1,829 @@
+//! `Store` over sqlx's `Any` driver: one set of portable SQL for SQLite and PostgreSQL.
+//!
+//! Portability rules: `$n` placeholders (SQLite accepts them too), timestamps as BIGINT epoch
+//! milliseconds, JSON as TEXT, booleans as BIGINT 0/1; migrations in `migrations/` use only DDL
+//! both databases understand and are applied by sqlx's migrator (idempotent on restart).
+//!
+//! Outbox claiming: `due_events` is one `UPDATE ... WHERE id IN (SELECT ...) RETURNING` that
+//! pushes `next_attempt_at` of the rows it returns forward by a lease. On PostgreSQL the inner
+//! select takes `FOR UPDATE SKIP LOCKED`, so several nodes can drain one outbox without sending
+//! an event twice. On SQLite (one node per file) the single write statement already runs under
+//! the database write lock, so no row locking is needed. A node that dies mid-delivery leaves the
+//! claim to expire and the event is retried (at-least-once delivery).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::RngCore as _;
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, Row as _};
+use ulid::Ulid;
+
+use super::{CallPage, Store, StoreError, StoreResult};
+use crate::model::{
+    ApiKeyRecord, CallEvent, CallRecord, CallStatus, DeliveryState, NewEvent, Role,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
+
+/// How long a claimed event stays invisible to other deliverers; must exceed the webhook timeout.
+const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
+
+/// Column order shared by INSERT, UPDATE and `call_from_row`.
+const CALL_COLUMNS: [&str; 25] = [
+    "id",
+    "tenant",
+    "direction",
+    "to_uri",
+    "from_uri",
+    "agent_id",
+    "status",
+    "record",
+    "recording_url",
+    "webhook_url",
+    "max_duration",
+    "ring_timeout",
+    "metadata",
+    "trunk",
+    "sip_call_id",
+    "sip_code",
+    "sip_reason",
+    "q850_cause",
+    "end_reason",
+    "rtp_packets_received",
+    "rtp_bytes_received",
+    "created_at",
+    "answered_at",
+    "ended_at",
+    "duration_seconds",
+];
+
+const EVENT_COLUMNS: &str = "id, call_id, tenant, sequence, event_type, payload, webhook_url, \
+     state, attempts, next_attempt_at, last_error, created_at, delivered_at";
+
+/// Statuses that are not terminal (`CallStatus::is_terminal`); checked by a unit test below.
+const LIVE_STATUSES: [CallStatus; 3] = [
+    CallStatus::Initiating,
+    CallStatus::Ringing,
+    CallStatus::InProgress,
+];
+
+/// The head-of-line rule: an event is eligible only if it is its call's lowest pending sequence.
+const HEAD_OF_CALL: &str = "e.sequence = (SELECT MIN(p.sequence) FROM call_events p \
+     WHERE p.call_id = e.call_id AND p.state = 'pending')";
+
+static CALL_SELECT: LazyLock<String> = LazyLock::new(|| CALL_COLUMNS.join(", "));
+static CALL_INSERT: LazyLock<String> = LazyLock::new(|| {
+    let placeholders: Vec<String> = (1..=CALL_COLUMNS.len()).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO calls ({}) VALUES ({})",
+        CALL_COLUMNS.join(", "),
+        placeholders.join(", ")
+    )
+});
+// Binds in the same order as the INSERT: $1 = id, $2 = tenant, then the rest.
+static CALL_UPDATE: LazyLock<String> = LazyLock::new(|| {
+    let sets: Vec<String> = CALL_COLUMNS
+        .iter()
+        .enumerate()
+        .skip(2)
+        .map(|(i, c)| format!("{c} = ${}", i + 1))
+        .collect();
+    format!(
+        "UPDATE calls SET {} WHERE id = $1 AND tenant = $2",
+        sets.join(", ")
+    )
+});
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// SQLite or PostgreSQL, chosen by the URL given to [`SqlStore::connect`].
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+    claim_lease: chrono::Duration,
+}
+
+impl SqlStore {
+    /// `sqlite://path`, `sqlite:path` (file created if missing), `sqlite::memory:`, or
+    /// `postgres://...`. Runs pending migrations.
+    pub async fn connect(url: &str) -> StoreResult<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            (Backend::Sqlite, sqlite_url(url))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact(url)));
+        };
+        let options = match backend {
+            Backend::Sqlite => {
+                let memory = url.contains(":memory:") || url.contains("mode=memory");
+                let options = AnyPoolOptions::new()
+                    // Each in-memory connection is its own database: keep exactly one forever.
+                    .max_connections(if memory { 1 } else { 8 })
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            // busy_timeout is per connection: writers queue instead of failing.
+                            sqlx::query("PRAGMA busy_timeout = 5000")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA journal_mode = WAL")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA synchronous = NORMAL")
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(())
+                        })
+                    });
+                if memory {
+                    options
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
+                } else {
+                    options
+                }
+            }
+            Backend::Postgres => AnyPoolOptions::new().max_connections(16),
+        };
+        let pool = options.connect(&url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqlStore {
+            pool,
+            backend,
+            claim_lease: to_chrono(DEFAULT_CLAIM_LEASE),
+        })
+    }
+
+    /// How long `due_events` hides a claimed event from other deliverers (default 60 s).
+    /// Must be longer than the webhook timeout, or a slow delivery may be sent twice.
+    pub fn with_claim_lease(mut self, lease: Duration) -> Self {
+        self.claim_lease = to_chrono(lease);
+        self
+    }
+
+    /// Closes the pool (tests reopen the same file).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn insert_event(
+        tx: &mut sqlx::Transaction<'static, Any>,
+        call: &CallRecord,
+        event: &NewEvent,
+    ) -> StoreResult<CallEvent> {
+        // Inside the transaction, after the call row was written (which holds the write lock on
+        // SQLite and the call's row lock on PostgreSQL), so concurrent updates serialise here.
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(sequence), 0) AS last FROM call_events WHERE call_id = $1",
+        )
+        .bind(call.id.clone())
+        .fetch_one(&mut **tx)
+        .await?;
+        let last: i64 = row.try_get("last")?;
+        let ev = build_event(call, event, last + 1, now_ms())?;
+        sqlx::query(
+            "INSERT INTO call_events (id, call_id, tenant, sequence, event_type, payload, \
+             webhook_url, state, attempts, next_attempt_at, last_error, created_at, delivered_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(ev.id.clone())
+        .bind(ev.call_id.clone())
+        .bind(ev.tenant.clone())
+        .bind(ev.sequence)
+        .bind(ev.event_type.clone())
+        .bind(ev.payload.to_string())
+        .bind(ev.webhook_url.clone())
+        .bind(state_str(ev.state))
+        .bind(ev.attempts)
+        .bind(ev.next_attempt_at.timestamp_millis())
+        .bind(ev.last_error.clone())
+        .bind(ev.created_at.timestamp_millis())
+        .bind(ev.delivered_at.map(|t| t.timestamp_millis()))
+        .execute(&mut **tx)
+        .await?;
+        Ok(ev)
+    }
+
+    async fn fetch_event(&self, event_id: &str) -> StoreResult<Option<CallEvent>> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM call_events WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(event_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn create_call(&self, call: &CallRecord, event: &NewEvent) -> StoreResult<CallEvent> {
+        let mut tx = self.pool.begin().await?;
+        bind_call(sqlx::query(&CALL_INSERT), call)?
+            .execute(&mut *tx)
+            .await?;
+        let ev = Self::insert_event(&mut tx, call, event).await?;
+        tx.commit().await?;
+        Ok(ev)
+    }
+
+    async fn update_call(
+        &self,
+        call: &CallRecord,
+        event: Option<&NewEvent>,
+    ) -> StoreResult<Option<CallEvent>> {
+        let mut tx = self.pool.begin().await?;
+        let done = bind_call(sqlx::query(&CALL_UPDATE), call)?
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::CallNotFound(call.id.clone()));
+        }
+        let ev = match event {
+            Some(event) => Some(Self::insert_event(&mut tx, call, event).await?),
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(ev)
+    }
+
+    async fn get_call(&self, tenant: &str, id: &str) -> StoreResult<Option<CallRecord>> {
+        let sql = format!(
+            "SELECT {} FROM calls WHERE tenant = $1 AND id = $2",
+            *CALL_SELECT
+        );
+        let row = sqlx::query(&sql)
+            .bind(tenant.to_owned())
+            .bind(id.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(call_from_row).transpose()
+    }
+
+    async fn list_calls(
+        &self,
+        tenant: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> StoreResult<CallPage> {
+        let limit = i64::from(limit.max(1));
+        // One extra row tells whether another page exists, exactly at page boundaries too.
+        let rows = match cursor {
+            None => {
+                let sql = format!(
+                    "SELECT {} FROM calls WHERE tenant = $1 \
+                     ORDER BY created_at DESC, id DESC LIMIT $2",
+                    *CALL_SELECT
+                );
+                sqlx::query(&sql)
+                    .bind(tenant.to_owned())
+                    .bind(limit + 1)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(cursor) => {
+                let (at, id) = decode_cursor(cursor)?;
+                let sql = format!(
+                    "SELECT {} FROM calls WHERE tenant = $1 \
+                     AND (created_at < $2 OR (created_at = $2 AND id < $3)) \
+                     ORDER BY created_at DESC, id DESC LIMIT $4",
+                    *CALL_SELECT
+                );
+                sqlx::query(&sql)
+                    .bind(tenant.to_owned())
+                    .bind(at)
+                    .bind(id)
+                    .bind(limit + 1)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM calls WHERE tenant = $1")
+            .bind(tenant.to_owned())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        let mut calls = rows
+            .iter()
+            .map(call_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let has_more = calls.len() as i64 > limit;
+        calls.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next_cursor = if has_more {
+            calls.last().map(encode_cursor)
+        } else {
+            None
+        };
+        Ok(CallPage {
+            calls,
+            total,
+            has_more,
+            next_cursor,
+        })
+    }
+
+    async fn live_calls(&self) -> StoreResult<Vec<CallRecord>> {
+        let statuses: Vec<String> = LIVE_STATUSES
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM calls WHERE status IN ({}) ORDER BY created_at, id",
+            *CALL_SELECT,
+            statuses.join(", ")
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(call_from_row).collect()
+    }
+
+    async fn due_events(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<CallEvent>> {
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE call_events SET next_attempt_at = $3 WHERE id IN (\
+               SELECT e.id FROM call_events e \
+               WHERE e.state = 'pending' AND e.next_attempt_at <= $1 AND {HEAD_OF_CALL} \
+               ORDER BY e.created_at, e.id LIMIT $2{lock}) \
+             RETURNING {EVENT_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now.timestamp_millis())
+            .bind(i64::from(limit))
+            .bind((now + self.claim_lease).timestamp_millis())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        // RETURNING does not promise an order.
+        events.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(events)
+    }
+
+    async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        // Same head-of-line rule as due_events: a blocked later event must not cause busy wakeups.
+        let sql = format!(
+            "SELECT MIN(e.next_attempt_at) AS t FROM call_events e \
+             WHERE e.state = 'pending' AND {HEAD_OF_CALL}"
+        );
+        let t: Option<i64> = sqlx::query(&sql)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("t")?;
+        t.map(from_ms).transpose()
+    }
+
+    async fn mark_delivered(&self, event_id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE call_events SET state = 'delivered', delivered_at = $1, \
+             attempts = attempts + 1 WHERE id = $2",
+        )
+        .bind(at.timestamp_millis())
+        .bind(event_id.to_owned())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_attempt_failed(
+        &self,
+        event_id: &str,
+        attempts: i64,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE call_events SET attempts = $1, next_attempt_at = $2, last_error = $3 \
+             WHERE id = $4",
+        )
+        .bind(attempts)
+        .bind(next_attempt_at.timestamp_millis())
+        .bind(error.to_owned())
+        .bind(event_id.to_owned())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mark_abandoned(&self, event_id: &str, attempts: i64, error: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE call_events SET state = 'failed', attempts = $1, last_error = $2 \
+             WHERE id = $3",
+        )
+        .bind(attempts)
+        .bind(error.to_owned())
+        .bind(event_id.to_owned())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_events(&self, tenant: &str, call_id: &str) -> StoreResult<Vec<CallEvent>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM call_events WHERE tenant = $1 AND call_id = $2 \
+             ORDER BY sequence"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant.to_owned())
+            .bind(call_id.to_owned())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn redeliver_event(
+        &self,
+        tenant: &str,
+        call_id: &str,
+        event_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CallEvent>> {
+        // An event of a call without webhook_url stays no_endpoint: there is nowhere to send it.
+        let done = sqlx::query(
+            "UPDATE call_events SET \
+             state = CASE WHEN webhook_url IS NULL THEN 'no_endpoint' ELSE 'pending' END, \
+             attempts = 0, next_attempt_at = $1, last_error = NULL, delivered_at = NULL \
+             WHERE id = $2 AND call_id = $3 AND tenant = $4",
+        )
+        .bind(now.timestamp_millis())
+        .bind(event_id.to_owned())
+        .bind(call_id.to_owned())
+        .bind(tenant.to_owned())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.fetch_event(event_id).await
+    }
+
+    async fn create_api_key(
+        &self,
+        tenant: &str,
+        role: Role,
+        key_hash: &str,
+    ) -> StoreResult<ApiKeyRecord> {
+        let id = format!("key_{}", Ulid::new());
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant, role, key_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.clone())
+        .bind(tenant.to_owned())
+        .bind(role.as_str())
+        .bind(key_hash.to_owned())
+        .bind(Utc::now().timestamp_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(ApiKeyRecord {
+            id,
+            tenant: tenant.to_owned(),
+            role,
+        })
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let row = sqlx::query("SELECT id, tenant, role FROM api_keys WHERE key_hash = $1")
+            .bind(key_hash.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let role: String = row.try_get("role")?;
+        Ok(Some(ApiKeyRecord {
+            id: row.try_get("id")?,
+            tenant: row.try_get("tenant")?,
+            role: Role::parse(&role)
+                .ok_or_else(|| StoreError::Corrupt(format!("api key role {role:?}")))?,
+        }))
+    }
+
+    async fn webhook_secret(&self, tenant: &str) -> StoreResult<String> {
+        let select = "SELECT webhook_secret FROM tenants WHERE name = $1";
+        let row = sqlx::query(select)
+            .bind(tenant.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = row {
+            return Ok(row.try_get("webhook_secret")?);
+        }
+        // Two callers may race to create it: the first insert wins, both read the winner.
+        sqlx::query(
+            "INSERT INTO tenants (name, webhook_secret) VALUES ($1, $2) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(tenant.to_owned())
+        .bind(new_secret())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(select)
+            .bind(tenant.to_owned())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("webhook_secret")?)
+    }
+
+    async fn rotate_webhook_secret(&self, tenant: &str) -> StoreResult<String> {
+        let secret = new_secret();
+        sqlx::query(
+            "INSERT INTO tenants (name, webhook_secret) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET webhook_secret = excluded.webhook_secret",
+        )
+        .bind(tenant.to_owned())
+        .bind(secret.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(secret)
+    }
+}
+
+/// Adds `mode=rwc` so a missing database file is created (unless the URL picks a mode).
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// Keeps passwords out of error messages.
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+fn to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Now, truncated to the millisecond precision the database keeps.
+fn now_ms() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+fn from_ms(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms} out of range")))
+}
+
+fn opt_ms(ms: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    ms.map(from_ms).transpose()
+}
+
+/// "whsec_" + base64 of 32 bytes from the thread-local CSPRNG.
+fn new_secret() -> String {
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    format!("whsec_{}", STANDARD.encode(key))
+}
+
+fn encode_cursor(call: &CallRecord) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}:{}",
+        call.created_at.timestamp_millis(),
+        call.id
+    ))
+}
+
+fn decode_cursor(cursor: &str) -> StoreResult<(i64, String)> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::InvalidCursor)?;
+    let text = String::from_utf8(raw).map_err(|_| StoreError::InvalidCursor)?;
+    let (at, id) = text.split_once(':').ok_or(StoreError::InvalidCursor)?;
+    let at = at.parse().map_err(|_| StoreError::InvalidCursor)?;
+    Ok((at, id.to_owned()))
+}
+
+fn state_str(state: DeliveryState) -> &'static str {
+    match state {
+        DeliveryState::Pending => "pending",
+        DeliveryState::Delivered => "delivered",
+        DeliveryState::NoEndpoint => "no_endpoint",
+        DeliveryState::Failed => "failed",
+    }
+}
+
+fn parse_state(s: &str) -> StoreResult<DeliveryState> {
+    Ok(match s {
+        "pending" => DeliveryState::Pending,
+        "delivered" => DeliveryState::Delivered,
+        "no_endpoint" => DeliveryState::NoEndpoint,
+        "failed" => DeliveryState::Failed,
+        other => return Err(StoreError::Corrupt(format!("delivery state {other:?}"))),
+    })
+}
+
+fn build_event(
+    call: &CallRecord,
+    event: &NewEvent,
+    sequence: i64,
+    now: DateTime<Utc>,
+) -> StoreResult<CallEvent> {
+    let id = format!("evt_{}", Ulid::new());
+    let call_json = serde_json::to_value(call)
+        .map_err(|e| StoreError::Corrupt(format!("call {} does not serialise: {e}", call.id)))?;
+    let mut data = serde_json::Map::new();
+    data.insert("call".to_owned(), call_json);
+    if let serde_json::Value::Object(extra) = &event.extra {
+        for (k, v) in extra {
+            // "call" is ours; extras cannot replace the call object.
+            if k != "call" {
+                data.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let payload = serde_json::json!({
+        "id": id,
+        "type": event.event_type,
+        "sequence": sequence,
+        "created_at": now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "data": data,
+    });
+    let webhook_url = call.webhook_url.clone().filter(|u| !u.is_empty());
+    let state = if webhook_url.is_some() {
+        DeliveryState::Pending
+    } else {
+        DeliveryState::NoEndpoint
+    };
+    Ok(CallEvent {
+        id,
+        call_id: call.id.clone(),
+        tenant: call.tenant.clone(),
+        sequence,
+        event_type: event.event_type.clone(),
+        payload,
+        webhook_url,
+        state,
+        attempts: 0,
+        next_attempt_at: now,
+        last_error: None,
+        created_at: now,
+        delivered_at: None,
+    })
+}
+
+fn bind_call<'q>(
+    q: Query<'q, Any, AnyArguments<'q>>,
+    c: &CallRecord,
+) -> StoreResult<Query<'q, Any, AnyArguments<'q>>> {
+    let metadata = serde_json::to_string(&c.metadata)
+        .map_err(|e| StoreError::Corrupt(format!("metadata of {}: {e}", c.id)))?;
+    Ok(q.bind(c.id.clone())
+        .bind(c.tenant.clone())
+        .bind(c.direction.clone())
+        .bind(c.to.clone())
+        .bind(c.from.clone())
+        .bind(c.agent_id.clone())
+        .bind(c.status.as_str())
+        .bind(i64::from(c.record))
+        .bind(c.recording_url.clone())
+        .bind(c.webhook_url.clone())
+        .bind(c.max_duration)
+        .bind(c.ring_timeout)
+        .bind(metadata)
+        .bind(c.trunk.clone())
+        .bind(c.sip_call_id.clone())
+        .bind(c.sip_code.map(i64::from))
+        .bind(c.sip_reason.clone())
+        .bind(c.q850_cause.map(i64::from))
+        .bind(c.end_reason.clone())
+        .bind(c.rtp_packets_received)
+        .bind(c.rtp_bytes_received)
+        .bind(c.created_at.timestamp_millis())
+        .bind(c.answered_at.map(|t| t.timestamp_millis()))
+        .bind(c.ended_at.map(|t| t.timestamp_millis()))
+        .bind(c.duration_seconds))
+}
+
+fn opt_i32(row: &AnyRow, col: &str) -> StoreResult<Option<i32>> {
+    let v: Option<i64> = row.try_get(col)?;
+    v.map(|v| i32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} {v} out of range"))))
+        .transpose()
+}
+
+fn call_from_row(row: &AnyRow) -> StoreResult<CallRecord> {
+    let status: String = row.try_get("status")?;
+    let metadata: String = row.try_get("metadata")?;
+    let record: i64 = row.try_get("record")?;
+    Ok(CallRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        direction: row.try_get("direction")?,
+        to: row.try_get("to_uri")?,
+        from: row.try_get("from_uri")?,
+        agent_id: row.try_get("agent_id")?,
+        status: CallStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("call status {status:?}")))?,
+        record: record != 0,
+        recording_url: row.try_get("recording_url")?,
+        webhook_url: row.try_get("webhook_url")?,
+        max_duration: row.try_get("max_duration")?,
+        ring_timeout: row.try_get("ring_timeout")?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::Corrupt(format!("call metadata: {e}")))?,
+        trunk: row.try_get("trunk")?,
+        sip_call_id: row.try_get("sip_call_id")?,
+        sip_code: opt_i32(row, "sip_code")?,
+        sip_reason: row.try_get("sip_reason")?,
+        q850_cause: opt_i32(row, "q850_cause")?,
+        end_reason: row.try_get("end_reason")?,
+        rtp_packets_received: row.try_get("rtp_packets_received")?,
+        rtp_bytes_received: row.try_get("rtp_bytes_received")?,
+        created_at: from_ms(row.try_get("created_at")?)?,
+        answered_at: opt_ms(row.try_get("answered_at")?)?,
+        ended_at: opt_ms(row.try_get("ended_at")?)?,
+        duration_seconds: row.try_get("duration_seconds")?,
+    })
+}
+
+fn event_from_row(row: &AnyRow) -> StoreResult<CallEvent> {
+    let payload: String = row.try_get("payload")?;
+    let state: String = row.try_get("state")?;
+    Ok(CallEvent {
+        id: row.try_get("id")?,
+        call_id: row.try_get("call_id")?,
+        tenant: row.try_get("tenant")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        payload: serde_json::from_str(&payload)
+            .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?,
+        webhook_url: row.try_get("webhook_url")?,
+        state: parse_state(&state)?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: from_ms(row.try_get("next_attempt_at")?)?,
+        last_error: row.try_get("last_error")?,
+        created_at: from_ms(row.try_get("created_at")?)?,
+        delivered_at: opt_ms(row.try_get("delivered_at")?)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_statuses_are_exactly_the_non_terminal_ones() {
+        let all = [
+            "initiating",
+            "ringing",
+            "in_progress",
+            "completed",
+            "busy",
+            "no_answer",
+            "cancelled",
+            "failed",
+        ];
+        let live: Vec<CallStatus> = all
+            .iter()
+            .filter_map(|s| CallStatus::parse(s))
+            .filter(|s| !s.is_terminal())
+            .collect();
+        assert_eq!(live, LIVE_STATUSES.to_vec());
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let (at, id) = decode_cursor(&URL_SAFE_NO_PAD.encode("1700000000123:call_01X:y"))
+            .expect("valid cursor");
+        assert_eq!((at, id.as_str()), (1_700_000_000_123, "call_01X:y"));
+        assert!(matches!(
+            decode_cursor("not base64!"),
+            Err(StoreError::InvalidCursor)
+        ));
+        assert!(matches!(
+            decode_cursor(&URL_SAFE_NO_PAD.encode("nocolon")),
+            Err(StoreError::InvalidCursor)
+        ));
+    }
+
+    #[test]
+    fn sqlite_url_gains_create_mode() {
+        assert_eq!(sqlite_url("sqlite:a.db"), "sqlite:a.db?mode=rwc");
+        assert_eq!(
+            sqlite_url("sqlite://a.db?x=1"),
+            "sqlite://a.db?x=1&mode=rwc"
+        );
+        assert_eq!(sqlite_url("sqlite://a.db?mode=ro"), "sqlite://a.db?mode=ro");
+        assert_eq!(sqlite_url("sqlite::memory:"), "sqlite::memory:");
+    }
+}

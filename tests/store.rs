@@ -1,0 +1,564 @@
+//! `SqlStore` against real databases: every scenario runs on SQLite (temp dir) and on
+//! PostgreSQL (a fresh schema per test in `SWITCHYARD_TEST_PG_URL`, default
+//! postgres://postgres@127.0.0.1:5432/test).
+
+// Test helpers outside #[test] fns unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use serde_json::json;
+use switchyard::model::{CallRecord, CallStatus, DeliveryState, NewEvent, Role};
+use switchyard::store::sql::SqlStore;
+use switchyard::store::{Store, StoreError};
+use tempfile::TempDir;
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+struct Db {
+    store: SqlStore,
+    _dir: Option<TempDir>,
+    pg: Option<(sqlx::PgPool, String)>,
+}
+
+impl Db {
+    async fn sqlite() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("switchyard.db").display());
+        Db {
+            store: SqlStore::connect(&url).await.unwrap(),
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    async fn postgres() -> Db {
+        let base = std::env::var("SWITCHYARD_TEST_PG_URL").unwrap_or(DEFAULT_PG_URL.to_owned());
+        let schema = format!("sy_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let admin = sqlx::PgPool::connect(&base).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        Db {
+            store: SqlStore::connect(&url).await.unwrap(),
+            _dir: None,
+            pg: Some((admin, schema)),
+        }
+    }
+
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some((admin, schema)) = self.pg {
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Each scenario becomes `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = super::Db::sqlite().await;
+                super::$name(&db.store).await;
+                db.finish().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let db = super::Db::postgres().await;
+                super::$name(&db.store).await;
+                db.finish().await;
+            }
+        }
+    )*};
+}
+
+on_both!(
+    create_get_update_with_events,
+    tenant_isolation,
+    pagination_three_pages,
+    due_events_in_order_per_call,
+    redeliver,
+    api_keys,
+    webhook_secret_rotation,
+    live_calls_are_the_non_terminal_ones,
+    concurrent_updates_get_distinct_sequences,
+);
+
+fn at_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).unwrap()
+}
+
+fn call(tenant: &str, id: &str, created_ms: i64, webhook: Option<&str>) -> CallRecord {
+    CallRecord {
+        id: id.to_owned(),
+        tenant: tenant.to_owned(),
+        direction: "outbound".to_owned(),
+        to: "+15551230001".to_owned(),
+        from: "+15551230002".to_owned(),
+        agent_id: None,
+        status: CallStatus::Initiating,
+        record: true,
+        recording_url: None,
+        webhook_url: webhook.map(str::to_owned),
+        max_duration: 3600,
+        ring_timeout: 30,
+        metadata: json!({"order": 42, "tags": ["a", "b"]}),
+        trunk: Some("carrier-a".to_owned()),
+        sip_call_id: None,
+        sip_code: None,
+        sip_reason: None,
+        q850_cause: None,
+        end_reason: None,
+        rtp_packets_received: 0,
+        rtp_bytes_received: 0,
+        created_at: at_ms(created_ms),
+        answered_at: None,
+        ended_at: None,
+        duration_seconds: None,
+    }
+}
+
+fn ev(event_type: &str) -> NewEvent {
+    NewEvent {
+        event_type: event_type.to_owned(),
+        extra: json!({}),
+    }
+}
+
+const T0: i64 = 1_750_000_000_000;
+const HOOK: Option<&str> = Some("http://127.0.0.1:9/hook");
+
+async fn create_get_update_with_events(s: &SqlStore) {
+    let mut c = call("acme", "call_1", T0, HOOK);
+    let e1 = s.create_call(&c, &ev("call.initiating")).await.unwrap();
+    assert_eq!(e1.sequence, 1);
+    assert!(e1.id.starts_with("evt_"));
+    assert_eq!(e1.state, DeliveryState::Pending);
+    assert_eq!(e1.payload["id"], json!(e1.id));
+    assert_eq!(e1.payload["type"], json!("call.initiating"));
+    assert_eq!(e1.payload["sequence"], json!(1));
+    assert_eq!(e1.payload["data"]["call"]["id"], json!("call_1"));
+    assert_eq!(e1.payload["data"]["call"]["status"], json!("initiating"));
+    assert!(e1.payload["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(s.get_call("acme", "call_1").await.unwrap(), Some(c.clone()));
+
+    c.status = CallStatus::Ringing;
+    c.sip_call_id = Some("abc@host".to_owned());
+    let e2 = s
+        .update_call(&c, Some(&ev("call.ringing")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e2.sequence, 2);
+
+    // A plain update writes the row and no event.
+    c.rtp_packets_received = 1000;
+    c.rtp_bytes_received = 172_000;
+    assert_eq!(s.update_call(&c, None).await.unwrap(), None);
+
+    c.status = CallStatus::Busy;
+    c.sip_code = Some(486);
+    c.sip_reason = Some("Busy Here".to_owned());
+    c.q850_cause = Some(17);
+    c.end_reason = Some("remote_busy".to_owned());
+    c.ended_at = Some(at_ms(T0 + 5_000));
+    c.duration_seconds = Some(0);
+    let terminal = NewEvent {
+        event_type: "call.busy".to_owned(),
+        extra: json!({"sip_code": 486, "sip_reason": "Busy Here", "q850_cause": 17}),
+    };
+    let e3 = s.update_call(&c, Some(&terminal)).await.unwrap().unwrap();
+    assert_eq!(e3.sequence, 3);
+    assert_eq!(e3.payload["data"]["sip_code"], json!(486));
+    assert_eq!(e3.payload["data"]["q850_cause"], json!(17));
+    assert_eq!(e3.payload["data"]["call"]["status"], json!("busy"));
+    assert_eq!(
+        e3.payload["data"]["call"]["rtp_packets_received"],
+        json!(1000)
+    );
+
+    assert_eq!(s.get_call("acme", "call_1").await.unwrap(), Some(c.clone()));
+    let events = s.list_events("acme", "call_1").await.unwrap();
+    assert_eq!(events, vec![e1, e2, e3]);
+
+    // No webhook_url: the event is recorded but never queued.
+    let quiet = call("acme", "call_2", T0, None);
+    let q1 = s.create_call(&quiet, &ev("call.initiating")).await.unwrap();
+    assert_eq!(q1.state, DeliveryState::NoEndpoint);
+    assert_eq!(q1.webhook_url, None);
+
+    let ghost = call("acme", "call_missing", T0, None);
+    assert!(matches!(
+        s.update_call(&ghost, Some(&ev("call.ringing"))).await,
+        Err(StoreError::CallNotFound(_))
+    ));
+    // The failed update left no orphan event behind.
+    assert!(
+        s.list_events("acme", "call_missing")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A duplicate id is refused and leaves the original untouched.
+    assert!(s.create_call(&quiet, &ev("call.initiating")).await.is_err());
+    assert_eq!(s.list_events("acme", "call_2").await.unwrap().len(), 1);
+}
+
+async fn tenant_isolation(s: &SqlStore) {
+    let c = call("acme", "call_a", T0, HOOK);
+    let e = s.create_call(&c, &ev("call.initiating")).await.unwrap();
+    s.create_call(&call("globex", "call_g", T0, HOOK), &ev("call.initiating"))
+        .await
+        .unwrap();
+
+    assert_eq!(s.get_call("globex", "call_a").await.unwrap(), None);
+    assert!(s.list_events("globex", "call_a").await.unwrap().is_empty());
+    assert_eq!(
+        s.redeliver_event("globex", "call_a", &e.id, Utc::now())
+            .await
+            .unwrap(),
+        None
+    );
+    let page = s.list_calls("globex", 10, None).await.unwrap();
+    assert_eq!(page.total, 1);
+    let ids: Vec<_> = page.calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["call_g"]);
+    // The other tenant's update with a forged tenant does not touch the row.
+    let mut forged = c.clone();
+    forged.tenant = "globex".to_owned();
+    forged.status = CallStatus::Completed;
+    assert!(s.update_call(&forged, None).await.is_err());
+    assert_eq!(
+        s.get_call("acme", "call_a").await.unwrap().unwrap().status,
+        CallStatus::Initiating
+    );
+}
+
+async fn pagination_three_pages(s: &SqlStore) {
+    // 7 calls; three share a timestamp so the id tie-break matters.
+    let stamps = [T0, T0 + 1, T0 + 2, T0 + 2, T0 + 2, T0 + 3, T0 + 4];
+    for (i, ms) in stamps.iter().enumerate() {
+        let c = call("acme", &format!("call_{i}"), *ms, None);
+        s.create_call(&c, &ev("call.initiating")).await.unwrap();
+    }
+    s.create_call(
+        &call("other", "call_x", T0 + 9, None),
+        &ev("call.initiating"),
+    )
+    .await
+    .unwrap();
+
+    let p1 = s.list_calls("acme", 3, None).await.unwrap();
+    assert_eq!((p1.calls.len(), p1.total, p1.has_more), (3, 7, true));
+    let p2 = s
+        .list_calls("acme", 3, p1.next_cursor.as_deref())
+        .await
+        .unwrap();
+    assert_eq!((p2.calls.len(), p2.total, p2.has_more), (3, 7, true));
+    let p3 = s
+        .list_calls("acme", 3, p2.next_cursor.as_deref())
+        .await
+        .unwrap();
+    assert_eq!((p3.calls.len(), p3.total, p3.has_more), (1, 7, false));
+    assert_eq!(p3.next_cursor, None);
+
+    let ids: Vec<String> = [p1.calls, p2.calls, p3.calls]
+        .concat()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    // Newest first by (created_at, id).
+    assert_eq!(
+        ids,
+        [
+            "call_6", "call_5", "call_4", "call_3", "call_2", "call_1", "call_0"
+        ]
+    );
+
+    // Exact page boundaries: 7 of 7 has no more, 6 of 7 has.
+    let all = s.list_calls("acme", 7, None).await.unwrap();
+    assert_eq!((all.calls.len(), all.has_more), (7, false));
+    assert_eq!(all.next_cursor, None);
+    let six = s.list_calls("acme", 6, None).await.unwrap();
+    assert!(six.has_more);
+    let last = s
+        .list_calls("acme", 6, six.next_cursor.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(last.calls.len(), 1);
+    assert!(!last.has_more);
+
+    assert!(matches!(
+        s.list_calls("acme", 3, Some("!!garbage")).await,
+        Err(StoreError::InvalidCursor)
+    ));
+    let empty = s.list_calls("nobody", 3, None).await.unwrap();
+    assert_eq!(
+        (empty.calls.len(), empty.total, empty.has_more),
+        (0, 0, false)
+    );
+}
+
+async fn due_events_in_order_per_call(s: &SqlStore) {
+    let mut x = call("acme", "call_x", T0, HOOK);
+    let x1 = s.create_call(&x, &ev("call.initiating")).await.unwrap();
+    x.status = CallStatus::Ringing;
+    let x2 = s.update_call(&x, Some(&ev("call.ringing"))).await.unwrap();
+    let x2 = x2.unwrap();
+    x.status = CallStatus::InProgress;
+    let x3 = s
+        .update_call(&x, Some(&ev("call.in_progress")))
+        .await
+        .unwrap();
+    let x3 = x3.unwrap();
+    let y = call("acme", "call_y", T0, HOOK);
+    let y1 = s.create_call(&y, &ev("call.initiating")).await.unwrap();
+    s.create_call(&call("acme", "call_q", T0, None), &ev("call.initiating"))
+        .await
+        .unwrap();
+
+    let now = x1.created_at.max(y1.created_at) + chrono::Duration::milliseconds(1);
+    // Only the head of each call; the no-endpoint event never appears.
+    let due = s.due_events(now, 10).await.unwrap();
+    let ids: HashSet<&str> = due.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, HashSet::from([x1.id.as_str(), y1.id.as_str()]));
+
+    // Claimed: invisible until the lease runs out.
+    assert!(s.due_events(now, 10).await.unwrap().is_empty());
+    let lease_end = s.next_due_at().await.unwrap().unwrap();
+    assert!(lease_end > now + chrono::Duration::seconds(30));
+
+    s.mark_delivered(&y1.id, now).await.unwrap();
+    let retry_at = now + chrono::Duration::hours(1);
+    s.mark_attempt_failed(&x1.id, 1, retry_at, "HTTP 500")
+        .await
+        .unwrap();
+    // x2 is older than retry_at but blocked behind x1, also for the sleep computation.
+    assert_eq!(s.next_due_at().await.unwrap(), Some(retry_at));
+    let later = now + chrono::Duration::minutes(30);
+    assert!(s.due_events(later, 10).await.unwrap().is_empty());
+
+    let after = retry_at + chrono::Duration::seconds(1);
+    let due = s.due_events(after, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].id.as_str(), due[0].attempts), (x1.id.as_str(), 1));
+    assert_eq!(due[0].last_error.as_deref(), Some("HTTP 500"));
+    s.mark_delivered(&x1.id, after).await.unwrap();
+
+    let due = s.due_events(after, 10).await.unwrap();
+    let ids: Vec<&str> = due.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, [x2.id.as_str()]);
+    // Giving up on x2 unblocks x3.
+    s.mark_abandoned(&x2.id, 12, "HTTP 410").await.unwrap();
+    let due = s.due_events(after, 10).await.unwrap();
+    let ids: Vec<&str> = due.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, [x3.id.as_str()]);
+
+    let events = s.list_events("acme", "call_x").await.unwrap();
+    let states: Vec<_> = events.iter().map(|e| (e.state, e.attempts)).collect();
+    assert_eq!(
+        states,
+        [
+            (DeliveryState::Delivered, 2),
+            (DeliveryState::Failed, 12),
+            (DeliveryState::Pending, 0),
+        ]
+    );
+    assert_eq!(events[0].delivered_at, Some(after));
+    // The limit is honoured.
+    let mut z = call("acme", "call_z", T0, HOOK);
+    s.create_call(&z, &ev("call.initiating")).await.unwrap();
+    z.status = CallStatus::Ringing;
+    s.update_call(&z, Some(&ev("call.ringing"))).await.unwrap();
+    let far = after + chrono::Duration::hours(1);
+    assert_eq!(s.due_events(far, 1).await.unwrap().len(), 1);
+}
+
+async fn redeliver(s: &SqlStore) {
+    let c = call("acme", "call_r", T0, HOOK);
+    let e = s.create_call(&c, &ev("call.initiating")).await.unwrap();
+    let now = e.created_at + chrono::Duration::seconds(1);
+    assert_eq!(s.due_events(now, 10).await.unwrap().len(), 1);
+    s.mark_abandoned(&e.id, 12, "HTTP 503").await.unwrap();
+    assert!(
+        s.due_events(now + chrono::Duration::hours(2), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let again = s
+        .redeliver_event("acme", "call_r", &e.id, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.state, DeliveryState::Pending);
+    assert_eq!((again.attempts, again.last_error.clone()), (0, None));
+    assert_eq!(again.next_attempt_at, now);
+    assert_eq!(again.payload, e.payload);
+    let due = s.due_events(now, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, e.id);
+
+    assert_eq!(
+        s.redeliver_event("acme", "call_r", "evt_nope", now)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.redeliver_event("acme", "call_other", &e.id, now)
+            .await
+            .unwrap(),
+        None
+    );
+    // Nowhere to send: stays no_endpoint.
+    let q = s
+        .create_call(&call("acme", "call_q", T0, None), &ev("call.initiating"))
+        .await
+        .unwrap();
+    let q = s
+        .redeliver_event("acme", "call_q", &q.id, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(q.state, DeliveryState::NoEndpoint);
+}
+
+async fn api_keys(s: &SqlStore) {
+    let k = s.create_api_key("acme", Role::Admin, "ab12").await.unwrap();
+    assert!(k.id.starts_with("key_"));
+    assert_eq!((k.tenant.as_str(), k.role), ("acme", Role::Admin));
+    let m = s
+        .create_api_key("acme", Role::Member, "cd34")
+        .await
+        .unwrap();
+    assert_ne!(k.id, m.id);
+    assert_eq!(s.find_api_key("ab12").await.unwrap(), Some(k));
+    assert_eq!(s.find_api_key("cd34").await.unwrap(), Some(m));
+    assert_eq!(s.find_api_key("ffff").await.unwrap(), None);
+    assert!(
+        s.create_api_key("globex", Role::Owner, "ab12")
+            .await
+            .is_err()
+    );
+}
+
+async fn webhook_secret_rotation(s: &SqlStore) {
+    let a = s.webhook_secret("acme").await.unwrap();
+    assert!(a.starts_with("whsec_"));
+    assert_eq!(s.webhook_secret("acme").await.unwrap(), a);
+    let g = s.webhook_secret("globex").await.unwrap();
+    assert_ne!(a, g);
+    // The official library accepts our secrets.
+    assert!(standardwebhooks::Webhook::new(&a).is_ok());
+
+    let rotated = s.rotate_webhook_secret("acme").await.unwrap();
+    assert_ne!(rotated, a);
+    assert_eq!(s.webhook_secret("acme").await.unwrap(), rotated);
+    assert_eq!(s.webhook_secret("globex").await.unwrap(), g);
+    // Rotating a tenant that never had one creates it.
+    let fresh = s.rotate_webhook_secret("initech").await.unwrap();
+    assert_eq!(s.webhook_secret("initech").await.unwrap(), fresh);
+}
+
+async fn live_calls_are_the_non_terminal_ones(s: &SqlStore) {
+    let statuses = [
+        CallStatus::Initiating,
+        CallStatus::Ringing,
+        CallStatus::InProgress,
+        CallStatus::Completed,
+        CallStatus::Busy,
+        CallStatus::NoAnswer,
+        CallStatus::Cancelled,
+        CallStatus::Failed,
+    ];
+    for (i, status) in statuses.iter().enumerate() {
+        let mut c = call("acme", &format!("call_{i}"), T0 + i as i64, None);
+        c.status = *status;
+        s.create_call(&c, &ev("call.initiating")).await.unwrap();
+    }
+    let live: Vec<CallStatus> = s
+        .live_calls()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        live,
+        [
+            CallStatus::Initiating,
+            CallStatus::Ringing,
+            CallStatus::InProgress
+        ]
+    );
+}
+
+async fn concurrent_updates_get_distinct_sequences(s: &SqlStore) {
+    let c = call("acme", "call_c", T0, HOOK);
+    s.create_call(&c, &ev("call.initiating")).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let s = s.clone();
+        let mut c = c.clone();
+        c.rtp_packets_received = i;
+        tasks.spawn(async move { s.update_call(&c, Some(&ev("call.ringing"))).await });
+    }
+    let mut seqs = HashSet::new();
+    while let Some(r) = tasks.join_next().await {
+        seqs.insert(r.unwrap().unwrap().unwrap().sequence);
+    }
+    assert_eq!(seqs, (2..=11).collect::<HashSet<i64>>());
+}
+
+#[tokio::test]
+async fn sqlite_reopen_keeps_data_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested.db");
+    // The short form without mode=rwc still creates the file.
+    let url = format!("sqlite:{}", path.display());
+    let c = call("acme", "call_p", T0, HOOK);
+    let first = SqlStore::connect(&url).await.unwrap();
+    let e = first.create_call(&c, &ev("call.initiating")).await.unwrap();
+    let secret = first.webhook_secret("acme").await.unwrap();
+    first.close().await;
+    assert!(path.exists());
+
+    for _ in 0..2 {
+        let again = SqlStore::connect(&url).await.unwrap();
+        assert_eq!(
+            again.get_call("acme", "call_p").await.unwrap(),
+            Some(c.clone())
+        );
+        assert_eq!(
+            again.list_events("acme", "call_p").await.unwrap(),
+            vec![e.clone()]
+        );
+        assert_eq!(again.webhook_secret("acme").await.unwrap(), secret);
+        again.close().await;
+    }
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_and_bad_urls() {
+    let s = SqlStore::connect("sqlite::memory:").await.unwrap();
+    s.create_call(&call("acme", "call_m", T0, None), &ev("call.initiating"))
+        .await
+        .unwrap();
+    // The single in-memory connection is shared, so the row is visible.
+    assert!(s.get_call("acme", "call_m").await.unwrap().is_some());
+    assert!(matches!(
+        SqlStore::connect("mysql://u:secret@db/x").await,
+        Err(StoreError::UnsupportedUrl(u)) if !u.contains("secret")
+    ));
+}
