@@ -1,4 +1,12 @@
 //! Switchyard: a SIP/RTP switch with an HTTP API and signed status callbacks.
+//!
+//! `app` composes the pieces: `config` → `store` → `webhooks` → the SIP driver
+//! (`sip::net`) → `core` (one task per call) → `api` (axum).
 
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod core;
 pub mod model;
 pub mod store;
+pub mod webhooks;

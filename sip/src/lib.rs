@@ -4,4 +4,15 @@
 //!
 //! Bodies are opaque bytes: this crate never parses SDP.
 
+pub mod auth;
+pub mod dialog;
+pub mod framing;
 pub mod msg;
+pub mod testing;
+pub mod txn;
+pub mod ua;
+
+pub use msg::{ParseError, SipMessage, parse};
+
+#[cfg(feature = "net")]
+pub mod net;

@@ -1,0 +1,445 @@
+//! The tokio driver (feature `net`): one task owns the [`UserAgent`] and
+//! `select!`s over the UDP socket, TCP frames, commands and the UA's next
+//! deadline; after every input it drains transmits and events. One owner means
+//! the messages of a call are handled in arrival order.
+//!
+//! TCP: each connection (accepted, or opened on demand to a `Target`) has a
+//! reader task that frames the stream with [`StreamFramer`] (a framing error
+//! closes the connection) and a writer task fed by the owner. Connections are
+//! keyed by peer address, so responses go back on the connection the request
+//! came in on.
+
+// driver: the only place in the crate that reads the clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::framing::StreamFramer;
+use crate::ua::{Datagram, Transmit, Transport, UaCommand, UaConfig, UaEvent, UaStats, UserAgent};
+
+/// Largest SIP message accepted on a stream.
+const MAX_TCP_MESSAGE: usize = 64 * 1024;
+/// Events buffered for the consumer before the owner starts waiting (bounded).
+const EVENT_QUEUE: usize = 65_536;
+/// How long the owner waits for a full events channel before dropping an event.
+const EVENT_SEND_PATIENCE: Duration = Duration::from_secs(1);
+/// Datagrams received in one go before transmits are drained.
+const RECV_BATCH: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub udp: SocketAddr,
+    pub tcp: Option<SocketAddr>,
+    /// A `public_addr` with port 0 (or an unspecified IP) is filled from the bound UDP socket.
+    pub ua: UaConfig,
+    /// SO_RCVBUF / SO_SNDBUF for the UDP socket.
+    pub socket_buffer: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            udp: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            tcp: None,
+            ua: UaConfig::default(),
+            socket_buffer: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// The addresses actually bound (port 0 resolved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundAddrs {
+    pub udp: SocketAddr,
+    pub tcp: Option<SocketAddr>,
+}
+
+/// The driver task has stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("SIP driver stopped")]
+pub struct DriverGone;
+
+// Mostly `Ua`: boxing it would only add an allocation per command.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Cmd {
+    Ua(UaCommand),
+    Stats(oneshot::Sender<UaStats>),
+}
+
+/// Cheap to clone; the driver stops when every handle is dropped.
+#[derive(Clone, Debug)]
+pub struct UaHandle {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl UaHandle {
+    pub fn send(&self, cmd: UaCommand) -> Result<(), DriverGone> {
+        self.tx.send(Cmd::Ua(cmd)).map_err(|_| DriverGone)
+    }
+
+    pub async fn stats(&self) -> Result<UaStats, DriverGone> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Cmd::Stats(tx)).map_err(|_| DriverGone)?;
+        rx.await.map_err(|_| DriverGone)
+    }
+}
+
+/// Input from connection tasks to the owner.
+#[derive(Debug)]
+enum ConnInput {
+    Frame {
+        peer: SocketAddr,
+        local: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        peer: SocketAddr,
+        id: u64,
+    },
+    ConnectFailed {
+        peer: SocketAddr,
+        id: u64,
+    },
+}
+
+/// Binds the sockets and spawns the owner task. Must be called inside a tokio runtime.
+pub fn spawn(config: NetConfig) -> io::Result<(UaHandle, mpsc::Receiver<UaEvent>, BoundAddrs)> {
+    let udp = bind_udp(config.udp, config.socket_buffer)?;
+    let udp_addr = udp.local_addr()?;
+    let tcp = match config.tcp {
+        Some(addr) => Some(bind_tcp(addr, udp_addr.port())?),
+        None => None,
+    };
+    let tcp_addr = match &tcp {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let mut ua_cfg = config.ua;
+    if ua_cfg.public_addr.port() == 0 {
+        ua_cfg.public_addr.set_port(udp_addr.port());
+    }
+    if ua_cfg.public_addr.ip().is_unspecified() {
+        let ip = if udp_addr.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            udp_addr.ip()
+        };
+        ua_cfg.public_addr.set_ip(ip);
+    }
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ u64::from(udp_addr.port());
+    let ua = UserAgent::new(ua_cfg, seed);
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let (conn_tx, conn_rx) = mpsc::unbounded_channel();
+    let driver = Driver {
+        ua,
+        udp,
+        udp_addr,
+        tcp,
+        tcp_addr,
+        conns: HashMap::new(),
+        next_conn: 0,
+        conn_tx,
+        events: ev_tx,
+        events_stalled: false,
+    };
+    tokio::spawn(driver.run(cmd_rx, conn_rx));
+    Ok((
+        UaHandle { tx: cmd_tx },
+        ev_rx,
+        BoundAddrs {
+            udp: udp_addr,
+            tcp: tcp_addr,
+        },
+    ))
+}
+
+fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // The kernel may clamp these (net.core.rmem_max); a smaller buffer still works.
+    if let Err(e) = s.set_recv_buffer_size(buffer) {
+        tracing::warn!(error = %e, "SO_RCVBUF not set");
+    }
+    if let Err(e) = s.set_send_buffer_size(buffer) {
+        tracing::warn!(error = %e, "SO_SNDBUF not set");
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Binds TCP; port 0 first tries the UDP port so one Contact port serves both.
+fn bind_tcp(addr: SocketAddr, udp_port: u16) -> io::Result<TcpListener> {
+    let try_bind = |a: SocketAddr| -> io::Result<TcpListener> {
+        let s = Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&a.into())?;
+        s.listen(1024)?;
+        TcpListener::from_std(s.into())
+    };
+    if addr.port() == 0
+        && let Ok(l) = try_bind(SocketAddr::new(addr.ip(), udp_port))
+    {
+        return Ok(l);
+    }
+    try_bind(addr)
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct Driver {
+    ua: UserAgent,
+    udp: UdpSocket,
+    udp_addr: SocketAddr,
+    tcp: Option<TcpListener>,
+    tcp_addr: Option<SocketAddr>,
+    conns: HashMap<SocketAddr, Conn>,
+    next_conn: u64,
+    conn_tx: mpsc::UnboundedSender<ConnInput>,
+    events: mpsc::Sender<UaEvent>,
+    /// The consumer let the events channel fill up and a bounded wait expired.
+    events_stalled: bool,
+}
+
+async fn accept(l: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        mut conn_rx: mpsc::UnboundedReceiver<ConnInput>,
+    ) {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let deadline = self.ua.poll_timeout();
+            let sleep_to = deadline
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                r = self.udp.recv_from(&mut buf) => {
+                    match r {
+                        Ok((n, src)) => {
+                            self.on_udp(Instant::now(), src, buf.get(..n).unwrap_or_default().to_vec());
+                            // Take whatever else is already queued before sending.
+                            for _ in 1..RECV_BATCH {
+                                match self.udp.try_recv_from(&mut buf) {
+                                    Ok((n, src)) => self.on_udp(Instant::now(), src, buf.get(..n).unwrap_or_default().to_vec()),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "udp recv error"),
+                    }
+                }
+                Some(input) = conn_rx.recv() => self.on_conn_input(input),
+                cmd = cmds.recv() => match cmd {
+                    None => break,
+                    Some(Cmd::Ua(c)) => self.ua.handle_command(Instant::now(), c),
+                    Some(Cmd::Stats(tx)) => { let _ = tx.send(self.ua.stats()); }
+                },
+                r = accept(&self.tcp) => match r {
+                    Ok((stream, peer)) => self.add_conn(stream, peer),
+                    Err(e) => tracing::warn!(error = %e, "tcp accept failed"),
+                },
+                _ = tokio::time::sleep_until(sleep_to) => self.ua.handle_timeout(Instant::now()),
+            }
+            self.flush().await;
+        }
+        tracing::debug!("SIP driver stopped: all handles dropped");
+    }
+
+    fn on_udp(&mut self, now: Instant, src: SocketAddr, bytes: Vec<u8>) {
+        self.ua.handle_datagram(
+            now,
+            Datagram {
+                src,
+                dst: self.udp_addr,
+                transport: Transport::Udp,
+                bytes,
+            },
+        );
+    }
+
+    fn on_conn_input(&mut self, input: ConnInput) {
+        match input {
+            ConnInput::Frame { peer, local, bytes } => self.ua.handle_datagram(
+                Instant::now(),
+                Datagram {
+                    src: peer,
+                    dst: local,
+                    transport: Transport::Tcp,
+                    bytes,
+                },
+            ),
+            ConnInput::Closed { peer, id } => {
+                if self.conns.get(&peer).is_some_and(|c| c.id == id) {
+                    self.conns.remove(&peer);
+                }
+            }
+            ConnInput::ConnectFailed { peer, id } => {
+                if self.conns.get(&peer).is_some_and(|c| c.id == id) {
+                    self.conns.remove(&peer);
+                }
+                self.ua
+                    .handle_transport_error(Instant::now(), peer, Transport::Tcp);
+            }
+        }
+    }
+
+    /// Registers a connected stream: reader task → owner, owner → writer task.
+    fn add_conn(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.conns.insert(peer, Conn { id, tx });
+        let local = stream
+            .local_addr()
+            .ok()
+            .or(self.tcp_addr)
+            .unwrap_or(self.udp_addr);
+        tokio::spawn(run_conn(stream, peer, local, id, rx, self.conn_tx.clone()));
+    }
+
+    /// Opens a connection on demand; bytes queue in the writer channel meanwhile.
+    fn connect(&mut self, peer: SocketAddr) -> mpsc::UnboundedSender<Vec<u8>> {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.conns.insert(peer, Conn { id, tx: tx.clone() });
+        let conn_tx = self.conn_tx.clone();
+        let fallback_local = self.tcp_addr.unwrap_or(self.udp_addr);
+        tokio::spawn(async move {
+            match TcpStream::connect(peer).await {
+                Ok(stream) => {
+                    let local = stream.local_addr().unwrap_or(fallback_local);
+                    run_conn(stream, peer, local, id, rx, conn_tx).await;
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "tcp connect failed");
+                    let _ = conn_tx.send(ConnInput::ConnectFailed { peer, id });
+                }
+            }
+        });
+        tx
+    }
+
+    async fn flush(&mut self) {
+        while let Some(t) = self.ua.poll_transmit() {
+            self.transmit(t).await;
+        }
+        while let Some(ev) = self.ua.poll_event() {
+            match self.events.try_send(ev) {
+                Ok(()) => self.events_stalled = false,
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    // Bounded wait, once: a stuck consumer must not stall signalling
+                    // forever, so after one timeout events are dropped until it drains.
+                    let sent = if self.events_stalled {
+                        false
+                    } else {
+                        let r =
+                            tokio::time::timeout(EVENT_SEND_PATIENCE, self.events.send(ev)).await;
+                        matches!(r, Ok(Ok(())))
+                    };
+                    self.events_stalled = !sent;
+                    if !sent {
+                        tracing::warn!("event channel full: event dropped");
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    async fn transmit(&mut self, t: Transmit) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let line = t.bytes.split(|&b| b == b'\r').next().unwrap_or_default();
+            tracing::debug!(dst = %t.dst, transport = ?t.transport, first_line = %String::from_utf8_lossy(line), "send");
+        }
+        match t.transport {
+            Transport::Udp => {
+                if let Err(e) = self.udp.send_to(&t.bytes, t.dst).await {
+                    tracing::warn!(dst = %t.dst, error = %e, "udp send failed");
+                }
+            }
+            Transport::Tcp => {
+                let tx = match self.conns.get(&t.dst) {
+                    Some(c) if !c.tx.is_closed() => c.tx.clone(),
+                    _ => self.connect(t.dst),
+                };
+                let _ = tx.send(t.bytes);
+            }
+        }
+    }
+}
+
+/// One TCP connection: a writer loop fed by the owner, a reader loop feeding it.
+async fn run_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    id: u64,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    conn_tx: mpsc::UnboundedSender<ConnInput>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut framer = StreamFramer::new(MAX_TCP_MESSAGE);
+    let mut buf = vec![0u8; 16 * 1024];
+    'read: loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        framer.push(buf.get(..n).unwrap_or_default());
+        while let Some(r) = framer.next_message() {
+            match r {
+                Ok(bytes) => {
+                    if conn_tx
+                        .send(ConnInput::Frame { peer, local, bytes })
+                        .is_err()
+                    {
+                        break 'read;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "tcp framing error: closing");
+                    break 'read;
+                }
+            }
+        }
+    }
+    writer.abort();
+    let _ = conn_tx.send(ConnInput::Closed { peer, id });
+}

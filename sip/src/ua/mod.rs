@@ -1,0 +1,678 @@
+//! The sans-IO SIP user agent (RFC 3261 §8 UAC/UAS cores on top of §17
+//! transactions and §12 dialogs), in quinn's style: feed datagrams, commands and
+//! timeouts with `now`; drain transmits and events; ask for the next deadline.
+//!
+//! Transactions live in a `HashMap` keyed by [`TxnKey`] (branch, method kind,
+//! side); their deadlines in a lazy-deletion min-heap, so `poll_timeout` is O(1)
+//! and each timer costs O(log n). Dialogs are filed by (Call-ID, local tag).
+//! The client side (INVITE/CANCEL/BYE) is in `uac.rs`, the server side in `uas.rs`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::auth::Credentials;
+use crate::dialog::{Dialog, DialogId};
+use crate::msg::{self, Header, Method, Request, Response, SipMessage};
+use crate::txn::{
+    ClientInvite, ClientNonInvite, ServerInvite, ServerNonInvite, TxnConfig, TxnKey, TxnOutput,
+};
+
+mod uac;
+mod uas;
+
+/// Picked by the caller for outgoing legs; for incoming legs the UA allocates
+/// `1 << 63 | counter`.
+pub type LegRef = u64;
+
+/// Bit set on every [`LegRef`] the UA allocates for incoming INVITEs.
+pub const INCOMING_LEG_BIT: LegRef = 1 << 63;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// The Via transport token.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+    fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+    fn reliable(self) -> bool {
+        self == Transport::Tcp
+    }
+}
+
+/// One received UDP datagram or one framed TCP message.
+#[derive(Clone, Debug)]
+pub struct Datagram {
+    pub src: SocketAddr,
+    /// The local address it arrived on.
+    pub dst: SocketAddr,
+    pub transport: Transport,
+    pub bytes: Vec<u8>,
+}
+
+/// Bytes to send. For TCP, `dst` names the connection (the peer address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: SocketAddr,
+    pub transport: Transport,
+    pub bytes: Vec<u8>,
+}
+
+/// An opaque message body (SDP, never parsed here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Body {
+    pub content_type: String,
+    pub bytes: Bytes,
+}
+
+#[derive(Clone, Debug)]
+pub struct UaConfig {
+    /// Via sent-by and Contact host:port.
+    pub public_addr: SocketAddr,
+    pub user_agent: String,
+    pub t1: Duration,
+    pub t2: Duration,
+    pub t4: Duration,
+}
+
+impl Default for UaConfig {
+    fn default() -> Self {
+        UaConfig {
+            public_addr: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            user_agent: "Switchyard".to_string(),
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where an outgoing INVITE goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub request_uri: String,
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+// Invite is big, but a command is moved a handful of times per call.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum UaCommand {
+    Invite {
+        leg: LegRef,
+        target: Target,
+        from_uri: String,
+        from_display: Option<String>,
+        to_uri: String,
+        body: Option<Body>,
+        credentials: Option<Credentials>,
+        extra_headers: Vec<Header>,
+    },
+    /// Before a final response; without a provisional yet, the CANCEL waits for one (§9.1).
+    Cancel {
+        leg: LegRef,
+    },
+    /// On a confirmed dialog (on an unanswered leg it acts as Cancel / Reject 480).
+    Bye {
+        leg: LegRef,
+    },
+    Answer {
+        leg: LegRef,
+        body: Option<Body>,
+    },
+    Reject {
+        leg: LegRef,
+        code: u16,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UaEvent {
+    /// 1xx other than 100.
+    Progress {
+        leg: LegRef,
+        code: u16,
+        reason: String,
+        body: Option<Body>,
+    },
+    /// 2xx received; the ACK is already sent.
+    Answered { leg: LegRef, body: Option<Body> },
+    /// Final non-2xx, Timer B (408) or transport error (503).
+    Failed {
+        leg: LegRef,
+        code: u16,
+        reason: String,
+        warning: Option<String>,
+    },
+    /// The dialog ended: remote BYE/CANCEL (`by_remote`) or our BYE completed/timed out.
+    Terminated {
+        leg: LegRef,
+        by_remote: bool,
+        code: Option<u16>,
+    },
+    /// Our CANCEL took effect (487, or a 200 that raced it and was ACKed + BYEd).
+    Cancelled { leg: LegRef },
+    /// A new incoming INVITE; answer with `Answer`/`Reject`.
+    Incoming {
+        leg: LegRef,
+        from: String,
+        to: String,
+        request_uri: String,
+        body: Option<Body>,
+        source: SocketAddr,
+    },
+}
+
+/// Counters since start, plus current table sizes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UaStats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub parse_errors: u64,
+    /// Retransmissions sent (requests, responses, ACKs).
+    pub retransmissions: u64,
+    /// Responses (and ACKs) matching no transaction or dialog.
+    pub strays_dropped: u64,
+    /// New requests refused by validation (400/405/420/481/483 …).
+    pub rejected: u64,
+    pub transactions: u64,
+    pub legs: u64,
+}
+
+/// Methods we accept (RFC 3261 §8.2.1).
+pub(crate) const SUPPORTED_METHODS: [Method; 5] = [
+    Method::Invite,
+    Method::Ack,
+    Method::Bye,
+    Method::Cancel,
+    Method::Options,
+];
+pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+
+/// What the TU does with a transaction's outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    Invite,
+    Cancel,
+    Bye,
+    /// Server transactions other than INVITE, and anything we ignore.
+    Other,
+}
+
+// Named after the RFC's four machines.
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug)]
+enum Machine {
+    ClientInvite(ClientInvite),
+    ClientNonInvite(ClientNonInvite),
+    ServerInvite(ServerInvite),
+    ServerNonInvite(ServerNonInvite),
+}
+
+impl Machine {
+    fn next_timeout(&self) -> Option<Instant> {
+        match self {
+            Machine::ClientInvite(m) => m.next_timeout(),
+            Machine::ClientNonInvite(m) => m.next_timeout(),
+            Machine::ServerInvite(m) => m.next_timeout(),
+            Machine::ServerNonInvite(m) => m.next_timeout(),
+        }
+    }
+    fn on_timeout(&mut self, now: Instant, out: &mut Vec<TxnOutput>) {
+        match self {
+            Machine::ClientInvite(m) => m.on_timeout(now, out),
+            Machine::ClientNonInvite(m) => m.on_timeout(now, out),
+            Machine::ServerInvite(m) => m.on_timeout(now, out),
+            Machine::ServerNonInvite(m) => m.on_timeout(now, out),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TxnEntry {
+    key: TxnKey,
+    machine: Machine,
+    leg: Option<LegRef>,
+    purpose: Purpose,
+    dst: SocketAddr,
+    transport: Transport,
+    /// The deadline currently in the heap for this entry (others are stale).
+    scheduled: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LegState {
+    /// UAC: INVITE sent, no final yet. UAS: INVITE received, not answered.
+    Calling,
+    /// 2xx sent/received, dialog confirmed.
+    Confirmed,
+    /// Our BYE is in flight.
+    Terminating,
+}
+
+#[derive(Debug)]
+struct Leg {
+    uac: bool,
+    state: LegState,
+    peer: SocketAddr,
+    transport: Transport,
+    call_id: String,
+    local_tag: String,
+    /// UAC: the last INVITE sent. UAS: the INVITE received (Via with received/rport).
+    invite: Request,
+    invite_txn: Option<u64>,
+    credentials: Option<Credentials>,
+    auth_tried: bool,
+    got_provisional: bool,
+    cancel_requested: bool,
+    cancel_sent: bool,
+    dialog: Option<Dialog>,
+    /// UAC: the ACK for the 2xx, resent for each 2xx retransmission.
+    ack: Option<(SocketAddr, Vec<u8>)>,
+    /// UAS: our answer body, reused for session refresh re-INVITEs.
+    local_body: Option<Body>,
+    /// Do not report the end of the BYE (the leg was already reported Cancelled).
+    silent_bye: bool,
+}
+
+#[derive(Debug)]
+pub struct UserAgent {
+    cfg: UaConfig,
+    rng: StdRng,
+    txns: HashMap<u64, TxnEntry>,
+    txn_index: HashMap<TxnKey, u64>,
+    next_txn: u64,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    legs: HashMap<LegRef, Leg>,
+    dialogs: HashMap<DialogId, LegRef>,
+    next_incoming: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<UaEvent>,
+    stats: UaStats,
+    /// Reused output buffer for the machines.
+    scratch: Vec<TxnOutput>,
+}
+
+impl UserAgent {
+    pub fn new(config: UaConfig, seed: u64) -> Self {
+        UserAgent {
+            cfg: config,
+            rng: StdRng::seed_from_u64(seed),
+            txns: HashMap::new(),
+            txn_index: HashMap::new(),
+            next_txn: 0,
+            timers: BinaryHeap::new(),
+            legs: HashMap::new(),
+            dialogs: HashMap::new(),
+            next_incoming: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: UaStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &UaConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> UaStats {
+        UaStats {
+            transactions: self.txns.len() as u64,
+            legs: self.legs.len() as u64,
+            ..self.stats
+        }
+    }
+
+    pub fn call_id(&self, leg: LegRef) -> Option<&str> {
+        self.legs.get(&leg).map(|l| l.call_id.as_str())
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<UaEvent> {
+        self.events.pop_front()
+    }
+
+    /// Earliest deadline. May be early (a stale heap entry): calling
+    /// `handle_timeout` then is harmless.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(entry) = self.txns.get_mut(&id) else {
+                continue;
+            };
+            if entry.scheduled != Some(at) {
+                continue;
+            }
+            entry.scheduled = None;
+            let mut out = std::mem::take(&mut self.scratch);
+            entry.machine.on_timeout(now, &mut out);
+            self.run_outputs(id, &mut out, now);
+            self.scratch = out;
+            self.schedule(id);
+        }
+    }
+
+    pub fn handle_command(&mut self, now: Instant, cmd: UaCommand) {
+        match cmd {
+            UaCommand::Invite {
+                leg,
+                target,
+                from_uri,
+                from_display,
+                to_uri,
+                body,
+                credentials,
+                extra_headers,
+            } => self.invite(
+                now,
+                leg,
+                uac::InviteArgs {
+                    target,
+                    from_uri,
+                    from_display,
+                    to_uri,
+                    body,
+                    credentials,
+                    extra_headers,
+                },
+            ),
+            UaCommand::Cancel { leg } => self.cancel(now, leg),
+            UaCommand::Bye { leg } => self.bye(now, leg),
+            UaCommand::Answer { leg, body } => self.answer(now, leg, body),
+            UaCommand::Reject { leg, code, reason } => self.reject(now, leg, code, &reason),
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, d: Datagram) {
+        self.stats.messages_in += 1;
+        match msg::parse(&d.bytes) {
+            Err(err) => {
+                self.stats.parse_errors += 1;
+                tracing::warn!(src = %d.src, error = %err, "unparseable SIP message");
+                if let Some(resp) = msg::error_response(&d.bytes, &err) {
+                    self.send(d.src, d.transport, resp.to_bytes(), false);
+                }
+            }
+            Ok(SipMessage::Request(req)) => {
+                tracing::debug!(
+                    method = req.method.as_str(),
+                    call_id = req.headers.call_id().unwrap_or(""),
+                    src = %d.src,
+                    "request in"
+                );
+                self.on_request(now, req, &d);
+            }
+            Ok(SipMessage::Response(resp)) => {
+                tracing::debug!(
+                    code = resp.code,
+                    call_id = resp.headers.call_id().unwrap_or(""),
+                    src = %d.src,
+                    "response in"
+                );
+                self.on_response(now, resp);
+            }
+        }
+    }
+
+    /// The transport could not reach `dst` (TCP connect failed or the connection
+    /// broke): every client transaction towards it ends now (§8.1.3.1: 503 for
+    /// an INVITE, the BYE counts as done).
+    pub fn handle_transport_error(&mut self, now: Instant, dst: SocketAddr, transport: Transport) {
+        let _ = now;
+        let dead: Vec<u64> = self
+            .txns
+            .iter()
+            .filter(|(_, e)| !e.key.server && e.dst == dst && e.transport == transport)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            let Some(e) = self.txns.get(&id) else {
+                continue;
+            };
+            let (leg, purpose) = (e.leg, e.purpose);
+            self.remove_txn(id);
+            let Some(leg) = leg else { continue };
+            match purpose {
+                Purpose::Invite
+                    if self
+                        .legs
+                        .get(&leg)
+                        .is_some_and(|l| l.state == LegState::Calling) =>
+                {
+                    self.events.push_back(UaEvent::Failed {
+                        leg,
+                        code: 503,
+                        reason: "Service Unavailable".to_string(),
+                        warning: None,
+                    });
+                    self.remove_leg(leg);
+                }
+                Purpose::Bye => self.uac_timeout(leg, Purpose::Bye),
+                _ => {}
+            }
+        }
+    }
+
+    // ---- plumbing shared by uac.rs and uas.rs ----
+
+    fn send(&mut self, dst: SocketAddr, transport: Transport, bytes: Vec<u8>, retrans: bool) {
+        self.stats.messages_out += 1;
+        if retrans {
+            self.stats.retransmissions += 1;
+        }
+        self.transmits.push_back(Transmit {
+            dst,
+            transport,
+            bytes,
+        });
+    }
+
+    fn random_hex(&mut self, len: usize) -> String {
+        let v: u64 = self.rng.random();
+        let mut s = format!("{v:016x}");
+        s.truncate(len.min(16));
+        s
+    }
+
+    /// A Via for a request we originate, with a fresh RFC 3261 branch.
+    fn new_via(&mut self, transport: Transport) -> String {
+        let branch = self.random_hex(16);
+        format!(
+            "SIP/2.0/{} {};branch=z9hG4bK{branch};rport",
+            transport.via_token(),
+            self.cfg.public_addr
+        )
+    }
+
+    fn contact(&self, transport: Transport) -> String {
+        format!(
+            "<sip:switchyard@{};transport={}>",
+            self.cfg.public_addr,
+            transport.uri_param()
+        )
+    }
+
+    fn txn_config(&self, transport: Transport) -> TxnConfig {
+        TxnConfig {
+            t1: self.cfg.t1,
+            t2: self.cfg.t2,
+            t4: self.cfg.t4,
+            reliable: transport.reliable(),
+        }
+    }
+
+    /// Files a new transaction and schedules its first deadline.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_txn(
+        &mut self,
+        key: TxnKey,
+        machine: Machine,
+        leg: Option<LegRef>,
+        purpose: Purpose,
+        dst: SocketAddr,
+        transport: Transport,
+    ) -> u64 {
+        let id = self.next_txn;
+        self.next_txn += 1;
+        // A key collision (a peer reusing a branch) replaces the old machine.
+        if let Some(old) = self.txn_index.insert(key.clone(), id) {
+            self.txns.remove(&old);
+        }
+        self.txns.insert(
+            id,
+            TxnEntry {
+                key,
+                machine,
+                leg,
+                purpose,
+                dst,
+                transport,
+                scheduled: None,
+            },
+        );
+        self.schedule(id);
+        id
+    }
+
+    fn remove_txn(&mut self, id: u64) {
+        if let Some(e) = self.txns.remove(&id)
+            && self.txn_index.get(&e.key) == Some(&id)
+        {
+            self.txn_index.remove(&e.key);
+        }
+    }
+
+    /// Pushes the entry's next deadline if it changed (old heap entries go stale).
+    fn schedule(&mut self, id: u64) {
+        let Some(e) = self.txns.get_mut(&id) else {
+            return;
+        };
+        let next = e.machine.next_timeout();
+        if next != e.scheduled {
+            e.scheduled = next;
+            if let Some(at) = next {
+                self.timers.push(Reverse((at, id)));
+            }
+        }
+    }
+
+    /// Acts on what a machine asked for: sends, TU callbacks, removal.
+    fn run_outputs(&mut self, id: u64, out: &mut Vec<TxnOutput>, now: Instant) {
+        let Some(e) = self.txns.get(&id) else {
+            out.clear();
+            return;
+        };
+        let (dst, transport, leg, purpose) = (e.dst, e.transport, e.leg, e.purpose);
+        let server = e.key.server;
+        for o in out.drain(..) {
+            match o {
+                TxnOutput::Transmit {
+                    bytes,
+                    retransmission,
+                } => self.send(dst, transport, bytes, retransmission),
+                TxnOutput::Response(resp) => {
+                    if let Some(leg) = leg {
+                        self.tu_response(now, leg, purpose, resp);
+                    }
+                }
+                TxnOutput::Timeout => {
+                    if let Some(leg) = leg {
+                        if server {
+                            self.uas_timeout(now, leg, purpose);
+                        } else {
+                            self.uac_timeout(leg, purpose);
+                        }
+                    }
+                }
+                TxnOutput::Terminated => self.remove_txn(id),
+            }
+        }
+    }
+
+    fn remove_leg(&mut self, leg: LegRef) {
+        if let Some(l) = self.legs.remove(&leg) {
+            let id = DialogId {
+                call_id: l.call_id,
+                local_tag: l.local_tag,
+            };
+            if self.dialogs.get(&id) == Some(&leg) {
+                self.dialogs.remove(&id);
+            }
+        }
+    }
+
+    /// Sends a response built by the TU through a server transaction (creating a
+    /// non-INVITE one for requests that have none yet).
+    fn respond_via_txn(&mut self, id: u64, resp: &Response, now: Instant) {
+        let Some(e) = self.txns.get_mut(&id) else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.scratch);
+        match &mut e.machine {
+            Machine::ServerInvite(m) => m.send_response(resp, now, &mut out),
+            Machine::ServerNonInvite(m) => m.send_response(resp, now, &mut out),
+            _ => {}
+        }
+        self.run_outputs(id, &mut out, now);
+        self.scratch = out;
+        self.schedule(id);
+    }
+
+    /// A response to `req` with a To tag added when missing (§8.2.6.2).
+    fn make_response(&mut self, req: &Request, code: u16, reason: &str) -> Response {
+        let mut resp = Response::for_request(req, code, reason);
+        if code > 100
+            && let Some(to) = req.headers.get("To")
+            && req.headers.to().is_some_and(|t| t.tag().is_none())
+        {
+            let tag = self.random_hex(10);
+            resp.headers.set("To", format!("{to};tag={tag}"));
+        }
+        resp
+    }
+}
+
+/// The `Body` of a message, if it has one.
+fn body_of(headers: &msg::Headers, bytes: &Bytes) -> Option<Body> {
+    if bytes.is_empty() {
+        return None;
+    }
+    Some(Body {
+        content_type: headers
+            .get("Content-Type")
+            .unwrap_or("application/octet-stream")
+            .to_string(),
+        bytes: bytes.clone(),
+    })
+}

@@ -1,0 +1,171 @@
+//! `/api/v1/voice/calls`: place, list, get, hang up, and the call's callback events.
+
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+
+use super::AppState;
+use super::envelope::{Envelope, Pagination};
+use super::error::{ApiError, ErrorCode};
+use super::extract::{AppJson, Auth};
+use crate::core::OriginateRequest;
+use crate::model::{CallEvent, CallRecord};
+
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCall {
+    pub to: String,
+    pub from: String,
+    pub agent_id: Option<String>,
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub record: bool,
+    pub max_duration: Option<u64>,
+    pub ring_timeout: Option<u64>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl CreateCall {
+    fn validate(self) -> Result<OriginateRequest, ApiError> {
+        if !dialplan::e164::is_e164(&self.to) {
+            return Err(ApiError::validation("to", "must be an E.164 number, e.g. +14155552671"));
+        }
+        if !dialplan::e164::is_e164(&self.from) {
+            return Err(ApiError::validation("from", "must be an E.164 number, e.g. +12025551234"));
+        }
+        if let Some(agent) = &self.agent_id {
+            if !agent.starts_with("agt_") || agent.len() > 64 {
+                return Err(ApiError::validation("agent_id", "must be an agent id (agt_…)"));
+            }
+        }
+        if let Some(hook) = &self.webhook_url {
+            let ok = url::Url::parse(hook)
+                .ok()
+                .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(ApiError::validation("webhook_url", "must be an absolute http(s) URL"));
+            }
+        }
+        if let Some(d) = self.max_duration {
+            if !(1..=86_400).contains(&d) {
+                return Err(ApiError::validation("max_duration", "must be 1 to 86400 seconds"));
+            }
+        }
+        if let Some(r) = self.ring_timeout {
+            if !(1..=600).contains(&r) {
+                return Err(ApiError::validation("ring_timeout", "must be 1 to 600 seconds"));
+            }
+        }
+        let metadata = self.metadata.unwrap_or_else(|| serde_json::json!({}));
+        if !metadata.is_object() {
+            return Err(ApiError::validation("metadata", "must be a JSON object"));
+        }
+        if metadata.to_string().len() > MAX_METADATA_BYTES {
+            return Err(ApiError::validation("metadata", "must be at most 16 KiB"));
+        }
+        Ok(OriginateRequest {
+            to: self.to,
+            from: self.from,
+            agent_id: self.agent_id,
+            webhook_url: self.webhook_url,
+            record: self.record,
+            max_duration: self.max_duration,
+            ring_timeout: self.ring_timeout,
+            metadata,
+        })
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Auth,
+    AppJson(body): AppJson<CreateCall>,
+) -> Result<Envelope<CallRecord>, ApiError> {
+    auth.require_write()?;
+    let req = body.validate()?;
+    let call = state.switch.originate(&auth.tenant, req).await?;
+    Ok(Envelope::created(call))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+) -> Result<Envelope<Vec<CallRecord>>, ApiError> {
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => return Err(ApiError::validation("limit", "must be an integer from 1 to 100")),
+        },
+    };
+    let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
+    let page = match state.store.list_calls(&auth.tenant, limit, cursor).await {
+        Ok(p) => p,
+        Err(crate::store::StoreError::InvalidCursor) => {
+            return Err(ApiError::new(ErrorCode::InvalidCursor, "cursor is not one this API returned"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Envelope::page(
+        page.calls,
+        Pagination { cursor: page.next_cursor, has_more: page.has_more, total: page.total },
+    ))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Envelope<CallRecord>, ApiError> {
+    let call = state
+        .store
+        .get_call(&auth.tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call"))?;
+    Ok(Envelope::ok(call))
+}
+
+pub async fn hangup(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Envelope<CallRecord>, ApiError> {
+    auth.require_write()?;
+    let call = state.switch.hangup(&auth.tenant, &id).await?;
+    Ok(Envelope::ok(call))
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Envelope<Vec<CallEvent>>, ApiError> {
+    if state.store.get_call(&auth.tenant, &id).await?.is_none() {
+        return Err(ApiError::not_found("call"));
+    }
+    let events = state.store.list_events(&auth.tenant, &id).await?;
+    Ok(Envelope::ok(events))
+}
+
+pub async fn redeliver(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((id, event_id)): Path<(String, String)>,
+) -> Result<Envelope<CallEvent>, ApiError> {
+    auth.require_write()?;
+    let event = state
+        .store
+        .redeliver_event(&auth.tenant, &id, &event_id, chrono::Utc::now())
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    state.webhooks.notify_one();
+    Ok(Envelope::ok(event))
+}

@@ -1,0 +1,124 @@
+//! API errors: a stable machine code, a human message and the request id, never internals.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    ValidationError,
+    InvalidCallerId,
+    InvalidCursor,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    CallAlreadyEnded,
+    ServiceUnavailable,
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ValidationError => "VALIDATION_ERROR",
+            Self::InvalidCallerId => "INVALID_CALLER_ID",
+            Self::InvalidCursor => "INVALID_CURSOR",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::NotFound => "NOT_FOUND",
+            Self::CallAlreadyEnded => "CALL_ALREADY_ENDED",
+            Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::InternalError => "INTERNAL_ERROR",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::ValidationError | Self::InvalidCallerId | Self::InvalidCursor => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::CallAlreadyEnded => StatusCode::CONFLICT,
+            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Field-level problems for VALIDATION_ERROR.
+    pub details: Vec<(String, String)>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), details: Vec::new() }
+    }
+
+    pub fn validation(field: &str, problem: impl Into<String>) -> Self {
+        let problem = problem.into();
+        Self {
+            code: ErrorCode::ValidationError,
+            message: format!("{field}: {problem}"),
+            details: vec![(field.to_owned(), problem)],
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = super::envelope::new_request_id();
+        let details: Vec<_> = self
+            .details
+            .iter()
+            .map(|(field, problem)| json!({"field": field, "problem": problem}))
+            .collect();
+        let mut body = json!({
+            "error": self.message,
+            "code": self.code.as_str(),
+            "request_id": request_id,
+        });
+        if !details.is_empty() {
+            body["details"] = json!(details);
+        }
+        (self.code.status(), axum::Json(body)).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        Self::new(ErrorCode::InternalError, "internal error")
+    }
+}
+
+impl From<crate::core::CoreError> for ApiError {
+    fn from(e: crate::core::CoreError) -> Self {
+        use crate::core::CoreError as C;
+        match e {
+            C::UnknownCallerId(n) => Self {
+                code: ErrorCode::InvalidCallerId,
+                message: format!("from: {n} is not a phone number registered to this account"),
+                details: vec![("from".into(), "not a registered caller id".into())],
+            },
+            C::NotFound => Self::not_found("call"),
+            C::AlreadyEnded(call) => Self::new(
+                ErrorCode::CallAlreadyEnded,
+                format!("call has already ended with status {}", call.status.as_str()),
+            ),
+            C::NoMediaPorts | C::Overloaded => {
+                Self::new(ErrorCode::ServiceUnavailable, e.to_string())
+            }
+            C::Store(s) => s.into(),
+        }
+    }
+}

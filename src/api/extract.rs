@@ -1,0 +1,81 @@
+//! Request extractors: the caller's identity from `X-API-Key` / `Authorization: Bearer`,
+//! and JSON bodies whose rejections become VALIDATION_ERROR instead of axum's plain text.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::{ApiError, ErrorCode};
+use crate::model::Role;
+
+/// The authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    pub tenant: String,
+    pub role: Role,
+}
+
+impl Auth {
+    /// Roles that may change things (place and hang up calls, redeliver events).
+    pub fn require_write(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Owner | Role::Admin | Role::Developer => Ok(()),
+            Role::Member => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this API key's role (member) is read-only",
+            )),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Owner | Role::Admin => Ok(()),
+            _ => Err(ApiError::new(ErrorCode::Forbidden, "requires an owner or admin API key")),
+        }
+    }
+}
+
+pub fn hash_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let key = header("x-api-key")
+            .map(str::trim)
+            .or_else(|| header("authorization").and_then(|v| v.trim().strip_prefix("Bearer ")))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing API key (X-API-Key)"))?;
+        let record = state
+            .store
+            .find_api_key(&hash_key(key))
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "invalid API key"))?;
+        Ok(Self { tenant: record.tenant, role: record.role })
+    }
+}
+
+/// `Json<T>` with our error shape.
+#[derive(Debug)]
+pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(ApiError::new(ErrorCode::ValidationError, rejection.body_text())),
+        }
+    }
+}

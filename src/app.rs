@@ -1,0 +1,156 @@
+//! The composition root: config → store → webhooks → SIP driver → core → HTTP.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::RngCore;
+
+use crate::config::{Config, ConfigError};
+use crate::store::sql::SqlStore;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("invalid role {0:?}")]
+    Role(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
+    let what = what.into();
+    move |source| AppError::Io { what, source }
+}
+
+pub async fn create_api_key(
+    config: Option<&Path>,
+    tenant: &str,
+    role: &str,
+) -> Result<String, AppError> {
+    let config = Config::load(config)?;
+    let role = crate::model::Role::parse(role).ok_or_else(|| AppError::Role(role.to_owned()))?;
+    let store = SqlStore::connect(&config.database.url).await?;
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    let key = format!("sy_live_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    store
+        .create_api_key(tenant, role, &crate::api::extract::hash_key(&key))
+        .await?;
+    Ok(key)
+}
+
+pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
+    let config = Arc::new(Config::load(config_path)?);
+    init_tracing();
+
+    let store: Arc<dyn Store> = Arc::new(SqlStore::connect(&config.database.url).await?);
+    tracing::info!(url = %redact(&config.database.url), "database ready");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let webhooks = crate::webhooks::spawn(store.clone(), webhook_config(&config), shutdown.clone())
+        .map_err(|e| AppError::Io { what: "webhook client".into(), source: std::io::Error::other(e.to_string()) })?;
+
+    let public = std::net::SocketAddr::new(config.public_ip(), config.sip.listen.port());
+    let (ua, ua_events, bound) = sip::net::spawn(sip::net::NetConfig {
+        udp: config.sip.listen,
+        tcp: config.sip.tcp.then_some(config.sip.listen),
+        ua: sip::ua::UaConfig {
+            public_addr: public,
+            user_agent: config.sip.user_agent.clone(),
+            ..Default::default()
+        },
+        socket_buffer: config.sip.socket_buffer,
+    })
+    .map_err(io(format!("SIP listen on {}", config.sip.listen)))?;
+
+    let ports = media::net::PortPool::new(config.rtp.port_min, config.rtp.port_max)
+        .map_err(|e| AppError::Io { what: "RTP port range".into(), source: std::io::Error::other(e.to_string()) })?;
+    let switch = crate::core::Switch::start(config.clone(), store.clone(), webhooks.notifier(), ua, ua_events, ports)
+        .await?;
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(io(format!("HTTP listen on {}", config.http.listen)))?;
+    let http = listener.local_addr().map_err(io("HTTP listener"))?;
+    let app = crate::api::router(crate::api::AppState { switch, store, webhooks: webhooks.notifier() });
+
+    // One machine-readable line so scripts and tests learn the bound ports (port 0 configs).
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "listening",
+            "sip_udp": bound.udp.to_string(),
+            "sip_tcp": bound.tcp.map(|a| a.to_string()),
+            "http": http.to_string(),
+        })
+    );
+    tracing::info!(sip_udp = %bound.udp, sip_tcp = ?bound.tcp, %http, "switchyard listening");
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(io("HTTP server"))?;
+    shutdown.cancel();
+    webhooks.join().await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+fn webhook_config(config: &Config) -> crate::webhooks::WebhookConfig {
+    use std::time::Duration;
+    crate::webhooks::WebhookConfig {
+        timeout: Duration::from_millis(config.webhooks.timeout_ms),
+        retry_base: Duration::from_millis(config.webhooks.retry_base_ms),
+        retry_cap: Duration::from_millis(config.webhooks.retry_cap_ms),
+        max_attempts: config.webhooks.max_attempts,
+        ..Default::default()
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

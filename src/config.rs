@@ -1,0 +1,462 @@
+//! Configuration: embedded defaults → TOML file → environment (`SWITCHYARD_SECTION__KEY`).
+//!
+//! Every key has a default, so `switchyard serve` runs with no file at all. Errors name the
+//! key and, when it came from the file, the line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub http: HttpConfig,
+    pub rtp: RtpConfig,
+    pub database: DatabaseConfig,
+    pub webhooks: WebhooksConfig,
+    pub calls: CallsConfig,
+    pub trunks: Vec<TrunkConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP and TCP listen address (the same port for both).
+    pub listen: SocketAddr,
+    /// Address written in Via, Contact and SDP; defaults to the listen IP (or 127.0.0.1 when
+    /// listening on the unspecified address).
+    pub public_addr: Option<IpAddr>,
+    pub tcp: bool,
+    /// SO_RCVBUF/SO_SNDBUF of the SIP sockets; large so bursts are not dropped by the kernel.
+    pub socket_buffer: usize,
+    pub user_agent: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Base URL used in links the API hands out (recording URLs); defaults to http://listen.
+    pub public_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtpConfig {
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Address RTP sockets bind to; defaults to the SIP public address.
+    pub bind_ip: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    pub timeout_ms: u64,
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    pub max_attempts: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    pub default_ring_timeout: u64,
+    pub default_max_duration: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkTransport {
+    Udp,
+    Tcp,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// The carrier's SIP URI, e.g. `sip:sip.carrier.example:5060` (host must resolve).
+    pub uri: String,
+    #[serde(default = "default_transport")]
+    pub transport: TrunkTransport,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// E.164 caller-id numbers the tenant owns on this trunk.
+    #[serde(default)]
+    pub numbers: Vec<String>,
+    /// Tenant that may place calls through this trunk.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_transport() -> TrunkTransport {
+    TrunkTransport::Udp
+}
+
+fn default_tenant() -> String {
+    "default".to_owned()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            sip: SipConfig::default(),
+            http: HttpConfig::default(),
+            rtp: RtpConfig::default(),
+            database: DatabaseConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            calls: CallsConfig::default(),
+            trunks: Vec::new(),
+        }
+    }
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            public_addr: None,
+            tcp: true,
+            socket_buffer: 4 * 1024 * 1024,
+            user_agent: concat!("Switchyard/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+        }
+    }
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        Self {
+            port_min: 20000,
+            port_max: 29999,
+            bind_ip: None,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://switchyard.db?mode=rwc".to_owned(),
+        }
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 10_000,
+            retry_base_ms: 1_000,
+            retry_cap_ms: 600_000,
+            max_attempts: 12,
+        }
+    }
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self {
+            default_ring_timeout: 60,
+            default_max_duration: 3600,
+        }
+    }
+}
+
+/// One problem found in a configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path, e.g. `trunks[0].uri`.
+    pub key: String,
+    /// 1-based line in the file, when the key came from the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl Config {
+    /// Load from an optional file, then apply `SWITCHYARD_*` environment overrides, then validate.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_sources(&text, &env)
+    }
+
+    /// Parse `text` (TOML) with `env` overrides. Pure, for tests and `check-config`.
+    pub fn from_sources(text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        // First pass on the raw text: type errors carry the file's line numbers.
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid(vec![toml_problem(text, &e)]))?;
+        let _: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid(vec![toml_problem(text, &e)]))?;
+        let mut problems = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("SWITCHYARD_") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.len() != 2 || path.iter().any(String::is_empty) {
+                continue;
+            }
+            let parsed = parse_env_value(value);
+            let section = table
+                .entry(path[0].clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match section {
+                toml::Value::Table(t) => {
+                    t.insert(path[1].clone(), parsed);
+                }
+                _ => problems.push(ConfigProblem {
+                    key: path[0].clone(),
+                    line: None,
+                    message: format!("{name} cannot override a non-table key"),
+                }),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Invalid(vec![ConfigProblem {
+                key: "environment".to_owned(),
+                line: None,
+                message: e.message().to_owned(),
+            }])
+        })?;
+        let problems = config.validate(text);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Semantic checks that the types alone can't express.
+    fn validate(&self, text: &str) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut problem = |key: String, message: String| {
+            let line = find_key_line(text, &key);
+            out.push(ConfigProblem { key, line, message });
+        };
+        if self.rtp.port_min == 0 || self.rtp.port_min >= self.rtp.port_max {
+            problem(
+                "rtp.port_min".into(),
+                format!(
+                    "port range {}..{} is empty or starts at 0",
+                    self.rtp.port_min, self.rtp.port_max
+                ),
+            );
+        }
+        if self.rtp.port_max - self.rtp.port_min.min(self.rtp.port_max) < 3 {
+            problem(
+                "rtp.port_max".into(),
+                "port range needs room for at least two RTP/RTCP pairs".into(),
+            );
+        }
+        let db = &self.database.url;
+        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://"))
+        {
+            problem(
+                "database.url".into(),
+                format!("unsupported database url {db:?} (sqlite:… or postgres://…)"),
+            );
+        }
+        if self.webhooks.max_attempts == 0 {
+            problem("webhooks.max_attempts".into(), "must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.trunks.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                problem(format!("trunks[{i}].name"), "must not be empty".into());
+            } else if !names.insert(t.name.clone()) {
+                problem(format!("trunks[{i}].name"), format!("duplicate trunk name {:?}", t.name));
+            }
+            if let Err(e) = crate::core::trunk::parse_trunk_uri(&t.uri) {
+                problem(format!("trunks[{i}].uri"), e);
+            }
+            if t.username.is_some() != t.password.is_some() {
+                problem(
+                    format!("trunks[{i}].username"),
+                    "username and password go together".into(),
+                );
+            }
+            for (j, n) in t.numbers.iter().enumerate() {
+                if !dialplan::e164::is_e164(n) {
+                    problem(
+                        format!("trunks[{i}].numbers[{j}]"),
+                        format!("{n:?} is not an E.164 number (+ and 8 to 15 digits)"),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// The address written in Via/Contact/SDP.
+    pub fn public_ip(&self) -> IpAddr {
+        match self.sip.public_addr {
+            Some(ip) => ip,
+            None if self.sip.listen.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            None => self.sip.listen.ip(),
+        }
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Numbers and booleans as TOML literals; everything else (addresses, URLs) as a string.
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigProblem {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    ConfigProblem {
+        key: "file".to_owned(),
+        line,
+        message: e.message().to_owned(),
+    }
+}
+
+/// Best-effort line of a dotted key (`section.key` or `trunks[i].key`) in the TOML text.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let (section, index, field) = if let Some(rest) = key.strip_prefix("trunks[") {
+        let (idx, field) = rest.split_once("].")?;
+        ("trunks", idx.parse::<usize>().ok()?, field.split('[').next()?)
+    } else {
+        let (section, field) = key.split_once('.')?;
+        (section, 0, field)
+    };
+    let mut current: Option<(&str, usize)> = None;
+    let mut seen_array = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|s| s.strip_suffix("]]")) {
+            let name = name.trim();
+            if name == section {
+                current = Some((section, seen_array));
+                seen_array += 1;
+            } else {
+                current = None;
+            }
+            continue;
+        }
+        if let Some(name) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            current = (name.trim() == section).then_some((section, 0));
+            continue;
+        }
+        if current == Some((section, index)) {
+            if let Some((k, _)) = l.split_once('=') {
+                if k.trim() == field {
+                    return Some(n + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::from_sources("", &[]).unwrap();
+        assert_eq!(c.sip.listen.port(), 5060);
+        assert!(c.database.url.starts_with("sqlite:"));
+        assert_eq!(c.calls.default_ring_timeout, 60);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let text = "[http]\nlisten = \"127.0.0.1:9000\"\n";
+        let env = vec![
+            ("SWITCHYARD_HTTP__LISTEN".to_owned(), "127.0.0.1:9100".to_owned()),
+            ("SWITCHYARD_RTP__PORT_MIN".to_owned(), "40000".to_owned()),
+            ("SWITCHYARD_RTP__PORT_MAX".to_owned(), "40100".to_owned()),
+        ];
+        let c = Config::from_sources(text, &env).unwrap();
+        assert_eq!(c.http.listen.port(), 9100);
+        assert_eq!(c.rtp.port_min, 40000);
+    }
+
+    #[test]
+    fn type_error_reports_line() {
+        let text = "[sip]\nuser_agent = \"x\"\nlisten = 12\n";
+        let Err(ConfigError::Invalid(p)) = Config::from_sources(text, &[]) else {
+            panic!("expected error")
+        };
+        assert_eq!(p[0].line, Some(3), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_key_reports_line() {
+        let text = "[sip]\nlisten = \"0.0.0.0:5060\"\nlsiten = 1\n";
+        let Err(ConfigError::Invalid(p)) = Config::from_sources(text, &[]) else {
+            panic!("expected error")
+        };
+        assert_eq!(p[0].line, Some(3), "{p:?}");
+        assert!(p[0].message.contains("lsiten"), "{p:?}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let text = "[[trunks]]\nname = \"a\"\nuri = \"sip:127.0.0.1:5070\"\n\n[[trunks]]\nname = \"b\"\nuri = \"http://nope\"\nnumbers = [\"12345\"]\n";
+        let Err(ConfigError::Invalid(p)) = Config::from_sources(text, &[]) else {
+            panic!("expected error")
+        };
+        let uri = p.iter().find(|p| p.key == "trunks[1].uri").unwrap();
+        assert_eq!(uri.line, Some(7));
+        let num = p.iter().find(|p| p.key == "trunks[1].numbers[0]").unwrap();
+        assert_eq!(num.line, Some(8));
+    }
+}

@@ -1,0 +1,326 @@
+//! The switching core: one task per call, a registry to find them, and the routers that
+//! carry SIP events from the user agent to the call that owns the leg.
+//!
+//! ```text
+//!   api ──originate/hangup──► Switch ──spawn──► CallTask (owns Call + RtpEndpoint)
+//!                                │                 ▲   │
+//!                       legs: LegRef → task        │   └─ UaCommand ─► sip::net driver
+//!                                └──── UaEvent ────┘                      │
+//!                                                                   UDP/TCP sockets
+//! ```
+//! Durable facts (the call row and its callback events) go through `Store` in one
+//! transaction per status change; the webhook deliverer is nudged after each.
+
+pub mod call;
+pub mod status;
+pub mod task;
+pub mod trunk;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::model::{CallRecord, CallStatus, NewEvent};
+use crate::store::{Store, StoreError};
+use task::{CallTask, TaskInput};
+use trunk::Trunk;
+
+/// What the API asks for when it places a call (already validated for shape).
+#[derive(Clone, Debug)]
+pub struct OriginateRequest {
+    pub to: String,
+    pub from: String,
+    pub agent_id: Option<String>,
+    pub webhook_url: Option<String>,
+    pub record: bool,
+    pub max_duration: Option<u64>,
+    pub ring_timeout: Option<u64>,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    #[error("{0} is not a caller id this account owns")]
+    UnknownCallerId(String),
+    #[error("call not found")]
+    NotFound,
+    #[error("call has already ended")]
+    AlreadyEnded(Box<CallRecord>),
+    #[error("no RTP ports free")]
+    NoMediaPorts,
+    #[error("the switch is busy; retry")]
+    Overloaded,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Handles the call tasks share.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub webhooks: Arc<tokio::sync::Notify>,
+    pub ua: sip::net::UaHandle,
+    pub ports: media::net::PortPool,
+    pub legs: Arc<DashMap<sip::ua::LegRef, mpsc::Sender<TaskInput>>>,
+    pub calls: Arc<DashMap<String, mpsc::Sender<TaskInput>>>,
+}
+
+/// The switch as the API sees it.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    shared: Shared,
+    trunks: Arc<Vec<Trunk>>,
+    next_leg: Arc<AtomicU64>,
+}
+
+/// Queue depth per call task: commands beyond this get `Overloaded` rather than piling up.
+const CALL_QUEUE: usize = 64;
+
+impl Switch {
+    /// Wire the core to a running SIP driver and close out calls a previous run left live.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        webhooks: Arc<tokio::sync::Notify>,
+        ua: sip::net::UaHandle,
+        mut ua_events: mpsc::Receiver<sip::ua::UaEvent>,
+        ports: media::net::PortPool,
+    ) -> Result<Self, StoreError> {
+        let trunks = config
+            .trunks
+            .iter()
+            .filter_map(|t| Trunk::new(t.clone()).ok())
+            .collect();
+        let shared = Shared {
+            config,
+            store,
+            webhooks,
+            ua: ua.clone(),
+            ports,
+            legs: Arc::new(DashMap::new()),
+            calls: Arc::new(DashMap::new()),
+        };
+        close_out_live_calls(&shared).await?;
+
+        let legs = shared.legs.clone();
+        tokio::spawn(async move {
+            while let Some(event) = ua_events.recv().await {
+                route_ua_event(&legs, &ua, event);
+            }
+        });
+        Ok(Self {
+            shared,
+            trunks: Arc::new(trunks),
+            next_leg: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    pub fn live_calls(&self) -> usize {
+        self.shared.calls.len()
+    }
+
+    /// Validate the route, write the `initiating` row and its event, and start the call task.
+    pub async fn originate(
+        &self,
+        tenant: &str,
+        req: OriginateRequest,
+    ) -> Result<CallRecord, CoreError> {
+        let entries: Vec<dialplan::outbound::TrunkEntry> = self
+            .trunks
+            .iter()
+            .map(|t| dialplan::outbound::TrunkEntry {
+                name: t.config.name.clone(),
+                tenant: t.config.tenant.clone(),
+                numbers: t.config.numbers.clone(),
+            })
+            .collect();
+        let names = match dialplan::outbound::route_outbound(&entries, tenant, &req.from) {
+            dialplan::outbound::OutboundRoute::Trunks(names) => names,
+            dialplan::outbound::OutboundRoute::UnknownCallerId => {
+                return Err(CoreError::UnknownCallerId(req.from));
+            }
+        };
+        let trunks: Vec<Trunk> = names
+            .iter()
+            .filter_map(|n| self.trunks.iter().find(|t| &t.config.name == n).cloned())
+            .collect();
+        let Some(first) = trunks.first() else {
+            return Err(CoreError::UnknownCallerId(req.from));
+        };
+
+        let calls_cfg = &self.shared.config.calls;
+        // Millisecond precision: what the store keeps, so the API shows the same value twice.
+        let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
+            .unwrap_or_else(Utc::now);
+        let record = CallRecord {
+            id: format!("call_{}", ulid::Ulid::new().to_string().to_ascii_lowercase()),
+            tenant: tenant.to_owned(),
+            direction: "outbound".to_owned(),
+            to: req.to.clone(),
+            from: req.from.clone(),
+            agent_id: req.agent_id.clone(),
+            status: CallStatus::Initiating,
+            record: req.record,
+            recording_url: None,
+            webhook_url: req.webhook_url.clone(),
+            max_duration: req.max_duration.unwrap_or(calls_cfg.default_max_duration) as i64,
+            ring_timeout: req.ring_timeout.unwrap_or(calls_cfg.default_ring_timeout) as i64,
+            metadata: req.metadata.clone(),
+            trunk: Some(first.config.name.clone()),
+            sip_call_id: None,
+            sip_code: None,
+            sip_reason: None,
+            q850_cause: None,
+            end_reason: None,
+            rtp_packets_received: 0,
+            rtp_bytes_received: 0,
+            created_at: now,
+            answered_at: None,
+            ended_at: None,
+            duration_seconds: None,
+        };
+        let bind_ip = self
+            .shared
+            .config
+            .rtp
+            .bind_ip
+            .unwrap_or_else(|| self.shared.config.public_ip());
+        let endpoint = media::net::RtpEndpoint::open(&self.shared.ports, bind_ip)
+            .map_err(|_| CoreError::NoMediaPorts)?;
+
+        self.shared
+            .store
+            .create_call(
+                &record,
+                &NewEvent {
+                    event_type: "call.initiating".to_owned(),
+                    extra: serde_json::json!({}),
+                },
+            )
+            .await?;
+        self.shared.webhooks.notify_one();
+
+        let leg = self.next_leg.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(CALL_QUEUE);
+        self.shared.legs.insert(leg, tx.clone());
+        self.shared.calls.insert(record.id.clone(), tx);
+        let task = CallTask::new(self.shared.clone(), record.clone(), first.clone(), leg, endpoint);
+        tokio::spawn(task.run(rx));
+        Ok(record)
+    }
+
+    /// Hang up a live call; resolves with the call once it has ended (CANCEL or BYE done),
+    /// or after a few seconds with the call as it stands.
+    pub async fn hangup(&self, tenant: &str, id: &str) -> Result<CallRecord, CoreError> {
+        let current = self
+            .shared
+            .store
+            .get_call(tenant, id)
+            .await?
+            .ok_or(CoreError::NotFound)?;
+        if current.status.is_terminal() {
+            return Err(CoreError::AlreadyEnded(Box::new(current)));
+        }
+        let Some(tx) = self.shared.calls.get(id).map(|e| e.value().clone()) else {
+            // Live in the database but not in this process: ended while we looked.
+            let again = self.shared.store.get_call(tenant, id).await?.ok_or(CoreError::NotFound)?;
+            return Err(CoreError::AlreadyEnded(Box::new(again)));
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        tx.try_send(TaskInput::Hangup(reply_tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => CoreError::NotFound,
+        })?;
+        match tokio::time::timeout(Duration::from_secs(10), reply_rx).await {
+            Ok(Ok(record)) => Ok(record),
+            _ => self
+                .shared
+                .store
+                .get_call(tenant, id)
+                .await?
+                .ok_or(CoreError::NotFound),
+        }
+    }
+}
+
+fn route_ua_event(
+    legs: &DashMap<sip::ua::LegRef, mpsc::Sender<TaskInput>>,
+    ua: &sip::net::UaHandle,
+    event: sip::ua::UaEvent,
+) {
+    use sip::ua::UaEvent;
+    let leg = match &event {
+        UaEvent::Incoming { leg, from, to, source, .. } => {
+            // Inbound routing arrives with the dialplan work; until then nothing is
+            // reachable here, and saying so without detail reveals no numbers.
+            tracing::info!(%source, %from, %to, "inbound INVITE refused: no inbound routes");
+            let _ = ua.send(sip::ua::UaCommand::Reject {
+                leg: *leg,
+                code: 403,
+                reason: "Forbidden".to_owned(),
+            });
+            return;
+        }
+        UaEvent::Progress { leg, .. }
+        | UaEvent::Answered { leg, .. }
+        | UaEvent::Failed { leg, .. }
+        | UaEvent::Terminated { leg, .. }
+        | UaEvent::Cancelled { leg } => *leg,
+        #[allow(unreachable_patterns)]
+        _ => return,
+    };
+    match legs.get(&leg) {
+        Some(tx) => {
+            if tx.try_send(TaskInput::Sip(event)).is_err() {
+                tracing::warn!(leg, "call task queue full or gone; SIP event dropped");
+            }
+        }
+        None => tracing::debug!(leg, "SIP event for a leg with no call"),
+    }
+}
+
+/// Calls that were live when the process died are closed out honestly: `failed`, with the
+/// reason recorded and their callback queued.
+async fn close_out_live_calls(shared: &Shared) -> Result<(), StoreError> {
+    let live = shared.store.live_calls().await?;
+    if !live.is_empty() {
+        tracing::warn!(count = live.len(), "closing out calls left live by a previous run");
+    }
+    for mut call in live {
+        let now = Utc::now();
+        call.status = CallStatus::Failed;
+        call.sip_code = None;
+        call.sip_reason = Some("switch restarted during the call".to_owned());
+        call.end_reason = Some("switch_restart".to_owned());
+        call.q850_cause = Some(41); // temporary failure
+        call.ended_at = Some(now);
+        call.duration_seconds = Some(
+            call.answered_at
+                .map_or(0, |a| (now - a).num_seconds().max(0)),
+        );
+        let event = NewEvent {
+            event_type: "call.failed".to_owned(),
+            extra: serde_json::json!({
+                "sip_code": null,
+                "sip_reason": call.sip_reason,
+                "q850_cause": call.q850_cause,
+                "end_reason": call.end_reason,
+            }),
+        };
+        shared.store.update_call(&call, Some(&event)).await?;
+        tracing::warn!(call_id = %call.id, "call closed out after restart");
+    }
+    shared.webhooks.notify_one();
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! `CallTask`: the tokio task that owns one `Call`, its SIP leg and its RTP endpoint.
+//!
+//! The run loop has str0m's shape: feed an input (a SIP event, an API command, or a timer
+//! firing), drain the machine's outputs into I/O, then wait for whichever comes first of the
+//! next input and `poll_timeout`.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::Shared;
+use super::call::{Call, CallInput, CallOutput, StatusChange};
+use super::status::q850_for_sip;
+use super::trunk::Trunk;
+use crate::model::{CallRecord, CallStatus, NewEvent};
+
+#[derive(Debug)]
+pub enum TaskInput {
+    Sip(sip::ua::UaEvent),
+    /// Hang up; the sender gets the call once it has ended.
+    Hangup(oneshot::Sender<CallRecord>),
+}
+
+#[derive(Debug)]
+pub(crate) struct CallTask {
+    shared: Shared,
+    record: CallRecord,
+    trunk: Trunk,
+    leg: sip::ua::LegRef,
+    endpoint: Option<media::net::RtpEndpoint>,
+    offer: Option<media::sdp::OfferParams>,
+    call: Call,
+    waiters: Vec<oneshot::Sender<CallRecord>>,
+}
+
+impl CallTask {
+    pub(crate) fn new(
+        shared: Shared,
+        record: CallRecord,
+        trunk: Trunk,
+        leg: sip::ua::LegRef,
+        endpoint: media::net::RtpEndpoint,
+    ) -> Self {
+        let call = Call::new(
+            std::time::Duration::from_secs(record.ring_timeout.max(1) as u64),
+            std::time::Duration::from_secs(record.max_duration.max(1) as u64),
+        );
+        Self {
+            shared,
+            record,
+            trunk,
+            leg,
+            endpoint: Some(endpoint),
+            offer: None,
+            call,
+            waiters: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<TaskInput>) {
+        let span = tracing::info_span!("call", call_id = %self.record.id);
+        async move {
+            self.call.handle(Instant::now(), CallInput::Start);
+            self.drain().await;
+            while !self.call.is_done() {
+                let deadline = self.call.poll_timeout();
+                tokio::select! {
+                    input = rx.recv() => match input {
+                        Some(input) => self.on_input(input),
+                        None => break,
+                    },
+                    () = sleep_until(deadline) => self.call.handle_timeout(Instant::now()),
+                }
+                self.drain().await;
+            }
+            self.shared.legs.remove(&self.leg);
+            self.shared.calls.remove(&self.record.id);
+            for w in self.waiters.drain(..) {
+                let _ = w.send(self.record.clone());
+            }
+            tracing::info!(status = self.record.status.as_str(), "call ended");
+        }
+        .instrument(span)
+        .await;
+    }
+
+    fn on_input(&mut self, input: TaskInput) {
+        use sip::ua::UaEvent;
+        let now = Instant::now();
+        let input = match input {
+            TaskInput::Hangup(reply) => {
+                self.waiters.push(reply);
+                CallInput::Hangup
+            }
+            TaskInput::Sip(ev) => match ev {
+                UaEvent::Progress { code, .. } => CallInput::Progress { code },
+                UaEvent::Answered { body, .. } => {
+                    self.connect_media(body.as_ref());
+                    CallInput::Answered
+                }
+                UaEvent::Failed { code, reason, .. } => CallInput::Failed { code, reason },
+                UaEvent::Cancelled { .. } => CallInput::Cancelled,
+                UaEvent::Terminated { by_remote, .. } => CallInput::Terminated { by_remote },
+                _ => return,
+            },
+        };
+        self.call.handle(now, input);
+    }
+
+    fn connect_media(&mut self, body: Option<&sip::ua::Body>) {
+        let (Some(endpoint), Some(offer), Some(body)) = (&self.endpoint, &self.offer, body) else {
+            tracing::warn!("answer without SDP; media not connected");
+            return;
+        };
+        match media::sdp::negotiate_answer(offer, &body.bytes) {
+            Ok(params) => {
+                tracing::info!(remote = %params.remote, codec = ?params.codec, "media connected");
+                endpoint.connect(params);
+            }
+            Err(e) => tracing::warn!(error = %e, "unusable SDP answer; media not connected"),
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Some(out) = self.call.poll_output() {
+            match out {
+                CallOutput::Invite => self.send_invite().await,
+                CallOutput::Cancel => self.send_sip(sip::ua::UaCommand::Cancel { leg: self.leg }),
+                CallOutput::Bye => self.send_sip(sip::ua::UaCommand::Bye { leg: self.leg }),
+                CallOutput::Status(change) => self.apply_status(change).await,
+            }
+        }
+    }
+
+    fn send_sip(&mut self, cmd: sip::ua::UaCommand) {
+        if self.shared.ua.send(cmd).is_err() {
+            // The SIP driver is gone (shutting down): the call cannot progress.
+            tracing::error!("SIP driver gone");
+            self.call.handle(
+                Instant::now(),
+                CallInput::Failed { code: 503, reason: "SIP Driver Stopped".to_owned() },
+            );
+        }
+    }
+
+    async fn send_invite(&mut self) {
+        let target = match self.trunk.resolve().await {
+            Ok(addr) => addr,
+            Err(e) => {
+                tracing::warn!(trunk = %self.trunk.config.name, error = %e, "trunk address does not resolve");
+                self.call.handle(
+                    Instant::now(),
+                    CallInput::Failed { code: 503, reason: "Trunk Unreachable".to_owned() },
+                );
+                return;
+            }
+        };
+        let config = &self.shared.config;
+        let public_ip = config.public_ip();
+        let Some(endpoint) = &self.endpoint else { return };
+        let session_id = Utc::now().timestamp_micros().unsigned_abs();
+        let offer = media::sdp::OfferParams {
+            session_id,
+            session_version: session_id,
+            addr: public_ip,
+            port: endpoint.local_addr().port(),
+            codecs: vec![media::sdp::Codec::Pcmu, media::sdp::Codec::Pcma],
+            dtmf_pt: Some(101),
+            ptime_ms: 20,
+            direction: media::sdp::Direction::SendRecv,
+        };
+        let sdp = media::sdp::build_offer(&offer);
+        self.offer = Some(offer);
+        let credentials = match (&self.trunk.config.username, &self.trunk.config.password) {
+            (Some(u), Some(p)) => Some(sip::auth::Credentials { username: u.clone(), password: p.clone() }),
+            _ => None,
+        };
+        let transport = match self.trunk.config.transport {
+            crate::config::TrunkTransport::Udp => sip::ua::Transport::Udp,
+            crate::config::TrunkTransport::Tcp => sip::ua::Transport::Tcp,
+        };
+        let from_uri = format!("sip:{}@{}", self.record.from, public_ip_for_uri(public_ip));
+        self.send_sip(sip::ua::UaCommand::Invite {
+            leg: self.leg,
+            target: sip::ua::Target {
+                request_uri: self.trunk.request_uri(&self.record.to),
+                addr: target,
+                transport,
+            },
+            from_uri,
+            from_display: None,
+            to_uri: format!("sip:{}@{}:{}", self.record.to, self.trunk.uri.host, self.trunk.uri.port),
+            body: Some(sip::ua::Body {
+                content_type: "application/sdp".to_owned(),
+                bytes: sdp.into_bytes().into(),
+            }),
+            credentials,
+            extra_headers: Vec::new(),
+        });
+        tracing::info!(trunk = %self.trunk.config.name, %target, to = %self.record.to, "INVITE sent");
+    }
+
+    async fn apply_status(&mut self, change: StatusChange) {
+        let now = Utc::now();
+        let r = &mut self.record;
+        r.status = change.status;
+        if let Some(code) = change.sip_code {
+            r.sip_code = Some(i32::from(code));
+        }
+        if change.sip_reason.is_some() {
+            r.sip_reason = change.sip_reason.clone();
+        }
+        if change.status == CallStatus::InProgress {
+            r.answered_at = Some(now);
+        }
+        let mut extra = serde_json::json!({});
+        if change.status.is_terminal() {
+            r.ended_at = Some(now);
+            r.duration_seconds = Some(r.answered_at.map_or(0, |a| (now - a).num_seconds().max(0)));
+            r.end_reason = change.end_reason.map(|e| e.as_str().to_owned());
+            let code = change.sip_code.unwrap_or(match change.status {
+                CallStatus::Completed => 200,
+                CallStatus::Cancelled => 487,
+                _ => 0,
+            });
+            r.q850_cause = Some(match (change.status, change.end_reason) {
+                (CallStatus::NoAnswer, Some(super::call::EndReason::RingTimeout)) => 19,
+                (CallStatus::Cancelled, _) => 16,
+                _ => q850_for_sip(code),
+            });
+            if let Some(endpoint) = self.endpoint.take() {
+                let stats = endpoint.close().await;
+                r.rtp_packets_received = stats.packets_received as i64;
+                r.rtp_bytes_received = stats.bytes_received as i64;
+            }
+            extra = serde_json::json!({
+                "sip_code": r.sip_code,
+                "sip_reason": r.sip_reason,
+                "q850_cause": r.q850_cause,
+                "end_reason": r.end_reason,
+            });
+        }
+        let event = NewEvent { event_type: format!("call.{}", change.status.as_str()), extra };
+        match self.shared.store.update_call(r, Some(&event)).await {
+            Ok(_) => self.shared.webhooks.notify_one(),
+            Err(e) => tracing::error!(error = %e, status = change.status.as_str(), "failed to record call status"),
+        }
+        tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
+    }
+}
+
+fn public_ip_for_uri(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,13 @@
+//! End-to-end test support: SIPp peers, the switch binary, a webhook sink and an API client.
+//! Included with `mod common;` by several test files, each using a different part of it.
+#![allow(dead_code, unused_imports)]
+
+pub mod api;
+pub mod sipp;
+pub mod switch;
+pub mod webhook;
+
+pub use api::{Api, wait_for_status};
+pub use sipp::{Sipp, SippBuilder, SippOutcome};
+pub use switch::{Listening, SwitchConfig, SwitchProcess};
+pub use webhook::{Received, WebhookSink};
