@@ -39,7 +39,10 @@ pub async fn create_api_key(
     let store = SqlStore::connect(&config.database.url).await?;
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
-    let key = format!("sy_live_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let key = format!(
+        "sy_live_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     store
         .create_api_key(tenant, role, &crate::api::extract::hash_key(&key))
         .await?;
@@ -55,7 +58,10 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let webhooks = crate::webhooks::spawn(store.clone(), webhook_config(&config), shutdown.clone())
-        .map_err(|e| AppError::Io { what: "webhook client".into(), source: std::io::Error::other(e.to_string()) })?;
+        .map_err(|e| AppError::Io {
+            what: "webhook client".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
 
     let public = std::net::SocketAddr::new(config.public_ip(), config.sip.listen.port());
     let (ua, ua_events, bound) = sip::net::spawn(sip::net::NetConfig {
@@ -70,16 +76,32 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     })
     .map_err(io(format!("SIP listen on {}", config.sip.listen)))?;
 
-    let ports = media::net::PortPool::new(config.rtp.port_min, config.rtp.port_max)
-        .map_err(|e| AppError::Io { what: "RTP port range".into(), source: std::io::Error::other(e.to_string()) })?;
-    let switch = crate::core::Switch::start(config.clone(), store.clone(), webhooks.notifier(), ua, ua_events, ports)
-        .await?;
+    let ports =
+        media::net::PortPool::new(config.rtp.port_min, config.rtp.port_max).map_err(|e| {
+            AppError::Io {
+                what: "RTP port range".into(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+    let switch = crate::core::Switch::start(
+        config.clone(),
+        store.clone(),
+        webhooks.notifier(),
+        ua,
+        ua_events,
+        ports,
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(io(format!("HTTP listen on {}", config.http.listen)))?;
     let http = listener.local_addr().map_err(io("HTTP listener"))?;
-    let app = crate::api::router(crate::api::AppState { switch, store, webhooks: webhooks.notifier() });
+    let app = crate::api::router(crate::api::AppState {
+        switch,
+        store,
+        webhooks: webhooks.notifier(),
+    });
 
     // One machine-readable line so scripts and tests learn the bound ports (port 0 configs).
     println!(

@@ -226,10 +226,10 @@ impl Config {
     /// Parse `text` (TOML) with `env` overrides. Pure, for tests and `check-config`.
     pub fn from_sources(text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
         // First pass on the raw text: type errors carry the file's line numbers.
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError::Invalid(vec![toml_problem(text, &e)]))?;
-        let _: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Invalid(vec![toml_problem(text, &e)]))?;
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(vec![toml_problem(text, &e)]))?;
+        let _: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(vec![toml_problem(text, &e)]))?;
         let mut problems = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("SWITCHYARD_") else {
@@ -257,13 +257,16 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid(vec![ConfigProblem {
-                key: "environment".to_owned(),
-                line: None,
-                message: e.message().to_owned(),
-            }])
-        })?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError::Invalid(vec![ConfigProblem {
+                        key: "environment".to_owned(),
+                        line: None,
+                        message: e.message().to_owned(),
+                    }])
+                })?;
         let problems = config.validate(text);
         if problems.is_empty() {
             Ok(config)
@@ -295,7 +298,9 @@ impl Config {
             );
         }
         let db = &self.database.url;
-        if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://"))
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
         {
             problem(
                 "database.url".into(),
@@ -310,7 +315,10 @@ impl Config {
             if t.name.trim().is_empty() {
                 problem(format!("trunks[{i}].name"), "must not be empty".into());
             } else if !names.insert(t.name.clone()) {
-                problem(format!("trunks[{i}].name"), format!("duplicate trunk name {:?}", t.name));
+                problem(
+                    format!("trunks[{i}].name"),
+                    format!("duplicate trunk name {:?}", t.name),
+                );
             }
             if let Err(e) = crate::core::trunk::parse_trunk_uri(&t.uri) {
                 problem(format!("trunks[{i}].uri"), e);
@@ -370,7 +378,11 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigProblem {
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
     let (section, index, field) = if let Some(rest) = key.strip_prefix("trunks[") {
         let (idx, field) = rest.split_once("].")?;
-        ("trunks", idx.parse::<usize>().ok()?, field.split('[').next()?)
+        (
+            "trunks",
+            idx.parse::<usize>().ok()?,
+            field.split('[').next()?,
+        )
     } else {
         let (section, field) = key.split_once('.')?;
         (section, 0, field)
@@ -420,7 +432,10 @@ mod tests {
     fn env_overrides_file() {
         let text = "[http]\nlisten = \"127.0.0.1:9000\"\n";
         let env = vec![
-            ("SWITCHYARD_HTTP__LISTEN".to_owned(), "127.0.0.1:9100".to_owned()),
+            (
+                "SWITCHYARD_HTTP__LISTEN".to_owned(),
+                "127.0.0.1:9100".to_owned(),
+            ),
             ("SWITCHYARD_RTP__PORT_MIN".to_owned(), "40000".to_owned()),
             ("SWITCHYARD_RTP__PORT_MAX".to_owned(), "40100".to_owned()),
         ];

@@ -30,6 +30,7 @@ fn main() {
                 body: None,
                 credentials: None,
                 extra_headers: vec![],
+                call_id: None,
             },
         );
         p.drive();

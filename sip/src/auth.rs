@@ -1,15 +1,21 @@
-//! HTTP Digest authentication for SIP (RFC 3261 §22, RFC 2617 §3, RFC 7616), MD5.
+//! HTTP Digest authentication for SIP (RFC 3261 §22, RFC 2617 §3, RFC 7616 / RFC 8760):
+//! MD5 and SHA-256, each plain or `-sess`.
 //!
 //! A server challenges with `WWW-Authenticate` (401) or `Proxy-Authenticate` (407):
 //! `Digest realm="…", nonce="…", qop="auth"`. The client proves it knows the
 //! password without sending it:
 //!
 //! ```text
-//! HA1      = MD5(username ":" realm ":" password)
-//! HA2      = MD5(method ":" digest-uri)
-//! response = MD5(HA1 ":" nonce ":" nc ":" cnonce ":" qop ":" HA2)   with qop=auth
-//!          = MD5(HA1 ":" nonce ":" HA2)                             without qop (RFC 2069)
+//! HA1      = H(username ":" realm ":" password)
+//! HA2      = H(method ":" digest-uri)
+//! response = H(HA1 ":" nonce ":" nc ":" cnonce ":" qop ":" HA2)   with qop=auth
+//!          = H(HA1 ":" nonce ":" HA2)                             without qop (RFC 2069)
 //! ```
+//!
+//! where `H` is hex(MD5) or hex(SHA-256) per the challenge's `algorithm`, and the
+//! `-sess` variants replace HA1 by `H(HA1 ":" nonce ":" cnonce)`. A server may offer
+//! several challenges (SHA-256 first, MD5 for old clients): [`DigestChallenge::select`]
+//! takes the first one we can answer.
 //!
 //! and retries the request with `Authorization` / `Proxy-Authorization` carrying
 //! those fields. `cnonce` is random and `nc` counts uses of the same nonce; both come
@@ -18,12 +24,13 @@
 //! response from its own copy of the password; checking that the nonce is one it
 //! issued and still fresh is the caller's job.
 //!
-//! Only `MD5` and `MD5-sess` are implemented; `auth-int` (hash of the body) is not
-//! offered, so a challenge offering only `auth-int` is answered as RFC 2069.
+//! `auth-int` (a hash of the body) is not implemented, so a challenge offering only
+//! `auth-int` is answered as RFC 2069, and [`verify`] refuses `auth-int` responses.
 
 use std::fmt::Write as _;
 
 use md5::{Digest, Md5};
+use sha2::Sha256;
 
 use crate::msg::{Method, ParseError};
 
@@ -65,6 +72,22 @@ impl DigestChallenge {
         })
     }
 
+    /// Whether [`authorization`] can answer this challenge (its algorithm is absent,
+    /// MD5, MD5-sess, SHA-256 or SHA-256-sess).
+    pub fn is_supported(&self) -> bool {
+        Algorithm::parse(self.algorithm.as_deref()).is_some()
+    }
+
+    /// The first challenge among `WWW-Authenticate` / `Proxy-Authenticate` values
+    /// that parses and that we can answer (RFC 8760 §2.4: servers list them in
+    /// order of preference).
+    pub fn select<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<DigestChallenge> {
+        values
+            .into_iter()
+            .filter_map(|v| DigestChallenge::parse(v).ok())
+            .find(DigestChallenge::is_supported)
+    }
+
     /// A challenge header value (`Digest realm="…", nonce="…", algorithm=MD5,
     /// qop="auth"`) for a server to send.
     pub fn to_header(&self) -> String {
@@ -104,8 +127,11 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Returns the value for an Authorization / Proxy-Authorization header (MD5,
-/// qop=auth when offered, cnonce from the caller since the crate is sans-IO).
+/// Returns the value for an Authorization / Proxy-Authorization header (MD5 or
+/// SHA-256 as challenged, qop=auth when offered, cnonce from the caller since the
+/// crate is sans-IO). A challenge with an algorithm we do not know
+/// (`!ch.is_supported()`) is answered with MD5, which the server will refuse:
+/// pick challenges with [`DigestChallenge::select`].
 pub fn authorization(
     ch: &DigestChallenge,
     creds: &Credentials,
@@ -116,17 +142,17 @@ pub fn authorization(
 ) -> String {
     let use_qop = ch.qop.iter().any(|q| q.eq_ignore_ascii_case("auth"));
     let nc = format!("{nc:08x}");
-    let sess = is_sess(ch.algorithm.as_deref());
+    let alg = Algorithm::parse(ch.algorithm.as_deref()).unwrap_or(Algorithm::MD5);
     let ha1 = ha1(
+        alg,
         &creds.username,
         &ch.realm,
         &creds.password,
-        sess,
         &ch.nonce,
         cnonce,
     );
     let qop = use_qop.then_some(("auth", nc.as_str(), cnonce));
-    let response = response(&ha1, &ch.nonce, qop, method.as_str(), uri);
+    let response = response(alg, &ha1, &ch.nonce, qop, method.as_str(), uri);
     let mut s = format!(
         "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", response=\"{response}\"",
         escape(&creds.username),
@@ -134,11 +160,7 @@ pub fn authorization(
         escape(&ch.nonce),
         escape(uri),
     );
-    let _ = write!(
-        s,
-        ", algorithm={}",
-        ch.algorithm.as_deref().unwrap_or("MD5")
-    );
+    let _ = write!(s, ", algorithm={}", alg.name());
     if use_qop {
         let _ = write!(s, ", cnonce=\"{}\", qop=auth, nc={nc}", escape(cnonce));
     }
@@ -192,13 +214,15 @@ impl DigestResponse {
 /// The caller has already checked `resp.realm`, `resp.nonce` (issued by us, fresh)
 /// and `resp.username`, and that `resp.uri` matches the Request-URI.
 pub fn verify(resp: &DigestResponse, method: &Method, password: &str) -> bool {
-    let sess = is_sess(resp.algorithm.as_deref());
+    let Some(alg) = Algorithm::parse(resp.algorithm.as_deref()) else {
+        return false;
+    };
     let cnonce = resp.cnonce.as_deref().unwrap_or("");
     let ha1 = ha1(
+        alg,
         &resp.username,
         &resp.realm,
         password,
-        sess,
         &resp.nonce,
         cnonce,
     );
@@ -210,30 +234,70 @@ pub fn verify(resp: &DigestResponse, method: &Method, password: &str) -> bool {
         // auth-int, or qop without nc/cnonce: not something we can check.
         _ => return false,
     };
-    if !matches!(
-        resp.algorithm
-            .as_deref()
-            .map(str::to_ascii_uppercase)
-            .as_deref(),
-        None | Some("MD5") | Some("MD5-SESS")
-    ) {
-        return false;
-    }
-    let expected = response(&ha1, &resp.nonce, qop, method.as_str(), &resp.uri);
+    let expected = response(alg, &ha1, &resp.nonce, qop, method.as_str(), &resp.uri);
     constant_time_eq(
         expected.as_bytes(),
         resp.response.to_ascii_lowercase().as_bytes(),
     )
 }
 
-fn is_sess(algorithm: Option<&str>) -> bool {
-    algorithm.is_some_and(|a| a.eq_ignore_ascii_case("MD5-sess"))
+/// The hash and whether it is a `-sess` variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Algorithm {
+    sha256: bool,
+    sess: bool,
 }
 
-fn ha1(user: &str, realm: &str, password: &str, sess: bool, nonce: &str, cnonce: &str) -> String {
-    let h = md5_hex(&[user, ":", realm, ":", password]);
-    if sess {
-        md5_hex(&[&h, ":", nonce, ":", cnonce])
+impl Algorithm {
+    const MD5: Algorithm = Algorithm {
+        sha256: false,
+        sess: false,
+    };
+
+    /// RFC 7616 §3.3: absent means MD5. Names are case-insensitive.
+    fn parse(name: Option<&str>) -> Option<Algorithm> {
+        let name = name.unwrap_or("MD5").to_ascii_uppercase();
+        let (base, sess) = match name.strip_suffix("-SESS") {
+            Some(b) => (b, true),
+            None => (name.as_str(), false),
+        };
+        let sha256 = match base {
+            "MD5" => false,
+            "SHA-256" => true,
+            _ => return None,
+        };
+        Some(Algorithm { sha256, sess })
+    }
+
+    fn name(self) -> &'static str {
+        match (self.sha256, self.sess) {
+            (false, false) => "MD5",
+            (false, true) => "MD5-sess",
+            (true, false) => "SHA-256",
+            (true, true) => "SHA-256-sess",
+        }
+    }
+
+    fn hex(self, parts: &[&str]) -> String {
+        if self.sha256 {
+            hash_hex::<Sha256>(parts)
+        } else {
+            hash_hex::<Md5>(parts)
+        }
+    }
+}
+
+fn ha1(
+    alg: Algorithm,
+    user: &str,
+    realm: &str,
+    password: &str,
+    nonce: &str,
+    cnonce: &str,
+) -> String {
+    let h = alg.hex(&[user, ":", realm, ":", password]);
+    if alg.sess {
+        alg.hex(&[&h, ":", nonce, ":", cnonce])
     } else {
         h
     }
@@ -241,29 +305,30 @@ fn ha1(user: &str, realm: &str, password: &str, sess: bool, nonce: &str, cnonce:
 
 /// `qop` is `(qop, nc, cnonce)` when a qop is in use.
 fn response(
+    alg: Algorithm,
     ha1: &str,
     nonce: &str,
     qop: Option<(&str, &str, &str)>,
     method: &str,
     uri: &str,
 ) -> String {
-    let ha2 = md5_hex(&[method, ":", uri]);
+    let ha2 = alg.hex(&[method, ":", uri]);
     match qop {
         Some((q, nc, cnonce)) => {
-            md5_hex(&[ha1, ":", nonce, ":", nc, ":", cnonce, ":", q, ":", &ha2])
+            alg.hex(&[ha1, ":", nonce, ":", nc, ":", cnonce, ":", q, ":", &ha2])
         }
-        None => md5_hex(&[ha1, ":", nonce, ":", &ha2]),
+        None => alg.hex(&[ha1, ":", nonce, ":", &ha2]),
     }
 }
 
-fn md5_hex(parts: &[&str]) -> String {
-    let mut h = Md5::new();
+fn hash_hex<D: Digest>(parts: &[&str]) -> String {
+    let mut h = D::new();
     for p in parts {
         h.update(p.as_bytes());
     }
     h.finalize()
         .iter()
-        .fold(String::with_capacity(32), |mut s, b| {
+        .fold(String::with_capacity(64), |mut s, b| {
             let _ = write!(s, "{b:02x}");
             s
         })
@@ -347,6 +412,50 @@ mod tests {
         assert!(!verify(&parsed, &Method::Invite, "Circle Of Life"));
     }
 
+    /// RFC 7616 §3.9.1: the same request answered with MD5 and with SHA-256.
+    #[test]
+    fn rfc7616_sha256_example() {
+        let creds = Credentials {
+            username: "Mufasa".into(),
+            password: "Circle of Life".into(),
+        };
+        let get = Method::Other("GET".into());
+        let cnonce = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
+        let values = [
+            "Basic realm=\"x\"",
+            "Digest realm=\"http-auth@example.org\", qop=\"auth, auth-int\", algorithm=SHA-512-256, nonce=\"x\"",
+            "Digest realm=\"http-auth@example.org\", qop=\"auth, auth-int\", algorithm=SHA-256, \
+             nonce=\"7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v\", \
+             opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"",
+            "Digest realm=\"http-auth@example.org\", qop=\"auth, auth-int\", algorithm=MD5, \
+             nonce=\"7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v\", \
+             opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"",
+        ];
+        let sha = DigestChallenge::select(values).unwrap();
+        assert_eq!(sha.algorithm.as_deref(), Some("SHA-256"));
+        let h = authorization(&sha, &creds, &get, "/dir/index.html", cnonce, 1);
+        assert!(
+            h.contains(
+                "response=\"753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1\""
+            ),
+            "{h}"
+        );
+        assert!(h.contains("algorithm=SHA-256"));
+        assert!(verify(
+            &DigestResponse::parse(&h).unwrap(),
+            &get,
+            "Circle of Life"
+        ));
+
+        let md5 = DigestChallenge::parse(values[3]).unwrap();
+        let h = authorization(&md5, &creds, &get, "/dir/index.html", cnonce, 1);
+        assert!(
+            h.contains("response=\"8ca523f5e9506fed4657c9700eebdbec\""),
+            "{h}"
+        );
+        assert!(!DigestChallenge::parse(values[1]).unwrap().is_supported());
+    }
+
     #[test]
     fn without_qop_and_with_sess() {
         let mut ch = DigestChallenge::parse("Digest realm=\"r\", nonce=\"n\", stale=TRUE").unwrap();
@@ -369,6 +478,14 @@ mod tests {
         assert_eq!(r.nc.as_deref(), Some("00000007"));
         assert!(verify(&r, &Method::Invite, "p"));
         assert!(!verify(&r, &Method::Invite, "q"));
+        ch.algorithm = Some("sha-256-sess".into());
+        let h = authorization(&ch, &creds, &Method::Invite, "sip:b@c", "cn", 7);
+        assert!(h.contains("algorithm=SHA-256-sess"));
+        assert!(verify(
+            &DigestResponse::parse(&h).unwrap(),
+            &Method::Invite,
+            "p"
+        ));
     }
 
     #[test]

@@ -56,6 +56,7 @@ async fn call(transport: Transport) {
         body: None,
         credentials: None,
         extra_headers: vec![],
+        call_id: None,
     })
     .unwrap();
     let UaEvent::Incoming {
@@ -192,6 +193,7 @@ async fn tcp_connect_failure_fails_the_call_with_503() {
         body: None,
         credentials: None,
         extra_headers: vec![],
+        call_id: None,
     })
     .unwrap();
     assert!(matches!(

@@ -35,6 +35,7 @@ fn invite_cmd(leg: u64, target: Target, credentials: Option<Credentials>) -> UaC
         body: sdp("v=0 offer"),
         credentials,
         extra_headers: vec![],
+        call_id: None,
     }
 }
 

@@ -29,14 +29,23 @@ pub struct CreateCall {
 impl CreateCall {
     fn validate(self) -> Result<OriginateRequest, ApiError> {
         if !dialplan::e164::is_e164(&self.to) {
-            return Err(ApiError::validation("to", "must be an E.164 number, e.g. +14155552671"));
+            return Err(ApiError::validation(
+                "to",
+                "must be an E.164 number, e.g. +14155552671",
+            ));
         }
         if !dialplan::e164::is_e164(&self.from) {
-            return Err(ApiError::validation("from", "must be an E.164 number, e.g. +12025551234"));
+            return Err(ApiError::validation(
+                "from",
+                "must be an E.164 number, e.g. +12025551234",
+            ));
         }
         if let Some(agent) = &self.agent_id {
             if !agent.starts_with("agt_") || agent.len() > 64 {
-                return Err(ApiError::validation("agent_id", "must be an agent id (agt_…)"));
+                return Err(ApiError::validation(
+                    "agent_id",
+                    "must be an agent id (agt_…)",
+                ));
             }
         }
         if let Some(hook) = &self.webhook_url {
@@ -44,17 +53,26 @@ impl CreateCall {
                 .ok()
                 .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
             if !ok {
-                return Err(ApiError::validation("webhook_url", "must be an absolute http(s) URL"));
+                return Err(ApiError::validation(
+                    "webhook_url",
+                    "must be an absolute http(s) URL",
+                ));
             }
         }
         if let Some(d) = self.max_duration {
             if !(1..=86_400).contains(&d) {
-                return Err(ApiError::validation("max_duration", "must be 1 to 86400 seconds"));
+                return Err(ApiError::validation(
+                    "max_duration",
+                    "must be 1 to 86400 seconds",
+                ));
             }
         }
         if let Some(r) = self.ring_timeout {
             if !(1..=600).contains(&r) {
-                return Err(ApiError::validation("ring_timeout", "must be 1 to 600 seconds"));
+                return Err(ApiError::validation(
+                    "ring_timeout",
+                    "must be 1 to 600 seconds",
+                ));
             }
         }
         let metadata = self.metadata.unwrap_or_else(|| serde_json::json!({}));
@@ -103,20 +121,32 @@ pub async fn list(
         None => 20,
         Some(s) => match s.parse::<u32>() {
             Ok(n) if (1..=100).contains(&n) => n,
-            _ => return Err(ApiError::validation("limit", "must be an integer from 1 to 100")),
+            _ => {
+                return Err(ApiError::validation(
+                    "limit",
+                    "must be an integer from 1 to 100",
+                ));
+            }
         },
     };
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
     let page = match state.store.list_calls(&auth.tenant, limit, cursor).await {
         Ok(p) => p,
         Err(crate::store::StoreError::InvalidCursor) => {
-            return Err(ApiError::new(ErrorCode::InvalidCursor, "cursor is not one this API returned"));
+            return Err(ApiError::new(
+                ErrorCode::InvalidCursor,
+                "cursor is not one this API returned",
+            ));
         }
         Err(e) => return Err(e.into()),
     };
     Ok(Envelope::page(
         page.calls,
-        Pagination { cursor: page.next_cursor, has_more: page.has_more, total: page.total },
+        Pagination {
+            cursor: page.next_cursor,
+            has_more: page.has_more,
+            total: page.total,
+        },
     ))
 }
 

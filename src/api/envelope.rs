@@ -26,15 +26,27 @@ pub struct Envelope<T> {
 
 impl<T> Envelope<T> {
     pub fn ok(data: T) -> Self {
-        Self { status: StatusCode::OK, data, pagination: None }
+        Self {
+            status: StatusCode::OK,
+            data,
+            pagination: None,
+        }
     }
 
     pub fn created(data: T) -> Self {
-        Self { status: StatusCode::CREATED, data, pagination: None }
+        Self {
+            status: StatusCode::CREATED,
+            data,
+            pagination: None,
+        }
     }
 
     pub fn page(data: T, pagination: Pagination) -> Self {
-        Self { status: StatusCode::OK, data, pagination: Some(pagination) }
+        Self {
+            status: StatusCode::OK,
+            data,
+            pagination: Some(pagination),
+        }
     }
 }
 

@@ -57,7 +57,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: Vec::new() }
+        Self {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
     }
 
     pub fn validation(field: &str, problem: impl Into<String>) -> Self {
@@ -113,7 +117,10 @@ impl From<crate::core::CoreError> for ApiError {
             C::NotFound => Self::not_found("call"),
             C::AlreadyEnded(call) => Self::new(
                 ErrorCode::CallAlreadyEnded,
-                format!("call has already ended with status {}", call.status.as_str()),
+                format!(
+                    "call has already ended with status {}",
+                    call.status.as_str()
+                ),
             ),
             C::NoMediaPorts | C::Overloaded => {
                 Self::new(ErrorCode::ServiceUnavailable, e.to_string())

@@ -31,7 +31,10 @@ impl Auth {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Owner | Role::Admin => Ok(()),
-            _ => Err(ApiError::new(ErrorCode::Forbidden, "requires an owner or admin API key")),
+            _ => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "requires an owner or admin API key",
+            )),
         }
     }
 }
@@ -57,7 +60,10 @@ impl FromRequestParts<AppState> for Auth {
             .find_api_key(&hash_key(key))
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "invalid API key"))?;
-        Ok(Self { tenant: record.tenant, role: record.role })
+        Ok(Self {
+            tenant: record.tenant,
+            role: record.role,
+        })
     }
 }
 
@@ -75,7 +81,10 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(ApiError::new(ErrorCode::ValidationError, rejection.body_text())),
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::ValidationError,
+                rejection.body_text(),
+            )),
         }
     }
 }

@@ -39,7 +39,10 @@ pub fn router(state: AppState) -> Router {
             post(calls::redeliver),
         )
         .route("/api/v1/webhooks/secret", get(webhook_secret))
-        .route("/api/v1/webhooks/secret/rotate", post(rotate_webhook_secret))
+        .route(
+            "/api/v1/webhooks/secret/rotate",
+            post(rotate_webhook_secret),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -114,14 +114,21 @@ impl Call {
                 self.ring_deadline = Some(now + self.ring_timeout);
                 self.out.push_back(CallOutput::Invite);
             }
-            (Phase::Idle, I::Hangup) => self.finish(CallStatus::Cancelled, None, None, EndReason::Hangup),
+            (Phase::Idle, I::Hangup) => {
+                self.finish(CallStatus::Cancelled, None, None, EndReason::Hangup)
+            }
             (Phase::Calling, I::Progress { code }) => {
                 self.phase = Phase::Ringing;
                 self.status(CallStatus::Ringing, Some(code), None, None);
             }
             (Phase::Calling | Phase::Ringing, I::Answered) => self.answered(now),
             (Phase::Calling | Phase::Ringing, I::Failed { code, reason }) => {
-                self.finish(status_for_final(code), Some(code), Some(reason), EndReason::Rejected);
+                self.finish(
+                    status_for_final(code),
+                    Some(code),
+                    Some(reason),
+                    EndReason::Rejected,
+                );
             }
             (Phase::Calling | Phase::Ringing, I::Hangup) => {
                 self.phase = Phase::Cancelling(EndReason::Hangup);
@@ -258,24 +265,51 @@ mod tests {
     }
 
     fn failed(code: u16) -> I {
-        I::Failed { code, reason: "x".into() }
+        I::Failed {
+            code,
+            reason: "x".into(),
+        }
     }
 
     #[test]
     fn status_matrix() {
         use CallStatus::*;
         let rows: Vec<(Vec<I>, Vec<CallStatus>)> = vec![
-            (vec![I::Start, I::Progress { code: 180 }, I::Answered, I::Terminated { by_remote: true }],
-             vec![Ringing, InProgress, Completed]),
+            (
+                vec![
+                    I::Start,
+                    I::Progress { code: 180 },
+                    I::Answered,
+                    I::Terminated { by_remote: true },
+                ],
+                vec![Ringing, InProgress, Completed],
+            ),
             (vec![I::Start, failed(486)], vec![Busy]),
-            (vec![I::Start, I::Progress { code: 180 }, failed(600)], vec![Ringing, Busy]),
+            (
+                vec![I::Start, I::Progress { code: 180 }, failed(600)],
+                vec![Ringing, Busy],
+            ),
             (vec![I::Start, failed(480)], vec![NoAnswer]),
             (vec![I::Start, failed(408)], vec![NoAnswer]),
             (vec![I::Start, failed(404)], vec![Failed]),
             (vec![I::Start, failed(503)], vec![Failed]),
-            (vec![I::Start, I::Progress { code: 180 }, I::Hangup, I::Cancelled], vec![Ringing, Cancelled]),
-            (vec![I::Start, I::Answered, I::Hangup, I::Terminated { by_remote: false }], vec![InProgress, Completed]),
-            (vec![I::Start, I::Hangup, I::Answered, I::Cancelled], vec![Cancelled]),
+            (
+                vec![I::Start, I::Progress { code: 180 }, I::Hangup, I::Cancelled],
+                vec![Ringing, Cancelled],
+            ),
+            (
+                vec![
+                    I::Start,
+                    I::Answered,
+                    I::Hangup,
+                    I::Terminated { by_remote: false },
+                ],
+                vec![InProgress, Completed],
+            ),
+            (
+                vec![I::Start, I::Hangup, I::Answered, I::Cancelled],
+                vec![Cancelled],
+            ),
         ];
         for (inputs, want) in rows {
             let (c, outs) = run(&inputs);
@@ -308,7 +342,9 @@ mod tests {
         c.handle(t0 + Duration::from_secs(5), I::Cancelled);
         let outs = drain(&mut c);
         assert_eq!(statuses(&outs), vec![CallStatus::NoAnswer]);
-        let CallOutput::Status(s) = &outs[0] else { panic!() };
+        let CallOutput::Status(s) = &outs[0] else {
+            panic!()
+        };
         assert_eq!(s.end_reason, Some(EndReason::RingTimeout));
     }
 
@@ -322,10 +358,18 @@ mod tests {
         assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(13)));
         c.handle_timeout(t0 + Duration::from_secs(13));
         assert_eq!(drain(&mut c), vec![CallOutput::Bye]);
-        c.handle(t0 + Duration::from_secs(13), I::Terminated { by_remote: false });
+        c.handle(
+            t0 + Duration::from_secs(13),
+            I::Terminated { by_remote: false },
+        );
         let outs = drain(&mut c);
-        let CallOutput::Status(s) = &outs[0] else { panic!() };
-        assert_eq!((s.status, s.end_reason), (CallStatus::Completed, Some(EndReason::MaxDuration)));
+        let CallOutput::Status(s) = &outs[0] else {
+            panic!()
+        };
+        assert_eq!(
+            (s.status, s.end_reason),
+            (CallStatus::Completed, Some(EndReason::MaxDuration))
+        );
         assert_eq!(c.poll_timeout(), None);
     }
 

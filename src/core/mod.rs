@@ -164,7 +164,10 @@ impl Switch {
         let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
             .unwrap_or_else(Utc::now);
         let record = CallRecord {
-            id: format!("call_{}", ulid::Ulid::new().to_string().to_ascii_lowercase()),
+            id: format!(
+                "call_{}",
+                ulid::Ulid::new().to_string().to_ascii_lowercase()
+            ),
             tenant: tenant.to_owned(),
             direction: "outbound".to_owned(),
             to: req.to.clone(),
@@ -178,7 +181,12 @@ impl Switch {
             ring_timeout: req.ring_timeout.unwrap_or(calls_cfg.default_ring_timeout) as i64,
             metadata: req.metadata.clone(),
             trunk: Some(first.config.name.clone()),
-            sip_call_id: None,
+            // Ours, not the user agent's, so the row names the SIP dialog from the start.
+            sip_call_id: Some(format!(
+                "{}@{}",
+                ulid::Ulid::new().to_string().to_ascii_lowercase(),
+                self.shared.config.public_ip()
+            )),
             sip_code: None,
             sip_reason: None,
             q850_cause: None,
@@ -215,7 +223,13 @@ impl Switch {
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
         self.shared.legs.insert(leg, tx.clone());
         self.shared.calls.insert(record.id.clone(), tx);
-        let task = CallTask::new(self.shared.clone(), record.clone(), first.clone(), leg, endpoint);
+        let task = CallTask::new(
+            self.shared.clone(),
+            record.clone(),
+            first.clone(),
+            leg,
+            endpoint,
+        );
         tokio::spawn(task.run(rx));
         Ok(record)
     }
@@ -234,14 +248,20 @@ impl Switch {
         }
         let Some(tx) = self.shared.calls.get(id).map(|e| e.value().clone()) else {
             // Live in the database but not in this process: ended while we looked.
-            let again = self.shared.store.get_call(tenant, id).await?.ok_or(CoreError::NotFound)?;
+            let again = self
+                .shared
+                .store
+                .get_call(tenant, id)
+                .await?
+                .ok_or(CoreError::NotFound)?;
             return Err(CoreError::AlreadyEnded(Box::new(again)));
         };
         let (reply_tx, reply_rx) = oneshot::channel();
-        tx.try_send(TaskInput::Hangup(reply_tx)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => CoreError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => CoreError::NotFound,
-        })?;
+        tx.try_send(TaskInput::Hangup(reply_tx))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => CoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => CoreError::NotFound,
+            })?;
         match tokio::time::timeout(Duration::from_secs(10), reply_rx).await {
             Ok(Ok(record)) => Ok(record),
             _ => self
@@ -261,7 +281,13 @@ fn route_ua_event(
 ) {
     use sip::ua::UaEvent;
     let leg = match &event {
-        UaEvent::Incoming { leg, from, to, source, .. } => {
+        UaEvent::Incoming {
+            leg,
+            from,
+            to,
+            source,
+            ..
+        } => {
             // Inbound routing arrives with the dialplan work; until then nothing is
             // reachable here, and saying so without detail reveals no numbers.
             tracing::info!(%source, %from, %to, "inbound INVITE refused: no inbound routes");
@@ -295,7 +321,10 @@ fn route_ua_event(
 async fn close_out_live_calls(shared: &Shared) -> Result<(), StoreError> {
     let live = shared.store.live_calls().await?;
     if !live.is_empty() {
-        tracing::warn!(count = live.len(), "closing out calls left live by a previous run");
+        tracing::warn!(
+            count = live.len(),
+            "closing out calls left live by a previous run"
+        );
     }
     for mut call in live {
         let now = Utc::now();

@@ -140,7 +140,10 @@ impl CallTask {
             tracing::error!("SIP driver gone");
             self.call.handle(
                 Instant::now(),
-                CallInput::Failed { code: 503, reason: "SIP Driver Stopped".to_owned() },
+                CallInput::Failed {
+                    code: 503,
+                    reason: "SIP Driver Stopped".to_owned(),
+                },
             );
         }
     }
@@ -152,14 +155,19 @@ impl CallTask {
                 tracing::warn!(trunk = %self.trunk.config.name, error = %e, "trunk address does not resolve");
                 self.call.handle(
                     Instant::now(),
-                    CallInput::Failed { code: 503, reason: "Trunk Unreachable".to_owned() },
+                    CallInput::Failed {
+                        code: 503,
+                        reason: "Trunk Unreachable".to_owned(),
+                    },
                 );
                 return;
             }
         };
         let config = &self.shared.config;
         let public_ip = config.public_ip();
-        let Some(endpoint) = &self.endpoint else { return };
+        let Some(endpoint) = &self.endpoint else {
+            return;
+        };
         let session_id = Utc::now().timestamp_micros().unsigned_abs();
         let offer = media::sdp::OfferParams {
             session_id,
@@ -174,7 +182,10 @@ impl CallTask {
         let sdp = media::sdp::build_offer(&offer);
         self.offer = Some(offer);
         let credentials = match (&self.trunk.config.username, &self.trunk.config.password) {
-            (Some(u), Some(p)) => Some(sip::auth::Credentials { username: u.clone(), password: p.clone() }),
+            (Some(u), Some(p)) => Some(sip::auth::Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            }),
             _ => None,
         };
         let transport = match self.trunk.config.transport {
@@ -191,13 +202,17 @@ impl CallTask {
             },
             from_uri,
             from_display: None,
-            to_uri: format!("sip:{}@{}:{}", self.record.to, self.trunk.uri.host, self.trunk.uri.port),
+            to_uri: format!(
+                "sip:{}@{}:{}",
+                self.record.to, self.trunk.uri.host, self.trunk.uri.port
+            ),
             body: Some(sip::ua::Body {
                 content_type: "application/sdp".to_owned(),
                 bytes: sdp.into_bytes().into(),
             }),
             credentials,
             extra_headers: Vec::new(),
+            call_id: self.record.sip_call_id.clone(),
         });
         tracing::info!(trunk = %self.trunk.config.name, %target, to = %self.record.to, "INVITE sent");
     }
@@ -242,10 +257,15 @@ impl CallTask {
                 "end_reason": r.end_reason,
             });
         }
-        let event = NewEvent { event_type: format!("call.{}", change.status.as_str()), extra };
+        let event = NewEvent {
+            event_type: format!("call.{}", change.status.as_str()),
+            extra,
+        };
         match self.shared.store.update_call(r, Some(&event)).await {
             Ok(_) => self.shared.webhooks.notify_one(),
-            Err(e) => tracing::error!(error = %e, status = change.status.as_str(), "failed to record call status"),
+            Err(e) => {
+                tracing::error!(error = %e, status = change.status.as_str(), "failed to record call status")
+            }
         }
         tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
     }

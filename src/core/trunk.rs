@@ -63,7 +63,10 @@ impl Trunk {
             TrunkTransport::Udp => "",
             TrunkTransport::Tcp => ";transport=tcp",
         };
-        format!("sip:{number}@{}:{}{transport}", self.uri.host, self.uri.port)
+        format!(
+            "sip:{number}@{}:{}{transport}",
+            self.uri.host, self.uri.port
+        )
     }
 
     /// Resolve the carrier's address (DNS A/AAAA; SRV/NAPTR are not consulted).
@@ -84,12 +87,18 @@ mod tests {
     fn parses_trunk_uris() {
         assert_eq!(
             parse_trunk_uri("sip:127.0.0.1:5070").unwrap(),
-            TrunkUri { host: "127.0.0.1".into(), port: 5070 }
+            TrunkUri {
+                host: "127.0.0.1".into(),
+                port: 5070
+            }
         );
         assert_eq!(parse_trunk_uri("sip:carrier.example").unwrap().port, 5060);
         assert_eq!(
             parse_trunk_uri("sip:[::1]:5080;transport=tcp").unwrap(),
-            TrunkUri { host: "[::1]".into(), port: 5080 }
+            TrunkUri {
+                host: "[::1]".into(),
+                port: 5080
+            }
         );
         assert!(parse_trunk_uri("http://x").is_err());
         assert!(parse_trunk_uri("sip:host:99999").is_err());

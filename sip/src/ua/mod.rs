@@ -126,6 +126,9 @@ pub enum UaCommand {
         body: Option<Body>,
         credentials: Option<Credentials>,
         extra_headers: Vec<Header>,
+        /// The Call-ID to use; one is generated when None. Lets the caller log and store it
+        /// before the INVITE leaves.
+        call_id: Option<String>,
     },
     /// Before a final response; without a provisional yet, the CANCEL waits for one (§9.1).
     Cancel {
@@ -394,6 +397,7 @@ impl UserAgent {
                 body,
                 credentials,
                 extra_headers,
+                call_id,
             } => self.invite(
                 now,
                 leg,
@@ -405,6 +409,7 @@ impl UserAgent {
                     body,
                     credentials,
                     extra_headers,
+                    call_id,
                 },
             ),
             UaCommand::Cancel { leg } => self.cancel(now, leg),

@@ -21,6 +21,7 @@ pub(super) struct InviteArgs {
     pub body: Option<Body>,
     pub credentials: Option<Credentials>,
     pub extra_headers: Vec<Header>,
+    pub call_id: Option<String>,
 }
 
 /// The branch of a request's top Via (empty when absent).
@@ -40,7 +41,10 @@ impl UserAgent {
         let transport = a.target.transport;
         let via = self.new_via(transport);
         let tag = self.random_hex(10);
-        let call_id = format!("{}@{}", self.random_hex(16), self.cfg.public_addr.ip());
+        let call_id = match a.call_id {
+            Some(id) if !id.is_empty() => id,
+            _ => format!("{}@{}", self.random_hex(16), self.cfg.public_addr.ip()),
+        };
         let mut req = Request::new(Method::Invite, a.target.request_uri.clone());
         req.headers.push("Via", via);
         req.headers.push("Max-Forwards", "70");
