@@ -30,6 +30,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/api/v1/voice/calls", post(calls::create).get(calls::list))
         .route("/api/v1/voice/calls/{id}", get(calls::get))
         .route("/api/v1/voice/calls/{id}/hangup", post(calls::hangup))
@@ -49,6 +50,16 @@ pub fn router(state: AppState) -> Router {
 
 async fn health(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
     axum::Json(json!({"status": "ok", "live_calls": state.switch.live_calls()}))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.switch.render_metrics().await,
+    )
 }
 
 async fn not_found() -> ApiError {

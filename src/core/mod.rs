@@ -12,6 +12,7 @@
 //! transaction per status change; the webhook deliverer is nudged after each.
 
 pub mod call;
+pub mod metrics;
 pub mod status;
 pub mod task;
 pub mod trunk;
@@ -70,6 +71,7 @@ pub(crate) struct Shared {
     pub ports: media::net::PortPool,
     pub legs: Arc<DashMap<sip::ua::LegRef, mpsc::Sender<TaskInput>>>,
     pub calls: Arc<DashMap<String, mpsc::Sender<TaskInput>>>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// The switch as the API sees it.
@@ -106,6 +108,7 @@ impl Switch {
             ports,
             legs: Arc::new(DashMap::new()),
             calls: Arc::new(DashMap::new()),
+            metrics: Arc::new(metrics::Metrics::default()),
         };
         close_out_live_calls(&shared).await?;
 
@@ -128,6 +131,12 @@ impl Switch {
 
     pub fn live_calls(&self) -> usize {
         self.shared.calls.len()
+    }
+
+    /// Prometheus text exposition of the core's and the SIP stack's counters.
+    pub async fn render_metrics(&self) -> String {
+        let sip = self.shared.ua.stats().await.ok();
+        self.shared.metrics.render(self.live_calls(), sip.as_ref())
     }
 
     /// Validate the route, write the `initiating` row and its event, and start the call task.
@@ -218,6 +227,8 @@ impl Switch {
             )
             .await?;
         self.shared.webhooks.notify_one();
+        self.shared.metrics.call_started();
+        self.shared.metrics.status(CallStatus::Initiating);
 
         let leg = self.next_leg.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(CALL_QUEUE);

@@ -249,6 +249,9 @@ impl CallTask {
                 let stats = endpoint.close().await;
                 r.rtp_packets_received = stats.packets_received as i64;
                 r.rtp_bytes_received = stats.bytes_received as i64;
+                self.shared
+                    .metrics
+                    .rtp(stats.packets_received, stats.bytes_received);
             }
             extra = serde_json::json!({
                 "sip_code": r.sip_code,
