@@ -53,8 +53,19 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     let config = Arc::new(Config::load(config_path)?);
     init_tracing();
 
-    let store: Arc<dyn Store> = Arc::new(SqlStore::connect(&config.database.url).await?);
+    let store: Arc<dyn Store> = Arc::new(
+        SqlStore::connect(&config.database.url)
+            .await?
+            .with_node(&config.node.name),
+    );
     tracing::info!(url = %redact(&config.database.url), "database ready");
+    let released = store.release_claims(chrono::Utc::now()).await?;
+    if released > 0 {
+        tracing::warn!(
+            released,
+            "callbacks claimed by this node before a crash are due again"
+        );
+    }
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let webhooks = crate::webhooks::spawn(store.clone(), webhook_config(&config), shutdown.clone())

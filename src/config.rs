@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct Config {
+    pub node: NodeConfig,
     pub sip: SipConfig,
     pub http: HttpConfig,
     pub rtp: RtpConfig,
@@ -18,6 +20,21 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub calls: CallsConfig,
     pub trunks: Vec<TrunkConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's name; unique among nodes sharing one database.
+    pub name: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: "switchyard".to_owned(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -104,20 +121,6 @@ fn default_transport() -> TrunkTransport {
 
 fn default_tenant() -> String {
     "default".to_owned()
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            sip: SipConfig::default(),
-            http: HttpConfig::default(),
-            rtp: RtpConfig::default(),
-            database: DatabaseConfig::default(),
-            webhooks: WebhooksConfig::default(),
-            calls: CallsConfig::default(),
-            trunks: Vec::new(),
-        }
-    }
 }
 
 impl Default for SipConfig {
@@ -405,12 +408,11 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
             current = (name.trim() == section).then_some((section, 0));
             continue;
         }
-        if current == Some((section, index)) {
-            if let Some((k, _)) = l.split_once('=') {
-                if k.trim() == field {
-                    return Some(n + 1);
-                }
-            }
+        if current == Some((section, index))
+            && let Some((k, _)) = l.split_once('=')
+            && k.trim() == field
+        {
+            return Some(n + 1);
         }
     }
     None

@@ -40,13 +40,13 @@ impl CreateCall {
                 "must be an E.164 number, e.g. +12025551234",
             ));
         }
-        if let Some(agent) = &self.agent_id {
-            if !agent.starts_with("agt_") || agent.len() > 64 {
-                return Err(ApiError::validation(
-                    "agent_id",
-                    "must be an agent id (agt_…)",
-                ));
-            }
+        if let Some(agent) = &self.agent_id
+            && (!agent.starts_with("agt_") || agent.len() > 64)
+        {
+            return Err(ApiError::validation(
+                "agent_id",
+                "must be an agent id (agt_…)",
+            ));
         }
         if let Some(hook) = &self.webhook_url {
             let ok = url::Url::parse(hook)
@@ -59,21 +59,21 @@ impl CreateCall {
                 ));
             }
         }
-        if let Some(d) = self.max_duration {
-            if !(1..=86_400).contains(&d) {
-                return Err(ApiError::validation(
-                    "max_duration",
-                    "must be 1 to 86400 seconds",
-                ));
-            }
+        if let Some(d) = self.max_duration
+            && !(1..=86_400).contains(&d)
+        {
+            return Err(ApiError::validation(
+                "max_duration",
+                "must be 1 to 86400 seconds",
+            ));
         }
-        if let Some(r) = self.ring_timeout {
-            if !(1..=600).contains(&r) {
-                return Err(ApiError::validation(
-                    "ring_timeout",
-                    "must be 1 to 600 seconds",
-                ));
-            }
+        if let Some(r) = self.ring_timeout
+            && !(1..=600).contains(&r)
+        {
+            return Err(ApiError::validation(
+                "ring_timeout",
+                "must be 1 to 600 seconds",
+            ));
         }
         let metadata = self.metadata.unwrap_or_else(|| serde_json::json!({}));
         if !metadata.is_object() {

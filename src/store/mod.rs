@@ -65,6 +65,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The returned events are claimed: their next_attempt_at moves forward by a lease, so
     /// other deliverers (other nodes, or the next loop turn) skip them while they are in flight.
     async fn due_events(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<CallEvent>>;
+    /// Make events this node had claimed when it died due again now (at start-up, before the
+    /// deliverer runs): the process that held the claim is gone, so waiting out the lease
+    /// would only delay callbacks. Returns how many were released.
+    async fn release_claims(&self, now: DateTime<Utc>) -> StoreResult<u64>;
     /// The earliest next_attempt_at among pending events (for the deliverer's sleep).
     async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>>;
     /// Success: state delivered, `attempts` incremented (it counts every POST, including this one).

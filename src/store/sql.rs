@@ -112,6 +112,8 @@ pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
     claim_lease: chrono::Duration,
+    /// Written on claimed events; see [`Store::release_claims`].
+    node: String,
 }
 
 impl SqlStore {
@@ -164,7 +166,14 @@ impl SqlStore {
             pool,
             backend,
             claim_lease: to_chrono(DEFAULT_CLAIM_LEASE),
+            node: "switchyard".to_owned(),
         })
+    }
+
+    /// The name this node writes on the events it claims (one per node sharing a database).
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = node.to_owned();
+        self
     }
 
     /// How long `due_events` hides a claimed event from other deliverers (default 60 s).
@@ -354,7 +363,7 @@ impl Store for SqlStore {
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE call_events SET next_attempt_at = $3 WHERE id IN (\
+            "UPDATE call_events SET next_attempt_at = $3, claimed_by = $4 WHERE id IN (\
                SELECT e.id FROM call_events e \
                WHERE e.state = 'pending' AND e.next_attempt_at <= $1 AND {HEAD_OF_CALL} \
                ORDER BY e.created_at, e.id LIMIT $2{lock}) \
@@ -364,6 +373,7 @@ impl Store for SqlStore {
             .bind(now.timestamp_millis())
             .bind(i64::from(limit))
             .bind((now + self.claim_lease).timestamp_millis())
+            .bind(self.node.clone())
             .fetch_all(&self.pool)
             .await?;
         let mut events = rows
@@ -373,6 +383,18 @@ impl Store for SqlStore {
         // RETURNING does not promise an order.
         events.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(events)
+    }
+
+    async fn release_claims(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE call_events SET next_attempt_at = $1, claimed_by = NULL \
+             WHERE state = 'pending' AND claimed_by = $2",
+        )
+        .bind(now.timestamp_millis())
+        .bind(self.node.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>> {
@@ -408,8 +430,8 @@ impl Store for SqlStore {
         error: &str,
     ) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE call_events SET attempts = $1, next_attempt_at = $2, last_error = $3 \
-             WHERE id = $4",
+            "UPDATE call_events SET attempts = $1, next_attempt_at = $2, last_error = $3, \
+             claimed_by = NULL WHERE id = $4",
         )
         .bind(attempts)
         .bind(next_attempt_at.timestamp_millis())
