@@ -106,6 +106,39 @@ async fn ring_no_answer_then_cancel() {
 }
 
 #[tokio::test]
+async fn cancel_crossing_the_answer() {
+    let out = assert_pair_ok("uas_cancel_race.xml", |a| {
+        Sipp::builder("uac_cancel_race.xml")
+            .remote(a)
+            .timeout(short())
+            .spawn()
+    })
+    .await;
+    assert!(out.messages.contains("CSeq: 1 CANCEL"), "{out}");
+    assert!(out.messages.contains("CSeq: 2 BYE"), "{out}");
+}
+
+#[tokio::test]
+async fn answer_hold_over_tcp() {
+    let uas = Sipp::builder("uas_answer_hold.xml").tcp().spawn();
+    let (uas_out, uac_out) = run_pair(uas, |a| {
+        Sipp::builder("uac")
+            .remote(a)
+            .tcp()
+            .pause_ms(200)
+            .timeout(short())
+            .spawn()
+    })
+    .await;
+    uac_out.assert_success("uac over tcp");
+    uas_out.assert_success("uas_answer_hold over tcp");
+    assert!(
+        uas_out.messages.contains("TCP message received"),
+        "{uas_out}"
+    );
+}
+
+#[tokio::test]
 async fn digest_accepts_right_password() {
     for scenario in ["uas_digest.xml", "uas_digest_qop.xml"] {
         let out = assert_pair_ok(scenario, |a| {

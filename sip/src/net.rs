@@ -440,6 +440,17 @@ async fn run_conn(
             }
         }
     }
-    writer.abort();
+    // The owner drops this connection's sender when it handles `Closed`, after the frames
+    // queued before it: the writer then flushes the answers to those frames (a 405 to the
+    // message before a framing error, say) and ends, and the socket closes. Bounded, so a
+    // peer that stopped reading cannot hold the task.
     let _ = conn_tx.send(ConnInput::Closed { peer, id });
+    drop(rd);
+    let mut writer = writer;
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }

@@ -1,7 +1,24 @@
 //! SIPp as a child process: the carrier (UAS) or a caller (UAC) for end-to-end tests.
 //!
 //! Every run gets its own free SIP port, its own media port and a tempdir for SIPp's logs, and
-//! is bounded by `-timeout` (with `-timeout_error`, so hitting it is a failure).
+//! is bounded by `-timeout` (with `-timeout_error`, so hitting it is a failure) and by a guard
+//! in `wait` (SIPp was once seen ignoring `-timeout` while stuck on a retransmitting message).
+//!
+//! Carrier scenarios in `tests/sipp/` (each proven against SIPp in `tests/sipp_selftest.rs`):
+//! - `uas_answer_rtp.xml`: 100, 180, 200 answering PCMA (PT 8, because the replayed
+//!   `/usr/share/sip-tester/g711a.pcap` is PCMA), ACK, replay (~4.7 s of RTP from
+//!   `media_addr()`), wait for BYE.
+//! - `uas_answer_hold.xml`: 180, 200 (PCMU), ACK, wait for BYE (bounded by `-timeout` only).
+//! - `uas_remote_bye.xml`: 180, 200 (PCMU), ACK, pause `-d` (`pause_ms`, default 1000), BYE.
+//! - `uas_busy.xml` (486), `uas_decline.xml` (603), `uas_unavailable.xml` (480): 100, final, ACK.
+//! - `uas_ring_no_answer.xml`: 100, 180, wait for CANCEL; 200 to it, 487 to the INVITE, ACK.
+//! - `uas_cancel_race.xml`: 100, 180, CANCEL arrives; 200 to the INVITE, then 200 to the
+//!   CANCEL; expects ACK and BYE.
+//! - `uas_digest.xml` / `uas_digest_qop.xml`: 401 (realm `carrier.test`, MD5, without / with
+//!   qop=auth), ACK, INVITE with Authorization checked for user / secret: 180, 200 (PCMU), ACK,
+//!   wait for BYE; a wrong digest gets 403 and SIPp exits non-zero.
+//!
+//! The 200 answers carry no telephone-event: the offer's PT for it is not known in advance.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -166,33 +183,12 @@ impl SippBuilder {
         let mut child = cmd.spawn().map_err(|e| format!("spawn sipp: {e}"))?;
         let pid = child.id().ok_or("sipp exited at once")?;
         let listen = self.role == Role::Uas && self.tcp;
-        let deadline = Instant::now() + READY_DEADLINE;
-        let mut early_exit = None;
-        loop {
-            if socket_bound_by(pid, port, listen) {
-                break;
-            }
-            match child.try_wait() {
-                Ok(Some(status)) if status.code() == Some(EXIT_BIND_ERROR) => {
-                    return Err(format!(
-                        "bind failed: {}",
-                        read_or_empty(&dir.path().join("stderr.log"))
-                    ));
-                }
-                // A fast UAC may finish before we look; its result is kept for `wait`.
-                Ok(Some(status)) => {
-                    early_exit = Some(status);
-                    break;
-                }
-                Ok(None) => {}
-                Err(e) => return Err(format!("try_wait: {e}")),
-            }
-            if Instant::now() > deadline {
-                return Err("SIP socket not bound within 10 s".to_owned());
-            }
-            // Readiness poll: /proc has no change notification for socket tables.
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // A TCP caller binds no UDP socket and listens on nothing: nothing to wait for.
+        let early_exit = if self.tcp && self.role != Role::Uas {
+            None
+        } else {
+            wait_bound(&mut child, pid, port, listen, dir.path())?
+        };
         Ok(Sipp {
             child: Some(child),
             early_exit,
@@ -338,6 +334,40 @@ impl Drop for Sipp {
                 );
             }
         }
+    }
+}
+
+/// Waits until SIPp (`pid`) owns its SIP socket. `Ok(Some(status))` when it already exited
+/// (a fast UAC may finish before we look; the status is kept for `wait`); `Err` when it could
+/// not bind (the caller retries with other ports) or never got ready.
+fn wait_bound(
+    child: &mut Child,
+    pid: u32,
+    port: u16,
+    tcp_listen: bool,
+    dir: &Path,
+) -> Result<Option<std::process::ExitStatus>, String> {
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        if socket_bound_by(pid, port, tcp_listen) {
+            return Ok(None);
+        }
+        match child.try_wait() {
+            Ok(Some(status)) if status.code() == Some(EXIT_BIND_ERROR) => {
+                return Err(format!(
+                    "bind failed: {}",
+                    read_or_empty(&dir.join("stderr.log"))
+                ));
+            }
+            Ok(Some(status)) => return Ok(Some(status)),
+            Ok(None) => {}
+            Err(e) => return Err(format!("try_wait: {e}")),
+        }
+        if Instant::now() > deadline {
+            return Err("SIP socket not bound within 10 s".to_owned());
+        }
+        // Readiness poll: /proc has no change notification for socket tables.
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -52,12 +52,25 @@ fn stamp_via(req: &mut Request, src: SocketAddr, transport: Transport) -> Option
     }
 }
 
-/// The server transaction key: the RFC 3261 branch, or for RFC 2543 peers a
-/// synthetic one from Call-ID, CSeq number and From tag (§17.2.3).
+/// The server transaction key: the RFC 3261 branch plus the top Via's sent-by and, for
+/// non-INVITE requests, the method (§17.2.3: two clients may pick the same branch, and a
+/// branch names a transaction only together with its sent-by and method), or for RFC 2543
+/// peers a synthetic one from Call-ID, CSeq number and From tag.
 fn server_branch(req: &Request) -> String {
     let via = req.headers.top_via();
     match via.as_ref().and_then(|v| v.branch()) {
-        Some(b) if b.starts_with("z9hG4bK") => b.to_string(),
+        Some(b) if b.starts_with("z9hG4bK") => {
+            let (host, port) = via
+                .as_ref()
+                .map(|v| (v.host.as_str(), v.port.unwrap_or(0)))
+                .unwrap_or_default();
+            match MethodKind::of(&req.method) {
+                // INVITE/ACK and CANCEL are told apart by the key's kind, and CANCEL must
+                // find its INVITE under the same string.
+                MethodKind::Invite | MethodKind::Cancel => format!("{b}|{host}:{port}"),
+                MethodKind::Other => format!("{b}|{host}:{port}|{}", req.method.as_str()),
+            }
+        }
         _ => format!(
             "2543:{}:{}:{}:{}",
             req.headers.call_id().unwrap_or(""),
@@ -91,6 +104,10 @@ impl UserAgent {
         // A retransmission: the transaction resends its last response.
         if let Some(&id) = self.txn_index.get(&key) {
             if let Some(e) = self.txns.get_mut(&id) {
+                // The answer to a retransmission goes where this copy says (§18.2.2): over
+                // TCP that is the connection it came in on, which may be a new one.
+                e.dst = dst;
+                e.transport = transport;
                 let mut out = std::mem::take(&mut self.scratch);
                 match &mut e.machine {
                     Machine::ServerInvite(m) => m.on_invite(&mut out),
