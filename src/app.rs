@@ -109,7 +109,7 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         .map_err(io(format!("HTTP listen on {}", config.http.listen)))?;
     let http = listener.local_addr().map_err(io("HTTP listener"))?;
     let app = crate::api::router(crate::api::AppState {
-        switch,
+        switch: switch.clone(),
         store,
         webhooks: webhooks.notifier(),
     });
@@ -130,6 +130,7 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(io("HTTP server"))?;
+    switch.shutdown(std::time::Duration::from_secs(5)).await;
     shutdown.cancel();
     webhooks.join().await;
     tracing::info!("shut down");

@@ -338,3 +338,46 @@ async fn restart_mid_call_closes_it_out_as_failed_with_callback() {
     assert_eq!(call["data"]["status"], "failed", "{call}");
     assert_eq!(call["data"]["end_reason"], "switch_restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_over_a_tcp_trunk() {
+    let sipp = Sipp::builder("uas_remote_bye.xml").tcp().spawn();
+    let mut h = setup(&sipp, |c| c.transport("tcp")).await;
+    let id = h.call(json!({})).await;
+    let events = h
+        .expect_events(
+            &id,
+            &[
+                "call.initiating",
+                "call.ringing",
+                "call.in_progress",
+                "call.completed",
+            ],
+        )
+        .await;
+    assert_eq!(events[3]["data"]["end_reason"], "remote_bye");
+    let outcome = sipp.wait().await;
+    outcome.assert_success("carrier over TCP");
+    assert!(outcome.messages.contains("SIP/2.0/TCP"), "{outcome}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_hangs_up_live_calls() {
+    let sipp = Sipp::uas("uas_answer_hold.xml");
+    let mut h = setup(&sipp, |c| c).await;
+    let id = h.call(json!({})).await;
+    h.expect_events(
+        &id,
+        &["call.initiating", "call.ringing", "call.in_progress"],
+    )
+    .await;
+    let code = h.switch.terminate(GUARD).await;
+    assert_eq!(code, Some(0), "{}", h.switch.logs());
+    // The carrier got its BYE (its scenario ends only on one) and the call is completed.
+    sipp.wait().await.assert_success("carrier");
+    h.switch.restart().await;
+    let api = Api::new(&h.switch.http_base(), &h.api.key);
+    let (_, call) = api.get_call(&id).await;
+    assert_eq!(call["data"]["status"], "completed", "{call}");
+    assert_eq!(call["data"]["end_reason"], "hangup");
+}

@@ -285,6 +285,36 @@ impl Switch {
     }
 }
 
+impl Switch {
+    /// Graceful stop: hang up every live call (CANCEL or BYE) and wait, bounded, for each to
+    /// be recorded, so a planned restart leaves no call half-open at the carrier.
+    pub async fn shutdown(&self, grace: Duration) {
+        let live: Vec<(String, mpsc::Sender<TaskInput>)> = self
+            .shared
+            .calls
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        tracing::info!(count = live.len(), "hanging up live calls before shutdown");
+        let mut waits = Vec::with_capacity(live.len());
+        for (id, tx) in live {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            if tx.send(TaskInput::Hangup(reply_tx)).await.is_ok() {
+                waits.push((id, reply_rx));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        for (id, rx) in waits {
+            if tokio::time::timeout_at(deadline, rx).await.is_err() {
+                tracing::warn!(call_id = %id, "call did not end within the shutdown grace");
+            }
+        }
+    }
+}
+
 fn route_ua_event(
     legs: &DashMap<sip::ua::LegRef, mpsc::Sender<TaskInput>>,
     ua: &sip::net::UaHandle,
