@@ -91,6 +91,7 @@ on_both!(
     webhook_secret_rotation,
     live_calls_are_the_non_terminal_ones,
     concurrent_updates_get_distinct_sequences,
+    a_bad_write_in_a_batch_fails_alone,
 );
 
 fn at_ms(ms: i64) -> DateTime<Utc> {
@@ -519,6 +520,47 @@ async fn concurrent_updates_get_distinct_sequences(s: &SqlStore) {
         seqs.insert(r.unwrap().unwrap().unwrap().sequence);
     }
     assert_eq!(seqs, (2..=11).collect::<HashSet<i64>>());
+}
+
+/// Writes are group-committed: many concurrent writes share transactions, and one that
+/// fails (an update of a call that does not exist) must not take its neighbours with it.
+async fn a_bad_write_in_a_batch_fails_alone(s: &SqlStore) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let c = call("acme", &format!("call_b{i}"), T0 + i, HOOK);
+            if i == 17 {
+                // Never created: the update must fail, alone.
+                return (
+                    i,
+                    s.update_call(&c, Some(&ev("call.ringing")))
+                        .await
+                        .map(|_| ()),
+                );
+            }
+            let r = s.create_call(&c, &ev("call.initiating")).await;
+            let r = match r {
+                Ok(_) => s
+                    .update_call(&c, Some(&ev("call.ringing")))
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            (i, r)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, r) = joined.unwrap();
+        if i == 17 {
+            assert!(matches!(r, Err(StoreError::CallNotFound(_))), "{r:?}");
+        } else {
+            assert!(r.is_ok(), "write {i}: {r:?}");
+            let events = s.list_events("acme", &format!("call_b{i}")).await.unwrap();
+            let seqs: Vec<i64> = events.iter().map(|e| e.sequence).collect();
+            assert_eq!(seqs, vec![1, 2], "call_b{i}");
+        }
+    }
 }
 
 #[tokio::test]

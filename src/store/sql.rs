@@ -10,6 +10,12 @@
 //! an event twice. On SQLite (one node per file) the single write statement already runs under
 //! the database write lock, so no row locking is needed. A node that dies mid-delivery leaves the
 //! claim to expire and the event is retried (at-least-once delivery).
+//!
+//! Group commit: `create_call`/`update_call` go through one writer task that takes every
+//! write queued at that moment and commits them in one transaction (each call row still
+//! with its own outbox event, so a status never exists without its callback). Under load
+//! this turns hundreds of small commits into a few large ones; when one write in a batch
+//! fails, the batch is rolled back and each write retried alone so only the bad one fails.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -110,6 +116,7 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct SqlStore {
     pool: AnyPool,
+    writer: tokio::sync::mpsc::Sender<WriteJob>,
     backend: Backend,
     claim_lease: chrono::Duration,
     /// Written on claimed events; see [`Store::release_claims`].
@@ -162,8 +169,11 @@ impl SqlStore {
         };
         let pool = options.connect(&url).await?;
         MIGRATOR.run(&pool).await?;
+        let (writer, jobs) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(run_writer(pool.clone(), jobs));
         Ok(SqlStore {
             pool,
+            writer,
             backend,
             claim_lease: to_chrono(DEFAULT_CLAIM_LEASE),
             node: "switchyard".to_owned(),
@@ -226,6 +236,16 @@ impl SqlStore {
         Ok(ev)
     }
 
+    async fn write(&self, op: WriteOp) -> StoreResult<Option<CallEvent>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(WriteJob { op, reply })
+            .await
+            .map_err(|_| StoreError::Corrupt("store writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Corrupt("store writer stopped".into()))?
+    }
+
     async fn fetch_event(&self, event_id: &str) -> StoreResult<Option<CallEvent>> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM call_events WHERE id = $1");
         let row = sqlx::query(&sql)
@@ -239,13 +259,10 @@ impl SqlStore {
 #[async_trait]
 impl Store for SqlStore {
     async fn create_call(&self, call: &CallRecord, event: &NewEvent) -> StoreResult<CallEvent> {
-        let mut tx = self.pool.begin().await?;
-        bind_call(sqlx::query(&CALL_INSERT), call)?
-            .execute(&mut *tx)
+        let ev = self
+            .write(WriteOp::Create(call.clone(), event.clone()))
             .await?;
-        let ev = Self::insert_event(&mut tx, call, event).await?;
-        tx.commit().await?;
-        Ok(ev)
+        ev.ok_or_else(|| StoreError::Corrupt("create wrote no event".into()))
     }
 
     async fn update_call(
@@ -253,19 +270,8 @@ impl Store for SqlStore {
         call: &CallRecord,
         event: Option<&NewEvent>,
     ) -> StoreResult<Option<CallEvent>> {
-        let mut tx = self.pool.begin().await?;
-        let done = bind_call(sqlx::query(&CALL_UPDATE), call)?
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::CallNotFound(call.id.clone()));
-        }
-        let ev = match event {
-            Some(event) => Some(Self::insert_event(&mut tx, call, event).await?),
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(ev)
+        self.write(WriteOp::Update(call.clone(), event.cloned()))
+            .await
     }
 
     async fn get_call(&self, tenant: &str, id: &str) -> StoreResult<Option<CallRecord>> {
@@ -848,4 +854,87 @@ mod tests {
         assert_eq!(sqlite_url("sqlite://a.db?mode=ro"), "sqlite://a.db?mode=ro");
         assert_eq!(sqlite_url("sqlite::memory:"), "sqlite::memory:");
     }
+}
+
+/// Writes queued for the writer task before callers wait (backpressure beyond this).
+const WRITE_QUEUE: usize = 4096;
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+#[derive(Debug)]
+enum WriteOp {
+    Create(CallRecord, NewEvent),
+    Update(CallRecord, Option<NewEvent>),
+}
+
+#[derive(Debug)]
+struct WriteJob {
+    op: WriteOp,
+    reply: tokio::sync::oneshot::Sender<StoreResult<Option<CallEvent>>>,
+}
+
+async fn run_writer(pool: AnyPool, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<&WriteOp> = batch.iter().map(|j| &j.op).collect();
+        match write_batch(&pool, &ops).await {
+            Ok(events) => {
+                for (job, ev) in batch.drain(..).zip(events) {
+                    let _ = job.reply.send(Ok(ev));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(job) = batch.pop() {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+            Err(_) => {
+                // One bad write must not fail its neighbours: retry each alone.
+                for job in batch.drain(..) {
+                    let result = write_batch(&pool, &[&job.op])
+                        .await
+                        .map(|mut evs| evs.pop().flatten());
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+/// All `ops` in one transaction; the events they wrote, in order.
+async fn write_batch(pool: &AnyPool, ops: &[&WriteOp]) -> StoreResult<Vec<Option<CallEvent>>> {
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let ev = match op {
+            WriteOp::Create(call, event) => {
+                bind_call(sqlx::query(&CALL_INSERT), call)?
+                    .execute(&mut *tx)
+                    .await?;
+                Some(SqlStore::insert_event(&mut tx, call, event).await?)
+            }
+            WriteOp::Update(call, event) => {
+                let done = bind_call(sqlx::query(&CALL_UPDATE), call)?
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::CallNotFound(call.id.clone()));
+                }
+                match event {
+                    Some(event) => Some(SqlStore::insert_event(&mut tx, call, event).await?),
+                    None => None,
+                }
+            }
+        };
+        out.push(ev);
+    }
+    tx.commit().await?;
+    Ok(out)
 }
