@@ -116,6 +116,10 @@ pub struct CallRecord {
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub duration_seconds: Option<i64>,
+    /// The answered call's SIP dialog (JSON, see `core::dialog_json`), kept so a call left
+    /// live by a crash can be ended with a BYE at start-up. Internal: not in the API.
+    #[serde(skip)]
+    pub sip_dialog: Option<String>,
 }
 
 /// A status-callback event to enqueue in the outbox, in the same transaction as the call row.

@@ -337,6 +337,17 @@ async fn restart_mid_call_closes_it_out_as_failed_with_callback() {
     let (_, call) = api.get_call(&id).await;
     assert_eq!(call["data"]["status"], "failed", "{call}");
     assert_eq!(call["data"]["end_reason"], "switch_restart");
+    assert!(
+        call["data"]["sip_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BYE sent"),
+        "{call}"
+    );
+    // The carrier's call is not left up: the restarted switch sent it a BYE in the old
+    // dialog, which SIPp's scenario requires to finish successfully.
+    let outcome = sipp.wait().await;
+    outcome.assert_success("carrier gets a BYE after the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

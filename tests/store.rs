@@ -125,6 +125,7 @@ fn call(tenant: &str, id: &str, created_ms: i64, webhook: Option<&str>) -> CallR
         answered_at: None,
         ended_at: None,
         duration_seconds: None,
+        sip_dialog: None,
     }
 }
 

@@ -133,6 +133,7 @@ fn call(id: &str, webhook: &str) -> CallRecord {
         answered_at: None,
         ended_at: None,
         duration_seconds: None,
+        sip_dialog: None,
     }
 }
 

@@ -29,11 +29,17 @@ fn start() -> (UaHandle, mpsc::Receiver<UaEvent>, BoundAddrs) {
     .unwrap()
 }
 
+/// The next event, skipping `DialogEstablished` (checked where it matters).
 async fn next(rx: &mut mpsc::Receiver<UaEvent>) -> UaEvent {
-    tokio::time::timeout(GUARD, rx.recv())
-        .await
-        .expect("event in time")
-        .expect("driver alive")
+    loop {
+        let ev = tokio::time::timeout(GUARD, rx.recv())
+            .await
+            .expect("event in time")
+            .expect("driver alive");
+        if !matches!(ev, UaEvent::DialogEstablished { .. }) {
+            return ev;
+        }
+    }
 }
 
 async fn call(transport: Transport) {

@@ -12,6 +12,7 @@
 //! transaction per status change; the webhook deliverer is nudged after each.
 
 pub mod call;
+pub mod dialog;
 pub mod metrics;
 pub mod status;
 pub mod task;
@@ -81,6 +82,9 @@ pub struct Switch {
     trunks: Arc<Vec<Trunk>>,
     next_leg: Arc<AtomicU64>,
 }
+
+/// Leg references for BYEs of dialogs restored after a crash (no call task owns them).
+const RESTORED_LEGS: u64 = 1 << 62;
 
 /// Queue depth per call task: commands beyond this get `Overloaded` rather than piling up.
 const CALL_QUEUE: usize = 64;
@@ -206,6 +210,7 @@ impl Switch {
             answered_at: None,
             ended_at: None,
             duration_seconds: None,
+            sip_dialog: None,
         };
         let bind_ip = self
             .shared
@@ -343,7 +348,8 @@ fn route_ua_event(
         | UaEvent::Answered { leg, .. }
         | UaEvent::Failed { leg, .. }
         | UaEvent::Terminated { leg, .. }
-        | UaEvent::Cancelled { leg } => *leg,
+        | UaEvent::Cancelled { leg }
+        | UaEvent::DialogEstablished { leg, .. } => *leg,
         #[allow(unreachable_patterns)]
         _ => return,
     };
@@ -352,6 +358,9 @@ fn route_ua_event(
             if tx.try_send(TaskInput::Sip(event)).is_err() {
                 tracing::warn!(leg, "call task queue full or gone; SIP event dropped");
             }
+        }
+        None if leg & RESTORED_LEGS != 0 => {
+            tracing::info!(leg, ?event, "dialog left by a previous run ended");
         }
         None => tracing::debug!(leg, "SIP event for a leg with no call"),
     }
@@ -367,11 +376,34 @@ async fn close_out_live_calls(shared: &Shared) -> Result<(), StoreError> {
             "closing out calls left live by a previous run"
         );
     }
-    for mut call in live {
+    for (n, mut call) in live.into_iter().enumerate() {
         let now = Utc::now();
+        // An answered call is still up at the carrier: end it there too.
+        let bye_sent = match call
+            .sip_dialog
+            .take()
+            .as_deref()
+            .and_then(dialog::from_json)
+        {
+            Some(snapshot) => shared
+                .ua
+                .send(sip::ua::UaCommand::ByeRestored {
+                    leg: RESTORED_LEGS | n as u64,
+                    snapshot,
+                })
+                .is_ok(),
+            None => false,
+        };
         call.status = CallStatus::Failed;
         call.sip_code = None;
-        call.sip_reason = Some("switch restarted during the call".to_owned());
+        call.sip_reason = Some(
+            if bye_sent {
+                "switch restarted during the call; BYE sent to the carrier"
+            } else {
+                "switch restarted during the call"
+            }
+            .to_owned(),
+        );
         call.end_reason = Some("switch_restart".to_owned());
         call.q850_cause = Some(41); // temporary failure
         call.ended_at = Some(now);

@@ -96,6 +96,11 @@ impl CallTask {
             }
             TaskInput::Sip(ev) => match ev {
                 UaEvent::Progress { code, .. } => CallInput::Progress { code },
+                UaEvent::DialogEstablished { snapshot, .. } => {
+                    // Written with the in_progress status that follows at once.
+                    self.record.sip_dialog = super::dialog::to_json(&snapshot);
+                    return;
+                }
                 UaEvent::Answered { body, .. } => {
                     self.connect_media(body.as_ref());
                     CallInput::Answered
@@ -232,6 +237,7 @@ impl CallTask {
         }
         let mut extra = serde_json::json!({});
         if change.status.is_terminal() {
+            r.sip_dialog = None;
             r.ended_at = Some(now);
             r.duration_seconds = Some(r.answered_at.map_or(0, |a| (now - a).num_seconds().max(0)));
             r.end_reason = change.end_reason.map(|e| e.as_str().to_owned());

@@ -41,7 +41,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
 
 /// Column order shared by INSERT, UPDATE and `call_from_row`.
-const CALL_COLUMNS: [&str; 25] = [
+const CALL_COLUMNS: [&str; 26] = [
     "id",
     "tenant",
     "direction",
@@ -67,6 +67,7 @@ const CALL_COLUMNS: [&str; 25] = [
     "answered_at",
     "ended_at",
     "duration_seconds",
+    "sip_dialog",
 ];
 
 const EVENT_COLUMNS: &str = "id, call_id, tenant, sequence, event_type, payload, webhook_url, \
@@ -364,6 +365,17 @@ impl Store for SqlStore {
     }
 
     async fn due_events(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<CallEvent>> {
+        // Look before claiming: the claim is a write and would queue behind the call writer
+        // for the database lock even when nothing is due (a read does not, under WAL).
+        let any_due = sqlx::query(
+            "SELECT 1 AS due FROM call_events WHERE state = 'pending' AND next_attempt_at <= $1 LIMIT 1",
+        )
+        .bind(now.timestamp_millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        if any_due.is_none() {
+            return Ok(Vec::new());
+        }
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -740,7 +752,8 @@ fn bind_call<'q>(
         .bind(c.created_at.timestamp_millis())
         .bind(c.answered_at.map(|t| t.timestamp_millis()))
         .bind(c.ended_at.map(|t| t.timestamp_millis()))
-        .bind(c.duration_seconds))
+        .bind(c.duration_seconds)
+        .bind(c.sip_dialog.clone()))
 }
 
 fn opt_i32(row: &AnyRow, col: &str) -> StoreResult<Option<i32>> {
@@ -781,6 +794,7 @@ fn call_from_row(row: &AnyRow) -> StoreResult<CallRecord> {
         answered_at: opt_ms(row.try_get("answered_at")?)?,
         ended_at: opt_ms(row.try_get("ended_at")?)?,
         duration_seconds: row.try_get("duration_seconds")?,
+        sip_dialog: row.try_get("sip_dialog")?,
     })
 }
 

@@ -130,6 +130,12 @@ pub enum UaCommand {
         /// before the INVITE leaves.
         call_id: Option<String>,
     },
+    /// End a dialog this process did not create (a `DialogSnapshot` kept by a previous run)
+    /// with a BYE; reported as `Terminated { by_remote: false }` on `leg`.
+    ByeRestored {
+        leg: LegRef,
+        snapshot: DialogSnapshot,
+    },
     /// Before a final response; without a provisional yet, the CANCEL waits for one (§9.1).
     Cancel {
         leg: LegRef,
@@ -175,6 +181,12 @@ pub enum UaEvent {
     },
     /// Our CANCEL took effect (487, or a 200 that raced it and was ACKed + BYEd).
     Cancelled { leg: LegRef },
+    /// Sent just before `Answered` on a UAC leg: what it takes to end this dialog later,
+    /// even from another process (the switch stores it so a BYE can follow a crash).
+    DialogEstablished {
+        leg: LegRef,
+        snapshot: DialogSnapshot,
+    },
     /// A new incoming INVITE; answer with `Answer`/`Reject`.
     Incoming {
         leg: LegRef,
@@ -184,6 +196,23 @@ pub enum UaEvent {
         body: Option<Body>,
         source: SocketAddr,
     },
+}
+
+/// The state of a confirmed UAC dialog that another process needs to send a BYE in it
+/// (RFC 3261 §12.2.1.1): identifiers, parties with tags, CSeq, target and route set, and
+/// where requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialogSnapshot {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+    pub local_party: String,
+    pub remote_party: String,
+    pub local_cseq: u32,
+    pub remote_target: String,
+    pub route_set: Vec<String>,
+    pub peer: SocketAddr,
+    pub transport: Transport,
 }
 
 /// Counters since start, plus current table sizes.
@@ -413,6 +442,7 @@ impl UserAgent {
                 },
             ),
             UaCommand::Cancel { leg } => self.cancel(now, leg),
+            UaCommand::ByeRestored { leg, snapshot } => self.bye_restored(now, leg, snapshot),
             UaCommand::Bye { leg } => self.bye(now, leg),
             UaCommand::Answer { leg, body } => self.answer(now, leg, body),
             UaCommand::Reject { leg, code, reason } => self.reject(now, leg, code, &reason),

@@ -372,11 +372,85 @@ impl UserAgent {
             self.events.push_back(UaEvent::Cancelled { leg: leg_ref });
             self.send_bye(now, leg_ref, true);
         } else {
+            if let Some(snapshot) = self.snapshot(leg_ref) {
+                self.events.push_back(UaEvent::DialogEstablished {
+                    leg: leg_ref,
+                    snapshot,
+                });
+            }
             self.events.push_back(UaEvent::Answered {
                 leg: leg_ref,
                 body: body_of(&resp.headers, &resp.body),
             });
         }
+    }
+
+    fn snapshot(&self, leg_ref: LegRef) -> Option<super::DialogSnapshot> {
+        let leg = self.legs.get(&leg_ref)?;
+        let d = leg.dialog.as_ref()?;
+        Some(super::DialogSnapshot {
+            call_id: d.call_id.clone(),
+            local_tag: d.local_tag.clone(),
+            remote_tag: d.remote_tag.clone(),
+            local_party: d.local_party.clone(),
+            remote_party: d.remote_party.clone(),
+            local_cseq: d.local_cseq,
+            remote_target: d.remote_target.clone(),
+            route_set: d.route_set.clone(),
+            peer: leg.peer,
+            transport: leg.transport,
+        })
+    }
+
+    /// A BYE in a dialog known only from a snapshot: rebuild the leg as confirmed and end it.
+    pub(super) fn bye_restored(&mut self, now: Instant, leg_ref: LegRef, s: super::DialogSnapshot) {
+        if self.legs.contains_key(&leg_ref) {
+            tracing::warn!(leg = leg_ref, "ByeRestored for a leg that exists: ignored");
+            return;
+        }
+        let dialog = Dialog {
+            state: DialogState::Confirmed,
+            call_id: s.call_id.clone(),
+            local_tag: s.local_tag.clone(),
+            remote_tag: s.remote_tag,
+            local_party: s.local_party,
+            remote_party: s.remote_party,
+            // Past anything the previous process might have sent after the snapshot.
+            local_cseq: s.local_cseq.saturating_add(100),
+            remote_cseq: None,
+            remote_target: s.remote_target.clone(),
+            route_set: s.route_set,
+        };
+        self.legs.insert(
+            leg_ref,
+            Leg {
+                uac: true,
+                state: LegState::Confirmed,
+                peer: s.peer,
+                transport: s.transport,
+                call_id: s.call_id.clone(),
+                local_tag: s.local_tag.clone(),
+                invite: Request::new(Method::Invite, s.remote_target),
+                invite_txn: None,
+                credentials: None,
+                auth_tried: false,
+                got_provisional: true,
+                cancel_requested: false,
+                cancel_sent: false,
+                dialog: Some(dialog),
+                ack: None,
+                local_body: None,
+                silent_bye: false,
+            },
+        );
+        self.dialogs.insert(
+            crate::dialog::DialogId {
+                call_id: s.call_id,
+                local_tag: s.local_tag,
+            },
+            leg_ref,
+        );
+        self.send_bye(now, leg_ref, false);
     }
 
     /// §22.2: resend the INVITE once with credentials (new CSeq and branch, same
