@@ -24,7 +24,7 @@ pub struct DialogId {
     pub local_tag: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dialog {
     pub state: DialogState,
     pub call_id: String,

@@ -80,7 +80,7 @@ fn dialog_snapshot_precedes_answer_and_lets_a_new_ua_send_bye() {
         ] => snapshot.clone(),
         other => panic!("expected DialogEstablished then Answered, got {other:?}"),
     };
-    assert_eq!(Some(snapshot.call_id.as_str()), p.a.call_id(1));
+    assert_eq!(Some(snapshot.dialog.call_id.as_str()), p.a.call_id(1));
     // A crashed UA is replaced by a fresh one that knows only the snapshot.
     let cfg = p.a.config().clone();
     p.a = UserAgent::new(cfg, 99);

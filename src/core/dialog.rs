@@ -3,6 +3,7 @@
 //! ended by BYE, and a carrier keeps billing one that nobody ends).
 
 use serde::{Deserialize, Serialize};
+use sip::dialog::{Dialog, DialogState};
 use sip::ua::{DialogSnapshot, Transport};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -20,15 +21,16 @@ struct DialogJson {
 }
 
 pub fn to_json(s: &DialogSnapshot) -> Option<String> {
+    let d = &s.dialog;
     serde_json::to_string(&DialogJson {
-        call_id: s.call_id.clone(),
-        local_tag: s.local_tag.clone(),
-        remote_tag: s.remote_tag.clone(),
-        local_party: s.local_party.clone(),
-        remote_party: s.remote_party.clone(),
-        local_cseq: s.local_cseq,
-        remote_target: s.remote_target.clone(),
-        route_set: s.route_set.clone(),
+        call_id: d.call_id.clone(),
+        local_tag: d.local_tag.clone(),
+        remote_tag: d.remote_tag.clone(),
+        local_party: d.local_party.clone(),
+        remote_party: d.remote_party.clone(),
+        local_cseq: d.local_cseq,
+        remote_target: d.remote_target.clone(),
+        route_set: d.route_set.clone(),
         peer: s.peer.to_string(),
         transport: match s.transport {
             Transport::Udp => "udp",
@@ -42,14 +44,18 @@ pub fn to_json(s: &DialogSnapshot) -> Option<String> {
 pub fn from_json(text: &str) -> Option<DialogSnapshot> {
     let j: DialogJson = serde_json::from_str(text).ok()?;
     Some(DialogSnapshot {
-        call_id: j.call_id,
-        local_tag: j.local_tag,
-        remote_tag: j.remote_tag,
-        local_party: j.local_party,
-        remote_party: j.remote_party,
-        local_cseq: j.local_cseq,
-        remote_target: j.remote_target,
-        route_set: j.route_set,
+        dialog: Dialog {
+            state: DialogState::Confirmed,
+            call_id: j.call_id,
+            local_tag: j.local_tag,
+            remote_tag: j.remote_tag,
+            local_party: j.local_party,
+            remote_party: j.remote_party,
+            local_cseq: j.local_cseq,
+            remote_cseq: None,
+            remote_target: j.remote_target,
+            route_set: j.route_set,
+        },
         peer: j.peer.parse().ok()?,
         transport: match j.transport.as_str() {
             "tcp" => Transport::Tcp,
@@ -65,14 +71,18 @@ mod tests {
     #[test]
     fn round_trip() {
         let s = DialogSnapshot {
-            call_id: "abc@127.0.0.1".into(),
-            local_tag: "l1".into(),
-            remote_tag: "r1".into(),
-            local_party: "<sip:+12025551234@127.0.0.1>;tag=l1".into(),
-            remote_party: "<sip:+14155552671@127.0.0.1:5070>;tag=r1".into(),
-            local_cseq: 1,
-            remote_target: "sip:carrier@127.0.0.1:5070".into(),
-            route_set: vec!["<sip:proxy@127.0.0.1;lr>".into()],
+            dialog: Dialog {
+                state: DialogState::Confirmed,
+                call_id: "abc@127.0.0.1".into(),
+                local_tag: "l1".into(),
+                remote_tag: "r1".into(),
+                local_party: "<sip:+12025551234@127.0.0.1>;tag=l1".into(),
+                remote_party: "<sip:+14155552671@127.0.0.1:5070>;tag=r1".into(),
+                local_cseq: 1,
+                remote_cseq: None,
+                remote_target: "sip:carrier@127.0.0.1:5070".into(),
+                route_set: vec!["<sip:proxy@127.0.0.1;lr>".into()],
+            },
             peer: "127.0.0.1:5070".parse().unwrap(),
             transport: Transport::Tcp,
         };

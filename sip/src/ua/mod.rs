@@ -198,19 +198,11 @@ pub enum UaEvent {
     },
 }
 
-/// The state of a confirmed UAC dialog that another process needs to send a BYE in it
-/// (RFC 3261 §12.2.1.1): identifiers, parties with tags, CSeq, target and route set, and
-/// where requests go.
+/// What another process needs to send a BYE in a confirmed UAC dialog (RFC 3261
+/// §12.2.1.1): the dialog itself and where its requests go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DialogSnapshot {
-    pub call_id: String,
-    pub local_tag: String,
-    pub remote_tag: String,
-    pub local_party: String,
-    pub remote_party: String,
-    pub local_cseq: u32,
-    pub remote_target: String,
-    pub route_set: Vec<String>,
+    pub dialog: crate::dialog::Dialog,
     pub peer: SocketAddr,
     pub transport: Transport,
 }

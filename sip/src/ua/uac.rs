@@ -387,16 +387,8 @@ impl UserAgent {
 
     fn snapshot(&self, leg_ref: LegRef) -> Option<super::DialogSnapshot> {
         let leg = self.legs.get(&leg_ref)?;
-        let d = leg.dialog.as_ref()?;
         Some(super::DialogSnapshot {
-            call_id: d.call_id.clone(),
-            local_tag: d.local_tag.clone(),
-            remote_tag: d.remote_tag.clone(),
-            local_party: d.local_party.clone(),
-            remote_party: d.remote_party.clone(),
-            local_cseq: d.local_cseq,
-            remote_target: d.remote_target.clone(),
-            route_set: d.route_set.clone(),
+            dialog: leg.dialog.clone()?,
             peer: leg.peer,
             transport: leg.transport,
         })
@@ -408,19 +400,11 @@ impl UserAgent {
             tracing::warn!(leg = leg_ref, "ByeRestored for a leg that exists: ignored");
             return;
         }
-        let dialog = Dialog {
-            state: DialogState::Confirmed,
-            call_id: s.call_id.clone(),
-            local_tag: s.local_tag.clone(),
-            remote_tag: s.remote_tag,
-            local_party: s.local_party,
-            remote_party: s.remote_party,
-            // Past anything the previous process might have sent after the snapshot.
-            local_cseq: s.local_cseq.saturating_add(100),
-            remote_cseq: None,
-            remote_target: s.remote_target.clone(),
-            route_set: s.route_set,
-        };
+        let mut dialog = s.dialog;
+        dialog.state = DialogState::Confirmed;
+        // Past anything the previous process might have sent after the snapshot.
+        dialog.local_cseq = dialog.local_cseq.saturating_add(100);
+        let id = dialog.id();
         self.legs.insert(
             leg_ref,
             Leg {
@@ -428,9 +412,9 @@ impl UserAgent {
                 state: LegState::Confirmed,
                 peer: s.peer,
                 transport: s.transport,
-                call_id: s.call_id.clone(),
-                local_tag: s.local_tag.clone(),
-                invite: Request::new(Method::Invite, s.remote_target),
+                call_id: dialog.call_id.clone(),
+                local_tag: dialog.local_tag.clone(),
+                invite: Request::new(Method::Invite, dialog.remote_target.clone()),
                 invite_txn: None,
                 credentials: None,
                 auth_tried: false,
@@ -443,13 +427,7 @@ impl UserAgent {
                 silent_bye: false,
             },
         );
-        self.dialogs.insert(
-            crate::dialog::DialogId {
-                call_id: s.call_id,
-                local_tag: s.local_tag,
-            },
-            leg_ref,
-        );
+        self.dialogs.insert(id, leg_ref);
         self.send_bye(now, leg_ref, false);
     }
 
