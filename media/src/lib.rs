@@ -5,11 +5,21 @@
 //! randomness only from a caller's seeded rng. This crate knows nothing of SIP; the
 //! switch core carries SDP bodies between `sip` and [`sdp`].
 
+pub mod codec;
+pub mod dtmf;
 pub mod g711;
+pub mod g722;
+pub mod jitter;
 #[cfg(feature = "net")]
 pub mod net;
+pub mod quality;
+pub mod record;
+pub mod relay;
+pub mod resample;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod stats;
+pub mod transcode;
 
 pub use sdp::{Codec, Direction, OfferParams, SdpError, StreamParams};

@@ -85,7 +85,13 @@ fn dialog_snapshot_precedes_answer_and_lets_a_new_ua_send_bye() {
     let cfg = p.a.config().clone();
     p.a = UserAgent::new(cfg, 99);
     p.a_events.clear();
-    p.a.handle_command(p.now, UaCommand::ByeRestored { leg: 7, snapshot });
+    p.a.handle_command(
+        p.now,
+        UaCommand::ByeRestored {
+            leg: 7,
+            snapshot: snapshot.clone(),
+        },
+    );
     p.drive();
     assert_eq!(
         events(&p.b_events)[1..],

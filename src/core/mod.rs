@@ -389,7 +389,7 @@ async fn close_out_live_calls(shared: &Shared) -> Result<(), StoreError> {
                 .ua
                 .send(sip::ua::UaCommand::ByeRestored {
                     leg: RESTORED_LEGS | n as u64,
-                    snapshot,
+                    snapshot: Box::new(snapshot),
                 })
                 .is_ok(),
             None => false,

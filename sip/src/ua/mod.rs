@@ -134,7 +134,7 @@ pub enum UaCommand {
     /// with a BYE; reported as `Terminated { by_remote: false }` on `leg`.
     ByeRestored {
         leg: LegRef,
-        snapshot: DialogSnapshot,
+        snapshot: Box<DialogSnapshot>,
     },
     /// Before a final response; without a provisional yet, the CANCEL waits for one (§9.1).
     Cancel {
@@ -185,7 +185,7 @@ pub enum UaEvent {
     /// even from another process (the switch stores it so a BYE can follow a crash).
     DialogEstablished {
         leg: LegRef,
-        snapshot: DialogSnapshot,
+        snapshot: Box<DialogSnapshot>,
     },
     /// A new incoming INVITE; answer with `Answer`/`Reject`.
     Incoming {
@@ -434,7 +434,7 @@ impl UserAgent {
                 },
             ),
             UaCommand::Cancel { leg } => self.cancel(now, leg),
-            UaCommand::ByeRestored { leg, snapshot } => self.bye_restored(now, leg, snapshot),
+            UaCommand::ByeRestored { leg, snapshot } => self.bye_restored(now, leg, *snapshot),
             UaCommand::Bye { leg } => self.bye(now, leg),
             UaCommand::Answer { leg, body } => self.answer(now, leg, body),
             UaCommand::Reject { leg, code, reason } => self.reject(now, leg, code, &reason),

@@ -375,7 +375,7 @@ impl UserAgent {
             if let Some(snapshot) = self.snapshot(leg_ref) {
                 self.events.push_back(UaEvent::DialogEstablished {
                     leg: leg_ref,
-                    snapshot,
+                    snapshot: Box::new(snapshot),
                 });
             }
             self.events.push_back(UaEvent::Answered {

@@ -1,0 +1,562 @@
+//! Audio codecs behind one encoder/decoder interface: G.711 µ-law/A-law (ITU-T G.711),
+//! G.722 (ITU-T G.722, 16 kHz audio on an 8 kHz RTP clock per RFC 3551 §4.5.2) and Opus
+//! (RFC 6716, RTP payload per RFC 7587: always a 48 kHz clock).
+//!
+//! PCM is mono i16 at the codec's [`AudioCodec::sample_rate`]. Decoders write into a
+//! caller-owned `Vec` whose capacity is reused, and encoders into a caller-owned byte slice,
+//! so steady-state frames allocate nothing. Packet-loss concealment: Opus uses its own PLC;
+//! the waveform codecs repeat the last good frame and fade it to silence over 60 ms.
+
+use crate::g711;
+use crate::resample::ResampleError;
+
+/// A codec the media engine can decode and encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AudioCodec {
+    /// G.711 µ-law.
+    Pcmu,
+    /// G.711 A-law.
+    Pcma,
+    /// G.722 sub-band ADPCM at 64 kbit/s.
+    G722,
+    /// Opus. `channels` is the SDP encoding parameter (RFC 7587 always says 2); the
+    /// engine's PCM is mono either way: the decoder downmixes, the encoder sends mono.
+    Opus { channels: u8 },
+}
+
+impl AudioCodec {
+    /// Rate of the PCM the codec consumes and produces.
+    pub const fn sample_rate(self) -> u32 {
+        match self {
+            AudioCodec::Pcmu | AudioCodec::Pcma => 8_000,
+            AudioCodec::G722 => 16_000,
+            AudioCodec::Opus { .. } => 48_000,
+        }
+    }
+
+    /// RTP timestamp clock rate: G.722 keeps 8000 for historical reasons (RFC 3551 §4.5.2).
+    pub const fn rtp_clock_rate(self) -> u32 {
+        match self {
+            AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => 8_000,
+            AudioCodec::Opus { .. } => 48_000,
+        }
+    }
+
+    /// PCM samples in one frame of `ptime_ms` at [`Self::sample_rate`].
+    pub const fn frame_samples(self, ptime_ms: u32) -> usize {
+        (self.sample_rate() / 1000 * ptime_ms) as usize
+    }
+
+    /// RTP timestamp increment for one frame of `ptime_ms`.
+    pub const fn timestamp_step(self, ptime_ms: u32) -> u32 {
+        self.rtp_clock_rate() / 1000 * ptime_ms
+    }
+
+    /// Largest payload one frame of `ptime_ms` can encode to (a safe `out` size).
+    pub const fn max_payload_bytes(self, ptime_ms: u32) -> usize {
+        match self {
+            AudioCodec::Pcmu | AudioCodec::Pcma => self.frame_samples(ptime_ms),
+            AudioCodec::G722 => self.frame_samples(ptime_ms) / 2,
+            // RFC 6716 §3.2.1: at most 1275 bytes per Opus frame, up to 3 frames per 60 ms.
+            AudioCodec::Opus { .. } => OPUS_MAX_PACKET,
+        }
+    }
+
+    /// Whether frames of `ptime_ms` are valid for this codec.
+    pub const fn supports_ptime(self, ptime_ms: u32) -> bool {
+        match self {
+            AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => {
+                ptime_ms >= 10 && ptime_ms <= 120 && ptime_ms.is_multiple_of(10)
+            }
+            AudioCodec::Opus { .. } => matches!(ptime_ms, 10 | 20 | 40 | 60),
+        }
+    }
+}
+
+/// Why a codec could not be built or could not code a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// This build has no implementation of the codec, or its parameters are invalid.
+    #[error("codec {0:?} is not supported")]
+    Unsupported(AudioCodec),
+    /// The frame duration is not valid for the codec.
+    #[error("ptime {ptime_ms} ms is not supported by {codec:?}")]
+    Ptime { codec: AudioCodec, ptime_ms: u32 },
+    /// The output buffer cannot hold the encoded frame.
+    #[error("output buffer holds {got} bytes, need {needed}")]
+    OutputTooSmall { needed: usize, got: usize },
+    /// A decoded or supplied frame has the wrong number of samples.
+    #[error("frame has {got} samples, expected {expected}")]
+    FrameLength { expected: usize, got: usize },
+    /// An empty payload where audio was expected.
+    #[error("empty payload")]
+    EmptyPayload,
+    /// libopus reported an error (corrupt packet, bad frame size, ...).
+    #[error("opus: {0}")]
+    Opus(#[from] audiopus::Error),
+    /// Rate conversion failed.
+    #[error(transparent)]
+    Resample(#[from] ResampleError),
+}
+
+/// Turns RTP payloads into PCM.
+pub trait Decoder {
+    /// Replaces `out` with the PCM decoded from one payload. `out`'s capacity is reused.
+    fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<(), CodecError>;
+    /// Replaces `out` with `samples` of concealment audio for a lost packet.
+    fn conceal(&mut self, out: &mut Vec<i16>, samples: usize);
+    /// PCM rate in Hz.
+    fn sample_rate(&self) -> u32;
+    /// Which codec this is.
+    fn codec(&self) -> AudioCodec;
+}
+
+/// Turns PCM into RTP payloads.
+pub trait Encoder {
+    /// Encodes one frame of `pcm` into the front of `out`; returns the payload length.
+    fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError>;
+    /// PCM rate in Hz.
+    fn sample_rate(&self) -> u32;
+    /// Which codec this is.
+    fn codec(&self) -> AudioCodec;
+}
+
+/// A decoder for `codec`.
+pub fn decoder(codec: AudioCodec) -> Result<Box<dyn Decoder + Send>, CodecError> {
+    Ok(match codec {
+        AudioCodec::Pcmu => Box::new(G711Decoder::new(G711Law::Ulaw)),
+        AudioCodec::Pcma => Box::new(G711Decoder::new(G711Law::Alaw)),
+        AudioCodec::G722 => g722_decoder()?,
+        AudioCodec::Opus { channels } => Box::new(OpusDecoder::new(channels)?),
+    })
+}
+
+/// An encoder for `codec` with default settings (Opus: see [`OpusSettings::default`]).
+pub fn encoder(codec: AudioCodec) -> Result<Box<dyn Encoder + Send>, CodecError> {
+    Ok(match codec {
+        AudioCodec::Pcmu => Box::new(G711Encoder(G711Law::Ulaw)),
+        AudioCodec::Pcma => Box::new(G711Encoder(G711Law::Alaw)),
+        AudioCodec::G722 => g722_encoder()?,
+        AudioCodec::Opus { channels } => {
+            Box::new(OpusEncoder::new(channels, &OpusSettings::default())?)
+        }
+    })
+}
+
+/// An Opus encoder with explicit settings.
+pub fn opus_encoder(
+    channels: u8,
+    settings: &OpusSettings,
+) -> Result<Box<dyn Encoder + Send>, CodecError> {
+    Ok(Box::new(OpusEncoder::new(channels, settings)?))
+}
+
+// ---------------------------------------------------------------------------------------
+// Concealment shared by the waveform codecs.
+
+/// Seconds over which a repeated frame fades from full level to silence.
+const PLC_FADE_SECONDS: f32 = 0.06;
+
+/// Repeat-and-fade concealment: replays the last good frame with a gain that falls
+/// linearly, continuously across consecutive losses, to zero after [`PLC_FADE_SECONDS`].
+#[derive(Debug)]
+struct RepeatFade {
+    last: Vec<i16>,
+    gain: f32,
+    step_per_sample: f32,
+}
+
+impl RepeatFade {
+    fn new(sample_rate: u32) -> Self {
+        Self {
+            // 120 ms at 16 kHz: the largest frame expected, so warm-up never reallocates.
+            last: Vec::with_capacity(1920),
+            gain: 1.0,
+            step_per_sample: 1.0 / (PLC_FADE_SECONDS * sample_rate as f32),
+        }
+    }
+
+    fn remember(&mut self, pcm: &[i16]) {
+        self.last.clear();
+        self.last.extend_from_slice(pcm);
+        self.gain = 1.0;
+    }
+
+    fn conceal(&mut self, out: &mut Vec<i16>, samples: usize) {
+        out.clear();
+        if self.last.is_empty() || self.gain <= 0.0 {
+            out.resize(samples, 0);
+            return;
+        }
+        let mut gain = self.gain;
+        out.extend(self.last.iter().cycle().take(samples).map(|&s| {
+            let v = f32::from(s) * gain;
+            gain = (gain - self.step_per_sample).max(0.0);
+            v as i16
+        }));
+        self.gain = gain;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// G.711
+
+#[derive(Debug, Clone, Copy)]
+enum G711Law {
+    Ulaw,
+    Alaw,
+}
+
+impl G711Law {
+    fn codec(self) -> AudioCodec {
+        match self {
+            G711Law::Ulaw => AudioCodec::Pcmu,
+            G711Law::Alaw => AudioCodec::Pcma,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct G711Decoder {
+    law: G711Law,
+    plc: RepeatFade,
+}
+
+impl G711Decoder {
+    fn new(law: G711Law) -> Self {
+        Self {
+            law,
+            plc: RepeatFade::new(8_000),
+        }
+    }
+}
+
+impl Decoder for G711Decoder {
+    fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<(), CodecError> {
+        if payload.is_empty() {
+            return Err(CodecError::EmptyPayload);
+        }
+        out.clear();
+        match self.law {
+            G711Law::Ulaw => out.extend(payload.iter().map(|&c| g711::ulaw_to_linear(c))),
+            G711Law::Alaw => out.extend(payload.iter().map(|&c| g711::alaw_to_linear(c))),
+        }
+        self.plc.remember(out);
+        Ok(())
+    }
+
+    fn conceal(&mut self, out: &mut Vec<i16>, samples: usize) {
+        self.plc.conceal(out, samples);
+    }
+
+    fn sample_rate(&self) -> u32 {
+        8_000
+    }
+
+    fn codec(&self) -> AudioCodec {
+        self.law.codec()
+    }
+}
+
+#[derive(Debug)]
+struct G711Encoder(G711Law);
+
+impl Encoder for G711Encoder {
+    fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
+        if out.len() < pcm.len() {
+            return Err(CodecError::OutputTooSmall {
+                needed: pcm.len(),
+                got: out.len(),
+            });
+        }
+        Ok(match self.0 {
+            G711Law::Ulaw => g711::encode_ulaw(pcm, out),
+            G711Law::Alaw => g711::encode_alaw(pcm, out),
+        })
+    }
+
+    fn sample_rate(&self) -> u32 {
+        8_000
+    }
+
+    fn codec(&self) -> AudioCodec {
+        self.0.codec()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// G.722 (the codec itself lives in `crate::g722`)
+
+fn g722_decoder() -> Result<Box<dyn Decoder + Send>, CodecError> {
+    Ok(Box::new(G722Dec {
+        inner: crate::g722::G722Decoder::new(),
+        plc: RepeatFade::new(16_000),
+    }))
+}
+
+fn g722_encoder() -> Result<Box<dyn Encoder + Send>, CodecError> {
+    Ok(Box::new(G722Enc(crate::g722::G722Encoder::new())))
+}
+
+#[derive(Debug)]
+struct G722Dec {
+    inner: crate::g722::G722Decoder,
+    plc: RepeatFade,
+}
+
+impl Decoder for G722Dec {
+    fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<(), CodecError> {
+        if payload.is_empty() {
+            return Err(CodecError::EmptyPayload);
+        }
+        out.clear();
+        out.resize(payload.len() * 2, 0);
+        let n = self.inner.decode(payload, out);
+        out.truncate(n);
+        self.plc.remember(out);
+        Ok(())
+    }
+
+    fn conceal(&mut self, out: &mut Vec<i16>, samples: usize) {
+        self.plc.conceal(out, samples);
+    }
+
+    fn sample_rate(&self) -> u32 {
+        16_000
+    }
+
+    fn codec(&self) -> AudioCodec {
+        AudioCodec::G722
+    }
+}
+
+#[derive(Debug)]
+struct G722Enc(crate::g722::G722Encoder);
+
+impl Encoder for G722Enc {
+    fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
+        let needed = pcm.len() / 2;
+        if out.len() < needed {
+            return Err(CodecError::OutputTooSmall {
+                needed,
+                got: out.len(),
+            });
+        }
+        Ok(self.0.encode(pcm, out))
+    }
+
+    fn sample_rate(&self) -> u32 {
+        16_000
+    }
+
+    fn codec(&self) -> AudioCodec {
+        AudioCodec::G722
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Opus
+
+/// Largest Opus packet: 3 frames of 1275 bytes plus framing (RFC 6716 §3.2.5).
+const OPUS_MAX_PACKET: usize = 3 * 1275 + 7;
+/// Longest Opus packet in samples: 120 ms at 48 kHz.
+const OPUS_MAX_SAMPLES: usize = 5_760;
+
+/// Opus encoder settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpusSettings {
+    /// Target bitrate in bit/s.
+    pub bitrate: i32,
+    /// In-band forward error correction (RFC 6716 §2.1.7); costs bitrate.
+    pub inband_fec: bool,
+    /// Expected loss percentage, which steers FEC redundancy.
+    pub packet_loss_perc: u8,
+    /// Computational complexity 0..=10.
+    pub complexity: u8,
+}
+
+impl Default for OpusSettings {
+    /// VoIP-tuned mono at 24 kbit/s, FEC off.
+    fn default() -> Self {
+        Self {
+            bitrate: 24_000,
+            inband_fec: false,
+            packet_loss_perc: 0,
+            complexity: 5,
+        }
+    }
+}
+
+fn check_opus_channels(channels: u8) -> Result<(), CodecError> {
+    if matches!(channels, 1 | 2) {
+        Ok(())
+    } else {
+        Err(CodecError::Unsupported(AudioCodec::Opus { channels }))
+    }
+}
+
+struct OpusDecoder {
+    channels: u8,
+    inner: audiopus::coder::Decoder,
+}
+
+impl std::fmt::Debug for OpusDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusDecoder")
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpusDecoder {
+    fn new(channels: u8) -> Result<Self, CodecError> {
+        check_opus_channels(channels)?;
+        let inner =
+            audiopus::coder::Decoder::new(audiopus::SampleRate::Hz48000, audiopus::Channels::Mono)?;
+        Ok(Self { channels, inner })
+    }
+}
+
+impl Decoder for OpusDecoder {
+    fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<(), CodecError> {
+        let packet = audiopus::packet::Packet::try_from(payload)?;
+        out.clear();
+        out.resize(OPUS_MAX_SAMPLES, 0);
+        let signals = audiopus::MutSignals::try_from(out.as_mut_slice())?;
+        match self.inner.decode(Some(packet), signals, false) {
+            Ok(n) => {
+                out.truncate(n);
+                Ok(())
+            }
+            Err(e) => {
+                out.clear();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn conceal(&mut self, out: &mut Vec<i16>, samples: usize) {
+        out.clear();
+        out.resize(samples, 0);
+        let decoded = audiopus::MutSignals::try_from(out.as_mut_slice())
+            .and_then(|signals| self.inner.decode(None, signals, false));
+        match decoded {
+            Ok(n) => out.truncate(n),
+            // libopus wants a multiple of 2.5 ms; otherwise fall back to silence.
+            Err(_) => out.iter_mut().for_each(|s| *s = 0),
+        }
+    }
+
+    fn sample_rate(&self) -> u32 {
+        48_000
+    }
+
+    fn codec(&self) -> AudioCodec {
+        AudioCodec::Opus {
+            channels: self.channels,
+        }
+    }
+}
+
+struct OpusEncoder {
+    channels: u8,
+    inner: audiopus::coder::Encoder,
+}
+
+impl std::fmt::Debug for OpusEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusEncoder")
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpusEncoder {
+    fn new(channels: u8, settings: &OpusSettings) -> Result<Self, CodecError> {
+        check_opus_channels(channels)?;
+        let mut inner = audiopus::coder::Encoder::new(
+            audiopus::SampleRate::Hz48000,
+            audiopus::Channels::Mono,
+            audiopus::Application::Voip,
+        )?;
+        inner.set_bitrate(audiopus::Bitrate::BitsPerSecond(settings.bitrate))?;
+        inner.set_inband_fec(settings.inband_fec)?;
+        inner.set_packet_loss_perc(settings.packet_loss_perc.min(100))?;
+        inner.set_complexity(settings.complexity.min(10))?;
+        inner.set_signal(audiopus::Signal::Voice)?;
+        Ok(Self { channels, inner })
+    }
+}
+
+impl Encoder for OpusEncoder {
+    fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
+        let len = out.len().min(OPUS_MAX_PACKET);
+        // In bounds: `len` is at most `out.len()`.
+        Ok(self.inner.encode(pcm, &mut out[..len])?)
+    }
+
+    fn sample_rate(&self) -> u32 {
+        48_000
+    }
+
+    fn codec(&self) -> AudioCodec {
+        AudioCodec::Opus {
+            channels: self.channels,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_frames() {
+        assert_eq!(AudioCodec::G722.sample_rate(), 16_000);
+        assert_eq!(AudioCodec::G722.rtp_clock_rate(), 8_000);
+        assert_eq!(AudioCodec::G722.timestamp_step(20), 160);
+        let opus = AudioCodec::Opus { channels: 2 };
+        assert_eq!(opus.frame_samples(20), 960);
+        assert_eq!(opus.timestamp_step(20), 960);
+        assert_eq!(AudioCodec::Pcmu.frame_samples(30), 240);
+        assert!(!opus.supports_ptime(30));
+        assert!(AudioCodec::Pcma.supports_ptime(30));
+    }
+
+    #[test]
+    fn g711_round_trip_and_buffer_check() {
+        let mut enc = encoder(AudioCodec::Pcma).unwrap();
+        let mut dec = decoder(AudioCodec::Pcma).unwrap();
+        let pcm: Vec<i16> = (0..160).map(|i| (i * 100 - 8000) as i16).collect();
+        let mut buf = [0u8; 160];
+        assert_eq!(enc.encode(&pcm, &mut buf).unwrap(), 160);
+        assert!(matches!(
+            enc.encode(&pcm, &mut buf[..10]),
+            Err(CodecError::OutputTooSmall { .. })
+        ));
+        let mut out = Vec::new();
+        dec.decode(&buf, &mut out).unwrap();
+        assert_eq!(out.len(), 160);
+        for (a, b) in pcm.iter().zip(&out) {
+            assert!((i32::from(*a) - i32::from(*b)).abs() < 300, "{a} vs {b}");
+        }
+        assert!(matches!(
+            dec.decode(&[], &mut out),
+            Err(CodecError::EmptyPayload)
+        ));
+    }
+
+    #[test]
+    fn opus_rejects_garbage_and_bad_channels() {
+        assert!(decoder(AudioCodec::Opus { channels: 3 }).is_err());
+        let mut dec = decoder(AudioCodec::Opus { channels: 2 }).unwrap();
+        let mut out = Vec::new();
+        assert!(dec.decode(&[], &mut out).is_err());
+        // TOC says code 3 (arbitrary frame count) but there is no count byte.
+        assert!(dec.decode(&[0xff], &mut out).is_err());
+        let mut enc = encoder(AudioCodec::Opus { channels: 1 }).unwrap();
+        let mut buf = [0u8; 1500];
+        // 7 samples is not an Opus frame size.
+        assert!(enc.encode(&[0; 7], &mut buf).is_err());
+    }
+}
