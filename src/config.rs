@@ -66,6 +66,9 @@ pub struct RtpConfig {
     pub port_max: u16,
     /// Address RTP sockets bind to; defaults to the SIP public address.
     pub bind_ip: Option<IpAddr>,
+    /// An answered call that receives no RTP for this long is ended (BYE,
+    /// `end_reason: media_timeout`). 0 disables the check.
+    pub media_timeout_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -150,6 +153,7 @@ impl Default for RtpConfig {
             port_min: 20000,
             port_max: 29999,
             bind_ip: None,
+            media_timeout_s: 30,
         }
     }
 }

@@ -112,6 +112,12 @@ pub struct CallRecord {
     pub end_reason: Option<String>,
     pub rtp_packets_received: i64,
     pub rtp_bytes_received: i64,
+    /// RTP packets missing from the far end's stream (RFC 3550 cumulative loss).
+    pub rtp_packets_lost: i64,
+    /// RFC 3550 interarrival jitter of the far end's stream, in milliseconds.
+    pub rtp_jitter_ms: Option<f64>,
+    /// Estimated listening quality (ITU-T G.107 E-model, 1.0–4.5) from loss and jitter.
+    pub mos: Option<f64>,
     pub created_at: DateTime<Utc>,
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,

@@ -104,6 +104,13 @@ async fn answered_call_with_rtp_ends_at_max_duration() {
     let packets = call["rtp_packets_received"].as_i64().unwrap_or(0);
     assert!(packets >= 100, "RTP packets counted: {packets}\n{call}");
     assert!(call["sip_call_id"].as_str().is_some_and(|c| !c.is_empty()));
+    // A clean loopback stream: nothing lost, little jitter, toll quality.
+    assert_eq!(call["rtp_packets_lost"], 0, "{call}");
+    assert!(
+        call["rtp_jitter_ms"].as_f64().is_some_and(|j| j < 20.0),
+        "{call}"
+    );
+    assert!(call["mos"].as_f64().is_some_and(|m| m > 4.0), "{call}");
     assert_eq!(call["metadata"]["test"], "e2e");
     sipp.wait().await.assert_success("carrier");
 }
@@ -391,4 +398,29 @@ async fn graceful_shutdown_hangs_up_live_calls() {
     let (_, call) = api.get_call(&id).await;
     assert_eq!(call["data"]["status"], "completed", "{call}");
     assert_eq!(call["data"]["end_reason"], "hangup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_far_end_is_ended_by_the_media_timeout() {
+    // The carrier answers but never sends RTP.
+    let sipp = Sipp::uas("uas_answer_hold.xml");
+    let mut h = setup(&sipp, |c| c.media_timeout_s(2)).await;
+    let id = h.call(json!({})).await;
+    let events = h
+        .expect_events(
+            &id,
+            &[
+                "call.initiating",
+                "call.ringing",
+                "call.in_progress",
+                "call.completed",
+            ],
+        )
+        .await;
+    let done = &events[3]["data"];
+    assert_eq!(done["end_reason"], "media_timeout", "{done}");
+    assert_eq!(done["q850_cause"], 102);
+    assert_eq!(done["call"]["rtp_packets_received"], 0);
+    assert_eq!(done["call"]["duration_seconds"], 2);
+    sipp.wait().await.assert_success("carrier got the BYE");
 }

@@ -27,6 +27,8 @@ pub enum CallInput {
     Terminated { by_remote: bool },
     /// Hang up from the API.
     Hangup,
+    /// No RTP from the far end for the configured time on an answered call.
+    MediaTimeout,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +53,7 @@ pub enum EndReason {
     RemoteBye,
     Hangup,
     MaxDuration,
+    MediaTimeout,
     RingTimeout,
     Rejected,
 }
@@ -61,6 +64,7 @@ impl EndReason {
             Self::RemoteBye => "remote_bye",
             Self::Hangup => "hangup",
             Self::MaxDuration => "max_duration",
+            Self::MediaTimeout => "media_timeout",
             Self::RingTimeout => "ring_timeout",
             Self::Rejected => "rejected",
         }
@@ -148,6 +152,10 @@ impl Call {
             }
             (Phase::Answered, I::Hangup) => {
                 self.phase = Phase::Ending(EndReason::Hangup);
+                self.out.push_back(CallOutput::Bye);
+            }
+            (Phase::Answered, I::MediaTimeout) => {
+                self.phase = Phase::Ending(EndReason::MediaTimeout);
                 self.out.push_back(CallOutput::Bye);
             }
             (Phase::Ending(why), I::Terminated { by_remote }) => {
@@ -371,6 +379,27 @@ mod tests {
             (CallStatus::Completed, Some(EndReason::MaxDuration))
         );
         assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn media_timeout_ends_an_answered_call_with_bye_only() {
+        let (_, outs) = run(&[I::Start, I::Progress { code: 180 }, I::MediaTimeout]);
+        assert!(!outs.contains(&CallOutput::Bye), "not before answer");
+        let (c, outs) = run(&[
+            I::Start,
+            I::Answered,
+            I::MediaTimeout,
+            I::Terminated { by_remote: false },
+        ]);
+        assert!(c.is_done());
+        assert!(outs.contains(&CallOutput::Bye));
+        let Some(CallOutput::Status(s)) = outs.last() else {
+            panic!("{outs:?}")
+        };
+        assert_eq!(
+            (s.status, s.end_reason),
+            (CallStatus::Completed, Some(EndReason::MediaTimeout))
+        );
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub(crate) struct CallTask {
     offer: Option<media::sdp::OfferParams>,
     call: Call,
     waiters: Vec<oneshot::Sender<CallRecord>>,
+    /// When to look for RTP next (answered calls with a media timeout only).
+    media_check: Option<Instant>,
+    /// Answer instant: the media timeout counts from here until a first packet arrives.
+    answered: Option<Instant>,
 }
 
 impl CallTask {
@@ -56,6 +60,8 @@ impl CallTask {
             offer: None,
             call,
             waiters: Vec::new(),
+            media_check: None,
+            answered: None,
         }
     }
 
@@ -72,6 +78,7 @@ impl CallTask {
                         None => break,
                     },
                     () = sleep_until(deadline) => self.call.handle_timeout(Instant::now()),
+                    () = sleep_until(self.media_check) => self.check_media(Instant::now()),
                 }
                 self.drain().await;
             }
@@ -103,6 +110,8 @@ impl CallTask {
                 }
                 UaEvent::Answered { body, .. } => {
                     self.connect_media(body.as_ref());
+                    self.answered = Some(now);
+                    self.media_check = self.media_timeout().map(|t| now + t);
                     CallInput::Answered
                 }
                 UaEvent::Failed { code, reason, .. } => CallInput::Failed { code, reason },
@@ -112,6 +121,36 @@ impl CallTask {
             },
         };
         self.call.handle(now, input);
+    }
+
+    fn media_timeout(&self) -> Option<std::time::Duration> {
+        let secs = self.shared.config.rtp.media_timeout_s;
+        (secs > 0).then(|| std::time::Duration::from_secs(secs))
+    }
+
+    /// No RTP for `media_timeout` since the last packet (or since answer): end the call.
+    fn check_media(&mut self, now: Instant) {
+        let (Some(timeout), Some(endpoint), Some(answered)) =
+            (self.media_timeout(), &self.endpoint, self.answered)
+        else {
+            self.media_check = None;
+            return;
+        };
+        let last = endpoint
+            .stats()
+            .last_received
+            .unwrap_or(answered)
+            .max(answered);
+        if now.saturating_duration_since(last) >= timeout {
+            tracing::warn!(
+                timeout_s = timeout.as_secs(),
+                "no RTP from the far end: ending the call"
+            );
+            self.media_check = None;
+            self.call.handle(now, CallInput::MediaTimeout);
+        } else {
+            self.media_check = Some(last + timeout);
+        }
     }
 
     fn connect_media(&mut self, body: Option<&sip::ua::Body>) {
@@ -248,6 +287,8 @@ impl CallTask {
             });
             r.q850_cause = Some(match (change.status, change.end_reason) {
                 (CallStatus::NoAnswer, Some(super::call::EndReason::RingTimeout)) => 19,
+                // Recovery on timer expiry.
+                (_, Some(super::call::EndReason::MediaTimeout)) => 102,
                 (CallStatus::Cancelled, _) => 16,
                 _ => q850_for_sip(code),
             });
@@ -255,6 +296,21 @@ impl CallTask {
                 let stats = endpoint.close().await;
                 r.rtp_packets_received = stats.packets_received as i64;
                 r.rtp_bytes_received = stats.bytes_received as i64;
+                r.rtp_packets_lost = stats.lost as i64;
+                if stats.packets_received > 0 {
+                    r.rtp_jitter_ms = Some(round2(stats.jitter_ms));
+                    let expected = stats.packets_received + stats.lost;
+                    let loss_percent = 100.0 * stats.lost as f64 / expected.max(1) as f64;
+                    // No RTCP round trip yet: one-way delay is taken as one 20 ms packet plus
+                    // a jitter buffer two jitters deep, what a receiver would add.
+                    let delay_ms = 20.0 + 2.0 * stats.jitter_ms;
+                    r.mos = Some(round2(media::quality::mos(
+                        0.0,
+                        delay_ms,
+                        loss_percent,
+                        4.3,
+                    )));
+                }
                 self.shared
                     .metrics
                     .rtp(stats.packets_received, stats.bytes_received);
@@ -278,6 +334,10 @@ impl CallTask {
         }
         tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
     }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 fn public_ip_for_uri(ip: std::net::IpAddr) -> String {

@@ -41,7 +41,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
 
 /// Column order shared by INSERT, UPDATE and `call_from_row`.
-const CALL_COLUMNS: [&str; 26] = [
+const CALL_COLUMNS: [&str; 29] = [
     "id",
     "tenant",
     "direction",
@@ -68,6 +68,9 @@ const CALL_COLUMNS: [&str; 26] = [
     "ended_at",
     "duration_seconds",
     "sip_dialog",
+    "rtp_packets_lost",
+    "rtp_jitter_ms",
+    "mos",
 ];
 
 const EVENT_COLUMNS: &str = "id, call_id, tenant, sequence, event_type, payload, webhook_url, \
@@ -753,7 +756,10 @@ fn bind_call<'q>(
         .bind(c.answered_at.map(|t| t.timestamp_millis()))
         .bind(c.ended_at.map(|t| t.timestamp_millis()))
         .bind(c.duration_seconds)
-        .bind(c.sip_dialog.clone()))
+        .bind(c.sip_dialog.clone())
+        .bind(c.rtp_packets_lost)
+        .bind(c.rtp_jitter_ms)
+        .bind(c.mos))
 }
 
 fn opt_i32(row: &AnyRow, col: &str) -> StoreResult<Option<i32>> {
@@ -795,6 +801,9 @@ fn call_from_row(row: &AnyRow) -> StoreResult<CallRecord> {
         ended_at: opt_ms(row.try_get("ended_at")?)?,
         duration_seconds: row.try_get("duration_seconds")?,
         sip_dialog: row.try_get("sip_dialog")?,
+        rtp_packets_lost: row.try_get("rtp_packets_lost")?,
+        rtp_jitter_ms: row.try_get("rtp_jitter_ms")?,
+        mos: row.try_get("mos")?,
     })
 }
 

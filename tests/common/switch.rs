@@ -31,6 +31,8 @@ pub struct SwitchConfig {
     pub retry_base_ms: u64,
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
+    /// `[rtp] media_timeout_s` (the switch's default when None).
+    pub media_timeout_s: Option<u64>,
     /// Appended verbatim to the generated file (extra sections or tables).
     pub extra_toml: String,
 }
@@ -49,6 +51,7 @@ impl SwitchConfig {
             retry_base_ms: 50,
             rtp_port_min: 30000,
             rtp_port_max: 30999,
+            media_timeout_s: None,
             extra_toml: String::new(),
         }
     }
@@ -85,6 +88,11 @@ impl SwitchConfig {
         self
     }
 
+    pub fn media_timeout_s(mut self, secs: u64) -> Self {
+        self.media_timeout_s = Some(secs);
+        self
+    }
+
     /// Appends raw TOML (e.g. another `[[trunks]]` entry).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra_toml.push('\n');
@@ -98,12 +106,15 @@ impl SwitchConfig {
         let mut out = format!(
             "[sip]\nlisten = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1\"\n\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\n\
-             [rtp]\nport_min = {}\nport_max = {}\n\n\
+             [rtp]\nport_min = {}\nport_max = {}\n{}\n\
              [database]\nurl = {}\n\n\
              [webhooks]\nretry_base_ms = {}\n\n\
              [[trunks]]\nname = {}\nuri = {}\ntransport = {}\n",
             self.rtp_port_min,
             self.rtp_port_max,
+            self.media_timeout_s
+                .map(|t| format!("media_timeout_s = {t}\n"))
+                .unwrap_or_default(),
             q(&format!("sqlite://{}", db_path.display())),
             self.retry_base_ms,
             q(&self.trunk_name),
