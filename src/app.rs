@@ -50,8 +50,16 @@ pub async fn create_api_key(
 }
 
 pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
-    let config = Arc::new(Config::load(config_path)?);
+    let mut config = Config::load(config_path)?;
     init_tracing();
+    // Bound first so links the core hands out (recording URLs) name the real port even
+    // when the configured one is 0.
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(io(format!("HTTP listen on {}", config.http.listen)))?;
+    let http = listener.local_addr().map_err(io("HTTP listener"))?;
+    config.http.listen = http;
+    let config = Arc::new(config);
 
     let store: Arc<dyn Store> = Arc::new(
         SqlStore::connect(&config.database.url)
@@ -104,14 +112,11 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     )
     .await?;
 
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .map_err(io(format!("HTTP listen on {}", config.http.listen)))?;
-    let http = listener.local_addr().map_err(io("HTTP listener"))?;
     let app = crate::api::router(crate::api::AppState {
         switch: switch.clone(),
         store,
         webhooks: webhooks.notifier(),
+        recordings_dir: config.recordings.dir.clone(),
     });
 
     // One machine-readable line so scripts and tests learn the bound ports (port 0 configs).

@@ -19,6 +19,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub webhooks: WebhooksConfig,
     pub calls: CallsConfig,
+    pub recordings: RecordingsConfig,
     pub trunks: Vec<TrunkConfig>,
 }
 
@@ -91,6 +92,13 @@ pub struct WebhooksConfig {
 pub struct CallsConfig {
     pub default_ring_timeout: u64,
     pub default_max_duration: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingsConfig {
+    /// Where call recordings (`{call_id}.wav`) are written; created when first needed.
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -182,6 +190,14 @@ impl Default for CallsConfig {
         Self {
             default_ring_timeout: 60,
             default_max_duration: 3600,
+        }
+    }
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        Self {
+            dir: std::path::PathBuf::from("./recordings"),
         }
     }
 }
@@ -432,6 +448,14 @@ mod tests {
         assert_eq!(c.sip.listen.port(), 5060);
         assert!(c.database.url.starts_with("sqlite:"));
         assert_eq!(c.calls.default_ring_timeout, 60);
+    }
+
+    #[test]
+    fn recordings_dir_defaults_and_overrides() {
+        let c = Config::from_sources("", &[]).unwrap();
+        assert_eq!(c.recordings.dir, std::path::PathBuf::from("./recordings"));
+        let c = Config::from_sources("[recordings]\ndir = \"/var/rec\"\n", &[]).unwrap();
+        assert_eq!(c.recordings.dir, std::path::PathBuf::from("/var/rec"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `/api/v1/voice/calls`: place, list, get, hang up, and the call's callback events.
+//! `/api/v1/voice/calls`: place, list, get, hang up, the call's callback events and its
+//! recording.
 
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
@@ -198,4 +199,64 @@ pub async fn redeliver(
         .ok_or_else(|| ApiError::not_found("event"))?;
     state.webhooks.notify_one();
     Ok(Envelope::ok(event))
+}
+
+/// `GET /voice/calls/{id}/recording`: the WAV for the owning tenant. 404 `NOT_FOUND` for a
+/// call of another tenant, a call without a recording, and a call still live (its file
+/// is not finalised until the call ends; `recording_url` is set at that point).
+pub async fn recording(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let call = state
+        .store
+        .get_call(&auth.tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("call"))?;
+    if !call.record {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "call was not recorded (it was placed with record: false)",
+        ));
+    }
+    if !call.status.is_terminal() {
+        return Err(ApiError::new(
+            ErrorCode::RecordingNotReady,
+            "recording is not available until the call has ended",
+        ));
+    }
+    if call.recording_url.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "call has no recording (it was not answered or recording failed)",
+        ));
+    }
+    // `id` names a call this tenant owns (the store found it), so it is a safe file name.
+    let path = state.recordings_dir.join(format!("{}.wav", call.id));
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "recording file is no longer available",
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "reading recording");
+            return Err(ApiError::new(ErrorCode::InternalError, "internal error"));
+        }
+    };
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "audio/wav".to_owned()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.wav\"", call.id),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }

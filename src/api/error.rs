@@ -13,6 +13,7 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     CallAlreadyEnded,
+    RecordingNotReady,
     ServiceUnavailable,
     InternalError,
 }
@@ -27,6 +28,7 @@ impl ErrorCode {
             Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
             Self::CallAlreadyEnded => "CALL_ALREADY_ENDED",
+            Self::RecordingNotReady => "RECORDING_NOT_READY",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::InternalError => "INTERNAL_ERROR",
         }
@@ -40,7 +42,7 @@ impl ErrorCode {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::CallAlreadyEnded => StatusCode::CONFLICT,
+            Self::CallAlreadyEnded | Self::RecordingNotReady => StatusCode::CONFLICT,
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }

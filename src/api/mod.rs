@@ -25,6 +25,8 @@ pub struct AppState {
     pub switch: Switch,
     pub store: Arc<dyn Store>,
     pub webhooks: Arc<tokio::sync::Notify>,
+    /// `[recordings] dir`: where `{call_id}.wav` files are read from.
+    pub recordings_dir: std::path::PathBuf,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/voice/calls/{id}", get(calls::get))
         .route("/api/v1/voice/calls/{id}/hangup", post(calls::hangup))
         .route("/api/v1/voice/calls/{id}/events", get(calls::events))
+        .route("/api/v1/voice/calls/{id}/recording", get(calls::recording))
         .route(
             "/api/v1/voice/calls/{id}/events/{event_id}/redeliver",
             post(calls::redeliver),

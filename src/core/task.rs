@@ -154,7 +154,8 @@ impl CallTask {
     }
 
     fn connect_media(&mut self, body: Option<&sip::ua::Body>) {
-        let (Some(endpoint), Some(offer), Some(body)) = (&self.endpoint, &self.offer, body) else {
+        let (Some(endpoint), Some(offer), Some(body)) = (&mut self.endpoint, &self.offer, body)
+        else {
             tracing::warn!("answer without SDP; media not connected");
             return;
         };
@@ -162,6 +163,9 @@ impl CallTask {
             Ok(params) => {
                 tracing::info!(remote = %params.remote, codec = ?params.codec, "media connected");
                 endpoint.connect(params);
+                if self.record.record {
+                    start_recording(&self.shared.config, &self.record.id, endpoint, &params);
+                }
             }
             Err(e) => tracing::warn!(error = %e, "unusable SDP answer; media not connected"),
         }
@@ -293,7 +297,21 @@ impl CallTask {
                 _ => q850_for_sip(code),
             });
             if let Some(endpoint) = self.endpoint.take() {
-                let stats = endpoint.close().await;
+                let (stats, recording) = endpoint.close_with_recording().await;
+                match recording {
+                    Some(Ok(rec)) => {
+                        tracing::info!(
+                            duration_ms = rec.info.duration_ms,
+                            samples = rec.info.samples,
+                            dropped = rec.dropped,
+                            jitter = ?rec.jitter,
+                            "recording finished"
+                        );
+                        r.recording_url = Some(recording_url(&self.shared.config, &r.id));
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "recording failed"),
+                    None => {}
+                }
                 r.rtp_packets_received = stats.packets_received as i64;
                 r.rtp_bytes_received = stats.bytes_received as i64;
                 r.rtp_packets_lost = stats.lost as i64;
@@ -334,6 +352,45 @@ impl CallTask {
         }
         tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
     }
+}
+
+/// Starts recording the far end into `{recordings.dir}/{call_id}.wav`; a failure is
+/// logged and the call goes on unrecorded (`recording_url` stays null).
+fn start_recording(
+    config: &crate::config::Config,
+    call_id: &str,
+    endpoint: &mut media::net::RtpEndpoint,
+    params: &media::sdp::StreamParams,
+) {
+    let dir = &config.recordings.dir;
+    // One mkdir on answer: cheap enough not to need a blocking thread.
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create recordings dir; not recording");
+        return;
+    }
+    let path = dir.join(format!("{call_id}.wav"));
+    match endpoint.start_recording(&path, params) {
+        Ok(()) => tracing::info!(path = %path.display(), "recording"),
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot record"),
+    }
+}
+
+/// `{public base}/api/v1/voice/calls/{id}/recording`; the base is `http.public_url`, else
+/// the bound HTTP address (an unspecified listen IP is replaced by the public IP).
+fn recording_url(config: &crate::config::Config, call_id: &str) -> String {
+    let base = match &config.http.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let listen = config.http.listen;
+            let ip = if listen.ip().is_unspecified() {
+                config.public_ip()
+            } else {
+                listen.ip()
+            };
+            format!("http://{}", std::net::SocketAddr::new(ip, listen.port()))
+        }
+    };
+    format!("{base}/api/v1/voice/calls/{call_id}/recording")
 }
 
 fn round2(x: f64) -> f64 {

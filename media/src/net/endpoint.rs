@@ -4,7 +4,8 @@
 //! [`RtpEndpoint::connect`]. Out: paced RTP silence in the negotiated codec (RFC 3550
 //! §5.1 seq/timestamp/SSRC, marker on the first packet) towards the remote address or
 //! the latched source (symmetric RTP, RFC 4961), receive statistics as a
-//! [`MediaSnapshot`], and a first-packet event.
+//! [`MediaSnapshot`], and a first-packet event. Optionally a recording of what arrives
+//! ([`RtpEndpoint::start_recording`], see [`recording`](super::recording)).
 //!
 //! Latching: after each `connect`, the first valid packet's source becomes the
 //! destination. A later packet from another address with a new SSRC is a new source
@@ -15,6 +16,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,11 +24,12 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::pool::{PortPair, PortPool};
+use super::recording::{RecordingError, RecordingHandle, RecordingOutcome, Tap, TapState};
 use crate::rtp::{HEADER_LEN, RtpSender, RtpView};
 use crate::sdp::StreamParams;
 use crate::stats::RtpStats;
@@ -99,6 +102,9 @@ pub struct RtpEndpoint {
     params_tx: watch::Sender<Option<StreamParams>>,
     first_rx: watch::Receiver<bool>,
     task: JoinHandle<()>,
+    /// Hands a recording tap to the task.
+    tap_tx: mpsc::Sender<Tap>,
+    recording: Option<RecordingHandle>,
 }
 
 fn bind_pair(ip: IpAddr, pair: &PortPair) -> io::Result<(UdpSocket, UdpSocket)> {
@@ -148,6 +154,7 @@ impl RtpEndpoint {
         });
         let (params_tx, params_rx) = watch::channel(None);
         let (first_tx, first_rx) = watch::channel(false);
+        let (tap_tx, tap_rx) = mpsc::channel(1);
         let driver = Driver {
             rtp,
             rtcp,
@@ -156,14 +163,17 @@ impl RtpEndpoint {
             rng: StdRng::seed_from_u64(pool.seed()),
             stats: RtpStats::new(),
             send: None,
+            tap: None,
         };
-        let task = handle.spawn(driver.run(params_rx, pair));
+        let task = handle.spawn(driver.run(params_rx, tap_rx, pair));
         Ok(RtpEndpoint {
             local,
             shared,
             params_tx,
             first_rx,
             task,
+            tap_tx,
+            recording: None,
         })
     }
 
@@ -195,21 +205,78 @@ impl RtpEndpoint {
         self.first_rx.clone()
     }
 
+    /// Records what arrives from now on into a new 2-channel 16-bit WAV at `path` (left:
+    /// the far end, decoded through a jitter buffer with loss concealment; right: what
+    /// this endpoint sends, silence for now), at the codec's PCM rate (8 kHz for G.711).
+    /// Only packets of `params.pt` are recorded. The file is finalised when the endpoint
+    /// closes; [`close_with_recording`](Self::close_with_recording) reports it. Must run
+    /// inside a tokio runtime.
+    pub fn start_recording(
+        &mut self,
+        path: impl AsRef<Path>,
+        params: &StreamParams,
+    ) -> Result<(), RecordingError> {
+        if self.recording.is_some() {
+            return Err(RecordingError::AlreadyRecording);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RecordingError::Stopped)?;
+        let path = path.as_ref();
+        let (tap, task) = super::recording::prepare(path, params)?;
+        // Capacity 1 and at most one recording per endpoint: full cannot happen.
+        self.tap_tx
+            .try_send(tap)
+            .map_err(|_| RecordingError::Stopped)?;
+        self.recording = Some(RecordingHandle {
+            path: path.to_path_buf(),
+            task: runtime.spawn(task.run()),
+        });
+        Ok(())
+    }
+
+    /// Whether [`start_recording`](Self::start_recording) succeeded on this endpoint.
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_some()
+    }
+
     /// Stops the task, waits until the sockets are closed and the ports are back in
-    /// the pool, and returns the final counters.
+    /// the pool, and returns the final counters. A recording is finalised (and any
+    /// error logged); use [`close_with_recording`](Self::close_with_recording) to see it.
     pub async fn close(self) -> MediaSnapshot {
+        let (snapshot, recording) = self.close_with_recording().await;
+        if let Some(Err(e)) = recording {
+            tracing::warn!(error = %e, "recording failed");
+        }
+        snapshot
+    }
+
+    /// As [`close`](Self::close), and also waits for the recording (if one was
+    /// started) to be finalised, returning what it wrote.
+    pub async fn close_with_recording(
+        self,
+    ) -> (
+        MediaSnapshot,
+        Option<Result<RecordingOutcome, RecordingError>>,
+    ) {
         let RtpEndpoint {
             shared,
             params_tx,
             task,
+            tap_tx,
+            recording,
             ..
         } = self;
-        // The task ends when the params sender goes away.
+        // The task ends when the params sender goes away; it drops the tap, which ends
+        // the recording.
         drop(params_tx);
+        drop(tap_tx);
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "RTP endpoint task failed");
         }
-        shared.snapshot()
+        let recording = match recording {
+            Some(r) => Some(r.finish().await),
+            None => None,
+        };
+        (shared.snapshot(), recording)
     }
 }
 
@@ -244,6 +311,8 @@ struct Driver {
     rng: StdRng,
     stats: RtpStats,
     send: Option<SendState>,
+    /// Copies received audio to a recording.
+    tap: Option<Tap>,
 }
 
 /// Next pacing tick, or never when not sending.
@@ -255,7 +324,13 @@ async fn next_tick(send: &mut Option<SendState>) -> tokio::time::Instant {
 }
 
 impl Driver {
-    async fn run(mut self, mut params_rx: watch::Receiver<Option<StreamParams>>, ports: PortPair) {
+    async fn run(
+        mut self,
+        mut params_rx: watch::Receiver<Option<StreamParams>>,
+        mut tap_rx: mpsc::Receiver<Tap>,
+        ports: PortPair,
+    ) {
+        let mut tap_open = true;
         let mut rbuf = [0u8; RECV_BUF];
         let mut cbuf = [0u8; RECV_BUF];
         let mut sbuf = [0u8; SEND_BUF];
@@ -273,6 +348,10 @@ impl Driver {
                 r = self.rtp.recv_from(&mut rbuf) => match r {
                     Ok((n, src)) => self.on_datagram(rbuf.get(..n).unwrap_or_default(), src),
                     Err(e) => tracing::trace!(error = %e, "RTP recv error"),
+                },
+                tap = tap_rx.recv(), if tap_open => match tap {
+                    Some(tap) => self.tap = Some(tap),
+                    None => tap_open = false,
                 },
                 // RTCP is not interpreted yet; drain it so the socket buffer stays empty.
                 _ = self.rtcp.recv_from(&mut cbuf) => {}
@@ -344,6 +423,11 @@ impl Driver {
         sh.last_rx.store(nanos.saturating_add(1), Ordering::Relaxed);
         self.first_tx
             .send_if_modified(|got| !std::mem::replace(got, true));
+        if let Some(tap) = &self.tap
+            && tap.offer(&view, now) == TapState::Closed
+        {
+            self.tap = None;
+        }
 
         if let Some(s) = self.send.as_mut() {
             let ssrc = view.ssrc();
