@@ -424,3 +424,32 @@ async fn silent_far_end_is_ended_by_the_media_timeout() {
     assert_eq!(done["call"]["duration_seconds"], 2);
     sipp.wait().await.assert_success("carrier got the BYE");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc4733_digit_from_the_far_end_is_a_call_event() {
+    // The carrier answers with telephone-event 101 and sends the digit "1" (SIPp's capture).
+    let sipp = Sipp::uas("uas_answer_dtmf.xml");
+    let mut h = setup(&sipp, |c| c).await;
+    let id = h.call(json!({})).await;
+    let events = h
+        .expect_events(
+            &id,
+            &[
+                "call.initiating",
+                "call.ringing",
+                "call.in_progress",
+                "call.dtmf",
+            ],
+        )
+        .await;
+    let dtmf = &events[3]["data"];
+    assert_eq!(dtmf["digit"], "1", "{dtmf}");
+    // The capture's end packets carry duration 2240 at 8 kHz.
+    assert_eq!(dtmf["duration_ms"], 280, "{dtmf}");
+    let (code, body) = h.api.hangup(&id).await;
+    assert_eq!(code, 200, "{body}");
+    let e = h.event().await;
+    assert_eq!(e["type"], "call.completed");
+    assert_eq!(e["sequence"], 5, "exactly one dtmf event for one digit");
+    sipp.wait().await.assert_success("carrier");
+}

@@ -37,6 +37,8 @@ pub(crate) struct CallTask {
     media_check: Option<Instant>,
     /// Answer instant: the media timeout counts from here until a first packet arrives.
     answered: Option<Instant>,
+    /// Digits the far end sends (RFC 4733), reported as `call.dtmf` events.
+    dtmf: Option<mpsc::Receiver<media::dtmf::DtmfEvent>>,
 }
 
 impl CallTask {
@@ -45,8 +47,9 @@ impl CallTask {
         record: CallRecord,
         trunk: Trunk,
         leg: sip::ua::LegRef,
-        endpoint: media::net::RtpEndpoint,
+        mut endpoint: media::net::RtpEndpoint,
     ) -> Self {
+        let dtmf = endpoint.take_dtmf_events();
         let call = Call::new(
             std::time::Duration::from_secs(record.ring_timeout.max(1) as u64),
             std::time::Duration::from_secs(record.max_duration.max(1) as u64),
@@ -62,6 +65,7 @@ impl CallTask {
             waiters: Vec::new(),
             media_check: None,
             answered: None,
+            dtmf,
         }
     }
 
@@ -79,6 +83,7 @@ impl CallTask {
                     },
                     () = sleep_until(deadline) => self.call.handle_timeout(Instant::now()),
                     () = sleep_until(self.media_check) => self.check_media(Instant::now()),
+                    Some(digit) = next_dtmf(&mut self.dtmf) => self.on_dtmf(digit).await,
                 }
                 self.drain().await;
             }
@@ -121,6 +126,28 @@ impl CallTask {
             },
         };
         self.call.handle(now, input);
+    }
+
+    /// A digit is a fact about the call, not a status: an outbox event of its own.
+    async fn on_dtmf(&mut self, d: media::dtmf::DtmfEvent) {
+        let duration_ms = u64::from(d.duration_ts) / 8; // telephone-event/8000
+        tracing::info!(digit = %d.digit, duration_ms, "DTMF received");
+        let event = NewEvent {
+            event_type: "call.dtmf".to_owned(),
+            extra: serde_json::json!({"digit": d.digit.to_string(), "duration_ms": duration_ms}),
+        };
+        match self
+            .shared
+            .store
+            .update_call(&self.record, Some(&event))
+            .await
+        {
+            Ok(_) => self.shared.webhooks.notify_one(),
+            Err(e) => {
+                self.shared.metrics.store_error();
+                tracing::error!(error = %e, "failed to record a DTMF event");
+            }
+        }
     }
 
     fn media_timeout(&self) -> Option<std::time::Duration> {
@@ -401,6 +428,15 @@ fn public_ip_for_uri(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
         std::net::IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+async fn next_dtmf(
+    rx: &mut Option<mpsc::Receiver<media::dtmf::DtmfEvent>>,
+) -> Option<media::dtmf::DtmfEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -30,6 +30,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use super::pool::{PortPair, PortPool};
 use super::recording::{RecordingError, RecordingHandle, RecordingOutcome, Tap, TapState};
+use crate::dtmf::{DtmfDecoder, DtmfEvent};
 use crate::rtp::{HEADER_LEN, RtpSender, RtpView};
 use crate::sdp::StreamParams;
 use crate::stats::RtpStats;
@@ -95,6 +96,9 @@ impl Shared {
 ///
 /// Dropping it (or [`close`](Self::close)) stops the task, which closes the sockets and
 /// then returns the ports to the pool.
+/// Digits queued for the owner before more are dropped (a person types far slower).
+const DTMF_QUEUE: usize = 32;
+
 #[derive(Debug)]
 pub struct RtpEndpoint {
     local: SocketAddr,
@@ -105,6 +109,8 @@ pub struct RtpEndpoint {
     /// Hands a recording tap to the task.
     tap_tx: mpsc::Sender<Tap>,
     recording: Option<RecordingHandle>,
+    /// RFC 4733 digits the far end sends, once each (taken by the call's owner).
+    dtmf_rx: Option<mpsc::Receiver<DtmfEvent>>,
 }
 
 fn bind_pair(ip: IpAddr, pair: &PortPair) -> io::Result<(UdpSocket, UdpSocket)> {
@@ -155,6 +161,7 @@ impl RtpEndpoint {
         let (params_tx, params_rx) = watch::channel(None);
         let (first_tx, first_rx) = watch::channel(false);
         let (tap_tx, tap_rx) = mpsc::channel(1);
+        let (dtmf_tx, dtmf_rx) = mpsc::channel(DTMF_QUEUE);
         let driver = Driver {
             rtp,
             rtcp,
@@ -164,6 +171,8 @@ impl RtpEndpoint {
             stats: RtpStats::new(),
             send: None,
             tap: None,
+            dtmf: None,
+            dtmf_tx,
         };
         let task = handle.spawn(driver.run(params_rx, tap_rx, pair));
         Ok(RtpEndpoint {
@@ -174,6 +183,7 @@ impl RtpEndpoint {
             task,
             tap_tx,
             recording: None,
+            dtmf_rx: Some(dtmf_rx),
         })
     }
 
@@ -186,6 +196,12 @@ impl RtpEndpoint {
     /// `params.direction` does not send.
     pub fn connect(&self, params: StreamParams) {
         self.params_tx.send_replace(Some(params));
+    }
+
+    /// The digits (RFC 4733 telephone-event on the negotiated payload type) the far end
+    /// sends, each reported once. `None` after the first call.
+    pub fn take_dtmf_events(&mut self) -> Option<mpsc::Receiver<DtmfEvent>> {
+        self.dtmf_rx.take()
     }
 
     /// Current counters; cheap (atomic loads).
@@ -313,6 +329,9 @@ struct Driver {
     send: Option<SendState>,
     /// Copies received audio to a recording.
     tap: Option<Tap>,
+    /// Telephone-event decoder for the negotiated payload type.
+    dtmf: Option<DtmfDecoder>,
+    dtmf_tx: mpsc::Sender<DtmfEvent>,
 }
 
 /// Next pacing tick, or never when not sending.
@@ -371,6 +390,7 @@ impl Driver {
         if let Some(p) = sbuf.get_mut(HEADER_LEN..HEADER_LEN + payload_len) {
             p.fill(params.codec.silence_byte());
         }
+        self.dtmf = params.dtmf_pt.map(DtmfDecoder::new);
         let ptime = Duration::from_millis(u64::from(ptime_ms));
         let ticker = params.direction.sends().then(|| {
             let mut t = tokio::time::interval(ptime);
@@ -423,6 +443,12 @@ impl Driver {
         sh.last_rx.store(nanos.saturating_add(1), Ordering::Relaxed);
         self.first_tx
             .send_if_modified(|got| !std::mem::replace(got, true));
+        if let Some(decoder) = self.dtmf.as_mut()
+            && let Some(event) = decoder.handle(&view)
+            && self.dtmf_tx.try_send(event).is_err()
+        {
+            tracing::debug!(digit = %event.digit, "DTMF event dropped: nobody is reading");
+        }
         if let Some(tap) = &self.tap
             && tap.offer(&view, now) == TapState::Closed
         {
