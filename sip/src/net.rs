@@ -177,6 +177,16 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     if let Err(e) = s.set_send_buffer_size(buffer) {
         tracing::warn!(error = %e, "SO_SNDBUF not set");
     }
+    // Linux reports twice what it granted; less than asked means bursts will be dropped.
+    if let Ok(got) = s.recv_buffer_size()
+        && got < buffer
+    {
+        tracing::warn!(
+            requested = buffer,
+            granted = got / 2,
+            "SIP receive buffer clamped by the kernel (raise net.core.rmem_max)"
+        );
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
