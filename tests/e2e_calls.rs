@@ -453,3 +453,53 @@ async fn rfc4733_digit_from_the_far_end_is_a_call_event() {
     assert_eq!(e["sequence"], 5, "exactly one dtmf event for one digit");
     sipp.wait().await.assert_success("carrier");
 }
+
+/// The same switch on PostgreSQL (a fresh schema): calls, callbacks and a restart close-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_restart_on_postgresql() {
+    let base = std::env::var("SWITCHYARD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("sy_e2e_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL reachable");
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+
+    let sipp = Sipp::uas("uas_answer_hold.xml");
+    let mut h = setup(&sipp, |c| c.database_url(&url)).await;
+    let id = h.call(json!({})).await;
+    h.expect_events(
+        &id,
+        &["call.initiating", "call.ringing", "call.in_progress"],
+    )
+    .await;
+    h.switch.kill_9().await;
+    h.switch.restart().await;
+    let e = loop {
+        let e = h.event().await;
+        if e["type"] == "call.failed" {
+            break e;
+        }
+    };
+    assert_eq!(e["data"]["end_reason"], "switch_restart");
+    sipp.wait()
+        .await
+        .assert_success("carrier gets its BYE after the restart");
+    let api = Api::new(&h.switch.http_base(), &h.api.key);
+    let (_, list) = api.list_calls("").await;
+    assert_eq!(list["meta"]["pagination"]["total"], 1, "{list}");
+    drop(h);
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

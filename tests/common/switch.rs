@@ -33,6 +33,8 @@ pub struct SwitchConfig {
     pub rtp_port_max: u16,
     /// `[rtp] media_timeout_s` (the switch's default when None).
     pub media_timeout_s: Option<u64>,
+    /// `[database] url`; a SQLite file in the tempdir when None.
+    pub database_url: Option<String>,
     /// Appended verbatim to the generated file (extra sections or tables).
     pub extra_toml: String,
 }
@@ -52,6 +54,7 @@ impl SwitchConfig {
             rtp_port_min: 30000,
             rtp_port_max: 30999,
             media_timeout_s: None,
+            database_url: None,
             extra_toml: String::new(),
         }
     }
@@ -88,6 +91,11 @@ impl SwitchConfig {
         self
     }
 
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_owned());
+        self
+    }
+
     pub fn media_timeout_s(mut self, secs: u64) -> Self {
         self.media_timeout_s = Some(secs);
         self
@@ -115,7 +123,10 @@ impl SwitchConfig {
             self.media_timeout_s
                 .map(|t| format!("media_timeout_s = {t}\n"))
                 .unwrap_or_default(),
-            q(&format!("sqlite://{}", db_path.display())),
+            q(&self
+                .database_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", db_path.display()))),
             self.retry_base_ms,
             q(&self.trunk_name),
             q(&self.trunk_uri),
