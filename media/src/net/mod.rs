@@ -7,6 +7,7 @@
 //! and reports a [`MediaSnapshot`] and a first-packet event; optionally records what
 //! arrives to a WAV ([`recording`]).
 
+pub mod bridge;
 mod endpoint;
 mod pool;
 pub mod recording;
