@@ -6,97 +6,61 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Api, Sipp, SwitchConfig, SwitchProcess, WebhookSink};
+use common::harness::{self, GUARD, Harness};
+use common::{Api, Sipp};
 use serde_json::{Value, json};
 
-const GUARD: Duration = Duration::from_secs(30);
-
-/// A switch whose trunk points at `sipp` and records into `rec_dir`, an owner key, and a
-/// webhook sink.
+/// The shared harness, recording into `rec_dir` with its own RTP ports.
 async fn setup(sipp: &Sipp, rec_dir: &std::path::Path, rtp: (u16, u16)) -> Harness {
     let dir = Value::String(rec_dir.display().to_string());
-    let config = SwitchConfig::new(sipp.addr())
-        .rtp_ports(rtp.0, rtp.1)
-        .extra(&format!("[recordings]\ndir = {dir}\n"));
-    let switch = SwitchProcess::start(config).await;
-    let key = switch.create_api_key("acme", "owner").await;
-    let api = Api::new(&switch.http_base(), &key);
-    let secret = api.webhook_secret().await;
-    let sink = WebhookSink::start().await;
-    Harness {
-        switch,
-        api,
-        secret,
-        sink,
+    harness::setup(sipp, |c| {
+        c.rtp_ports(rtp.0, rtp.1)
+            .extra(&format!("[recordings]\ndir = {dir}\n"))
+    })
+    .await
+}
+
+/// Verified callbacks until one of `event_type` for `call_id`; returns its data.
+async fn wait_event(h: &mut Harness, call_id: &str, event_type: &str) -> Value {
+    loop {
+        let r = h.sink.next_accepted(GUARD).await;
+        let e = h.sink.verify(&h.secret, &r);
+        assert_eq!(e["data"]["call"]["id"], call_id, "{e}");
+        if e["type"] == event_type {
+            return e["data"].clone();
+        }
+        assert!(
+            !e["type"]
+                .as_str()
+                .is_some_and(|t| ["call.failed", "call.busy", "call.no_answer"].contains(&t)),
+            "call ended unexpectedly: {e}\n{}",
+            h.switch.logs()
+        );
     }
 }
 
-struct Harness {
-    switch: SwitchProcess,
-    api: Api,
-    secret: String,
-    sink: WebhookSink,
-}
-
-impl Harness {
-    async fn call(&self, extra: Value) -> String {
-        let mut body = json!({
-            "to": "+14155552671",
-            "from": "+12025551234",
-            "webhook_url": self.sink.url(),
-        });
-        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-            for (k, v) in e {
-                b.insert(k.clone(), v.clone());
-            }
-        }
-        self.api.create_call_ok(body).await
-    }
-
-    /// Verified callbacks until one of `event_type` for `call_id`; returns its data.
-    async fn wait_event(&mut self, call_id: &str, event_type: &str) -> Value {
-        loop {
-            let r = self.sink.next_accepted(GUARD).await;
-            let e = self.sink.verify(&self.secret, &r);
-            assert_eq!(e["data"]["call"]["id"], call_id, "{e}");
-            if e["type"] == event_type {
-                return e["data"].clone();
-            }
-            assert!(
-                !e["type"].as_str().is_some_and(|t| {
-                    ["call.failed", "call.busy", "call.no_answer"].contains(&t)
-                }),
-                "call ended unexpectedly: {e}\n{}",
-                self.switch.logs()
-            );
-        }
-    }
-
-    /// `GET /voice/calls/{id}/recording` with `api`'s key: (status, content type, body).
-    async fn get_recording(&self, api: &Api, id: &str) -> (u16, String, Vec<u8>) {
-        let url = format!("{}/api/v1/voice/calls/{id}/recording", api.base);
-        let resp = api
-            .client
-            .get(&url)
-            .header("X-API-Key", &api.key)
-            .send()
-            .await
-            .expect("GET recording");
-        let status = resp.status().as_u16();
-        let ctype = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        (
-            status,
-            ctype,
-            resp.bytes().await.expect("recording body").to_vec(),
-        )
-    }
+/// `GET /voice/calls/{id}/recording` with `api`'s key: (status, content type, body).
+async fn get_recording(api: &Api, id: &str) -> (u16, String, Vec<u8>) {
+    let url = format!("{}/api/v1/voice/calls/{id}/recording", api.base);
+    let resp = api
+        .client
+        .get(&url)
+        .header("X-API-Key", &api.key)
+        .send()
+        .await
+        .expect("GET recording");
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (
+        status,
+        ctype,
+        resp.bytes().await.expect("recording body").to_vec(),
+    )
 }
 
 fn rms(x: &[i16]) -> f64 {
@@ -112,19 +76,19 @@ async fn recorded_call_serves_a_stereo_wav_to_its_owner_only() {
     let id = h.call(json!({"record": true, "max_duration": 3})).await;
 
     // Live: the file is not final, so there is nothing to serve yet.
-    h.wait_event(&id, "call.in_progress").await;
-    let (status, _, body) = h.get_recording(&h.api, &id).await;
+    wait_event(&mut h, &id, "call.in_progress").await;
+    let (status, _, body) = get_recording(&h.api, &id).await;
     assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
     let live: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(live["code"], "RECORDING_NOT_READY", "{live}");
 
-    let done = h.wait_event(&id, "call.completed").await;
+    let done = wait_event(&mut h, &id, "call.completed").await;
     let url = format!("{}/api/v1/voice/calls/{id}/recording", h.switch.http_base());
     assert_eq!(done["call"]["recording_url"], url.as_str(), "{done}");
     let (_, call) = h.api.get_call(&id).await;
     assert_eq!(call["data"]["recording_url"], url.as_str(), "{call}");
 
-    let (status, ctype, wav) = h.get_recording(&h.api, &id).await;
+    let (status, ctype, wav) = get_recording(&h.api, &id).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&wav));
     assert_eq!(ctype, "audio/wav");
     let mut reader = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
@@ -155,7 +119,7 @@ async fn recorded_call_serves_a_stereo_wav_to_its_owner_only() {
 
     // Another tenant cannot tell the call exists.
     let other = h.switch.api("globex", "owner").await;
-    let (status, _, body) = h.get_recording(&other, &id).await;
+    let (status, _, body) = get_recording(&other, &id).await;
     assert_eq!(status, 404);
     let err: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(err["code"], "NOT_FOUND", "{err}");
@@ -168,11 +132,11 @@ async fn unrecorded_call_has_no_recording() {
     let sipp = Sipp::uas("uas_answer_rtp.xml");
     let mut h = setup(&sipp, rec_dir.path(), (31100, 31199)).await;
     let id = h.call(json!({"record": false, "max_duration": 1})).await;
-    let done = h.wait_event(&id, "call.completed").await;
+    let done = wait_event(&mut h, &id, "call.completed").await;
     assert!(done["call"]["recording_url"].is_null(), "{done}");
     let (_, call) = h.api.get_call(&id).await;
     assert!(call["data"]["recording_url"].is_null(), "{call}");
-    let (status, _, body) = h.get_recording(&h.api, &id).await;
+    let (status, _, body) = get_recording(&h.api, &id).await;
     assert_eq!(status, 404);
     let err: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(err["code"], "NOT_FOUND", "{err}");
@@ -184,7 +148,7 @@ async fn unrecorded_call_has_no_recording() {
     );
     assert!(!rec_dir.path().join(format!("{id}.wav")).exists());
     // An unknown call id is a 404 too.
-    let (status, _, _) = h.get_recording(&h.api, "call_nope").await;
+    let (status, _, _) = get_recording(&h.api, "call_nope").await;
     assert_eq!(status, 404);
     sipp.wait().await.assert_success("carrier");
 }
