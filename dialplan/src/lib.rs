@@ -6,3 +6,4 @@
 
 pub mod e164;
 pub mod outbound;
+pub mod plan;

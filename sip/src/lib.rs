@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod dialog;
+pub mod digest_server;
 pub mod framing;
 pub mod msg;
 pub mod testing;
