@@ -152,34 +152,6 @@ pub struct Bridge {
     task: JoinHandle<()>,
 }
 
-fn bind(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
-    let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
-    s.set_nonblocking(true)?;
-    UdpSocket::from_std(s)
-}
-
-/// Takes pairs from `pool` until one binds; pairs that fail stay booked until we are
-/// done so `alloc` moves past them.
-fn bind_from_pool(pool: &PortPool, ip: IpAddr) -> io::Result<(PortPair, UdpSocket, UdpSocket)> {
-    let mut failed = Vec::new();
-    let mut last_err = None;
-    loop {
-        let Some(pair) = pool.alloc() else {
-            return Err(last_err.unwrap_or_else(|| {
-                io::Error::new(io::ErrorKind::AddrInUse, "RTP port pool exhausted")
-            }));
-        };
-        match bind(ip, pair.rtp()).and_then(|rtp| Ok((rtp, bind(ip, pair.rtcp())?))) {
-            Ok((rtp, rtcp)) => return Ok((pair, rtp, rtcp)),
-            Err(e) => {
-                tracing::debug!(port = pair.rtp(), error = %e, "RTP port pair unavailable");
-                last_err = Some(e);
-                failed.push(pair);
-            }
-        }
-    }
-}
-
 impl Bridge {
     /// Binds one RTP/RTCP pair per side on `bind_ip` from `pool` and starts relaying
     /// between `a` and `b`. Must run inside a tokio runtime with I/O enabled (the task
@@ -192,8 +164,8 @@ impl Bridge {
         config: RelayConfig,
     ) -> io::Result<Bridge> {
         let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        let (pair_a, rtp_a, rtcp_a) = bind_from_pool(pool, bind_ip)?;
-        let (pair_b, rtp_b, rtcp_b) = bind_from_pool(pool, bind_ip)?;
+        let (pair_a, rtp_a, rtcp_a) = super::pool::bind_from_pool(pool, bind_ip)?;
+        let (pair_b, rtp_b, rtcp_b) = super::pool::bind_from_pool(pool, bind_ip)?;
         let local = [rtp_a.local_addr()?, rtp_b.local_addr()?];
         let mut rng = StdRng::seed_from_u64(pool.seed());
         let shared = Arc::new([SideAtomics::default(), SideAtomics::default()]);

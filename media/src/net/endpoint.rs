@@ -113,40 +113,13 @@ pub struct RtpEndpoint {
     dtmf_rx: Option<mpsc::Receiver<DtmfEvent>>,
 }
 
-fn bind_pair(ip: IpAddr, pair: &PortPair) -> io::Result<(UdpSocket, UdpSocket)> {
-    let bind = |port| -> io::Result<UdpSocket> {
-        let s = std::net::UdpSocket::bind(SocketAddr::new(ip, port))?;
-        s.set_nonblocking(true)?;
-        UdpSocket::from_std(s)
-    };
-    Ok((bind(pair.rtp())?, bind(pair.rtcp())?))
-}
-
 impl RtpEndpoint {
     /// Takes a port pair from `pool`, binds RTP and RTCP on `bind_ip`, and starts
     /// receiving. Pairs that fail to bind are skipped. Must run inside a tokio runtime
     /// with I/O enabled; errors if the pool is exhausted or there is no runtime.
     pub fn open(pool: &PortPool, bind_ip: IpAddr) -> io::Result<RtpEndpoint> {
         let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        // Failed pairs stay booked until we are done so `alloc` moves past them.
-        let mut failed = Vec::new();
-        let mut last_err = None;
-        let (pair, rtp, rtcp) = loop {
-            let Some(pair) = pool.alloc() else {
-                return Err(last_err.unwrap_or_else(|| {
-                    io::Error::new(io::ErrorKind::AddrInUse, "RTP port pool exhausted")
-                }));
-            };
-            match bind_pair(bind_ip, &pair) {
-                Ok((rtp, rtcp)) => break (pair, rtp, rtcp),
-                Err(e) => {
-                    tracing::debug!(port = pair.rtp(), error = %e, "RTP port pair unavailable");
-                    last_err = Some(e);
-                    failed.push(pair);
-                }
-            }
-        };
-        drop(failed);
+        let (pair, rtp, rtcp) = super::pool::bind_from_pool(pool, bind_ip)?;
         let local = rtp.local_addr()?;
         let shared = Arc::new(Shared {
             epoch: Instant::now(),

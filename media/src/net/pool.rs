@@ -144,6 +144,36 @@ impl Drop for PortPair {
     }
 }
 
+/// Takes pairs from `pool` until one binds RTP and RTCP on `ip` (non-blocking tokio
+/// sockets). Pairs that fail stay booked until we are done so `alloc` moves past them.
+pub(crate) fn bind_from_pool(
+    pool: &PortPool,
+    ip: std::net::IpAddr,
+) -> std::io::Result<(PortPair, tokio::net::UdpSocket, tokio::net::UdpSocket)> {
+    let bind = |port| -> std::io::Result<tokio::net::UdpSocket> {
+        let s = std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, port))?;
+        s.set_nonblocking(true)?;
+        tokio::net::UdpSocket::from_std(s)
+    };
+    let mut failed = Vec::new();
+    let mut last_err = None;
+    loop {
+        let Some(pair) = pool.alloc() else {
+            return Err(last_err.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::AddrInUse, "RTP port pool exhausted")
+            }));
+        };
+        match bind(pair.rtp()).and_then(|rtp| Ok((rtp, bind(pair.rtcp())?))) {
+            Ok((rtp, rtcp)) => return Ok((pair, rtp, rtcp)),
+            Err(e) => {
+                tracing::debug!(port = pair.rtp(), error = %e, "RTP port pair unavailable");
+                last_err = Some(e);
+                failed.push(pair);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
