@@ -22,6 +22,25 @@ pub enum AppError {
     },
     #[error("invalid role {0:?}")]
     Role(String),
+    #[error("dialplan: {0}")]
+    Plan(#[from] crate::core::inbound::PlanLoadError),
+}
+
+/// The dialplan file named by the config (relative paths are taken from the config
+/// file's directory), loaded and checked against the configured trunks.
+pub fn load_dialplan(
+    config: &Config,
+    config_path: Option<&Path>,
+) -> Result<Option<dialplan::plan::Plan>, crate::core::inbound::PlanLoadError> {
+    let Some(file) = &config.dialplan.file else {
+        return Ok(None);
+    };
+    let path = match config_path.and_then(Path::parent) {
+        Some(dir) if file.is_relative() => dir.join(file),
+        _ => file.clone(),
+    };
+    let names: Vec<&str> = config.trunks.iter().map(|t| t.name.as_str()).collect();
+    crate::core::inbound::load_plan(&path, &names).map(Some)
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
@@ -52,6 +71,11 @@ pub async fn create_api_key(
 pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     let mut config = Config::load(config_path)?;
     init_tracing();
+    let plan = load_dialplan(&config, config_path)?;
+    match &plan {
+        Some(p) => tracing::info!(rules = p.rules().len(), numbers = p.numbers().len(), "dialplan loaded"),
+        None => tracing::warn!("no dialplan configured: inbound calls are refused (403)"),
+    }
     // Bound first so links the core hands out (recording URLs) name the real port even
     // when the configured one is 0.
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -92,6 +116,7 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
             ..Default::default()
         },
         socket_buffer: config.sip.socket_buffer,
+        rate_limit: None,
     })
     .map_err(io(format!("SIP listen on {}", config.sip.listen)))?;
 
@@ -109,8 +134,10 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         ua,
         ua_events,
         ports,
+        plan,
     )
     .await?;
+    spawn_reload_on_sighup(switch.clone(), config.clone(), config_path.map(Path::to_path_buf));
 
     let app = crate::api::router(crate::api::AppState {
         switch: switch.clone(),
@@ -140,6 +167,46 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     webhooks.join().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// SIGHUP re-reads the dialplan; a plan that fails validation is refused and the
+/// current one stays (live calls are never touched either way).
+fn spawn_reload_on_sighup(
+    switch: crate::core::Switch,
+    config: Arc<Config>,
+    config_path: Option<std::path::PathBuf>,
+) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match reload_dialplan(&switch, &config, config_path.as_deref()) {
+                Ok(rules) => tracing::info!(rules, "dialplan reloaded (SIGHUP)"),
+                Err(e) => tracing::error!(error = %e, "dialplan reload refused; keeping the current plan"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (switch, config, config_path);
+}
+
+/// Loads the plan again and swaps it in; returns its rule count.
+pub fn reload_dialplan(
+    switch: &crate::core::Switch,
+    config: &Config,
+    config_path: Option<&Path>,
+) -> Result<usize, crate::core::inbound::PlanLoadError> {
+    match load_dialplan(config, config_path)? {
+        Some(plan) => {
+            let rules = plan.rules().len();
+            switch.inbound().set_plan(plan);
+            Ok(rules)
+        }
+        None => Ok(0),
+    }
 }
 
 fn webhook_config(config: &Config) -> crate::webhooks::WebhookConfig {

@@ -20,7 +20,28 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub calls: CallsConfig,
     pub recordings: RecordingsConfig,
+    pub dialplan: DialplanConfig,
+    pub tenants: Vec<TenantConfig>,
     pub trunks: Vec<TrunkConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// Where status callbacks of this tenant's inbound calls go, unless the called
+    /// number has its own `webhook_url` in the dialplan.
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DialplanConfig {
+    /// The routing plan (TOML, see `dialplan/examples/`). Without one, every inbound call
+    /// is refused with 403 (nothing is reachable).
+    pub file: Option<std::path::PathBuf>,
+    /// Offset of the plan's clock from UTC, in minutes (time-of-day rules).
+    pub utc_offset_minutes: i32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -50,6 +71,14 @@ pub struct SipConfig {
     /// SO_RCVBUF/SO_SNDBUF of the SIP sockets; large so bursts are not dropped by the kernel.
     pub socket_buffer: usize,
     pub user_agent: String,
+    /// Requests per second accepted from one source IP that is not a trunk; beyond it
+    /// (after `rate_limit_burst`) datagrams are dropped and counted. 0 disables the limit.
+    pub rate_limit_per_s: u32,
+    pub rate_limit_burst: u32,
+    /// RFC 4028 session interval we ask for and accept; 0 disables session timers.
+    pub session_expires_s: u64,
+    /// Realm of the digest challenges sent to inbound trunks that authenticate.
+    pub realm: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -124,6 +153,30 @@ pub struct TrunkConfig {
     /// Tenant that may place calls through this trunk.
     #[serde(default = "default_tenant")]
     pub tenant: String,
+    /// Calls from these source networks are accepted as arriving on this trunk.
+    #[serde(default)]
+    pub inbound_cidrs: Vec<String>,
+    /// Calls that answer our digest challenge with these credentials arrive on this trunk.
+    pub inbound_username: Option<String>,
+    pub inbound_password: Option<String>,
+    /// Concurrent calls on this trunk, both directions (0: no limit).
+    #[serde(default)]
+    pub max_concurrent: u32,
+    /// New outbound calls per second through this trunk (0: no limit).
+    #[serde(default)]
+    pub max_cps: u32,
+    /// Register to the carrier with `username`/`password` (REGISTER, refreshed).
+    #[serde(default)]
+    pub register: bool,
+    #[serde(default = "default_register_expires")]
+    pub register_expires: u32,
+    /// OPTIONS keep-alive period; the trunk is marked down when a probe fails (0: off).
+    #[serde(default)]
+    pub keepalive_interval_s: u64,
+}
+
+fn default_register_expires() -> u32 {
+    3600
 }
 
 fn default_transport() -> TrunkTransport {
@@ -142,6 +195,10 @@ impl Default for SipConfig {
             tcp: true,
             socket_buffer: 4 * 1024 * 1024,
             user_agent: concat!("Switchyard/", env!("CARGO_PKG_VERSION")).to_owned(),
+            rate_limit_per_s: 50,
+            rate_limit_burst: 100,
+            session_expires_s: 1800,
+            realm: "switchyard".to_owned(),
         }
     }
 }
@@ -352,6 +409,26 @@ impl Config {
                     "username and password go together".into(),
                 );
             }
+            for (j, c) in t.inbound_cidrs.iter().enumerate() {
+                if parse_cidr(c).is_none() {
+                    problem(
+                        format!("trunks[{i}].inbound_cidrs[{j}]"),
+                        format!("{c:?} is not an IP network (e.g. 192.0.2.0/24 or 2001:db8::1)"),
+                    );
+                }
+            }
+            if t.inbound_username.is_some() != t.inbound_password.is_some() {
+                problem(
+                    format!("trunks[{i}].inbound_username"),
+                    "inbound_username and inbound_password go together".into(),
+                );
+            }
+            if t.register && t.username.is_none() {
+                problem(
+                    format!("trunks[{i}].register"),
+                    "registration needs username and password".into(),
+                );
+            }
             for (j, n) in t.numbers.iter().enumerate() {
                 if !dialplan::e164::is_e164(n) {
                     problem(
@@ -372,6 +449,14 @@ impl Config {
             None => self.sip.listen.ip(),
         }
     }
+}
+
+/// `a.b.c.d/len`, `v6/len`, or a bare address (a host network).
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {

@@ -7,7 +7,9 @@
 //! arrived on, its source address and the caller's `now`; signalling updates
 //! ([`Relay::update_remote`], [`Relay::update_side`]). Out: a [`Verdict`] — forward the
 //! buffer (rewritten in place) to an address, hand the payload to a transcoder, or drop
-//! it with a [`DropReason`] — and per-side [`SideCounters`].
+//! it with a [`DropReason`] — per-side [`SideCounters`], receive statistics of what each
+//! side's far end sends (RFC 3550 A.3/A.8, [`Relay::stats`]) and the RFC 4733 digits it
+//! sends ([`Relay::take_dtmf`]; the events themselves are relayed, never transcoded).
 //!
 //! The per-packet path is allocation-free and map-free: two sides live in a fixed array
 //! indexed by [`Side`], and everything it touches is a few dozen bytes of state.
@@ -19,8 +21,16 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::codec::AudioCodec;
+use crate::dtmf::{DtmfDecoder, DtmfEvent, EVENT_LEN};
 use crate::rtp::{HEADER_LEN, RtpHeader, RtpView};
 use crate::sdp::StreamParams;
+use crate::stats::RtpStats;
+
+/// A digit whose end packets never came is reported once the side has sent no event
+/// packet for this long (RFC 4733 §2.5.2.2 leaves the timeout to the receiver).
+pub const DTMF_END_TIMEOUT: Duration = Duration::from_millis(300);
+/// Decoded digits held per side until [`Relay::take_dtmf`]; more are dropped.
+const DTMF_PENDING: usize = 4;
 
 /// One leg of the bridged call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -244,6 +254,15 @@ struct OutStream {
 const REANCHOR_DELTA: i64 = 1 << 30;
 
 impl OutStream {
+    /// Whether `ssrc` is the input this stream has just switched away from.
+    fn is_stale(&self, now: Instant, ssrc: u32, stale_window: Duration) -> bool {
+        self.in_ssrc != Some(ssrc)
+            && self.prev_in_ssrc == Some(ssrc)
+            && self
+                .switched_at
+                .is_some_and(|t| now.saturating_duration_since(t) < stale_window)
+    }
+
     fn new(ssrc: u32) -> Self {
         OutStream {
             ssrc,
@@ -273,11 +292,7 @@ impl OutStream {
     ) -> Result<(u16, u32, bool, bool), DropReason> {
         let mut changed = false;
         if self.in_ssrc != Some(ssrc) {
-            if self.prev_in_ssrc == Some(ssrc)
-                && self
-                    .switched_at
-                    .is_some_and(|t| now.saturating_duration_since(t) < stale_window)
-            {
+            if self.is_stale(now, ssrc, stale_window) {
                 return Err(DropReason::StaleSsrc);
             }
             match self.last {
@@ -294,7 +309,9 @@ impl OutStream {
                     let gap = now.saturating_duration_since(last.at);
                     let ticks = gap.as_nanos() * u128::from(rate_out) / 1_000_000_000;
                     self.ts_anchor_in = ts;
-                    self.ts_anchor_out = last.ts.wrapping_add(ticks as u32);
+                    // At least one tick: the far side must never see time stand still
+                    // or go back, however fast the new input follows the old one.
+                    self.ts_anchor_out = last.ts.wrapping_add((ticks as u32).max(1));
                     changed = true;
                 }
             }
@@ -330,7 +347,7 @@ impl OutStream {
 }
 
 /// Per-side state: negotiated parameters, latching, counters, and the stream sent to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Leg {
     params: SideParams,
     latched: Option<SocketAddr>,
@@ -343,9 +360,24 @@ struct Leg {
     last_ssrc: Option<u32>,
     counters: SideCounters,
     out: OutStream,
+    /// What this side's far end sends us (accepted packets only).
+    stats: RtpStats,
+    /// When an accepted packet last arrived (from the latched or an in-flight source).
+    last_valid: Option<Instant>,
+    dtmf: Option<DtmfDecoder>,
+    /// When the last telephone-event packet arrived (for the missing-end timeout).
+    dtmf_last: Option<Instant>,
+    dtmf_ready: [Option<DtmfEvent>; DTMF_PENDING],
 }
 
 impl Leg {
+    fn push_dtmf(&mut self, event: DtmfEvent) {
+        match self.dtmf_ready.iter_mut().find(|e| e.is_none()) {
+            Some(slot) => *slot = Some(event),
+            None => tracing::debug!(digit = %event.digit, "DTMF digit dropped: nobody takes them"),
+        }
+    }
+
     fn destination(&self) -> Option<SocketAddr> {
         if self.relatch_open {
             self.params.remote
@@ -365,10 +397,12 @@ enum SourceCheck {
 }
 
 /// The relay state of one bridged call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Relay {
     legs: [Leg; 2],
     config: RelayConfig,
+    /// Origin of the arrival clock for jitter (the first packet's `now`).
+    epoch: Option<Instant>,
 }
 
 impl Relay {
@@ -388,6 +422,11 @@ impl Relay {
             last_ssrc: None,
             counters: SideCounters::default(),
             out: OutStream::new(ssrc),
+            stats: RtpStats::new(),
+            last_valid: None,
+            dtmf: params.dtmf_pt.map(DtmfDecoder::new),
+            dtmf_last: None,
+            dtmf_ready: [None; DTMF_PENDING],
         };
         let ssrc_a: u32 = rng.random();
         let mut ssrc_b: u32 = rng.random();
@@ -397,6 +436,7 @@ impl Relay {
         Relay {
             legs: [leg(a, ssrc_a), leg(b, ssrc_b)],
             config,
+            epoch: None,
         }
     }
 
@@ -434,9 +474,40 @@ impl Relay {
         self.leg(side).out.ssrc
     }
 
+    /// The RTP timestamp of the stream we send `side`, extrapolated to `now` on its
+    /// clock (for an RTCP SR, RFC 3550 §6.4.1); `None` before anything was sent.
+    pub fn rtp_timestamp_at(&self, side: Side, now: Instant) -> Option<u32> {
+        let leg = self.leg(side);
+        let last = leg.out.last?;
+        let gap = now.saturating_duration_since(last.at).as_micros();
+        let ticks = gap * u128::from(leg.params.clock_rate) / 1_000_000;
+        Some(last.ts.wrapping_add(ticks as u32))
+    }
+
     /// Counters for packets received on `side`.
     pub fn counters(&self, side: Side) -> &SideCounters {
         &self.leg(side).counters
+    }
+
+    /// Receive statistics of the packets `side`'s far end sent us and the relay
+    /// accepted (right source, negotiated payload type): RFC 3550 loss and jitter in
+    /// `side`'s clock. Telephone-events count as packets but not for jitter.
+    pub fn stats(&self, side: Side) -> &RtpStats {
+        &self.leg(side).stats
+    }
+
+    /// When `side` last sent a packet the relay accepted.
+    pub fn last_received(&self, side: Side) -> Option<Instant> {
+        self.leg(side).last_valid
+    }
+
+    /// The next RFC 4733 digit `side`'s far end sent, each reported once, oldest first.
+    /// Up to four are held; take them after each [`handle_packet`](Self::handle_packet).
+    pub fn take_dtmf(&mut self, side: Side) -> Option<DtmfEvent> {
+        let ready = &mut self.leg_mut(side).dtmf_ready;
+        let first = ready.first_mut()?.take()?;
+        ready.rotate_left(1);
+        Some(first)
     }
 
     /// A re-INVITE moved `side`'s media to `addr`. If that differs from the current
@@ -468,6 +539,14 @@ impl Relay {
             remote: leg.params.remote,
             ..params
         };
+        leg.stats.clock_changed(old.clock_rate, params.clock_rate);
+        if old.dtmf_pt != params.dtmf_pt {
+            // A digit in progress on the old payload type is reported, not lost.
+            if let Some(event) = leg.dtmf.as_mut().and_then(DtmfDecoder::flush) {
+                leg.push_dtmf(event);
+            }
+            leg.dtmf = params.dtmf_pt.map(DtmfDecoder::new);
+        }
         if old.codec != params.codec || old.clock_rate != params.clock_rate {
             for leg in &mut self.legs {
                 leg.out.prev_in_ssrc = None;
@@ -579,6 +658,36 @@ impl Relay {
             }
         }
 
+        let stale = self.config.stale_ssrc_window;
+        if self.leg(side.other()).out.is_stale(now, ssrc, stale) {
+            return self.drop(side, DropReason::StaleSsrc);
+        }
+        let epoch = *self.epoch.get_or_insert(now);
+        {
+            // Reception side of the packet: counted whether or not it can be relayed.
+            let leg = self.leg_mut(side);
+            leg.last_valid = Some(now);
+            if is_event {
+                leg.stats.on_packet_without_timing(&view);
+                leg.dtmf_last = Some(now);
+                if let Some(event) = leg.dtmf.as_mut().and_then(|d| d.handle(&view)) {
+                    leg.push_dtmf(event);
+                }
+            } else {
+                leg.stats
+                    .on_packet(&view, arrival_ts(now, epoch, from.clock_rate));
+                let ended = leg
+                    .dtmf_last
+                    .is_some_and(|t| now.saturating_duration_since(t) >= DTMF_END_TIMEOUT);
+                if ended
+                    && leg.dtmf.as_ref().is_some_and(DtmfDecoder::in_progress)
+                    && let Some(event) = leg.dtmf.as_mut().and_then(DtmfDecoder::flush)
+                {
+                    leg.push_dtmf(event);
+                }
+            }
+        }
+
         let Some(dst) = self.destination(side.other()) else {
             return self.drop(side, DropReason::NoDestination);
         };
@@ -592,7 +701,6 @@ impl Relay {
             to.pt
         };
 
-        let stale = self.config.stale_ssrc_window;
         let out = &mut self.leg_mut(side.other()).out;
         let out_ssrc = out.ssrc;
         let mapped = out.map(
@@ -633,11 +741,29 @@ impl Relay {
         if rewrite_header(pkt, &header).is_none() {
             return self.drop(side, DropReason::Malformed);
         }
+        if is_event && from.clock_rate != to.clock_rate {
+            // Event durations are in timestamp units (RFC 4733 §2.3.5): rescale them
+            // with the timestamps, or a digit would last 6x too long or short.
+            let events = pkt.get_mut(payload.clone()).unwrap_or_default();
+            for ev in events.chunks_exact_mut(EVENT_LEN) {
+                let d = u64::from(u16::from_be_bytes([ev[2], ev[3]]));
+                let scaled = d * u64::from(to.clock_rate) / u64::from(from.clock_rate.max(1));
+                let scaled = u16::try_from(scaled).unwrap_or(u16::MAX);
+                ev[2..4].copy_from_slice(&scaled.to_be_bytes());
+            }
+        }
         let c = &mut self.leg_mut(side).counters;
         c.forwarded_packets += 1;
         c.forwarded_bytes += len as u64;
         Verdict::Forward { dst, len }
     }
+}
+
+/// `now` on a `clock_rate` Hz clock started at `epoch`, wrapping like an RTP timestamp.
+fn arrival_ts(now: Instant, epoch: Instant, clock_rate: u32) -> u32 {
+    let us = u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
+    // u64 microseconds times a clock rate below 2^20 overflows only after ~500 years.
+    (us.saturating_mul(u64::from(clock_rate)) / 1_000_000) as u32
 }
 
 /// Overwrites the mutable fields of a parsed header, keeping V/P/X/CC and the rest.

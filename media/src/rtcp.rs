@@ -452,6 +452,103 @@ impl ReceptionReporter {
     }
 }
 
+/// RTCP of one leg of a relayed call (RFC 3550 §6 as a translator that terminates RTCP
+/// per leg): what we report to that leg's far end about the stream it sends us, and
+/// what its reports say about the stream we send it (round-trip time).
+///
+/// In: the leg's receive statistics and, once we have sent it media, our
+/// [`SenderInfo`]; received compound packets with their arrival time. Out: compound
+/// reports (SR or RR, then SDES CNAME, §6.1) and the latest RTT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegReporter {
+    reception: ReceptionReporter,
+    rtt: Option<Duration>,
+    reports_received: u64,
+}
+
+impl LegReporter {
+    /// Fresh state: nothing reported, nothing heard.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes the compound report for the leg into `buf`: an SR from `our_ssrc` when
+    /// `sent` is given (we have sent the leg media), else an RR; a report block about
+    /// the stream `received` describes once a packet arrived; then SDES CNAME.
+    pub fn write_report(
+        &mut self,
+        buf: &mut [u8],
+        our_ssrc: u32,
+        sent: Option<&SenderInfo>,
+        received: &RtpStats,
+        cname: &[u8],
+        now: Instant,
+    ) -> Result<usize, RtcpError> {
+        let block = self.reception.report_block(received, now);
+        let blocks = block.as_slice();
+        let n = match sent {
+            Some(info) => write_sr(buf, our_ssrc, info, blocks)?,
+            None => write_rr(buf, our_ssrc, blocks)?,
+        };
+        let rest = buf.get_mut(n..).ok_or(RtcpError::BufferTooSmall)?;
+        Ok(n + write_sdes_cname(rest, our_ssrc, cname)?)
+    }
+
+    /// Takes a compound packet from the leg's far end that arrived at `now` (wall clock
+    /// `arrival_ntp`): its SR is remembered for our next report's LSR/DLSR, and a report
+    /// block about `our_ssrc` updates the RTT. Parsing stops at the first malformed
+    /// packet; what came before it counts. Returns whether any packet was valid.
+    pub fn on_compound(
+        &mut self,
+        data: &[u8],
+        our_ssrc: u32,
+        now: Instant,
+        arrival_ntp: u64,
+    ) -> bool {
+        let mut valid = false;
+        for packet in parse_compound(data) {
+            let Ok(packet) = packet else { break };
+            valid = true;
+            let blocks = match packet {
+                RtcpPacket::SenderReport { info, blocks, .. } => {
+                    self.reception.on_sender_report(&info, now);
+                    blocks
+                }
+                RtcpPacket::ReceiverReport { blocks, .. } => blocks,
+                RtcpPacket::Other { .. } => continue,
+            };
+            for b in blocks.filter(|b| b.ssrc == our_ssrc) {
+                if let Some(rtt) = round_trip_time(arrival_ntp, &b) {
+                    self.rtt = Some(rtt);
+                }
+            }
+        }
+        if valid {
+            self.reports_received += 1;
+        }
+        valid
+    }
+
+    /// The latest round-trip time to the far end, once it reported on one of our SRs.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// Valid compound packets received from the leg.
+    pub fn reports_received(&self) -> u64 {
+        self.reports_received
+    }
+}
+
+/// The RFC 3550 §6.2 minimum report interval.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `base` randomised to a uniform 0.5-1.5x (RFC 3550 §6.2/§6.3.1), so that reports of
+/// calls set up together do not stay synchronised.
+pub fn randomized_interval<R: rand::Rng + ?Sized>(base: Duration, rng: &mut R) -> Duration {
+    base.mul_f64(rng.random_range(0.5..1.5))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,6 +760,137 @@ mod tests {
         let all: Vec<_> = parse_compound(&two[..n + 8]).collect();
         assert_eq!(all.len(), 2);
         assert!(all[1].is_err());
+    }
+
+    #[test]
+    fn leg_reporter_rr_then_sr_and_rtt_from_the_answer() {
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut leg = LegReporter::new();
+        let mut stats = RtpStats::new();
+        let mut buf = [0u8; 256];
+        // Nothing sent, nothing received: an empty RR plus CNAME.
+        let n = leg
+            .write_report(&mut buf, 42, None, &stats, b"sy", t0)
+            .unwrap();
+        let pkts: Vec<_> = parse_compound(&buf[..n]).map(Result::unwrap).collect();
+        assert!(
+            matches!(pkts[0], RtcpPacket::ReceiverReport { ssrc: 42, blocks } if blocks.is_empty())
+        );
+        assert!(matches!(pkts[1], RtcpPacket::Other { pt: PT_SDES, .. }));
+        // Media arrived and we sent some: an SR with one block about the far end.
+        let mut pbuf = [0u8; 64];
+        for seq in [1u16, 2, 4] {
+            let h = RtpHeader {
+                marker: false,
+                pt: 0,
+                seq,
+                timestamp: 0,
+                ssrc: 7,
+            };
+            let len = write_packet(&mut pbuf, &h, &[0; 20]).unwrap();
+            stats.on_packet(&RtpView::parse(&pbuf[..len]).unwrap(), 0);
+        }
+        let info = SenderInfo::new(wall, 1234, 10, 1600);
+        let n = leg
+            .write_report(&mut buf, 42, Some(&info), &stats, b"sy", t0)
+            .unwrap();
+        let Some(Ok(RtcpPacket::SenderReport {
+            ssrc,
+            info: got,
+            mut blocks,
+        })) = parse_compound(&buf[..n]).next()
+        else {
+            panic!("no SR");
+        };
+        assert_eq!((ssrc, got), (42, info));
+        let b = blocks.next().unwrap();
+        assert_eq!((b.ssrc, b.cumulative_lost, b.ext_highest_seq), (7, 1, 4));
+        // The far end answers 250 ms after our SR, having held it for 200 ms: RTT 50 ms.
+        let answer = ReportBlock {
+            ssrc: 42,
+            lsr: ntp_middle(info.ntp),
+            dlsr: 65_536 / 5,
+            ..ReportBlock::default()
+        };
+        let mut rbuf = [0u8; 64];
+        let n = write_rr(&mut rbuf, 7, &[answer]).unwrap();
+        let arrival = ntp_timestamp(wall + Duration::from_millis(250));
+        assert!(leg.on_compound(&rbuf[..n], 42, t0, arrival));
+        let rtt = leg.rtt().unwrap();
+        assert!(
+            rtt.abs_diff(Duration::from_millis(50)) < Duration::from_millis(1),
+            "{rtt:?}"
+        );
+        // A block about someone else's SSRC, or garbage, changes nothing.
+        let other = ReportBlock { ssrc: 43, ..answer };
+        let n = write_rr(&mut rbuf, 7, &[other]).unwrap();
+        assert!(leg.on_compound(&rbuf[..n], 42, t0, arrival + (1 << 32)));
+        assert!(!leg.on_compound(&[0x40, 0, 0], 42, t0, arrival));
+        assert_eq!((leg.rtt(), leg.reports_received()), (Some(rtt), 2));
+    }
+
+    #[test]
+    fn leg_reporter_echoes_the_far_ends_sr_in_lsr_dlsr() {
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now();
+        let mut leg = LegReporter::new();
+        let mut stats = RtpStats::new();
+        let mut pbuf = [0u8; 64];
+        let h = RtpHeader {
+            marker: false,
+            pt: 0,
+            seq: 1,
+            timestamp: 0,
+            ssrc: 7,
+        };
+        let len = write_packet(&mut pbuf, &h, &[0; 20]).unwrap();
+        stats.on_packet(&RtpView::parse(&pbuf[..len]).unwrap(), 0);
+        let sr = SenderInfo {
+            ntp: 0x0000_1111_2222_0000,
+            rtp_ts: 0,
+            packet_count: 1,
+            octet_count: 20,
+        };
+        let mut buf = [0u8; 128];
+        let n = write_sr(&mut buf, 7, &sr, &[]).unwrap();
+        assert!(leg.on_compound(&buf[..n], 42, t0, 0));
+        let n = leg
+            .write_report(
+                &mut buf,
+                42,
+                None,
+                &stats,
+                b"sy",
+                t0 + Duration::from_millis(500),
+            )
+            .unwrap();
+        let Some(Ok(RtcpPacket::ReceiverReport { mut blocks, .. })) =
+            parse_compound(&buf[..n]).next()
+        else {
+            panic!("no RR");
+        };
+        let b = blocks.next().unwrap();
+        assert_eq!((b.lsr, b.dlsr), (0x1111_2222, 0x8000));
+    }
+
+    #[test]
+    fn intervals_are_randomised_within_half_to_one_and_a_half() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let got: Vec<_> = (0..200)
+            .map(|_| randomized_interval(REPORT_INTERVAL, &mut rng))
+            .collect();
+        assert!(
+            got.iter()
+                .all(|d| (Duration::from_millis(2500)..Duration::from_millis(7500)).contains(d))
+        );
+        let (lo, hi) = (got.iter().min().unwrap(), got.iter().max().unwrap());
+        assert!(
+            *lo < Duration::from_secs(3) && *hi > Duration::from_secs(7),
+            "{lo:?}..{hi:?}"
+        );
     }
 
     proptest! {

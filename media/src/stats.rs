@@ -27,6 +27,8 @@ pub struct RtpStats {
     pub jitter: f64,
     /// SSRC of the latest packet.
     pub last_ssrc: Option<u32>,
+    /// `lost` of the sources before the current one (a new SSRC restarts `lost`).
+    lost_before: u64,
     seq: Option<SeqState>,
     last_transit: Option<i64>,
 }
@@ -110,23 +112,15 @@ impl RtpStats {
         }
     }
 
+    /// Packets lost over every source seen so far (the sum of each SSRC's `lost`).
+    pub fn lost_all_sources(&self) -> u64 {
+        self.lost_before + self.lost
+    }
+
     /// Accounts for one valid packet that arrived at `arrival_rtp_ts` (the receiver's
     /// clock in the stream's timestamp units; its origin does not matter).
     pub fn on_packet(&mut self, view: &RtpView<'_>, arrival_rtp_ts: u32) {
-        self.packets += 1;
-        self.bytes += view.payload().len() as u64;
-        let ssrc = view.ssrc();
-        if self.last_ssrc != Some(ssrc) {
-            // New source: its numbering and timing have nothing to do with the old one.
-            self.last_ssrc = Some(ssrc);
-            self.seq = None;
-            self.last_transit = None;
-            self.jitter = 0.0;
-        }
-        let state = self.seq.get_or_insert_with(|| SeqState::new(view.seq()));
-        state.update(view.seq());
-        self.lost = state.lost();
-
+        self.account(view);
         // A.8: transit differences, wrapped as 32-bit signed timestamp deltas.
         let transit = i64::from(arrival_rtp_ts.wrapping_sub(view.timestamp()) as i32);
         if let Some(prev) = self.last_transit {
@@ -134,6 +128,40 @@ impl RtpStats {
             self.jitter += (d - self.jitter) / 16.0;
         }
         self.last_transit = Some(transit);
+    }
+
+    /// Accounts for a packet of the stream that must not feed the jitter estimate:
+    /// RFC 4733 events repeat the event's start timestamp for its whole duration, so
+    /// their transit time says nothing about network jitter. Counts and loss go on.
+    pub fn on_packet_without_timing(&mut self, view: &RtpView<'_>) {
+        self.account(view);
+    }
+
+    /// The stream's RTP clock changed from `old` to `new` Hz (a re-INVITE changed the
+    /// codec): jitter is rescaled and the transit baseline restarts.
+    pub fn clock_changed(&mut self, old: u32, new: u32) {
+        if old != 0 && old != new {
+            self.jitter = self.jitter * f64::from(new) / f64::from(old);
+            self.last_transit = None;
+        }
+    }
+
+    fn account(&mut self, view: &RtpView<'_>) {
+        self.packets += 1;
+        self.bytes += view.payload().len() as u64;
+        let ssrc = view.ssrc();
+        if self.last_ssrc != Some(ssrc) {
+            // New source: its numbering and timing have nothing to do with the old one.
+            self.last_ssrc = Some(ssrc);
+            self.lost_before += self.lost;
+            self.lost = 0;
+            self.seq = None;
+            self.last_transit = None;
+            self.jitter = 0.0;
+        }
+        let state = self.seq.get_or_insert_with(|| SeqState::new(view.seq()));
+        state.update(view.seq());
+        self.lost = state.lost();
     }
 }
 
@@ -234,6 +262,35 @@ mod tests {
         feed(&mut s, &[(5, 0, 0), (6, 160, 160)], 2);
         assert_eq!(s.last_ssrc, Some(2));
         assert_eq!(s.lost, 0);
+        assert_eq!(s.lost_all_sources(), 1);
         assert_eq!(s.packets, 7);
+    }
+
+    #[test]
+    fn untimed_packets_count_for_loss_but_not_jitter() {
+        let mut s = RtpStats::new();
+        feed(&mut s, &[(1, 0, 0), (2, 160, 160)], 9);
+        // An RFC 4733 event: start timestamp repeated while the arrival moves on.
+        let mut buf = [0u8; 64];
+        for seq in 3..6u16 {
+            let n = pkt(&mut buf, seq, 160, 9);
+            s.on_packet_without_timing(&RtpView::parse(&buf[..n]).unwrap());
+        }
+        feed(&mut s, &[(7, 960, 960)], 9);
+        assert_eq!(s.packets, 6);
+        assert_eq!(s.lost, 1, "seq 6 is missing");
+        assert_eq!(s.jitter, 0.0, "the event's stale timestamps are not jitter");
+    }
+
+    #[test]
+    fn clock_change_rescales_jitter() {
+        let mut s = RtpStats::new();
+        feed(&mut s, &[(1, 0, 0), (2, 160, 240)], 9);
+        let ms = s.jitter_ms(8000);
+        s.clock_changed(8000, 48000);
+        assert!((s.jitter_ms(48000) - ms).abs() < 1e-9);
+        // The next packet, in the new clock, is not compared with an old transit.
+        feed(&mut s, &[(3, 5_000_000, 17)], 9);
+        assert!((s.jitter_ms(48000) - ms).abs() < 1e-9);
     }
 }

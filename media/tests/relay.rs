@@ -695,3 +695,143 @@ fn side_params_from_negotiated_stream() {
         (Codec::Pcma, 8, 8000, Some(101))
     );
 }
+
+/// One RFC 4733 packet: event `code`, end bit, duration, at event start `ts`.
+fn event(pt: u8, seq: u16, ts: u32, code: u8, end: bool, duration: u16) -> Pkt {
+    let mut buf = [0u8; 256];
+    let h = RtpHeader {
+        marker: false,
+        pt,
+        seq,
+        timestamp: ts,
+        ssrc: 1,
+    };
+    let d = duration.to_be_bytes();
+    let payload = [code, (u8::from(end) << 7) | 10, d[0], d[1]];
+    let len = write_packet(&mut buf, &h, &payload).unwrap();
+    Pkt { buf, len }
+}
+
+#[test]
+fn dtmf_is_decoded_once_and_durations_follow_the_clock() {
+    // A: PCMU with telephone-event/8000 on 101; B: Opus with telephone-event/48000 on 110.
+    let mut r = relay_with(
+        side(Some(SDP_A), Codec::Pcmu, Some(101)),
+        side(Some(SDP_B), Codec::Opus { channels: 2 }, Some(110)),
+        RelayConfig::default(),
+    );
+    let now = t0();
+    assert!(matches!(
+        send(&mut r, now, Side::A, SDP_A, pkt(0, 1, 0, 1, false)).0,
+        Verdict::Transcode { .. }
+    ));
+    let mut reported = Vec::new();
+    for (i, (end, dur)) in [(false, 0), (false, 400), (true, 800), (true, 800)]
+        .into_iter()
+        .enumerate()
+    {
+        let p = event(101, 2 + i as u16, 160, 9, end, dur);
+        let (v, p) = send(&mut r, now + ms(20 + 50 * i as u64), Side::A, SDP_A, p);
+        assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+        let view = RtpView::parse(&p.buf[..p.len]).unwrap();
+        assert_eq!(view.pt(), 110);
+        let out = view.payload();
+        assert_eq!(
+            u16::from_be_bytes([out[2], out[3]]),
+            dur * 6,
+            "8 kHz duration in 48 kHz units"
+        );
+        assert_eq!(out[..2], [9, (u8::from(end) << 7) | 10]);
+        reported.extend(r.take_dtmf(Side::A));
+    }
+    assert_eq!(
+        reported.len(),
+        1,
+        "the repeated end packet is not a new digit"
+    );
+    assert_eq!((reported[0].digit, reported[0].duration_ts), ('9', 800));
+    assert_eq!(r.take_dtmf(Side::B), None);
+    // Events count as received packets but not for jitter.
+    let st = r.stats(Side::A);
+    assert_eq!((st.packets, st.lost, st.jitter), (5, 0, 0.0));
+    assert_eq!(r.last_received(Side::A), Some(now + ms(170)));
+}
+
+#[test]
+fn dtmf_without_end_packets_is_reported_after_the_timeout() {
+    let mut r = relay();
+    let now = t0();
+    send(&mut r, now, Side::B, SDP_B, event(96, 1, 800, 4, false, 0));
+    send(
+        &mut r,
+        now + ms(50),
+        Side::B,
+        SDP_B,
+        event(96, 2, 800, 4, false, 400),
+    );
+    // Audio resumes, but too soon to give up on the end packets.
+    send(
+        &mut r,
+        now + ms(100),
+        Side::B,
+        SDP_B,
+        pkt(0, 3, 1600, 1, false),
+    );
+    assert_eq!(r.take_dtmf(Side::B), None);
+    send(
+        &mut r,
+        now + ms(400),
+        Side::B,
+        SDP_B,
+        pkt(0, 4, 1760, 1, false),
+    );
+    let d = r.take_dtmf(Side::B).unwrap();
+    assert_eq!((d.digit, d.duration_ts), ('4', 400));
+    send(
+        &mut r,
+        now + ms(420),
+        Side::B,
+        SDP_B,
+        pkt(0, 5, 1920, 1, false),
+    );
+    assert_eq!(r.take_dtmf(Side::B), None, "reported once");
+}
+
+#[test]
+fn update_side_switches_dtmf_payload_type_and_keeps_stats() {
+    let mut r = relay();
+    let now = t0();
+    for i in 0..3u16 {
+        send(
+            &mut r,
+            now + ms(20 * u64::from(i)),
+            Side::B,
+            SDP_B,
+            pkt(0, i, 160 * u32::from(i), 1, false),
+        );
+    }
+    // A re-INVITE on B: telephone-event moves from 96 to 100, the codec to PCMA.
+    r.update_side(Side::B, side(None, Codec::Pcma, Some(100)));
+    assert_eq!(r.destination(Side::B), Some(addr(SDP_B)), "address kept");
+    let (v, _) = send(
+        &mut r,
+        now + ms(60),
+        Side::B,
+        SDP_B,
+        event(96, 3, 480, 1, true, 160),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::UnexpectedPayloadType));
+    let (v, p) = send(
+        &mut r,
+        now + ms(80),
+        Side::B,
+        SDP_B,
+        event(100, 4, 640, 2, true, 160),
+    );
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert_eq!(RtpView::parse(&p.buf[..p.len]).unwrap().pt(), 101);
+    assert_eq!(r.take_dtmf(Side::B).map(|d| d.digit), Some('2'));
+    // Seq 3 never arrived (dropped as junk before it counted).
+    let st = r.stats(Side::B);
+    assert_eq!((st.packets, st.lost), (4, 1));
+}

@@ -178,9 +178,10 @@ impl Challenger {
         {
             return AuthOutcome::Invalid("opaque mismatch");
         }
-        // RFC 3261 §22.4 leaves the comparison to the server; an exact match is the
-        // strict choice and is what our own UAC (and common ones) send.
-        if resp.uri != request_uri {
+        // RFC 3261 §22.4 leaves the comparison to the server. Exact match, or the same
+        // host:port without the user part: some UAs (SIPp among them) digest the remote
+        // target rather than the Request-URI. The nonce still binds the answer to us.
+        if resp.uri != request_uri && uri_hostport(&resp.uri) != uri_hostport(request_uri) {
             return AuthOutcome::Invalid("uri mismatch");
         }
         let Some(password) = lookup(&resp.username) else {
@@ -361,6 +362,13 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     }
     // Leftover bits must be zero, so each byte string has exactly one encoding.
     (acc == 0).then_some(out)
+}
+
+/// `sip:user@host:port;params` → `host:port` (lower-cased).
+fn uri_hostport(uri: &str) -> String {
+    let rest = uri.split_once(':').map_or(uri, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    rest.split([';', '?']).next().unwrap_or("").to_ascii_lowercase()
 }
 
 #[cfg(test)]

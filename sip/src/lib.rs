@@ -9,6 +9,7 @@ pub mod dialog;
 pub mod digest_server;
 pub mod framing;
 pub mod msg;
+pub mod ratelimit;
 pub mod testing;
 pub mod txn;
 pub mod ua;

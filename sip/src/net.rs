@@ -8,6 +8,12 @@
 //! closes the connection) and a writer task fed by the owner. Connections are
 //! keyed by peer address, so responses go back on the connection the request
 //! came in on.
+//!
+//! Rate limiting (optional, [`NetConfig::rate_limit`]): every UDP datagram and every
+//! TCP frame passes its source IP through a [`RateLimiter`] before the UA sees it; over
+//! the limit it is dropped unparsed and unanswered (an answer would spend the very
+//! resources the limit protects, and reflect traffic at a forged source), and counted
+//! in [`UaStats::rate_limited`].
 
 // driver: the only place in the crate that reads the clock.
 #![allow(clippy::disallowed_methods)]
@@ -23,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::framing::StreamFramer;
+use crate::ratelimit::{RateLimit, RateLimiter};
 use crate::ua::{Datagram, Transmit, Transport, UaCommand, UaConfig, UaEvent, UaStats, UserAgent};
 
 /// Largest SIP message accepted on a stream.
@@ -42,6 +49,8 @@ pub struct NetConfig {
     pub ua: UaConfig,
     /// SO_RCVBUF / SO_SNDBUF for the UDP socket.
     pub socket_buffer: usize,
+    /// Per-source-IP limit on incoming messages; `None` = unlimited.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for NetConfig {
@@ -51,6 +60,7 @@ impl Default for NetConfig {
             tcp: None,
             ua: UaConfig::default(),
             socket_buffer: 4 * 1024 * 1024,
+            rate_limit: None,
         }
     }
 }
@@ -73,6 +83,7 @@ pub struct DriverGone;
 enum Cmd {
     Ua(UaCommand),
     Stats(oneshot::Sender<UaStats>),
+    SetRateLimit(Option<RateLimit>),
 }
 
 /// Cheap to clone; the driver stops when every handle is dropped.
@@ -90,6 +101,14 @@ impl UaHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Cmd::Stats(tx)).map_err(|_| DriverGone)?;
         rx.await.map_err(|_| DriverGone)
+    }
+
+    /// Replaces the per-source limit (config reload); `None` lifts it. Buckets start
+    /// afresh, so each source gets one new burst.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) -> Result<(), DriverGone> {
+        self.tx
+            .send(Cmd::SetRateLimit(limit))
+            .map_err(|_| DriverGone)
     }
 }
 
@@ -156,6 +175,8 @@ pub fn spawn(config: NetConfig) -> io::Result<(UaHandle, mpsc::Receiver<UaEvent>
         conn_tx,
         events: ev_tx,
         events_stalled: false,
+        limiter: config.rate_limit.map(RateLimiter::new),
+        rate_limited: 0,
     };
     tokio::spawn(driver.run(cmd_rx, conn_rx));
     Ok((
@@ -229,6 +250,9 @@ struct Driver {
     events: mpsc::Sender<UaEvent>,
     /// The consumer let the events channel fill up and a bounded wait expired.
     events_stalled: bool,
+    limiter: Option<RateLimiter>,
+    /// Messages dropped by `limiter` (kept here: the UA never sees them).
+    rate_limited: u64,
 }
 
 async fn accept(l: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
@@ -254,11 +278,11 @@ impl Driver {
                 r = self.udp.recv_from(&mut buf) => {
                     match r {
                         Ok((n, src)) => {
-                            self.on_udp(Instant::now(), src, buf.get(..n).unwrap_or_default().to_vec());
+                            self.on_udp(Instant::now(), src, buf.get(..n).unwrap_or_default());
                             // Take whatever else is already queued before sending.
                             for _ in 1..RECV_BATCH {
                                 match self.udp.try_recv_from(&mut buf) {
-                                    Ok((n, src)) => self.on_udp(Instant::now(), src, buf.get(..n).unwrap_or_default().to_vec()),
+                                    Ok((n, src)) => self.on_udp(Instant::now(), src, buf.get(..n).unwrap_or_default()),
                                     Err(_) => break,
                                 }
                             }
@@ -270,7 +294,11 @@ impl Driver {
                 cmd = cmds.recv() => match cmd {
                     None => break,
                     Some(Cmd::Ua(c)) => self.ua.handle_command(Instant::now(), c),
-                    Some(Cmd::Stats(tx)) => { let _ = tx.send(self.ua.stats()); }
+                    Some(Cmd::Stats(tx)) => {
+                        let stats = UaStats { rate_limited: self.rate_limited, ..self.ua.stats() };
+                        let _ = tx.send(stats);
+                    }
+                    Some(Cmd::SetRateLimit(limit)) => self.limiter = limit.map(RateLimiter::new),
                 },
                 r = accept(&self.tcp) => match r {
                     Ok((stream, peer)) => self.add_conn(stream, peer),
@@ -283,29 +311,52 @@ impl Driver {
         tracing::debug!("SIP driver stopped: all handles dropped");
     }
 
-    fn on_udp(&mut self, now: Instant, src: SocketAddr, bytes: Vec<u8>) {
+    /// Whether a message from `src` may go to the UA; counts the ones that may not.
+    fn admit(&mut self, now: Instant, src: SocketAddr) -> bool {
+        let Some(limiter) = &mut self.limiter else {
+            return true;
+        };
+        if limiter.allow(src.ip(), now) {
+            return true;
+        }
+        self.rate_limited += 1;
+        // Per drop, so debug only: a flood must not turn into a log flood.
+        tracing::debug!(%src, "rate limited: dropped");
+        false
+    }
+
+    fn on_udp(&mut self, now: Instant, src: SocketAddr, bytes: &[u8]) {
+        // Before the copy: a dropped datagram costs a hash lookup and nothing else.
+        if !self.admit(now, src) {
+            return;
+        }
         self.ua.handle_datagram(
             now,
             Datagram {
                 src,
                 dst: self.udp_addr,
                 transport: Transport::Udp,
-                bytes,
+                bytes: bytes.to_vec(),
             },
         );
     }
 
     fn on_conn_input(&mut self, input: ConnInput) {
         match input {
-            ConnInput::Frame { peer, local, bytes } => self.ua.handle_datagram(
-                Instant::now(),
-                Datagram {
-                    src: peer,
-                    dst: local,
-                    transport: Transport::Tcp,
-                    bytes,
-                },
-            ),
+            ConnInput::Frame { peer, local, bytes } => {
+                let now = Instant::now();
+                if self.admit(now, peer) {
+                    self.ua.handle_datagram(
+                        now,
+                        Datagram {
+                            src: peer,
+                            dst: local,
+                            transport: Transport::Tcp,
+                            bytes,
+                        },
+                    );
+                }
+            }
             ConnInput::Closed { peer, id } => {
                 if self.conns.get(&peer).is_some_and(|c| c.id == id) {
                     self.conns.remove(&peer);

@@ -25,6 +25,7 @@ fn start() -> (UaHandle, mpsc::Receiver<UaEvent>, BoundAddrs) {
             ..UaConfig::default()
         },
         socket_buffer: 4 * 1024 * 1024,
+        rate_limit: None,
     })
     .unwrap()
 }

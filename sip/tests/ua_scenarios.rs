@@ -213,6 +213,7 @@ fn busy_486_fails_and_is_acked_in_the_transaction() {
             leg: b_leg,
             code: 486,
             reason: "Busy Here".into(),
+            headers: vec![],
         },
     );
     p.drive();

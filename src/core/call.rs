@@ -15,6 +15,12 @@ use crate::model::CallStatus;
 pub enum CallInput {
     /// Place the call (send the INVITE).
     Start,
+    /// An inbound call the switch itself answers (agent route).
+    StartInbound,
+    /// The session timer ran out; the user agent has sent the BYE.
+    SessionExpired,
+    /// A transfer (REFER) succeeded: the far end is connected elsewhere.
+    Transferred,
     /// 18x from the far end.
     Progress { code: u16 },
     /// 2xx, already ACKed by the user agent.
@@ -34,6 +40,8 @@ pub enum CallInput {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallOutput {
     Invite,
+    /// Answer the inbound leg.
+    Answer,
     Cancel,
     Bye,
     Status(StatusChange),
@@ -56,6 +64,14 @@ pub enum EndReason {
     MediaTimeout,
     RingTimeout,
     Rejected,
+    /// Transit and inbound calls: the caller's CANCEL before answer.
+    CallerCancel,
+    /// Transit calls: the caller's BYE (`RemoteBye` is the callee's).
+    CallerBye,
+    /// RFC 4028: the session was not refreshed in time.
+    SessionExpired,
+    /// Handed to another party by REFER.
+    Transferred,
 }
 
 impl EndReason {
@@ -67,6 +83,10 @@ impl EndReason {
             Self::MediaTimeout => "media_timeout",
             Self::RingTimeout => "ring_timeout",
             Self::Rejected => "rejected",
+            Self::CallerCancel => "caller_cancel",
+            Self::CallerBye => "caller_bye",
+            Self::SessionExpired => "session_expired",
+            Self::Transferred => "transferred",
         }
     }
 }
@@ -118,6 +138,10 @@ impl Call {
                 self.ring_deadline = Some(now + self.ring_timeout);
                 self.out.push_back(CallOutput::Invite);
             }
+            (Phase::Idle, I::StartInbound) => {
+                self.out.push_back(CallOutput::Answer);
+                self.answered(now);
+            }
             (Phase::Idle, I::Hangup) => {
                 self.finish(CallStatus::Cancelled, None, None, EndReason::Hangup)
             }
@@ -154,13 +178,24 @@ impl Call {
                 self.phase = Phase::Ending(EndReason::Hangup);
                 self.out.push_back(CallOutput::Bye);
             }
+            (Phase::Answered, I::SessionExpired) => {
+                self.phase = Phase::Ending(EndReason::SessionExpired);
+            }
+            (Phase::Answered, I::Transferred) => {
+                self.phase = Phase::Ending(EndReason::Transferred);
+                self.out.push_back(CallOutput::Bye);
+            }
             (Phase::Answered, I::MediaTimeout) => {
                 self.phase = Phase::Ending(EndReason::MediaTimeout);
                 self.out.push_back(CallOutput::Bye);
             }
             (Phase::Ending(why), I::Terminated { by_remote }) => {
                 // Both sides sent BYE at once: the far end's counts as theirs.
-                let why = if by_remote { EndReason::RemoteBye } else { why };
+                let why = if by_remote && why != EndReason::Transferred {
+                    EndReason::RemoteBye
+                } else {
+                    why
+                };
                 self.finish(CallStatus::Completed, None, None, why);
             }
             // A late 18x after answer, a duplicate hangup, a stray event: nothing changes.

@@ -25,6 +25,38 @@ pub struct Metrics {
     rtp_packets_received: AtomicU64,
     rtp_bytes_received: AtomicU64,
     store_errors: AtomicU64,
+    /// Inbound INVITEs by outcome, indexed like `InboundOutcome`.
+    inbound: [AtomicU64; 5],
+    trunk_skipped: AtomicU64,
+}
+
+/// What became of an inbound INVITE, for `switchyard_inbound_invites_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundOutcome {
+    Accepted,
+    Challenged,
+    Forbidden,
+    Rejected,
+    Failed,
+}
+
+impl InboundOutcome {
+    const ALL: [InboundOutcome; 5] = [
+        InboundOutcome::Accepted,
+        InboundOutcome::Challenged,
+        InboundOutcome::Forbidden,
+        InboundOutcome::Rejected,
+        InboundOutcome::Failed,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            InboundOutcome::Accepted => "accepted",
+            InboundOutcome::Challenged => "challenged",
+            InboundOutcome::Forbidden => "forbidden",
+            InboundOutcome::Rejected => "rejected",
+            InboundOutcome::Failed => "failed",
+        }
+    }
 }
 
 impl Metrics {
@@ -44,12 +76,27 @@ impl Metrics {
         self.rtp_bytes_received.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    pub fn inbound(&self, outcome: InboundOutcome) {
+        if let Some(i) = InboundOutcome::ALL.iter().position(|o| *o == outcome) {
+            self.inbound[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn trunk_skipped(&self) {
+        self.trunk_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Render with the live-call gauge and the SIP stack's counters.
-    pub fn render(&self, live_calls: usize, sip: Option<&sip::ua::UaStats>) -> String {
+    pub fn render(
+        &self,
+        live_calls: usize,
+        sip: Option<&sip::ua::UaStats>,
+        trunks: &[super::trunk::Trunk],
+    ) -> String {
         let mut out = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(out, "# TYPE switchyard_calls_active gauge");
@@ -87,6 +134,48 @@ impl Metrics {
             "switchyard_store_errors_total {}",
             load(&self.store_errors)
         );
+        let _ = writeln!(out, "# TYPE switchyard_inbound_invites_total counter");
+        for (i, o) in InboundOutcome::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "switchyard_inbound_invites_total{{outcome=\"{}\"}} {}",
+                o.as_str(),
+                load(&self.inbound[i])
+            );
+        }
+        let _ = writeln!(out, "# TYPE switchyard_trunk_skipped_total counter");
+        let _ = writeln!(
+            out,
+            "switchyard_trunk_skipped_total {}",
+            load(&self.trunk_skipped)
+        );
+        let _ = writeln!(out, "# TYPE switchyard_trunk_up gauge");
+        for t in trunks {
+            let _ = writeln!(
+                out,
+                "switchyard_trunk_up{{trunk=\"{}\"}} {}",
+                t.config.name,
+                u8::from(t.is_up())
+            );
+        }
+        let _ = writeln!(out, "# TYPE switchyard_trunk_active_calls gauge");
+        for t in trunks {
+            let _ = writeln!(
+                out,
+                "switchyard_trunk_active_calls{{trunk=\"{}\"}} {}",
+                t.config.name,
+                t.active_calls()
+            );
+        }
+        let _ = writeln!(out, "# TYPE switchyard_trunk_registered gauge");
+        for t in trunks.iter().filter(|t| t.config.register) {
+            let _ = writeln!(
+                out,
+                "switchyard_trunk_registered{{trunk=\"{}\"}} {}",
+                t.config.name,
+                u8::from(t.registration().state == "registered")
+            );
+        }
         if let Some(s) = sip {
             let rows = [
                 ("sip_messages_in_total", s.messages_in),

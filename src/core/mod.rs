@@ -13,10 +13,15 @@
 
 pub mod call;
 pub mod dialog;
+pub mod inbound;
+mod incoming;
 pub mod metrics;
 pub mod status;
 pub mod task;
+pub mod transit;
+pub mod transit_task;
 pub mod trunk;
+pub mod trunk_watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +78,15 @@ pub(crate) struct Shared {
     pub legs: Arc<DashMap<sip::ua::LegRef, mpsc::Sender<TaskInput>>>,
     pub calls: Arc<DashMap<String, mpsc::Sender<TaskInput>>>,
     pub metrics: Arc<metrics::Metrics>,
+    pub inbound: Arc<inbound::Inbound>,
+    next_leg: Arc<AtomicU64>,
+}
+
+impl Shared {
+    /// A reference for a leg we originate (incoming legs carry `INCOMING_LEG_BIT`).
+    pub fn next_leg(&self) -> sip::ua::LegRef {
+        self.next_leg.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// The switch as the API sees it.
@@ -80,14 +94,13 @@ pub(crate) struct Shared {
 pub struct Switch {
     shared: Shared,
     trunks: Arc<Vec<Trunk>>,
-    next_leg: Arc<AtomicU64>,
 }
 
 /// Leg references for BYEs of dialogs restored after a crash (no call task owns them).
 const RESTORED_LEGS: u64 = 1 << 62;
 
 /// Queue depth per call task: commands beyond this get `Overloaded` rather than piling up.
-const CALL_QUEUE: usize = 64;
+pub(crate) const CALL_QUEUE: usize = 64;
 
 impl Switch {
     /// Wire the core to a running SIP driver and close out calls a previous run left live.
@@ -98,12 +111,21 @@ impl Switch {
         ua: sip::net::UaHandle,
         mut ua_events: mpsc::Receiver<sip::ua::UaEvent>,
         ports: media::net::PortPool,
+        plan: Option<dialplan::plan::Plan>,
     ) -> Result<Self, StoreError> {
-        let trunks = config
-            .trunks
-            .iter()
-            .filter_map(|t| Trunk::new(t.clone()).ok())
-            .collect();
+        let trunks: Arc<Vec<Trunk>> = Arc::new(
+            config
+                .trunks
+                .iter()
+                .filter_map(|t| Trunk::new(t.clone()).ok())
+                .collect(),
+        );
+        let inbound = Arc::new(inbound::Inbound::new(
+            trunks.clone(),
+            &config.sip.realm,
+            plan,
+            config.dialplan.utc_offset_minutes,
+        ));
         let shared = Shared {
             config,
             store,
@@ -113,20 +135,27 @@ impl Switch {
             legs: Arc::new(DashMap::new()),
             calls: Arc::new(DashMap::new()),
             metrics: Arc::new(metrics::Metrics::default()),
+            inbound,
+            next_leg: Arc::new(AtomicU64::new(1)),
         };
         close_out_live_calls(&shared).await?;
 
-        let legs = shared.legs.clone();
+        let router = shared.clone();
         tokio::spawn(async move {
             while let Some(event) = ua_events.recv().await {
-                route_ua_event(&legs, &ua, event);
+                route_ua_event(&router, event);
             }
         });
-        Ok(Self {
-            shared,
-            trunks: Arc::new(trunks),
-            next_leg: Arc::new(AtomicU64::new(1)),
-        })
+        trunk_watch::start(&shared, &trunks);
+        Ok(Self { shared, trunks })
+    }
+
+    pub fn trunks(&self) -> &Arc<Vec<Trunk>> {
+        &self.trunks
+    }
+
+    pub fn inbound(&self) -> &Arc<inbound::Inbound> {
+        &self.shared.inbound
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -140,7 +169,9 @@ impl Switch {
     /// Prometheus text exposition of the core's and the SIP stack's counters.
     pub async fn render_metrics(&self) -> String {
         let sip = self.shared.ua.stats().await.ok();
-        self.shared.metrics.render(self.live_calls(), sip.as_ref())
+        self.shared
+            .metrics
+            .render(self.live_calls(), sip.as_ref(), &self.trunks)
     }
 
     /// Validate the route, write the `initiating` row and its event, and start the call task.
@@ -238,7 +269,7 @@ impl Switch {
         self.shared.metrics.call_started();
         self.shared.metrics.status(CallStatus::Initiating);
 
-        let leg = self.next_leg.fetch_add(1, Ordering::Relaxed);
+        let leg = self.shared.next_leg();
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
         self.shared.legs.insert(leg, tx.clone());
         self.shared.calls.insert(record.id.clone(), tx);
@@ -248,6 +279,8 @@ impl Switch {
             first.clone(),
             leg,
             endpoint,
+            None,
+            None,
         );
         tokio::spawn(task.run(rx));
         Ok(record)
@@ -323,28 +356,11 @@ impl Switch {
     }
 }
 
-fn route_ua_event(
-    legs: &DashMap<sip::ua::LegRef, mpsc::Sender<TaskInput>>,
-    ua: &sip::net::UaHandle,
-    event: sip::ua::UaEvent,
-) {
+fn route_ua_event(shared: &Shared, event: sip::ua::UaEvent) {
     use sip::ua::UaEvent;
     let leg = match &event {
-        UaEvent::Incoming {
-            leg,
-            from,
-            to,
-            source,
-            ..
-        } => {
-            // Inbound routing arrives with the dialplan work; until then nothing is
-            // reachable here, and saying so without detail reveals no numbers.
-            tracing::info!(%source, %from, %to, "inbound INVITE refused: no inbound routes");
-            let _ = ua.send(sip::ua::UaCommand::Reject {
-                leg: *leg,
-                code: 403,
-                reason: "Forbidden".to_owned(),
-            });
+        UaEvent::Incoming { .. } => {
+            incoming::on_incoming(shared, event);
             return;
         }
         UaEvent::Progress { leg, .. }
@@ -352,11 +368,19 @@ fn route_ua_event(
         | UaEvent::Failed { leg, .. }
         | UaEvent::Terminated { leg, .. }
         | UaEvent::Cancelled { leg }
-        | UaEvent::DialogEstablished { leg, .. } => *leg,
-        #[allow(unreachable_patterns)]
-        _ => return,
+        | UaEvent::DialogEstablished { leg, .. }
+        | UaEvent::Reoffer { leg, .. }
+        | UaEvent::SessionExpired { leg }
+        | UaEvent::Refer { leg, .. }
+        | UaEvent::ReferResult { leg, .. }
+        | UaEvent::ReferNotify { leg, .. }
+        | UaEvent::ReinviteResult { leg, .. } => *leg,
+        UaEvent::Registration { .. } | UaEvent::Pong { .. } => {
+            trunk_watch::on_event(shared, event);
+            return;
+        }
     };
-    match legs.get(&leg) {
+    match shared.legs.get(&leg) {
         Some(tx) => {
             if tx.try_send(TaskInput::Sip(event)).is_err() {
                 tracing::warn!(leg, "call task queue full or gone; SIP event dropped");
@@ -365,7 +389,18 @@ fn route_ua_event(
         None if leg & RESTORED_LEGS != 0 => {
             tracing::info!(leg, ?event, "dialog left by a previous run ended");
         }
-        None => tracing::debug!(leg, "SIP event for a leg with no call"),
+        None => {
+            // Nobody owns this dialog any more: a re-offer must still get an answer.
+            if let UaEvent::Reoffer { leg, id, .. } = event {
+                let _ = shared.ua.send(sip::ua::UaCommand::RejectReoffer {
+                    leg,
+                    id,
+                    code: 481,
+                    reason: "Call/Transaction Does Not Exist".to_owned(),
+                });
+            }
+            tracing::debug!(leg, "SIP event for a leg with no call");
+        }
     }
 }
 

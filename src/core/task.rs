@@ -39,6 +39,10 @@ pub(crate) struct CallTask {
     answered: Option<Instant>,
     /// Digits the far end sends (RFC 4733), reported as `call.dtmf` events.
     dtmf: Option<mpsc::Receiver<media::dtmf::DtmfEvent>>,
+    /// Inbound calls: the caller's SDP offer, answered by this task.
+    inbound_offer: Option<sip::ua::Body>,
+    /// The place this call holds on its trunk (freed when the task ends).
+    _slot: Option<super::trunk::TrunkSlot>,
 }
 
 impl CallTask {
@@ -48,6 +52,8 @@ impl CallTask {
         trunk: Trunk,
         leg: sip::ua::LegRef,
         mut endpoint: media::net::RtpEndpoint,
+        inbound_offer: Option<sip::ua::Body>,
+        slot: Option<super::trunk::TrunkSlot>,
     ) -> Self {
         let dtmf = endpoint.take_dtmf_events();
         let call = Call::new(
@@ -66,13 +72,20 @@ impl CallTask {
             media_check: None,
             answered: None,
             dtmf,
+            inbound_offer,
+            _slot: slot,
         }
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<TaskInput>) {
         let span = tracing::info_span!("call", call_id = %self.record.id);
         async move {
-            self.call.handle(Instant::now(), CallInput::Start);
+            let start = if self.inbound_offer.is_some() {
+                CallInput::StartInbound
+            } else {
+                CallInput::Start
+            };
+            self.call.handle(Instant::now(), start);
             self.drain().await;
             while !self.call.is_done() {
                 let deadline = self.call.poll_timeout();
@@ -202,6 +215,7 @@ impl CallTask {
         while let Some(out) = self.call.poll_output() {
             match out {
                 CallOutput::Invite => self.send_invite().await,
+                CallOutput::Answer => self.answer_inbound(),
                 CallOutput::Cancel => self.send_sip(sip::ua::UaCommand::Cancel { leg: self.leg }),
                 CallOutput::Bye => self.send_sip(sip::ua::UaCommand::Bye { leg: self.leg }),
                 CallOutput::Status(change) => self.apply_status(change).await,
@@ -220,6 +234,43 @@ impl CallTask {
                     reason: "SIP Driver Stopped".to_owned(),
                 },
             );
+        }
+    }
+
+    /// Answers the caller's offer from our RTP endpoint.
+    fn answer_inbound(&mut self) {
+        let (Some(endpoint), Some(offer)) = (&mut self.endpoint, &self.inbound_offer) else {
+            return;
+        };
+        let local = local_offer(&self.shared.config, endpoint.local_addr().port());
+        match media::sdp::answer_offer(&offer.bytes, &local) {
+            Ok((sdp, params)) => {
+                endpoint.connect(params);
+                if self.record.record {
+                    start_recording(&self.shared.config, &self.record.id, endpoint, &params);
+                }
+                let now = Instant::now();
+                self.answered = Some(now);
+                self.media_check = self.media_timeout().map(|t| now + t);
+                self.offer = Some(local);
+                self.send_sip(sip::ua::UaCommand::Answer {
+                    leg: self.leg,
+                    body: Some(sdp_body(sdp)),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "caller's SDP offer unusable");
+                self.send_sip(sip::ua::UaCommand::Reject {
+                    leg: self.leg,
+                    code: 488,
+                    reason: "Not Acceptable Here".to_owned(),
+                    headers: Vec::new(),
+                });
+                // The router checked the offer before creating this task, so this is
+                // not expected; end the call rather than leave it hanging.
+                self.call
+                    .handle(Instant::now(), CallInput::Terminated { by_remote: true });
+            }
         }
     }
 
@@ -295,89 +346,124 @@ impl CallTask {
     async fn apply_status(&mut self, change: StatusChange) {
         let now = Utc::now();
         let r = &mut self.record;
-        r.status = change.status;
-        if let Some(code) = change.sip_code {
-            r.sip_code = Some(i32::from(code));
-        }
-        if change.sip_reason.is_some() {
-            r.sip_reason = change.sip_reason.clone();
-        }
-        if change.status == CallStatus::InProgress {
-            r.answered_at = Some(now);
-        }
-        let mut extra = serde_json::json!({});
-        if change.status.is_terminal() {
-            r.sip_dialog = None;
-            r.ended_at = Some(now);
-            r.duration_seconds = Some(r.answered_at.map_or(0, |a| (now - a).num_seconds().max(0)));
-            r.end_reason = change.end_reason.map(|e| e.as_str().to_owned());
-            let code = change.sip_code.unwrap_or(match change.status {
-                CallStatus::Completed => 200,
-                CallStatus::Cancelled => 487,
-                _ => 0,
-            });
-            r.q850_cause = Some(match (change.status, change.end_reason) {
-                (CallStatus::NoAnswer, Some(super::call::EndReason::RingTimeout)) => 19,
-                // Recovery on timer expiry.
-                (_, Some(super::call::EndReason::MediaTimeout)) => 102,
-                (CallStatus::Cancelled, _) => 16,
-                _ => q850_for_sip(code),
-            });
-            if let Some(endpoint) = self.endpoint.take() {
-                let (stats, recording) = endpoint.close_with_recording().await;
-                match recording {
-                    Some(Ok(rec)) => {
-                        tracing::info!(
-                            duration_ms = rec.info.duration_ms,
-                            samples = rec.info.samples,
-                            dropped = rec.dropped,
-                            jitter = ?rec.jitter,
-                            "recording finished"
-                        );
-                        r.recording_url = Some(recording_url(&self.shared.config, &r.id));
-                    }
-                    Some(Err(e)) => tracing::warn!(error = %e, "recording failed"),
-                    None => {}
+        apply_change(r, &change, now);
+        if change.status.is_terminal()
+            && let Some(endpoint) = self.endpoint.take()
+        {
+            let (stats, recording) = endpoint.close_with_recording().await;
+            match recording {
+                Some(Ok(rec)) => {
+                    tracing::info!(
+                        duration_ms = rec.info.duration_ms,
+                        samples = rec.info.samples,
+                        dropped = rec.dropped,
+                        jitter = ?rec.jitter,
+                        "recording finished"
+                    );
+                    r.recording_url = Some(recording_url(&self.shared.config, &r.id));
                 }
-                r.rtp_packets_received = stats.packets_received as i64;
-                r.rtp_bytes_received = stats.bytes_received as i64;
-                r.rtp_packets_lost = stats.lost as i64;
-                if stats.packets_received > 0 {
-                    r.rtp_jitter_ms = Some(round2(stats.jitter_ms));
-                    let expected = stats.packets_received + stats.lost;
-                    let loss_percent = 100.0 * stats.lost as f64 / expected.max(1) as f64;
-                    // No RTCP round trip yet: one-way delay is taken as one 20 ms packet plus
-                    // a jitter buffer two jitters deep, what a receiver would add.
-                    let delay_ms = 20.0 + 2.0 * stats.jitter_ms;
-                    r.mos = Some(round2(media::quality::mos(
-                        0.0,
-                        delay_ms,
-                        loss_percent,
-                        4.3,
-                    )));
-                }
-                self.shared
-                    .metrics
-                    .rtp(stats.packets_received, stats.bytes_received);
+                Some(Err(e)) => tracing::warn!(error = %e, "recording failed"),
+                None => {}
             }
-            extra = serde_json::json!({
-                "sip_code": r.sip_code,
-                "sip_reason": r.sip_reason,
-                "q850_cause": r.q850_cause,
-                "end_reason": r.end_reason,
-            });
+            set_media_stats(
+                r,
+                stats.packets_received,
+                stats.bytes_received,
+                stats.lost,
+                stats.jitter_ms,
+            );
+            self.shared
+                .metrics
+                .rtp(stats.packets_received, stats.bytes_received);
         }
-        let event = NewEvent {
-            event_type: format!("call.{}", change.status.as_str()),
-            extra,
-        };
-        match self.shared.store.update_call(r, Some(&event)).await {
-            Ok(_) => self.shared.webhooks.notify_one(),
-            Err(e) => {
-                tracing::error!(error = %e, status = change.status.as_str(), "failed to record call status")
-            }
-        }
+        persist_status(&self.shared, r, change.status).await;
         tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
+    }
+}
+
+/// Applies a status change to the record: status, SIP code/reason, answer and end times,
+/// end reason and Q.850 cause.
+pub(crate) fn apply_change(
+    r: &mut CallRecord,
+    change: &StatusChange,
+    now: chrono::DateTime<Utc>,
+) {
+    r.status = change.status;
+    if let Some(code) = change.sip_code {
+        r.sip_code = Some(i32::from(code));
+    }
+    if change.sip_reason.is_some() {
+        r.sip_reason = change.sip_reason.clone();
+    }
+    if change.status == CallStatus::InProgress {
+        r.answered_at = Some(now);
+    }
+    if change.status.is_terminal() {
+        r.sip_dialog = None;
+        r.ended_at = Some(now);
+        r.duration_seconds = Some(r.answered_at.map_or(0, |a| (now - a).num_seconds().max(0)));
+        r.end_reason = change.end_reason.map(|e| e.as_str().to_owned());
+        let code = change.sip_code.unwrap_or(match change.status {
+            CallStatus::Completed => 200,
+            CallStatus::Cancelled => 487,
+            _ => 0,
+        });
+        r.q850_cause = Some(match (change.status, change.end_reason) {
+            (CallStatus::NoAnswer, Some(super::call::EndReason::RingTimeout)) => 19,
+            // Recovery on timer expiry.
+            (_, Some(super::call::EndReason::MediaTimeout)) => 102,
+            (CallStatus::Cancelled, _) => 16,
+            _ => q850_for_sip(code),
+        });
+    }
+}
+
+/// Packets, loss, jitter and an E-model MOS onto the record.
+pub(crate) fn set_media_stats(
+    r: &mut CallRecord,
+    packets: u64,
+    bytes: u64,
+    lost: u64,
+    jitter_ms: f64,
+) {
+    r.rtp_packets_received = packets as i64;
+    r.rtp_bytes_received = bytes as i64;
+    r.rtp_packets_lost = lost as i64;
+    if packets > 0 {
+        r.rtp_jitter_ms = Some(round2(jitter_ms));
+        let expected = packets + lost;
+        let loss_percent = 100.0 * lost as f64 / expected.max(1) as f64;
+        // No RTCP round trip yet: one-way delay is taken as one 20 ms packet plus a
+        // jitter buffer two jitters deep, what a receiver would add.
+        let delay_ms = 20.0 + 2.0 * jitter_ms;
+        r.mos = Some(round2(media::quality::mos(0.0, delay_ms, loss_percent, 4.3)));
+    }
+}
+
+/// Writes the record and its `call.<status>` event in one transaction, then nudges the
+/// webhook deliverer.
+pub(crate) async fn persist_status(shared: &Shared, r: &CallRecord, status: CallStatus) {
+    let extra = if status.is_terminal() {
+        serde_json::json!({
+            "sip_code": r.sip_code,
+            "sip_reason": r.sip_reason,
+            "q850_cause": r.q850_cause,
+            "end_reason": r.end_reason,
+        })
+    } else {
+        serde_json::json!({})
+    };
+    let event = NewEvent {
+        event_type: format!("call.{}", status.as_str()),
+        extra,
+    };
+    shared.metrics.status(status);
+    match shared.store.update_call(r, Some(&event)).await {
+        Ok(_) => shared.webhooks.notify_one(),
+        Err(e) => {
+            shared.metrics.store_error();
+            tracing::error!(error = %e, status = status.as_str(), "failed to record call status")
+        }
     }
 }
 
@@ -420,11 +506,33 @@ fn recording_url(config: &crate::config::Config, call_id: &str) -> String {
     format!("{base}/api/v1/voice/calls/{call_id}/recording")
 }
 
+/// What we offer or answer with from `port`: PCMU, PCMA, telephone-event 101, 20 ms.
+pub(crate) fn local_offer(config: &crate::config::Config, port: u16) -> media::sdp::OfferParams {
+    let session_id = Utc::now().timestamp_micros().unsigned_abs();
+    media::sdp::OfferParams {
+        session_id,
+        session_version: session_id,
+        addr: config.public_ip(),
+        port,
+        codecs: vec![media::sdp::Codec::Pcmu, media::sdp::Codec::Pcma],
+        dtmf_pt: Some(101),
+        ptime_ms: 20,
+        direction: media::sdp::Direction::SendRecv,
+    }
+}
+
+pub(crate) fn sdp_body(sdp: String) -> sip::ua::Body {
+    sip::ua::Body {
+        content_type: "application/sdp".to_owned(),
+        bytes: sdp.into_bytes().into(),
+    }
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn public_ip_for_uri(ip: std::net::IpAddr) -> String {
+pub(crate) fn public_ip_for_uri(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
         std::net::IpAddr::V4(v4) => v4.to_string(),

@@ -94,6 +94,7 @@ async fn step(dir: &Path, calls: u64, window: u64) -> R<Outcome> {
             ..UaConfig::default()
         },
         socket_buffer: 4 * 1024 * 1024,
+        rate_limit: None,
     })?;
     let invite = |leg: u64| UaCommand::Invite {
         leg,

@@ -20,7 +20,7 @@
 //!
 //! The 200 answers carry no telephone-event: the offer's PT for it is not known in advance.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -56,6 +56,7 @@ pub struct SippBuilder {
     pause_ms: u64,
     timeout: Duration,
     tcp: bool,
+    ip: IpAddr,
     extra: Vec<String>,
 }
 
@@ -70,6 +71,7 @@ impl SippBuilder {
             pause_ms: 1000,
             timeout: Duration::from_secs(60),
             tcp: false,
+            ip: IpAddr::from([127, 0, 0, 1]),
             extra: Vec::new(),
         }
     }
@@ -115,6 +117,13 @@ impl SippBuilder {
         self
     }
 
+    /// `-i`/`-mi`: the loopback address SIPp binds (default 127.0.0.1), e.g. 127.0.0.3 to
+    /// call from a source no trunk trusts.
+    pub fn ip(mut self, ip: &str) -> Self {
+        self.ip = ip.parse().expect("an IP address");
+        self
+    }
+
     /// Any other SIPp argument, appended as is.
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra.push(arg.to_owned());
@@ -140,7 +149,8 @@ impl SippBuilder {
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let port = free_udp_port();
         let media_port = free_media_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::new(self.ip, port);
+        let ip = self.ip.to_string();
         let mut cmd = Command::new("sipp");
         if let Role::Uac(remote) = self.role {
             cmd.arg(remote.to_string());
@@ -152,8 +162,8 @@ impl SippBuilder {
         } else {
             cmd.arg("-sn").arg(&self.scenario);
         }
-        cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-mi", "127.0.0.1", "-mp", &media_port.to_string()])
+        cmd.args(["-i", &ip, "-p", &port.to_string()])
+            .args(["-mi", &ip, "-mp", &media_port.to_string()])
             .args(["-m", &self.calls.to_string()])
             .args(["-s", &self.service])
             .args(["-d", &self.pause_ms.to_string()])

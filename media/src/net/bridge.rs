@@ -2,18 +2,25 @@
 //! that runs the sans-IO [`Relay`] over them (symmetric RTP, RFC 4961; header rewriting,
 //! RFC 3550 §8.2), transcoding when the legs' codecs differ.
 //!
-//! In: a [`PortPool`], the negotiated [`SideParams`] of both legs, later address
-//! updates ([`Bridge::update_remote`]). Out: relayed datagrams and per-side
-//! [`BridgeCounters`]. One tokio task owns the relay and the four sockets (RTP, plus
-//! RTCP on the next port, which is drained but not interpreted). Per wakeup it drains
-//! up to [`BATCH`] ready datagrams with `try_recv_from`; nothing allocates per packet.
+//! In: a [`PortPool`], the negotiated [`SideParams`] of both legs (side B may start as a
+//! placeholder until the callee answers), later renegotiations ([`Bridge::set_side`],
+//! [`Bridge::update_remote`]). Out: relayed datagrams, per-side [`BridgeCounters`] and
+//! receive statistics ([`SideStats`]), and the RFC 4733 digits each side sends
+//! ([`Bridge::take_dtmf_events`]; the events are relayed too, with the other side's
+//! payload type). One tokio task owns the relay and the four sockets (RTP, plus RTCP on
+//! the next port). RTCP is terminated per leg (RFC 3550 §7.2 translator): each side gets
+//! our SR (or RR while we have sent it nothing) with a report block on what it sent us,
+//! every 5 s randomised 0.5-1.5x (§6.2), at its RTCP source once it sent us RTCP, else
+//! at its RTP port + 1; its reports give the RTT in [`SideStats`]. Per wakeup the task
+//! drains up to [`BATCH`] ready datagrams with `try_recv_from`; nothing allocates per
+//! packet.
 #![allow(clippy::disallowed_methods)] // driver: supplies the relay's `now`
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -23,7 +30,9 @@ use tokio::task::JoinHandle;
 
 use super::pool::{PortPair, PortPool};
 use crate::codec::AudioCodec;
+use crate::dtmf::DtmfEvent;
 use crate::relay::{DropReason, Relay, RelayConfig, Side, SideCounters, SideParams, Verdict};
+use crate::rtcp::{self, LegReporter, SenderInfo};
 use crate::rtp::HEADER_LEN;
 use crate::transcode::Transcoder;
 
@@ -33,6 +42,32 @@ const RECV_BUF: usize = 2048;
 const SEND_BUF: usize = HEADER_LEN + 4096;
 /// Datagrams taken from one socket per wakeup before the other socket gets a turn.
 pub const BATCH: usize = 64;
+/// Digits queued for the owner before more are dropped (a person types far slower).
+const DTMF_QUEUE: usize = 32;
+/// RTCP buffer: an SR with one block plus SDES fits in ~100 octets; peers may send more.
+const RTCP_BUF: usize = 1500;
+/// "Never" for a disabled report timer.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
+
+/// Receive statistics of one side for the call record: what that side's far end sent
+/// us and the relay accepted (from the latched source, on a negotiated payload type).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SideStats {
+    /// Packets received (audio and telephone-events).
+    pub packets: u64,
+    /// Payload octets of those packets (RFC 3550 octet count: no headers).
+    pub bytes: u64,
+    /// Packets lost, RFC 3550 A.3 (expected minus received), summed over the SSRCs the
+    /// far end used.
+    pub lost: u64,
+    /// Interarrival jitter of the current SSRC, RFC 3550 A.8, in milliseconds.
+    pub jitter_ms: f64,
+    /// When the latest of those packets arrived.
+    pub last_received: Option<Instant>,
+    /// Round-trip time to that side's far end from its RTCP reports (RFC 3550 §6.4.1),
+    /// once one referred to a sender report of ours.
+    pub rtt: Option<Duration>,
+}
 
 /// A point-in-time copy of one side's counters; every field counts packets *received on*
 /// this side (and what became of them).
@@ -91,9 +126,58 @@ struct SideAtomics {
     send_errors: AtomicU64,
     transcode_errors: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
+    stat_packets: AtomicU64,
+    stat_bytes: AtomicU64,
+    stat_lost: AtomicU64,
+    /// Jitter in nanoseconds.
+    jitter_ns: AtomicU64,
+    /// Nanoseconds after the bridge's epoch plus one; 0 means never.
+    last_rx: AtomicU64,
+    /// RTT in nanoseconds plus one; 0 means unknown.
+    rtt: AtomicU64,
+}
+
+/// `t` as nanoseconds after `epoch` plus one, so that 0 can mean "never".
+fn encode_instant(epoch: Instant, t: Option<Instant>) -> u64 {
+    t.map_or(0, |t| {
+        let n = t.saturating_duration_since(epoch).as_nanos();
+        u64::try_from(n).unwrap_or(u64::MAX - 1).saturating_add(1)
+    })
+}
+
+fn decode_instant(epoch: Instant, v: u64) -> Option<Instant> {
+    v.checked_sub(1)
+        .and_then(|n| epoch.checked_add(Duration::from_nanos(n)))
 }
 
 impl SideAtomics {
+    /// Copies the relay's receive statistics of this side.
+    fn publish_stats(&self, relay: &Relay, side: Side, epoch: Instant) {
+        let set = |a: &AtomicU64, v| a.store(v, Ordering::Relaxed);
+        let st = relay.stats(side);
+        set(&self.stat_packets, st.packets);
+        set(&self.stat_bytes, st.bytes);
+        set(&self.stat_lost, st.lost_all_sources());
+        let jitter_ns = st.jitter_ms(relay.params(side).clock_rate) * 1e6;
+        set(&self.jitter_ns, jitter_ns as u64);
+        set(
+            &self.last_rx,
+            encode_instant(epoch, relay.last_received(side)),
+        );
+    }
+
+    fn stats(&self, epoch: Instant) -> SideStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SideStats {
+            packets: get(&self.stat_packets),
+            bytes: get(&self.stat_bytes),
+            lost: get(&self.stat_lost),
+            jitter_ms: get(&self.jitter_ns) as f64 / 1e6,
+            last_received: decode_instant(epoch, get(&self.last_rx)),
+            rtt: get(&self.rtt).checked_sub(1).map(Duration::from_nanos),
+        }
+    }
+
     /// Copies the relay's totals (it keeps them; the task only mirrors them).
     fn publish(&self, c: &SideCounters) {
         let set = |a: &AtomicU64, v| a.store(v, Ordering::Relaxed);
@@ -140,6 +224,8 @@ fn idx(side: Side) -> usize {
 #[derive(Debug)]
 enum Command {
     UpdateRemote(Side, SocketAddr),
+    SetSide(Side, SideParams),
+    RtcpInterval(Duration),
 }
 
 /// A running media bridge between two legs. Dropping it (or [`close`](Self::close))
@@ -147,14 +233,20 @@ enum Command {
 #[derive(Debug)]
 pub struct Bridge {
     local: [SocketAddr; 2],
+    /// Origin of the instants published by the task.
+    epoch: Instant,
     shared: Arc<[SideAtomics; 2]>,
     cmd_tx: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
+    dtmf_rx: Option<mpsc::Receiver<(Side, DtmfEvent)>>,
 }
 
 impl Bridge {
     /// Binds one RTP/RTCP pair per side on `bind_ip` from `pool` and starts relaying
-    /// between `a` and `b`. Must run inside a tokio runtime with I/O enabled (the task
+    /// between `a` and `b`. A side not negotiated yet (the callee before its answer)
+    /// can be a placeholder: `remote: None` and the other side's codec; media for it
+    /// is dropped until it is known or its far end sends first (latching), and
+    /// [`set_side`](Self::set_side) fills it in later. Must run inside a tokio runtime with I/O enabled (the task
     /// runs on that runtime); errors if the pool is exhausted or there is no runtime.
     pub fn open(
         pool: &PortPool,
@@ -170,19 +262,33 @@ impl Bridge {
         let mut rng = StdRng::seed_from_u64(pool.seed());
         let shared = Arc::new([SideAtomics::default(), SideAtomics::default()]);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (dtmf_tx, dtmf_rx) = mpsc::channel(DTMF_QUEUE);
+        let epoch = Instant::now();
+        let cname = format!("switchyard@{}", local[0]).into_bytes();
         let driver = Driver {
             relay: Relay::new(a, b, config, &mut rng),
+            rng,
+            rtcp_interval: rtcp::REPORT_INTERVAL,
+            next_report: [tokio::time::Instant::now(); 2],
+            reporters: [LegReporter::new(), LegReporter::new()],
+            rtcp_dest: [None, None],
+            sent: [SentCount::default(); 2],
+            cname,
             rtp: [rtp_a, rtp_b],
             rtcp: [rtcp_a, rtcp_b],
             shared: Arc::clone(&shared),
             transcoders: [None, None],
+            epoch,
+            dtmf_tx,
         };
         let task = handle.spawn(driver.run(cmd_rx, [pair_a, pair_b]));
         Ok(Bridge {
             local,
+            epoch,
             shared,
             cmd_tx,
             task,
+            dtmf_rx: Some(dtmf_rx),
         })
     }
 
@@ -198,15 +304,53 @@ impl Bridge {
         let _ = self.cmd_tx.send(Command::UpdateRemote(side, addr));
     }
 
+    /// `side` was (re)negotiated: the callee's 183/200 answer filled in the placeholder
+    /// `open` was given, or a re-INVITE changed its codec, payload types or address.
+    /// `params.remote: None` keeps the current address. The streams each side receives
+    /// keep their SSRC and continue their sequence numbers and timestamps (a codec
+    /// change sets the marker bit); transcoders are rebuilt as the codecs require.
+    /// Applied before any packet that arrives after the call; ignored if the bridge
+    /// has stopped.
+    pub fn set_side(&self, side: Side, params: SideParams) {
+        // Fails only when the task has ended, and then there is nothing to update.
+        let _ = self.cmd_tx.send(Command::SetSide(side, params));
+    }
+
+    /// Sets the base RTCP report interval of both sides (default
+    /// [`rtcp::REPORT_INTERVAL`], 5 s; each report is sent after the base randomised
+    /// 0.5-1.5x); zero stops sending reports. Received RTCP is still read.
+    pub fn set_rtcp_interval(&self, interval: Duration) {
+        let _ = self.cmd_tx.send(Command::RtcpInterval(interval));
+    }
+
     /// Current counters of packets received on `side`; cheap (atomic loads).
     pub fn counters(&self, side: Side) -> BridgeCounters {
         self.shared[idx(side)].snapshot()
     }
 
+    /// Receive statistics of `side` (what its far end sent us); cheap (atomic loads).
+    pub fn stats(&self, side: Side) -> SideStats {
+        self.shared[idx(side)].stats(self.epoch)
+    }
+
+    /// The RFC 4733 digits either side's far end sends, each reported once, tagged with
+    /// the side that sent it. The events are relayed to the other side as well. `None`
+    /// after the first call. Digits are dropped while 32 wait unread.
+    pub fn take_dtmf_events(&mut self) -> Option<mpsc::Receiver<(Side, DtmfEvent)>> {
+        self.dtmf_rx.take()
+    }
+
     /// Stops the task, waits until the sockets are closed and the ports are back in the
     /// pool, and returns the final counters of side A and side B.
     pub async fn close(self) -> [BridgeCounters; 2] {
+        self.close_with_stats().await.0
+    }
+
+    /// As [`close`](Self::close), and also returns the final receive statistics of side
+    /// A and side B (for the call record).
+    pub async fn close_with_stats(self) -> ([BridgeCounters; 2], [SideStats; 2]) {
         let Bridge {
+            epoch,
             shared,
             cmd_tx,
             task,
@@ -216,7 +360,10 @@ impl Bridge {
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "bridge task failed");
         }
-        [shared[0].snapshot(), shared[1].snapshot()]
+        (
+            [shared[0].snapshot(), shared[1].snapshot()],
+            [shared[0].stats(epoch), shared[1].stats(epoch)],
+        )
     }
 }
 
@@ -229,6 +376,26 @@ struct Driver {
     /// Per direction, indexed by the receiving side; built at the first packet that
     /// needs it and rebuilt only if the codecs or the packet duration change.
     transcoders: [Option<Transcoder>; 2],
+    epoch: Instant,
+    dtmf_tx: mpsc::Sender<(Side, DtmfEvent)>,
+    rng: StdRng,
+    /// Base report interval; zero: no reports.
+    rtcp_interval: Duration,
+    /// When each side's next report is due.
+    next_report: [tokio::time::Instant; 2],
+    reporters: [LegReporter; 2],
+    /// Where a side's far end sends RTCP from (its reports go back there).
+    rtcp_dest: [Option<SocketAddr>; 2],
+    /// What we sent each side, for its SR.
+    sent: [SentCount; 2],
+    cname: Vec<u8>,
+}
+
+/// Packets and payload octets sent to one side (RFC 3550 SR counts wrap at 2^32).
+#[derive(Debug, Clone, Copy, Default)]
+struct SentCount {
+    packets: u32,
+    octets: u32,
 }
 
 /// Packet duration implied by a payload's size, for building a transcoder.
@@ -247,14 +414,42 @@ impl Driver {
     async fn run(mut self, mut cmd_rx: mpsc::UnboundedReceiver<Command>, ports: [PortPair; 2]) {
         let mut rbuf = [0u8; RECV_BUF];
         let mut sbuf = [0u8; SEND_BUF];
-        let mut cbuf_a = [0u8; 512];
-        let mut cbuf_b = [0u8; 512];
+        let mut cbuf_a = [0u8; RTCP_BUF];
+        let mut cbuf_b = [0u8; RTCP_BUF];
+        let start = tokio::time::Instant::now();
+        for side in [Side::A, Side::B] {
+            self.schedule_report(side, start);
+        }
+        // One timer for the task, reset to the earlier of the two sides' deadlines.
+        let sleep = tokio::time::sleep_until(self.next_deadline());
+        tokio::pin!(sleep);
         loop {
             tokio::select! {
                 // Commands first: an update sent before a packet is applied before it.
                 biased;
                 cmd = cmd_rx.recv() => match cmd {
-                    Some(Command::UpdateRemote(side, addr)) => self.relay.update_remote(side, addr),
+                    Some(Command::UpdateRemote(side, addr)) => {
+                        if self.relay.params(side).remote != Some(addr) {
+                            self.rtcp_dest[idx(side)] = None;
+                        }
+                        self.relay.update_remote(side, addr);
+                    }
+                    Some(Command::SetSide(side, params)) => {
+                        if params.remote.is_some_and(|r| Some(r) != self.relay.params(side).remote) {
+                            self.rtcp_dest[idx(side)] = None;
+                        }
+                        self.relay.update_side(side, params);
+                        // A digit still in progress on the old DTMF payload type.
+                        self.forward_dtmf(side);
+                    }
+                    Some(Command::RtcpInterval(interval)) => {
+                        self.rtcp_interval = interval;
+                        let now = tokio::time::Instant::now();
+                        for side in [Side::A, Side::B] {
+                            self.schedule_report(side, now);
+                        }
+                        sleep.as_mut().reset(self.next_deadline());
+                    }
                     None => break,
                 },
                 r = self.rtp[0].readable() => match r {
@@ -265,14 +460,109 @@ impl Driver {
                     Ok(()) => self.drain(Side::B, &mut rbuf, &mut sbuf),
                     Err(e) => tracing::trace!(error = %e, "RTP readiness error"),
                 },
-                // RTCP is not relayed yet; drain it so the socket buffer stays empty.
-                _ = self.rtcp[0].recv_from(&mut cbuf_a) => {}
-                _ = self.rtcp[1].recv_from(&mut cbuf_b) => {}
+                r = self.rtcp[0].recv_from(&mut cbuf_a) => match r {
+                    Ok((n, src)) => self.on_rtcp(Side::A, cbuf_a.get(..n).unwrap_or_default(), src),
+                    Err(e) => tracing::trace!(error = %e, "RTCP recv error"),
+                },
+                r = self.rtcp[1].recv_from(&mut cbuf_b) => match r {
+                    Ok((n, src)) => self.on_rtcp(Side::B, cbuf_b.get(..n).unwrap_or_default(), src),
+                    Err(e) => tracing::trace!(error = %e, "RTCP recv error"),
+                },
+                () = &mut sleep => {
+                    let now = tokio::time::Instant::now();
+                    for side in [Side::A, Side::B] {
+                        if self.next_report[idx(side)] <= now {
+                            self.send_report(side, &mut cbuf_a);
+                            self.schedule_report(side, now);
+                        }
+                    }
+                    sleep.as_mut().reset(self.next_deadline());
+                }
             }
         }
         // Sockets close before the ports go back to the pool.
         drop(self);
         drop(ports);
+    }
+
+    fn schedule_report(&mut self, side: Side, now: tokio::time::Instant) {
+        let wait = if self.rtcp_interval.is_zero() {
+            FAR_FUTURE
+        } else {
+            rtcp::randomized_interval(self.rtcp_interval, &mut self.rng)
+        };
+        self.next_report[idx(side)] = now + wait;
+    }
+
+    fn next_deadline(&self) -> tokio::time::Instant {
+        self.next_report[0].min(self.next_report[1])
+    }
+
+    /// Where `side`'s reports go: its RTCP source, else its RTP destination's port + 1.
+    fn rtcp_destination(&self, side: Side) -> Option<SocketAddr> {
+        self.rtcp_dest[idx(side)].or_else(|| {
+            let rtp = self.relay.destination(side)?;
+            Some(SocketAddr::new(rtp.ip(), rtp.port().checked_add(1)?))
+        })
+    }
+
+    /// Sends `side` its compound report: SR once we sent it media, else RR.
+    fn send_report(&mut self, side: Side, buf: &mut [u8; RTCP_BUF]) {
+        let i = idx(side);
+        let Some(dst) = self.rtcp_destination(side) else {
+            return;
+        };
+        let now = Instant::now();
+        let sent = self.sent[i];
+        let info = self
+            .relay
+            .rtp_timestamp_at(side, now)
+            .filter(|_| sent.packets > 0)
+            .map(|ts| SenderInfo::new(SystemTime::now(), ts, sent.packets, sent.octets));
+        let ssrc = self.relay.output_ssrc(side);
+        let stats = self.relay.stats(side);
+        match self.reporters[i].write_report(buf, ssrc, info.as_ref(), stats, &self.cname, now) {
+            Ok(n) => {
+                if let Err(e) = self.rtcp[i].try_send_to(buf.get(..n).unwrap_or_default(), dst) {
+                    tracing::trace!(error = %e, %dst, "RTCP send failed");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot build RTCP report"),
+        }
+    }
+
+    /// A datagram on `side`'s RTCP port. Only from the address media for `side` goes
+    /// to (or anywhere while that is unknown): RTCP bleed must not redirect reports.
+    fn on_rtcp(&mut self, side: Side, data: &[u8], src: SocketAddr) {
+        let i = idx(side);
+        if self
+            .relay
+            .destination(side)
+            .is_some_and(|d| d.ip() != src.ip())
+        {
+            tracing::trace!(%src, "RTCP from an unexpected address dropped");
+            return;
+        }
+        let ssrc = self.relay.output_ssrc(side);
+        let arrival = rtcp::ntp_timestamp(SystemTime::now());
+        if self.reporters[i].on_compound(data, ssrc, Instant::now(), arrival) {
+            self.rtcp_dest[i] = Some(src);
+            if let Some(rtt) = self.reporters[i].rtt() {
+                let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX - 1);
+                self.shared[i]
+                    .rtt
+                    .store(nanos.saturating_add(1), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hands the digits the relay decoded from `side` to the owner.
+    fn forward_dtmf(&mut self, side: Side) {
+        while let Some(event) = self.relay.take_dtmf(side) {
+            if self.dtmf_tx.try_send((side, event)).is_err() {
+                tracing::debug!(digit = %event.digit, "DTMF event dropped: nobody is reading");
+            }
+        }
     }
 
     /// Relays the datagrams waiting on `side`'s socket, up to [`BATCH`].
@@ -290,9 +580,11 @@ impl Driver {
                 }
             };
             let verdict = self.relay.handle_packet(now, side, src, rbuf, len);
+            self.forward_dtmf(side);
             let shared = &self.shared[i];
             // Published before sending, so a far end that sees the packet sees the count.
             shared.publish(self.relay.counters(side));
+            shared.publish_stats(&self.relay, side, self.epoch);
             let (out, dst) = match verdict {
                 Verdict::Forward { dst, len } => (rbuf.get(..len), dst),
                 Verdict::Transcode {
@@ -316,7 +608,14 @@ impl Driver {
             };
             let Some(out) = out else { continue };
             match self.rtp[o].try_send_to(out, dst) {
-                Ok(_) => shared.sent_packets.fetch_add(1, Ordering::Relaxed),
+                Ok(_) => {
+                    // Octets after the fixed header (CSRCs/extensions are rare here).
+                    let payload = u32::try_from(out.len().saturating_sub(HEADER_LEN)).unwrap_or(0);
+                    let sent = &mut self.sent[o];
+                    sent.packets = sent.packets.wrapping_add(1);
+                    sent.octets = sent.octets.wrapping_add(payload);
+                    shared.sent_packets.fetch_add(1, Ordering::Relaxed)
+                }
                 Err(e) => {
                     tracing::trace!(error = %e, %dst, "RTP send failed");
                     shared.send_errors.fetch_add(1, Ordering::Relaxed)

@@ -360,12 +360,16 @@ impl Driver {
         let samples = params.clock_rate.saturating_mul(ptime_ms) / 1000;
         // G.711: one byte per sample.
         let payload_len = (samples as usize).min(SEND_BUF - HEADER_LEN);
-        if let Some(p) = sbuf.get_mut(HEADER_LEN..HEADER_LEN + payload_len) {
-            p.fill(params.codec.silence_byte());
+        let silence = params.codec.silence_byte();
+        if let (Some(p), Some(byte)) = (sbuf.get_mut(HEADER_LEN..HEADER_LEN + payload_len), silence)
+        {
+            p.fill(byte);
         }
         self.dtmf = params.dtmf_pt.map(DtmfDecoder::new);
         let ptime = Duration::from_millis(u64::from(ptime_ms));
-        let ticker = params.direction.sends().then(|| {
+        // Only G.711 silence is a repeated byte; other codecs' would have to be encoded,
+        // so the endpoint receives them but sends nothing.
+        let ticker = (params.direction.sends() && silence.is_some()).then(|| {
             let mut t = tokio::time::interval(ptime);
             t.set_missed_tick_behavior(MissedTickBehavior::Skip);
             t

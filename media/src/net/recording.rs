@@ -128,10 +128,7 @@ impl Tap {
 
 /// The decoder codec for a negotiated SDP codec.
 pub fn audio_codec(codec: Codec) -> AudioCodec {
-    match codec {
-        Codec::Pcmu => AudioCodec::Pcmu,
-        Codec::Pcma => AudioCodec::Pcma,
-    }
+    codec.audio_codec()
 }
 
 /// Everything the recording task owns, built before it is spawned so setup errors

@@ -5,8 +5,10 @@
 //! Out: SDP text to send ([`build_offer`], [`answer_offer`]) and the [`StreamParams`] the
 //! media endpoint needs (remote address, codec, payload types, ptime, direction).
 //!
-//! Only what a G.711 voice call needs is understood: `v o s c t m` lines and the
-//! `rtpmap`, `fmtp`, `ptime` and direction attributes. Everything else is skipped.
+//! Only what a voice call needs is understood: `v o s c t m` lines and the `rtpmap`,
+//! `fmtp`, `ptime` and direction attributes; codecs G.711 (RFC 3551), G.722 (RFC 3551
+//! §4.5.2: `G722/8000` though it samples at 16 kHz) and Opus (RFC 7587: `opus/48000/2`,
+//! dynamic payload type). Everything else is skipped.
 //! Parsing never panics, whatever the input.
 
 mod negotiate;
@@ -61,20 +63,45 @@ pub enum Codec {
     Pcmu,
     /// G.711 A-law, static payload type 8.
     Pcma,
+    /// G.722, static payload type 9; 16 kHz audio on an 8000 Hz RTP clock.
+    G722,
+    /// Opus, dynamic payload type (we offer [`OPUS_PT`]), 48000 Hz clock, `/2` channels
+    /// in SDP whatever is sent (RFC 7587 §7).
+    Opus,
 }
 
+/// The dynamic payload type we offer Opus on (the common choice; an answer's or an
+/// offer's own number is used when negotiated).
+pub const OPUS_PT: u8 = 111;
+/// Opus `fmtp` we send: 10 ms frames at the least, and in-band FEC welcome (RFC 7587 §6.1).
+pub const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
+
 impl Codec {
-    /// The static payload type (RFC 3551 table 4).
+    /// Every codec, G.711 first.
+    pub const ALL: [Codec; 4] = [Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus];
+
+    /// The payload type we offer: static (RFC 3551 table 4) or, for Opus, [`OPUS_PT`].
     pub fn payload_type(self) -> u8 {
         match self {
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::G722 => 9,
+            Codec::Opus => OPUS_PT,
         }
     }
 
-    /// RTP clock rate in Hz.
+    /// Whether [`payload_type`](Self::payload_type) is static (needs no rtpmap to be
+    /// understood; we write one anyway).
+    pub fn is_static(self) -> bool {
+        !matches!(self, Codec::Opus)
+    }
+
+    /// RTP clock rate in Hz (8000 for G.722 too, RFC 3551 §4.5.2).
     pub fn clock_rate(self) -> u32 {
-        8000
+        match self {
+            Codec::Pcmu | Codec::Pcma | Codec::G722 => 8000,
+            Codec::Opus => 48000,
+        }
     }
 
     /// The encoding name used in `a=rtpmap`.
@@ -82,14 +109,47 @@ impl Codec {
         match self {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
+            Codec::Opus => "opus",
         }
     }
 
-    /// The byte that encodes linear 0 (used to send silence).
-    pub fn silence_byte(self) -> u8 {
+    /// The `a=rtpmap` value after the payload type, e.g. `opus/48000/2`.
+    pub fn rtpmap(self) -> &'static str {
         match self {
-            Codec::Pcmu => 0xFF,
-            Codec::Pcma => 0xD5,
+            Codec::Pcmu => "PCMU/8000",
+            Codec::Pcma => "PCMA/8000",
+            Codec::G722 => "G722/8000",
+            Codec::Opus => "opus/48000/2",
+        }
+    }
+
+    /// The `a=fmtp` parameters we send for this codec, if any.
+    pub fn fmtp(self) -> Option<&'static str> {
+        match self {
+            Codec::Opus => Some(OPUS_FMTP),
+            _ => None,
+        }
+    }
+
+    /// The media engine's codec for it.
+    pub fn audio_codec(self) -> crate::codec::AudioCodec {
+        use crate::codec::AudioCodec;
+        match self {
+            Codec::Pcmu => AudioCodec::Pcmu,
+            Codec::Pcma => AudioCodec::Pcma,
+            Codec::G722 => AudioCodec::G722,
+            Codec::Opus => AudioCodec::Opus { channels: 2 },
+        }
+    }
+
+    /// The byte that encodes linear 0, for codecs where silence is one repeated byte
+    /// (G.711); `None` for G.722 and Opus, whose silence must be encoded.
+    pub fn silence_byte(self) -> Option<u8> {
+        match self {
+            Codec::Pcmu => Some(0xFF),
+            Codec::Pcma => Some(0xD5),
+            Codec::G722 | Codec::Opus => None,
         }
     }
 
@@ -98,22 +158,17 @@ impl Codec {
         match pt {
             0 => Some(Codec::Pcmu),
             8 => Some(Codec::Pcma),
+            9 => Some(Codec::G722),
             _ => None,
         }
     }
 
     /// Codec from an rtpmap encoding name and clock rate (name is case-insensitive).
     pub fn from_rtpmap(name: &str, clock_rate: u32) -> Option<Codec> {
-        if clock_rate != 8000 {
-            return None;
-        }
-        if name.eq_ignore_ascii_case("PCMU") {
-            Some(Codec::Pcmu)
-        } else if name.eq_ignore_ascii_case("PCMA") {
-            Some(Codec::Pcma)
-        } else {
-            None
-        }
+        let codec = [Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus]
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(name))?;
+        (codec.clock_rate() == clock_rate).then_some(codec)
     }
 }
 
@@ -245,35 +300,47 @@ fn write_session_header(out: &mut String, session_id: u64, session_version: u64,
     );
 }
 
-/// Writes the rtpmap/fmtp lines for one audio m-line plus ptime and direction.
+/// Writes the rtpmap/fmtp lines for one audio m-line plus ptime and direction; `dtmf`
+/// is (payload type, clock rate, events).
 fn write_audio_attrs(
     out: &mut String,
     codecs: &[(Codec, u8)],
-    dtmf: Option<(u8, &str)>,
+    dtmf: Option<(u8, u32, &str)>,
     ptime_ms: u32,
     direction: Direction,
 ) {
     for (codec, pt) in codecs {
-        let _ = write!(
-            out,
-            "a=rtpmap:{pt} {}/{}\r\n",
-            codec.name(),
-            codec.clock_rate()
-        );
+        let _ = write!(out, "a=rtpmap:{pt} {}\r\n", codec.rtpmap());
+        if let Some(fmtp) = codec.fmtp() {
+            let _ = write!(out, "a=fmtp:{pt} {fmtp}\r\n");
+        }
     }
-    if let Some((pt, events)) = dtmf {
+    if let Some((pt, clock, events)) = dtmf {
         let _ = write!(
             out,
-            "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} {events}\r\n"
+            "a=rtpmap:{pt} telephone-event/{clock}\r\na=fmtp:{pt} {events}\r\n"
         );
     }
     let _ = write!(out, "a=ptime:{ptime_ms}\r\na={}\r\n", direction.as_str());
 }
 
+/// The payload type we offer `codec` on: its own, except that Opus moves off
+/// [`OPUS_PT`] when telephone-event was given that number.
+pub fn offered_pt(codec: Codec, dtmf_pt: Option<u8>) -> u8 {
+    let pt = codec.payload_type();
+    if !codec.is_static() && dtmf_pt == Some(pt) {
+        pt - 1
+    } else {
+        pt
+    }
+}
+
 /// Builds an SDP offer for one audio stream (RFC 3264 §5), CRLF line ends.
 ///
-/// Static payload types are listed in `p.codecs` order, then telephone-event/8000
-/// (events 0-16) when `p.dtmf_pt` is set.
+/// Payload types are listed in `p.codecs` order (Opus on [`offered_pt`] with its fmtp),
+/// then telephone-event/8000 (events 0-16) when `p.dtmf_pt` is set. The events are on
+/// the 8000 Hz clock of G.711 and G.722: an answer that picks Opus gets no DTMF
+/// payload type unless it lists telephone-event/48000 (see [`negotiate_answer`]).
 pub fn build_offer(p: &OfferParams) -> String {
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, p.session_id, p.session_version, p.addr);
@@ -283,19 +350,22 @@ pub fn build_offer(p: &OfferParams) -> String {
             seen.push(*c);
         }
     }
+    let pairs: Vec<(Codec, u8)> = seen
+        .iter()
+        .map(|c| (*c, offered_pt(*c, p.dtmf_pt)))
+        .collect();
     let _ = write!(out, "m=audio {} RTP/AVP", p.port);
-    for c in &seen {
-        let _ = write!(out, " {}", c.payload_type());
+    for (_, pt) in &pairs {
+        let _ = write!(out, " {pt}");
     }
     if let Some(pt) = p.dtmf_pt {
         let _ = write!(out, " {pt}");
     }
     out.push_str("\r\n");
-    let pairs: Vec<(Codec, u8)> = seen.iter().map(|c| (*c, c.payload_type())).collect();
     write_audio_attrs(
         &mut out,
         &pairs,
-        p.dtmf_pt.map(|pt| (pt, "0-16")),
+        p.dtmf_pt.map(|pt| (pt, 8000, "0-16")),
         p.ptime_ms,
         p.direction,
     );
@@ -378,6 +448,43 @@ mod tests {
         assert_eq!(Codec::from_rtpmap("pcmu", 8000), Some(Codec::Pcmu));
         assert_eq!(Codec::from_rtpmap("PCMU", 16000), None);
         assert_eq!(Codec::from_static_pt(8), Some(Codec::Pcma));
-        assert_eq!(Codec::from_static_pt(9), None);
+        assert_eq!(Codec::from_static_pt(9), Some(Codec::G722));
+        assert_eq!(Codec::from_static_pt(18), None);
+        assert_eq!(Codec::from_rtpmap("G722", 8000), Some(Codec::G722));
+        assert_eq!(Codec::from_rtpmap("G722", 16000), None, "RFC 3551: 8000");
+        assert_eq!(Codec::from_rtpmap("OPUS", 48000), Some(Codec::Opus));
+        assert_eq!(Codec::from_rtpmap("opus", 8000), None);
+        for c in Codec::ALL {
+            assert_eq!(c.audio_codec().rtp_clock_rate(), c.clock_rate(), "{c:?}");
+        }
+        assert_eq!(Codec::Pcma.silence_byte(), Some(0xD5));
+        assert_eq!(Codec::Opus.silence_byte(), None);
+    }
+
+    #[test]
+    fn offer_with_g722_and_opus() {
+        let mut p = offer_params();
+        p.codecs = vec![Codec::Opus, Codec::G722, Codec::Pcmu];
+        let sdp = build_offer(&p);
+        assert!(
+            sdp.contains("m=audio 20000 RTP/AVP 111 9 0 101\r\n"),
+            "{sdp}"
+        );
+        assert!(sdp.contains(
+            "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n\
+             a=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n"
+        ));
+        // telephone-event on 111 pushes Opus to 110.
+        p.dtmf_pt = Some(111);
+        let sdp = build_offer(&p);
+        assert!(
+            sdp.contains("m=audio 20000 RTP/AVP 110 9 0 111\r\n"),
+            "{sdp}"
+        );
+        assert!(sdp.contains("a=rtpmap:110 opus/48000/2\r\n"));
+        let parsed = parse(sdp.as_bytes()).unwrap();
+        let m = &parsed.media[0];
+        assert_eq!(m.rtpmap(110).unwrap().channels, Some(2));
+        assert_eq!(m.fmtp(110), Some(OPUS_FMTP));
     }
 }

@@ -62,11 +62,13 @@ fn first_common(m: &MediaDescription, allowed: &[Codec]) -> Option<(Codec, u8)> 
     })
 }
 
-/// The listed telephone-event/8000 payload type (RFC 4733 §7.1.1).
-fn telephone_event(m: &MediaDescription) -> Option<u8> {
+/// The listed telephone-event payload type on the audio codec's clock (RFC 4733
+/// §2.1: events use the clock of the audio they accompany, so the relay can map their
+/// timestamps with the audio's).
+fn telephone_event(m: &MediaDescription, clock_rate: u32) -> Option<u8> {
     m.payload_types().find(|pt| {
         m.rtpmap(*pt).is_some_and(|r| {
-            r.encoding.eq_ignore_ascii_case("telephone-event") && r.clock_rate == 8000
+            r.encoding.eq_ignore_ascii_case("telephone-event") && r.clock_rate == clock_rate
         })
     })
 }
@@ -94,7 +96,7 @@ fn sane_ptime(p: Option<u32>) -> Option<u32> {
 /// Reads the far end's answer to our offer `offered` (RFC 3264 §6/§7).
 ///
 /// Picks the first audio m-line with a non-zero port, its connection address, the first
-/// codec in the answer that we offered (static PT 0/8 need no rtpmap), telephone-event
+/// codec in the answer that we offered (static PT 0/8/9 need no rtpmap), telephone-event
 /// if we offered DTMF and the answer has it, the answer's ptime (else ours), and our
 /// direction.
 pub fn negotiate_answer(offered: &OfferParams, answer: &[u8]) -> Result<StreamParams, SdpError> {
@@ -109,7 +111,7 @@ pub fn negotiate_answer(offered: &OfferParams, answer: &[u8]) -> Result<StreamPa
         pt,
         clock_rate: codec.clock_rate(),
         ptime_ms: sane_ptime(m.ptime).unwrap_or(offered.ptime_ms),
-        dtmf_pt: offered.dtmf_pt.and(telephone_event(m)),
+        dtmf_pt: offered.dtmf_pt.and(telephone_event(m, codec.clock_rate())),
         direction: our_direction(&sd, m, ip, offered.direction),
     })
 }
@@ -127,7 +129,7 @@ pub fn answer_offer(offer: &[u8], local: &OfferParams) -> Result<(String, Stream
     let m = sd.media.get(idx).ok_or(SdpError::NoAudio)?;
     let ip = connection_addr(&sd, m)?;
     let (codec, pt) = first_common(m, &local.codecs).ok_or(SdpError::NoCommonCodec)?;
-    let dtmf_pt = local.dtmf_pt.and(telephone_event(m));
+    let dtmf_pt = local.dtmf_pt.and(telephone_event(m, codec.clock_rate()));
     let direction = our_direction(&sd, m, ip, local.direction);
     let params = StreamParams {
         remote: SocketAddr::new(ip, m.port),
@@ -153,7 +155,7 @@ pub fn answer_offer(offer: &[u8], local: &OfferParams) -> Result<(String, Stream
                 let _ = write!(out, " {d}");
             }
             out.push_str("\r\n");
-            let events = dtmf_pt.map(|d| (d, om.fmtp(d).unwrap_or("0-16")));
+            let events = dtmf_pt.map(|d| (d, codec.clock_rate(), om.fmtp(d).unwrap_or("0-16")));
             write_audio_attrs(&mut out, &[(codec, pt)], events, local.ptime_ms, direction);
         } else {
             // Rejected stream: port 0, formats echoed (RFC 3264 §6).
@@ -402,6 +404,66 @@ mod tests {
             a=ptime:20\r\n\
             a=recvonly\r\n";
         assert_eq!(answer, expected);
+    }
+
+    #[test]
+    fn caller_offering_only_g722_or_only_opus_is_answered_with_it() {
+        let mut local = offered();
+        local.codecs = Codec::ALL.to_vec();
+        let g722 =
+            b"v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+                     m=audio 5000 RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\n\
+                     a=rtpmap:101 telephone-event/8000\r\n";
+        let (answer, p) = answer_offer(g722, &local).unwrap();
+        assert_eq!(
+            (p.codec, p.pt, p.clock_rate, p.dtmf_pt),
+            (Codec::G722, 9, 8000, Some(101))
+        );
+        assert!(
+            answer.contains("m=audio 20000 RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\n"),
+            "{answer}"
+        );
+        // G.722 by its static payload type alone.
+        let bare = b"v=0\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 5000 RTP/AVP 9\r\n";
+        assert_eq!(answer_offer(bare, &local).unwrap().1.codec, Codec::G722);
+
+        // WebRTC-style: Opus on 96 with telephone-event on both clocks.
+        let opus =
+            b"v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+                     m=audio 5000 RTP/AVP 96 100 101\r\na=rtpmap:96 opus/48000/2\r\n\
+                     a=fmtp:96 minptime=10;useinbandfec=1\r\n\
+                     a=rtpmap:100 telephone-event/48000\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let (answer, p) = answer_offer(opus, &local).unwrap();
+        assert_eq!((p.codec, p.pt, p.clock_rate), (Codec::Opus, 96, 48000));
+        assert_eq!(p.dtmf_pt, Some(100), "events on the audio's 48 kHz clock");
+        let expected_media = "m=audio 20000 RTP/AVP 96 100\r\n\
+            a=rtpmap:96 opus/48000/2\r\n\
+            a=fmtp:96 minptime=10;useinbandfec=1\r\n\
+            a=rtpmap:100 telephone-event/48000\r\n";
+        assert!(answer.contains(expected_media), "{answer}");
+        // And the answer reads back as Opus on 96 for the offerer.
+        let mut them = offered();
+        them.codecs = vec![Codec::Opus];
+        them.dtmf_pt = Some(100);
+        let back = negotiate_answer(&them, answer.as_bytes()).unwrap();
+        assert_eq!(
+            (back.codec, back.pt, back.dtmf_pt),
+            (Codec::Opus, 96, Some(100))
+        );
+
+        // A G.711-only switch still refuses both.
+        assert_eq!(answer_offer(opus, &offered()), Err(SdpError::NoCommonCodec));
+    }
+
+    #[test]
+    fn answer_with_opus_to_our_offer() {
+        let mut o = offered();
+        o.codecs = vec![Codec::Pcmu, Codec::Opus];
+        let ans = b"v=0\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 5000 RTP/AVP 111 101\r\n\
+                    a=rtpmap:111 OPUS/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let p = negotiate_answer(&o, ans).unwrap();
+        assert_eq!((p.codec, p.pt, p.clock_rate), (Codec::Opus, 111, 48000));
+        assert_eq!(p.dtmf_pt, None, "8 kHz events cannot ride a 48 kHz stream");
     }
 
     #[test]

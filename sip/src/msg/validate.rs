@@ -4,8 +4,10 @@
 //! verdicts match RFC 4475 §3.1.2 and §3.3 for a user agent (not a proxy, not a
 //! registrar).
 //!
-//! Policy: the switch handles SDP bodies only, so a body of any other type is a 415
-//! and an INVITE whose `Accept` excludes `application/sdp` is a 406. A method the
+//! Policy: session bodies (INVITE, ACK, UPDATE, PRACK) must be SDP, so a body of any
+//! other type there is a 415, and an INVITE whose `Accept` excludes `application/sdp`
+//! is a 406. Bodies of other methods (NOTIFY's sipfrag, INFO's DTMF) pass: the user
+//! agent reads or ignores them itself. A method the
 //! stack knows but the caller does not support (REGISTER at a B2BUA) is a 405; an
 //! unknown one a 501; both list `Allow`.
 
@@ -119,7 +121,11 @@ pub fn validate_request(
     }
 
     // §8.2.3: content processing.
-    if !req.body.is_empty() {
+    let session_body = matches!(
+        req.method,
+        Method::Invite | Method::Ack | Method::Update | Method::Prack
+    );
+    if !req.body.is_empty() && session_body {
         let sdp = h
             .get("Content-Type")
             .is_some_and(|ct| media_type_is(ct, "application", "sdp"));

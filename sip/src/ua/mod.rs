@@ -6,6 +6,10 @@
 //! side); their deadlines in a lazy-deletion min-heap, so `poll_timeout` is O(1)
 //! and each timer costs O(log n). Dialogs are filed by (Call-ID, local tag).
 //! The client side (INVITE/CANCEL/BYE) is in `uac.rs`, the server side in `uas.rs`.
+//! Extensions each have a file: reliable 18x and PRACK (`prack.rs`, RFC 3262),
+//! re-INVITE/UPDATE offers (`reoffer.rs`), session timers (`session.rs`, RFC 4028),
+//! REFER/NOTIFY (`refer.rs`, RFC 3515), REGISTER and OPTIONS probes (`register.rs`).
+//! Their deadlines (not transaction timers) are in `timers.rs`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -23,8 +27,17 @@ use crate::txn::{
     ClientInvite, ClientNonInvite, ServerInvite, ServerNonInvite, TxnConfig, TxnKey, TxnOutput,
 };
 
+mod prack;
+mod refer;
+mod register;
+mod reoffer;
+mod session;
+mod timers;
 mod uac;
 mod uas;
+
+pub use register::RegistrationState;
+use timers::{Timers, UaTimer};
 
 /// Picked by the caller for outgoing legs; for incoming legs the UA allocates
 /// `1 << 63 | counter`.
@@ -91,6 +104,11 @@ pub struct UaConfig {
     pub t1: Duration,
     pub t2: Duration,
     pub t4: Duration,
+    /// RFC 4028 session interval we ask for (UAC) or impose (UAS); None: no session
+    /// timer unless the peer asks for one.
+    pub session_expires: Option<Duration>,
+    /// The smallest session interval we accept (a smaller one gets 422).
+    pub min_se: Duration,
 }
 
 impl Default for UaConfig {
@@ -101,6 +119,8 @@ impl Default for UaConfig {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
+            session_expires: Some(Duration::from_secs(1800)),
+            min_se: Duration::from_secs(90),
         }
     }
 }
@@ -144,6 +164,8 @@ pub enum UaCommand {
     Bye {
         leg: LegRef,
     },
+    /// 200 to an incoming INVITE. Held back until the PRACK when a reliable 18x with
+    /// SDP is still unacknowledged (RFC 3262 §3).
     Answer {
         leg: LegRef,
         body: Option<Body>,
@@ -152,6 +174,73 @@ pub enum UaCommand {
         leg: LegRef,
         code: u16,
         reason: String,
+        /// Extra response headers (`WWW-Authenticate` for a challenge, `Retry-After` …).
+        headers: Vec<Header>,
+    },
+    /// An 18x on an incoming leg (early media SDP in `body`). Sent reliably (RFC 3262)
+    /// when the INVITE requires 100rel, or supports it and the 18x has a body.
+    Progress {
+        leg: LegRef,
+        code: u16,
+        reason: String,
+        body: Option<Body>,
+    },
+    /// Accept the peer's re-offer (`UaEvent::Reoffer`) with our answer.
+    AnswerReoffer {
+        leg: LegRef,
+        id: u64,
+        body: Option<Body>,
+    },
+    /// Refuse the peer's re-offer (e.g. 488); the dialog stays up as it was.
+    RejectReoffer {
+        leg: LegRef,
+        id: u64,
+        code: u16,
+        reason: String,
+    },
+    /// A re-INVITE in a confirmed dialog (a new offer, or None to ask for one);
+    /// answered by `UaEvent::ReinviteResult`.
+    Reinvite {
+        leg: LegRef,
+        body: Option<Body>,
+    },
+    /// Answer the peer's REFER (`UaEvent::Refer`): 202 accepts it (the UA then sends
+    /// the first NOTIFY, `100 Trying`, itself), 4xx/603 refuses it.
+    ReferResponse {
+        leg: LegRef,
+        id: u64,
+        code: u16,
+    },
+    /// Progress of an accepted REFER: a NOTIFY with `SIP/2.0 <status_code> <reason>`.
+    Notify {
+        leg: LegRef,
+        status_code: u16,
+        reason: String,
+        terminated: bool,
+    },
+    /// Send a REFER in the dialog; answered by `UaEvent::ReferResult`.
+    Refer {
+        leg: LegRef,
+        refer_to: String,
+    },
+    /// Register `aor` with the registrar at `target` and keep the binding refreshed
+    /// (replaces a registration with the same `reg`). Reported by `Registration`.
+    Register {
+        reg: u64,
+        target: Target,
+        aor: String,
+        contact_user: String,
+        credentials: Option<Credentials>,
+        expires: u32,
+    },
+    /// Remove the binding (REGISTER expires=0) and forget the registration.
+    Unregister {
+        reg: u64,
+    },
+    /// An out-of-dialog OPTIONS probe; answered by `UaEvent::Pong`.
+    Ping {
+        probe: u64,
+        target: Target,
     },
 }
 
@@ -174,6 +263,8 @@ pub enum UaEvent {
         warning: Option<String>,
     },
     /// The dialog ended: remote BYE/CANCEL (`by_remote`) or our BYE completed/timed out.
+    /// On an incoming leg also: our 2xx never ACKed (408), or no PRACK for a reliable
+    /// 18x within 64*T1 (504, the INVITE was rejected with it).
     Terminated {
         leg: LegRef,
         by_remote: bool,
@@ -195,7 +286,48 @@ pub enum UaEvent {
         request_uri: String,
         body: Option<Body>,
         source: SocketAddr,
+        transport: Transport,
+        /// The INVITE as received (top Via stamped with received/rport).
+        request: Box<Request>,
     },
+    /// The peer sent a new offer in the dialog (re-INVITE or UPDATE); reply with
+    /// `AnswerReoffer` or `RejectReoffer` quoting `id`. Session refreshes (no body,
+    /// or the peer's previous body again) are answered by the UA and not reported.
+    Reoffer {
+        leg: LegRef,
+        id: u64,
+        method: Method,
+        body: Option<Body>,
+    },
+    /// The final response to our `Reinvite` (2xx already ACKed; 408 on timeout;
+    /// 491 on glare, when the TU may retry later).
+    ReinviteResult {
+        leg: LegRef,
+        code: u16,
+        body: Option<Body>,
+    },
+    /// RFC 4028: no session refresh in time; a BYE is on its way and `Terminated`
+    /// follows.
+    SessionExpired { leg: LegRef },
+    /// The peer asks us to transfer (RFC 3515); reply with `ReferResponse`.
+    Refer {
+        leg: LegRef,
+        id: u64,
+        refer_to: String,
+        referred_by: Option<String>,
+    },
+    /// Final response to our `Refer` (408 on timeout).
+    ReferResult { leg: LegRef, code: u16 },
+    /// A NOTIFY about our REFER (already answered 200).
+    ReferNotify {
+        leg: LegRef,
+        status_code: u16,
+        terminated: bool,
+    },
+    /// A registration changed state.
+    Registration { reg: u64, state: RegistrationState },
+    /// The final response code to our `Ping`; None on timeout or transport error.
+    Pong { probe: u64, code: Option<u16> },
 }
 
 /// What another process needs to send a BYE in a confirmed UAC dialog (RFC 3261
@@ -219,19 +351,30 @@ pub struct UaStats {
     pub strays_dropped: u64,
     /// New requests refused by validation (400/405/420/481/483 …).
     pub rejected: u64,
+    /// Datagrams/frames dropped by the per-source limit (counted by the `net` driver).
+    pub rate_limited: u64,
     pub transactions: u64,
     pub legs: u64,
 }
 
 /// Methods we accept (RFC 3261 §8.2.1).
-pub(crate) const SUPPORTED_METHODS: [Method; 5] = [
+pub(crate) const SUPPORTED_METHODS: [Method; 10] = [
     Method::Invite,
     Method::Ack,
     Method::Bye,
     Method::Cancel,
     Method::Options,
+    Method::Update,
+    Method::Prack,
+    Method::Refer,
+    Method::Notify,
+    Method::Info,
 ];
-pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+pub(crate) const ALLOW: &str =
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK, REFER, NOTIFY, INFO";
+/// Extensions we accept in `Require` and list in `Supported`.
+pub(crate) const EXTENSIONS: [&str; 2] = ["100rel", "timer"];
+pub(crate) const SUPPORTED: &str = "100rel, timer";
 
 /// What the TU does with a transaction's outputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +382,14 @@ enum Purpose {
     Invite,
     Cancel,
     Bye,
+    /// Our re-INVITE or UPDATE in a dialog.
+    Reoffer,
+    /// Our REFER.
+    Refer,
+    /// A REGISTER for this registration (no leg).
+    Register(u64),
+    /// An OPTIONS probe (no leg).
+    Ping(u64),
     /// Server transactions other than INVITE, and anything we ignore.
     Other,
 }
@@ -317,6 +468,43 @@ struct Leg {
     local_body: Option<Body>,
     /// Do not report the end of the BYE (the leg was already reported Cancelled).
     silent_bye: bool,
+    /// State of the extensions (100rel, re-offers, session timers, REFER).
+    ext: LegExt,
+}
+
+impl LegExt {
+    /// Transactions that only end by a response from the TU or the peer.
+    fn pending_txns(&self) -> impl Iterator<Item = u64> + '_ {
+        self.reoffer_in
+            .iter()
+            .map(|r| r.txn)
+            .chain(self.refer_in.iter().map(|r| r.txn))
+            .chain(self.reoffer_out.iter().filter_map(|r| r.txn))
+    }
+}
+
+/// Per-leg state of the features layered on the RFC 3261 core.
+#[derive(Debug, Default)]
+struct LegExt {
+    /// UAS: reliable provisional responses (RFC 3262).
+    rel: prack::UasRel,
+    /// UAC: early dialogs created by reliable 18x, for PRACK (RFC 3262 §4).
+    early: Vec<prack::EarlyDialog>,
+    /// The last body the peer sent (offer or answer): a re-offer equal to it is
+    /// only a session refresh.
+    remote_body: Option<Body>,
+    /// The peer's re-offer waiting for the TU.
+    reoffer_in: Option<reoffer::InReoffer>,
+    /// Our re-INVITE/UPDATE in flight.
+    reoffer_out: Option<reoffer::OutReoffer>,
+    /// RFC 4028 state once the dialog has a session timer.
+    session: Option<session::Session>,
+    /// The peer's Allow lists UPDATE (refresh with UPDATE, not re-INVITE).
+    peer_allows_update: bool,
+    /// UAC: our INVITE was already retried after a 422.
+    se_retried: bool,
+    /// REFERs from the peer waiting for the TU.
+    refer_in: Vec<refer::InRefer>,
 }
 
 #[derive(Debug)]
@@ -335,6 +523,12 @@ pub struct UserAgent {
     stats: UaStats,
     /// Reused output buffer for the machines.
     scratch: Vec<TxnOutput>,
+    /// UA-level timers (100rel, session timers, registrations).
+    ua_timers: Timers,
+    /// Ids for `UaEvent::Reoffer`.
+    next_reoffer: u64,
+    /// Outbound registrations by `reg`.
+    regs: HashMap<u64, register::Registration>,
 }
 
 impl UserAgent {
@@ -353,6 +547,9 @@ impl UserAgent {
             events: VecDeque::new(),
             stats: UaStats::default(),
             scratch: Vec::new(),
+            ua_timers: Timers::default(),
+            next_reoffer: 0,
+            regs: HashMap::new(),
         }
     }
 
@@ -383,7 +580,11 @@ impl UserAgent {
     /// Earliest deadline. May be early (a stale heap entry): calling
     /// `handle_timeout` then is harmless.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let txn = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (txn, self.ua_timers.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -404,6 +605,19 @@ impl UserAgent {
             self.run_outputs(id, &mut out, now);
             self.scratch = out;
             self.schedule(id);
+        }
+        while let Some(t) = self.ua_timers.pop_expired(now) {
+            self.on_ua_timer(now, t);
+        }
+    }
+
+    fn on_ua_timer(&mut self, now: Instant, t: UaTimer) {
+        match t {
+            UaTimer::Rel1xx(leg) => self.rel1xx_retransmit(now, leg),
+            UaTimer::Rel1xxGiveUp(leg) => self.rel1xx_give_up(now, leg),
+            UaTimer::SessionRefresh(leg) => self.session_refresh_due(now, leg),
+            UaTimer::SessionExpiry(leg) => self.session_expired(now, leg),
+            UaTimer::Register(reg) => self.send_register(now, reg),
         }
     }
 
@@ -437,7 +651,46 @@ impl UserAgent {
             UaCommand::ByeRestored { leg, snapshot } => self.bye_restored(now, leg, *snapshot),
             UaCommand::Bye { leg } => self.bye(now, leg),
             UaCommand::Answer { leg, body } => self.answer(now, leg, body),
-            UaCommand::Reject { leg, code, reason } => self.reject(now, leg, code, &reason),
+            UaCommand::Reject {
+                leg,
+                code,
+                reason,
+                headers,
+            } => self.reject(now, leg, code, &reason, headers),
+            UaCommand::Progress {
+                leg,
+                code,
+                reason,
+                body,
+            } => self.progress(now, leg, code, &reason, body),
+            UaCommand::AnswerReoffer { leg, id, body } => self.answer_reoffer(now, leg, id, body),
+            UaCommand::RejectReoffer {
+                leg,
+                id,
+                code,
+                reason,
+            } => self.reject_reoffer(now, leg, id, code, &reason),
+            UaCommand::Reinvite { leg, body } => {
+                self.send_reoffer(now, leg, Method::Invite, body, false);
+            }
+            UaCommand::ReferResponse { leg, id, code } => self.refer_response(now, leg, id, code),
+            UaCommand::Notify {
+                leg,
+                status_code,
+                reason,
+                terminated,
+            } => self.notify(now, leg, status_code, &reason, terminated),
+            UaCommand::Refer { leg, refer_to } => self.send_refer(now, leg, &refer_to),
+            UaCommand::Register {
+                reg,
+                target,
+                aor,
+                contact_user,
+                credentials,
+                expires,
+            } => self.register(now, reg, target, aor, contact_user, credentials, expires),
+            UaCommand::Unregister { reg } => self.unregister(now, reg),
+            UaCommand::Ping { probe, target } => self.ping(now, probe, target),
         }
     }
 
@@ -476,7 +729,6 @@ impl UserAgent {
     /// broke): every client transaction towards it ends now (§8.1.3.1: 503 for
     /// an INVITE, the BYE counts as done).
     pub fn handle_transport_error(&mut self, now: Instant, dst: SocketAddr, transport: Transport) {
-        let _ = now;
         let dead: Vec<u64> = self
             .txns
             .iter()
@@ -489,7 +741,10 @@ impl UserAgent {
             };
             let (leg, purpose) = (e.leg, e.purpose);
             self.remove_txn(id);
-            let Some(leg) = leg else { continue };
+            let Some(leg) = leg else {
+                self.unowned_done(now, purpose, 503, None);
+                continue;
+            };
             match purpose {
                 Purpose::Invite
                     if self
@@ -506,6 +761,10 @@ impl UserAgent {
                     self.remove_leg(leg);
                 }
                 Purpose::Bye => self.uac_timeout(leg, Purpose::Bye),
+                Purpose::Reoffer => self.reoffer_done(now, leg, 503, None),
+                Purpose::Refer => self
+                    .events
+                    .push_back(UaEvent::ReferResult { leg, code: 503 }),
                 _ => {}
             }
         }
@@ -631,12 +890,22 @@ impl UserAgent {
                 TxnOutput::Response(resp) => {
                     if let Some(leg) = leg {
                         self.tu_response(now, leg, purpose, resp);
+                    } else if resp.code >= 200 {
+                        self.unowned_done(now, purpose, resp.code, Some(&resp));
                     }
                 }
                 TxnOutput::Timeout => {
+                    if leg.is_none() && !server {
+                        self.unowned_done(now, purpose, 408, None);
+                    }
                     if let Some(leg) = leg {
                         if server {
                             self.uas_timeout(now, leg, purpose);
+                        } else if purpose == Purpose::Reoffer {
+                            self.reoffer_done(now, leg, 408, None);
+                        } else if purpose == Purpose::Refer {
+                            self.events
+                                .push_back(UaEvent::ReferResult { leg, code: 408 });
                         } else {
                             self.uac_timeout(leg, purpose);
                         }
@@ -648,7 +917,13 @@ impl UserAgent {
     }
 
     fn remove_leg(&mut self, leg: LegRef) {
+        self.ua_timers.cancel_leg(leg);
         if let Some(l) = self.legs.remove(&leg) {
+            // Requests waiting for the TU, and our re-INVITE once it had a 1xx, have
+            // no timers left: drop them (a retransmission then finds no dialog: 481).
+            for txn in l.ext.pending_txns() {
+                self.remove_txn(txn);
+            }
             let id = DialogId {
                 call_id: l.call_id,
                 local_tag: l.local_tag,
@@ -688,6 +963,14 @@ impl UserAgent {
         }
         resp
     }
+}
+
+/// True when a comma-separated header (`Require`, `Supported`, `Allow` …) lists `token`.
+fn has_token(headers: &msg::Headers, name: &str, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The `Body` of a message, if it has one.

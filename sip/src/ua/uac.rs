@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{
-    Body, Leg, LegRef, LegState, Machine, Purpose, Target, Transport, UaEvent, UserAgent, body_of,
+    Body, Leg, LegExt, LegRef, LegState, Machine, Purpose, Target, Transport, UaEvent, UserAgent,
+    body_of,
 };
 use crate::auth::{self, Credentials, DigestChallenge};
 use crate::dialog::{Dialog, DialogState};
@@ -59,8 +60,19 @@ impl UserAgent {
         req.headers.push("Contact", self.contact(transport));
         req.headers.push("User-Agent", self.cfg.user_agent.clone());
         req.headers.push("Allow", super::ALLOW);
+        req.headers.push("Supported", super::SUPPORTED);
+        self.session_invite_headers(&mut req);
         for h in a.extra_headers {
-            req.headers.push(h.name, h.value);
+            // A B2BUA passes on the inbound Max-Forwards minus one instead of our 70
+            // (and may pass on the caller's session interval).
+            let replaces = ["Max-Forwards", "Session-Expires", "Min-SE"]
+                .iter()
+                .any(|n| h.name.eq_ignore_ascii_case(n));
+            if replaces {
+                req.headers.set("Max-Forwards", h.value);
+            } else {
+                req.headers.push(h.name, h.value);
+            }
         }
         // Our offer doubles as the answer to a session-refresh re-INVITE.
         let local_body = a.body;
@@ -68,7 +80,14 @@ impl UserAgent {
             req.headers.push("Content-Type", b.content_type.clone());
             req.body = b.bytes.clone();
         }
-        let txn = self.start_client_invite(now, leg, req.clone(), a.target.addr, transport);
+        let txn = self.start_client_invite(
+            now,
+            leg,
+            req.clone(),
+            a.target.addr,
+            transport,
+            Purpose::Invite,
+        );
         self.legs.insert(
             leg,
             Leg {
@@ -89,17 +108,19 @@ impl UserAgent {
                 ack: None,
                 local_body,
                 silent_bye: false,
+                ext: LegExt::default(),
             },
         );
     }
 
-    fn start_client_invite(
+    pub(super) fn start_client_invite(
         &mut self,
         now: Instant,
         leg: LegRef,
         req: Request,
         dst: SocketAddr,
         transport: Transport,
+        purpose: Purpose,
     ) -> u64 {
         let key = TxnKey {
             branch: branch_of(&req),
@@ -113,13 +134,13 @@ impl UserAgent {
             key,
             Machine::ClientInvite(m),
             Some(leg),
-            Purpose::Invite,
+            purpose,
             dst,
             transport,
         )
     }
 
-    fn start_client_non_invite(
+    pub(super) fn start_client_non_invite(
         &mut self,
         now: Instant,
         leg: LegRef,
@@ -158,7 +179,9 @@ impl UserAgent {
                     self.send_cancel(now, leg_ref);
                 }
             }
-            (false, LegState::Calling) => self.reject(now, leg_ref, 487, "Request Terminated"),
+            (false, LegState::Calling) => {
+                self.reject(now, leg_ref, 487, "Request Terminated", Vec::new())
+            }
             (_, LegState::Confirmed) => self.send_bye(now, leg_ref, false),
             (_, LegState::Terminating) => {}
         }
@@ -171,7 +194,9 @@ impl UserAgent {
         match (leg.uac, leg.state) {
             (_, LegState::Confirmed) => self.send_bye(now, leg_ref, false),
             (true, LegState::Calling) => self.cancel(now, leg_ref),
-            (false, LegState::Calling) => self.reject(now, leg_ref, 480, "Temporarily Unavailable"),
+            (false, LegState::Calling) => {
+                self.reject(now, leg_ref, 480, "Temporarily Unavailable", Vec::new())
+            }
             (_, LegState::Terminating) => {}
         }
     }
@@ -244,6 +269,15 @@ impl UserAgent {
             Purpose::Bye if resp.code >= 200 => {
                 self.bye_done(leg, Some(resp.code));
             }
+            Purpose::Reoffer if resp.code >= 200 => {
+                self.reoffer_done(now, leg, resp.code, Some(resp));
+            }
+            Purpose::Refer if resp.code >= 200 => {
+                self.events.push_back(UaEvent::ReferResult {
+                    leg,
+                    code: resp.code,
+                });
+            }
             _ => {}
         }
     }
@@ -288,17 +322,22 @@ impl UserAgent {
     }
 
     fn invite_response(&mut self, now: Instant, leg_ref: LegRef, resp: Response) {
+        let calling = self
+            .legs
+            .get(&leg_ref)
+            .is_some_and(|l| l.state == LegState::Calling);
+        if !calling || (resp.code == 422 && self.retry_with_min_se(now, leg_ref, &resp)) {
+            return;
+        }
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return;
         };
-        if leg.state != LegState::Calling {
-            return;
-        }
         let code = resp.code;
         if code < 200 {
             leg.got_provisional = true;
             let cancel_now = leg.cancel_requested && !leg.cancel_sent;
-            if code > 100 {
+            // RFC 3262: PRACK a reliable 18x; a retransmitted one is not reported again.
+            if code > 100 && self.uac_reliable_provisional(now, leg_ref, &resp) {
                 self.events.push_back(UaEvent::Progress {
                     leg: leg_ref,
                     code,
@@ -347,6 +386,16 @@ impl UserAgent {
             return;
         };
         dialog.state = DialogState::Confirmed;
+        // PRACKs in the early dialog used CSeq numbers: keep counting from there.
+        if let Some(early) = leg
+            .ext
+            .early
+            .iter()
+            .find(|e| e.dialog.remote_tag == dialog.remote_tag)
+        {
+            dialog.local_cseq = dialog.local_cseq.max(early.dialog.local_cseq);
+        }
+        leg.ext.early.clear();
         let n = leg.invite.headers.cseq().map(|(n, _)| n).unwrap_or(1);
         let mut ack = dialog.request(Method::Ack, &via, Some(n));
         // Credentials that opened the dialog go on the ACK too (§22.1).
@@ -359,6 +408,8 @@ impl UserAgent {
         let bytes = ack.to_bytes();
         leg.ack = Some((dst, bytes.clone()));
         leg.dialog = Some(dialog);
+        leg.ext.remote_body = body_of(&resp.headers, &resp.body);
+        leg.ext.peer_allows_update = super::has_token(&resp.headers, "Allow", "UPDATE");
         leg.state = LegState::Confirmed;
         let cancelled = leg.cancel_requested;
         let id = crate::dialog::DialogId {
@@ -382,6 +433,7 @@ impl UserAgent {
                 leg: leg_ref,
                 body: body_of(&resp.headers, &resp.body),
             });
+            self.session_refreshed_by_us(now, leg_ref, Some(&resp));
         }
     }
 
@@ -425,6 +477,7 @@ impl UserAgent {
                 ack: None,
                 local_body: None,
                 silent_bye: false,
+                ext: LegExt::default(),
             },
         );
         self.dialogs.insert(id, leg_ref);
@@ -469,7 +522,7 @@ impl UserAgent {
         leg.cancel_sent = false;
         leg.invite = req.clone();
         let (peer, transport) = (leg.peer, leg.transport);
-        let id = self.start_client_invite(now, leg_ref, req, peer, transport);
+        let id = self.start_client_invite(now, leg_ref, req, peer, transport, Purpose::Invite);
         if let Some(leg) = self.legs.get_mut(&leg_ref) {
             leg.invite_txn = Some(id);
         }

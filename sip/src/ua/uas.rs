@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{
-    ALLOW, Body, Datagram, INCOMING_LEG_BIT, Leg, LegRef, LegState, Machine, Purpose,
-    SUPPORTED_METHODS, Transport, UaEvent, UserAgent, body_of,
+    ALLOW, Body, Datagram, EXTENSIONS, INCOMING_LEG_BIT, Leg, LegExt, LegRef, LegState, Machine,
+    Purpose, SUPPORTED, SUPPORTED_METHODS, Transport, UaEvent, UserAgent, body_of, has_token,
 };
 use crate::dialog::{Dialog, DialogId, DialogState};
-use crate::msg::{self, Method, Request, Response};
+use crate::msg::{self, Header, Method, Request, Response};
 use crate::txn::{MethodKind, ServerInvite, ServerNonInvite, TxnKey};
 
 /// §18.2.1: add `received` when the sent-by host is not the source IP and fill
@@ -119,7 +119,14 @@ impl UserAgent {
             }
             return;
         }
-        if let Err(rej) = msg::validate_request(&req, &SUPPORTED_METHODS, &[]) {
+        // Max-Forwards exhausted (§8.2.2 / §16.3 item 2); OPTIONS to us may still be answered.
+        if req.headers.max_forwards() == Some(0) && req.method != Method::Options {
+            self.stats.rejected += 1;
+            let resp = self.make_response(&req, 483, "Too Many Hops");
+            self.respond_new(now, key, &req, &resp, dst, transport);
+            return;
+        }
+        if let Err(rej) = msg::validate_request(&req, &SUPPORTED_METHODS, &EXTENSIONS) {
             self.stats.rejected += 1;
             let mut resp = self.make_response(&req, rej.code, &rej.reason);
             for h in rej.headers {
@@ -138,7 +145,7 @@ impl UserAgent {
     }
 
     /// Creates the server transaction for a new request and sends `resp` through it.
-    fn respond_new(
+    pub(super) fn respond_new(
         &mut self,
         now: Instant,
         key: TxnKey,
@@ -250,7 +257,11 @@ impl UserAgent {
         dst: SocketAddr,
         d: &Datagram,
     ) {
-        let _ = now;
+        if let Some(resp) = self.session_check_request(&req) {
+            self.stats.rejected += 1;
+            self.respond_new(now, key, &req, &resp, dst, d.transport);
+            return;
+        }
         let leg_ref = INCOMING_LEG_BIT | self.next_incoming;
         self.next_incoming = self.next_incoming.wrapping_add(1) & !INCOMING_LEG_BIT;
         let local_tag = self.random_hex(10);
@@ -273,7 +284,10 @@ impl UserAgent {
             request_uri: req.uri.clone(),
             body: body_of(&req.headers, &req.body),
             source: d.src,
+            transport: d.transport,
+            request: Box::new(req.clone()),
         };
+        let remote_body = body_of(&req.headers, &req.body);
         self.legs.insert(
             leg_ref,
             Leg {
@@ -294,6 +308,10 @@ impl UserAgent {
                 ack: None,
                 local_body: None,
                 silent_bye: false,
+                ext: LegExt {
+                    remote_body,
+                    ..LegExt::default()
+                },
             },
         );
         self.events.push_back(ev);
@@ -344,8 +362,18 @@ impl UserAgent {
             Method::Bye => {
                 let resp = Response::for_request(&req, 200, "OK");
                 self.respond_new(now, key, &req, &resp, dst, transport);
-                // A BYE implies the ACK was sent: stop retransmitting our 2xx.
-                if let Some(t) = self.legs.get(&leg_ref).and_then(|l| l.invite_txn) {
+                let Some(leg) = self.legs.get(&leg_ref) else {
+                    return;
+                };
+                if leg.state == LegState::Calling && !leg.uac {
+                    // A BYE in the early dialog (§15): the INVITE ends with a 487.
+                    let mut resp = Response::for_request(&leg.invite, 487, "Request Terminated");
+                    set_to_tag(&mut resp, &leg.invite, &leg.local_tag);
+                    if let Some(t) = leg.invite_txn {
+                        self.respond_via_txn(t, &resp, now);
+                    }
+                } else if let Some(t) = leg.invite_txn {
+                    // A BYE implies the ACK was sent: stop retransmitting our 2xx.
                     self.ack_server_invite(t, now);
                 }
                 self.events.push_back(UaEvent::Terminated {
@@ -355,7 +383,16 @@ impl UserAgent {
                 });
                 self.remove_leg(leg_ref);
             }
-            Method::Invite => self.on_reinvite(now, key, req, leg_ref, dst, transport),
+            Method::Prack => self.on_prack(now, key, &req, leg_ref, dst, transport),
+            Method::Invite | Method::Update => {
+                self.on_reoffer(now, key, req, leg_ref, dst, transport);
+            }
+            Method::Refer => self.on_refer(now, key, req, leg_ref, dst, transport),
+            Method::Notify => self.on_notify(now, key, &req, leg_ref, dst, transport),
+            Method::Info => {
+                let resp = self.make_response(&req, 200, "OK");
+                self.respond_new(now, key, &req, &resp, dst, transport);
+            }
             _ => {
                 let resp = self.options_response(&req);
                 self.respond_new(now, key, &req, &resp, dst, transport);
@@ -363,48 +400,12 @@ impl UserAgent {
         }
     }
 
-    /// A re-INVITE (session refresh): accept it with our current answer unchanged.
-    fn on_reinvite(
-        &mut self,
-        now: Instant,
-        key: TxnKey,
-        req: Request,
-        leg_ref: LegRef,
-        dst: SocketAddr,
-        transport: Transport,
-    ) {
-        let mut out = std::mem::take(&mut self.scratch);
-        let m = ServerInvite::new(&req, self.txn_config(transport), &mut out);
-        let id = self.insert_txn(
-            key,
-            Machine::ServerInvite(m),
-            Some(leg_ref),
-            Purpose::Other,
-            dst,
-            transport,
-        );
-        self.run_outputs(id, &mut out, now);
-        self.scratch = out;
-        let body = self.legs.get(&leg_ref).and_then(|l| l.local_body.clone());
-        let mut resp = Response::for_request(&req, 200, "OK");
-        resp.headers.push("Contact", self.contact(transport));
-        resp.headers.push("Allow", ALLOW);
-        if let Some(b) = body {
-            resp.headers.push("Content-Type", b.content_type);
-            resp.body = b.bytes;
-        }
-        if let Some(leg) = self.legs.get_mut(&leg_ref) {
-            leg.invite_txn = Some(id);
-        }
-        self.respond_via_txn(id, &resp, now);
-    }
-
     /// §11.2: what we support.
     fn options_response(&mut self, req: &Request) -> Response {
         let mut resp = self.make_response(req, 200, "OK");
         resp.headers.push("Allow", ALLOW);
         resp.headers.push("Accept", "application/sdp");
-        resp.headers.push("Supported", "");
+        resp.headers.push("Supported", SUPPORTED);
         resp.headers.push("User-Agent", self.cfg.user_agent.clone());
         resp
     }
@@ -416,11 +417,19 @@ impl UserAgent {
             Some(l) if !l.uac && l.state == LegState::Calling => self.contact(l.transport),
             _ => return,
         };
+        if self.answer_waits_for_prack(leg_ref, &body) {
+            return;
+        }
         let ua = self.cfg.user_agent.clone();
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return;
         };
-        let Some(mut dialog) = Dialog::uas(&leg.invite, &leg.local_tag) else {
+        // The early dialog of an 18x, if any, becomes the confirmed one.
+        let Some(mut dialog) = leg
+            .dialog
+            .take()
+            .or_else(|| Dialog::uas(&leg.invite, &leg.local_tag))
+        else {
             return;
         };
         dialog.state = DialogState::Confirmed;
@@ -431,26 +440,38 @@ impl UserAgent {
         }
         resp.headers.push("Contact", contact);
         resp.headers.push("Allow", ALLOW);
+        resp.headers.push("Supported", SUPPORTED);
         resp.headers.push("User-Agent", ua);
-        if let Some(b) = &body {
-            resp.headers.push("Content-Type", b.content_type.clone());
-            resp.body = b.bytes.clone();
-        }
-        leg.local_body = body;
+        leg.ext.peer_allows_update = has_token(&leg.invite.headers, "Allow", "UPDATE");
+        leg.local_body = body.clone();
         leg.dialog = Some(dialog);
         leg.state = LegState::Confirmed;
         let inv_txn = leg.invite_txn;
+        let invite = leg.invite.clone();
         let id = DialogId {
             call_id: leg.call_id.clone(),
             local_tag: leg.local_tag.clone(),
         };
         self.dialogs.insert(id, leg_ref);
+        self.session_response_headers(leg_ref, &invite, &mut resp);
+        if let Some(b) = body {
+            resp.headers.push("Content-Type", b.content_type);
+            resp.body = b.bytes;
+        }
         if let Some(t) = inv_txn {
             self.respond_via_txn(t, &resp, now);
         }
+        self.session_refreshed_by_peer(now, leg_ref, &invite);
     }
 
-    pub(super) fn reject(&mut self, now: Instant, leg_ref: LegRef, code: u16, reason: &str) {
+    pub(super) fn reject(
+        &mut self,
+        now: Instant,
+        leg_ref: LegRef,
+        code: u16,
+        reason: &str,
+        headers: Vec<Header>,
+    ) {
         let Some(leg) = self.legs.get(&leg_ref) else {
             return;
         };
@@ -460,6 +481,9 @@ impl UserAgent {
         }
         let mut resp = Response::for_request(&leg.invite, code, reason);
         set_to_tag(&mut resp, &leg.invite, &leg.local_tag);
+        for h in headers {
+            resp.headers.push(h.name, h.value);
+        }
         let inv_txn = leg.invite_txn;
         self.remove_leg(leg_ref);
         if let Some(t) = inv_txn {
@@ -486,7 +510,7 @@ impl UserAgent {
     }
 }
 
-fn set_to_tag(resp: &mut Response, req: &Request, tag: &str) {
+pub(super) fn set_to_tag(resp: &mut Response, req: &Request, tag: &str) {
     if let Some(to) = req.headers.get("To")
         && req.headers.to().is_some_and(|t| t.tag().is_none())
     {

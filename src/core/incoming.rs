@@ -1,0 +1,302 @@
+//! An INVITE arrives: admit it (trunk by source or digest), ask the dialplan, and either
+//! answer it with a final response here or hand it to a new call task.
+//!
+//! Runs on the router task, so it must not wait: the task's channel is registered for the
+//! leg before anything is spawned (a CANCEL right behind the INVITE finds its owner), and
+//! the database write happens inside the spawned task.
+
+use std::time::SystemTime;
+
+use chrono::Utc;
+use dialplan::plan::Route;
+use tokio::sync::mpsc;
+
+use super::inbound::{Admission, caller_number};
+use super::metrics::InboundOutcome;
+use super::task::{CallTask, TaskInput};
+use super::transit_task::{TransitSetup, TransitTask};
+use super::trunk::Trunk;
+use super::{CALL_QUEUE, Shared};
+use crate::model::{CallRecord, CallStatus, NewEvent};
+
+pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
+    let sip::ua::UaEvent::Incoming {
+        leg,
+        body,
+        source,
+        request,
+        ..
+    } = event
+    else {
+        return;
+    };
+    let reject = |code: u16, reason: &str, headers: Vec<sip::msg::Header>| {
+        let _ = shared.ua.send(sip::ua::UaCommand::Reject {
+            leg,
+            code,
+            reason: reason.to_owned(),
+            headers,
+        });
+    };
+    let now_secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let index = match shared.inbound.admit(source.ip(), &request, now_secs) {
+        Admission::Trunk(i) => i,
+        Admission::Challenge(www) => {
+            shared.metrics.inbound(InboundOutcome::Challenged);
+            reject(
+                401,
+                "Unauthorized",
+                vec![sip::msg::Header::new("WWW-Authenticate", www)],
+            );
+            return;
+        }
+        Admission::Refuse(why) => {
+            // The caller learns nothing about which numbers or routes exist.
+            shared.metrics.inbound(InboundOutcome::Forbidden);
+            tracing::info!(%source, reason = why, "inbound INVITE refused");
+            reject(403, "Forbidden", Vec::new());
+            return;
+        }
+    };
+    let Some(trunk) = shared.inbound.trunks().get(index).cloned() else {
+        return;
+    };
+    let decision = shared
+        .inbound
+        .route(&trunk.config.name, &request, Utc::now());
+    tracing::info!(
+        %source,
+        trunk = %trunk.config.name,
+        rule = ?decision.rule,
+        route = ?decision.route,
+        call_id = request.headers.call_id().unwrap_or(""),
+        "inbound INVITE routed"
+    );
+    let (tenant, webhook_url) = owner(shared, &trunk, &decision);
+    let to = decision
+        .to_e164
+        .as_ref()
+        .map(|n| n.as_str().to_owned())
+        .unwrap_or_default();
+    let from = decision
+        .from_e164
+        .as_ref()
+        .map_or_else(|| caller_number(&request), |n| n.as_str().to_owned());
+    match decision.route {
+        Route::Reject { sip_code, reason } => {
+            shared.metrics.inbound(InboundOutcome::Rejected);
+            reject(sip_code, &reason, Vec::new());
+            return;
+        }
+        Route::Proxy { .. } => {
+            // No proxy session holds this number.
+            shared.metrics.inbound(InboundOutcome::Rejected);
+            reject(404, "Not Found", Vec::new());
+            return;
+        }
+        Route::Agent(_) | Route::Trunks(_) => {}
+    }
+    let Some(offer) = body.filter(|b| b.content_type.eq_ignore_ascii_case("application/sdp"))
+    else {
+        // A late offer (INVITE without SDP) is not supported.
+        shared.metrics.inbound(InboundOutcome::Rejected);
+        reject(488, "Not Acceptable Here", Vec::new());
+        return;
+    };
+    let source_slot = match trunk.reserve() {
+        Ok(s) => s,
+        Err(why) => {
+            shared.metrics.inbound(InboundOutcome::Rejected);
+            tracing::warn!(trunk = %trunk.config.name, reason = why.as_str(), "inbound call refused");
+            reject(
+                503,
+                "Service Unavailable",
+                vec![sip::msg::Header::new("Retry-After", "5")],
+            );
+            return;
+        }
+    };
+    let calls_cfg = &shared.config.calls;
+    let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
+        .unwrap_or_else(Utc::now);
+    let mut record = CallRecord {
+        id: format!(
+            "call_{}",
+            ulid::Ulid::new().to_string().to_ascii_lowercase()
+        ),
+        tenant,
+        direction: "inbound".to_owned(),
+        to: to.clone(),
+        from: from.clone(),
+        agent_id: None,
+        status: CallStatus::Initiating,
+        record: false,
+        recording_url: None,
+        webhook_url,
+        max_duration: calls_cfg.default_max_duration as i64,
+        ring_timeout: calls_cfg.default_ring_timeout as i64,
+        metadata: serde_json::json!({
+            "source_trunk": trunk.config.name,
+            "rule": decision.rule,
+        }),
+        trunk: None,
+        sip_call_id: request.headers.call_id().map(str::to_owned),
+        sip_code: None,
+        sip_reason: None,
+        q850_cause: None,
+        end_reason: None,
+        rtp_packets_received: 0,
+        rtp_bytes_received: 0,
+        rtp_packets_lost: 0,
+        rtp_jitter_ms: None,
+        mos: None,
+        created_at: now,
+        answered_at: None,
+        ended_at: None,
+        duration_seconds: None,
+        sip_dialog: None,
+    };
+    let (tx, rx) = mpsc::channel(CALL_QUEUE);
+    match decision.route {
+        Route::Agent(agent) => {
+            record.agent_id = Some(agent);
+            record.metadata["route"] = "agent".into();
+            let bind_ip = shared
+                .config
+                .rtp
+                .bind_ip
+                .unwrap_or_else(|| shared.config.public_ip());
+            let probe = super::task::local_offer(&shared.config, 0);
+            if media::sdp::answer_offer(&offer.bytes, &probe).is_err() {
+                shared.metrics.inbound(InboundOutcome::Rejected);
+                reject(488, "Not Acceptable Here", Vec::new());
+                return;
+            }
+            let Ok(endpoint) = media::net::RtpEndpoint::open(&shared.ports, bind_ip) else {
+                shared.metrics.inbound(InboundOutcome::Failed);
+                reject(503, "Service Unavailable", Vec::new());
+                return;
+            };
+            let task = CallTask::new(
+                shared.clone(),
+                record.clone(),
+                trunk,
+                leg,
+                endpoint,
+                Some(offer),
+                Some(source_slot),
+            );
+            start(shared, record, leg, tx, async move { task.run(rx).await });
+        }
+        Route::Trunks(names) => {
+            record.metadata["route"] = "transit".into();
+            let trunks: Vec<Trunk> = names
+                .iter()
+                .filter_map(|n| {
+                    shared
+                        .inbound
+                        .trunks()
+                        .iter()
+                        .find(|t| &t.config.name == n)
+                        .cloned()
+                })
+                .collect();
+            record.trunk = trunks.first().map(|t| t.config.name.clone());
+            let setup = TransitSetup {
+                record: record.clone(),
+                a_leg: leg,
+                a_offer: offer,
+                max_forwards: request.headers.max_forwards().unwrap_or(70),
+                asserted_identity: request
+                    .headers
+                    .get("P-Asserted-Identity")
+                    .map(str::to_owned),
+                from,
+                to,
+                trunks,
+                source_slot: Some(source_slot),
+            };
+            match TransitTask::new(shared.clone(), setup) {
+                Ok(task) => start(shared, record, leg, tx, async move { task.run(rx).await }),
+                Err((code, reason)) => {
+                    shared.metrics.inbound(InboundOutcome::Failed);
+                    reject(code, reason, Vec::new());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The tenant that owns the called number (else the trunk's) and where its callbacks go.
+fn owner(
+    shared: &Shared,
+    trunk: &Trunk,
+    decision: &dialplan::plan::Decision,
+) -> (String, Option<String>) {
+    let number = shared
+        .inbound
+        .plan()
+        .and_then(|p| decision.to_e164.as_ref().and_then(|n| p.number(n).cloned()));
+    let tenant = number
+        .as_ref()
+        .and_then(|n| n.tenant.clone())
+        .unwrap_or_else(|| trunk.config.tenant.clone());
+    let webhook = number.and_then(|n| n.webhook_url).or_else(|| {
+        shared
+            .config
+            .tenants
+            .iter()
+            .find(|t| t.name == tenant)
+            .and_then(|t| t.webhook_url.clone())
+    });
+    (tenant, webhook)
+}
+
+/// Registers the leg and the call, then (in a task) writes the row and runs the call.
+fn start(
+    shared: &Shared,
+    record: CallRecord,
+    leg: sip::ua::LegRef,
+    tx: mpsc::Sender<TaskInput>,
+    run: impl Future<Output = ()> + Send + 'static,
+) {
+    shared.metrics.inbound(InboundOutcome::Accepted);
+    shared.metrics.call_started();
+    shared.legs.insert(leg, tx.clone());
+    shared.calls.insert(record.id.clone(), tx);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let created = shared
+            .store
+            .create_call(
+                &record,
+                &NewEvent {
+                    event_type: "call.initiating".to_owned(),
+                    extra: serde_json::json!({}),
+                },
+            )
+            .await;
+        match created {
+            Ok(_) => {
+                shared.webhooks.notify_one();
+                shared.metrics.status(CallStatus::Initiating);
+                run.await;
+            }
+            Err(e) => {
+                shared.metrics.store_error();
+                tracing::error!(error = %e, "cannot record the inbound call; refusing it");
+                shared.legs.remove(&leg);
+                shared.calls.remove(&record.id);
+                let _ = shared.ua.send(sip::ua::UaCommand::Reject {
+                    leg,
+                    code: 500,
+                    reason: "Server Internal Error".to_owned(),
+                    headers: Vec::new(),
+                });
+            }
+        }
+    });
+}

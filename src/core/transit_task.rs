@@ -1,0 +1,502 @@
+//! `TransitTask`: the tokio task that owns one transit call — the caller's leg A, the
+//! outbound leg B (one per trunk tried), the media bridge between them and the sans-IO
+//! [`Transit`] machine. Media is anchored: both legs' RTP goes through our bridge, so a
+//! re-INVITE on one leg is answered here and never disturbs the other.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use media::relay::{RelayConfig, Side, SideParams};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::Shared;
+use super::call::StatusChange;
+use super::task::{TaskInput, apply_change, local_offer, persist_status, sdp_body, set_media_stats};
+use super::transit::{Transit, TransitInput, TransitOutput};
+use super::trunk::{Trunk, TrunkSlot};
+use crate::model::CallRecord;
+
+/// What the router hands over for a call it decided to carry.
+#[derive(Debug)]
+pub(crate) struct TransitSetup {
+    pub record: CallRecord,
+    pub a_leg: sip::ua::LegRef,
+    pub a_offer: sip::ua::Body,
+    /// The caller's Max-Forwards; B gets one less.
+    pub max_forwards: u32,
+    /// P-Asserted-Identity from a trusted trunk, passed on.
+    pub asserted_identity: Option<String>,
+    /// Caller and called numbers as B should see them.
+    pub from: String,
+    pub to: String,
+    pub trunks: Vec<Trunk>,
+    /// The place the call holds on its source trunk.
+    pub source_slot: Option<TrunkSlot>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TransitTask {
+    shared: Shared,
+    record: CallRecord,
+    machine: Transit,
+    a_leg: sip::ua::LegRef,
+    b_leg: Option<sip::ua::LegRef>,
+    a_offer: sip::ua::Body,
+    /// Our SDP towards A (answer to A's offer) and the parameters behind it.
+    a_local: media::sdp::OfferParams,
+    a_sdp: String,
+    /// Our offer towards B.
+    b_local: Option<media::sdp::OfferParams>,
+    /// Leg B's media became known (18x or 2xx with SDP).
+    b_media: bool,
+    bridge: Option<media::net::bridge::Bridge>,
+    max_forwards: u32,
+    asserted_identity: Option<String>,
+    from: String,
+    to: String,
+    trunks: Vec<Trunk>,
+    _source_slot: Option<TrunkSlot>,
+    out_slot: Option<TrunkSlot>,
+    waiters: Vec<oneshot::Sender<CallRecord>>,
+    media_check: Option<Instant>,
+    /// Packets seen on both sides at the last check, and when that count last moved.
+    media_seen: (u64, Instant),
+}
+
+impl TransitTask {
+    /// Opens the bridge (A's side from its offer) and builds our answer for A. Errors when
+    /// the offer has no usable audio (the caller gets 488) or no ports are free (503).
+    pub(crate) fn new(shared: Shared, setup: TransitSetup) -> Result<Self, (u16, &'static str)> {
+        let config = &shared.config;
+        let bind_ip = config.rtp.bind_ip.unwrap_or_else(|| config.public_ip());
+        // A first answer only to learn the caller's codec; redone once our port is known.
+        let probe = local_offer(config, 0);
+        let (_, a_params) = media::sdp::answer_offer(&setup.a_offer.bytes, &probe)
+            .map_err(|_| (488u16, "Not Acceptable Here"))?;
+        let a_side = SideParams::try_from(&a_params).map_err(|_| (488u16, "Not Acceptable Here"))?;
+        // B's side is a placeholder until its answer says where and in what codec.
+        let b_side = SideParams {
+            remote: None,
+            ..a_side
+        };
+        let bridge = media::net::bridge::Bridge::open(
+            &shared.ports,
+            bind_ip,
+            a_side,
+            b_side,
+            RelayConfig::default(),
+        )
+        .map_err(|_| (503u16, "Service Unavailable"))?;
+        let a_local = local_offer(config, bridge.local_addr(Side::A).port());
+        let (a_sdp, _) = media::sdp::answer_offer(&setup.a_offer.bytes, &a_local)
+            .map_err(|_| (488u16, "Not Acceptable Here"))?;
+        let machine = Transit::new(
+            setup.trunks.len(),
+            Duration::from_secs(setup.record.ring_timeout.max(1) as u64),
+            Duration::from_secs(setup.record.max_duration.max(1) as u64),
+        );
+        Ok(Self {
+            shared,
+            record: setup.record,
+            machine,
+            a_leg: setup.a_leg,
+            b_leg: None,
+            a_offer: setup.a_offer,
+            a_local,
+            a_sdp,
+            b_local: None,
+            b_media: false,
+            bridge: Some(bridge),
+            max_forwards: setup.max_forwards,
+            asserted_identity: setup.asserted_identity,
+            from: setup.from,
+            to: setup.to,
+            trunks: setup.trunks,
+            _source_slot: setup.source_slot,
+            out_slot: None,
+            waiters: Vec::new(),
+            media_check: None,
+            media_seen: (0, Instant::now()),
+        })
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<TaskInput>) {
+        let span = tracing::info_span!("call", call_id = %self.record.id);
+        async move {
+            self.machine.handle(Instant::now(), TransitInput::Start);
+            self.drain().await;
+            while !self.machine.is_done() {
+                let deadline = self.machine.poll_timeout();
+                tokio::select! {
+                    input = rx.recv() => match input {
+                        Some(input) => self.on_input(input),
+                        None => break,
+                    },
+                    () = sleep_until(deadline) => self.machine.handle_timeout(Instant::now()),
+                    () = sleep_until(self.media_check) => self.check_media(Instant::now()),
+                }
+                self.drain().await;
+            }
+            self.shared.legs.remove(&self.a_leg);
+            if let Some(b) = self.b_leg {
+                self.shared.legs.remove(&b);
+            }
+            self.shared.calls.remove(&self.record.id);
+            for w in self.waiters.drain(..) {
+                let _ = w.send(self.record.clone());
+            }
+            tracing::info!(status = self.record.status.as_str(), "transit call ended");
+        }
+        .instrument(span)
+        .await;
+    }
+
+    fn on_input(&mut self, input: TaskInput) {
+        use sip::ua::UaEvent;
+        let now = Instant::now();
+        let ev = match input {
+            TaskInput::Hangup(reply) => {
+                self.waiters.push(reply);
+                self.machine.handle(now, TransitInput::Hangup);
+                return;
+            }
+            TaskInput::Sip(ev) => ev,
+        };
+        let input = match ev {
+            // Leg A (the caller).
+            UaEvent::Terminated { leg, by_remote, .. } if leg == self.a_leg => {
+                TransitInput::ATerminated { by_remote }
+            }
+            UaEvent::SessionExpired { leg } if leg == self.a_leg || Some(leg) == self.b_leg => {
+                TransitInput::SessionExpired
+            }
+            UaEvent::Reoffer {
+                leg, id, body, ..
+            } => {
+                self.answer_reoffer(leg, id, body.as_ref());
+                return;
+            }
+            // Leg B (the callee); events of a leg we already gave up on are ignored.
+            UaEvent::Progress {
+                leg, code, body, ..
+            } if Some(leg) == self.b_leg => {
+                let early_media = body.as_ref().is_some_and(|b| self.b_answered_media(b));
+                TransitInput::BProgress { code, early_media }
+            }
+            UaEvent::Answered { leg, body } if Some(leg) == self.b_leg => {
+                if let Some(b) = &body {
+                    self.b_answered_media(b);
+                }
+                if !self.b_media {
+                    tracing::warn!("callee answered without usable SDP; media one-way at best");
+                }
+                self.media_seen = (0, now);
+                self.media_check = self.media_timeout().map(|t| now + t);
+                TransitInput::BAnswered
+            }
+            UaEvent::Failed {
+                leg, code, reason, ..
+            } if Some(leg) == self.b_leg => {
+                self.out_slot = None;
+                TransitInput::BFailed { code, reason }
+            }
+            UaEvent::Cancelled { leg } if Some(leg) == self.b_leg => TransitInput::BCancelled,
+            UaEvent::Terminated { leg, by_remote, .. } if Some(leg) == self.b_leg => {
+                TransitInput::BTerminated { by_remote }
+            }
+            _ => return,
+        };
+        self.machine.handle(now, input);
+    }
+
+    /// B's SDP (in a 18x or the 2xx): point the bridge's B side at it. True when usable.
+    fn b_answered_media(&mut self, body: &sip::ua::Body) -> bool {
+        let (Some(offer), Some(bridge)) = (&self.b_local, &self.bridge) else {
+            return false;
+        };
+        match media::sdp::negotiate_answer(offer, &body.bytes) {
+            Ok(params) => match SideParams::try_from(&params) {
+                Ok(side) => {
+                    bridge.set_side(Side::B, side);
+                    self.b_media = true;
+                    tracing::info!(remote = %params.remote, codec = ?params.codec, "callee media");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "callee codec not relayable");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "callee SDP unusable");
+                false
+            }
+        }
+    }
+
+    /// A re-INVITE or UPDATE on either leg: answered here from our side of the bridge
+    /// (hold gets the mirrored direction), and the bridge follows a new address or codec.
+    fn answer_reoffer(&mut self, leg: sip::ua::LegRef, id: u64, body: Option<&sip::ua::Body>) {
+        let side = if leg == self.a_leg {
+            Side::A
+        } else if Some(leg) == self.b_leg {
+            Side::B
+        } else {
+            return;
+        };
+        let Some(bridge) = &self.bridge else {
+            return;
+        };
+        let Some(body) = body else {
+            // No offer (a refresh): repeat our current session description.
+            let sdp = self.current_sdp(side);
+            let _ = self.shared.ua.send(sip::ua::UaCommand::AnswerReoffer {
+                leg,
+                id,
+                body: sdp.map(sdp_body),
+            });
+            return;
+        };
+        let port = bridge.local_addr(side).port();
+        let mut local = local_offer(&self.shared.config, port);
+        let base = match side {
+            Side::A => &mut self.a_local,
+            Side::B => match &mut self.b_local {
+                Some(b) => b,
+                None => return,
+            },
+        };
+        base.session_version += 1;
+        local.session_id = base.session_id;
+        local.session_version = base.session_version;
+        match media::sdp::answer_offer(&body.bytes, &local) {
+            Ok((sdp, params)) => {
+                if let Ok(p) = SideParams::try_from(&params) {
+                    bridge.set_side(side, p);
+                }
+                tracing::info!(?side, direction = ?params.direction, remote = %params.remote, "re-offer answered");
+                if side == Side::A {
+                    self.a_sdp = sdp.clone();
+                }
+                let _ = self.shared.ua.send(sip::ua::UaCommand::AnswerReoffer {
+                    leg,
+                    id,
+                    body: Some(sdp_body(sdp)),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-offer refused");
+                let _ = self.shared.ua.send(sip::ua::UaCommand::RejectReoffer {
+                    leg,
+                    id,
+                    code: 488,
+                    reason: "Not Acceptable Here".to_owned(),
+                });
+            }
+        }
+    }
+
+    fn current_sdp(&self, side: Side) -> Option<String> {
+        match side {
+            Side::A => Some(self.a_sdp.clone()),
+            Side::B => self.b_local.as_ref().map(media::sdp::build_offer),
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                TransitOutput::InviteB { index } => self.invite_b(index).await,
+                TransitOutput::ProgressA { code, early_media } => {
+                    let body = (early_media && self.b_media).then(|| sdp_body(self.a_sdp.clone()));
+                    let reason = if code == 183 {
+                        "Session Progress"
+                    } else {
+                        "Ringing"
+                    };
+                    self.send(sip::ua::UaCommand::Progress {
+                        leg: self.a_leg,
+                        code,
+                        reason: reason.to_owned(),
+                        body,
+                    });
+                }
+                TransitOutput::AnswerA => self.send(sip::ua::UaCommand::Answer {
+                    leg: self.a_leg,
+                    body: Some(sdp_body(self.a_sdp.clone())),
+                }),
+                TransitOutput::RejectA { code, reason } => {
+                    self.send(sip::ua::UaCommand::Reject {
+                        leg: self.a_leg,
+                        code,
+                        reason,
+                        headers: Vec::new(),
+                    })
+                }
+                TransitOutput::CancelB => {
+                    if let Some(leg) = self.b_leg {
+                        self.send(sip::ua::UaCommand::Cancel { leg });
+                    }
+                }
+                TransitOutput::ByeA => self.send(sip::ua::UaCommand::Bye { leg: self.a_leg }),
+                TransitOutput::ByeB => {
+                    if let Some(leg) = self.b_leg {
+                        self.send(sip::ua::UaCommand::Bye { leg });
+                    }
+                }
+                TransitOutput::Status(change) => self.apply_status(change).await,
+            }
+        }
+    }
+
+    fn send(&self, cmd: sip::ua::UaCommand) {
+        if self.shared.ua.send(cmd).is_err() {
+            tracing::error!("SIP driver gone");
+        }
+    }
+
+    /// INVITE on the trunk `index`, from a fresh leg; a trunk that is down or over its
+    /// limits counts as a 503 (so the machine fails over).
+    async fn invite_b(&mut self, index: usize) {
+        let now = Instant::now();
+        if let Some(old) = self.b_leg.take() {
+            self.shared.legs.remove(&old);
+        }
+        self.out_slot = None;
+        self.b_media = false;
+        let Some(trunk) = self.trunks.get(index).cloned() else {
+            return;
+        };
+        self.record.trunk = Some(trunk.config.name.clone());
+        let slot = match trunk.reserve_outbound(now) {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::warn!(trunk = %trunk.config.name, reason = why.as_str(), "trunk skipped");
+                self.shared.metrics.trunk_skipped();
+                self.machine.handle(
+                    now,
+                    TransitInput::BUnavailable {
+                        reason: why.as_str().to_owned(),
+                    },
+                );
+                return;
+            }
+        };
+        let addr = match trunk.resolve().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(trunk = %trunk.config.name, error = %e, "trunk address does not resolve");
+                self.machine.handle(
+                    now,
+                    TransitInput::BUnavailable {
+                        reason: "Trunk Unreachable".to_owned(),
+                    },
+                );
+                return;
+            }
+        };
+        let Some(bridge) = &self.bridge else {
+            return;
+        };
+        let mut offer = local_offer(&self.shared.config, bridge.local_addr(Side::B).port());
+        // The caller's codec first: with the same codec on both legs the bridge only
+        // rewrites headers.
+        if let Some(first) = self.a_codec() {
+            offer.codecs.retain(|c| *c != first);
+            offer.codecs.insert(0, first);
+        }
+        let sdp = media::sdp::build_offer(&offer);
+        self.b_local = Some(offer);
+        let leg = self.shared.next_leg();
+        if let Some(tx) = self.shared.legs.get(&self.a_leg).map(|e| e.value().clone()) {
+            self.shared.legs.insert(leg, tx);
+        }
+        self.b_leg = Some(leg);
+        self.out_slot = Some(slot);
+        let public_ip = self.shared.config.public_ip();
+        let host = super::task::public_ip_for_uri(public_ip);
+        let mut extra = vec![sip::msg::Header::new(
+            "Max-Forwards",
+            self.max_forwards.saturating_sub(1).to_string(),
+        )];
+        if let Some(pai) = &self.asserted_identity {
+            extra.push(sip::msg::Header::new("P-Asserted-Identity", pai.clone()));
+        }
+        self.send(sip::ua::UaCommand::Invite {
+            leg,
+            target: sip::ua::Target {
+                request_uri: trunk.request_uri(&self.to),
+                addr,
+                transport: trunk.sip_transport(),
+            },
+            from_uri: format!("sip:{}@{host}", self.from),
+            from_display: None,
+            to_uri: format!("sip:{}@{}:{}", self.to, trunk.uri.host, trunk.uri.port),
+            body: Some(sdp_body(sdp)),
+            credentials: trunk.credentials(),
+            extra_headers: extra,
+            call_id: None,
+        });
+        tracing::info!(trunk = %trunk.config.name, %addr, to = %self.to, attempt = index + 1, "transit INVITE sent");
+    }
+
+    fn a_codec(&self) -> Option<media::sdp::Codec> {
+        media::sdp::answer_offer(&self.a_offer.bytes, &self.a_local)
+            .ok()
+            .map(|(_, p)| p.codec)
+    }
+
+    fn media_timeout(&self) -> Option<Duration> {
+        let secs = self.shared.config.rtp.media_timeout_s;
+        (secs > 0).then(|| Duration::from_secs(secs))
+    }
+
+    /// Neither side sent RTP for the media timeout: end the call.
+    fn check_media(&mut self, now: Instant) {
+        let (Some(timeout), Some(bridge)) = (self.media_timeout(), &self.bridge) else {
+            self.media_check = None;
+            return;
+        };
+        let seen = bridge.counters(Side::A).received_packets
+            + bridge.counters(Side::B).received_packets;
+        if seen != self.media_seen.0 {
+            self.media_seen = (seen, now);
+        }
+        if now.saturating_duration_since(self.media_seen.1) >= timeout {
+            tracing::warn!(timeout_s = timeout.as_secs(), "no RTP on either leg: ending the call");
+            self.media_check = None;
+            self.machine.handle(now, TransitInput::MediaTimeout);
+        } else {
+            // Polled at a fraction of the timeout: a counter has no "last packet" instant.
+            self.media_check = Some(now + (timeout / 4).max(Duration::from_millis(250)));
+        }
+    }
+
+    async fn apply_status(&mut self, change: StatusChange) {
+        let r = &mut self.record;
+        apply_change(r, &change, Utc::now());
+        if change.status.is_terminal()
+            && let Some(bridge) = self.bridge.take()
+        {
+            let [a, b] = bridge.close().await;
+            let packets = a.received_packets + b.received_packets;
+            let bytes = a.received_bytes + b.received_bytes;
+            set_media_stats(r, packets, bytes, 0, 0.0);
+            r.metadata["media"] = serde_json::json!({
+                "caller": {"packets_received": a.received_packets, "packets_sent": b.sent_packets, "dropped": a.dropped_total()},
+                "callee": {"packets_received": b.received_packets, "packets_sent": a.sent_packets, "dropped": b.dropped_total()},
+            });
+            self.shared.metrics.rtp(packets, bytes);
+        }
+        persist_status(&self.shared, r, change.status).await;
+        tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,972 @@
+//! Transit calls per second: SIPp UAC → system under test → SIPp UAS, INVITE/180/200/ACK/BYE,
+//! without RTP and with RTP, through Kamailio (a stateful proxy, `tests/bench/kamailio.cfg`)
+//! and through Switchyard (a B2BUA: the `switchyard` binary with an inbound trunk and a dial
+//! plan) in the same run, with the ratio of their highest clean rates.
+//!
+//! Run (release; builds the `switchyard` binary too; needs `sipp` and, for the comparison,
+//! Debian's `kamailio` package):
+//!
+//! ```text
+//! cargo bench --bench transit
+//! TRANSIT_ONLY=kamailio TRANSIT_RATES=1000,2000,4000 TRANSIT_SECONDS=5 cargo bench --bench transit
+//! TRANSIT_MODES=rtp TRANSIT_RTP_RATES=25,50,100 cargo bench --bench transit
+//! ```
+//!
+//! Environment (all optional):
+//! - `TRANSIT_SECONDS` length of each rate step (10); `TRANSIT_RATES` offered calls/s without
+//!   RTP (`500,1000,2000,4000,8000`); `TRANSIT_RTP_RATES` with RTP (`50,100,200,400`);
+//! - `TRANSIT_ONLY` `kamailio` or `switchyard` (both); `TRANSIT_MODES` `nortp`, `rtp` or both
+//!   (`nortp,rtp`);
+//! - `TRANSIT_HOLD_MS` ACK → BYE pause without RTP (0); `TRANSIT_RTP_MS` RTP per call and
+//!   direction with RTP (2000: the first 2 s of `/usr/share/sip-tester/g711a.pcap`, PCMA,
+//!   30 ms packets), which is also the ACK → BYE pause;
+//! - `TRANSIT_LIMIT` SIPp's `-l` (calls in progress; by default rate × (hold + 2 s), so a
+//!   system whose calls take longer than 2 s to set up is throttled and shows it);
+//! - `TRANSIT_STOP_AFTER` unclean steps in a row after which a ramp stops (2; 0 never stops);
+//! - `TRANSIT_KAMAILIO_ARGS` (`-n 1 -m 256 -M 32 -x tlsf -X tlsf`; e.g. `-n 1` for Debian's
+//!   default memory settings); `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`);
+//!   `TRANSIT_DB_URL` the switch's database (a SQLite file in the work dir);
+//!   `TRANSIT_DEADLINE` overall seconds (1800), also the bound on every child's lifetime.
+//!
+//! Each step starts a fresh SIPp UAS (`bench_transit_uas[_rtp].xml`, `-m calls`) on the port
+//! the system relays to and a SIPp UAC (`bench_transit_uac[_rtp].xml`) that places
+//! rate × seconds calls at `-r rate` to the system, dialling `+12025550100`. Both run with
+//! `-nostdin -aa`, no `-trace_err`/`-trace_msg` (logging every message would cost SIPp more
+//! than the call), `-trace_stat` for the counts. Reported per step:
+//! - `ok/s`: successful calls over the UAC's wall time less one call's hold (the BYE pause),
+//!   i.e. the rate at which calls were set up and torn down;
+//! - `failed`, `retrans`: SIPp's FailedCall and Retransmissions counters, UAC + UAS;
+//! - `cpu us/call`: the system's CPU time (utime + stime of all its processes from
+//!   `/proc/PID/stat`, Kamailio's workers included) from UAS start to UAC exit, over the
+//!   successful calls; `sys%`, `uac%`, `uas%`: CPU of the system and of each SIPp as a share
+//!   of one core over the step (the machine may have only 2 cores for all three).
+//!
+//! A step is clean when both SIPps exit 0, no call failed, every offered call succeeded, and
+//! `ok/s` reached 90 % of the offered rate. RTP: each SIPp plays the truncated pcap to the
+//! address in the peer's SDP (for Kamailio the other SIPp, for the switch its relay ports),
+//! nothing checks what arrives; calls with RTP last `TRANSIT_RTP_MS`, so the rate is bounded
+//! by the RTP packets in flight (rate × RTP_MS / 30 ms streams each way), and SIPp's pcap
+//! player (a thread per call) is usually the first to give out.
+//!
+//! The switch is started as `switchyard serve` with the far SIPp as trunk `far`, the calling
+//! SIPp as trunk `uac` (inbound by source address 127.0.0.1/32) and a plan that sends `+1…`
+//! to `far`. Kamailio runs in the foreground (`-DD -E`); both are wrapped in `timeout` so they
+//! cannot outlive the bench, and are killed (every process of theirs, by pid) at the end.
+
+#![allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use common::sipp::free_udp_port;
+use common::switch::{SwitchConfig, parse_listening, switch_bin};
+
+type R<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+const SCENARIO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp");
+const KAMAILIO_CFG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bench/kamailio.cfg");
+const PCAP_SRC: &str = "/usr/share/sip-tester/g711a.pcap";
+/// Written into each RTP step's directory; the RTP scenarios name it relative to SIPp's cwd.
+const PCAP_NAME: &str = "transit_rtp.pcap";
+const CALLED: &str = "+12025550100";
+const DEFAULT_KAMAILIO_ARGS: &str = "-n 1 -m 256 -M 32 -x tlsf -X tlsf";
+/// USER_HZ: the unit of the times in /proc/PID/stat (100 on every mainstream Linux build).
+const TICK_US: f64 = 10_000.0;
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum System {
+    Kamailio,
+    Switchyard,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Kamailio => "kamailio",
+            System::Switchyard => "switchyard",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    NoRtp,
+    Rtp,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::NoRtp => "no-rtp",
+            Mode::Rtp => "rtp",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    seconds: f64,
+    rates: Vec<f64>,
+    rtp_rates: Vec<f64>,
+    systems: Vec<System>,
+    modes: Vec<Mode>,
+    hold_ms: u64,
+    rtp_ms: u64,
+    limit: Option<u64>,
+    stop_after: usize,
+    kamailio_args: Vec<String>,
+    switch_log: String,
+    db_url: Option<String>,
+    deadline: Duration,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn env_rates(name: &str, default: &[f64]) -> Vec<f64> {
+    match std::env::var(name) {
+        Ok(s) => s
+            .split(',')
+            .filter_map(|r| r.trim().parse().ok())
+            .filter(|r: &f64| *r > 0.0)
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
+
+impl Settings {
+    fn from_env() -> R<Settings> {
+        let systems = match std::env::var("TRANSIT_ONLY").ok().as_deref().map(str::trim) {
+            None | Some("") => vec![System::Kamailio, System::Switchyard],
+            Some("kamailio") => vec![System::Kamailio],
+            Some("switchyard") => vec![System::Switchyard],
+            Some(other) => {
+                return Err(format!("TRANSIT_ONLY={other}: kamailio or switchyard").into());
+            }
+        };
+        let mut modes = Vec::new();
+        let modes_env = std::env::var("TRANSIT_MODES").unwrap_or_else(|_| "nortp,rtp".into());
+        for m in modes_env.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            modes.push(match m {
+                "nortp" | "no-rtp" => Mode::NoRtp,
+                "rtp" => Mode::Rtp,
+                other => return Err(format!("TRANSIT_MODES: {other}: nortp or rtp").into()),
+            });
+        }
+        let kamailio_args = std::env::var("TRANSIT_KAMAILIO_ARGS")
+            .unwrap_or_else(|_| DEFAULT_KAMAILIO_ARGS.to_owned())
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        Ok(Settings {
+            seconds: env_u64("TRANSIT_SECONDS", 10).max(1) as f64,
+            rates: env_rates("TRANSIT_RATES", &[500.0, 1000.0, 2000.0, 4000.0, 8000.0]),
+            rtp_rates: env_rates("TRANSIT_RTP_RATES", &[50.0, 100.0, 200.0, 400.0]),
+            systems,
+            modes,
+            hold_ms: env_u64("TRANSIT_HOLD_MS", 0),
+            rtp_ms: env_u64("TRANSIT_RTP_MS", 2000).max(30),
+            limit: std::env::var("TRANSIT_LIMIT")
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
+            stop_after: env_u64("TRANSIT_STOP_AFTER", 2) as usize,
+            kamailio_args,
+            switch_log: std::env::var("TRANSIT_SWITCH_LOG").unwrap_or_else(|_| "warn".into()),
+            db_url: std::env::var("TRANSIT_DB_URL").ok(),
+            deadline: Duration::from_secs(env_u64("TRANSIT_DEADLINE", 1800).max(10)),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+/// `(ppid, utime + stime)` of a process from `/proc/PID/stat`.
+fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+    let ppid = f.get(1)?.parse().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// CPU ticks of the children this process has waited for (cutime + cstime of
+/// `/proc/self/stat`): read around reaping a SIPp, it gives that SIPp's whole CPU time.
+fn reaped_children_ticks() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let Some(close) = text.rfind(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(13) + get(14)
+}
+
+/// `root` and every process below it (Kamailio forks its workers from the main process).
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            if let Some((ppid, _)) = proc_stat(pid) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = VecDeque::from([root]);
+    while let Some(pid) = queue.pop_front() {
+        out.push(pid);
+        if let Some(c) = children.get(&pid) {
+            queue.extend(c.iter().copied());
+        }
+    }
+    out
+}
+
+/// Whether some socket is bound to local UDP `port` (from /proc/net/udp, without binding).
+fn udp_port_bound(port: u16) -> bool {
+    let wanted = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|local| local.ends_with(&wanted))
+            })
+        })
+        .unwrap_or(false)
+}
+
+async fn wait_udp_bound(port: u16, child: &mut Child, what: &str, log: &Path) -> R<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !udp_port_bound(port) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{what} exited ({status}) before binding port {port}:\n{}",
+                tail(&std::fs::read_to_string(log).unwrap_or_default(), 3000)
+            )
+            .into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not bind UDP port {port} within 20 s").into());
+        }
+        // Readiness poll: /proc has no change notification for socket tables.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// An even port P with P and P+2 free (SIPp uses P for audio and P+2 for video).
+fn free_media_port() -> u16 {
+    loop {
+        let port = free_udp_port() & !1;
+        let Some(video) = port.checked_add(2) else {
+            continue;
+        };
+        let a = std::net::UdpSocket::bind(("127.0.0.1", port));
+        let b = std::net::UdpSocket::bind(("127.0.0.1", video));
+        if a.is_ok() && b.is_ok() {
+            return port;
+        }
+    }
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+async fn kill_pids(signal: &str, pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids.iter().map(u32::to_string))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// RTP
+
+/// The first `ms` of the pcap at `src` (classic libpcap format), written to `dst`.
+fn truncate_pcap(src: &Path, dst: &Path, ms: u64) -> R<usize> {
+    let data = std::fs::read(src)?;
+    if data.len() < 24 {
+        return Err(format!("{}: not a pcap file", src.display()).into());
+    }
+    let le = match data[..4] {
+        [0xd4, 0xc3, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] => false,
+        _ => return Err(format!("{}: not a microsecond pcap", src.display()).into()),
+    };
+    let u32_at = |o: usize| -> Option<u64> {
+        let b: [u8; 4] = data.get(o..o + 4)?.try_into().ok()?;
+        Some(u64::from(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }))
+    };
+    let mut out = data[..24].to_vec();
+    let (mut off, mut first, mut kept) = (24, None, 0);
+    while off + 16 <= data.len() {
+        let (Some(sec), Some(usec), Some(incl)) = (u32_at(off), u32_at(off + 4), u32_at(off + 8))
+        else {
+            break;
+        };
+        let end = off + 16 + incl as usize;
+        if end > data.len() {
+            break;
+        }
+        let t_us = sec * 1_000_000 + usec;
+        let t0 = *first.get_or_insert(t_us);
+        if t_us.saturating_sub(t0) >= ms * 1000 {
+            break;
+        }
+        out.extend_from_slice(&data[off..end]);
+        kept += 1;
+        off = end;
+    }
+    std::fs::write(dst, out)?;
+    Ok(kept)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Systems under test
+
+/// Kamailio or the switch, wrapped in `timeout` (bounded lifetime). Dropping it kills every
+/// process of the tree by pid.
+struct Sut {
+    system: System,
+    /// The `timeout` wrapper; the system is its child.
+    child: Child,
+    wrapper_pid: u32,
+    /// Where the UAC sends (the system's SIP UDP address).
+    addr: SocketAddr,
+    uas_port: u16,
+    uac_port: u16,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Sut {
+    async fn start(system: System, s: &Settings, work: &Path) -> R<Sut> {
+        let dir = work.join(system.name());
+        std::fs::create_dir_all(&dir)?;
+        let uas_port = free_udp_port();
+        let uac_port = free_udp_port();
+        let lifetime = format!("{}s", s.deadline.as_secs() + 60);
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "TERM", "-k", "5", &lifetime]);
+        match system {
+            System::Kamailio => Self::kamailio(cmd, s, dir, uas_port, uac_port).await,
+            System::Switchyard => Self::switchyard(cmd, s, dir, uas_port, uac_port).await,
+        }
+    }
+
+    async fn kamailio(
+        mut cmd: Command,
+        s: &Settings,
+        dir: PathBuf,
+        uas_port: u16,
+        uac_port: u16,
+    ) -> R<Sut> {
+        let port = free_udp_port();
+        let log = dir.join("kamailio.log");
+        cmd.arg("kamailio")
+            .args(["-DD", "-E", "-f", KAMAILIO_CFG])
+            .arg("-l")
+            .arg(format!("udp:127.0.0.1:{port}"))
+            .arg("-A")
+            .arg(format!("UAS_URI=\"sip:127.0.0.1:{uas_port}\""))
+            .arg("-Y")
+            .arg(&dir)
+            .arg("-w")
+            .arg(&dir)
+            .args(&s.kamailio_args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("kamailio.out"))?)
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("spawn kamailio: {e}"))?;
+        let wrapper_pid = child.id().ok_or("kamailio exited at once")?;
+        wait_udp_bound(port, &mut child, "kamailio", &log).await?;
+        Ok(Sut {
+            system: System::Kamailio,
+            child,
+            wrapper_pid,
+            addr: ([127, 0, 0, 1], port).into(),
+            uas_port,
+            uac_port,
+            dir,
+            log,
+        })
+    }
+
+    async fn switchyard(
+        mut cmd: Command,
+        s: &Settings,
+        dir: PathBuf,
+        uas_port: u16,
+        uac_port: u16,
+    ) -> R<Sut> {
+        let plan = dir.join("plan.toml");
+        std::fs::write(
+            &plan,
+            "[[rules]]\nname = \"transit\"\nto = { prefix = \"+1\" }\ntrunks = [\"far\"]\n",
+        )?;
+        let mut config = SwitchConfig::new(([127, 0, 0, 1], uas_port).into())
+            // Away from the ephemeral range SIPp's ports come from; room for 5000 calls.
+            .rtp_ports(10000, 29999)
+            .extra(&format!(
+                "[dialplan]\nfile = {plan:?}\n\n\
+                 [[trunks]]\nname = \"uac\"\nuri = \"sip:127.0.0.1:{uac_port}\"\n\
+                 inbound_cidrs = [\"127.0.0.1/32\"]\n",
+                plan = plan.display().to_string()
+            ));
+        config.trunk_name = "far".to_owned();
+        if let Some(url) = &s.db_url {
+            config = config.database_url(url);
+        }
+        let config_path = dir.join("switchyard.toml");
+        std::fs::write(&config_path, config.render(&dir.join("switchyard.db")))?;
+        let log = dir.join("switch.log");
+        cmd.arg(switch_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(&dir)
+            .env("RUST_LOG", &s.switch_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("spawn switchyard: {e}"))?;
+        let wrapper_pid = child.id().ok_or("switchyard exited at once")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let listening = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(l) = parse_listening(&line) {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(listening) = listening else {
+            let _ = child.kill().await;
+            return Err(format!(
+                "switch did not report listening; log:\n{}",
+                tail(&std::fs::read_to_string(&log).unwrap_or_default(), 4000)
+            )
+            .into());
+        };
+        // Keep draining stdout so the pipe never fills.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Sut {
+            system: System::Switchyard,
+            child,
+            wrapper_pid,
+            addr: listening.sip_udp,
+            uas_port,
+            uac_port,
+            dir,
+            log,
+        })
+    }
+
+    /// The system's processes (the wrapper excluded).
+    fn pids(&self) -> Vec<u32> {
+        process_tree(self.wrapper_pid)
+            .into_iter()
+            .filter(|p| *p != self.wrapper_pid)
+            .collect()
+    }
+
+    fn cpu_ticks(&self) -> u64 {
+        self.pids()
+            .into_iter()
+            .filter_map(|p| proc_stat(p).map(|(_, t)| t))
+            .sum()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// SIGTERM to the system (Kamailio's main process stops its workers), then SIGKILL to
+    /// whatever is left of the tree.
+    async fn stop(mut self) {
+        let pids = self.pids();
+        if let Some(main) = pids.first() {
+            kill_pids("TERM", &[*main]).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        let left = process_tree(self.wrapper_pid);
+        let mut all: Vec<u32> = pids.into_iter().chain(left).collect();
+        all.retain(|p| proc_stat(*p).is_some());
+        kill_pids("KILL", &all).await;
+        let _ = self.child.kill().await;
+    }
+}
+
+impl Drop for Sut {
+    fn drop(&mut self) {
+        // Reached when the bench fails or times out before `stop`: kill the tree by pid.
+        let pids: Vec<String> = process_tree(self.wrapper_pid)
+            .into_iter()
+            .filter(|p| proc_stat(*p).is_some())
+            .map(|p| p.to_string())
+            .collect();
+        if !pids.is_empty() {
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .args(&pids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIPp
+
+struct SippRun {
+    child: Child,
+    stat_file: PathBuf,
+    stderr_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SippStats {
+    exit_code: Option<i32>,
+    successful: u64,
+    failed: u64,
+    retransmissions: u64,
+    /// Messages for no or a finished call (e.g. a retransmitted 200 after the call ended).
+    stray: u64,
+    cpu_ticks: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_sipp(
+    dir: &Path,
+    tag: &str,
+    scenario: &str,
+    port: u16,
+    remote: Option<SocketAddr>,
+    extra: &[String],
+    timeout: Duration,
+) -> R<SippRun> {
+    let stat_file = dir.join(format!("{tag}-stat.csv"));
+    let stderr_file = dir.join(format!("{tag}-stderr.log"));
+    let mut cmd = Command::new("sipp");
+    if let Some(r) = remote {
+        cmd.arg(r.to_string());
+    }
+    cmd.arg("-sf")
+        .arg(Path::new(SCENARIO_DIR).join(scenario))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-mi", "127.0.0.1", "-mp", &free_media_port().to_string()])
+        .args(["-buff_size", "4194304"])
+        .args(["-timeout", &format!("{}s", timeout.as_secs().max(1))])
+        .args(["-timeout_error", "-nostdin", "-aa"])
+        .args(["-trace_stat", "-fd", "1", "-stf"])
+        .arg(&stat_file)
+        .args(extra)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        // SIPp redraws its screen on stdout: nobody reads it.
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_file)?)
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(|e| format!("spawn sipp: {e}"))?;
+    Ok(SippRun {
+        child,
+        stat_file,
+        stderr_file,
+    })
+}
+
+impl SippRun {
+    /// Waits up to `grace` for SIPp to exit on its own, else SIGTERM (it writes its final
+    /// statistics) and then SIGKILL. Its CPU time comes from this process's reaped-children
+    /// counters, so no other child may be reaped meanwhile.
+    async fn finish(mut self, grace: Duration) -> SippStats {
+        let before = reaped_children_ticks();
+        let code = match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(st)) => st.code(),
+            _ => {
+                if let Some(pid) = self.child.id() {
+                    kill_pids("TERM", &[pid]).await;
+                }
+                match tokio::time::timeout(Duration::from_secs(3), self.child.wait()).await {
+                    Ok(Ok(st)) => st.code(),
+                    _ => {
+                        let _ = self.child.kill().await;
+                        None
+                    }
+                }
+            }
+        };
+        let cpu_ticks = reaped_children_ticks().saturating_sub(before);
+        let mut stats = read_stat(&self.stat_file).unwrap_or_default();
+        stats.exit_code = code;
+        stats.cpu_ticks = cpu_ticks;
+        stats
+    }
+}
+
+/// The counters from the last row of SIPp's `;`-separated stat file.
+fn read_stat(path: &Path) -> Option<SippStats> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next()?.split(';').collect();
+    let last: Vec<&str> = lines.next_back()?.split(';').collect();
+    let col = |name: &str| -> u64 {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .and_then(|i| last.get(i))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Some(SippStats {
+        exit_code: None,
+        successful: col("SuccessfulCall(C)"),
+        failed: col("FailedCall(C)"),
+        retransmissions: col("Retransmissions(C)"),
+        stray: col("OutOfCallMsgs(C)") + col("DeadCallMsgs(C)"),
+        cpu_ticks: 0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps
+
+#[derive(Debug, Clone)]
+struct Step {
+    system: System,
+    mode: Mode,
+    offered: f64,
+    calls: u64,
+    limit: u64,
+    ok_per_s: f64,
+    secs: f64,
+    uac: SippStats,
+    uas: SippStats,
+    sut_ticks: u64,
+    sut_alive: bool,
+    clean: bool,
+}
+
+impl Step {
+    fn failed(&self) -> u64 {
+        self.uac.failed + self.uas.failed
+    }
+
+    fn cpu_us_per_call(&self) -> f64 {
+        self.sut_ticks as f64 * TICK_US / self.uac.successful.max(1) as f64
+    }
+
+    fn pct(&self, ticks: u64) -> f64 {
+        ticks as f64 * TICK_US / 1e6 / self.secs.max(1e-3) * 100.0
+    }
+}
+
+async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Path) -> R<Step> {
+    let dir = work.join(format!("{}-{}-{rate}", sut.system.name(), mode.name()));
+    std::fs::create_dir_all(&dir)?;
+    let (uac_sf, uas_sf, hold_ms) = match mode {
+        Mode::NoRtp => ("bench_transit_uac.xml", "bench_transit_uas.xml", s.hold_ms),
+        Mode::Rtp => {
+            truncate_pcap(Path::new(PCAP_SRC), &dir.join(PCAP_NAME), s.rtp_ms)?;
+            (
+                "bench_transit_uac_rtp.xml",
+                "bench_transit_uas_rtp.xml",
+                s.rtp_ms,
+            )
+        }
+    };
+    let hold = Duration::from_millis(hold_ms);
+    let calls = (rate * s.seconds).round().max(1.0) as u64;
+    let limit = s
+        .limit
+        .unwrap_or_else(|| (rate * (hold.as_secs_f64() + 2.0)).ceil() as u64)
+        .max(10);
+    // The run's bound: the offered time at a quarter of the rate, plus the calls' own length.
+    let timeout = Duration::from_secs_f64(s.seconds * 4.0 + hold.as_secs_f64() + 30.0);
+
+    let mut uas = spawn_sipp(
+        &dir,
+        "uas",
+        uas_sf,
+        sut.uas_port,
+        None,
+        &["-m".into(), calls.to_string()],
+        timeout,
+    )?;
+    wait_udp_bound(sut.uas_port, &mut uas.child, "sipp UAS", &uas.stderr_file).await?;
+    let sut_before = sut.cpu_ticks();
+    let started = Instant::now();
+    let uac = spawn_sipp(
+        &dir,
+        "uac",
+        uac_sf,
+        sut.uac_port,
+        Some(sut.addr),
+        &[
+            "-s".into(),
+            CALLED.into(),
+            "-r".into(),
+            format!("{rate}"),
+            "-rp".into(),
+            "1000".into(),
+            "-m".into(),
+            calls.to_string(),
+            "-l".into(),
+            limit.to_string(),
+            "-d".into(),
+            hold_ms.to_string(),
+        ],
+        timeout,
+    )?;
+    let uac = uac.finish(timeout + Duration::from_secs(10)).await;
+    let secs = started.elapsed().as_secs_f64();
+    // Every call the UAC finished has had its BYE answered: the system's work is done.
+    let sut_ticks = sut.cpu_ticks().saturating_sub(sut_before);
+    // The UAS ends after its last call's time-wait (500 ms) once it has seen every call.
+    let uas = uas.finish(Duration::from_secs(5)).await;
+    let sut_alive = sut.alive();
+    let ok_per_s = uac.successful as f64 / (secs - hold.as_secs_f64()).max(1e-3);
+    let clean = sut_alive
+        && uac.exit_code == Some(0)
+        && uas.exit_code == Some(0)
+        && uac.failed == 0
+        && uas.failed == 0
+        && uac.successful == calls
+        && ok_per_s >= 0.9 * rate;
+    Ok(Step {
+        system: sut.system,
+        mode,
+        offered: rate,
+        calls,
+        limit,
+        ok_per_s,
+        secs,
+        uac,
+        uas,
+        sut_ticks,
+        sut_alive,
+        clean,
+    })
+}
+
+const HEADER: &str = "system      mode     offer  calls  limit     ok/s  failed  retrans  stray  cpu-us/call   sys%   uac%   uas%  exit  clean";
+
+fn print_step(st: &Step) {
+    let exit = |c: Option<i32>| c.map_or_else(|| "-".to_owned(), |c| c.to_string());
+    println!(
+        "{:<10}  {:<6} {:>6.0} {:>6} {:>6} {:>8.0} {:>7} {:>8} {:>6} {:>12.1} {:>6.0} {:>6.0} {:>6.0}  {:>4}  {}{}",
+        st.system.name(),
+        st.mode.name(),
+        st.offered,
+        st.calls,
+        st.limit,
+        st.ok_per_s,
+        st.failed(),
+        st.uac.retransmissions + st.uas.retransmissions,
+        st.uac.stray + st.uas.stray,
+        st.cpu_us_per_call(),
+        st.pct(st.sut_ticks),
+        st.pct(st.uac.cpu_ticks),
+        st.pct(st.uas.cpu_ticks),
+        format!("{}/{}", exit(st.uac.exit_code), exit(st.uas.exit_code)),
+        if st.clean { "yes" } else { "NO" },
+        if st.sut_alive { "" } else { "  (system died)" },
+    );
+}
+
+async fn ramp(system: System, s: &Settings, work: &Path) -> R<Vec<Step>> {
+    let mut out = Vec::new();
+    let mut sut = Sut::start(system, s, work).await?;
+    println!(
+        "\n== {}: SIP at {}, UAS port {}, UAC port {}, dir {} ==",
+        system.name(),
+        sut.addr,
+        sut.uas_port,
+        sut.uac_port,
+        sut.dir.display()
+    );
+    println!("{HEADER}");
+    for &mode in &s.modes {
+        let rates = match mode {
+            Mode::NoRtp => &s.rates,
+            Mode::Rtp => &s.rtp_rates,
+        };
+        let mut unclean_in_row = 0;
+        for &rate in rates {
+            let step = run_step(&mut sut, mode, rate, s, work).await?;
+            print_step(&step);
+            if !step.clean {
+                eprintln!("  {} log tail:\n{}", system.name(), sut.log_tail(8));
+                unclean_in_row += 1;
+            } else {
+                unclean_in_row = 0;
+            }
+            let alive = step.sut_alive;
+            out.push(step);
+            if !alive {
+                eprintln!("  {} is no longer running; ramp stopped", system.name());
+                sut.stop().await;
+                return Ok(out);
+            }
+            if s.stop_after > 0 && unclean_in_row >= s.stop_after {
+                eprintln!("  {unclean_in_row} unclean steps in a row; rest of the ramp skipped");
+                break;
+            }
+        }
+    }
+    sut.stop().await;
+    Ok(out)
+}
+
+fn best_clean(steps: &[Step], system: System, mode: Mode) -> Option<&Step> {
+    steps
+        .iter()
+        .filter(|st| st.system == system && st.mode == mode && st.clean)
+        .max_by(|a, b| a.offered.total_cmp(&b.offered))
+}
+
+async fn run(s: Settings) -> R<()> {
+    let work = tempfile::Builder::new().prefix("transit-bench").tempdir()?;
+    println!(
+        "transit bench: {} s per step, no-RTP rates {:?}, RTP rates {:?} ({} ms of RTP per call), work dir {}",
+        s.seconds,
+        s.rates,
+        s.rtp_rates,
+        s.rtp_ms,
+        work.path().display()
+    );
+    let mut steps = Vec::new();
+    for &system in &s.systems {
+        match ramp(system, &s, work.path()).await {
+            Ok(v) => steps.extend(v),
+            Err(e) => eprintln!("{}: {e}", system.name()),
+        }
+    }
+
+    println!("\n==== summary ====");
+    println!("{HEADER}");
+    for st in &steps {
+        print_step(st);
+    }
+    for &mode in &s.modes {
+        let mut best = Vec::new();
+        for &system in &s.systems {
+            match best_clean(&steps, system, mode) {
+                Some(st) => {
+                    println!(
+                        "{} {}: highest clean offered rate {:.0} calls/s (ok {:.0}/s, {:.1} us CPU per call)",
+                        system.name(),
+                        mode.name(),
+                        st.offered,
+                        st.ok_per_s,
+                        st.cpu_us_per_call()
+                    );
+                    best.push((system, st.ok_per_s));
+                }
+                None => println!("{} {}: no clean step", system.name(), mode.name()),
+            }
+        }
+        let rate_of = |sys: System| best.iter().find(|(x, _)| *x == sys).map(|(_, r)| *r);
+        if let (Some(k), Some(sw)) = (rate_of(System::Kamailio), rate_of(System::Switchyard)) {
+            println!(
+                "{}: switchyard / kamailio max clean rate = {:.2} (target >= 0.50; capped by the ramp's top step)",
+                mode.name(),
+                sw / k
+            );
+        }
+    }
+    if std::env::var_os("TRANSIT_KEEP").is_some() {
+        println!("work dir kept: {}", work.keep().display());
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("transit bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let deadline = settings.deadline;
+    match rt.block_on(async { tokio::time::timeout(deadline, run(settings)).await }) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("bench failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("bench exceeded its {deadline:?} deadline");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Inbound and transit calls end to end: SIPp as the carrier calling in, the dialplan
+//! deciding, and (for transit) a second SIPp as the far end behind another trunk, with the
+//! switch as a B2BUA relaying RTP between them.
+//!
+//! Tests wait on SIPp exits and callbacks, never on fixed sleeps; timeouts are guards only.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::harness::GUARD;
+use common::{Api, Sipp, SwitchConfig, SwitchProcess, WebhookSink};
+use serde_json::Value;
+
+/// The calling carrier, trusted by source address (SIPp binds 127.0.0.1).
+const UPSTREAM: &str = "[[trunks]]\nname = \"upstream\"\nuri = \"sip:127.0.0.1:5999\"\n\
+    inbound_cidrs = [\"127.0.0.1/32\"]\ntenant = \"acme\"\n";
+
+/// Writes `plan` next to nothing else and returns its path (kept alive by the TempDir).
+fn plan_file(plan: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, plan).expect("write plan");
+    (dir, path)
+}
+
+struct Inbound {
+    switch: SwitchProcess,
+    api: Api,
+    secret: String,
+    sink: WebhookSink,
+    _plan: tempfile::TempDir,
+}
+
+/// A switch whose trunk "carrier" points at `far` (the callee side), with the upstream
+/// trunk, `plan` as its dialplan, and tenant acme's callbacks going to a sink.
+async fn start(far: std::net::SocketAddr, plan: &str, extra: &str) -> Inbound {
+    let sink = WebhookSink::start().await;
+    let (plan_dir, plan_path) = plan_file(plan);
+    let config = SwitchConfig::new(far).extra(&format!(
+        "{extra}\n{UPSTREAM}\n[dialplan]\nfile = {:?}\n\n[[tenants]]\nname = \"acme\"\nwebhook_url = {:?}\n",
+        plan_path.display().to_string(),
+        sink.url()
+    ));
+    let switch = SwitchProcess::start(config).await;
+    let api = switch.api("acme", "owner").await;
+    let secret = api.webhook_secret().await;
+    Inbound {
+        switch,
+        api,
+        secret,
+        sink,
+        _plan: plan_dir,
+    }
+}
+
+impl Inbound {
+    async fn event(&mut self) -> Value {
+        let r = self.sink.next_accepted(GUARD).await;
+        self.sink.verify(&self.secret, &r)
+    }
+
+    /// Callbacks of one call until `last`, returned in order.
+    async fn events_until(&mut self, last: &str) -> Vec<Value> {
+        let mut got = Vec::new();
+        loop {
+            let e = self.event().await;
+            let done = e["type"] == last;
+            got.push(e);
+            if done {
+                return got;
+            }
+            assert!(got.len() < 20, "no {last}: {got:#?}\n{}", self.switch.logs());
+        }
+    }
+
+    async fn only_call(&self) -> Value {
+        let (status, list) = self.api.list_calls("").await;
+        assert_eq!(status, 200, "{list}");
+        let calls = list["data"].as_array().expect("data array").clone();
+        assert_eq!(calls.len(), 1, "{list}");
+        calls[0].clone()
+    }
+}
+
+fn types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+const TRANSIT_PLAN: &str = "[[rules]]\nname = \"us-transit\"\nto = { prefix = \"+1\" }\n\
+    source_trunk = \"upstream\"\ntrunks = [\"carrier\"]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_call_relays_rtp_both_ways_and_reports_to_the_tenant() {
+    // The far end answers PCMA and plays ~4.7 s of RTP; the caller does the same towards us.
+    let far = Sipp::uas("uas_answer_rtp.xml");
+    let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
+    let caller = Sipp::builder("uac_call_rtp.xml")
+        .remote(h.switch.sip_udp())
+        .service("+14155552671")
+        .pause_ms(5500)
+        .spawn();
+    caller.wait().await.assert_success("caller");
+    far.wait().await.assert_success("far end");
+
+    let events = h.events_until("call.completed").await;
+    assert_eq!(
+        types(&events),
+        [
+            "call.initiating",
+            "call.ringing",
+            "call.in_progress",
+            "call.completed"
+        ],
+        "{}",
+        h.switch.logs()
+    );
+    let call = &events[3]["data"]["call"];
+    assert_eq!(call["direction"], "inbound");
+    assert_eq!(call["to"], "+14155552671");
+    assert_eq!(call["from"], "+442071838750");
+    assert_eq!(call["end_reason"], "caller_bye");
+    assert_eq!(call["trunk"], "carrier");
+    assert_eq!(call["metadata"]["route"], "transit");
+    assert_eq!(call["metadata"]["source_trunk"], "upstream");
+    assert_eq!(call["metadata"]["rule"], "us-transit");
+
+    let listed = h.only_call().await;
+    assert_eq!(listed["status"], "completed");
+    let media = &listed["metadata"]["media"];
+    // Most of g711a.pcap (236 packets) in both directions crossed the bridge.
+    for side in ["caller", "callee"] {
+        let got = media[side]["packets_received"].as_u64().unwrap_or(0);
+        let sent = media[side]["packets_sent"].as_u64().unwrap_or(0);
+        assert!(got >= 150, "{side} sent us {got} packets: {media}");
+        assert!(sent >= 150, "we sent {side} {sent} packets: {media}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_fails_over_to_the_next_trunk_on_503() {
+    let broken = Sipp::uas("uas_503.xml");
+    let good = Sipp::uas("uas_answer_hold.xml");
+    let plan = "[[rules]]\nname = \"failover\"\nto = { prefix = \"+1\" }\n\
+                trunks = [\"carrier\", \"backup\"]\n";
+    let backup = format!(
+        "[[trunks]]\nname = \"backup\"\nuri = \"sip:{}\"\ntenant = \"acme\"\n",
+        good.addr()
+    );
+    let mut h = start(broken.addr(), plan, &backup).await;
+    let caller = Sipp::builder("uac_call.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(500)
+        .spawn();
+    caller.wait().await.assert_success("caller");
+    broken.wait().await.assert_success("503 trunk");
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().expect("events")["data"]["call"];
+    assert_eq!(call["trunk"], "backup", "{}", h.switch.logs());
+    assert_eq!(call["end_reason"], "caller_bye");
+    drop(good);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_source_gets_403_and_no_call_is_created() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let h = start(far.addr(), TRANSIT_PLAN, "").await;
+    // 127.0.0.3 is on no trunk's allow-list.
+    let stranger = Sipp::builder("uac_expect_403.xml")
+        .remote(h.switch.sip_udp())
+        .ip("127.0.0.3")
+        .spawn();
+    stranger.wait().await.assert_success("stranger");
+    let (_, list) = h.api.list_calls("").await;
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(0), "{list}");
+    let metrics = reqwest::get(format!("{}/metrics", h.switch.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    assert!(
+        metrics.contains("switchyard_inbound_invites_total{outcome=\"forbidden\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_can_reject_with_its_own_code() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let plan = "[[rules]]\nname = \"barred\"\nto = { prefix = \"+1\" }\nreject = 403\nreason = \"Barred\"\n";
+    let h = start(far.addr(), plan, "").await;
+    let caller = Sipp::builder("uac_expect_403.xml")
+        .remote(h.switch.sip_udp())
+        .spawn();
+    caller.wait().await.assert_success("caller");
+    assert!(
+        h.switch.logs().contains("barred"),
+        "the log names the rule:\n{}",
+        h.switch.logs()
+    );
+}
+
+/// A carrier that authenticates by digest (not by address): challenged with 401, then
+/// admitted; the agent route answers the call itself, and the API hangs it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_authenticated_trunk_reaches_an_agent_and_api_hangup_ends_it() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let plan = "[[numbers]]\nnumber = \"+14155552671\"\ntenant = \"acme\"\n\n\
+                [[rules]]\nname = \"to-agent\"\nto = { exact = \"+14155552671\" }\nagent = \"agt_front_desk\"\n";
+    let digest_trunk = "[[trunks]]\nname = \"digest-carrier\"\nuri = \"sip:127.0.0.1:5998\"\n\
+        inbound_username = \"carrier\"\ninbound_password = \"s3cret\"\ntenant = \"acme\"\n";
+    // No CIDR trusts 127.0.0.4: only the digest identifies this caller.
+    let upstream_elsewhere = "";
+    let sink = WebhookSink::start().await;
+    let (_plan_dir, plan_path) = plan_file(plan);
+    let config = SwitchConfig::new(far.addr()).extra(&format!(
+        "{digest_trunk}{upstream_elsewhere}\n[dialplan]\nfile = {:?}\n\n[[tenants]]\nname = \"acme\"\nwebhook_url = {:?}\n",
+        plan_path.display().to_string(),
+        sink.url()
+    ));
+    let switch = SwitchProcess::start(config).await;
+    let api = switch.api("acme", "owner").await;
+    let secret = api.webhook_secret().await;
+    let mut h = Inbound {
+        switch,
+        api,
+        secret,
+        sink,
+        _plan: _plan_dir,
+    };
+    // uac_digest: INVITE, 401, ACK, INVITE with Authorization, 200, ACK, pause, BYE.
+    let caller = Sipp::builder("uac_digest.xml")
+        .remote(h.switch.sip_udp())
+        .ip("127.0.0.4")
+        .auth("carrier", "s3cret")
+        .pause_ms(30_000)
+        .timeout(Duration::from_secs(40))
+        .spawn();
+    let events = h.events_until("call.in_progress").await;
+    let call = &events.last().expect("events")["data"]["call"];
+    assert_eq!(call["direction"], "inbound");
+    assert_eq!(call["agent_id"], "agt_front_desk");
+    assert_eq!(call["metadata"]["source_trunk"], "digest-carrier");
+    let id = call["id"].as_str().expect("id").to_owned();
+    let (status, body) = h.api.hangup(&id).await;
+    assert_eq!(status, 200, "{body}");
+    let events = h.events_until("call.completed").await;
+    let done = &events.last().expect("events")["data"]["call"];
+    assert_eq!(done["end_reason"], "hangup", "{done}");
+    // SIPp gets our BYE while pausing; it counts that as an unexpected message, so only
+    // check that it saw the BYE.
+    let outcome = caller.wait().await;
+    assert!(
+        outcome.messages.contains("BYE sip:"),
+        "the caller got our BYE:\n{}",
+        outcome.messages
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_digest_password_is_403() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let plan = "[[rules]]\nname = \"to-agent\"\nto = { prefix = \"+1\" }\nagent = \"agt_x\"\n";
+    let digest_trunk = "[[trunks]]\nname = \"digest-carrier\"\nuri = \"sip:127.0.0.1:5998\"\n\
+        inbound_username = \"carrier\"\ninbound_password = \"s3cret\"\ntenant = \"acme\"\n";
+    let (_plan_dir, plan_path) = plan_file(plan);
+    let config = SwitchConfig::new(far.addr()).extra(&format!(
+        "{digest_trunk}\n[dialplan]\nfile = {:?}\n",
+        plan_path.display().to_string(),
+    ));
+    let switch = SwitchProcess::start(config).await;
+    let caller = Sipp::builder("uac_digest.xml")
+        .remote(switch.sip_udp())
+        .ip("127.0.0.4")
+        .auth("carrier", "wrong")
+        .spawn();
+    let outcome = caller.wait().await;
+    assert!(
+        outcome.messages.contains("SIP/2.0 403"),
+        "{}\n{}",
+        outcome.messages,
+        switch.logs()
+    );
+}
