@@ -73,7 +73,11 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     init_tracing();
     let plan = load_dialplan(&config, config_path)?;
     match &plan {
-        Some(p) => tracing::info!(rules = p.rules().len(), numbers = p.numbers().len(), "dialplan loaded"),
+        Some(p) => tracing::info!(
+            rules = p.rules().len(),
+            numbers = p.numbers().len(),
+            "dialplan loaded"
+        ),
         None => tracing::warn!("no dialplan configured: inbound calls are refused (403)"),
     }
     // Bound first so links the core hands out (recording URLs) name the real port even
@@ -113,10 +117,13 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         ua: sip::ua::UaConfig {
             public_addr: public,
             user_agent: config.sip.user_agent.clone(),
+            session_expires: (config.sip.session_expires_s > 0)
+                .then(|| std::time::Duration::from_secs(config.sip.session_expires_s)),
+            min_se: std::time::Duration::from_secs(config.sip.min_se_s.max(1)),
             ..Default::default()
         },
         socket_buffer: config.sip.socket_buffer,
-        rate_limit: None,
+        rate_limit: rate_limit(&config),
     })
     .map_err(io(format!("SIP listen on {}", config.sip.listen)))?;
 
@@ -137,13 +144,19 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         plan,
     )
     .await?;
-    spawn_reload_on_sighup(switch.clone(), config.clone(), config_path.map(Path::to_path_buf));
+    spawn_reload_on_sighup(
+        switch.clone(),
+        config.clone(),
+        config_path.map(Path::to_path_buf),
+    );
 
     let app = crate::api::router(crate::api::AppState {
         switch: switch.clone(),
         store,
         webhooks: webhooks.notifier(),
         recordings_dir: config.recordings.dir.clone(),
+        config: config.clone(),
+        config_path: config_path.map(Path::to_path_buf),
     });
 
     // One machine-readable line so scripts and tests learn the bound ports (port 0 configs).
@@ -169,6 +182,37 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Per-source limit for everything that is not a trunk (carriers are never limited: their
+/// source networks, and the addresses their URIs name, are exempt).
+fn rate_limit(config: &Config) -> Option<sip::ratelimit::RateLimit> {
+    if config.sip.rate_limit_per_s == 0 {
+        return None;
+    }
+    let mut exempt: Vec<ipnet::IpNet> = config
+        .trunks
+        .iter()
+        .flat_map(|t| t.inbound_cidrs.iter())
+        .filter_map(|c| crate::config::parse_cidr(c))
+        .collect();
+    for t in &config.trunks {
+        if let Ok(uri) = crate::core::trunk::parse_trunk_uri(&t.uri)
+            && let Ok(ip) = uri
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+        {
+            exempt.push(ipnet::IpNet::from(ip));
+        }
+    }
+    Some(sip::ratelimit::RateLimit {
+        per_second: config.sip.rate_limit_per_s,
+        burst: config.sip.rate_limit_burst.max(config.sip.rate_limit_per_s),
+        exempt,
+        ..Default::default()
+    })
+}
+
 /// SIGHUP re-reads the dialplan; a plan that fails validation is refused and the
 /// current one stays (live calls are never touched either way).
 fn spawn_reload_on_sighup(
@@ -185,7 +229,9 @@ fn spawn_reload_on_sighup(
         while hup.recv().await.is_some() {
             match reload_dialplan(&switch, &config, config_path.as_deref()) {
                 Ok(rules) => tracing::info!(rules, "dialplan reloaded (SIGHUP)"),
-                Err(e) => tracing::error!(error = %e, "dialplan reload refused; keeping the current plan"),
+                Err(e) => {
+                    tracing::error!(error = %e, "dialplan reload refused; keeping the current plan")
+                }
             }
         }
     });

@@ -77,6 +77,8 @@ pub struct SipConfig {
     pub rate_limit_burst: u32,
     /// RFC 4028 session interval we ask for and accept; 0 disables session timers.
     pub session_expires_s: u64,
+    /// Smallest session interval accepted (RFC 4028 Min-SE; smaller asks get 422).
+    pub min_se_s: u64,
     /// Realm of the digest challenges sent to inbound trunks that authenticate.
     pub realm: String,
 }
@@ -198,6 +200,7 @@ impl Default for SipConfig {
             rate_limit_per_s: 50,
             rate_limit_burst: 100,
             session_expires_s: 1800,
+            min_se_s: 90,
             realm: "switchyard".to_owned(),
         }
     }

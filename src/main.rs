@@ -26,6 +26,20 @@ enum Command {
     },
     /// Validate a configuration file and report each problem with its key and line.
     CheckConfig { file: PathBuf },
+    /// Show which dialplan rule a call would match, and why each earlier rule did not.
+    Route {
+        /// Caller number (as the carrier sends it).
+        #[arg(long)]
+        from: String,
+        /// Called number.
+        #[arg(long)]
+        to: String,
+        /// The trunk the call arrives on.
+        #[arg(long)]
+        trunk: Option<String>,
+        #[arg(long, env = "SWITCHYARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Manage API keys.
     ApiKey {
         #[command(subcommand)]
@@ -50,10 +64,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match switchyard::config::Config::load(Some(&file)) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
+            Ok(config) => match switchyard::app::load_dialplan(&config, Some(&file)) {
+                Ok(plan) => {
+                    match plan {
+                        Some(p) => println!(
+                            "{}: ok (dialplan: {} rules, {} numbers)",
+                            file.display(),
+                            p.rules().len(),
+                            p.numbers().len()
+                        ),
+                        None => println!("{}: ok (no dialplan)", file.display()),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: invalid dialplan", file.display());
+                    for line in e.to_string().split("; ") {
+                        eprintln!("  {line}");
+                    }
+                    ExitCode::from(2)
+                }
+            },
             Err(e) => {
                 eprintln!("{}: invalid configuration", file.display());
                 for line in e.to_string().lines() {
@@ -62,6 +93,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Route {
+            from,
+            to,
+            trunk,
+            config,
+        } => route(config.as_deref(), &from, &to, trunk.as_deref()),
         Command::Serve { config } => {
             run(async move { switchyard::app::serve(config.as_deref()).await })
         }
@@ -78,6 +115,53 @@ fn main() -> ExitCode {
             Ok(())
         }),
     }
+}
+
+/// `switchyard route`: the decision, the rule, and the reasoning, one line each.
+fn route(path: Option<&std::path::Path>, from: &str, to: &str, trunk: Option<&str>) -> ExitCode {
+    let config = match switchyard::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard: configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let plan = match switchyard::app::load_dialplan(&config, path) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            eprintln!("switchyard: no [dialplan] file configured");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("switchyard: dialplan: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = chrono::Utc::now();
+    let decision = plan.route(&dialplan::plan::Attempt {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        source_trunk: trunk.map(str::to_owned),
+        local_time: switchyard::core::inbound::local_time(now, config.dialplan.utc_offset_minutes),
+    });
+    let route = match &decision.route {
+        dialplan::plan::Route::Agent(a) => format!("agent {a}"),
+        dialplan::plan::Route::Proxy { number } => format!("proxy session lookup on {number}"),
+        dialplan::plan::Route::Trunks(t) => format!("trunks {}", t.join(" → ")),
+        dialplan::plan::Route::Reject { sip_code, reason } => format!("reject {sip_code} {reason}"),
+    };
+    println!("route: {route}");
+    println!("rule: {}", decision.rule.as_deref().unwrap_or("(none)"));
+    if let Some(n) = &decision.to_e164 {
+        println!("to: {n}");
+    }
+    if let Some(n) = &decision.from_e164 {
+        println!("from: {n}");
+    }
+    for line in &decision.explanation {
+        println!("  {line}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(fut: impl Future<Output = Result<(), switchyard::app::AppError>>) -> ExitCode {

@@ -34,11 +34,16 @@ struct Inbound {
 }
 
 /// A switch whose trunk "carrier" points at `far` (the callee side), with the upstream
-/// trunk, `plan` as its dialplan, and tenant acme's callbacks going to a sink.
+/// trunk, `plan` as its dialplan, and tenant acme's callbacks going to a sink. `extra` is
+/// more TOML; if it starts with `[sip]`, its lines go into the `[sip]` section instead.
 async fn start(far: std::net::SocketAddr, plan: &str, extra: &str) -> Inbound {
     let sink = WebhookSink::start().await;
     let (plan_dir, plan_path) = plan_file(plan);
-    let config = SwitchConfig::new(far).extra(&format!(
+    let (sip, extra) = match extra.strip_prefix("[sip]\n") {
+        Some(keys) => (keys, ""),
+        None => ("", extra),
+    };
+    let config = SwitchConfig::new(far).sip(sip).extra(&format!(
         "{extra}\n{UPSTREAM}\n[dialplan]\nfile = {:?}\n\n[[tenants]]\nname = \"acme\"\nwebhook_url = {:?}\n",
         plan_path.display().to_string(),
         sink.url()
@@ -71,7 +76,11 @@ impl Inbound {
             if done {
                 return got;
             }
-            assert!(got.len() < 20, "no {last}: {got:#?}\n{}", self.switch.logs());
+            assert!(
+                got.len() < 20,
+                "no {last}: {got:#?}\n{}",
+                self.switch.logs()
+            );
         }
     }
 
@@ -286,4 +295,248 @@ async fn wrong_digest_password_is_403() {
         outcome.messages,
         switch.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_hold_and_unhold_get_the_mirrored_direction() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
+    // The scenario itself checks recvonly for sendonly and sendrecv for sendrecv.
+    let caller = Sipp::builder("uac_call_hold.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(300)
+        .spawn();
+    caller
+        .wait()
+        .await
+        .assert_success("caller holding and resuming");
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().expect("events")["data"]["call"];
+    assert_eq!(call["end_reason"], "caller_bye", "never a hang-up on hold");
+    drop(far);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_timer_expiry_ends_the_call() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let plan = "[[rules]]\nname = \"to-agent\"\nto = { prefix = \"+1\" }\nagent = \"agt_x\"\n";
+    let mut h = start(far.addr(), plan, "[sip]\nmin_se_s = 2\n").await;
+    // Asks for 4 s with itself as refresher, then never refreshes: the switch must BYE.
+    let caller = Sipp::builder("uac_call_timer.xml")
+        .remote(h.switch.sip_udp())
+        .timeout(Duration::from_secs(20))
+        .spawn();
+    caller
+        .wait()
+        .await
+        .assert_success("caller that never refreshes");
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().expect("events")["data"]["call"];
+    assert_eq!(call["end_reason"], "session_expired", "{}", h.switch.logs());
+    let secs = call["duration_seconds"].as_i64().unwrap_or(-1);
+    assert!(
+        (2..=4).contains(&secs),
+        "expired after {secs} s of a 4 s interval"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_source_is_limited_while_a_carrier_call_completes() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let mut h = start(
+        far.addr(),
+        TRANSIT_PLAN,
+        "[sip]\nrate_limit_per_s = 20\nrate_limit_burst = 20\n",
+    )
+    .await;
+    // 127.0.0.3 hammers the switch with INVITEs (SIPp's built-in caller at 400/s).
+    let flood = Sipp::builder("uac")
+        .remote(h.switch.sip_udp())
+        .ip("127.0.0.3")
+        .arg("-r")
+        .arg("400")
+        .calls(2000)
+        .timeout(Duration::from_secs(15))
+        .spawn();
+    let caller = Sipp::builder("uac_call.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(1000)
+        .spawn();
+    caller
+        .wait()
+        .await
+        .assert_success("the carrier's call during the flood");
+    let events = h.events_until("call.completed").await;
+    assert_eq!(
+        events.last().expect("events")["data"]["call"]["end_reason"],
+        "caller_bye"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", h.switch.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let limited: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_sip_rate_limited_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let forbidden: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_inbound_invites_total{outcome=\"forbidden\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        limited >= 100,
+        "flood datagrams dropped: {limited}\n{metrics}"
+    );
+    assert!(
+        forbidden <= 60,
+        "only about the burst plus 20/s reached the dialplan: {forbidden}"
+    );
+    drop(flood);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_to_a_carrier_is_refreshed_and_visible() {
+    let registrar = Sipp::builder("uas_registrar.xml")
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let trunk = format!(
+        "[[trunks]]\nname = \"registered\"\nuri = \"sip:{}\"\nusername = \"user\"\npassword = \"secret\"\n\
+         register = true\nregister_expires = 10\ntenant = \"acme\"\n",
+        registrar.addr()
+    );
+    let h = start(far.addr(), TRANSIT_PLAN, &trunk).await;
+    let admin = h.switch.api("acme", "admin").await;
+    // The registrar's scenario ends after answering the refresh.
+    registrar
+        .wait()
+        .await
+        .assert_success("registrar saw REGISTER, auth, refresh");
+    let (status, trunks) = admin.request(reqwest::Method::GET, "/trunks", None).await;
+    assert_eq!(status, 200, "{trunks}");
+    let reg = trunks["data"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["name"] == "registered"))
+        .expect("trunk listed")
+        .clone();
+    assert_eq!(reg["registration"]["state"], "registered", "{reg}");
+    assert_eq!(reg["registration"]["expires"], 10, "{reg}");
+    let metrics = reqwest::get(format!("{}/metrics", h.switch.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    assert!(
+        metrics.contains("switchyard_trunk_registered{trunk=\"registered\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_transfer_refers_the_far_end_and_ends_the_call_transferred() {
+    let carrier = Sipp::uas("uas_answer_refer.xml");
+    let mut h = common::harness::setup(&carrier, |c| c).await;
+    let id = h.call(serde_json::json!({})).await;
+    h.expect_events(
+        &id,
+        &["call.initiating", "call.ringing", "call.in_progress"],
+    )
+    .await;
+    let (status, body) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/voice/calls/{id}/transfer"),
+            Some(&serde_json::json!({"to": "+14155550000"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let mut seen = Vec::new();
+    loop {
+        let e = h.event().await;
+        let t = e["type"].as_str().unwrap_or_default().to_owned();
+        seen.push(e);
+        if t == "call.completed" {
+            break;
+        }
+        assert!(seen.len() < 10, "{seen:#?}");
+    }
+    let done = &seen.last().expect("events")["data"]["call"];
+    assert_eq!(done["end_reason"], "transferred", "{}", h.switch.logs());
+    assert!(
+        seen.iter().any(|e| e["type"] == "call.transfer"),
+        "transfer progress reported: {seen:#?}"
+    );
+    carrier
+        .wait()
+        .await
+        .assert_success("carrier honouring the REFER");
+    // A bad target is a 400 with a field.
+    let (status, body) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/voice/calls/{id}/transfer"),
+            Some(&serde_json::json!({"to": "nowhere"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "VALIDATION_ERROR");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_cli_explains_and_check_config_names_the_bad_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "default_country_code = \"1\"\n\n[[rules]]\nname = \"premium\"\nto = { prefix = \"+1900\" }\nreject = 403\n\n\
+         [[rules]]\nname = \"us\"\nto = { prefix = \"+1\" }\ntrunks = [\"carrier\"]\n",
+    )
+    .expect("plan");
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        "[dialplan]\nfile = \"plan.toml\"\n\n[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:5070\"\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(common::switch::switch_bin())
+        .args([
+            "route",
+            "--from",
+            "2025550100",
+            "--to",
+            "4155552671",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("route");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("route: trunks carrier"), "{text}");
+    assert!(text.contains("rule: us"), "{text}");
+    assert!(text.contains("\"premium\" skipped"), "{text}");
+    assert!(text.contains("to: +14155552671"), "{text}");
+
+    // A rule naming a trunk that does not exist: check-config names rule and line.
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "[[rules]]\nname = \"us\"\nto = { prefix = \"+1\" }\ntrunks = [\"nope\"]\n",
+    )
+    .expect("plan");
+    let out = std::process::Command::new(common::switch::switch_bin())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("\"us\""), "{err}");
+    assert!(err.contains("line"), "{err}");
+    assert!(err.contains("nope"), "{err}");
 }

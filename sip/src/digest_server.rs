@@ -368,7 +368,10 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
 fn uri_hostport(uri: &str) -> String {
     let rest = uri.split_once(':').map_or(uri, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    rest.split([';', '?']).next().unwrap_or("").to_ascii_lowercase()
+    rest.split([';', '?'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 #[cfg(test)]

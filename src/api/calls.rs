@@ -174,6 +174,43 @@ pub async fn hangup(
     Ok(Envelope::ok(call))
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// E.164 number or a sip:/tel: URI.
+    pub to: String,
+}
+
+/// `POST /calls/{id}/transfer`: blind transfer by REFER; 202, progress in callbacks.
+pub async fn transfer(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    crate::api::extract::AppJson(req): crate::api::extract::AppJson<TransferRequest>,
+) -> Result<(axum::http::StatusCode, Envelope<CallRecord>), ApiError> {
+    auth.require_write()?;
+    let to = req.to.trim();
+    let target = if to.starts_with("sip:") || to.starts_with("sips:") || to.starts_with("tel:") {
+        to.to_owned()
+    } else if dialplan::e164::is_e164(to) {
+        format!("tel:{to}")
+    } else {
+        return Err(ApiError::validation(
+            "to",
+            "must be an E.164 number (+ and 8 to 15 digits) or a sip:/tel: URI",
+        ));
+    };
+    if target.len() > 256
+        || target
+            .chars()
+            .any(|c| c.is_control() || c == '<' || c == '>')
+    {
+        return Err(ApiError::validation("to", "not a usable URI"));
+    }
+    let call = state.switch.transfer(&auth.tenant, &id, &target).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Envelope::ok(call)))
+}
+
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,

@@ -14,6 +14,7 @@ pub enum ErrorCode {
     NotFound,
     CallAlreadyEnded,
     RecordingNotReady,
+    CallNotTransferable,
     ServiceUnavailable,
     InternalError,
 }
@@ -29,6 +30,7 @@ impl ErrorCode {
             Self::NotFound => "NOT_FOUND",
             Self::CallAlreadyEnded => "CALL_ALREADY_ENDED",
             Self::RecordingNotReady => "RECORDING_NOT_READY",
+            Self::CallNotTransferable => "CALL_NOT_TRANSFERABLE",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::InternalError => "INTERNAL_ERROR",
         }
@@ -42,7 +44,9 @@ impl ErrorCode {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::CallAlreadyEnded | Self::RecordingNotReady => StatusCode::CONFLICT,
+            Self::CallAlreadyEnded | Self::RecordingNotReady | Self::CallNotTransferable => {
+                StatusCode::CONFLICT
+            }
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -127,6 +131,7 @@ impl From<crate::core::CoreError> for ApiError {
             C::NoMediaPorts | C::Overloaded => {
                 Self::new(ErrorCode::ServiceUnavailable, e.to_string())
             }
+            C::NotTransferable(why) => Self::new(ErrorCode::CallNotTransferable, why),
             C::Store(s) => s.into(),
         }
     }

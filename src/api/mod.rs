@@ -27,6 +27,9 @@ pub struct AppState {
     pub webhooks: Arc<tokio::sync::Notify>,
     /// `[recordings] dir`: where `{call_id}.wav` files are read from.
     pub recordings_dir: std::path::PathBuf,
+    pub config: Arc<crate::config::Config>,
+    /// The file the config came from (the dialplan path is relative to it).
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -36,6 +39,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/voice/calls", post(calls::create).get(calls::list))
         .route("/api/v1/voice/calls/{id}", get(calls::get))
         .route("/api/v1/voice/calls/{id}/hangup", post(calls::hangup))
+        .route("/api/v1/voice/calls/{id}/transfer", post(calls::transfer))
+        .route("/api/v1/trunks", get(trunks))
+        .route("/api/v1/dialplan/reload", post(reload_dialplan))
         .route("/api/v1/voice/calls/{id}/events", get(calls::events))
         .route("/api/v1/voice/calls/{id}/recording", get(calls::recording))
         .route(
@@ -63,6 +69,46 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
         )],
         state.switch.render_metrics().await,
     )
+}
+
+/// Trunk health: keep-alive state, registration, calls in progress (admin only: it names
+/// carriers' addresses).
+async fn trunks(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Envelope<Vec<serde_json::Value>>, ApiError> {
+    auth.require_admin()?;
+    let list = state
+        .switch
+        .trunks()
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.config.name,
+                "uri": t.config.uri,
+                "transport": if t.config.transport == crate::config::TrunkTransport::Tcp { "tcp" } else { "udp" },
+                "status": if t.is_up() { "up" } else { "down" },
+                "active_calls": t.active_calls(),
+                "max_concurrent": t.config.max_concurrent,
+                "max_cps": t.config.max_cps,
+                "registration": t.registration(),
+            })
+        })
+        .collect();
+    Ok(Envelope::ok(list))
+}
+
+/// Re-reads the dialplan file (as SIGHUP does); a plan that does not validate is refused
+/// with its problems and the current one stays.
+async fn reload_dialplan(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Envelope<serde_json::Value>, ApiError> {
+    auth.require_admin()?;
+    match crate::app::reload_dialplan(&state.switch, &state.config, state.config_path.as_deref()) {
+        Ok(rules) => Ok(Envelope::ok(json!({"reloaded": true, "rules": rules}))),
+        Err(e) => Err(ApiError::validation("dialplan", e.to_string())),
+    }
 }
 
 async fn not_found() -> ApiError {

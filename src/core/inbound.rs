@@ -172,7 +172,12 @@ impl Inbound {
     }
 
     /// The dialplan's decision for a call that arrived on `trunk`.
-    pub fn route(&self, trunk: &str, req: &Request, now: chrono::DateTime<chrono::Utc>) -> Decision {
+    pub fn route(
+        &self,
+        trunk: &str,
+        req: &Request,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Decision {
         let attempt = Attempt {
             from: caller_number(req),
             to: uri_user(&req.uri).unwrap_or_default().to_owned(),

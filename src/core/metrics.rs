@@ -184,6 +184,7 @@ impl Metrics {
                 ("sip_retransmissions_total", s.retransmissions),
                 ("sip_strays_dropped_total", s.strays_dropped),
                 ("sip_requests_rejected_total", s.rejected),
+                ("sip_rate_limited_total", s.rate_limited),
             ];
             for (name, v) in rows {
                 let _ = writeln!(out, "# TYPE switchyard_{name} counter");

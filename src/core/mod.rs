@@ -63,6 +63,8 @@ pub enum CoreError {
     NoMediaPorts,
     #[error("the switch is busy; retry")]
     Overloaded,
+    #[error("{0}")]
+    NotTransferable(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -327,6 +329,42 @@ impl Switch {
 }
 
 impl Switch {
+    /// Blind-transfer an answered call's far end to `target` (REFER); progress arrives as
+    /// `call.transfer` events and the call ends `transferred` when the far end reports success.
+    pub async fn transfer(
+        &self,
+        tenant: &str,
+        id: &str,
+        target: &str,
+    ) -> Result<CallRecord, CoreError> {
+        let current = self
+            .shared
+            .store
+            .get_call(tenant, id)
+            .await?
+            .ok_or(CoreError::NotFound)?;
+        if current.status.is_terminal() {
+            return Err(CoreError::AlreadyEnded(Box::new(current)));
+        }
+        let tx = self
+            .shared
+            .calls
+            .get(id)
+            .map(|e| e.value().clone())
+            .ok_or_else(|| CoreError::AlreadyEnded(Box::new(current.clone())))?;
+        let (reply, rx) = oneshot::channel();
+        tx.try_send(TaskInput::Transfer {
+            target: target.to_owned(),
+            reply,
+        })
+        .map_err(|_| CoreError::Overloaded)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(current),
+            Ok(Err(why)) => Err(CoreError::NotTransferable(why)),
+            Err(_) => Err(CoreError::AlreadyEnded(Box::new(current))),
+        }
+    }
+
     /// Graceful stop: hang up every live call (CANCEL or BYE) and wait, bounded, for each to
     /// be recorded, so a planned restart leaves no call half-open at the carrier.
     pub async fn shutdown(&self, grace: Duration) {

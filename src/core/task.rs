@@ -21,6 +21,12 @@ pub enum TaskInput {
     Sip(sip::ua::UaEvent),
     /// Hang up; the sender gets the call once it has ended.
     Hangup(oneshot::Sender<CallRecord>),
+    /// Blind transfer of the far end to `target` (a SIP URI) by REFER; the sender learns
+    /// whether the REFER could be sent (the call must be answered).
+    Transfer {
+        target: String,
+        reply: oneshot::Sender<Result<(), &'static str>>,
+    },
 }
 
 #[derive(Debug)]
@@ -119,7 +125,45 @@ impl CallTask {
                 self.waiters.push(reply);
                 CallInput::Hangup
             }
+            TaskInput::Transfer { target, reply } => {
+                let result = if self.answered.is_some() && !self.call.is_done() {
+                    tracing::info!(%target, "transfer: REFER sent");
+                    let _ = self.shared.ua.send(sip::ua::UaCommand::Refer {
+                        leg: self.leg,
+                        refer_to: format!("<{target}>"),
+                    });
+                    Ok(())
+                } else {
+                    Err("the call is not answered")
+                };
+                let _ = reply.send(result);
+                return;
+            }
             TaskInput::Sip(ev) => match ev {
+                UaEvent::ReferResult { code, .. } => {
+                    self.transfer_event("accepted", code, code < 300);
+                    if code >= 300 {
+                        tracing::warn!(code, "transfer refused by the far end");
+                    }
+                    return;
+                }
+                UaEvent::ReferNotify {
+                    status_code,
+                    terminated,
+                    ..
+                } => {
+                    let state = match status_code {
+                        100..=199 => "trying",
+                        200..=299 => "succeeded",
+                        _ => "failed",
+                    };
+                    self.transfer_event(state, status_code, true);
+                    if terminated && (200..300).contains(&status_code) {
+                        CallInput::Transferred
+                    } else {
+                        return;
+                    }
+                }
                 UaEvent::Progress { code, .. } => CallInput::Progress { code },
                 UaEvent::DialogEstablished { snapshot, .. } => {
                     // Written with the in_progress status that follows at once.
@@ -135,10 +179,32 @@ impl CallTask {
                 UaEvent::Failed { code, reason, .. } => CallInput::Failed { code, reason },
                 UaEvent::Cancelled { .. } => CallInput::Cancelled,
                 UaEvent::Terminated { by_remote, .. } => CallInput::Terminated { by_remote },
+                UaEvent::SessionExpired { .. } => CallInput::SessionExpired,
+                UaEvent::Reoffer { id, body, .. } => {
+                    self.answer_reoffer(id, body.as_ref());
+                    return;
+                }
                 _ => return,
             },
         };
         self.call.handle(now, input);
+    }
+
+    /// Progress of a transfer as a `call.transfer` event (best effort, spawned: the run
+    /// loop must not wait on the store here).
+    fn transfer_event(&self, state: &str, sip_code: u16, ok: bool) {
+        let event = NewEvent {
+            event_type: "call.transfer".to_owned(),
+            extra: serde_json::json!({"transfer_state": if ok { state } else { "failed" }, "sip_code": sip_code}),
+        };
+        let shared = self.shared.clone();
+        let record = self.record.clone();
+        tokio::spawn(async move {
+            match shared.store.update_call(&record, Some(&event)).await {
+                Ok(_) => shared.webhooks.notify_one(),
+                Err(e) => tracing::error!(error = %e, "failed to record a transfer event"),
+            }
+        });
     }
 
     /// A digit is a fact about the call, not a status: an outbox event of its own.
@@ -234,6 +300,48 @@ impl CallTask {
                     reason: "SIP Driver Stopped".to_owned(),
                 },
             );
+        }
+    }
+
+    /// A re-INVITE or UPDATE from the far end: answered from our endpoint with the mirrored
+    /// direction (hold: `sendonly` gets `recvonly`), following a new address or codec.
+    fn answer_reoffer(&mut self, id: u64, body: Option<&sip::ua::Body>) {
+        let leg = self.leg;
+        let (Some(endpoint), Some(body)) = (&mut self.endpoint, body) else {
+            // No offer in it (or no media): repeat what we last said.
+            let sdp = self.offer.as_ref().map(media::sdp::build_offer);
+            let _ = self.shared.ua.send(sip::ua::UaCommand::AnswerReoffer {
+                leg,
+                id,
+                body: sdp.map(sdp_body),
+            });
+            return;
+        };
+        let mut local = local_offer(&self.shared.config, endpoint.local_addr().port());
+        if let Some(prev) = &mut self.offer {
+            prev.session_version += 1;
+            local.session_id = prev.session_id;
+            local.session_version = prev.session_version;
+        }
+        match media::sdp::answer_offer(&body.bytes, &local) {
+            Ok((sdp, params)) => {
+                tracing::info!(direction = ?params.direction, remote = %params.remote, "re-offer answered");
+                endpoint.connect(params);
+                let _ = self.shared.ua.send(sip::ua::UaCommand::AnswerReoffer {
+                    leg,
+                    id,
+                    body: Some(sdp_body(sdp)),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-offer refused");
+                let _ = self.shared.ua.send(sip::ua::UaCommand::RejectReoffer {
+                    leg,
+                    id,
+                    code: 488,
+                    reason: "Not Acceptable Here".to_owned(),
+                });
+            }
         }
     }
 
@@ -383,11 +491,7 @@ impl CallTask {
 
 /// Applies a status change to the record: status, SIP code/reason, answer and end times,
 /// end reason and Q.850 cause.
-pub(crate) fn apply_change(
-    r: &mut CallRecord,
-    change: &StatusChange,
-    now: chrono::DateTime<Utc>,
-) {
+pub(crate) fn apply_change(r: &mut CallRecord, change: &StatusChange, now: chrono::DateTime<Utc>) {
     r.status = change.status;
     if let Some(code) = change.sip_code {
         r.sip_code = Some(i32::from(code));
@@ -436,7 +540,12 @@ pub(crate) fn set_media_stats(
         // No RTCP round trip yet: one-way delay is taken as one 20 ms packet plus a
         // jitter buffer two jitters deep, what a receiver would add.
         let delay_ms = 20.0 + 2.0 * jitter_ms;
-        r.mos = Some(round2(media::quality::mos(0.0, delay_ms, loss_percent, 4.3)));
+        r.mos = Some(round2(media::quality::mos(
+            0.0,
+            delay_ms,
+            loss_percent,
+            4.3,
+        )));
     }
 }
 

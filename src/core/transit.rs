@@ -17,34 +17,54 @@ pub enum TransitInput {
     /// Route the call: try the first trunk.
     Start,
     /// 18x on leg B; `early_media` when it carried SDP.
-    BProgress { code: u16, early_media: bool },
+    BProgress {
+        code: u16,
+        early_media: bool,
+    },
     BAnswered,
     /// Final non-2xx on leg B (408 for a timeout, 503 for a transport failure).
-    BFailed { code: u16, reason: String },
+    BFailed {
+        code: u16,
+        reason: String,
+    },
     /// Our CANCEL of B took effect.
     BCancelled,
     /// Leg B's dialog ended (`by_remote`: the callee hung up).
-    BTerminated { by_remote: bool },
+    BTerminated {
+        by_remote: bool,
+    },
     /// Leg A's dialog ended: the caller's CANCEL (before answer) or BYE, or our BYE done.
-    ATerminated { by_remote: bool },
+    ATerminated {
+        by_remote: bool,
+    },
     /// The caller's session timer ran out (no refresh).
     SessionExpired,
     Hangup,
     MediaTimeout,
     /// Leg B could not even be sent (no address, trunk over its limit): like a 503.
-    BUnavailable { reason: String },
+    BUnavailable {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransitOutput {
     /// Send an INVITE on B through `trunks[index]`.
-    InviteB { index: usize },
+    InviteB {
+        index: usize,
+    },
     /// Relay progress to the caller (with our SDP when `early_media`).
-    ProgressA { code: u16, early_media: bool },
+    ProgressA {
+        code: u16,
+        early_media: bool,
+    },
     /// Answer the caller (with our SDP).
     AnswerA,
     /// Final non-2xx to the caller.
-    RejectA { code: u16, reason: String },
+    RejectA {
+        code: u16,
+        reason: String,
+    },
     CancelB,
     ByeA,
     ByeB,
@@ -55,7 +75,9 @@ pub enum TransitOutput {
 enum Phase {
     Idle,
     /// INVITE on B outstanding; `ringing` once a 18x was relayed.
-    Calling { ringing: bool },
+    Calling {
+        ringing: bool,
+    },
     /// CANCEL sent on B; A already has (or needs no) final response.
     CancellingB(EndReason),
     Answered,
@@ -191,7 +213,10 @@ impl Transit {
                 self.phase = Phase::CancellingB(EndReason::Hangup);
             }
             // B answered into our CANCEL: the user agent ACKs+BYEs it and reports Cancelled.
-            (Phase::CancellingB(why), I::BCancelled | I::BFailed { .. } | I::BTerminated { .. }) => {
+            (
+                Phase::CancellingB(why),
+                I::BCancelled | I::BFailed { .. } | I::BTerminated { .. },
+            ) => {
                 let status = if why == EndReason::RingTimeout {
                     CallStatus::NoAnswer
                 } else {
@@ -199,8 +224,12 @@ impl Transit {
                 };
                 self.finish(status, Some(487), Some("Request Terminated".into()), why);
             }
-            (Phase::Answered, I::ATerminated { .. }) => self.ending(EndReason::CallerBye, false, true),
-            (Phase::Answered, I::BTerminated { .. }) => self.ending(EndReason::RemoteBye, true, false),
+            (Phase::Answered, I::ATerminated { .. }) => {
+                self.ending(EndReason::CallerBye, false, true)
+            }
+            (Phase::Answered, I::BTerminated { .. }) => {
+                self.ending(EndReason::RemoteBye, true, false)
+            }
             (Phase::Answered, I::Hangup) => self.end_both(EndReason::Hangup),
             (Phase::Answered, I::MediaTimeout) => self.end_both(EndReason::MediaTimeout),
             (Phase::Answered, I::SessionExpired) => {
@@ -386,11 +415,7 @@ mod tests {
         );
         let (t, outs) = run(
             1,
-            &[
-                I::Start,
-                I::BAnswered,
-                I::BTerminated { by_remote: true },
-            ],
+            &[I::Start, I::BAnswered, I::BTerminated { by_remote: true }],
         );
         assert!(!t.is_done(), "waits for A's BYE to complete");
         assert!(outs.contains(&O::ByeA));
@@ -415,7 +440,10 @@ mod tests {
             code: 486,
             reason: "x".into()
         }));
-        assert_eq!(statuses(&outs), vec![(CallStatus::Busy, Some(EndReason::Rejected))]);
+        assert_eq!(
+            statuses(&outs),
+            vec![(CallStatus::Busy, Some(EndReason::Rejected))]
+        );
     }
 
     #[test]
@@ -427,7 +455,10 @@ mod tests {
             reason: "x".into()
         }));
         let (_, outs) = run(1, &[I::Start, failed(408)]);
-        assert!(outs.iter().any(|o| matches!(o, O::RejectA { code: 480, .. })));
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, O::RejectA { code: 480, .. }))
+        );
     }
 
     #[test]
@@ -450,11 +481,7 @@ mod tests {
     fn caller_cancel_cancels_b() {
         let (t, outs) = run(
             1,
-            &[
-                I::Start,
-                I::ATerminated { by_remote: true },
-                I::BCancelled,
-            ],
+            &[I::Start, I::ATerminated { by_remote: true }, I::BCancelled],
         );
         assert!(t.is_done());
         assert!(outs.contains(&O::CancelB));
@@ -473,7 +500,10 @@ mod tests {
         t.handle_timeout(t0 + RING);
         let outs: Vec<O> = std::iter::from_fn(|| t.poll_output()).collect();
         assert!(outs.contains(&O::CancelB));
-        assert!(outs.iter().any(|o| matches!(o, O::RejectA { code: 480, .. })));
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, O::RejectA { code: 480, .. }))
+        );
         t.handle(t0 + RING, I::BCancelled);
         let outs: Vec<O> = std::iter::from_fn(|| t.poll_output()).collect();
         assert_eq!(
@@ -513,6 +543,9 @@ mod tests {
     fn no_trunks_is_a_404_to_the_caller() {
         let (t, outs) = run(0, &[I::Start]);
         assert!(t.is_done());
-        assert!(outs.iter().any(|o| matches!(o, O::RejectA { code: 404, .. })));
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, O::RejectA { code: 404, .. }))
+        );
     }
 }

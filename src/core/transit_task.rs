@@ -12,7 +12,9 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::call::StatusChange;
-use super::task::{TaskInput, apply_change, local_offer, persist_status, sdp_body, set_media_stats};
+use super::task::{
+    TaskInput, apply_change, local_offer, persist_status, sdp_body, set_media_stats,
+};
 use super::transit::{Transit, TransitInput, TransitOutput};
 use super::trunk::{Trunk, TrunkSlot};
 use crate::model::CallRecord;
@@ -74,7 +76,8 @@ impl TransitTask {
         let probe = local_offer(config, 0);
         let (_, a_params) = media::sdp::answer_offer(&setup.a_offer.bytes, &probe)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
-        let a_side = SideParams::try_from(&a_params).map_err(|_| (488u16, "Not Acceptable Here"))?;
+        let a_side =
+            SideParams::try_from(&a_params).map_err(|_| (488u16, "Not Acceptable Here"))?;
         // B's side is a placeholder until its answer says where and in what codec.
         let b_side = SideParams {
             remote: None,
@@ -161,6 +164,12 @@ impl TransitTask {
                 self.machine.handle(now, TransitInput::Hangup);
                 return;
             }
+            TaskInput::Transfer { reply, .. } => {
+                // The caller's carrier would have to place the new call: not offered for
+                // transit calls (they are carried, not ours to redirect).
+                let _ = reply.send(Err("transit calls cannot be transferred"));
+                return;
+            }
             TaskInput::Sip(ev) => ev,
         };
         let input = match ev {
@@ -171,9 +180,7 @@ impl TransitTask {
             UaEvent::SessionExpired { leg } if leg == self.a_leg || Some(leg) == self.b_leg => {
                 TransitInput::SessionExpired
             }
-            UaEvent::Reoffer {
-                leg, id, body, ..
-            } => {
+            UaEvent::Reoffer { leg, id, body, .. } => {
                 self.answer_reoffer(leg, id, body.as_ref());
                 return;
             }
@@ -326,14 +333,12 @@ impl TransitTask {
                     leg: self.a_leg,
                     body: Some(sdp_body(self.a_sdp.clone())),
                 }),
-                TransitOutput::RejectA { code, reason } => {
-                    self.send(sip::ua::UaCommand::Reject {
-                        leg: self.a_leg,
-                        code,
-                        reason,
-                        headers: Vec::new(),
-                    })
-                }
+                TransitOutput::RejectA { code, reason } => self.send(sip::ua::UaCommand::Reject {
+                    leg: self.a_leg,
+                    code,
+                    reason,
+                    headers: Vec::new(),
+                }),
                 TransitOutput::CancelB => {
                     if let Some(leg) = self.b_leg {
                         self.send(sip::ua::UaCommand::Cancel { leg });
@@ -458,13 +463,16 @@ impl TransitTask {
             self.media_check = None;
             return;
         };
-        let seen = bridge.counters(Side::A).received_packets
-            + bridge.counters(Side::B).received_packets;
+        let seen =
+            bridge.counters(Side::A).received_packets + bridge.counters(Side::B).received_packets;
         if seen != self.media_seen.0 {
             self.media_seen = (seen, now);
         }
         if now.saturating_duration_since(self.media_seen.1) >= timeout {
-            tracing::warn!(timeout_s = timeout.as_secs(), "no RTP on either leg: ending the call");
+            tracing::warn!(
+                timeout_s = timeout.as_secs(),
+                "no RTP on either leg: ending the call"
+            );
             self.media_check = None;
             self.machine.handle(now, TransitInput::MediaTimeout);
         } else {

@@ -167,14 +167,11 @@ impl Trunk {
         }
         if self.config.max_cps > 0 {
             let rate = f64::from(self.config.max_cps);
-            let mut b = self
-                .state
-                .cps
-                .lock()
-                .map_err(|_| Unavailable::RateLimit)?;
+            let mut b = self.state.cps.lock().map_err(|_| Unavailable::RateLimit)?;
             let tokens = match b.1 {
-                Some(last) => (b.0 + now.saturating_duration_since(last).as_secs_f64() * rate)
-                    .min(rate),
+                Some(last) => {
+                    (b.0 + now.saturating_duration_since(last).as_secs_f64() * rate).min(rate)
+                }
                 None => rate,
             };
             if tokens < 1.0 {
@@ -280,7 +277,10 @@ mod tests {
         let now = Instant::now();
         let a = t.reserve_outbound(now).unwrap();
         let _b = t.reserve().unwrap();
-        assert_eq!(t.reserve_outbound(now).unwrap_err(), Unavailable::ConcurrentLimit);
+        assert_eq!(
+            t.reserve_outbound(now).unwrap_err(),
+            Unavailable::ConcurrentLimit
+        );
         drop(a);
         assert!(t.reserve_outbound(now).is_ok());
         assert_eq!(t.active_calls(), 1, "the slot above was dropped at once");
@@ -293,8 +293,14 @@ mod tests {
         let slots: Vec<_> = (0..3).map(|_| t.reserve_outbound(now).unwrap()).collect();
         assert_eq!(t.reserve_outbound(now).unwrap_err(), Unavailable::RateLimit);
         let later = now + std::time::Duration::from_millis(340);
-        assert!(t.reserve_outbound(later).is_ok(), "one token back after 1/3 s");
-        assert_eq!(t.reserve_outbound(later).unwrap_err(), Unavailable::RateLimit);
+        assert!(
+            t.reserve_outbound(later).is_ok(),
+            "one token back after 1/3 s"
+        );
+        assert_eq!(
+            t.reserve_outbound(later).unwrap_err(),
+            Unavailable::RateLimit
+        );
         drop(slots);
     }
 
@@ -302,7 +308,10 @@ mod tests {
     fn a_down_trunk_takes_no_calls() {
         let t = trunk(0, 0);
         assert!(t.set_up(false));
-        assert_eq!(t.reserve_outbound(Instant::now()).unwrap_err(), Unavailable::Down);
+        assert_eq!(
+            t.reserve_outbound(Instant::now()).unwrap_err(),
+            Unavailable::Down
+        );
     }
 
     #[test]

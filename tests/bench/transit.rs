@@ -14,7 +14,7 @@
 //!
 //! Environment (all optional):
 //! - `TRANSIT_SECONDS` length of each rate step (10); `TRANSIT_RATES` offered calls/s without
-//!   RTP (`500,1000,2000,4000,8000`); `TRANSIT_RTP_RATES` with RTP (`50,100,200,400`);
+//!   RTP (`500,1000,2000,4000,8000,12000,16000`); `TRANSIT_RTP_RATES` with RTP (`50,100,200,400`);
 //! - `TRANSIT_ONLY` `kamailio` or `switchyard` (both); `TRANSIT_MODES` `nortp`, `rtp` or both
 //!   (`nortp,rtp`);
 //! - `TRANSIT_HOLD_MS` ACK → BYE pause without RTP (0); `TRANSIT_RTP_MS` RTP per call and
@@ -39,7 +39,10 @@
 //! - `cpu us/call`: the system's CPU time (utime + stime of all its processes from
 //!   `/proc/PID/stat`, Kamailio's workers included) from UAS start to UAC exit, over the
 //!   successful calls; `sys%`, `uac%`, `uas%`: CPU of the system and of each SIPp as a share
-//!   of one core over the step (the machine may have only 2 cores for all three).
+//!   of one core over the step (the machine may have only 2 cores for all three); `other%`
+//!   the rest of the machine's busy time (`/proc/stat`) over the step, i.e. the noise from
+//!   other work on the machine (the UAS's and the system's CPU after the UAC's exit count
+//!   there too, a few percent).
 //!
 //! A step is clean when both SIPps exit 0, no call failed, every offered call succeeded, and
 //! `ok/s` reached 90 % of the offered rate. RTP: each SIPp plays the truncated pcap to the
@@ -82,6 +85,7 @@ const CALLED: &str = "+12025550100";
 const DEFAULT_KAMAILIO_ARGS: &str = "-n 1 -m 256 -M 32 -x tlsf -X tlsf";
 /// USER_HZ: the unit of the times in /proc/PID/stat (100 on every mainstream Linux build).
 const TICK_US: f64 = 10_000.0;
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -163,7 +167,11 @@ impl Settings {
         };
         let mut modes = Vec::new();
         let modes_env = std::env::var("TRANSIT_MODES").unwrap_or_else(|_| "nortp,rtp".into());
-        for m in modes_env.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        for m in modes_env
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
             modes.push(match m {
                 "nortp" | "no-rtp" => Mode::NoRtp,
                 "rtp" => Mode::Rtp,
@@ -177,7 +185,10 @@ impl Settings {
             .collect();
         Ok(Settings {
             seconds: env_u64("TRANSIT_SECONDS", 10).max(1) as f64,
-            rates: env_rates("TRANSIT_RATES", &[500.0, 1000.0, 2000.0, 4000.0, 8000.0]),
+            rates: env_rates(
+                "TRANSIT_RATES",
+                &[500.0, 1000.0, 2000.0, 4000.0, 8000.0, 12000.0, 16000.0],
+            ),
             rtp_rates: env_rates("TRANSIT_RTP_RATES", &[50.0, 100.0, 200.0, 400.0]),
             systems,
             modes,
@@ -247,6 +258,25 @@ fn process_tree(root: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// Busy CPU ticks of the whole machine, all cores (`cpu` line of /proc/stat less idle and
+/// iowait): with the system's and the SIPps' own ticks it shows what else ran during a step.
+fn machine_busy_ticks() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    total.saturating_sub(v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0))
 }
 
 /// Whether some socket is bound to local UDP `port` (from /proc/net/udp, without binding).
@@ -700,6 +730,8 @@ struct Step {
     uac: SippStats,
     uas: SippStats,
     sut_ticks: u64,
+    /// Every process's CPU on the machine during the step.
+    machine_ticks: u64,
     sut_alive: bool,
     clean: bool,
 }
@@ -711,6 +743,12 @@ impl Step {
 
     fn cpu_us_per_call(&self) -> f64 {
         self.sut_ticks as f64 * TICK_US / self.uac.successful.max(1) as f64
+    }
+
+    /// CPU used by anything but the system and the two SIPps (builds, other benches).
+    fn other_ticks(&self) -> u64 {
+        self.machine_ticks
+            .saturating_sub(self.sut_ticks + self.uac.cpu_ticks + self.uas.cpu_ticks)
     }
 
     fn pct(&self, ticks: u64) -> f64 {
@@ -752,6 +790,7 @@ async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Pat
     )?;
     wait_udp_bound(sut.uas_port, &mut uas.child, "sipp UAS", &uas.stderr_file).await?;
     let sut_before = sut.cpu_ticks();
+    let machine_before = machine_busy_ticks();
     let started = Instant::now();
     let uac = spawn_sipp(
         &dir,
@@ -781,6 +820,7 @@ async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Pat
     let sut_ticks = sut.cpu_ticks().saturating_sub(sut_before);
     // The UAS ends after its last call's time-wait (500 ms) once it has seen every call.
     let uas = uas.finish(Duration::from_secs(5)).await;
+    let machine_ticks = machine_busy_ticks().saturating_sub(machine_before);
     let sut_alive = sut.alive();
     let ok_per_s = uac.successful as f64 / (secs - hold.as_secs_f64()).max(1e-3);
     let clean = sut_alive
@@ -801,17 +841,18 @@ async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Pat
         uac,
         uas,
         sut_ticks,
+        machine_ticks,
         sut_alive,
         clean,
     })
 }
 
-const HEADER: &str = "system      mode     offer  calls  limit     ok/s  failed  retrans  stray  cpu-us/call   sys%   uac%   uas%  exit  clean";
+const HEADER: &str = "system      mode     offer  calls  limit     ok/s  failed  retrans  stray  cpu-us/call   sys%   uac%   uas% other%  exit  clean";
 
 fn print_step(st: &Step) {
     let exit = |c: Option<i32>| c.map_or_else(|| "-".to_owned(), |c| c.to_string());
     println!(
-        "{:<10}  {:<6} {:>6.0} {:>6} {:>6} {:>8.0} {:>7} {:>8} {:>6} {:>12.1} {:>6.0} {:>6.0} {:>6.0}  {:>4}  {}{}",
+        "{:<10}  {:<6} {:>6.0} {:>6} {:>6} {:>8.0} {:>7} {:>8} {:>6} {:>12.1} {:>6.0} {:>6.0} {:>6.0} {:>6.0}  {:>4}  {}{}",
         st.system.name(),
         st.mode.name(),
         st.offered,
@@ -825,6 +866,7 @@ fn print_step(st: &Step) {
         st.pct(st.sut_ticks),
         st.pct(st.uac.cpu_ticks),
         st.pct(st.uas.cpu_ticks),
+        st.pct(st.other_ticks()),
         format!("{}/{}", exit(st.uac.exit_code), exit(st.uas.exit_code)),
         if st.clean { "yes" } else { "NO" },
         if st.sut_alive { "" } else { "  (system died)" },
@@ -841,6 +883,14 @@ async fn ramp(system: System, s: &Settings, work: &Path) -> R<Vec<Step>> {
         sut.uas_port,
         sut.uac_port,
         sut.dir.display()
+    );
+    // Background CPU (Kamailio's timer processes, the switch's housekeeping) for reference.
+    let idle_before = sut.cpu_ticks();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle = sut.cpu_ticks().saturating_sub(idle_before);
+    println!(
+        "idle CPU {:.1} % of a core",
+        idle as f64 * TICK_US / 1e6 / IDLE_WINDOW.as_secs_f64() * 100.0
     );
     println!("{HEADER}");
     for &mode in &s.modes {

@@ -37,6 +37,8 @@ pub struct SwitchConfig {
     pub database_url: Option<String>,
     /// Appended verbatim to the generated file (extra sections or tables).
     pub extra_toml: String,
+    /// Extra keys for the `[sip]` section (which the generated file already has).
+    pub sip_toml: String,
 }
 
 impl SwitchConfig {
@@ -56,6 +58,7 @@ impl SwitchConfig {
             media_timeout_s: None,
             database_url: None,
             extra_toml: String::new(),
+            sip_toml: String::new(),
         }
     }
 
@@ -101,6 +104,15 @@ impl SwitchConfig {
         self
     }
 
+    /// Adds raw `key = value` lines to the `[sip]` section.
+    pub fn sip(mut self, toml: &str) -> Self {
+        self.sip_toml.push_str(toml);
+        if !toml.ends_with('\n') {
+            self.sip_toml.push('\n');
+        }
+        self
+    }
+
     /// Appends raw TOML (e.g. another `[[trunks]]` entry).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra_toml.push('\n');
@@ -112,12 +124,13 @@ impl SwitchConfig {
     pub fn render(&self, db_path: &Path) -> String {
         let q = |s: &str| toml_string(s);
         let mut out = format!(
-            "[sip]\nlisten = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1\"\n\n\
+            "[sip]\nlisten = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1\"\n{}\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\n\
              [rtp]\nport_min = {}\nport_max = {}\n{}\n\
              [database]\nurl = {}\n\n\
              [webhooks]\nretry_base_ms = {}\n\n\
              [[trunks]]\nname = {}\nuri = {}\ntransport = {}\n",
+            self.sip_toml,
             self.rtp_port_min,
             self.rtp_port_max,
             self.media_timeout_s

@@ -157,19 +157,12 @@ pub enum UaCommand {
         snapshot: Box<DialogSnapshot>,
     },
     /// Before a final response; without a provisional yet, the CANCEL waits for one (§9.1).
-    Cancel {
-        leg: LegRef,
-    },
+    Cancel { leg: LegRef },
     /// On a confirmed dialog (on an unanswered leg it acts as Cancel / Reject 480).
-    Bye {
-        leg: LegRef,
-    },
+    Bye { leg: LegRef },
     /// 200 to an incoming INVITE. Held back until the PRACK when a reliable 18x with
     /// SDP is still unacknowledged (RFC 3262 §3).
-    Answer {
-        leg: LegRef,
-        body: Option<Body>,
-    },
+    Answer { leg: LegRef, body: Option<Body> },
     Reject {
         leg: LegRef,
         code: u16,
@@ -200,17 +193,10 @@ pub enum UaCommand {
     },
     /// A re-INVITE in a confirmed dialog (a new offer, or None to ask for one);
     /// answered by `UaEvent::ReinviteResult`.
-    Reinvite {
-        leg: LegRef,
-        body: Option<Body>,
-    },
+    Reinvite { leg: LegRef, body: Option<Body> },
     /// Answer the peer's REFER (`UaEvent::Refer`): 202 accepts it (the UA then sends
     /// the first NOTIFY, `100 Trying`, itself), 4xx/603 refuses it.
-    ReferResponse {
-        leg: LegRef,
-        id: u64,
-        code: u16,
-    },
+    ReferResponse { leg: LegRef, id: u64, code: u16 },
     /// Progress of an accepted REFER: a NOTIFY with `SIP/2.0 <status_code> <reason>`.
     Notify {
         leg: LegRef,
@@ -219,10 +205,7 @@ pub enum UaCommand {
         terminated: bool,
     },
     /// Send a REFER in the dialog; answered by `UaEvent::ReferResult`.
-    Refer {
-        leg: LegRef,
-        refer_to: String,
-    },
+    Refer { leg: LegRef, refer_to: String },
     /// Register `aor` with the registrar at `target` and keep the binding refreshed
     /// (replaces a registration with the same `reg`). Reported by `Registration`.
     Register {
@@ -234,14 +217,9 @@ pub enum UaCommand {
         expires: u32,
     },
     /// Remove the binding (REGISTER expires=0) and forget the registration.
-    Unregister {
-        reg: u64,
-    },
+    Unregister { reg: u64 },
     /// An out-of-dialog OPTIONS probe; answered by `UaEvent::Pong`.
-    Ping {
-        probe: u64,
-        target: Target,
-    },
+    Ping { probe: u64, target: Target },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
