@@ -540,3 +540,80 @@ async fn route_cli_explains_and_check_config_names_the_bad_rule() {
     assert!(err.contains("line"), "{err}");
     assert!(err.contains("nope"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_zero_is_483_and_transit_decrements_it() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let h = start(far.addr(), TRANSIT_PLAN, "").await;
+    let looped = Sipp::builder("uac_expect_483.xml")
+        .remote(h.switch.sip_udp())
+        .spawn();
+    looped
+        .wait()
+        .await
+        .assert_success("INVITE with Max-Forwards: 0");
+    let caller = Sipp::builder("uac_call.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(200)
+        .spawn();
+    caller.wait().await.assert_success("caller");
+    let far = far.wait().await;
+    far.assert_success("far end");
+    assert!(
+        far.messages.contains("Max-Forwards: 69"),
+        "B2BUA passes Max-Forwards on, decremented:\n{}",
+        far.messages
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_over_tcp_from_the_caller() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
+    let caller = Sipp::builder("uac_call.xml")
+        .remote(h.switch.sip_tcp())
+        .tcp()
+        .pause_ms(300)
+        .spawn();
+    caller.wait().await.assert_success("caller over TCP");
+    let events = h.events_until("call.completed").await;
+    assert_eq!(
+        events.last().expect("events")["data"]["call"]["end_reason"],
+        "caller_bye"
+    );
+    drop(far);
+}
+
+/// The callee's carrier transfers the caller (REFER): the switch calls the target through
+/// the dialplan, puts it on the bridge in the referrer's place, reports NOTIFY 100/200 and
+/// hangs up the referrer; the caller never notices and later hangs up on the new party.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refer_from_the_carrier_transfers_a_transit_call() {
+    let referrer = Sipp::uas("uas_answer_then_refer.xml");
+    let target = Sipp::uas("uas_answer_hold.xml");
+    let plan = "[[rules]]\nname = \"transfer-target\"\nto = { exact = \"+14155550111\" }\n\
+                trunks = [\"third\"]\n\n\
+                [[rules]]\nname = \"us\"\nto = { prefix = \"+1\" }\ntrunks = [\"carrier\"]\n";
+    let third = format!(
+        "[[trunks]]\nname = \"third\"\nuri = \"sip:{}\"\ntenant = \"acme\"\n",
+        target.addr()
+    );
+    let mut h = start(referrer.addr(), plan, &third).await;
+    let caller = Sipp::builder("uac_call.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(3000)
+        .spawn();
+    referrer.wait().await.assert_success("referring callee");
+    caller.wait().await.assert_success("caller");
+    let target = target.wait().await;
+    target.assert_success("transfer target (BYE from the switch when the caller hung up)");
+    assert!(
+        target.messages.contains("INVITE sip:+14155550111@"),
+        "{}",
+        target.messages
+    );
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().expect("events")["data"]["call"];
+    assert_eq!(call["end_reason"], "caller_bye", "{}", h.switch.logs());
+    assert_eq!(call["metadata"]["transferred"], true);
+}

@@ -200,6 +200,31 @@ impl Inbound {
     }
 }
 
+impl Inbound {
+    /// The plan's decision for a number (a transfer target), as if it arrived on `trunk`.
+    pub fn route_number(&self, trunk: &str, from: &str, to: &str) -> Decision {
+        let attempt = Attempt {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            source_trunk: Some(trunk.to_owned()),
+            local_time: local_time(chrono::Utc::now(), self.utc_offset_minutes),
+        };
+        match self.plan() {
+            Some(plan) => plan.route(&attempt),
+            None => Decision {
+                route: Route::Reject {
+                    sip_code: 403,
+                    reason: "Forbidden".into(),
+                },
+                rule: None,
+                explanation: vec!["no dialplan loaded".into()],
+                to_e164: None,
+                from_e164: None,
+            },
+        }
+    }
+}
+
 /// The caller: the user part of P-Asserted-Identity when a trusted trunk sent one (RFC
 /// 3325), else of From.
 pub fn caller_number(req: &Request) -> String {

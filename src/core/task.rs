@@ -180,6 +180,15 @@ impl CallTask {
                 UaEvent::Cancelled { .. } => CallInput::Cancelled,
                 UaEvent::Terminated { by_remote, .. } => CallInput::Terminated { by_remote },
                 UaEvent::SessionExpired { .. } => CallInput::SessionExpired,
+                UaEvent::Refer { leg, id, .. } => {
+                    // Calls the switch terminates itself have no second party to hand over.
+                    let _ = self.shared.ua.send(sip::ua::UaCommand::ReferResponse {
+                        leg,
+                        id,
+                        code: 603,
+                    });
+                    return;
+                }
                 UaEvent::Reoffer { id, body, .. } => {
                     self.answer_reoffer(id, body.as_ref());
                     return;

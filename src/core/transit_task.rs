@@ -64,6 +64,18 @@ pub(crate) struct TransitTask {
     media_check: Option<Instant>,
     /// Packets seen on both sides at the last check, and when that count last moved.
     media_seen: (u64, Instant),
+    /// A blind transfer asked for by one leg's REFER: the new party's leg while it rings.
+    transfer: Option<Transfer>,
+}
+
+/// An accepted REFER in progress: `new_leg` is being called to replace `side`'s party.
+#[derive(Debug)]
+struct Transfer {
+    side: Side,
+    referrer: sip::ua::LegRef,
+    new_leg: sip::ua::LegRef,
+    offer: media::sdp::OfferParams,
+    _slot: TrunkSlot,
 }
 
 impl TransitTask {
@@ -121,6 +133,7 @@ impl TransitTask {
             waiters: Vec::new(),
             media_check: None,
             media_seen: (0, Instant::now()),
+            transfer: None,
         })
     }
 
@@ -184,6 +197,21 @@ impl TransitTask {
                 self.answer_reoffer(leg, id, body.as_ref());
                 return;
             }
+            UaEvent::Refer {
+                leg, id, refer_to, ..
+            } => {
+                self.on_refer(leg, id, &refer_to);
+                return;
+            }
+            ref ev
+                if self
+                    .transfer
+                    .as_ref()
+                    .is_some_and(|t| event_leg(ev) == Some(t.new_leg)) =>
+            {
+                self.on_transfer_event(ev.clone());
+                return;
+            }
             // Leg B (the callee); events of a leg we already gave up on are ignored.
             UaEvent::Progress {
                 leg, code, body, ..
@@ -215,6 +243,146 @@ impl TransitTask {
             _ => return,
         };
         self.machine.handle(now, input);
+    }
+
+    /// The far end of one leg asks us (REFER) to connect the other party elsewhere: we call
+    /// the target (routed like a new call from the source trunk) and, once it answers, it
+    /// takes the referrer's place on the bridge; the referrer hears NOTIFYs and our BYE.
+    fn on_refer(&mut self, leg: sip::ua::LegRef, id: u64, refer_to: &str) {
+        let side = if leg == self.a_leg {
+            Side::A
+        } else if Some(leg) == self.b_leg {
+            Side::B
+        } else {
+            return;
+        };
+        let refuse = |code: u16| {
+            let _ = self
+                .shared
+                .ua
+                .send(sip::ua::UaCommand::ReferResponse { leg, id, code });
+        };
+        if self.record.status != crate::model::CallStatus::InProgress || self.transfer.is_some() {
+            refuse(491);
+            return;
+        }
+        let target = super::inbound::uri_user(refer_to.trim_matches(|c| c == '<' || c == '>'))
+            .unwrap_or_default()
+            .to_owned();
+        let source = self.record.metadata["source_trunk"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let decision = self
+            .shared
+            .inbound
+            .route_number(&source, &self.from, &target);
+        let trunk = match &decision.route {
+            dialplan::plan::Route::Trunks(names) => names.first().and_then(|n| {
+                self.shared
+                    .inbound
+                    .trunks()
+                    .iter()
+                    .find(|t| &t.config.name == n)
+                    .cloned()
+            }),
+            _ => None,
+        };
+        let (Some(trunk), Some(to), Some(bridge)) = (trunk, decision.to_e164, &self.bridge) else {
+            tracing::warn!(%refer_to, route = ?decision.route, "transfer target not routable");
+            refuse(603);
+            return;
+        };
+        let Ok(slot) = trunk.reserve_outbound(Instant::now()) else {
+            refuse(503);
+            return;
+        };
+        let Some(addr) = trunk
+            .uri
+            .host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| std::net::SocketAddr::new(ip, trunk.uri.port))
+        else {
+            refuse(503);
+            return;
+        };
+        refuse(202);
+        let offer = local_offer(&self.shared.config, bridge.local_addr(side).port());
+        let new_leg = self.shared.next_leg();
+        if let Some(tx) = self.shared.legs.get(&self.a_leg).map(|e| e.value().clone()) {
+            self.shared.legs.insert(new_leg, tx);
+        }
+        let host = super::task::public_ip_for_uri(self.shared.config.public_ip());
+        self.send(sip::ua::UaCommand::Invite {
+            leg: new_leg,
+            target: sip::ua::Target {
+                request_uri: trunk.request_uri(to.as_str()),
+                addr,
+                transport: trunk.sip_transport(),
+            },
+            from_uri: format!("sip:{}@{host}", self.from),
+            from_display: None,
+            to_uri: format!("sip:{}@{}:{}", to, trunk.uri.host, trunk.uri.port),
+            body: Some(sdp_body(media::sdp::build_offer(&offer))),
+            credentials: trunk.credentials(),
+            extra_headers: Vec::new(),
+            call_id: None,
+        });
+        tracing::info!(?side, target = %to, trunk = %trunk.config.name, "transfer: calling the target");
+        self.transfer = Some(Transfer {
+            side,
+            referrer: leg,
+            new_leg,
+            offer,
+            _slot: slot,
+        });
+    }
+
+    fn on_transfer_event(&mut self, ev: sip::ua::UaEvent) {
+        use sip::ua::UaEvent;
+        let Some(t) = &self.transfer else {
+            return;
+        };
+        let notify = |code: u16, reason: &str, terminated: bool| sip::ua::UaCommand::Notify {
+            leg: t.referrer,
+            status_code: code,
+            reason: reason.to_owned(),
+            terminated,
+        };
+        match ev {
+            // The UA sent `100 Trying` with the 202; the referrer hears the outcome next.
+            UaEvent::Progress { .. } => {}
+            UaEvent::Answered { body, .. } => {
+                let params = body
+                    .as_ref()
+                    .and_then(|b| media::sdp::negotiate_answer(&t.offer, &b.bytes).ok());
+                if let (Some(bridge), Some(p)) = (&self.bridge, params)
+                    && let Ok(side) = SideParams::try_from(&p)
+                {
+                    bridge.set_side(t.side, side);
+                    bridge.update_remote(t.side, p.remote);
+                }
+                self.send(notify(200, "OK", true));
+                self.send(sip::ua::UaCommand::Bye { leg: t.referrer });
+                let (side, new_leg, referrer) = (t.side, t.new_leg, t.referrer);
+                match side {
+                    Side::A => self.a_leg = new_leg,
+                    Side::B => self.b_leg = Some(new_leg),
+                }
+                self.shared.legs.remove(&referrer);
+                self.out_slot = self.transfer.take().map(|t| t._slot);
+                self.record.metadata["transferred"] = serde_json::json!(true);
+                tracing::info!(?side, "transfer done: the target replaced the referrer");
+            }
+            UaEvent::Failed { code, reason, .. } => {
+                self.send(notify(code, &reason, true));
+                self.shared.legs.remove(&t.new_leg);
+                self.transfer = None;
+                tracing::warn!(code, "transfer target failed; the call goes on");
+            }
+            _ => {}
+        }
     }
 
     /// B's SDP (in a 18x or the 2xx): point the bridge's B side at it. True when usable.
@@ -499,6 +667,19 @@ impl TransitTask {
         }
         persist_status(&self.shared, r, change.status).await;
         tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
+    }
+}
+
+fn event_leg(ev: &sip::ua::UaEvent) -> Option<sip::ua::LegRef> {
+    use sip::ua::UaEvent;
+    match ev {
+        UaEvent::Progress { leg, .. }
+        | UaEvent::Answered { leg, .. }
+        | UaEvent::Failed { leg, .. }
+        | UaEvent::Terminated { leg, .. }
+        | UaEvent::Cancelled { leg }
+        | UaEvent::DialogEstablished { leg, .. } => Some(*leg),
+        _ => None,
     }
 }
 

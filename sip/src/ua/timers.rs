@@ -2,7 +2,9 @@
 //! retransmission (RFC 3262), session timers (RFC 4028), registration refresh.
 //!
 //! One slot per [`UaTimer`] (re-arming replaces the deadline) and a lazy-deletion
-//! min-heap, like the transaction timers in `mod.rs`.
+//! min-heap, like the transaction timers in `mod.rs`. Session timers are long (half
+//! an hour) and most calls end first, so stale entries would pile up: the heap is
+//! rebuilt from the live slots when they are outnumbered two to one.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -43,6 +45,17 @@ impl Timers {
         self.armed.remove(&t);
     }
 
+    /// Drops stale heap entries once they dominate (amortised O(1) per cancel).
+    fn maybe_compact(&mut self) {
+        if self.heap.len() > 1024 && self.heap.len() > 2 * self.armed.len() {
+            self.heap = self
+                .armed
+                .iter()
+                .map(|(t, (at, seq))| Reverse((*at, *seq, *t)))
+                .collect();
+        }
+    }
+
     /// Earliest heap entry (possibly stale: then firing it is a no-op).
     pub(super) fn next(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _, _))| *at)
@@ -73,6 +86,12 @@ impl Timers {
         ] {
             self.armed.remove(&t);
         }
+        self.maybe_compact();
+    }
+
+    #[cfg(test)]
+    fn heap_len(&self) -> usize {
+        self.heap.len()
     }
 }
 
@@ -105,5 +124,23 @@ mod tests {
         assert_eq!(t.pop_expired(t0 + 3 * s), Some(UaTimer::Register(9)));
         assert_eq!(t.pop_expired(t0 + 3 * s), Some(UaTimer::Rel1xx(1)));
         assert_eq!(t.pop_expired(t0 + 3 * s), None);
+    }
+
+    #[test]
+    fn ended_legs_do_not_pile_up_in_the_heap() {
+        let t0 = t0();
+        let mut t = Timers::default();
+        t.set(UaTimer::Register(1), t0 + Duration::from_secs(5));
+        for leg in 0..100_000 {
+            t.set(UaTimer::SessionRefresh(leg), t0 + Duration::from_secs(900));
+            t.set(UaTimer::SessionExpiry(leg), t0 + Duration::from_secs(1800));
+            t.cancel_leg(leg);
+        }
+        assert!(t.heap_len() <= 2048, "{}", t.heap_len());
+        assert_eq!(
+            t.pop_expired(t0 + Duration::from_secs(3600)),
+            Some(UaTimer::Register(1))
+        );
+        assert_eq!(t.pop_expired(t0 + Duration::from_secs(3600)), None);
     }
 }
