@@ -176,8 +176,20 @@ fn uri_mismatch_is_invalid() {
     let mut c = challenger();
     let mut rng = StdRng::seed_from_u64(8);
     let h = c.challenge(T0, &mut rng, false);
-    let a = answer(&h, "s3cret", "sip:someone-else@switchyard.example.com", 1);
+    let a = answer(&h, "s3cret", "sip:bob@elsewhere.example.net", 1);
     assert_eq!(check(&mut c, T0, &a), AuthOutcome::Invalid("uri mismatch"));
+}
+
+/// SIPp (and some carriers' UAs) digest the remote target `sip:host:port` rather than the
+/// Request-URI: the same host:port without the user part is accepted.
+#[test]
+fn uri_with_the_same_host_but_no_user_is_accepted() {
+    let mut c = challenger();
+    let mut rng = StdRng::seed_from_u64(8);
+    let h = c.challenge(T0, &mut rng, false);
+    let host_only = format!("sip:{}", URI.rsplit_once('@').map_or(URI, |(_, h)| h));
+    let a = answer(&h, "s3cret", &host_only, 1);
+    assert_eq!(check(&mut c, T0, &a), ok());
 }
 
 #[test]

@@ -1081,3 +1081,102 @@ fn hanging_up_with_a_reoffer_pending_leaks_nothing() {
     assert_eq!(p.a.stats().transactions + p.b.stats().transactions, 0);
     assert_eq!(p.a.stats().legs + p.b.stats().legs, 0);
 }
+
+/// A request from B to A in their dialog, built from A's ACK (tags swapped).
+fn from_b(p: &Pair, method: &str, cseq: u32, branch: &str, body: Option<(&str, &str)>) -> Vec<u8> {
+    let ack = parse_req(&p.sent(true, "ACK")[0].transmit.bytes);
+    let mut r = Request::new(Method::from_token(method), "sip:switchyard@127.0.0.1:5060");
+    r.headers
+        .push("Via", format!("SIP/2.0/UDP 127.0.0.1:5070;branch={branch}"));
+    r.headers.push("Max-Forwards", "70");
+    r.headers.push("From", ack.headers.get("To").unwrap());
+    r.headers.push("To", ack.headers.get("From").unwrap());
+    r.headers.push("Call-ID", ack.headers.call_id().unwrap());
+    r.headers.push("CSeq", format!("{cseq} {method}"));
+    if let Some((ct, b)) = body {
+        r.headers.push("Content-Type", ct);
+        r.body = Bytes::from(b.to_string());
+    }
+    r.to_bytes()
+}
+
+fn deliver_to_a(p: &mut Pair, bytes: Vec<u8>) -> Option<sip::msg::Response> {
+    p.a.handle_datagram(
+        p.now,
+        sip::ua::Datagram {
+            src: p.b_addr,
+            dst: p.a_addr,
+            transport: Transport::Udp,
+            bytes,
+        },
+    );
+    let mut last = None;
+    while let Some(t) = p.a.poll_transmit() {
+        last = Some(parse_resp(&t.bytes));
+    }
+    while let Some(e) = p.a.poll_event() {
+        p.a_events.push((p.now, e));
+    }
+    last
+}
+
+#[test]
+fn second_offer_while_the_tu_holds_one_gets_500_retry_after_and_bad_event_489() {
+    let mut p = Pair::new(t0());
+    answered_call(&mut p);
+    let sdp1 = Some(("application/sdp", "v=0 one"));
+    let sdp2 = Some(("application/sdp", "v=0 two"));
+    let m = from_b(&p, "UPDATE", 10, "z9hG4bKu1", sdp1);
+    assert!(deliver_to_a(&mut p, m).is_none(), "waits for the TU");
+    assert_eq!(b_reoffers(&p).len(), 1);
+    let m = from_b(&p, "UPDATE", 11, "z9hG4bKu2", sdp2);
+    let r = deliver_to_a(&mut p, m).unwrap();
+    assert_eq!(r.code, 500);
+    let secs: u32 = r.headers.get("Retry-After").unwrap().parse().unwrap();
+    assert!(secs < 10);
+    assert_eq!(b_reoffers(&p).len(), 1, "the second one is not reported");
+    let m = from_b(&p, "NOTIFY", 12, "z9hG4bKn1", None);
+    let r = deliver_to_a(&mut p, m).unwrap();
+    assert_eq!(r.code, 489, "a NOTIFY without Event: refer");
+}
+
+#[test]
+fn bye_in_the_early_dialog_ends_the_invite_with_487() {
+    let mut p = Pair::new(t0());
+    let b_leg = call_b(&mut p);
+    p.b.handle_command(p.now, progress(b_leg, 180, None));
+    p.drive();
+    let inv = parse_req(&p.sent(true, "INVITE")[0].transmit.bytes);
+    let ringing = parse_resp(&p.sent(false, "180")[0].transmit.bytes);
+    let mut bye = Request::new(Method::Bye, "sip:switchyard@127.0.0.1:5070");
+    bye.headers
+        .push("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKeb1");
+    bye.headers.push("Max-Forwards", "70");
+    bye.headers.push("From", inv.headers.get("From").unwrap());
+    bye.headers.push("To", ringing.headers.get("To").unwrap());
+    bye.headers.push("Call-ID", inv.headers.call_id().unwrap());
+    bye.headers.push("CSeq", "2 BYE");
+    p.b.handle_datagram(
+        p.now,
+        sip::ua::Datagram {
+            src: p.a_addr,
+            dst: p.b_addr,
+            transport: Transport::Udp,
+            bytes: bye.to_bytes(),
+        },
+    );
+    p.drive();
+    assert_eq!(p.sent(false, "487").len(), 1);
+    assert_eq!(
+        events(&p.b_events).last(),
+        Some(&UaEvent::Terminated {
+            leg: b_leg,
+            by_remote: true,
+            code: None
+        })
+    );
+    assert!(matches!(
+        events(&p.a_events).last(),
+        Some(UaEvent::Failed { code: 487, .. })
+    ));
+}

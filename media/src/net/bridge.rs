@@ -12,16 +12,16 @@
 //! our SR (or RR while we have sent it nothing) with a report block on what it sent us,
 //! every 5 s randomised 0.5-1.5x (§6.2), at its RTCP source once it sent us RTCP, else
 //! at its RTP port + 1; its reports give the RTT in [`SideStats`]. Per wakeup the task
-//! drains up to [`BATCH`] ready datagrams with `try_recv_from`; nothing allocates per
-//! packet.
+//! drains up to [`BATCH`] ready datagrams with `recvmmsg` ([`RECV_BATCH`] per call, via
+//! quinn-udp); nothing allocates per packet.
 #![allow(clippy::disallowed_methods)] // driver: supplies the relay's `now`
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -266,10 +266,7 @@ impl Bridge {
         let (pair_a, rtp_a, rtcp_a) = super::pool::bind_from_pool(pool, bind_ip)?;
         let (pair_b, rtp_b, rtcp_b) = super::pool::bind_from_pool(pool, bind_ip)?;
         let local = [rtp_a.local_addr()?, rtp_b.local_addr()?];
-        let udp_state = [
-            UdpSocketState::new(UdpSockRef::from(&rtp_a))?,
-            UdpSocketState::new(UdpSockRef::from(&rtp_b))?,
-        ];
+        let udp_state = recv_state()?;
         let mut rng = StdRng::seed_from_u64(pool.seed());
         let shared = Arc::new([SideAtomics::default(), SideAtomics::default()]);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -383,8 +380,8 @@ impl Bridge {
 struct Driver {
     relay: Relay,
     rtp: [UdpSocket; 2],
-    /// quinn-udp's per-socket state for `recvmmsg` on `rtp`.
-    udp_state: [UdpSocketState; 2],
+    /// quinn-udp's state for `recvmmsg` on `rtp`.
+    udp_state: &'static UdpSocketState,
     rtcp: [UdpSocket; 2],
     shared: Arc<[SideAtomics; 2]>,
     /// Per direction, indexed by the receiving side; built at the first packet that
@@ -429,6 +426,20 @@ const SIDES: [Side; 2] = [Side::A, Side::B];
 struct RecvBufs {
     data: [[u8; RECV_BUF]; RECV_BATCH],
     meta: [RecvMeta; RECV_BATCH],
+}
+
+/// The quinn-udp state for `recvmmsg`. Its constructor also turns on GRO, PKTINFO and
+/// TOS reception on the socket it is given; relay sockets want none of that (a GRO'd
+/// burst could exceed our buffers, and cmsgs cost per packet), and `recv` keeps no
+/// per-socket state. So one state, built on a throwaway unbound socket, serves all.
+fn recv_state() -> io::Result<&'static UdpSocketState> {
+    static STATE: OnceLock<UdpSocketState> = OnceLock::new();
+    if let Some(state) = STATE.get() {
+        return Ok(state);
+    }
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
+    Ok(STATE.get_or_init(|| state))
 }
 
 /// Packet duration implied by a payload's size, for building a transcoder.
@@ -652,7 +663,7 @@ impl Driver {
         while handled < BATCH {
             let mut got = 0;
             let res = {
-                let (sock, state) = (&self.rtp[i], &self.udp_state[i]);
+                let (sock, state) = (&self.rtp[i], self.udp_state);
                 let RecvBufs { data, meta } = &mut *bufs;
                 sock.try_io(Interest::READABLE, || {
                     let mut iovs = data.each_mut().map(|b| IoSliceMut::new(b));
@@ -674,7 +685,8 @@ impl Driver {
                 let Some(buf) = data.get_mut(..len) else {
                     continue;
                 };
-                // With UDP GRO one buffer may hold several datagrams of `stride` bytes.
+                // GRO is off on our sockets (see `recv_state`), so `stride` is `len`; were it
+                // on, one buffer would hold several datagrams of `stride` bytes.
                 for pkt in buf.chunks_mut(stride.max(1)) {
                     self.relay_one(now, side, src, pkt, sbuf);
                 }
