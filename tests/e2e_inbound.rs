@@ -617,3 +617,42 @@ async fn refer_from_the_carrier_transfers_a_transit_call() {
     assert_eq!(call["end_reason"], "caller_bye", "{}", h.switch.logs());
     assert_eq!(call["metadata"]["transferred"], true);
 }
+
+/// The far end sends early media reliably (183 + SDP, Require: 100rel): the switch PRACKs
+/// it, bridges it, and relays a 183 with its own SDP to the caller before the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_183_with_100rel_is_pracked_and_relayed_to_the_caller() {
+    let far = Sipp::uas("uas_early_media_100rel.xml");
+    let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
+    let caller = Sipp::builder("uac_call.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(300)
+        .spawn();
+    let caller = caller.wait().await;
+    caller.assert_success("caller");
+    far.wait()
+        .await
+        .assert_success("far end checking the PRACK");
+    let got_183 = caller
+        .messages
+        .split("SIP/2.0 183")
+        .nth(1)
+        .unwrap_or_default();
+    // SIPp separates logged messages with a line of dashes.
+    let block = got_183.split("-----").next().unwrap_or_default();
+    assert!(
+        block.contains("application/sdp") && block.contains("m=audio"),
+        "the caller's 183 carries our SDP:\n{}",
+        caller.messages
+    );
+    let events = h.events_until("call.completed").await;
+    assert_eq!(
+        types(&events),
+        [
+            "call.initiating",
+            "call.ringing",
+            "call.in_progress",
+            "call.completed"
+        ]
+    );
+}

@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
@@ -253,8 +253,9 @@ impl Bridge {
     /// between `a` and `b`. A side not negotiated yet (the callee before its answer)
     /// can be a placeholder: `remote: None` and the other side's codec; media for it
     /// is dropped until it is known or its far end sends first (latching), and
-    /// [`set_side`](Self::set_side) fills it in later. Must run inside a tokio runtime with I/O enabled (the task
-    /// runs on that runtime); errors if the pool is exhausted or there is no runtime.
+    /// [`set_side`](Self::set_side) fills it in later. Must run inside a tokio runtime
+    /// with I/O enabled (the task runs on that runtime); errors if the pool is exhausted
+    /// or there is no runtime.
     pub fn open(
         pool: &PortPool,
         bind_ip: IpAddr,
@@ -422,6 +423,39 @@ enum Wake {
 
 const SIDES: [Side; 2] = [Side::A, Side::B];
 
+/// The first RTP socket that is readable, side `first` polled first.
+fn poll_rtp(rtp: &[UdpSocket; 2], first: usize, cx: &mut Context<'_>) -> Option<Wake> {
+    for k in [first, first ^ 1] {
+        match rtp.get(k)?.poll_recv_ready(cx) {
+            Poll::Ready(Ok(())) => return Some(Wake::Rtp(SIDES[k % 2])),
+            Poll::Ready(Err(_)) => return Some(Wake::Shutdown),
+            Poll::Pending => {}
+        }
+    }
+    None
+}
+
+/// One datagram from the first RTCP socket that has one.
+fn poll_rtcp(
+    rtcp: &[UdpSocket; 2],
+    cbufs: &mut [[u8; RTCP_BUF]; 2],
+    cx: &mut Context<'_>,
+) -> Option<Wake> {
+    for (k, (sock, cbuf)) in rtcp.iter().zip(cbufs.iter_mut()).enumerate() {
+        let mut rb = ReadBuf::new(cbuf);
+        if let Poll::Ready(r) = sock.poll_recv_from(cx, &mut rb) {
+            return Some(match r {
+                Ok(src) => Wake::Rtcp(SIDES[k % 2], rb.filled().len(), src),
+                Err(e) => {
+                    tracing::trace!(error = %e, "RTCP recv error");
+                    Wake::RtcpError
+                }
+            });
+        }
+    }
+    None
+}
+
 /// `recvmmsg` buffers and their metadata.
 struct RecvBufs {
     data: [[u8; RECV_BUF]; RECV_BATCH],
@@ -471,6 +505,7 @@ impl Driver {
         let sleep = tokio::time::sleep_until(self.next_deadline());
         tokio::pin!(sleep);
         let mut first = 0;
+        let mut rtcp_last = false;
         loop {
             // Hand-rolled instead of `select!`: the poll_* methods keep one waker slot
             // per socket instead of building, registering and dropping a readiness
@@ -480,39 +515,24 @@ impl Driver {
                 if let Poll::Ready(cmd) = cmd_rx.poll_recv(cx) {
                     return Poll::Ready(Wake::Command(cmd));
                 }
-                // The sides take turns going first, so a flooded one cannot starve the other.
-                first ^= 1;
-                for k in [first, first ^ 1] {
-                    let Some(sock) = self.rtp.get(k) else {
-                        continue;
-                    };
-                    match sock.poll_recv_ready(cx) {
-                        Poll::Ready(Ok(())) => return Poll::Ready(Wake::Rtp(SIDES[k])),
-                        Poll::Ready(Err(_)) => return Poll::Ready(Wake::Shutdown),
-                        Poll::Pending => {}
-                    }
-                }
-                for (k, cbuf) in cbufs.iter_mut().enumerate() {
-                    let Some(sock) = self.rtcp.get(k) else {
-                        continue;
-                    };
-                    let mut rb = ReadBuf::new(cbuf);
-                    if let Poll::Ready(r) = sock.poll_recv_from(cx, &mut rb) {
-                        return Poll::Ready(match r {
-                            Ok(src) => Wake::Rtcp(SIDES[k], rb.filled().len(), src),
-                            Err(e) => {
-                                tracing::trace!(error = %e, "RTCP recv error");
-                                Wake::RtcpError
-                            }
-                        });
-                    }
-                }
                 if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Timer);
+                }
+                // Neither kind of socket may starve the other under a flood: after an
+                // RTCP datagram, RTP goes first; the RTP sides take turns going first.
+                first ^= 1;
+                let wake = if rtcp_last {
+                    poll_rtp(&self.rtp, first, cx).or_else(|| poll_rtcp(&self.rtcp, &mut cbufs, cx))
+                } else {
+                    poll_rtcp(&self.rtcp, &mut cbufs, cx).or_else(|| poll_rtp(&self.rtp, first, cx))
+                };
+                if let Some(wake) = wake {
+                    return Poll::Ready(wake);
                 }
                 Poll::Pending
             })
             .await;
+            rtcp_last = matches!(wake, Wake::Rtcp(..) | Wake::RtcpError);
             match wake {
                 Wake::Command(Some(cmd)) => self.command(cmd, sleep.as_mut()),
                 Wake::Command(None) | Wake::Shutdown => break,
