@@ -655,13 +655,32 @@ impl TransitTask {
         if change.status.is_terminal()
             && let Some(bridge) = self.bridge.take()
         {
-            let [a, b] = bridge.close().await;
+            let ([a, b], [sa, sb]) = bridge.close_with_stats().await;
             let packets = a.received_packets + b.received_packets;
             let bytes = a.received_bytes + b.received_bytes;
-            set_media_stats(r, packets, bytes, 0, 0.0);
+            // Loss and jitter as the worse of the two legs: what a listener would suffer.
+            set_media_stats(
+                r,
+                packets,
+                bytes,
+                sa.lost + sb.lost,
+                sa.jitter_ms.max(sb.jitter_ms),
+            );
+            let leg = |c: &media::net::bridge::BridgeCounters,
+                       st: &media::net::bridge::SideStats,
+                       sent: u64| {
+                serde_json::json!({
+                    "packets_received": c.received_packets,
+                    "packets_sent": sent,
+                    "dropped": c.dropped_total(),
+                    "lost": st.lost,
+                    "jitter_ms": (st.jitter_ms * 100.0).round() / 100.0,
+                    "rtt_ms": st.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                })
+            };
             r.metadata["media"] = serde_json::json!({
-                "caller": {"packets_received": a.received_packets, "packets_sent": b.sent_packets, "dropped": a.dropped_total()},
-                "callee": {"packets_received": b.received_packets, "packets_sent": a.sent_packets, "dropped": b.dropped_total()},
+                "caller": leg(&a, &sa, b.sent_packets),
+                "callee": leg(&b, &sb, a.sent_packets),
             });
             self.shared.metrics.rtp(packets, bytes);
         }

@@ -16,6 +16,7 @@
 //! quinn-udp); nothing allocates per packet.
 #![allow(clippy::disallowed_methods)] // driver: supplies the relay's `now`
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
@@ -456,10 +457,20 @@ fn poll_rtcp(
     None
 }
 
-/// `recvmmsg` buffers and their metadata.
-struct RecvBufs {
+/// `recvmmsg` buffers and their metadata, and the transcoder's output buffer.
+struct WorkBufs {
     data: [[u8; RECV_BUF]; RECV_BATCH],
     meta: [RecvMeta; RECV_BATCH],
+    sbuf: [u8; SEND_BUF],
+}
+
+thread_local! {
+    /// One set per runtime worker thread rather than ~20 KiB in every call's task.
+    static WORK_BUFS: RefCell<Box<WorkBufs>> = RefCell::new(Box::new(WorkBufs {
+        data: [[0; RECV_BUF]; RECV_BATCH],
+        meta: [RecvMeta::default(); RECV_BATCH],
+        sbuf: [0; SEND_BUF],
+    }));
 }
 
 /// The quinn-udp state for `recvmmsg`. Its constructor also turns on GRO, PKTINFO and
@@ -490,12 +501,6 @@ fn ptime_ms(codec: AudioCodec, payload_len: usize) -> u32 {
 
 impl Driver {
     async fn run(mut self, mut cmd_rx: mpsc::UnboundedReceiver<Command>, ports: [PortPair; 2]) {
-        // Boxed once per call: 16 KiB of receive buffers would bloat the task's future.
-        let mut bufs = Box::new(RecvBufs {
-            data: [[0u8; RECV_BUF]; RECV_BATCH],
-            meta: [RecvMeta::default(); RECV_BATCH],
-        });
-        let mut sbuf = [0u8; SEND_BUF];
         let mut cbufs = [[0u8; RTCP_BUF]; 2];
         let start = tokio::time::Instant::now();
         for side in [Side::A, Side::B] {
@@ -536,7 +541,9 @@ impl Driver {
             match wake {
                 Wake::Command(Some(cmd)) => self.command(cmd, sleep.as_mut()),
                 Wake::Command(None) | Wake::Shutdown => break,
-                Wake::Rtp(side) => self.drain(side, &mut bufs, &mut sbuf),
+                // The buffers are the worker thread's: `drain` never awaits, so no other
+                // bridge on this thread can be inside it meanwhile.
+                Wake::Rtp(side) => WORK_BUFS.with_borrow_mut(|b| self.drain(side, b)),
                 Wake::Rtcp(side, n, src) => {
                     let data = cbufs[idx(side)].get(..n).unwrap_or_default();
                     self.on_rtcp(side, data, src);
@@ -675,7 +682,7 @@ impl Driver {
     /// the socket was empty at that moment, so readiness is cleared right there instead
     /// of by one more `recvfrom` failing with `EAGAIN`: one syscall less per packet when
     /// packets arrive one at a time (the normal case at 50 packets/s per socket).
-    fn drain(&mut self, side: Side, bufs: &mut RecvBufs, sbuf: &mut [u8; SEND_BUF]) {
+    fn drain(&mut self, side: Side, bufs: &mut WorkBufs) {
         let i = idx(side);
         // One clock read per wakeup: the batch arrived within microseconds.
         let now = Instant::now();
@@ -684,7 +691,7 @@ impl Driver {
             let mut got = 0;
             let res = {
                 let (sock, state) = (&self.rtp[i], self.udp_state);
-                let RecvBufs { data, meta } = &mut *bufs;
+                let WorkBufs { data, meta, .. } = &mut *bufs;
                 sock.try_io(Interest::READABLE, || {
                     let mut iovs = data.each_mut().map(|b| IoSliceMut::new(b));
                     got = state.recv(UdpSockRef::from(sock), &mut iovs, meta)?;
@@ -697,8 +704,9 @@ impl Driver {
                     }
                 })
             };
+            let WorkBufs { data, meta, sbuf } = &mut *bufs;
             for k in 0..got {
-                let (Some(m), Some(data)) = (bufs.meta.get(k), bufs.data.get_mut(k)) else {
+                let (Some(m), Some(data)) = (meta.get(k), data.get_mut(k)) else {
                     break;
                 };
                 let (src, len, stride) = (m.addr, m.len, m.stride);
