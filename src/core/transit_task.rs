@@ -66,6 +66,9 @@ pub(crate) struct TransitTask {
     media_seen: (u64, Instant),
     /// A blind transfer asked for by one leg's REFER: the new party's leg while it rings.
     transfer: Option<Transfer>,
+    /// Digits either party sends (RFC 4733), relayed by the bridge and reported as
+    /// `call.dtmf` events with the side they came from.
+    dtmf: Option<mpsc::Receiver<(Side, media::dtmf::DtmfEvent)>>,
 }
 
 /// An accepted REFER in progress: `new_leg` is being called to replace `side`'s party.
@@ -95,7 +98,7 @@ impl TransitTask {
             remote: None,
             ..a_side
         };
-        let bridge = media::net::bridge::Bridge::open(
+        let mut bridge = media::net::bridge::Bridge::open(
             &shared.ports,
             bind_ip,
             a_side,
@@ -103,6 +106,7 @@ impl TransitTask {
             RelayConfig::default(),
         )
         .map_err(|_| (503u16, "Service Unavailable"))?;
+        let dtmf = bridge.take_dtmf_events();
         let a_local = local_offer(config, bridge.local_addr(Side::A).port());
         let (a_sdp, _) = media::sdp::answer_offer(&setup.a_offer.bytes, &a_local)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
@@ -134,6 +138,7 @@ impl TransitTask {
             media_check: None,
             media_seen: (0, Instant::now()),
             transfer: None,
+            dtmf,
         })
     }
 
@@ -151,6 +156,7 @@ impl TransitTask {
                     },
                     () = sleep_until(deadline) => self.machine.handle_timeout(Instant::now()),
                     () = sleep_until(self.media_check) => self.check_media(Instant::now()),
+                    Some((side, digit)) = next_dtmf(&mut self.dtmf) => self.on_dtmf(side, digit).await,
                 }
                 self.drain().await;
             }
@@ -649,6 +655,28 @@ impl TransitTask {
         }
     }
 
+    /// A digit crossed the bridge (it was relayed as RFC 4733 to the other side too).
+    async fn on_dtmf(&mut self, side: Side, d: media::dtmf::DtmfEvent) {
+        let duration_ms = u64::from(d.duration_ts) / 8; // telephone-event/8000
+        let from = if side == Side::A { "caller" } else { "callee" };
+        tracing::info!(digit = %d.digit, duration_ms, from, "DTMF relayed");
+        let event = crate::model::NewEvent {
+            event_type: "call.dtmf".to_owned(),
+            extra: serde_json::json!({
+                "digit": d.digit.to_string(),
+                "duration_ms": duration_ms,
+                "from": from,
+            }),
+        };
+        match self.shared.store.update_call(&self.record, Some(&event)).await {
+            Ok(_) => self.shared.webhooks.notify_one(),
+            Err(e) => {
+                self.shared.metrics.store_error();
+                tracing::error!(error = %e, "failed to record a DTMF event");
+            }
+        }
+    }
+
     async fn apply_status(&mut self, change: StatusChange) {
         let r = &mut self.record;
         apply_change(r, &change, Utc::now());
@@ -686,6 +714,22 @@ impl TransitTask {
         }
         persist_status(&self.shared, r, change.status).await;
         tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
+    }
+}
+
+async fn next_dtmf(
+    rx: &mut Option<mpsc::Receiver<(Side, media::dtmf::DtmfEvent)>>,
+) -> Option<(Side, media::dtmf::DtmfEvent)> {
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    match r.recv().await {
+        Some(ev) => Some(ev),
+        // The bridge closed (the call is ending): stop polling a dead channel.
+        None => {
+            *rx = None;
+            std::future::pending().await
+        }
     }
 }
 
