@@ -84,6 +84,10 @@ impl Inbound {
         }
     }
 
+    fn plan_path(&self) -> PathBuf {
+        self._plan.path().join("plan.toml")
+    }
+
     async fn only_call(&self) -> Value {
         let (status, list) = self.api.list_calls("").await;
         assert_eq!(status, 200, "{list}");
@@ -655,4 +659,118 @@ async fn early_media_183_with_100rel_is_pracked_and_relayed_to_the_caller() {
             "call.completed"
         ]
     );
+}
+
+/// OPTIONS keep-alive: a trunk whose probes get 503 is marked down (API and metrics) and
+/// the dialplan's failover skips it without sending it the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_marks_a_sick_trunk_down_and_failover_skips_it() {
+    let sick = Sipp::builder("uas_options_503.xml")
+        .calls(1000)
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    let good = Sipp::uas("uas_answer_hold.xml");
+    let plan =
+        "[[rules]]\nname = \"us\"\nto = { prefix = \"+1\" }\ntrunks = [\"sick\", \"carrier\"]\n";
+    let sick_trunk = format!(
+        "[[trunks]]\nname = \"sick\"\nuri = \"sip:{}\"\nkeepalive_interval_s = 1\ntenant = \"acme\"\n",
+        sick.addr()
+    );
+    let mut h = start(good.addr(), plan, &sick_trunk).await;
+    let admin = h.switch.api("acme", "admin").await;
+    // Wait (bounded) for the first probe's answer to land in the trunk state.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, trunks) = admin.request(reqwest::Method::GET, "/trunks", None).await;
+        let state = trunks["data"]
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["name"] == "sick"))
+            .map(|t| t["status"].clone());
+        if state == Some(Value::from("down")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never marked down: {trunks}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caller = Sipp::builder("uac_call.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(200)
+        .spawn();
+    caller.wait().await.assert_success("caller");
+    let events = h.events_until("call.completed").await;
+    assert_eq!(
+        events.last().expect("events")["data"]["call"]["trunk"],
+        "carrier"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", h.switch.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    assert!(
+        metrics.contains("switchyard_trunk_up{trunk=\"sick\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_trunk_skipped_total 1"),
+        "{metrics}"
+    );
+    drop(sick);
+    drop(good);
+}
+
+/// The dialplan is swapped by `POST /api/v1/dialplan/reload` without a restart; a plan that
+/// does not validate is refused with its problem and the running one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialplan_reload_by_api_takes_effect_and_refuses_a_bad_plan() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let closed = "[[rules]]\nname = \"closed\"\nto = { prefix = \"+1\" }\nreject = 403\n";
+    let mut h = start(far.addr(), closed, "").await;
+    let admin = h.switch.api("acme", "admin").await;
+    let refused = Sipp::builder("uac_expect_403.xml")
+        .remote(h.switch.sip_udp())
+        .spawn();
+    refused.wait().await.assert_success("closed plan");
+
+    let plan_path = h.plan_path();
+    std::fs::write(
+        &plan_path,
+        "[[rules]]\nname = \"bad\"\nto = { prefix = \"+1\" }\ntrunks = [\"nope\"]\n",
+    )
+    .expect("write plan");
+    let (status, body) = admin
+        .request(reqwest::Method::POST, "/dialplan/reload", None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or_default().contains("nope"),
+        "{body}"
+    );
+    let still_closed = Sipp::builder("uac_expect_403.xml")
+        .remote(h.switch.sip_udp())
+        .spawn();
+    still_closed.wait().await.assert_success("old plan kept");
+
+    std::fs::write(&plan_path, TRANSIT_PLAN).expect("write plan");
+    let (status, body) = admin
+        .request(reqwest::Method::POST, "/dialplan/reload", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["rules"], 1);
+    let member = h.switch.api("acme", "member").await;
+    let (status, _) = member
+        .request(reqwest::Method::POST, "/dialplan/reload", None)
+        .await;
+    assert_eq!(status, 403, "members cannot reload");
+    let caller = Sipp::builder("uac_call.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(200)
+        .spawn();
+    caller.wait().await.assert_success("open plan");
+    h.events_until("call.completed").await;
+    drop(far);
 }
