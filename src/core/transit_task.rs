@@ -668,7 +668,12 @@ impl TransitTask {
                 "from": from,
             }),
         };
-        match self.shared.store.update_call(&self.record, Some(&event)).await {
+        match self
+            .shared
+            .store
+            .update_call(&self.record, Some(&event))
+            .await
+        {
             Ok(_) => self.shared.webhooks.notify_one(),
             Err(e) => {
                 self.shared.metrics.store_error();
