@@ -6,6 +6,7 @@ pub mod api;
 pub mod harness;
 pub mod sipp;
 pub mod switch;
+pub mod transit;
 pub mod webhook;
 
 pub use api::{Api, wait_for_status};
