@@ -679,3 +679,29 @@ async fn dialplan_reload_by_api_takes_effect_and_refuses_a_bad_plan() {
     h.events_until("call.completed").await;
     drop(far);
 }
+
+/// The caller gives up while the far end rings: our CANCEL follows on leg B, the caller gets
+/// its 487, and the call ends `cancelled` / `caller_cancel`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_cancel_while_ringing_cancels_the_far_end() {
+    let far = Sipp::uas("uas_ring_no_answer.xml");
+    let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
+    let caller = Sipp::builder("uac_cancel.xml")
+        .remote(h.switch.sip_udp())
+        .spawn();
+    caller.wait().await.assert_success("caller cancelling");
+    far.wait()
+        .await
+        .assert_success("far end receiving the CANCEL");
+    let events = h.events_until("call.cancelled").await;
+    assert_eq!(
+        types(&events),
+        ["call.initiating", "call.ringing", "call.cancelled"]
+    );
+    assert_eq!(
+        events[2]["data"]["call"]["end_reason"],
+        "caller_cancel",
+        "{}",
+        h.switch.logs()
+    );
+}
