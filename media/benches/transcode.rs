@@ -13,8 +13,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use media::codec::{self, AudioCodec};
+use media::relay::{Relay, RelayConfig, Side, SideParams, Verdict};
 use media::resample::Resampler;
+use media::rtp::{RtpHeader, write_packet};
 use media::transcode::Transcoder;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 // Counts heap allocations so the table can show the hot path makes none.
@@ -122,6 +126,66 @@ fn bench_transcode(a: AudioCodec, b: AudioCodec) -> Measured {
     })
 }
 
+fn side(codec: AudioCodec, pt: u8, port: u16) -> SideParams {
+    SideParams {
+        remote: Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        codec,
+        pt,
+        clock_rate: codec.rtp_clock_rate(),
+        dtmf_pt: None,
+    }
+}
+
+/// Both directions of a transcoded call through the sans-IO relay, packets arriving on
+/// a steady 20 ms clock: transcoded on arrival (`buffered: false`, the driver's
+/// transcoder) or played out through the jitter buffer and `handle_timeout`.
+fn bench_relay(a: AudioCodec, b: AudioCodec, buffered: bool) -> Measured {
+    let (pa, pb) = (payloads(a), payloads(b));
+    let config = RelayConfig {
+        transcode_jitter: if buffered {
+            RelayConfig::default().transcode_jitter
+        } else {
+            None
+        },
+        ..RelayConfig::default()
+    };
+    let (sa, sb) = (side(a, 0, 4000), side(b, 8, 5000));
+    let mut relay = Relay::new(sa, sb, config, &mut StdRng::seed_from_u64(1));
+    let mut tcs = [
+        Transcoder::new(a, b, PTIME).expect("transcoder"),
+        Transcoder::new(b, a, PTIME).expect("transcoder"),
+    ];
+    let start = Instant::now();
+    let mut n: u32 = 0;
+    let mut pkt = [0u8; 1500];
+    let mut out = [0u8; 1500];
+    measure(move || {
+        for (xa, xb) in pa.iter().zip(&pb) {
+            let now = start + Duration::from_millis(20 * u64::from(n));
+            for (from, params, payload) in [(Side::A, sa, xa), (Side::B, sb, xb)] {
+                let h = RtpHeader {
+                    marker: false,
+                    pt: params.pt,
+                    seq: n as u16,
+                    timestamp: n.wrapping_mul(params.codec.timestamp_step(PTIME)),
+                    ssrc: 7,
+                };
+                let len = write_packet(&mut pkt, &h, payload).expect("packet");
+                let src = params.remote.expect("remote");
+                let v = relay.handle_packet(now, from, src, &mut pkt, len);
+                if let Verdict::Transcode { payload, .. } = v {
+                    let tc = &mut tcs[usize::from(from == Side::B)];
+                    black_box(tc.process(&pkt[payload], &mut out).expect("transcode"));
+                }
+            }
+            while let Some(t) = relay.handle_timeout(now, &mut out) {
+                black_box(t);
+            }
+            n += 1;
+        }
+    })
+}
+
 /// Both directions of rate conversion between `a` and `b` Hz.
 fn bench_resample(a: u32, b: u32) -> Measured {
     let mut up = Resampler::new(a, b).expect("resampler");
@@ -142,7 +206,7 @@ fn bench_resample(a: u32, b: u32) -> Measured {
 type Row = (&'static str, fn() -> Measured);
 
 fn main() {
-    let rows: [Row; 7] = [
+    let rows: [Row; 11] = [
         ("PCMU <-> PCMA", || {
             bench_transcode(AudioCodec::Pcmu, AudioCodec::Pcma)
         }),
@@ -151,6 +215,18 @@ fn main() {
         }),
         ("PCMU <-> Opus", || bench_transcode(AudioCodec::Pcmu, OPUS)),
         ("G.722 <-> Opus", || bench_transcode(AudioCodec::G722, OPUS)),
+        ("relay PCMU<->PCMA direct", || {
+            bench_relay(AudioCodec::Pcmu, AudioCodec::Pcma, false)
+        }),
+        ("relay PCMU<->PCMA jb", || {
+            bench_relay(AudioCodec::Pcmu, AudioCodec::Pcma, true)
+        }),
+        ("relay PCMU<->Opus direct", || {
+            bench_relay(AudioCodec::Pcmu, OPUS, false)
+        }),
+        ("relay PCMU<->Opus jb", || {
+            bench_relay(AudioCodec::Pcmu, OPUS, true)
+        }),
         ("resample 8 <-> 16 kHz", || bench_resample(8_000, 16_000)),
         ("resample 8 <-> 24 kHz", || bench_resample(8_000, 24_000)),
         ("resample 16 <-> 48 kHz", || bench_resample(16_000, 48_000)),

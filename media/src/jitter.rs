@@ -10,9 +10,13 @@
 //! reset (`epoch`). A packet's *transit* is arrival minus its (unwrapped) timestamp;
 //! the frame with timestamp `X` is due at `X + play_offset`. The fastest recent packet
 //! (minimum transit) defines the buffering delay `play_offset - min_transit`, which is
-//! steered towards a target `clamp(K·J + frame, min, max)`, raised at once to cover any
-//! packet that arrived after its playout time. Growing inserts a [`Playout::Gap`];
-//! shrinking discards one queued frame at most every [`SHRINK_EVERY`] frames.
+//! steered towards a target `clamp(max(K·J + frame, spread + frame/2), min, max)`, where
+//! `spread` is the largest recent transit above the minimum (so the target does not dip
+//! below what recent packets needed and shrink into late packets), raised at once to
+//! cover any packet that arrived after its playout time. Growing inserts a
+//! [`Playout::Gap`], and only for what packets actually needed (the spread, a late
+//! packet): the noisy `K·J` term keeps the delay from shrinking but never makes a gap
+//! by itself. Shrinking discards one queued frame at most every [`SHRINK_EVERY`] frames.
 //!
 //! A missing sequence number is placed by the timestamp of the next buffered packet:
 //! lost at its own slot, or a gap if the sender paused before it. With nothing
@@ -157,9 +161,13 @@ pub struct JitterBuffer {
     jitter: f64,
     last_transit: Option<i64>,
     win_min: [i64; 2],
+    /// Largest transit above the minimum, over the same two windows.
+    win_spread: [i64; 2],
     win_count: u32,
     boost: f64,
     target: i64,
+    /// The part of `target` the delay grows for: spread and late-packet boost.
+    need: i64,
     since_shrink: u32,
     empty_run: u32,
     stats: JitterStats,
@@ -199,14 +207,17 @@ impl JitterBuffer {
             jitter: 0.0,
             last_transit: None,
             win_min: [i64::MAX; 2],
+            win_spread: [0; 2],
             win_count: 0,
             boost: 0.0,
             target: 0,
+            need: 0,
             since_shrink: 0,
             empty_run: 0,
             stats: JitterStats::default(),
         };
         jb.target = jb.initial_target();
+        jb.need = jb.target;
         jb
     }
 
@@ -304,10 +315,12 @@ impl JitterBuffer {
         self.history = 0;
         self.last_transit = None;
         self.win_min = [i64::MAX; 2];
+        self.win_spread = [0; 2];
         self.win_count = 0;
         self.boost = 0.0;
         self.jitter = 0.0;
         self.target = self.initial_target();
+        self.need = self.target;
         self.play_offset = self.target;
         self.since_shrink = 0;
         self.empty_run = 0;
@@ -386,19 +399,26 @@ impl JitterBuffer {
         self.last_transit = Some(transit);
         self.win_min[1] = self.win_min[1].min(transit);
         self.win_count += 1;
+        let spread_ts = transit - self.min_transit();
+        self.win_spread[1] = self.win_spread[1].max(spread_ts);
         if self.win_count >= WINDOW {
             self.win_min = [self.win_min[1], i64::MAX];
+            self.win_spread = [self.win_spread[1], 0];
             self.win_count = 0;
         }
-        let spread = (transit - self.min_transit()) as f64;
+        let spread = spread_ts as f64;
         if transit > self.play_offset {
             // Arrived after (or too close to) its playout time: grow at once.
             self.boost = self.boost.max(spread + f64::from(self.cfg.frame_ts) / 2.0);
         }
         self.boost -= self.boost * BOOST_DECAY;
         let from_jitter = (JITTER_K * self.jitter) as i64 + self.frame();
-        self.target = from_jitter
+        let from_spread = self.win_spread[0].max(self.win_spread[1]) + self.frame() / 2;
+        self.need = from_spread
             .max(self.boost as i64)
+            .clamp(self.min_ts(), self.max_ts());
+        self.target = from_jitter
+            .max(self.need)
             .clamp(self.min_ts(), self.max_ts());
         if self.state == State::Buffering {
             self.play_offset = self.min_transit() + self.target;
@@ -466,7 +486,7 @@ impl JitterBuffer {
         let current = self.play_offset - self.min_transit();
         self.since_shrink = self.since_shrink.saturating_add(1);
 
-        if current + frame / 2 <= self.target {
+        if current + frame / 2 <= self.need {
             self.play_offset += frame;
             self.stats.gaps += 1;
             return Some(Playout::Gap { ts: self.play_ts });

@@ -13,6 +13,14 @@
 //!
 //! The per-packet path is allocation-free and map-free: two sides live in a fixed array
 //! indexed by [`Side`], and everything it touches is a few dozen bytes of state.
+//!
+//! Transcoded directions (the legs' codecs differ) are played out on a clock unless
+//! [`RelayConfig::transcode_jitter`] is `None`: their audio packets go into an adaptive
+//! [`JitterBuffer`] ([`Verdict::Buffered`]) and [`Relay::handle_timeout`] produces one
+//! transcoded packet per frame time ([`Relay::poll_timeout`] says when): a packet is
+//! decoded, resampled and encoded; a lost one is concealed by the source codec's PLC,
+//! so the far side gets a continuous stream in order. RFC 4733 events are never
+//! buffered, and pass-through directions add no delay.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -22,9 +30,11 @@ use rand::Rng;
 
 use crate::codec::AudioCodec;
 use crate::dtmf::{DtmfDecoder, DtmfEvent, EVENT_LEN};
+use crate::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 use crate::rtp::{HEADER_LEN, RtpHeader, RtpView};
 use crate::sdp::StreamParams;
 use crate::stats::RtpStats;
+use crate::transcode::Transcoder;
 
 /// A digit whose end packets never came is reported once the side has sent no event
 /// packet for this long (RFC 4733 §2.5.2.2 leaves the timeout to the receiver).
@@ -113,6 +123,9 @@ pub struct RelayConfig {
     /// After an input SSRC change, packets of the previous SSRC arriving within this
     /// window are late stragglers and are dropped instead of switching back.
     pub stale_ssrc_window: Duration,
+    /// Jitter buffering of transcoded directions (the default). `None` hands each
+    /// packet to the caller's transcoder as it arrives ([`Verdict::Transcode`]).
+    pub transcode_jitter: Option<TranscodeJitter>,
 }
 
 impl Default for RelayConfig {
@@ -120,8 +133,40 @@ impl Default for RelayConfig {
         RelayConfig {
             relatch_after_silence: Duration::ZERO,
             stale_ssrc_window: Duration::from_millis(500),
+            transcode_jitter: Some(TranscodeJitter::default()),
         }
     }
+}
+
+/// Delay bounds of the adaptive jitter buffer of a transcoded direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TranscodeJitter {
+    /// Lowest buffering delay.
+    pub min_delay_ms: u32,
+    /// Highest buffering delay.
+    pub max_delay_ms: u32,
+}
+
+impl Default for TranscodeJitter {
+    fn default() -> Self {
+        TranscodeJitter {
+            // One frame more than the buffer's own minimum: the first packets come before
+            // any jitter estimate, and a concealed frame is worse than 20 ms of delay.
+            min_delay_ms: 40,
+            max_delay_ms: JitterConfig::default().max_delay_ms,
+        }
+    }
+}
+
+/// A packet [`Relay::handle_timeout`] wrote for the driver to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// The side it goes to.
+    pub to: Side,
+    /// Where to send it.
+    pub dst: SocketAddr,
+    /// Packet length at the front of the caller's buffer (header and payload).
+    pub len: usize,
 }
 
 /// Why a packet was not relayed.
@@ -193,6 +238,9 @@ pub enum Verdict {
         /// The received payload within `buf` (header, extension and padding excluded).
         payload: Range<usize>,
     },
+    /// Held in the jitter buffer of a transcoded direction: it leaves, transcoded, from
+    /// [`Relay::handle_timeout`]. Nothing to send now.
+    Buffered,
     /// Do not send; counted under the reason.
     Drop(DropReason),
 }
@@ -208,8 +256,12 @@ pub struct SideCounters {
     pub forwarded_packets: u64,
     /// Octets of those packets.
     pub forwarded_bytes: u64,
-    /// Packets handed to a transcoder.
+    /// Packets handed to a transcoder (or to a transcoded direction's jitter buffer).
     pub transcoded_packets: u64,
+    /// Frames a transcoded direction could not decode or encode (nothing was sent).
+    pub transcode_errors: u64,
+    /// Frames a transcoded direction concealed (lost, late or missing input).
+    pub concealed_frames: u64,
     /// Times the side latched to a source address (first latch included).
     pub latches: u64,
     /// Times the incoming SSRC changed after the first packet.
@@ -396,13 +448,129 @@ enum SourceCheck {
     Latch,
 }
 
+/// Frames of concealment not sent after an RFC 4733 event: the sender replaced its
+/// audio by the event, so there is nothing to conceal.
+const EVENT_QUIET: Duration = Duration::from_millis(60);
+/// Concealment sent for a run of missing input, at most: the PLC has faded to silence
+/// by then (60 ms), and a sender that stopped (end of talkspurt, hold) should not be
+/// replaced by a stream of silence. The output resumes, re-based, with its next packet.
+const MAX_CONCEALED_MS: u32 = 60;
+/// Frames one [`Relay::handle_timeout`] call may skip without sending (concealment
+/// muted by an event) before it returns.
+const MAX_SILENT_POPS: usize = 16;
+
+/// The playout of one transcoded direction: its jitter buffer, keyed on the numbering
+/// [`OutStream::map`] gives the packets (continuous across input SSRC changes, in the
+/// output clock), and the transcoder its frames go through.
+struct PlayoutPath {
+    from: AudioCodec,
+    to: AudioCodec,
+    ptime_ms: u32,
+    frame_ts: u32,
+    jb: JitterBuffer,
+    tc: Transcoder,
+    /// Sequence number of the next packet sent (audio or event) in this direction.
+    next_seq: u16,
+    /// The last audio packet sent.
+    sent: Option<LastOut>,
+    /// Frame times played out without sending since `sent` (muted concealment).
+    muted: u32,
+    /// Consecutive frames concealed.
+    concealed_run: u32,
+    /// The buffer's restart count when `sent` was sent; a restart re-bases the output.
+    resets: u64,
+    /// The buffer has been filling since `sent`: the output re-bases.
+    refill: bool,
+}
+
+impl std::fmt::Debug for PlayoutPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlayoutPath")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("ptime_ms", &self.ptime_ms)
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlayoutPath {
+    fn new(
+        from: AudioCodec,
+        to: AudioCodec,
+        to_rate: u32,
+        ptime_ms: u32,
+        first_seq: u16,
+        cfg: TranscodeJitter,
+    ) -> Option<Self> {
+        let tc = match Transcoder::new(from, to, ptime_ms) {
+            Ok(tc) => tc,
+            Err(e) => {
+                tracing::debug!(error = %e, ?from, ?to, ptime_ms, "cannot transcode");
+                return None;
+            }
+        };
+        let frame_ts = to_rate / 1000 * ptime_ms;
+        let jb = JitterBuffer::new(JitterConfig {
+            clock_rate: to_rate,
+            frame_ts,
+            min_delay_ms: cfg.min_delay_ms,
+            max_delay_ms: cfg.max_delay_ms,
+            ..JitterConfig::default()
+        });
+        Some(PlayoutPath {
+            from,
+            to,
+            ptime_ms,
+            frame_ts,
+            jb,
+            tc,
+            next_seq: first_seq,
+            sent: None,
+            muted: 0,
+            concealed_run: 0,
+            resets: 0,
+            refill: false,
+        })
+    }
+
+    /// The timestamp of the audio packet sent at `now`: one frame after the previous
+    /// one per frame time, whatever the buffer did (a growth step inserts a frame, a
+    /// shrink step drops one); after a restart or a refill, advanced by the wall-clock
+    /// gap. `None` for the first packet (it keeps the buffer's timestamp). Also says
+    /// whether the stream was re-based (the packet gets the marker bit).
+    fn next_ts(&mut self, now: Instant, rate: u32) -> Option<(u32, bool)> {
+        let last = self.sent?;
+        let resets = self.jb.stats().resets;
+        if self.refill || resets != self.resets {
+            let gap = now.saturating_duration_since(last.at).as_nanos();
+            let ticks = u32::try_from(gap * u128::from(rate) / 1_000_000_000).unwrap_or(u32::MAX);
+            return Some((last.ts.wrapping_add(ticks.max(self.frame_ts)), true));
+        }
+        let frames = self.muted.saturating_add(1);
+        Some((
+            last.ts.wrapping_add(frames.wrapping_mul(self.frame_ts)),
+            self.muted > 0,
+        ))
+    }
+
+    fn take_seq(&mut self) -> u16 {
+        let s = self.next_seq;
+        self.next_seq = s.wrapping_add(1);
+        s
+    }
+}
+
 /// The relay state of one bridged call.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Relay {
     legs: [Leg; 2],
     config: RelayConfig,
     /// Origin of the arrival clock for jitter (the first packet's `now`).
     epoch: Option<Instant>,
+    /// Playout of each transcoded direction, indexed by the receiving side; built at
+    /// its first audio packet (this allocates, once per codec/ptime change).
+    paths: [Option<Box<PlayoutPath>>; 2],
 }
 
 impl Relay {
@@ -437,7 +605,174 @@ impl Relay {
             legs: [leg(a, ssrc_a), leg(b, ssrc_b)],
             config,
             epoch: None,
+            paths: [None, None],
         }
+    }
+
+    fn path_mut(&mut self, from: Side) -> &mut Option<Box<PlayoutPath>> {
+        match from {
+            Side::A => &mut self.paths[0],
+            Side::B => &mut self.paths[1],
+        }
+    }
+
+    fn path(&self, from: Side) -> Option<&PlayoutPath> {
+        match from {
+            Side::A => self.paths[0].as_deref(),
+            Side::B => self.paths[1].as_deref(),
+        }
+    }
+
+    /// Ends the playout of packets from `from`; the pass-through stream that may follow
+    /// continues its numbering from the last packet sent.
+    fn end_path(&mut self, from: Side) {
+        if let Some(path) = self.path_mut(from).take() {
+            let out = &mut self.leg_mut(from.other()).out;
+            if let Some(sent) = path.sent {
+                out.last = Some(sent);
+            }
+            out.prev_in_ssrc = None;
+            out.in_ssrc = None;
+        }
+    }
+
+    /// Jitter buffer counters and delay of the transcoded direction carrying what
+    /// `from`'s far end sends; `None` while it has no playout.
+    pub fn jitter_stats(&self, from: Side) -> Option<JitterStats> {
+        self.path(from).map(|p| p.jb.stats())
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) next has a frame to play out;
+    /// `None` while no transcoded direction has a stream.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let a = self.path(Side::A).and_then(|p| p.jb.poll_timeout());
+        let b = self.path(Side::B).and_then(|p| p.jb.poll_timeout());
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Plays out the next due frame of a transcoded direction: writes the packet
+    /// (12-byte header and transcoded or concealed payload) into the front of `buf`
+    /// and says where it goes. `None` once nothing more is due at `now`; call again
+    /// until then. `buf` should hold [`HEADER_LEN`] plus the largest payload of the
+    /// target codec.
+    pub fn handle_timeout(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let mut silent = 0;
+        loop {
+            let from = [Side::A, Side::B]
+                .into_iter()
+                .filter_map(|s| Some((s, self.path(s)?.jb.poll_timeout()?)))
+                .filter(|(_, t)| *t <= now)
+                .min_by_key(|(_, t)| *t)
+                .map(|(s, _)| s)?;
+            match self.play_one(now, from, buf) {
+                Played::Sent(t) => return Some(t),
+                Played::Nothing => return None,
+                Played::Silent => {
+                    silent += 1;
+                    if silent >= MAX_SILENT_POPS {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn play_one(&mut self, now: Instant, from: Side, buf: &mut [u8]) -> Played {
+        let to = from.other();
+        let quiet = self
+            .leg(from)
+            .dtmf_last
+            .is_some_and(|t| now.saturating_duration_since(t) < EVENT_QUIET)
+            || self
+                .leg(from)
+                .dtmf
+                .as_ref()
+                .is_some_and(DtmfDecoder::in_progress);
+        let dst = self.destination(to);
+        let (pt, ssrc, rate) = (
+            self.params(to).pt,
+            self.leg(to).out.ssrc,
+            self.params(to).clock_rate,
+        );
+        let idx = match from {
+            Side::A => 0,
+            Side::B => 1,
+        };
+        let Some(path) = self.paths.get_mut(idx).and_then(|p| p.as_deref_mut()) else {
+            return Played::Nothing;
+        };
+        let PlayoutPath { jb, tc, .. } = path;
+        let Some(h) = buf.get_mut(HEADER_LEN..) else {
+            return Played::Nothing;
+        };
+        let (ts, coded, concealed) = match jb.pop(now) {
+            None => return Played::Nothing,
+            Some(Playout::Nothing) => {
+                path.refill = true;
+                return Played::Silent;
+            }
+            Some(Playout::Frame { ts, payload }) => match tc.process(payload, h) {
+                Ok(n) => (ts, Ok(n), false),
+                // A corrupt payload is as good as lost.
+                Err(_) => (ts, tc.conceal(h), true),
+            },
+            Some(Playout::Lost { ts } | Playout::Gap { ts }) => {
+                let limit = MAX_CONCEALED_MS.div_ceil(path.ptime_ms.max(1));
+                if quiet || path.concealed_run >= limit {
+                    path.muted = path.muted.saturating_add(1);
+                    return Played::Silent;
+                }
+                (ts, tc.conceal(h), true)
+            }
+        };
+        let n = match (dst, coded) {
+            (Some(_), Ok(n)) => n,
+            (None, _) => {
+                path.muted = path.muted.saturating_add(1);
+                return Played::Silent;
+            }
+            (_, Err(e)) => {
+                tracing::trace!(error = %e, "transcoding a frame failed");
+                path.muted = path.muted.saturating_add(1);
+                self.leg_mut(from).counters.transcode_errors += 1;
+                return Played::Silent;
+            }
+        };
+        let Some(dst) = dst else {
+            return Played::Silent;
+        };
+        let (ts, marker) = path.next_ts(now, rate).unwrap_or((ts, true));
+        path.concealed_run = if concealed {
+            path.concealed_run.saturating_add(1)
+        } else {
+            0
+        };
+        path.muted = 0;
+        path.refill = false;
+        path.resets = path.jb.stats().resets;
+        let seq = path.take_seq();
+        let header = RtpHeader {
+            marker,
+            pt,
+            seq,
+            timestamp: ts,
+            ssrc,
+        };
+        if header.write(buf).is_err() {
+            return Played::Nothing;
+        }
+        path.sent = Some(LastOut { seq, ts, at: now });
+        if concealed {
+            self.leg_mut(from).counters.concealed_frames += 1;
+        }
+        Played::Sent(Transmit {
+            to,
+            dst,
+            len: HEADER_LEN + n,
+        })
     }
 
     fn leg(&self, side: Side) -> &Leg {
@@ -478,7 +813,8 @@ impl Relay {
     /// clock (for an RTCP SR, RFC 3550 §6.4.1); `None` before anything was sent.
     pub fn rtp_timestamp_at(&self, side: Side, now: Instant) -> Option<u32> {
         let leg = self.leg(side);
-        let last = leg.out.last?;
+        let played = self.path(side.other()).and_then(|p| p.sent);
+        let last = played.or(leg.out.last)?;
         let gap = now.saturating_duration_since(last.at).as_micros();
         let ticks = gap * u128::from(leg.params.clock_rate) / 1_000_000;
         Some(last.ts.wrapping_add(ticks as u32))
@@ -548,6 +884,9 @@ impl Relay {
             leg.dtmf = params.dtmf_pt.map(DtmfDecoder::new);
         }
         if old.codec != params.codec || old.clock_rate != params.clock_rate {
+            // Playout restarts with the new codecs at the next packet.
+            self.end_path(Side::A);
+            self.end_path(Side::B);
             for leg in &mut self.legs {
                 leg.out.prev_in_ssrc = None;
                 leg.out.in_ssrc = None;
@@ -717,6 +1056,22 @@ impl Relay {
             Ok(m) => m,
             Err(reason) => return self.drop(side, reason),
         };
+        if changed {
+            self.leg_mut(side).counters.ssrc_changes += 1;
+        }
+        if transcode && let Some(cfg) = self.config.transcode_jitter {
+            let input = pkt.get(payload).unwrap_or_default();
+            return self.buffer(now, side, out_seq, out_ts, input, cfg);
+        }
+        if !transcode && !is_event {
+            // The direction passes through (again): no playout may run beside it.
+            self.end_path(side);
+        }
+        // Packets sent in a played-out direction are numbered by its playout.
+        let out_seq = match self.path_mut(side) {
+            Some(path) if is_event => path.take_seq(),
+            _ => out_seq,
+        };
         let header = RtpHeader {
             marker: out_marker,
             pt: out_pt,
@@ -725,9 +1080,6 @@ impl Relay {
             ssrc: out_ssrc,
         };
         let c = &mut self.leg_mut(side).counters;
-        if changed {
-            c.ssrc_changes += 1;
-        }
         if transcode {
             c.transcoded_packets += 1;
             return Verdict::Transcode {
@@ -756,6 +1108,67 @@ impl Relay {
         c.forwarded_packets += 1;
         c.forwarded_bytes += len as u64;
         Verdict::Forward { dst, len }
+    }
+}
+
+/// What one playout step did.
+enum Played {
+    /// A packet is in the caller's buffer.
+    Sent(Transmit),
+    /// A frame time passed without a packet (filling, muted, no destination).
+    Silent,
+    /// Nothing is due.
+    Nothing,
+}
+
+/// Packet duration implied by a payload's size (the SDP ptime is not known here).
+fn ptime_of(codec: AudioCodec, payload_len: usize) -> u32 {
+    match codec {
+        // Both 64 kbit/s: 8 octets per millisecond.
+        AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => {
+            u32::try_from(payload_len / 8).unwrap_or(u32::MAX)
+        }
+        // Opus frames are self-describing; 20 ms is what SDP offers by default.
+        AudioCodec::Opus { .. } => 20,
+    }
+}
+
+impl Relay {
+    /// Puts one audio packet of a transcoded direction, already numbered for the
+    /// output stream, into that direction's jitter buffer.
+    fn buffer(
+        &mut self,
+        now: Instant,
+        side: Side,
+        seq: u16,
+        ts: u32,
+        payload: &[u8],
+        cfg: TranscodeJitter,
+    ) -> Verdict {
+        let from = self.params(side).codec;
+        let to = *self.params(side.other());
+        let ptime = ptime_of(from, payload.len());
+        let fits = self
+            .path(side)
+            .is_some_and(|p| p.from == from && p.to == to.codec && p.ptime_ms == ptime);
+        if !fits {
+            // Continue the numbering of whatever this direction sent before.
+            let next_seq = self.path(side).map_or(seq, |p| p.next_seq);
+            let path = PlayoutPath::new(from, to.codec, to.clock_rate, ptime, next_seq, cfg);
+            *self.path_mut(side) = path.map(Box::new);
+        }
+        let counters = match side {
+            Side::A => &mut self.legs[0].counters,
+            Side::B => &mut self.legs[1].counters,
+        };
+        counters.transcoded_packets += 1;
+        match self.path_mut(side) {
+            // One stream: the output numbering is already continuous across input SSRCs.
+            Some(path) => path.jb.push(now, seq, ts, 0, payload),
+            // No transcoder for this codec pair or packet duration.
+            None => self.leg_mut(side).counters.transcode_errors += 1,
+        }
+        Verdict::Buffered
     }
 }
 

@@ -112,6 +112,13 @@ fn tone(rate: u32, i: usize) -> Vec<i16> {
         .collect()
 }
 
+/// Transcoding without a jitter buffer (the playout is tested in bridge_playout.rs).
+const UNBUFFERED: RelayConfig = RelayConfig {
+    relatch_after_silence: Duration::ZERO,
+    stale_ssrc_window: Duration::from_millis(500),
+    transcode_jitter: None,
+};
+
 fn ulaw_frame(i: usize) -> Vec<u8> {
     let mut out = vec![0u8; 160];
     g711::encode_ulaw(&tone(8000, i), &mut out);
@@ -135,7 +142,8 @@ async fn callee_answer_then_reinvites_change_codec_with_continuity() {
         LO,
         params(Some(addr(&caller)), AudioCodec::Pcmu, None),
         params(None, AudioCodec::Pcmu, None),
-        RelayConfig::default(),
+        // Packet-by-packet transcoding: one packet out per packet in, in lock step.
+        UNBUFFERED,
     )
     .unwrap();
     let (a, b) = (bridge.local_addr(Side::A), bridge.local_addr(Side::B));
@@ -331,7 +339,8 @@ async fn dtmf_is_remapped_across_a_transcoding_bridge_and_reported() {
         LO,
         params(Some(addr(&caller)), AudioCodec::Pcmu, Some(101)),
         params(Some(addr(&callee)), AudioCodec::Pcma, Some(96)),
-        RelayConfig::default(),
+        // Packet-by-packet transcoding, so the audio's numbering is the caller's.
+        UNBUFFERED,
     )
     .unwrap();
     let mut digits = bridge.take_dtmf_events().unwrap();

@@ -42,6 +42,14 @@ fn relay_with(a: SideParams, b: SideParams, config: RelayConfig) -> Relay {
     Relay::new(a, b, config, &mut StdRng::seed_from_u64(7))
 }
 
+/// Packet-by-packet transcoding ([`Verdict::Transcode`]); the jitter-buffered
+/// playout is tested in relay_playout.rs.
+const UNBUFFERED: RelayConfig = RelayConfig {
+    relatch_after_silence: Duration::ZERO,
+    stale_ssrc_window: Duration::from_millis(500),
+    transcode_jitter: None,
+};
+
 fn relay() -> Relay {
     relay_with(
         side(Some(SDP_A), Codec::Pcmu, Some(101)),
@@ -503,7 +511,7 @@ fn different_codecs_route_to_the_transcoder() {
     let mut r = relay_with(
         side(Some(SDP_A), Codec::Pcmu, Some(101)),
         side(Some(SDP_B), Codec::Pcma, Some(101)),
-        RelayConfig::default(),
+        UNBUFFERED,
     );
     let now = t0();
     let p = pkt(0, 1, 0, 1, true);
@@ -621,7 +629,7 @@ fn timestamps_scale_between_clock_rates() {
     let mut r = relay_with(
         side(Some(SDP_A), Codec::Pcmu, None),
         side(Some(SDP_B), Codec::Opus { channels: 2 }, None),
-        RelayConfig::default(),
+        UNBUFFERED,
     );
     let now = t0();
     let mut prev: Option<(u16, u32)> = None;
@@ -718,7 +726,7 @@ fn dtmf_is_decoded_once_and_durations_follow_the_clock() {
     let mut r = relay_with(
         side(Some(SDP_A), Codec::Pcmu, Some(101)),
         side(Some(SDP_B), Codec::Opus { channels: 2 }, Some(110)),
-        RelayConfig::default(),
+        UNBUFFERED,
     );
     let now = t0();
     assert!(matches!(

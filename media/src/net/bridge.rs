@@ -13,7 +13,9 @@
 //! every 5 s randomised 0.5-1.5x (§6.2), at its RTCP source once it sent us RTCP, else
 //! at its RTP port + 1; its reports give the RTT in [`SideStats`]. Per wakeup the task
 //! drains up to [`BATCH`] ready datagrams with `recvmmsg` ([`RECV_BATCH`] per call, via
-//! quinn-udp); nothing allocates per packet.
+//! quinn-udp); nothing allocates per packet. Transcoded directions are played out by
+//! the relay's jitter buffer: the task's one timer also wakes for the relay's next
+//! playout instant ([`Relay::poll_timeout`]).
 #![allow(clippy::disallowed_methods)] // driver: supplies the relay's `now`
 
 use std::cell::RefCell;
@@ -186,9 +188,11 @@ impl SideAtomics {
         }
     }
 
-    /// Copies the relay's totals (it keeps them; the task only mirrors them).
-    fn publish(&self, c: &SideCounters) {
+    /// Copies the relay's totals (it keeps them; the task only mirrors them), with the
+    /// transcoding errors of the unbuffered path, which the task counts itself.
+    fn publish(&self, c: &SideCounters, tc_errors: u64) {
         let set = |a: &AtomicU64, v| a.store(v, Ordering::Relaxed);
+        set(&self.transcode_errors, c.transcode_errors + tc_errors);
         set(&self.received_packets, c.received_packets);
         set(&self.received_bytes, c.received_bytes);
         set(&self.forwarded_packets, c.forwarded_packets);
@@ -289,6 +293,7 @@ impl Bridge {
             rtcp: [rtcp_a, rtcp_b],
             shared: Arc::clone(&shared),
             transcoders: [None, None],
+            tc_errors: [0; 2],
             epoch,
             dtmf_tx,
         };
@@ -389,6 +394,8 @@ struct Driver {
     /// Per direction, indexed by the receiving side; built at the first packet that
     /// needs it and rebuilt only if the codecs or the packet duration change.
     transcoders: [Option<Transcoder>; 2],
+    /// Payloads the unbuffered path's transcoders rejected, per receiving side.
+    tc_errors: [u64; 2],
     epoch: Instant,
     dtmf_tx: mpsc::Sender<(Side, DtmfEvent)>,
     rng: StdRng,
@@ -550,6 +557,7 @@ impl Driver {
                 }
                 Wake::RtcpError => {}
                 Wake::Timer => {
+                    WORK_BUFS.with_borrow_mut(|b| self.play_out(&mut b.sbuf));
                     let now = tokio::time::Instant::now();
                     for side in SIDES {
                         if self.next_report[idx(side)] <= now {
@@ -559,6 +567,11 @@ impl Driver {
                     }
                     sleep.as_mut().reset(self.next_deadline());
                 }
+            }
+            // A packet may have started a playout, or brought its next frame forward.
+            let deadline = self.next_deadline();
+            if deadline != sleep.deadline() {
+                sleep.as_mut().reset(deadline);
             }
         }
         // Sockets close before the ports go back to the pool.
@@ -605,8 +618,52 @@ impl Driver {
         self.next_report[idx(side)] = now + wait;
     }
 
+    /// The earliest of the two report timers and the relay's next playout frame.
     fn next_deadline(&self) -> tokio::time::Instant {
-        self.next_report[0].min(self.next_report[1])
+        let reports = self.next_report[0].min(self.next_report[1]);
+        match self.relay.poll_timeout() {
+            Some(t) => reports.min(tokio::time::Instant::from_std(t)),
+            None => reports,
+        }
+    }
+
+    /// Sends the transcoded directions' frames that are due.
+    fn play_out(&mut self, sbuf: &mut [u8; SEND_BUF]) {
+        let now = Instant::now();
+        let mut played = [false; 2];
+        while let Some(t) = self.relay.handle_timeout(now, sbuf) {
+            let from = t.to.other();
+            played[idx(from)] = true;
+            if let Some(out) = sbuf.get(..t.len) {
+                self.send_rtp(from, out, t.dst);
+            }
+        }
+        for side in SIDES {
+            if played[idx(side)] {
+                let i = idx(side);
+                self.shared[i].publish(self.relay.counters(side), self.tc_errors[i]);
+            }
+        }
+    }
+
+    /// Sends a packet received on `from` (relayed or transcoded) to the other side.
+    fn send_rtp(&mut self, from: Side, out: &[u8], dst: SocketAddr) {
+        let o = idx(from.other());
+        let shared = &self.shared[idx(from)];
+        match self.rtp[o].try_send_to(out, dst) {
+            Ok(_) => {
+                // Octets after the fixed header (CSRCs/extensions are rare here).
+                let payload = u32::try_from(out.len().saturating_sub(HEADER_LEN)).unwrap_or(0);
+                let sent = &mut self.sent[o];
+                sent.packets = sent.packets.wrapping_add(1);
+                sent.octets = sent.octets.wrapping_add(payload);
+                shared.sent_packets.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::trace!(error = %e, %dst, "RTP send failed");
+                shared.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Where `side`'s reports go: its RTCP source, else its RTP destination's port + 1.
@@ -737,13 +794,13 @@ impl Driver {
         pkt: &mut [u8],
         sbuf: &mut [u8; SEND_BUF],
     ) {
-        let (i, o) = (idx(side), idx(side.other()));
+        let i = idx(side);
         let len = pkt.len();
         let verdict = self.relay.handle_packet(now, side, src, pkt, len);
         self.forward_dtmf(side);
         let shared = &self.shared[i];
         // Published before sending, so a far end that sees the packet sees the count.
-        shared.publish(self.relay.counters(side));
+        shared.publish(self.relay.counters(side), self.tc_errors[i]);
         shared.publish_stats(&self.relay, side, self.epoch);
         let (out, dst) = match verdict {
             Verdict::Forward { dst, len } => (pkt.get(..len), dst),
@@ -759,28 +816,16 @@ impl Driver {
                 match transcode(slot, from, to, header, input, sbuf) {
                     Some(n) => (sbuf.get(..n), dst),
                     None => {
+                        self.tc_errors[i] += 1;
                         shared.transcode_errors.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 }
             }
-            Verdict::Drop(_) => return,
+            Verdict::Buffered | Verdict::Drop(_) => return,
         };
         let Some(out) = out else { return };
-        match self.rtp[o].try_send_to(out, dst) {
-            Ok(_) => {
-                // Octets after the fixed header (CSRCs/extensions are rare here).
-                let payload = u32::try_from(out.len().saturating_sub(HEADER_LEN)).unwrap_or(0);
-                let sent = &mut self.sent[o];
-                sent.packets = sent.packets.wrapping_add(1);
-                sent.octets = sent.octets.wrapping_add(payload);
-                shared.sent_packets.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::trace!(error = %e, %dst, "RTP send failed");
-                shared.send_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.send_rtp(side, out, dst);
     }
 }
 
