@@ -105,7 +105,11 @@ impl TransitTask {
             b_side,
             RelayConfig::default(),
         )
-        .map_err(|_| (503u16, "Service Unavailable"))?;
+        .map_err(|e| {
+            // Ports exhausted or a bind failure: the operator needs to know which.
+            tracing::warn!(error = %e, "cannot open a media bridge; refusing the call");
+            (503u16, "Service Unavailable")
+        })?;
         let dtmf = bridge.take_dtmf_events();
         let a_local = local_offer(config, bridge.local_addr(Side::A).port());
         let (a_sdp, _) = media::sdp::answer_offer(&setup.a_offer.bytes, &a_local)
