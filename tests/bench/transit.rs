@@ -14,19 +14,22 @@
 //!
 //! Environment (all optional):
 //! - `TRANSIT_SECONDS` length of each rate step (10); `TRANSIT_RATES` offered calls/s without
-//!   RTP (`500,1000,2000,4000,8000,12000,16000`); `TRANSIT_RTP_RATES` with RTP (`50,100,200,400`);
+//!   RTP (`500,1000,2000,4000,8000,12000,16000`); `TRANSIT_RTP_RATES` with RTP
+//!   (`50,100,200,400`);
 //! - `TRANSIT_ONLY` `kamailio` or `switchyard` (both); `TRANSIT_MODES` `nortp`, `rtp` or both
 //!   (`nortp,rtp`);
 //! - `TRANSIT_HOLD_MS` ACK → BYE pause without RTP (0); `TRANSIT_RTP_MS` RTP per call and
 //!   direction with RTP (2000: the first 2 s of `/usr/share/sip-tester/g711a.pcap`, PCMA,
-//!   30 ms packets), which is also the ACK → BYE pause;
+//!   30 ms packets, 67 of them), which is also the ACK → BYE pause;
 //! - `TRANSIT_LIMIT` SIPp's `-l` (calls in progress; by default rate × (hold + 2 s), so a
 //!   system whose calls take longer than 2 s to set up is throttled and shows it);
 //! - `TRANSIT_STOP_AFTER` unclean steps in a row after which a ramp stops (2; 0 never stops);
-//! - `TRANSIT_KAMAILIO_ARGS` (`-n 1 -m 256 -M 32 -x tlsf -X tlsf`; e.g. `-n 1` for Debian's
-//!   default memory settings); `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`);
-//!   `TRANSIT_DB_URL` the switch's database (a SQLite file in the work dir);
-//!   `TRANSIT_DEADLINE` overall seconds (1800), also the bound on every child's lifetime.
+//! - `TRANSIT_KAMAILIO_ARGS` (`-n 1 -m 4096 -M 64 -x tlsf -X tlsf`; `-n 1` alone gives
+//!   Debian's default memory sizes and allocators, `-n 4` several workers);
+//!   `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `TRANSIT_DB_URL` the switch's
+//!   database (a SQLite file in the work dir); `TRANSIT_DEADLINE` overall seconds (1800),
+//!   also the bound on every child's lifetime; `TRANSIT_KEEP` keeps the work dir (logs,
+//!   SIPp stat files, the switch's database).
 //!
 //! Each step starts a fresh SIPp UAS (`bench_transit_uas[_rtp].xml`, `-m calls`) on the port
 //! the system relays to and a SIPp UAC (`bench_transit_uac[_rtp].xml`) that places
@@ -35,21 +38,30 @@
 //! than the call), `-trace_stat` for the counts. Reported per step:
 //! - `ok/s`: successful calls over the UAC's wall time less one call's hold (the BYE pause),
 //!   i.e. the rate at which calls were set up and torn down;
-//! - `failed`, `retrans`: SIPp's FailedCall and Retransmissions counters, UAC + UAS;
-//! - `cpu us/call`: the system's CPU time (utime + stime of all its processes from
+//! - `failed`, `retrans`: SIPp's FailedCall and Retransmissions counters, UAC + UAS; `stray`
+//!   its OutOfCallMsgs + DeadCallMsgs; `drops` the SIP datagrams the kernel dropped on a full
+//!   receive buffer (`/proc/net/udp`, the system's and the SIPps' SIP sockets; RTP sent to
+//!   a SIPp is never read, so its media sockets are left out): someone fell behind;
+//! - `cpu-us/call`: the system's CPU time (utime + stime of all its processes from
 //!   `/proc/PID/stat`, Kamailio's workers included) from UAS start to UAC exit, over the
 //!   successful calls; `sys%`, `uac%`, `uas%`: CPU of the system and of each SIPp as a share
 //!   of one core over the step (the machine may have only 2 cores for all three); `other%`
 //!   the rest of the machine's busy time (`/proc/stat`) over the step, i.e. the noise from
 //!   other work on the machine (the UAS's and the system's CPU after the UAC's exit count
-//!   there too, a few percent).
+//!   there too, a few percent);
+//! - `rtp/call` (switch, with RTP): RTP packets the switch received per call, from
+//!   `switchyard_rtp_packets_received_total` on `/metrics` (2 × 67 when every packet of both
+//!   directions arrived); Kamailio never sees RTP. Nothing checks what reaches the SIPps;
+//! - for the switch, a line with its CPU per call split by thread name (tokio workers,
+//!   SQLite workers), and calls still live 10 s after a step (`/health`) make it unclean.
 //!
 //! A step is clean when both SIPps exit 0, no call failed, every offered call succeeded, and
-//! `ok/s` reached 90 % of the offered rate. RTP: each SIPp plays the truncated pcap to the
-//! address in the peer's SDP (for Kamailio the other SIPp, for the switch its relay ports),
-//! nothing checks what arrives; calls with RTP last `TRANSIT_RTP_MS`, so the rate is bounded
-//! by the RTP packets in flight (rate × RTP_MS / 30 ms streams each way), and SIPp's pcap
-//! player (a thread per call) is usually the first to give out.
+//! `ok/s` reached 90 % of the offered rate. The summary gives each system's highest clean
+//! step, the ratio of their rates, and the ratio of calls/s one core would carry at their CPU
+//! cost per call (1e6 / cpu-us/call), which does not depend on how much of the machine the
+//! SIPps took. With RTP each SIPp plays the truncated pcap (`exec play_pcap_audio`, a thread
+//! per call) to the address in the peer's SDP (for Kamailio the other SIPp, for the switch
+//! its relay ports); the SIPps' pcap players are usually the first to give out.
 //!
 //! The switch is started as `switchyard serve` with the far SIPp as trunk `far`, the calling
 //! SIPp as trunk `uac` (inbound by source address 127.0.0.1/32) and a plan that sends `+1…`
@@ -82,7 +94,10 @@ const PCAP_SRC: &str = "/usr/share/sip-tester/g711a.pcap";
 /// Written into each RTP step's directory; the RTP scenarios name it relative to SIPp's cwd.
 const PCAP_NAME: &str = "transit_rtp.pcap";
 const CALLED: &str = "+12025550100";
-const DEFAULT_KAMAILIO_ARGS: &str = "-n 1 -m 256 -M 32 -x tlsf -X tlsf";
+/// One worker, TLSF allocators, 4 GiB of shared memory (touched only as used): tm keeps
+/// every transaction for its 5 s wait timer, about 13 KiB each here, so 256 MiB runs out
+/// near 2000 calls/s and 1 GiB near 8000 ("out of mem" in t_newtran, 500 to the caller).
+const DEFAULT_KAMAILIO_ARGS: &str = "-n 1 -m 4096 -M 64 -x tlsf -X tlsf";
 /// USER_HZ: the unit of the times in /proc/PID/stat (100 on every mainstream Linux build).
 const TICK_US: f64 = 10_000.0;
 const IDLE_WINDOW: Duration = Duration::from_secs(2);
@@ -222,6 +237,14 @@ fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, utime + stime))
 }
 
+/// A process's start time (field 22 of /proc/PID/stat), to tell it from a later one that
+/// reuses its pid.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// CPU ticks of the children this process has waited for (cutime + cstime of
 /// `/proc/self/stat`): read around reaping a SIPp, it gives that SIPp's whole CPU time.
 fn reaped_children_ticks() -> u64 {
@@ -260,6 +283,31 @@ fn process_tree(root: u32) -> Vec<u32> {
     out
 }
 
+/// CPU ticks of every thread of `pids`, summed by thread name (`comm`): the switch's tokio
+/// workers, SQLite workers and media threads show up under their own names.
+fn ticks_by_thread_name(pids: &[u32]) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = stat[open + 1..close].to_owned();
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            *out.entry(name).or_insert(0) += get(11) + get(12);
+        }
+    }
+    out
+}
+
 /// Busy CPU ticks of the whole machine, all cores (`cpu` line of /proc/stat less idle and
 /// iowait): with the system's and the SIPps' own ticks it shows what else ran during a step.
 fn machine_busy_ticks() -> u64 {
@@ -277,6 +325,63 @@ fn machine_busy_ticks() -> u64 {
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     let total: u64 = v.iter().take(8).sum();
     total.saturating_sub(v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0))
+}
+
+/// Datagrams dropped on a full receive buffer (the `drops` column of /proc/net/udp) of
+/// the UDP sockets bound to `ports`, summed per port. A socket's count dies with it, so
+/// `DropWatch` samples while the step runs.
+fn udp_drops(ports: &[u16]) -> HashMap<u16, u64> {
+    let mut out = HashMap::new();
+    let Ok(text) = std::fs::read_to_string("/proc/net/udp") else {
+        return out;
+    };
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let port = cols
+            .get(1)
+            .and_then(|l| l.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        let drops = cols.get(12).and_then(|d| d.parse::<u64>().ok());
+        if let (Some(port), Some(drops)) = (port, drops)
+            && ports.contains(&port)
+        {
+            *out.entry(port).or_insert(0) += drops;
+        }
+    }
+    out
+}
+
+/// Samples `udp_drops` for the SIP sockets of a step every 100 ms and keeps each port's
+/// highest count (the counters only grow while a socket lives).
+struct DropWatch {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<HashMap<u16, u64>>,
+}
+
+impl DropWatch {
+    fn start(ports: Vec<u16>) -> DropWatch {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let base = udp_drops(&ports);
+        let task = tokio::spawn(async move {
+            let mut max: HashMap<u16, u64> = HashMap::new();
+            loop {
+                for (port, d) in udp_drops(&ports) {
+                    let m = max.entry(port).or_insert(0);
+                    *m = (*m).max(d.saturating_sub(base.get(&port).copied().unwrap_or(0)));
+                }
+                if *stopped.borrow() {
+                    return max;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
+            }
+        });
+        DropWatch { stop, task }
+    }
+
+    async fn finish(self) -> u64 {
+        let _ = self.stop.send(true);
+        self.task.await.map_or(0, |m| m.values().sum())
+    }
 }
 
 /// Whether some socket is bound to local UDP `port` (from /proc/net/udp, without binding).
@@ -408,6 +513,8 @@ struct Sut {
     addr: SocketAddr,
     uas_port: u16,
     uac_port: u16,
+    /// The switch's HTTP API (`/metrics`, `/health`); None for Kamailio.
+    http: Option<SocketAddr>,
     dir: PathBuf,
     log: PathBuf,
 }
@@ -462,6 +569,7 @@ impl Sut {
             addr: ([127, 0, 0, 1], port).into(),
             uas_port,
             uac_port,
+            http: None,
             dir,
             log,
         })
@@ -537,6 +645,7 @@ impl Sut {
             addr: listening.sip_udp,
             uas_port,
             uac_port,
+            http: Some(listening.http),
             dir,
             log,
         })
@@ -550,11 +659,52 @@ impl Sut {
             .collect()
     }
 
+    fn thread_ticks(&self) -> HashMap<String, u64> {
+        ticks_by_thread_name(&self.pids())
+    }
+
     fn cpu_ticks(&self) -> u64 {
         self.pids()
             .into_iter()
             .filter_map(|p| proc_stat(p).map(|(_, t)| t))
             .sum()
+    }
+
+    /// `switchyard_rtp_packets_received_total` (both legs, added when a call ends).
+    async fn rtp_packets(&self) -> Option<u64> {
+        let http = self.http?;
+        let text = reqwest::get(format!("http://{http}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchyard_rtp_packets_received_total "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Waits (bounded) until the switch has no live call; returns how many are left.
+    async fn settle(&self) -> Option<u64> {
+        let http = self.http?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let live = async {
+                let v: serde_json::Value = reqwest::get(format!("http://{http}/health"))
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                v["live_calls"].as_u64()
+            }
+            .await;
+            if live == Some(0) || Instant::now() > deadline {
+                return live;
+            }
+            // /health has no change notification: poll.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn alive(&mut self) -> bool {
@@ -563,22 +713,29 @@ impl Sut {
 
     fn log_tail(&self, n: usize) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// SIGTERM to the system (Kamailio's main process stops its workers), then SIGKILL to
     /// whatever is left of the tree.
     async fn stop(mut self) {
-        let pids = self.pids();
-        if let Some(main) = pids.first() {
+        // Identified by start time too: once the wrapper is reaped, a pid could be reused.
+        let procs: Vec<(u32, u64)> = self
+            .pids()
+            .into_iter()
+            .filter_map(|p| proc_start_time(p).map(|t| (p, t)))
+            .collect();
+        if let Some((main, _)) = procs.first() {
             kill_pids("TERM", &[*main]).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-        let left = process_tree(self.wrapper_pid);
-        let mut all: Vec<u32> = pids.into_iter().chain(left).collect();
-        all.retain(|p| proc_stat(*p).is_some());
-        kill_pids("KILL", &all).await;
+        let left: Vec<u32> = procs
+            .into_iter()
+            .filter(|(p, t)| proc_start_time(*p) == Some(*t))
+            .map(|(p, _)| p)
+            .collect();
+        kill_pids("KILL", &left).await;
         let _ = self.child.kill().await;
     }
 }
@@ -586,6 +743,10 @@ impl Sut {
 impl Drop for Sut {
     fn drop(&mut self) {
         // Reached when the bench fails or times out before `stop`: kill the tree by pid.
+        // Only while the wrapper is unreaped (its pid, and so the tree, is still ours).
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         let pids: Vec<String> = process_tree(self.wrapper_pid)
             .into_iter()
             .filter(|p| proc_stat(*p).is_some())
@@ -730,9 +891,17 @@ struct Step {
     uac: SippStats,
     uas: SippStats,
     sut_ticks: u64,
+    /// The system's CPU ticks by thread name, largest first.
+    threads: Vec<(String, u64)>,
     /// Every process's CPU on the machine during the step.
     machine_ticks: u64,
+    /// SIP datagrams the kernel dropped on a full receive buffer during the step.
+    drops: u64,
     sut_alive: bool,
+    /// RTP packets the switch received per successful call (None: Kamailio, or no RTP).
+    rtp_per_call: Option<f64>,
+    /// Calls still live in the switch 10 s after the step.
+    leftover: Option<u64>,
     clean: bool,
 }
 
@@ -762,7 +931,8 @@ async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Pat
     let (uac_sf, uas_sf, hold_ms) = match mode {
         Mode::NoRtp => ("bench_transit_uac.xml", "bench_transit_uas.xml", s.hold_ms),
         Mode::Rtp => {
-            truncate_pcap(Path::new(PCAP_SRC), &dir.join(PCAP_NAME), s.rtp_ms)?;
+            // The scenarios name the pcap relative to SIPp's working directory (the step's).
+            std::fs::copy(work.join(PCAP_NAME), dir.join(PCAP_NAME))?;
             (
                 "bench_transit_uac_rtp.xml",
                 "bench_transit_uas_rtp.xml",
@@ -789,8 +959,12 @@ async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Pat
         timeout,
     )?;
     wait_udp_bound(sut.uas_port, &mut uas.child, "sipp UAS", &uas.stderr_file).await?;
+    let rtp_before = sut.rtp_packets().await;
     let sut_before = sut.cpu_ticks();
+    let threads_before = sut.thread_ticks();
     let machine_before = machine_busy_ticks();
+    // The system's SIP socket (Kamailio's is the whole system's only one) and the SIPps'.
+    let drop_watch = DropWatch::start(vec![sut.addr.port(), sut.uas_port, sut.uac_port]);
     let started = Instant::now();
     let uac = spawn_sipp(
         &dir,
@@ -818,9 +992,27 @@ async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Pat
     let secs = started.elapsed().as_secs_f64();
     // Every call the UAC finished has had its BYE answered: the system's work is done.
     let sut_ticks = sut.cpu_ticks().saturating_sub(sut_before);
+    let mut threads: Vec<(String, u64)> = sut
+        .thread_ticks()
+        .into_iter()
+        .map(|(name, t)| {
+            let before = threads_before.get(&name).copied().unwrap_or(0);
+            (name, t.saturating_sub(before))
+        })
+        .filter(|(_, t)| *t > 0)
+        .collect();
+    threads.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     // The UAS ends after its last call's time-wait (500 ms) once it has seen every call.
     let uas = uas.finish(Duration::from_secs(5)).await;
     let machine_ticks = machine_busy_ticks().saturating_sub(machine_before);
+    let drops = drop_watch.finish().await;
+    let leftover = sut.settle().await;
+    let rtp_per_call = match (mode, rtp_before, sut.rtp_packets().await) {
+        (Mode::Rtp, Some(a), Some(b)) => {
+            Some(b.saturating_sub(a) as f64 / uac.successful.max(1) as f64)
+        }
+        _ => None,
+    };
     let sut_alive = sut.alive();
     let ok_per_s = uac.successful as f64 / (secs - hold.as_secs_f64()).max(1e-3);
     let clean = sut_alive
@@ -829,6 +1021,7 @@ async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Pat
         && uac.failed == 0
         && uas.failed == 0
         && uac.successful == calls
+        && leftover.unwrap_or(0) == 0
         && ok_per_s >= 0.9 * rate;
     Ok(Step {
         system: sut.system,
@@ -841,18 +1034,22 @@ async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Pat
         uac,
         uas,
         sut_ticks,
+        threads,
         machine_ticks,
+        drops,
         sut_alive,
+        rtp_per_call,
+        leftover,
         clean,
     })
 }
 
-const HEADER: &str = "system      mode     offer  calls  limit     ok/s  failed  retrans  stray  cpu-us/call   sys%   uac%   uas% other%  exit  clean";
+const HEADER: &str = "system      mode     offer  calls  limit     ok/s  failed  retrans  stray  drops  cpu-us/call   sys%   uac%   uas% other%  rtp/call  exit  clean";
 
 fn print_step(st: &Step) {
     let exit = |c: Option<i32>| c.map_or_else(|| "-".to_owned(), |c| c.to_string());
     println!(
-        "{:<10}  {:<6} {:>6.0} {:>6} {:>6} {:>8.0} {:>7} {:>8} {:>6} {:>12.1} {:>6.0} {:>6.0} {:>6.0} {:>6.0}  {:>4}  {}{}",
+        "{:<10}  {:<6} {:>6.0} {:>6} {:>6} {:>8.0} {:>7} {:>8} {:>6} {:>6} {:>12.1} {:>6.0} {:>6.0} {:>6.0} {:>6.0} {:>9}  {:>4}  {}{}{}",
         st.system.name(),
         st.mode.name(),
         st.offered,
@@ -862,14 +1059,21 @@ fn print_step(st: &Step) {
         st.failed(),
         st.uac.retransmissions + st.uas.retransmissions,
         st.uac.stray + st.uas.stray,
+        st.drops,
         st.cpu_us_per_call(),
         st.pct(st.sut_ticks),
         st.pct(st.uac.cpu_ticks),
         st.pct(st.uas.cpu_ticks),
         st.pct(st.other_ticks()),
+        st.rtp_per_call
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.0}")),
         format!("{}/{}", exit(st.uac.exit_code), exit(st.uas.exit_code)),
         if st.clean { "yes" } else { "NO" },
         if st.sut_alive { "" } else { "  (system died)" },
+        match st.leftover {
+            Some(n) if n > 0 => format!("  ({n} calls still live)"),
+            _ => String::new(),
+        },
     );
 }
 
@@ -894,6 +1098,14 @@ async fn ramp(system: System, s: &Settings, work: &Path) -> R<Vec<Step>> {
     );
     println!("{HEADER}");
     for &mode in &s.modes {
+        if mode == Mode::Rtp {
+            let kept = truncate_pcap(Path::new(PCAP_SRC), &work.join(PCAP_NAME), s.rtp_ms)?;
+            println!(
+                "RTP: {kept} packets per call and direction ({} ms); the switch should receive {} per call",
+                s.rtp_ms,
+                2 * kept
+            );
+        }
         let rates = match mode {
             Mode::NoRtp => &s.rates,
             Mode::Rtp => &s.rtp_rates,
@@ -902,6 +1114,15 @@ async fn ramp(system: System, s: &Settings, work: &Path) -> R<Vec<Step>> {
         for &rate in rates {
             let step = run_step(&mut sut, mode, rate, s, work).await?;
             print_step(&step);
+            if step.threads.len() > 1 {
+                let calls = step.uac.successful.max(1) as f64;
+                let parts: Vec<String> = step
+                    .threads
+                    .iter()
+                    .map(|(name, t)| format!("{name} {:.0}", *t as f64 * TICK_US / calls))
+                    .collect();
+                println!("    us/call by thread: {}", parts.join(", "));
+            }
             if !step.clean {
                 eprintln!("  {} log tail:\n{}", system.name(), sut.log_tail(8));
                 unclean_in_row += 1;
@@ -934,6 +1155,15 @@ fn best_clean(steps: &[Step], system: System, mode: Mode) -> Option<&Step> {
 
 async fn run(s: Settings) -> R<()> {
     let work = tempfile::Builder::new().prefix("transit-bench").tempdir()?;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average at start: {} ({} CPUs)",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!(
         "transit bench: {} s per step, no-RTP rates {:?}, RTP rates {:?} ({} ms of RTP per call), work dir {}",
         s.seconds,
@@ -956,29 +1186,46 @@ async fn run(s: Settings) -> R<()> {
         print_step(st);
     }
     for &mode in &s.modes {
+        let top = match mode {
+            Mode::NoRtp => &s.rates,
+            Mode::Rtp => &s.rtp_rates,
+        }
+        .iter()
+        .copied()
+        .fold(0.0, f64::max);
         let mut best = Vec::new();
         for &system in &s.systems {
             match best_clean(&steps, system, mode) {
                 Some(st) => {
+                    // What one core would carry at this step's CPU cost: a bound that does
+                    // not depend on how much of the machine the SIPps took.
+                    let per_core = 1e6 / st.cpu_us_per_call().max(1e-3);
                     println!(
-                        "{} {}: highest clean offered rate {:.0} calls/s (ok {:.0}/s, {:.1} us CPU per call)",
+                        "{} {}: highest clean offered rate {:.0} calls/s{} (ok {:.0}/s, {:.1} us CPU per call, ~{:.0} calls/s per core)",
                         system.name(),
                         mode.name(),
                         st.offered,
+                        if st.offered >= top {
+                            ", the ramp's top step"
+                        } else {
+                            ""
+                        },
                         st.ok_per_s,
-                        st.cpu_us_per_call()
+                        st.cpu_us_per_call(),
+                        per_core,
                     );
-                    best.push((system, st.ok_per_s));
+                    best.push((system, st.ok_per_s, per_core));
                 }
                 None => println!("{} {}: no clean step", system.name(), mode.name()),
             }
         }
-        let rate_of = |sys: System| best.iter().find(|(x, _)| *x == sys).map(|(_, r)| *r);
-        if let (Some(k), Some(sw)) = (rate_of(System::Kamailio), rate_of(System::Switchyard)) {
+        let of = |sys: System| best.iter().find(|b| b.0 == sys).map(|b| (b.1, b.2));
+        if let (Some(k), Some(sw)) = (of(System::Kamailio), of(System::Switchyard)) {
             println!(
-                "{}: switchyard / kamailio max clean rate = {:.2} (target >= 0.50; capped by the ramp's top step)",
+                "{}: switchyard / kamailio: max clean rate {:.2}, CPU capacity {:.2} (target: max clean rate >= 0.50)",
                 mode.name(),
-                sw / k
+                sw.0 / k.0,
+                sw.1 / k.1
             );
         }
     }
