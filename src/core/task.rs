@@ -577,7 +577,9 @@ pub(crate) async fn persist_status(shared: &Shared, r: &CallRecord, status: Call
     };
     shared.metrics.status(status);
     match shared.store.update_call(r, Some(&event)).await {
-        Ok(_) => shared.webhooks.notify_one(),
+        // Without an endpoint the event is stored as `no_endpoint`: nothing to deliver.
+        Ok(_) if r.webhook_url.is_some() => shared.webhooks.notify_one(),
+        Ok(_) => {}
         Err(e) => {
             shared.metrics.store_error();
             tracing::error!(error = %e, status = status.as_str(), "failed to record call status")

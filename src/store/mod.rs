@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use crate::model::{ApiKeyRecord, CallEvent, CallRecord, NewEvent, Role};
 
 pub mod sql;
+mod sqlite_writer;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

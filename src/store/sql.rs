@@ -73,6 +73,10 @@ const CALL_COLUMNS: [&str; 29] = [
     "mos",
 ];
 
+pub(super) const EVENT_INSERT: &str = "INSERT INTO call_events (id, call_id, tenant, sequence, \
+     event_type, payload, webhook_url, state, attempts, next_attempt_at, last_error, created_at, \
+     delivered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
 const EVENT_COLUMNS: &str = "id, call_id, tenant, sequence, event_type, payload, webhook_url, \
      state, attempts, next_attempt_at, last_error, created_at, delivered_at";
 
@@ -88,7 +92,7 @@ const HEAD_OF_CALL: &str = "e.sequence = (SELECT MIN(p.sequence) FROM call_event
      WHERE p.call_id = e.call_id AND p.state = 'pending')";
 
 static CALL_SELECT: LazyLock<String> = LazyLock::new(|| CALL_COLUMNS.join(", "));
-static CALL_INSERT: LazyLock<String> = LazyLock::new(|| {
+pub(super) static CALL_INSERT: LazyLock<String> = LazyLock::new(|| {
     let placeholders: Vec<String> = (1..=CALL_COLUMNS.len()).map(|i| format!("${i}")).collect();
     format!(
         "INSERT INTO calls ({}) VALUES ({})",
@@ -97,7 +101,7 @@ static CALL_INSERT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 // Binds in the same order as the INSERT: $1 = id, $2 = tenant, then the rest.
-static CALL_UPDATE: LazyLock<String> = LazyLock::new(|| {
+pub(super) static CALL_UPDATE: LazyLock<String> = LazyLock::new(|| {
     let sets: Vec<String> = CALL_COLUMNS
         .iter()
         .enumerate()
@@ -174,7 +178,12 @@ impl SqlStore {
         let pool = options.connect(&url).await?;
         MIGRATOR.run(&pool).await?;
         let (writer, jobs) = tokio::sync::mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(run_writer(pool.clone(), jobs));
+        match (backend, super::sqlite_writer::file_path(&url)) {
+            (Backend::Sqlite, Some(path)) => super::sqlite_writer::spawn(&path, jobs)?,
+            _ => {
+                tokio::spawn(run_writer(pool.clone(), jobs));
+            }
+        }
         Ok(SqlStore {
             pool,
             writer,
@@ -217,26 +226,22 @@ impl SqlStore {
         .await?;
         let last: i64 = row.try_get("last")?;
         let ev = build_event(call, event, last + 1, now_ms())?;
-        sqlx::query(
-            "INSERT INTO call_events (id, call_id, tenant, sequence, event_type, payload, \
-             webhook_url, state, attempts, next_attempt_at, last_error, created_at, delivered_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(ev.id.clone())
-        .bind(ev.call_id.clone())
-        .bind(ev.tenant.clone())
-        .bind(ev.sequence)
-        .bind(ev.event_type.clone())
-        .bind(ev.payload.to_string())
-        .bind(ev.webhook_url.clone())
-        .bind(state_str(ev.state))
-        .bind(ev.attempts)
-        .bind(ev.next_attempt_at.timestamp_millis())
-        .bind(ev.last_error.clone())
-        .bind(ev.created_at.timestamp_millis())
-        .bind(ev.delivered_at.map(|t| t.timestamp_millis()))
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(EVENT_INSERT)
+            .bind(ev.id.clone())
+            .bind(ev.call_id.clone())
+            .bind(ev.tenant.clone())
+            .bind(ev.sequence)
+            .bind(ev.event_type.clone())
+            .bind(ev.payload.to_string())
+            .bind(ev.webhook_url.clone())
+            .bind(state_str(ev.state))
+            .bind(ev.attempts)
+            .bind(ev.next_attempt_at.timestamp_millis())
+            .bind(ev.last_error.clone())
+            .bind(ev.created_at.timestamp_millis())
+            .bind(ev.delivered_at.map(|t| t.timestamp_millis()))
+            .execute(&mut **tx)
+            .await?;
         Ok(ev)
     }
 
@@ -618,7 +623,7 @@ fn to_chrono(d: Duration) -> chrono::Duration {
 }
 
 /// Now, truncated to the millisecond precision the database keeps.
-fn now_ms() -> DateTime<Utc> {
+pub(super) fn now_ms() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
@@ -657,7 +662,7 @@ fn decode_cursor(cursor: &str) -> StoreResult<(i64, String)> {
     Ok((at, id.to_owned()))
 }
 
-fn state_str(state: DeliveryState) -> &'static str {
+pub(super) fn state_str(state: DeliveryState) -> &'static str {
     match state {
         DeliveryState::Pending => "pending",
         DeliveryState::Delivered => "delivered",
@@ -676,7 +681,7 @@ fn parse_state(s: &str) -> StoreResult<DeliveryState> {
     })
 }
 
-fn build_event(
+pub(super) fn build_event(
     call: &CallRecord,
     event: &NewEvent,
     sequence: i64,
@@ -885,15 +890,15 @@ const WRITE_QUEUE: usize = 4096;
 const MAX_BATCH: usize = 256;
 
 #[derive(Debug)]
-enum WriteOp {
+pub(super) enum WriteOp {
     Create(CallRecord, NewEvent),
     Update(CallRecord, Option<NewEvent>),
 }
 
 #[derive(Debug)]
-struct WriteJob {
-    op: WriteOp,
-    reply: tokio::sync::oneshot::Sender<StoreResult<Option<CallEvent>>>,
+pub(super) struct WriteJob {
+    pub(super) op: WriteOp,
+    pub(super) reply: tokio::sync::oneshot::Sender<StoreResult<Option<CallEvent>>>,
 }
 
 async fn run_writer(pool: AnyPool, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {

@@ -1,0 +1,234 @@
+//! The SQLite write path on a thread of its own (rusqlite): a batch of status writes is
+//! one transaction with cached prepared statements and one thread handoff, where sqlx's
+//! SQLite driver hands every statement to its worker thread and back (three per status
+//! write) — that handoff was the largest cost per call under load. Reads and PostgreSQL
+//! stay on sqlx; the schema and migrations are sqlx's.
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, TransactionBehavior, params_from_iter};
+
+use super::sql::{CALL_INSERT, CALL_UPDATE, EVENT_INSERT, WriteJob, WriteOp, build_event, now_ms};
+use super::{StoreError, StoreResult};
+use crate::model::{CallEvent, CallRecord, NewEvent};
+
+const MAX_BATCH: usize = 256;
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Corrupt(format!("sqlite: {e}"))
+}
+
+/// The file path in a `sqlite:` URL, or None for in-memory databases (which only the
+/// sqlx pool's single connection can see).
+pub(super) fn file_path(url: &str) -> Option<String> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty()).then(|| path.to_owned())
+}
+
+/// Opens the file (already created and migrated by sqlx) and runs the writer loop on a
+/// new thread until every sender is gone.
+pub(super) fn spawn(path: &str, jobs: tokio::sync::mpsc::Receiver<WriteJob>) -> StoreResult<()> {
+    let conn = Connection::open(path).map_err(db_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(db_err)?;
+    conn.set_prepared_statement_cache_capacity(16);
+    std::thread::Builder::new()
+        .name("sqlite-writer".into())
+        .spawn(move || run(conn, jobs))
+        .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite writer: {e}")))?;
+    Ok(())
+}
+
+fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
+    let insert = CALL_INSERT.replace('$', "?");
+    let update = CALL_UPDATE.replace('$', "?");
+    let event = EVENT_INSERT.replace('$', "?");
+    let sql = Sql {
+        insert: &insert,
+        update: &update,
+        event: &event,
+    };
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<&WriteOp> = batch.iter().map(|j| &j.op).collect();
+        match write_batch(&mut conn, &sql, &ops) {
+            Ok(events) => {
+                for (job, ev) in batch.drain(..).zip(events) {
+                    let _ = job.reply.send(Ok(ev));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(job) = batch.pop() {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+            Err(_) => {
+                // One bad write must not fail its neighbours: retry each alone.
+                for job in batch.drain(..) {
+                    let result =
+                        write_batch(&mut conn, &sql, &[&job.op]).map(|mut evs| evs.pop().flatten());
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+struct Sql<'a> {
+    insert: &'a str,
+    update: &'a str,
+    event: &'a str,
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    sql: &Sql<'_>,
+    ops: &[&WriteOp],
+) -> StoreResult<Vec<Option<CallEvent>>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let ev = match op {
+            WriteOp::Create(call, event) => {
+                let values = call_values(call)?;
+                tx.prepare_cached(sql.insert)
+                    .and_then(|mut s| s.execute(params_from_iter(values)))
+                    .map_err(db_err)?;
+                Some(insert_event(&tx, sql, call, event)?)
+            }
+            WriteOp::Update(call, event) => {
+                let values = call_values(call)?;
+                let changed = tx
+                    .prepare_cached(sql.update)
+                    .and_then(|mut s| s.execute(params_from_iter(values)))
+                    .map_err(db_err)?;
+                if changed == 0 {
+                    return Err(StoreError::CallNotFound(call.id.clone()));
+                }
+                match event {
+                    Some(event) => Some(insert_event(&tx, sql, call, event)?),
+                    None => None,
+                }
+            }
+        };
+        out.push(ev);
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(out)
+}
+
+fn insert_event(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &Sql<'_>,
+    call: &CallRecord,
+    event: &NewEvent,
+) -> StoreResult<CallEvent> {
+    let last: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(sequence), 0) FROM call_events WHERE call_id = ?1")
+        .and_then(|mut s| s.query_row([&call.id], |row| row.get(0)))
+        .map_err(db_err)?;
+    let ev = build_event(call, event, last + 1, now_ms())?;
+    let values: Vec<Value> = vec![
+        Value::Text(ev.id.clone()),
+        Value::Text(ev.call_id.clone()),
+        Value::Text(ev.tenant.clone()),
+        Value::Integer(ev.sequence),
+        Value::Text(ev.event_type.clone()),
+        Value::Text(ev.payload.to_string()),
+        opt_text(ev.webhook_url.as_ref()),
+        Value::Text(super::sql::state_str(ev.state).to_owned()),
+        Value::Integer(ev.attempts),
+        Value::Integer(ev.next_attempt_at.timestamp_millis()),
+        opt_text(ev.last_error.as_ref()),
+        Value::Integer(ev.created_at.timestamp_millis()),
+        ev.delivered_at
+            .map_or(Value::Null, |t| Value::Integer(t.timestamp_millis())),
+    ];
+    tx.prepare_cached(sql.event)
+        .and_then(|mut s| s.execute(params_from_iter(values)))
+        .map_err(db_err)?;
+    Ok(ev)
+}
+
+fn opt_text(v: Option<&String>) -> Value {
+    v.map_or(Value::Null, |s| Value::Text(s.clone()))
+}
+
+fn opt_int(v: Option<i64>) -> Value {
+    v.map_or(Value::Null, Value::Integer)
+}
+
+/// The call's columns in `CALL_COLUMNS` order (as `bind_call` binds them for sqlx).
+fn call_values(c: &CallRecord) -> StoreResult<Vec<Value>> {
+    let metadata = serde_json::to_string(&c.metadata)
+        .map_err(|e| StoreError::Corrupt(format!("metadata of {}: {e}", c.id)))?;
+    Ok(vec![
+        Value::Text(c.id.clone()),
+        Value::Text(c.tenant.clone()),
+        Value::Text(c.direction.clone()),
+        Value::Text(c.to.clone()),
+        Value::Text(c.from.clone()),
+        opt_text(c.agent_id.as_ref()),
+        Value::Text(c.status.as_str().to_owned()),
+        Value::Integer(i64::from(c.record)),
+        opt_text(c.recording_url.as_ref()),
+        opt_text(c.webhook_url.as_ref()),
+        Value::Integer(c.max_duration),
+        Value::Integer(c.ring_timeout),
+        Value::Text(metadata),
+        opt_text(c.trunk.as_ref()),
+        opt_text(c.sip_call_id.as_ref()),
+        opt_int(c.sip_code.map(i64::from)),
+        opt_text(c.sip_reason.as_ref()),
+        opt_int(c.q850_cause.map(i64::from)),
+        opt_text(c.end_reason.as_ref()),
+        Value::Integer(c.rtp_packets_received),
+        Value::Integer(c.rtp_bytes_received),
+        Value::Integer(c.created_at.timestamp_millis()),
+        opt_int(c.answered_at.map(|t| t.timestamp_millis())),
+        opt_int(c.ended_at.map(|t| t.timestamp_millis())),
+        opt_int(c.duration_seconds),
+        opt_text(c.sip_dialog.as_ref()),
+        Value::Integer(c.rtp_packets_lost),
+        c.rtp_jitter_ms.map_or(Value::Null, Value::Real),
+        c.mos.map_or(Value::Null, Value::Real),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_paths_from_urls() {
+        assert_eq!(
+            file_path("sqlite://a/b.db?mode=rwc").as_deref(),
+            Some("a/b.db")
+        );
+        assert_eq!(file_path("sqlite:x.db").as_deref(), Some("x.db"));
+        assert_eq!(
+            file_path("sqlite:///tmp/x.db").as_deref(),
+            Some("/tmp/x.db")
+        );
+        assert_eq!(file_path("sqlite::memory:"), None);
+        assert_eq!(file_path("sqlite://x?mode=memory"), None);
+    }
+}
