@@ -222,7 +222,7 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 Ok(task) => start(shared, record, leg, tx, async move { task.run(rx).await }),
                 Err((code, reason)) => {
                     shared.metrics.inbound(InboundOutcome::Failed);
-                    tracing::info!(code, reason, "transit call refused");
+                    tracing::debug!(code, reason, "transit call refused");
                     reject(code, reason, Vec::new());
                 }
             }

@@ -28,6 +28,15 @@ pub struct Metrics {
     /// Inbound INVITEs by outcome, indexed like `InboundOutcome`.
     inbound: [AtomicU64; 5],
     trunk_skipped: AtomicU64,
+    media_refused: AtomicU64,
+}
+
+/// True at most once per wall-clock second per `last` (log throttling under overload).
+pub fn once_per_second(last: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    last.swap(now, Ordering::Relaxed) != now
 }
 
 /// What became of an inbound INVITE, for `switchyard_inbound_invites_total`.
@@ -80,6 +89,11 @@ impl Metrics {
         if let Some(i) = InboundOutcome::ALL.iter().position(|o| *o == outcome) {
             self.inbound[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A call refused because no media bridge could be opened (ports or descriptors).
+    pub fn media_refused(&self) {
+        self.media_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn trunk_skipped(&self) {
@@ -149,6 +163,12 @@ impl Metrics {
             "switchyard_trunk_skipped_total {}",
             load(&self.trunk_skipped)
         );
+        let _ = writeln!(out, "# TYPE switchyard_media_refused_total counter");
+        let _ = writeln!(
+            out,
+            "switchyard_media_refused_total {}",
+            load(&self.media_refused)
+        );
         let _ = writeln!(out, "# TYPE switchyard_trunk_up gauge");
         for t in trunks {
             let _ = writeln!(
@@ -194,5 +214,21 @@ impl Metrics {
             let _ = writeln!(out, "switchyard_sip_transactions {}", s.transactions);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_per_second_lets_one_through_then_holds() {
+        let last = AtomicU64::new(0);
+        assert!(once_per_second(&last));
+        // Same second (a clock tick between the two calls is the only way this can flake,
+        // and then the first assertion of a retry holds).
+        let second = once_per_second(&last);
+        let third = once_per_second(&last);
+        assert!(!(second && third), "at most one more within a second");
     }
 }

@@ -19,6 +19,9 @@ use super::transit::{Transit, TransitInput, TransitOutput};
 use super::trunk::{Trunk, TrunkSlot};
 use crate::model::CallRecord;
 
+/// When a bridge failure was last logged (seconds since the epoch).
+static BRIDGE_FAILURE_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What the router hands over for a call it decided to carry.
 #[derive(Debug)]
 pub(crate) struct TransitSetup {
@@ -106,8 +109,12 @@ impl TransitTask {
             RelayConfig::default(),
         )
         .map_err(|e| {
-            // Ports exhausted or a bind failure: the operator needs to know which.
-            tracing::warn!(error = %e, "cannot open a media bridge; refusing the call");
+            // Ports or descriptors exhausted, or a bind failure: the operator needs to know
+            // which, but under overload once a second is enough.
+            shared.metrics.media_refused();
+            if super::metrics::once_per_second(&BRIDGE_FAILURE_LOGGED) {
+                tracing::warn!(error = %e, "cannot open a media bridge; refusing calls with 503");
+            }
             (503u16, "Service Unavailable")
         })?;
         let dtmf = bridge.take_dtmf_events();
