@@ -95,12 +95,7 @@ async fn unknown_source_gets_403_and_no_call_is_created() {
     stranger.wait().await.assert_success("stranger");
     let (_, list) = h.api.list_calls("").await;
     assert_eq!(list["data"].as_array().map(Vec::len), Some(0), "{list}");
-    let metrics = reqwest::get(format!("{}/metrics", h.switch.http_base()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = h.switch.metrics().await;
     assert!(
         metrics.contains("switchyard_inbound_invites_total{outcome=\"forbidden\"} 1"),
         "{metrics}"
@@ -281,22 +276,14 @@ async fn a_flooding_source_is_limited_while_a_carrier_call_completes() {
         events.last().expect("events")["data"]["call"]["end_reason"],
         "caller_bye"
     );
-    let metrics = reqwest::get(format!("{}/metrics", h.switch.http_base()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    let limited: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("switchyard_sip_rate_limited_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let forbidden: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("switchyard_inbound_invites_total{outcome=\"forbidden\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let metrics = h.switch.metrics().await;
+    let limited = SwitchProcess::metric(&metrics, "switchyard_sip_rate_limited_total")
+        .expect("rate-limited counter");
+    let forbidden = SwitchProcess::metric(
+        &metrics,
+        "switchyard_inbound_invites_total{outcome=\"forbidden\"}",
+    )
+    .expect("forbidden counter");
     assert!(
         limited >= 100,
         "flood datagrams dropped: {limited}\n{metrics}"
@@ -337,12 +324,7 @@ async fn registration_to_a_carrier_is_refreshed_and_visible() {
         .clone();
     assert_eq!(reg["registration"]["state"], "registered", "{reg}");
     assert_eq!(reg["registration"]["expires"], 10, "{reg}");
-    let metrics = reqwest::get(format!("{}/metrics", h.switch.http_base()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = h.switch.metrics().await;
     assert!(
         metrics.contains("switchyard_trunk_registered{trunk=\"registered\"} 1"),
         "{metrics}"
@@ -613,12 +595,7 @@ async fn keepalive_marks_a_sick_trunk_down_and_failover_skips_it() {
         events.last().expect("events")["data"]["call"]["trunk"],
         "carrier"
     );
-    let metrics = reqwest::get(format!("{}/metrics", h.switch.http_base()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = h.switch.metrics().await;
     assert!(
         metrics.contains("switchyard_trunk_up{trunk=\"sick\"} 0"),
         "{metrics}"

@@ -97,12 +97,12 @@ impl CallTask {
                 let deadline = self.call.poll_timeout();
                 tokio::select! {
                     input = rx.recv() => match input {
-                        Some(input) => self.on_input(input),
+                        Some(input) => self.on_input(input).await,
                         None => break,
                     },
                     () = sleep_until(deadline) => self.call.handle_timeout(Instant::now()),
                     () = sleep_until(self.media_check) => self.check_media(Instant::now()),
-                    Some(digit) = next_dtmf(&mut self.dtmf) => self.on_dtmf(digit).await,
+                    Some(digit) = next_from(&mut self.dtmf) => self.on_dtmf(digit).await,
                 }
                 self.drain().await;
             }
@@ -117,7 +117,7 @@ impl CallTask {
         .await;
     }
 
-    fn on_input(&mut self, input: TaskInput) {
+    async fn on_input(&mut self, input: TaskInput) {
         use sip::ua::UaEvent;
         let now = Instant::now();
         let input = match input {
@@ -141,7 +141,7 @@ impl CallTask {
             }
             TaskInput::Sip(ev) => match ev {
                 UaEvent::ReferResult { code, .. } => {
-                    self.transfer_event("accepted", code, code < 300);
+                    self.transfer_event("accepted", code, code < 300).await;
                     if code >= 300 {
                         tracing::warn!(code, "transfer refused by the far end");
                     }
@@ -157,7 +157,7 @@ impl CallTask {
                         200..=299 => "succeeded",
                         _ => "failed",
                     };
-                    self.transfer_event(state, status_code, true);
+                    self.transfer_event(state, status_code, true).await;
                     if terminated && (200..300).contains(&status_code) {
                         CallInput::Transferred
                     } else {
@@ -201,41 +201,28 @@ impl CallTask {
 
     /// Progress of a transfer as a `call.transfer` event (best effort, spawned: the run
     /// loop must not wait on the store here).
-    fn transfer_event(&self, state: &str, sip_code: u16, ok: bool) {
-        let event = NewEvent {
-            event_type: "call.transfer".to_owned(),
-            extra: serde_json::json!({"transfer_state": if ok { state } else { "failed" }, "sip_code": sip_code}),
-        };
-        let shared = self.shared.clone();
-        let record = self.record.clone();
-        tokio::spawn(async move {
-            match shared.store.update_call(&record, Some(&event)).await {
-                Ok(_) => shared.webhooks.notify_one(),
-                Err(e) => tracing::error!(error = %e, "failed to record a transfer event"),
-            }
-        });
+    async fn transfer_event(&self, state: &str, sip_code: u16, ok: bool) {
+        let state = if ok { state } else { "failed" };
+        record_event(
+            &self.shared,
+            &self.record,
+            "call.transfer",
+            serde_json::json!({"transfer_state": state, "sip_code": sip_code}),
+        )
+        .await;
     }
 
     /// A digit is a fact about the call, not a status: an outbox event of its own.
     async fn on_dtmf(&mut self, d: media::dtmf::DtmfEvent) {
         let duration_ms = u64::from(d.duration_ts) / 8; // telephone-event/8000
         tracing::info!(digit = %d.digit, duration_ms, "DTMF received");
-        let event = NewEvent {
-            event_type: "call.dtmf".to_owned(),
-            extra: serde_json::json!({"digit": d.digit.to_string(), "duration_ms": duration_ms}),
-        };
-        match self
-            .shared
-            .store
-            .update_call(&self.record, Some(&event))
-            .await
-        {
-            Ok(_) => self.shared.webhooks.notify_one(),
-            Err(e) => {
-                self.shared.metrics.store_error();
-                tracing::error!(error = %e, "failed to record a DTMF event");
-            }
-        }
+        record_event(
+            &self.shared,
+            &self.record,
+            "call.dtmf",
+            serde_json::json!({"digit": d.digit.to_string(), "duration_ms": duration_ms}),
+        )
+        .await;
     }
 
     fn media_timeout(&self) -> Option<std::time::Duration> {
@@ -326,12 +313,11 @@ impl CallTask {
             });
             return;
         };
-        let mut local = local_offer(&self.shared.config, endpoint.local_addr().port());
-        if let Some(prev) = &mut self.offer {
-            prev.session_version += 1;
-            local.session_id = prev.session_id;
-            local.session_version = prev.session_version;
-        }
+        let port = endpoint.local_addr().port();
+        let local = match &mut self.offer {
+            Some(prev) => next_description(&self.shared.config, port, prev),
+            None => local_offer(&self.shared.config, port),
+        };
         match media::sdp::answer_offer(&body.bytes, &local) {
             Ok((sdp, params)) => {
                 tracing::info!(direction = ?params.direction, remote = %params.remote, "re-offer answered");
@@ -571,18 +557,29 @@ pub(crate) async fn persist_status(shared: &Shared, r: &CallRecord, status: Call
     } else {
         serde_json::json!({})
     };
+    shared.metrics.status(status);
+    record_event(shared, r, &format!("call.{}", status.as_str()), extra).await;
+}
+
+/// Writes the call as it stands with one outbox event (a status change, a digit, transfer
+/// progress) in one transaction, then wakes the deliverer if there is somewhere to send it.
+pub(crate) async fn record_event(
+    shared: &Shared,
+    r: &CallRecord,
+    event_type: &str,
+    extra: serde_json::Value,
+) {
     let event = NewEvent {
-        event_type: format!("call.{}", status.as_str()),
+        event_type: event_type.to_owned(),
         extra,
     };
-    shared.metrics.status(status);
     match shared.store.update_call(r, Some(&event)).await {
         // Without an endpoint the event is stored as `no_endpoint`: nothing to deliver.
         Ok(_) if r.webhook_url.is_some() => shared.webhooks.notify_one(),
         Ok(_) => {}
         Err(e) => {
             shared.metrics.store_error();
-            tracing::error!(error = %e, status = status.as_str(), "failed to record call status")
+            tracing::error!(error = %e, event_type, "failed to record a call event");
         }
     }
 }
@@ -641,6 +638,21 @@ pub(crate) fn local_offer(config: &crate::config::Config, port: u16) -> media::s
     }
 }
 
+/// Our next session description in a session: same `o=` id, version one higher (RFC 3264
+/// §8), from `port`; `prev` is bumped so the following one goes higher again.
+pub(crate) fn next_description(
+    config: &crate::config::Config,
+    port: u16,
+    prev: &mut media::sdp::OfferParams,
+) -> media::sdp::OfferParams {
+    prev.session_version += 1;
+    media::sdp::OfferParams {
+        session_id: prev.session_id,
+        session_version: prev.session_version,
+        ..local_offer(config, port)
+    }
+}
+
 pub(crate) fn sdp_body(sdp: String) -> sip::ua::Body {
     sip::ua::Body {
         content_type: "application/sdp".to_owned(),
@@ -659,16 +671,22 @@ pub(crate) fn public_ip_for_uri(ip: std::net::IpAddr) -> String {
     }
 }
 
-async fn next_dtmf(
-    rx: &mut Option<mpsc::Receiver<media::dtmf::DtmfEvent>>,
-) -> Option<media::dtmf::DtmfEvent> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
+/// The next item from an optional channel; pends forever when there is none or once it
+/// has closed (the closed channel is dropped so a `select!` loop does not spin on it).
+pub(crate) async fn next_from<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    match r.recv().await {
+        Some(item) => Some(item),
+        None => {
+            *rx = None;
+            std::future::pending().await
+        }
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,

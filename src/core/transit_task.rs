@@ -13,7 +13,8 @@ use tracing::Instrument;
 use super::Shared;
 use super::call::StatusChange;
 use super::task::{
-    TaskInput, apply_change, local_offer, persist_status, sdp_body, set_media_stats,
+    TaskInput, apply_change, local_offer, next_description, next_from, persist_status,
+    record_event, sdp_body, set_media_stats, sleep_until,
 };
 use super::transit::{Transit, TransitInput, TransitOutput};
 use super::trunk::{Trunk, TrunkSlot};
@@ -81,7 +82,8 @@ struct Transfer {
     referrer: sip::ua::LegRef,
     new_leg: sip::ua::LegRef,
     offer: media::sdp::OfferParams,
-    _slot: TrunkSlot,
+    /// The target's place on its trunk; becomes the call's outbound slot on success.
+    slot: TrunkSlot,
 }
 
 impl TransitTask {
@@ -162,12 +164,12 @@ impl TransitTask {
                 let deadline = self.machine.poll_timeout();
                 tokio::select! {
                     input = rx.recv() => match input {
-                        Some(input) => self.on_input(input),
+                        Some(input) => self.on_input(input).await,
                         None => break,
                     },
                     () = sleep_until(deadline) => self.machine.handle_timeout(Instant::now()),
                     () = sleep_until(self.media_check) => self.check_media(Instant::now()),
-                    Some((side, digit)) = next_dtmf(&mut self.dtmf) => self.on_dtmf(side, digit).await,
+                    Some((side, digit)) = next_from(&mut self.dtmf) => self.on_dtmf(side, digit).await,
                 }
                 self.drain().await;
             }
@@ -185,7 +187,7 @@ impl TransitTask {
         .await;
     }
 
-    fn on_input(&mut self, input: TaskInput) {
+    async fn on_input(&mut self, input: TaskInput) {
         use sip::ua::UaEvent;
         let now = Instant::now();
         let ev = match input {
@@ -217,7 +219,7 @@ impl TransitTask {
             UaEvent::Refer {
                 leg, id, refer_to, ..
             } => {
-                self.on_refer(leg, id, &refer_to);
+                self.on_refer(leg, id, &refer_to).await;
                 return;
             }
             ref ev
@@ -265,7 +267,7 @@ impl TransitTask {
     /// The far end of one leg asks us (REFER) to connect the other party elsewhere: we call
     /// the target (routed like a new call from the source trunk) and, once it answers, it
     /// takes the referrer's place on the bridge; the referrer hears NOTIFYs and our BYE.
-    fn on_refer(&mut self, leg: sip::ua::LegRef, id: u64, refer_to: &str) {
+    async fn on_refer(&mut self, leg: sip::ua::LegRef, id: u64, refer_to: &str) {
         let side = if leg == self.a_leg {
             Side::A
         } else if Some(leg) == self.b_leg {
@@ -314,13 +316,7 @@ impl TransitTask {
             refuse(503);
             return;
         };
-        let Some(addr) = trunk
-            .uri
-            .host
-            .parse::<std::net::IpAddr>()
-            .ok()
-            .map(|ip| std::net::SocketAddr::new(ip, trunk.uri.port))
-        else {
+        let Ok(addr) = trunk.resolve().await else {
             refuse(503);
             return;
         };
@@ -352,7 +348,7 @@ impl TransitTask {
             referrer: leg,
             new_leg,
             offer,
-            _slot: slot,
+            slot,
         });
     }
 
@@ -388,7 +384,7 @@ impl TransitTask {
                     Side::B => self.b_leg = Some(new_leg),
                 }
                 self.shared.legs.remove(&referrer);
-                self.out_slot = self.transfer.take().map(|t| t._slot);
+                self.out_slot = self.transfer.take().map(|t| t.slot);
                 self.record.metadata["transferred"] = serde_json::json!(true);
                 tracing::info!(?side, "transfer done: the target replaced the referrer");
             }
@@ -451,17 +447,22 @@ impl TransitTask {
             return;
         };
         let port = bridge.local_addr(side).port();
-        let mut local = local_offer(&self.shared.config, port);
         let base = match side {
-            Side::A => &mut self.a_local,
-            Side::B => match &mut self.b_local {
-                Some(b) => b,
-                None => return,
-            },
+            Side::A => Some(&mut self.a_local),
+            Side::B => self.b_local.as_mut(),
         };
-        base.session_version += 1;
-        local.session_id = base.session_id;
-        local.session_version = base.session_version;
+        let Some(base) = base else {
+            // An offer on B before we ever offered there: cannot happen with a conforming
+            // peer, but it must still be answered.
+            let _ = self.shared.ua.send(sip::ua::UaCommand::RejectReoffer {
+                leg,
+                id,
+                code: 491,
+                reason: "Request Pending".to_owned(),
+            });
+            return;
+        };
+        let local = next_description(&self.shared.config, port, base);
         match media::sdp::answer_offer(&body.bytes, &local) {
             Ok((sdp, params)) => {
                 if let Ok(p) = SideParams::try_from(&params) {
@@ -671,26 +672,12 @@ impl TransitTask {
         let duration_ms = u64::from(d.duration_ts) / 8; // telephone-event/8000
         let from = if side == Side::A { "caller" } else { "callee" };
         tracing::info!(digit = %d.digit, duration_ms, from, "DTMF relayed");
-        let event = crate::model::NewEvent {
-            event_type: "call.dtmf".to_owned(),
-            extra: serde_json::json!({
-                "digit": d.digit.to_string(),
-                "duration_ms": duration_ms,
-                "from": from,
-            }),
-        };
-        match self
-            .shared
-            .store
-            .update_call(&self.record, Some(&event))
-            .await
-        {
-            Ok(_) => self.shared.webhooks.notify_one(),
-            Err(e) => {
-                self.shared.metrics.store_error();
-                tracing::error!(error = %e, "failed to record a DTMF event");
-            }
-        }
+        let extra = serde_json::json!({
+            "digit": d.digit.to_string(),
+            "duration_ms": duration_ms,
+            "from": from,
+        });
+        record_event(&self.shared, &self.record, "call.dtmf", extra).await;
     }
 
     async fn apply_status(&mut self, change: StatusChange) {
@@ -733,22 +720,6 @@ impl TransitTask {
     }
 }
 
-async fn next_dtmf(
-    rx: &mut Option<mpsc::Receiver<(Side, media::dtmf::DtmfEvent)>>,
-) -> Option<(Side, media::dtmf::DtmfEvent)> {
-    let Some(r) = rx.as_mut() else {
-        return std::future::pending().await;
-    };
-    match r.recv().await {
-        Some(ev) => Some(ev),
-        // The bridge closed (the call is ending): stop polling a dead channel.
-        None => {
-            *rx = None;
-            std::future::pending().await
-        }
-    }
-}
-
 fn event_leg(ev: &sip::ua::UaEvent) -> Option<sip::ua::LegRef> {
     use sip::ua::UaEvent;
     match ev {
@@ -759,12 +730,5 @@ fn event_leg(ev: &sip::ua::UaEvent) -> Option<sip::ua::LegRef> {
         | UaEvent::Cancelled { leg }
         | UaEvent::DialogEstablished { leg, .. } => Some(*leg),
         _ => None,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -234,6 +234,24 @@ impl SwitchProcess {
         self.dir.path().join("switchyard.db")
     }
 
+    /// `GET /metrics` as text (Prometheus exposition).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http_base()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// One sample's value from `/metrics` text (`name` with its labels, e.g.
+    /// `switchyard_trunk_up{trunk="a"}`), or None when it is not there.
+    pub fn metric(text: &str, name: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// The tempdir holding config, database and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
