@@ -134,6 +134,9 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
                 source: std::io::Error::other(e.to_string()),
             }
         })?;
+    // Half the range, at most 4,096 pairs (8,192 descriptors), is enough to cover the
+    // pairs resting before reuse at several thousand calls per second.
+    ports.keep_sockets((ports.capacity() / 2).min(4096));
     let switch = crate::core::Switch::start(
         config.clone(),
         store.clone(),

@@ -269,11 +269,22 @@ impl Driver {
         mut conn_rx: mpsc::UnboundedReceiver<ConnInput>,
     ) {
         let mut buf = vec![0u8; 65_535];
+        // One timer for the driver's life, moved only when the UA's next deadline moves
+        // (a fresh `sleep_until` per turn was a timer-wheel insert and removal each time).
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
         loop {
-            let deadline = self.ua.poll_timeout();
-            let sleep_to = deadline
-                .map(tokio::time::Instant::from_std)
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            match self.ua.poll_timeout().map(tokio::time::Instant::from_std) {
+                Some(at) if at != sleep.deadline() => sleep.as_mut().reset(at),
+                Some(_) => {}
+                None => {
+                    // Nothing due: park far away (and leave it there while nothing is due).
+                    let now = tokio::time::Instant::now();
+                    if sleep.deadline() < now + Duration::from_secs(1800) {
+                        sleep.as_mut().reset(now + Duration::from_secs(3600));
+                    }
+                }
+            }
             tokio::select! {
                 r = self.udp.recv_from(&mut buf) => {
                     match r {
@@ -293,22 +304,33 @@ impl Driver {
                 Some(input) = conn_rx.recv() => self.on_conn_input(input),
                 cmd = cmds.recv() => match cmd {
                     None => break,
-                    Some(Cmd::Ua(c)) => self.ua.handle_command(Instant::now(), c),
-                    Some(Cmd::Stats(tx)) => {
-                        let stats = UaStats { rate_limited: self.rate_limited, ..self.ua.stats() };
-                        let _ = tx.send(stats);
-                    }
-                    Some(Cmd::SetRateLimit(limit)) => self.limiter = limit.map(RateLimiter::new),
+                    // One per turn: taking a queue's worth at once sent peers bursts that
+                    // overflowed their receive buffers (SIPp's are small) under load.
+                    Some(cmd) => self.on_cmd(Instant::now(), cmd),
                 },
                 r = accept(&self.tcp) => match r {
                     Ok((stream, peer)) => self.add_conn(stream, peer),
                     Err(e) => tracing::warn!(error = %e, "tcp accept failed"),
                 },
-                _ = tokio::time::sleep_until(sleep_to) => self.ua.handle_timeout(Instant::now()),
+                () = &mut sleep => self.ua.handle_timeout(Instant::now()),
             }
             self.flush().await;
         }
         tracing::debug!("SIP driver stopped: all handles dropped");
+    }
+
+    fn on_cmd(&mut self, now: Instant, cmd: Cmd) {
+        match cmd {
+            Cmd::Ua(c) => self.ua.handle_command(now, c),
+            Cmd::Stats(tx) => {
+                let stats = UaStats {
+                    rate_limited: self.rate_limited,
+                    ..self.ua.stats()
+                };
+                let _ = tx.send(stats);
+            }
+            Cmd::SetRateLimit(limit) => self.limiter = limit.map(RateLimiter::new),
+        }
     }
 
     /// Whether a message from `src` may go to the UA; counts the ones that may not.

@@ -17,7 +17,7 @@ use super::task::{CallTask, TaskInput};
 use super::transit_task::{TransitSetup, TransitTask};
 use super::trunk::Trunk;
 use super::{CALL_QUEUE, Shared};
-use crate::model::{CallRecord, CallStatus, NewEvent};
+use crate::model::{CallRecord, CallStatus, DeliveryState, NewEvent};
 
 pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
     let sip::ua::UaEvent::Incoming {
@@ -281,8 +281,10 @@ fn start(
             )
             .await;
         match created {
-            Ok(_) => {
-                shared.webhooks.notify_one();
+            Ok(ev) => {
+                if ev.state == DeliveryState::Pending {
+                    shared.webhooks.notify_one();
+                }
                 shared.metrics.status(CallStatus::Initiating);
                 run.await;
             }

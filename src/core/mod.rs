@@ -257,7 +257,8 @@ impl Switch {
         let endpoint = media::net::RtpEndpoint::open(&self.shared.ports, bind_ip)
             .map_err(|_| CoreError::NoMediaPorts)?;
 
-        self.shared
+        let created = self
+            .shared
             .store
             .create_call(
                 &record,
@@ -267,7 +268,9 @@ impl Switch {
                 },
             )
             .await?;
-        self.shared.webhooks.notify_one();
+        if created.state == crate::model::DeliveryState::Pending {
+            self.shared.webhooks.notify_one();
+        }
         self.shared.metrics.call_started();
         self.shared.metrics.status(CallStatus::Initiating);
 

@@ -32,7 +32,7 @@ use ulid::Ulid;
 
 use super::{CallPage, Store, StoreError, StoreResult};
 use crate::model::{
-    ApiKeyRecord, CallEvent, CallRecord, CallStatus, DeliveryState, NewEvent, Role,
+    ApiKeyRecord, CallEvent, CallRecord, CallStatus, DeliveryState, JsonText, NewEvent, Role,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
@@ -149,6 +149,9 @@ impl SqlStore {
                 let options = AnyPoolOptions::new()
                     // Each in-memory connection is its own database: keep exactly one forever.
                     .max_connections(if memory { 1 } else { 8 })
+                    // A local file cannot drop a connection: a ping before every read
+                    // doubled the reads' cost under load.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
                             // busy_timeout is per connection: writers queue instead of failing.
@@ -232,7 +235,7 @@ impl SqlStore {
             .bind(ev.tenant.clone())
             .bind(ev.sequence)
             .bind(ev.event_type.clone())
-            .bind(ev.payload.to_string())
+            .bind(ev.payload.as_str().to_owned())
             .bind(ev.webhook_url.clone())
             .bind(state_str(ev.state))
             .bind(ev.attempts)
@@ -681,6 +684,41 @@ fn parse_state(s: &str) -> StoreResult<DeliveryState> {
     })
 }
 
+/// An event's webhook body, serialised straight to text.
+#[derive(serde::Serialize)]
+struct EventPayload<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    sequence: i64,
+    created_at: String,
+    data: EventData<'a>,
+}
+
+/// `{"call": {...}, ...extras}`; "call" is ours: an extra cannot replace the call object.
+struct EventData<'a> {
+    call: &'a CallRecord,
+    extra: &'a serde_json::Value,
+}
+
+impl serde::Serialize for EventData<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let extras = match self.extra {
+            serde_json::Value::Object(m) => Some(m),
+            _ => None,
+        };
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("call", self.call)?;
+        for (k, v) in extras.into_iter().flatten() {
+            if k != "call" {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
 pub(super) fn build_event(
     call: &CallRecord,
     event: &NewEvent,
@@ -688,25 +726,18 @@ pub(super) fn build_event(
     now: DateTime<Utc>,
 ) -> StoreResult<CallEvent> {
     let id = format!("evt_{}", Ulid::new());
-    let call_json = serde_json::to_value(call)
-        .map_err(|e| StoreError::Corrupt(format!("call {} does not serialise: {e}", call.id)))?;
-    let mut data = serde_json::Map::new();
-    data.insert("call".to_owned(), call_json);
-    if let serde_json::Value::Object(extra) = &event.extra {
-        for (k, v) in extra {
-            // "call" is ours; extras cannot replace the call object.
-            if k != "call" {
-                data.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    let payload = serde_json::json!({
-        "id": id,
-        "type": event.event_type,
-        "sequence": sequence,
-        "created_at": now.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "data": data,
-    });
+    let payload = serde_json::to_string(&EventPayload {
+        id: &id,
+        event_type: &event.event_type,
+        sequence,
+        created_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        data: EventData {
+            call,
+            extra: &event.extra,
+        },
+    })
+    .map_err(|e| StoreError::Corrupt(format!("call {} does not serialise: {e}", call.id)))?;
+    let payload = JsonText::from_serialized(payload);
     let webhook_url = call.webhook_url.clone().filter(|u| !u.is_empty());
     let state = if webhook_url.is_some() {
         DeliveryState::Pending
@@ -821,7 +852,7 @@ fn event_from_row(row: &AnyRow) -> StoreResult<CallEvent> {
         tenant: row.try_get("tenant")?,
         sequence: row.try_get("sequence")?,
         event_type: row.try_get("event_type")?,
-        payload: serde_json::from_str(&payload)
+        payload: JsonText::new(payload)
             .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?,
         webhook_url: row.try_get("webhook_url")?,
         state: parse_state(&state)?,

@@ -231,7 +231,7 @@ impl Deliverer {
             .await
             .map_err(|e| format!("webhook secret unavailable: {e}"))?;
         // These exact bytes are both signed and sent.
-        let body = serde_json::to_vec(&event.payload).map_err(|e| format!("payload: {e}"))?;
+        let body = event.payload.as_str().as_bytes().to_vec();
         let timestamp = Utc::now().timestamp();
         let signature =
             sign::sign(&secret, &event.id, timestamp, &body).map_err(|e| e.to_string())?;

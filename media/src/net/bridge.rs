@@ -574,9 +574,13 @@ impl Driver {
                 sleep.as_mut().reset(deadline);
             }
         }
-        // Sockets close before the ports go back to the pool.
-        drop(self);
-        drop(ports);
+        // The sockets go back with their ports (kept for the next call, or closed first).
+        let Driver { rtp, rtcp, .. } = self;
+        let [rtp_a, rtp_b] = rtp;
+        let [rtcp_a, rtcp_b] = rtcp;
+        let [port_a, port_b] = ports;
+        port_a.recycle(rtp_a, rtcp_a);
+        port_b.recycle(rtp_b, rtcp_b);
     }
 
     fn command(&mut self, cmd: Command, sleep: Pin<&mut tokio::time::Sleep>) {

@@ -350,9 +350,9 @@ impl Driver {
                 tick = next_tick(&mut self.send) => self.send_packet(tick, &mut sbuf).await,
             }
         }
-        // Sockets close before the ports go back to the pool.
-        drop(self);
-        drop(ports);
+        // The sockets go back with their ports (kept for the next call, or closed first).
+        let Driver { rtp, rtcp, .. } = self;
+        ports.recycle(rtp, rtcp);
     }
 
     fn configure(&mut self, params: StreamParams, sbuf: &mut [u8; SEND_BUF]) {

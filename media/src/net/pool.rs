@@ -4,7 +4,11 @@
 //! dropped. The pool only books numbers; binding (and skipping numbers some other
 //! process holds) is the endpoint's job. It also holds the rng that seeds endpoints.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -33,7 +37,27 @@ struct PoolInner {
     /// and stray packets of an old call are unlikely to reach a new one.
     next: usize,
     rng: StdRng,
+    /// Bound socket pairs of ended legs kept for reuse (their slots stay booked), oldest
+    /// first; empty unless [`PortPool::keep_sockets`] turned it on.
+    warm: VecDeque<WarmPair>,
+    warm_max: usize,
+    warm_rest: Duration,
 }
+
+/// Sockets of an ended leg, still bound and registered with the runtime that opened them.
+#[derive(Debug)]
+struct WarmPair {
+    rtp_port: u16,
+    ip: std::net::IpAddr,
+    rtp: tokio::net::UdpSocket,
+    rtcp: tokio::net::UdpSocket,
+    freed: Instant,
+}
+
+/// How long a kept pair rests before another call gets it: packets the old peer had in
+/// flight when the call ended arrive in this time and are thrown away, so they cannot
+/// be taken for the new call's first packet (latching).
+pub const WARM_REST: Duration = Duration::from_millis(250);
 
 /// A thread-safe pool of RTP/RTCP port pairs. Cloning shares the same pool.
 #[derive(Debug, Clone)]
@@ -72,13 +96,37 @@ impl PortPool {
                 in_use: vec![false; pairs],
                 next: 0,
                 rng,
+                warm: VecDeque::new(),
+                warm_max: 0,
+                warm_rest: WARM_REST,
             })),
         })
     }
 
-    /// Books a free pair, or `None` when all are in use.
+    /// Keeps up to `max` bound socket pairs of ended legs for reuse, saving each new leg
+    /// the socket/bind/register/close system calls (a large share of a short call's
+    /// cost). The sockets stay registered with the tokio runtime that opened them, so a
+    /// pool that keeps sockets must only be used from one runtime (the switch's).
+    pub fn keep_sockets(&self, max: usize) {
+        self.keep_sockets_resting(max, WARM_REST);
+    }
+
+    /// [`keep_sockets`](Self::keep_sockets) with another rest than [`WARM_REST`].
+    pub fn keep_sockets_resting(&self, max: usize, rest: Duration) {
+        let mut g = lock(&self.inner);
+        g.warm_max = max;
+        g.warm_rest = rest;
+    }
+
+    /// Books a free pair, or `None` when all are in use (a kept socket pair gives its
+    /// slot up rather than a call going without).
     pub fn alloc(&self) -> Option<PortPair> {
         let mut g = lock(&self.inner);
+        if !g.in_use.contains(&false) {
+            drop(g);
+            self.shed_kept(1);
+            g = lock(&self.inner);
+        }
         let n = g.in_use.len();
         let start = g.next;
         let idx = (0..n)
@@ -93,6 +141,7 @@ impl PortPool {
         Some(PortPair {
             rtp,
             pool: Arc::clone(&self.inner),
+            kept: false,
         })
     }
 
@@ -101,9 +150,15 @@ impl PortPool {
         lock(&self.inner).in_use.len()
     }
 
-    /// Number of pairs not booked now.
+    /// Number of pairs not booked now (kept socket pairs count as free).
     pub fn available(&self) -> usize {
-        lock(&self.inner).in_use.iter().filter(|u| !**u).count()
+        let g = lock(&self.inner);
+        g.in_use.iter().filter(|u| !**u).count() + g.warm.len()
+    }
+
+    /// Number of bound socket pairs kept for reuse now.
+    pub fn kept(&self) -> usize {
+        lock(&self.inner).warm.len()
     }
 
     /// A seed for a new endpoint's own rng.
@@ -117,6 +172,8 @@ impl PortPool {
 pub struct PortPair {
     rtp: u16,
     pool: Arc<Mutex<PoolInner>>,
+    /// Its sockets went to the warm list, which now holds the booking.
+    kept: bool,
 }
 
 impl PortPair {
@@ -136,6 +193,9 @@ impl PortPair {
 
 impl Drop for PortPair {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         let mut g = lock(&self.pool);
         let idx = usize::from(self.rtp.saturating_sub(g.first)) / 2;
         if let Some(slot) = g.in_use.get_mut(idx) {
@@ -144,12 +204,92 @@ impl Drop for PortPair {
     }
 }
 
+/// "Too many open files" (Linux, the BSDs and macOS agree on the number).
+const EMFILE: i32 = 24;
+
+impl PortPool {
+    /// Closes up to `n` kept socket pairs (oldest first) and frees their slots; how many.
+    fn shed_kept(&self, n: usize) -> usize {
+        let mut g = lock(&self.inner);
+        let mut shed = 0;
+        while shed < n {
+            let Some(oldest) = g.warm.pop_front() else {
+                break;
+            };
+            let idx = usize::from(oldest.rtp_port.saturating_sub(g.first)) / 2;
+            if let Some(slot) = g.in_use.get_mut(idx) {
+                *slot = false;
+            }
+            shed += 1;
+        }
+        shed
+    }
+}
+
+/// A rested kept pair bound on `ip`, emptied of anything that arrived while it rested.
+fn take_warm(
+    pool: &PortPool,
+    ip: std::net::IpAddr,
+) -> Option<(PortPair, tokio::net::UdpSocket, tokio::net::UdpSocket)> {
+    let warm = {
+        let mut g = lock(&pool.inner);
+        let front = g.warm.front()?;
+        if front.ip != ip || front.freed.elapsed() < g.warm_rest {
+            return None;
+        }
+        g.warm.pop_front()?
+    };
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    for s in [&warm.rtp, &warm.rtcp] {
+        // Straight to the socket (not tokio's cached readiness): every queued datagram
+        // goes. Bounded: a socket buffer holds a few hundred at most.
+        let sock = socket2::SockRef::from(s);
+        for _ in 0..1024 {
+            match sock.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                _ => {}
+            }
+        }
+    }
+    let pair = PortPair {
+        rtp: warm.rtp_port,
+        pool: Arc::clone(&pool.inner),
+        kept: false,
+    };
+    Some((pair, warm.rtp, warm.rtcp))
+}
+
+impl PortPair {
+    /// Ends the leg: its bound sockets go to the pool's warm list when it keeps sockets
+    /// (and has room), else they close and the pair is freed.
+    pub(crate) fn recycle(mut self, rtp: tokio::net::UdpSocket, rtcp: tokio::net::UdpSocket) {
+        let Ok(ip) = rtp.local_addr().map(|a| a.ip()) else {
+            return;
+        };
+        let mut g = lock(&self.pool);
+        if g.warm.len() < g.warm_max {
+            g.warm.push_back(WarmPair {
+                rtp_port: self.rtp,
+                ip,
+                rtp,
+                rtcp,
+                freed: Instant::now(),
+            });
+            self.kept = true;
+        }
+    }
+}
+
 /// Takes pairs from `pool` until one binds RTP and RTCP on `ip` (non-blocking tokio
-/// sockets). Pairs that fail stay booked until we are done so `alloc` moves past them.
+/// sockets), a rested kept pair first. Pairs that fail stay booked until we are done so
+/// `alloc` moves past them.
 pub(crate) fn bind_from_pool(
     pool: &PortPool,
     ip: std::net::IpAddr,
 ) -> std::io::Result<(PortPair, tokio::net::UdpSocket, tokio::net::UdpSocket)> {
+    if let Some(warm) = take_warm(pool, ip) {
+        return Ok(warm);
+    }
     let bind = |port| -> std::io::Result<tokio::net::UdpSocket> {
         let s = std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, port))?;
         s.set_nonblocking(true)?;
@@ -165,6 +305,11 @@ pub(crate) fn bind_from_pool(
         };
         match bind(pair.rtp()).and_then(|rtp| Ok((rtp, bind(pair.rtcp())?))) {
             Ok((rtp, rtcp)) => return Ok((pair, rtp, rtcp)),
+            // Out of descriptors: kept sockets give theirs up before a call is refused.
+            Err(e) if e.raw_os_error() == Some(EMFILE) && pool.shed_kept(64) > 0 => {
+                drop(pair);
+                last_err = Some(e);
+            }
             Err(e) => {
                 tracing::debug!(port = pair.rtp(), error = %e, "RTP port pair unavailable");
                 last_err = Some(e);
@@ -210,6 +355,60 @@ mod tests {
         drop(b);
         drop(c);
         assert_eq!(p.available(), 2);
+    }
+
+    #[tokio::test]
+    async fn kept_sockets_are_reused_empty_and_give_way() {
+        let p = pool(41300, 41303).unwrap(); // two pairs
+        p.keep_sockets_resting(4, Duration::ZERO);
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let (pair, rtp, rtcp) = bind_from_pool(&p, ip).unwrap();
+        let port = pair.rtp();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&rtp);
+        // A packet of the old call still queued when the leg ends.
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.send_to(b"old call", ("127.0.0.1", port)).unwrap();
+        rtp.readable().await.unwrap();
+        pair.recycle(rtp, rtcp);
+        assert_eq!(p.kept(), 1);
+        assert_eq!(p.available(), 2, "a kept pair counts as free");
+
+        let (again, rtp, _rtcp) = bind_from_pool(&p, ip).unwrap();
+        assert_eq!(again.rtp(), port);
+        assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&rtp), fd, "same socket");
+        assert_eq!(p.kept(), 0);
+        peer.send_to(b"new call", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 32];
+        let (n, _) = rtp.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"new call", "the old packet was thrown away");
+
+        // Every slot booked, one of them by a kept pair: alloc takes the kept pair's slot.
+        again.recycle(rtp, _rtcp);
+        let other = p.alloc().unwrap();
+        assert_eq!(p.kept(), 1);
+        let freed = p.alloc().expect("the kept pair gives its slot up");
+        assert_eq!(freed.rtp(), port);
+        assert_eq!(p.kept(), 0);
+        drop((other, freed));
+        assert_eq!(p.available(), 2);
+    }
+
+    #[tokio::test]
+    async fn resting_pairs_and_pools_without_keeping_bind_afresh() {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let p = pool(41310, 41313).unwrap();
+        let (pair, rtp, rtcp) = bind_from_pool(&p, ip).unwrap();
+        pair.recycle(rtp, rtcp);
+        assert_eq!(p.kept(), 0, "keeping is off by default");
+        assert_eq!(p.available(), 2);
+
+        p.keep_sockets_resting(4, Duration::from_secs(3600));
+        let (pair, rtp, rtcp) = bind_from_pool(&p, ip).unwrap();
+        let port = pair.rtp();
+        pair.recycle(rtp, rtcp);
+        let (next, _, _) = bind_from_pool(&p, ip).unwrap();
+        assert_ne!(next.rtp(), port, "a resting pair is not handed out");
+        assert_eq!(p.kept(), 1);
     }
 
     #[test]
