@@ -56,7 +56,12 @@ pub(super) fn spawn(path: &str, jobs: tokio::sync::mpsc::Receiver<WriteJob>) -> 
 
 fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
     let insert = CALL_INSERT.replace('$', "?");
-    let update = CALL_UPDATE.replace('$', "?");
+    // created_at never changes and is indexed: leaving it out of the SET list spares
+    // SQLite that index's upkeep on every status (its ?N stays bound, unused).
+    let update = CALL_UPDATE
+        .replace(", created_at = $22", "")
+        .replace('$', "?");
+    debug_assert!(!update.contains("created_at"));
     let event = EVENT_INSERT.replace('$', "?");
     let sql = Sql {
         insert: &insert,
@@ -172,8 +177,16 @@ fn write_batch(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
+    // A status update whose call is updated again later in this batch only needs its
+    // event: the later row write carries the newer state.
+    let mut last_update = std::collections::HashMap::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        if let WriteOp::Update(call, _) = op {
+            last_update.insert(call.id.as_str(), i);
+        }
+    }
     let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
         let ev = match op {
             WriteOp::Create(call, event) => {
                 let values = call_values(call)?;
@@ -184,13 +197,15 @@ fn write_batch(
                 Some(insert_event(&tx, sql, call, event, sequence)?)
             }
             WriteOp::Update(call, event) => {
-                let values = call_values(call)?;
-                let changed = tx
-                    .prepare_cached(sql.update)
-                    .and_then(|mut s| s.execute(params_from_iter(values)))
-                    .map_err(db_err)?;
-                if changed == 0 {
-                    return Err(StoreError::CallNotFound(call.id.clone()));
+                if last_update.get(call.id.as_str()) == Some(&i) {
+                    let values = call_values(call)?;
+                    let changed = tx
+                        .prepare_cached(sql.update)
+                        .and_then(|mut s| s.execute(params_from_iter(values)))
+                        .map_err(db_err)?;
+                    if changed == 0 {
+                        return Err(StoreError::CallNotFound(call.id.clone()));
+                    }
                 }
                 match event {
                     Some(event) => {
