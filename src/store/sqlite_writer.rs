@@ -13,8 +13,8 @@ use crate::model::{CallEvent, CallRecord, NewEvent};
 
 const MAX_BATCH: usize = 256;
 /// A batch at least this large means writes are queueing: the next one lingers.
-const LINGER_FROM: usize = 4;
-const LINGER: std::time::Duration = std::time::Duration::from_micros(500);
+const LINGER_FROM: usize = 2;
+const LINGER: std::time::Duration = std::time::Duration::from_micros(2000);
 /// Calls whose last event sequence the writer remembers; past this the memory is
 /// dropped and sequences are read back from the table (correct, just slower).
 const MAX_SEQUENCES: usize = 100_000;
