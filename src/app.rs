@@ -71,6 +71,7 @@ pub async fn create_api_key(
 pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     let mut config = Config::load(config_path)?;
     init_tracing();
+    let fds = raise_fd_limit();
     let plan = load_dialplan(&config, config_path)?;
     match &plan {
         Some(p) => tracing::info!(
@@ -134,9 +135,11 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
                 source: std::io::Error::other(e.to_string()),
             }
         })?;
-    // Half the range, at most 4,096 pairs (8,192 descriptors), is enough to cover the
-    // pairs resting before reuse at several thousand calls per second.
-    ports.keep_sockets((ports.capacity() / 2).min(4096));
+    // Enough kept pairs to cover those resting before reuse at several thousand calls
+    // per second, but never more than an eighth of the descriptors: live calls need the
+    // rest (four each when bridged).
+    let fd_share = usize::try_from(fds / 16).unwrap_or(usize::MAX);
+    ports.keep_sockets((ports.capacity() / 2).min(4096).min(fd_share));
     let switch = crate::core::Switch::start(
         config.clone(),
         store.clone(),
@@ -308,4 +311,36 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// Lifts the soft open-files limit to the hard one, as media servers do: each bridged call
+/// holds four sockets, and a default soft limit of 1,024 would cap the switch near 250
+/// calls. Returns the limit in force (the soft one if it cannot be read or raised).
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (soft, hard) = (limit.current.unwrap_or(u64::MAX), limit.maximum);
+    let mut in_force = soft;
+    if hard.is_none_or(|h| h > soft) {
+        // No hard cap means "unlimited"; the kernel still bounds it by fs.nr_open.
+        let target = hard.unwrap_or(1 << 20);
+        let raised = rustix::process::Rlimit {
+            current: Some(target),
+            maximum: hard,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => in_force = target,
+            Err(e) => tracing::warn!(soft, ?hard, error = %e, "cannot raise the open-files limit"),
+        }
+    }
+    let calls = in_force / 4;
+    if in_force < 4096 {
+        tracing::warn!(
+            open_files = in_force,
+            "low open-files limit: about {calls} bridged calls at most (raise `ulimit -n`)"
+        );
+    } else {
+        tracing::info!(open_files = in_force, "open-files limit");
+    }
+    in_force
 }
