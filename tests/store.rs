@@ -92,6 +92,7 @@ on_both!(
     live_calls_are_the_non_terminal_ones,
     concurrent_updates_get_distinct_sequences,
     a_bad_write_in_a_batch_fails_alone,
+    the_last_of_several_queued_updates_wins,
 );
 
 fn at_ms(ms: i64) -> DateTime<Utc> {
@@ -515,6 +516,43 @@ async fn live_calls_are_the_non_terminal_ones(s: &SqlStore) {
             CallStatus::InProgress
         ]
     );
+}
+
+/// Updates queued back to back (often one write batch, where only the last row write of a
+/// call is carried out): the row ends in the last state sent, every event is kept.
+async fn the_last_of_several_queued_updates_wins(s: &SqlStore) {
+    for round in 0..20 {
+        let id = format!("call_q{round}");
+        let c = call("acme", &id, T0, HOOK);
+        s.create_call(&c, &ev("call.initiating")).await.unwrap();
+        let mut ringing = c.clone();
+        ringing.status = CallStatus::Ringing;
+        let mut answered = c.clone();
+        answered.status = CallStatus::InProgress;
+        answered.rtp_packets_received = 7;
+        let (ev_ringing, ev_answered) = (ev("call.ringing"), ev("call.in_progress"));
+        // join! polls in order, so the writes are queued ringing first.
+        let (r1, r2) = tokio::join!(
+            s.update_call(&ringing, Some(&ev_ringing)),
+            s.update_call(&answered, Some(&ev_answered)),
+        );
+        assert_eq!(r1.unwrap().unwrap().sequence, 2);
+        assert_eq!(r2.unwrap().unwrap().sequence, 3);
+        let row = s.get_call("acme", &id).await.unwrap().unwrap();
+        assert_eq!(row.status, CallStatus::InProgress, "round {round}");
+        assert_eq!(row.rtp_packets_received, 7);
+        let types: Vec<String> = s
+            .list_events("acme", &id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+        assert_eq!(
+            types,
+            ["call.initiating", "call.ringing", "call.in_progress"]
+        );
+    }
 }
 
 async fn concurrent_updates_get_distinct_sequences(s: &SqlStore) {
