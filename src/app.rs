@@ -136,10 +136,14 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
             }
         })?;
     // Enough kept pairs to cover those resting before reuse at several thousand calls
-    // per second, but never more than an eighth of the descriptors: live calls need the
-    // rest (four each when bridged).
-    let fd_share = usize::try_from(fds / 16).unwrap_or(usize::MAX);
-    ports.keep_sockets((ports.capacity() / 2).min(4096).min(fd_share));
+    // per second (4,000 calls/s rest 2,000 pairs), on at most half the descriptors; when
+    // live calls need more, kept pairs are closed to make room (`bind_from_pool`).
+    let fd_share = usize::try_from(fds / 4).unwrap_or(usize::MAX);
+    let keep = (ports.capacity() / 2).min(4096).min(fd_share);
+    ports.keep_sockets(keep);
+    let rtp_ip = config.rtp.bind_ip.unwrap_or_else(|| config.public_ip());
+    let prebound = ports.prebind(rtp_ip, keep / 2);
+    tracing::info!(prebound, keep, "RTP socket pairs bound ahead of calls");
     let switch = crate::core::Switch::start(
         config.clone(),
         store.clone(),

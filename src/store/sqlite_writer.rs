@@ -4,8 +4,7 @@
 //! write) — that handoff was the largest cost per call under load. Reads and PostgreSQL
 //! stay on sqlx; the schema and migrations are sqlx's.
 
-use rusqlite::types::Value;
-use rusqlite::{Connection, TransactionBehavior, params_from_iter};
+use rusqlite::{Connection, ToSql, TransactionBehavior};
 
 use super::sql::{CALL_INSERT, CALL_UPDATE, EVENT_INSERT, WriteJob, WriteOp, build_event, now_ms};
 use super::{StoreError, StoreResult};
@@ -189,20 +188,19 @@ fn write_batch(
     for (i, op) in ops.iter().enumerate() {
         let ev = match op {
             WriteOp::Create(call, event) => {
-                let values = call_values(call)?;
-                tx.prepare_cached(sql.insert)
-                    .and_then(|mut s| s.execute(params_from_iter(values)))
-                    .map_err(db_err)?;
+                with_call_params(call, |params| {
+                    tx.prepare_cached(sql.insert)
+                        .and_then(|mut s| s.execute(params))
+                })?;
                 let sequence = seqs.first(call);
                 Some(insert_event(&tx, sql, call, event, sequence)?)
             }
             WriteOp::Update(call, event) => {
                 if last_update.get(call.id.as_str()) == Some(&i) {
-                    let values = call_values(call)?;
-                    let changed = tx
-                        .prepare_cached(sql.update)
-                        .and_then(|mut s| s.execute(params_from_iter(values)))
-                        .map_err(db_err)?;
+                    let changed = with_call_params(call, |params| {
+                        tx.prepare_cached(sql.update)
+                            .and_then(|mut s| s.execute(params))
+                    })?;
                     if changed == 0 {
                         return Err(StoreError::CallNotFound(call.id.clone()));
                     }
@@ -230,71 +228,78 @@ fn insert_event(
     sequence: i64,
 ) -> StoreResult<CallEvent> {
     let ev = build_event(call, event, sequence, now_ms())?;
-    let values: Vec<Value> = vec![
-        Value::Text(ev.id.clone()),
-        Value::Text(ev.call_id.clone()),
-        Value::Text(ev.tenant.clone()),
-        Value::Integer(ev.sequence),
-        Value::Text(ev.event_type.clone()),
-        Value::Text(ev.payload.as_str().to_owned()),
-        opt_text(ev.webhook_url.as_ref()),
-        Value::Text(super::sql::state_str(ev.state).to_owned()),
-        Value::Integer(ev.attempts),
-        Value::Integer(ev.next_attempt_at.timestamp_millis()),
-        opt_text(ev.last_error.as_ref()),
-        Value::Integer(ev.created_at.timestamp_millis()),
-        ev.delivered_at
-            .map_or(Value::Null, |t| Value::Integer(t.timestamp_millis())),
+    let state = super::sql::state_str(ev.state);
+    let next_attempt = ev.next_attempt_at.timestamp_millis();
+    let created = ev.created_at.timestamp_millis();
+    let delivered = ev.delivered_at.map(|t| t.timestamp_millis());
+    let params: [&dyn ToSql; 13] = [
+        &ev.id,
+        &ev.call_id,
+        &ev.tenant,
+        &ev.sequence,
+        &ev.event_type,
+        &ev.payload.as_str(),
+        &ev.webhook_url,
+        &state,
+        &ev.attempts,
+        &next_attempt,
+        &ev.last_error,
+        &created,
+        &delivered,
     ];
     tx.prepare_cached(sql.event)
-        .and_then(|mut s| s.execute(params_from_iter(values)))
+        .and_then(|mut s| s.execute(&params[..]))
         .map_err(db_err)?;
     Ok(ev)
 }
 
-fn opt_text(v: Option<&String>) -> Value {
-    v.map_or(Value::Null, |s| Value::Text(s.clone()))
-}
-
-fn opt_int(v: Option<i64>) -> Value {
-    v.map_or(Value::Null, Value::Integer)
-}
-
-/// The call's columns in `CALL_COLUMNS` order (as `bind_call` binds them for sqlx).
-fn call_values(c: &CallRecord) -> StoreResult<Vec<Value>> {
+/// Runs `f` with the call's columns in `CALL_COLUMNS` order (as `bind_call` binds them for
+/// sqlx), borrowed rather than copied into owned values.
+fn with_call_params<R>(
+    c: &CallRecord,
+    f: impl FnOnce(&[&dyn ToSql]) -> rusqlite::Result<R>,
+) -> StoreResult<R> {
     let metadata = serde_json::to_string(&c.metadata)
         .map_err(|e| StoreError::Corrupt(format!("metadata of {}: {e}", c.id)))?;
-    Ok(vec![
-        Value::Text(c.id.clone()),
-        Value::Text(c.tenant.clone()),
-        Value::Text(c.direction.clone()),
-        Value::Text(c.to.clone()),
-        Value::Text(c.from.clone()),
-        opt_text(c.agent_id.as_ref()),
-        Value::Text(c.status.as_str().to_owned()),
-        Value::Integer(i64::from(c.record)),
-        opt_text(c.recording_url.as_ref()),
-        opt_text(c.webhook_url.as_ref()),
-        Value::Integer(c.max_duration),
-        Value::Integer(c.ring_timeout),
-        Value::Text(metadata),
-        opt_text(c.trunk.as_ref()),
-        opt_text(c.sip_call_id.as_ref()),
-        opt_int(c.sip_code.map(i64::from)),
-        opt_text(c.sip_reason.as_ref()),
-        opt_int(c.q850_cause.map(i64::from)),
-        opt_text(c.end_reason.as_ref()),
-        Value::Integer(c.rtp_packets_received),
-        Value::Integer(c.rtp_bytes_received),
-        Value::Integer(c.created_at.timestamp_millis()),
-        opt_int(c.answered_at.map(|t| t.timestamp_millis())),
-        opt_int(c.ended_at.map(|t| t.timestamp_millis())),
-        opt_int(c.duration_seconds),
-        opt_text(c.sip_dialog.as_ref()),
-        Value::Integer(c.rtp_packets_lost),
-        c.rtp_jitter_ms.map_or(Value::Null, Value::Real),
-        c.mos.map_or(Value::Null, Value::Real),
-    ])
+    let status = c.status.as_str();
+    let record = i64::from(c.record);
+    let sip_code = c.sip_code.map(i64::from);
+    let q850 = c.q850_cause.map(i64::from);
+    let created = c.created_at.timestamp_millis();
+    let answered = c.answered_at.map(|t| t.timestamp_millis());
+    let ended = c.ended_at.map(|t| t.timestamp_millis());
+    let params: [&dyn ToSql; 29] = [
+        &c.id,
+        &c.tenant,
+        &c.direction,
+        &c.to,
+        &c.from,
+        &c.agent_id,
+        &status,
+        &record,
+        &c.recording_url,
+        &c.webhook_url,
+        &c.max_duration,
+        &c.ring_timeout,
+        &metadata,
+        &c.trunk,
+        &c.sip_call_id,
+        &sip_code,
+        &c.sip_reason,
+        &q850,
+        &c.end_reason,
+        &c.rtp_packets_received,
+        &c.rtp_bytes_received,
+        &created,
+        &answered,
+        &ended,
+        &c.duration_seconds,
+        &c.sip_dialog,
+        &c.rtp_packets_lost,
+        &c.rtp_jitter_ms,
+        &c.mos,
+    ];
+    f(&params).map_err(db_err)
 }
 
 #[cfg(test)]

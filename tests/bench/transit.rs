@@ -609,6 +609,11 @@ impl Sut {
             .arg(&config_path)
             .current_dir(&dir)
             .env("RUST_LOG", &s.switch_log)
+            // The deployment setting the README recommends (unless the caller set one).
+            .env(
+                "MIMALLOC_PURGE_DELAY",
+                std::env::var("MIMALLOC_PURGE_DELAY").unwrap_or_else(|_| "1000".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
