@@ -139,11 +139,7 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     // per second (4,000 calls/s rest 2,000 pairs), on at most half the descriptors; when
     // live calls need more, kept pairs are closed to make room (`bind_from_pool`).
     let fd_share = usize::try_from(fds / 4).unwrap_or(usize::MAX);
-    let keep = (ports.capacity() / 2).min(4096).min(fd_share);
-    ports.keep_sockets(keep);
-    let rtp_ip = config.rtp.bind_ip.unwrap_or_else(|| config.public_ip());
-    let prebound = ports.prebind(rtp_ip, keep / 2);
-    tracing::info!(prebound, keep, "RTP socket pairs bound ahead of calls");
+    ports.keep_sockets((ports.capacity() / 2).min(4096).min(fd_share));
     let switch = crate::core::Switch::start(
         config.clone(),
         store.clone(),

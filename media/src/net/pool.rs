@@ -226,31 +226,6 @@ impl PortPool {
     }
 }
 
-impl PortPool {
-    /// Binds up to `n` pairs on `ip` straight into the kept list, ready for use, so the
-    /// first calls after start-up do not pay for socket set-up either (as a proxy
-    /// allocates its memory pool up front). Needs [`keep_sockets`](Self::keep_sockets)
-    /// first and a tokio runtime; returns how many were bound.
-    pub fn prebind(&self, ip: std::net::IpAddr, n: usize) -> usize {
-        let mut bound = 0;
-        while bound < n && self.kept() < lock(&self.inner).warm_max {
-            let Ok((pair, rtp, rtcp)) = bind_fresh(self, ip) else {
-                break;
-            };
-            let rest = lock(&self.inner).warm_rest;
-            pair.keep(
-                rtp,
-                rtcp,
-                Instant::now()
-                    .checked_sub(rest)
-                    .unwrap_or_else(Instant::now),
-            );
-            bound += 1;
-        }
-        bound
-    }
-}
-
 /// A rested kept pair bound on `ip`, emptied of anything that arrived while it rested.
 fn take_warm(
     pool: &PortPool,
@@ -287,12 +262,7 @@ fn take_warm(
 impl PortPair {
     /// Ends the leg: its bound sockets go to the pool's warm list when it keeps sockets
     /// (and has room), else they close and the pair is freed.
-    pub(crate) fn recycle(self, rtp: tokio::net::UdpSocket, rtcp: tokio::net::UdpSocket) {
-        self.keep(rtp, rtcp, Instant::now());
-    }
-
-    /// Into the kept list as freed at `freed`, when there is room (else closed, freed).
-    fn keep(mut self, rtp: tokio::net::UdpSocket, rtcp: tokio::net::UdpSocket, freed: Instant) {
+    pub(crate) fn recycle(mut self, rtp: tokio::net::UdpSocket, rtcp: tokio::net::UdpSocket) {
         let Ok(ip) = rtp.local_addr().map(|a| a.ip()) else {
             return;
         };
@@ -303,7 +273,7 @@ impl PortPair {
                 ip,
                 rtp,
                 rtcp,
-                freed,
+                freed: Instant::now(),
             });
             self.kept = true;
         }
@@ -429,23 +399,6 @@ mod tests {
         assert_eq!(p.kept(), 0);
         drop((other, freed));
         assert_eq!(p.available(), 2);
-    }
-
-    #[tokio::test]
-    async fn prebound_pairs_are_ready_at_once() {
-        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let p = pool(41320, 41329).unwrap(); // five pairs
-        assert_eq!(p.prebind(ip, 3), 0, "nothing is kept until keeping is on");
-        p.keep_sockets_resting(3, Duration::from_secs(30));
-        assert_eq!(p.prebind(ip, 10), 3, "bounded by the kept maximum");
-        assert_eq!(p.kept(), 3);
-        let (pair, _, _) = bind_from_pool(&p, ip).unwrap();
-        assert_eq!(
-            pair.rtp(),
-            41320,
-            "the oldest prebound pair, despite the long rest"
-        );
-        assert_eq!(p.kept(), 2);
     }
 
     #[tokio::test]
