@@ -26,7 +26,8 @@
 //! - `TRANSIT_STOP_AFTER` unclean steps in a row after which a ramp stops (2; 0 never stops);
 //! - `TRANSIT_KAMAILIO_ARGS` (`-n 1 -m 4096 -M 64 -x tlsf -X tlsf`; `-n 1` alone gives
 //!   Debian's default memory sizes and allocators, `-n 4` several workers);
-//!   `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `TRANSIT_DB_URL` the switch's
+//!   `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `MIMALLOC_PURGE_DELAY` the
+//!   switch's allocator purge delay (`1000`, as the README recommends for deployment); `TRANSIT_DB_URL` the switch's
 //!   database (a SQLite file in the work dir); `TRANSIT_DEADLINE` overall seconds (1800),
 //!   also the bound on every child's lifetime; `TRANSIT_KEEP` keeps the work dir (logs,
 //!   SIPp stat files, the switch's database).
