@@ -17,7 +17,7 @@ use super::task::{CallTask, TaskInput};
 use super::transit_task::{TransitSetup, TransitTask};
 use super::trunk::Trunk;
 use super::{CALL_QUEUE, Shared};
-use crate::model::{CallRecord, CallStatus, DeliveryState, NewEvent};
+use crate::model::{CallRecord, CallStatus};
 
 pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
     let sip::ua::UaEvent::Incoming {
@@ -270,24 +270,8 @@ fn start(
     shared.calls.insert(record.id.clone(), tx);
     let shared = shared.clone();
     tokio::spawn(async move {
-        let created = shared
-            .store
-            .create_call(
-                &record,
-                &NewEvent {
-                    event_type: "call.initiating".to_owned(),
-                    extra: serde_json::json!({}),
-                },
-            )
-            .await;
-        match created {
-            Ok(ev) => {
-                if ev.state == DeliveryState::Pending {
-                    shared.webhooks.notify_one();
-                }
-                shared.metrics.status(CallStatus::Initiating);
-                run.await;
-            }
+        match super::task::record_created(&shared, &record).await {
+            Ok(_) => run.await,
             Err(e) => {
                 shared.metrics.store_error();
                 tracing::error!(error = %e, "cannot record the inbound call; refusing it");

@@ -257,22 +257,8 @@ impl Switch {
         let endpoint = media::net::RtpEndpoint::open(&self.shared.ports, bind_ip)
             .map_err(|_| CoreError::NoMediaPorts)?;
 
-        let created = self
-            .shared
-            .store
-            .create_call(
-                &record,
-                &NewEvent {
-                    event_type: "call.initiating".to_owned(),
-                    extra: serde_json::json!({}),
-                },
-            )
-            .await?;
-        if created.state == crate::model::DeliveryState::Pending {
-            self.shared.webhooks.notify_one();
-        }
+        task::record_created(&self.shared, &record).await?;
         self.shared.metrics.call_started();
-        self.shared.metrics.status(CallStatus::Initiating);
 
         let leg = self.shared.next_leg();
         let (tx, rx) = mpsc::channel(CALL_QUEUE);

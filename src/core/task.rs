@@ -574,13 +574,36 @@ pub(crate) async fn record_event(
         extra,
     };
     match shared.store.update_call(r, Some(&event)).await {
-        // Without an endpoint the event is stored as `no_endpoint`: nothing to deliver.
-        Ok(_) if r.webhook_url.is_some() => shared.webhooks.notify_one(),
-        Ok(_) => {}
+        Ok(Some(ev)) => wake_deliverer(shared, &ev),
+        Ok(None) => {}
         Err(e) => {
             shared.metrics.store_error();
             tracing::error!(error = %e, event_type, "failed to record a call event");
         }
+    }
+}
+
+/// Writes a new call with its `call.initiating` event and wakes the deliverer if there is
+/// somewhere to send it.
+pub(crate) async fn record_created(
+    shared: &Shared,
+    r: &CallRecord,
+) -> Result<crate::model::CallEvent, crate::store::StoreError> {
+    let event = NewEvent {
+        event_type: "call.initiating".to_owned(),
+        extra: serde_json::json!({}),
+    };
+    let created = shared.store.create_call(r, &event).await?;
+    wake_deliverer(shared, &created);
+    shared.metrics.status(CallStatus::Initiating);
+    Ok(created)
+}
+
+/// Without an endpoint an event is stored as `no_endpoint`: nothing to deliver, so the
+/// deliverer is left asleep.
+fn wake_deliverer(shared: &Shared, event: &crate::model::CallEvent) {
+    if event.state == crate::model::DeliveryState::Pending {
+        shared.webhooks.notify_one();
     }
 }
 

@@ -137,27 +137,26 @@ impl Sequences {
                 .map_err(db_err)?,
         };
         let next = last + 1;
-        if call.status.is_terminal() {
-            // Nothing but a redelivery (which keeps its number) follows a final status.
-            self.0.remove(&call.id);
-        } else {
-            if self.0.len() >= MAX_SEQUENCES {
-                self.0.clear();
-            }
-            self.0.insert(call.id.clone(), next);
-        }
+        self.remember(call, next);
         Ok(next)
     }
 
     /// A new call's first event: nothing to look up.
     fn first(&mut self, call: &CallRecord) -> i64 {
-        if !call.status.is_terminal() {
-            if self.0.len() >= MAX_SEQUENCES {
-                self.0.clear();
-            }
-            self.0.insert(call.id.clone(), 1);
-        }
+        self.remember(call, 1);
         1
+    }
+
+    fn remember(&mut self, call: &CallRecord, sequence: i64) {
+        if call.status.is_terminal() {
+            // Nothing but a redelivery (which keeps its number) follows a final status.
+            self.0.remove(&call.id);
+            return;
+        }
+        if self.0.len() >= MAX_SEQUENCES {
+            self.0.clear();
+        }
+        self.0.insert(call.id.clone(), sequence);
     }
 }
 

@@ -1,8 +1,9 @@
 //! RTP port allocation: even RTP ports with RTCP on the next odd port (RFC 3550 §11).
 //!
 //! In: a configured port range. Out: [`PortPair`] guards that give the pair back when
-//! dropped. The pool only books numbers; binding (and skipping numbers some other
-//! process holds) is the endpoint's job. It also holds the rng that seeds endpoints.
+//! dropped, and [`bind_from_pool`], which binds a booked pair (skipping numbers some
+//! other process holds). When asked to, the pool also keeps the bound sockets of ended
+//! legs for reuse. It also holds the rng that seeds endpoints.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +43,29 @@ struct PoolInner {
     warm: VecDeque<WarmPair>,
     warm_max: usize,
     warm_rest: Duration,
+}
+
+impl PoolInner {
+    /// Gives the pair whose RTP port is `rtp` back.
+    fn free_slot(&mut self, rtp: u16) {
+        let idx = usize::from(rtp.saturating_sub(self.first)) / 2;
+        if let Some(slot) = self.in_use.get_mut(idx) {
+            *slot = false;
+        }
+    }
+
+    /// Closes up to `n` kept socket pairs (oldest first) and frees their slots; how many.
+    fn shed_kept(&mut self, n: usize) -> usize {
+        let mut shed = 0;
+        while shed < n {
+            let Some(oldest) = self.warm.pop_front() else {
+                break;
+            };
+            self.free_slot(oldest.rtp_port);
+            shed += 1;
+        }
+        shed
+    }
 }
 
 /// Sockets of an ended leg, still bound and registered with the runtime that opened them.
@@ -123,9 +147,7 @@ impl PortPool {
     pub fn alloc(&self) -> Option<PortPair> {
         let mut g = lock(&self.inner);
         if !g.in_use.contains(&false) {
-            drop(g);
-            self.shed_kept(1);
-            g = lock(&self.inner);
+            g.shed_kept(1);
         }
         let n = g.in_use.len();
         let start = g.next;
@@ -189,6 +211,25 @@ impl PortPair {
 
     /// Gives the pair back now (same as dropping it).
     pub fn release(self) {}
+
+    /// Ends the leg: its bound sockets go to the pool's warm list when it keeps sockets
+    /// (and has room), else they close and the pair is freed.
+    pub(crate) fn recycle(mut self, rtp: tokio::net::UdpSocket, rtcp: tokio::net::UdpSocket) {
+        let Ok(ip) = rtp.local_addr().map(|a| a.ip()) else {
+            return;
+        };
+        let mut g = lock(&self.pool);
+        if g.warm.len() < g.warm_max {
+            g.warm.push_back(WarmPair {
+                rtp_port: self.rtp,
+                ip,
+                rtp,
+                rtcp,
+                freed: Instant::now(),
+            });
+            self.kept = true;
+        }
+    }
 }
 
 impl Drop for PortPair {
@@ -196,35 +237,12 @@ impl Drop for PortPair {
         if self.kept {
             return;
         }
-        let mut g = lock(&self.pool);
-        let idx = usize::from(self.rtp.saturating_sub(g.first)) / 2;
-        if let Some(slot) = g.in_use.get_mut(idx) {
-            *slot = false;
-        }
+        lock(&self.pool).free_slot(self.rtp);
     }
 }
 
 /// "Too many open files" (Linux, the BSDs and macOS agree on the number).
 const EMFILE: i32 = 24;
-
-impl PortPool {
-    /// Closes up to `n` kept socket pairs (oldest first) and frees their slots; how many.
-    fn shed_kept(&self, n: usize) -> usize {
-        let mut g = lock(&self.inner);
-        let mut shed = 0;
-        while shed < n {
-            let Some(oldest) = g.warm.pop_front() else {
-                break;
-            };
-            let idx = usize::from(oldest.rtp_port.saturating_sub(g.first)) / 2;
-            if let Some(slot) = g.in_use.get_mut(idx) {
-                *slot = false;
-            }
-            shed += 1;
-        }
-        shed
-    }
-}
 
 /// A rested kept pair bound on `ip`, emptied of anything that arrived while it rested.
 fn take_warm(
@@ -257,27 +275,6 @@ fn take_warm(
         kept: false,
     };
     Some((pair, warm.rtp, warm.rtcp))
-}
-
-impl PortPair {
-    /// Ends the leg: its bound sockets go to the pool's warm list when it keeps sockets
-    /// (and has room), else they close and the pair is freed.
-    pub(crate) fn recycle(mut self, rtp: tokio::net::UdpSocket, rtcp: tokio::net::UdpSocket) {
-        let Ok(ip) = rtp.local_addr().map(|a| a.ip()) else {
-            return;
-        };
-        let mut g = lock(&self.pool);
-        if g.warm.len() < g.warm_max {
-            g.warm.push_back(WarmPair {
-                rtp_port: self.rtp,
-                ip,
-                rtp,
-                rtcp,
-                freed: Instant::now(),
-            });
-            self.kept = true;
-        }
-    }
 }
 
 /// Takes pairs from `pool` until one binds RTP and RTCP on `ip` (non-blocking tokio
@@ -314,7 +311,7 @@ fn bind_fresh(
         match bind(pair.rtp()).and_then(|rtp| Ok((rtp, bind(pair.rtcp())?))) {
             Ok((rtp, rtcp)) => return Ok((pair, rtp, rtcp)),
             // Out of descriptors: kept sockets give theirs up before a call is refused.
-            Err(e) if e.raw_os_error() == Some(EMFILE) && pool.shed_kept(64) > 0 => {
+            Err(e) if e.raw_os_error() == Some(EMFILE) && lock(&pool.inner).shed_kept(64) > 0 => {
                 drop(pair);
                 last_err = Some(e);
             }
