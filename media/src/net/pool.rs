@@ -378,7 +378,7 @@ mod tests {
         assert_eq!(p.kept(), 1);
         assert_eq!(p.available(), 2, "a kept pair counts as free");
 
-        let (again, rtp, _rtcp) = bind_from_pool(&p, ip).unwrap();
+        let (again, rtp, rtcp) = bind_from_pool(&p, ip).unwrap();
         assert_eq!(again.rtp(), port);
         assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&rtp), fd, "same socket");
         assert_eq!(p.kept(), 0);
@@ -388,7 +388,7 @@ mod tests {
         assert_eq!(&buf[..n], b"new call", "the old packet was thrown away");
 
         // Every slot booked, one of them by a kept pair: alloc takes the kept pair's slot.
-        again.recycle(rtp, _rtcp);
+        again.recycle(rtp, rtcp);
         let other = p.alloc().unwrap();
         assert_eq!(p.kept(), 1);
         let freed = p.alloc().expect("the kept pair gives its slot up");
