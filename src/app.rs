@@ -175,7 +175,13 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
             "http": http.to_string(),
         })
     );
-    tracing::info!(sip_udp = %bound.udp, sip_tcp = ?bound.tcp, %http, "switchyard listening");
+    tracing::info!(
+        sip_udp = %bound.udp,
+        sip_tcp = ?bound.tcp,
+        %http,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "switchyard listening"
+    );
 
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

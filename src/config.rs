@@ -44,17 +44,26 @@ pub struct DialplanConfig {
     pub utc_offset_minutes: i32,
 }
 
+/// Beyond this a worker count is a typo, not a machine.
+const MAX_WORKER_THREADS: usize = 1024;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's name; unique among nodes sharing one database.
     pub name: String,
+    /// Threads running SIP and call tasks (default: one per core). Fewer than the cores
+    /// pays where the switch shares a small machine: every handoff between two workers
+    /// is a thread wake-up, which cost more than the work handed over (README,
+    /// "Threads").
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             name: "switchyard".to_owned(),
+            worker_threads: None,
         }
     }
 }
@@ -393,6 +402,14 @@ impl Config {
         if self.webhooks.max_attempts == 0 {
             problem("webhooks.max_attempts".into(), "must be at least 1".into());
         }
+        if let Some(n) = self.node.worker_threads
+            && !(1..=MAX_WORKER_THREADS).contains(&n)
+        {
+            problem(
+                "node.worker_threads".into(),
+                format!("{n} is not between 1 and {MAX_WORKER_THREADS}"),
+            );
+        }
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.trunks.iter().enumerate() {
             if t.name.trim().is_empty() {
@@ -560,6 +577,23 @@ mod tests {
         let c = Config::from_sources(text, &env).unwrap();
         assert_eq!(c.http.listen.port(), 9100);
         assert_eq!(c.rtp.port_min, 40000);
+    }
+
+    #[test]
+    fn worker_threads_is_checked() {
+        let c = Config::from_sources("[node]\nworker_threads = 1\n", &[]).unwrap();
+        assert_eq!(c.node.worker_threads, Some(1));
+        assert_eq!(
+            Config::from_sources("", &[]).unwrap().node.worker_threads,
+            None
+        );
+        let Err(ConfigError::Invalid(p)) =
+            Config::from_sources("[node]\nname = \"a\"\nworker_threads = 0\n", &[])
+        else {
+            panic!("expected error")
+        };
+        assert_eq!(p[0].key, "node.worker_threads", "{p:?}");
+        assert_eq!(p[0].line, Some(3), "{p:?}");
     }
 
     #[test]

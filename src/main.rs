@@ -103,7 +103,13 @@ fn main() -> ExitCode {
             config,
         } => route(config.as_deref(), &from, &to, trunk.as_deref()),
         Command::Serve { config } => {
-            run(async move { switchyard::app::serve(config.as_deref()).await })
+            // A configuration that does not load is reported by `serve` itself.
+            let workers = switchyard::config::Config::load(config.as_deref())
+                .ok()
+                .and_then(|c| c.node.worker_threads);
+            run_with(workers, async move {
+                switchyard::app::serve(config.as_deref()).await
+            })
         }
         Command::ApiKey {
             action:
@@ -168,10 +174,20 @@ fn route(path: Option<&std::path::Path>, from: &str, to: &str, trunk: Option<&st
 }
 
 fn run(fut: impl Future<Output = Result<(), switchyard::app::AppError>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_with(None, fut)
+}
+
+/// Runs `fut` on a multi-threaded runtime of `workers` threads (default: tokio's, one
+/// per core or `TOKIO_WORKER_THREADS`).
+fn run_with(
+    workers: Option<usize>,
+    fut: impl Future<Output = Result<(), switchyard::app::AppError>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");

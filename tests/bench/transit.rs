@@ -26,7 +26,9 @@
 //! - `TRANSIT_STOP_AFTER` unclean steps in a row after which a ramp stops (2; 0 never stops);
 //! - `TRANSIT_KAMAILIO_ARGS` (`-n 1 -m 4096 -M 64 -x tlsf -X tlsf`; `-n 1` alone gives
 //!   Debian's default memory sizes and allocators, `-n 4` several workers);
-//!   `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `MIMALLOC_PURGE_DELAY` the
+//!   `TRANSIT_SWITCH_WORKERS` the switch's `node.worker_threads` (1, the counterpart of
+//!   Kamailio's `-n 1`: with two SIPps on a 2-core machine a second worker costs more in
+//!   thread wake-ups than it adds); `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `MIMALLOC_PURGE_DELAY` the
 //!   switch's allocator purge delay (`1000`, as the README recommends for deployment); `TRANSIT_DB_URL` the switch's
 //!   database (a SQLite file in the work dir); `TRANSIT_DEADLINE` overall seconds (1800),
 //!   also the bound on every child's lifetime; `TRANSIT_KEEP` keeps the work dir (logs,
@@ -149,6 +151,8 @@ struct Settings {
     stop_after: usize,
     kamailio_args: Vec<String>,
     switch_log: String,
+    /// The switch's `node.worker_threads`.
+    switch_workers: u64,
     db_url: Option<String>,
     deadline: Duration,
 }
@@ -216,6 +220,7 @@ impl Settings {
             stop_after: env_u64("TRANSIT_STOP_AFTER", 2) as usize,
             kamailio_args,
             switch_log: std::env::var("TRANSIT_SWITCH_LOG").unwrap_or_else(|_| "warn".into()),
+            switch_workers: env_u64("TRANSIT_SWITCH_WORKERS", 1).max(1),
             db_url: std::env::var("TRANSIT_DB_URL").ok(),
             deadline: Duration::from_secs(env_u64("TRANSIT_DEADLINE", 1800).max(10)),
         })
@@ -631,10 +636,12 @@ impl Sut {
             // Away from the ephemeral range SIPp's ports come from; room for 5000 calls.
             .rtp_ports(10000, 29999)
             .extra(&format!(
-                "[dialplan]\nfile = {plan:?}\n\n\
+                "[node]\nworker_threads = {workers}\n\n\
+                 [dialplan]\nfile = {plan:?}\n\n\
                  [[trunks]]\nname = \"uac\"\nuri = \"sip:127.0.0.1:{uac_port}\"\n\
                  inbound_cidrs = [\"127.0.0.1/32\"]\n",
-                plan = plan.display().to_string()
+                plan = plan.display().to_string(),
+                workers = s.switch_workers,
             ));
         config.trunk_name = "far".to_owned();
         if let Some(url) = &s.db_url {
