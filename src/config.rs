@@ -52,10 +52,10 @@ const MAX_WORKER_THREADS: usize = 1024;
 pub struct NodeConfig {
     /// This node's name; unique among nodes sharing one database.
     pub name: String,
-    /// Threads running SIP and call tasks (default: one per core). Fewer than the cores
-    /// pays where the switch shares a small machine: every handoff between two workers
-    /// is a thread wake-up, which cost more than the work handed over (README,
-    /// "Threads").
+    /// Threads running call tasks (default: one per core; SIP has a thread of its own).
+    /// Fewer than the cores pays where the switch shares a small machine: every handoff
+    /// between two workers is a thread wake-up, which cost more than the work handed
+    /// over (README, "Threads").
     pub worker_threads: Option<usize>,
 }
 

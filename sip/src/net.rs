@@ -1,11 +1,11 @@
-//! The tokio driver (feature `net`): one task owns the [`UserAgent`] and
+//! The tokio driver (feature `net`): one task, on a thread of its own, owns the [`UserAgent`] and
 //! `select!`s over the UDP socket, TCP frames, commands and the UA's next
 //! deadline; after every input it drains transmits and events. One owner means
 //! the messages of a call are handled in arrival order.
 //!
 //! TCP: each connection (accepted, or opened on demand to a `Target`) has a
 //! reader task that frames the stream with [`StreamFramer`] (a framing error
-//! closes the connection) and a writer task fed by the owner. Connections are
+//! closes the connection) and a writer task fed by the owner, on the same thread. Connections are
 //! keyed by peer address, so responses go back on the connection the request
 //! came in on.
 //!
@@ -130,8 +130,18 @@ enum ConnInput {
     },
 }
 
-/// Binds the sockets and spawns the owner task. Must be called inside a tokio runtime.
+/// Binds the sockets and starts the owner task on a thread of its own (`sip-driver`, a
+/// single-threaded runtime), which ends when every [`UaHandle`] is gone. Its own thread
+/// because every SIP message passes through it: sharing a runtime's workers with the call
+/// tasks, it either competed with them for one thread or, with several workers, was
+/// handed between threads with a wake-up each time. Measured through the transit bench:
+/// 5,000 calls/s clean with it apart, 4,000 on one shared worker, at the same CPU per call.
 pub fn spawn(config: NetConfig) -> io::Result<(UaHandle, mpsc::Receiver<UaEvent>, BoundAddrs)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The sockets register with the runtime that will drive them.
+    let guard = rt.enter();
     let udp = bind_udp(config.udp, config.socket_buffer)?;
     let udp_addr = udp.local_addr()?;
     let tcp = match config.tcp {
@@ -178,7 +188,10 @@ pub fn spawn(config: NetConfig) -> io::Result<(UaHandle, mpsc::Receiver<UaEvent>
         limiter: config.rate_limit.map(RateLimiter::new),
         rate_limited: 0,
     };
-    tokio::spawn(driver.run(cmd_rx, conn_rx));
+    drop(guard);
+    std::thread::Builder::new()
+        .name("sip-driver".into())
+        .spawn(move || rt.block_on(driver.run(cmd_rx, conn_rx)))?;
     Ok((
         UaHandle { tx: cmd_tx },
         ev_rx,

@@ -55,7 +55,7 @@
 //! - `rtp/call` (switch, with RTP): RTP packets the switch received per call, from
 //!   `switchyard_rtp_packets_received_total` on `/metrics` (2 × 67 when every packet of both
 //!   directions arrived); Kamailio never sees RTP. Nothing checks what reaches the SIPps;
-//! - for the switch, a line with its CPU per call split by thread name (tokio workers,
+//! - for the switch, a line with its CPU per call split by thread name (the SIP thread, tokio workers,
 //!   SQLite workers), and calls still live 10 s after a step (`/health`) make it unclean.
 //!
 //! A step is clean when both SIPps exit 0, no call failed, every offered call succeeded, and

@@ -90,7 +90,7 @@ impl UserAgent {
         );
         self.legs.insert(
             leg,
-            Leg {
+            Box::new(Leg {
                 uac: true,
                 state: LegState::Calling,
                 peer: a.target.addr,
@@ -109,7 +109,7 @@ impl UserAgent {
                 local_body,
                 silent_bye: false,
                 ext: LegExt::default(),
-            },
+            }),
         );
     }
 
@@ -459,7 +459,7 @@ impl UserAgent {
         let id = dialog.id();
         self.legs.insert(
             leg_ref,
-            Leg {
+            Box::new(Leg {
                 uac: true,
                 state: LegState::Confirmed,
                 peer: s.peer,
@@ -478,7 +478,7 @@ impl UserAgent {
                 local_body: None,
                 silent_bye: false,
                 ext: LegExt::default(),
-            },
+            }),
         );
         self.dialogs.insert(id, leg_ref);
         self.send_bye(now, leg_ref, false);

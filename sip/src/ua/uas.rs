@@ -290,7 +290,7 @@ impl UserAgent {
         let remote_body = body_of(&req.headers, &req.body);
         self.legs.insert(
             leg_ref,
-            Leg {
+            Box::new(Leg {
                 uac: false,
                 state: LegState::Calling,
                 peer: dst,
@@ -312,7 +312,7 @@ impl UserAgent {
                     remote_body,
                     ..LegExt::default()
                 },
-            },
+            }),
         );
         self.events.push_back(ev);
     }
