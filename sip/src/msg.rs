@@ -49,6 +49,8 @@
 
 use std::fmt;
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 mod addr;
@@ -132,12 +134,13 @@ impl fmt::Display for Method {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    pub name: String,
+    /// Borrowed for the well-known names (the common case costs no allocation).
+    pub name: Cow<'static, str>,
     pub value: String,
 }
 
 impl Header {
-    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Self {
         Header {
             name: name.into(),
             value: value.into(),
@@ -212,11 +215,11 @@ const NAMES: &[(&str, &str)] = &[
 
 /// The canonical spelling of a header name: compact forms expanded, well-known names
 /// in their RFC spelling, anything else unchanged.
-pub fn canonical_name(raw: &str) -> String {
+pub fn canonical_name(raw: &str) -> Cow<'static, str> {
     NAMES
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(raw))
-        .map_or_else(|| raw.to_owned(), |(_, v)| (*v).to_owned())
+        .map_or_else(|| Cow::Owned(raw.to_owned()), |(_, v)| Cow::Borrowed(*v))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -239,13 +242,13 @@ impl Headers {
             .map(|h| h.value.as_str())
     }
 
-    pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn push(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
         self.0.push(Header::new(name, value));
     }
 
     /// Replace every header called `name` with one, at the position of the first
     /// (or at the end when there was none).
-    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+    pub fn set(&mut self, name: &'static str, value: impl Into<String>) {
         let value = value.into();
         match self
             .0

@@ -482,7 +482,7 @@ fn two_hundred_racing_the_cancel_is_acked_and_byed() {
     assert_eq!(s.ua.stats().legs, 0);
 }
 
-fn challenge_then_ok(code: u16, challenge_hdr: &str, auth_hdr: &str) {
+fn challenge_then_ok(code: u16, challenge_hdr: &'static str, auth_hdr: &str) {
     let mut s = Solo::new();
     let creds = Credentials {
         username: "trunk".into(),

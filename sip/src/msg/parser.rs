@@ -15,6 +15,8 @@
 //!    headers that appear twice with different values are a 400 (RFC 4475 multi01);
 //!    `Content-Length` frames the body.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 use super::addr::{NameAddr, SipUri, Via, split_list, uri_scheme};
@@ -35,7 +37,8 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage, ParseError> {
     let head = &bytes[..head_len];
     let mut lines = head_lines(head);
     let start_line = lines.next().ok_or(ParseError::Empty)?;
-    let mut headers = Headers(Vec::new());
+    // Room for a typical request's headers without regrowing.
+    let mut headers = Headers(Vec::with_capacity(16));
     for line in lines {
         let (name, value) = split_header_line(&line).ok_or(ParseError::HeaderLine)?;
         let name = canonical_name(name);
@@ -105,16 +108,22 @@ pub(crate) fn head_end(bytes: &[u8]) -> Option<(usize, usize)> {
 /// Logical lines of a head: the start line, then one entry per header with
 /// continuation lines joined by a single SP (§7.3.1). Bytes that are not UTF-8 are
 /// replaced (U+FFFD) rather than refused.
-pub(crate) fn head_lines(head: &[u8]) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn head_lines(head: &[u8]) -> impl Iterator<Item = Cow<'_, str>> + '_ {
     let mut raw = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .peekable();
+    let folded = |next: &&[u8]| matches!(next.first(), Some(b' ' | b'\t'));
     std::iter::from_fn(move || {
         let first = raw.next()?;
-        let mut line = String::from_utf8_lossy(first).into_owned();
+        let line = String::from_utf8_lossy(first);
+        // The usual line: UTF-8 and not folded, borrowed as it is.
+        if !raw.peek().is_some_and(folded) {
+            return Some(line);
+        }
+        let mut line = line.into_owned();
         while let Some(next) = raw.peek() {
-            if !matches!(next.first(), Some(b' ' | b'\t')) {
+            if !folded(next) {
                 break;
             }
             let cont = String::from_utf8_lossy(next);
@@ -125,7 +134,7 @@ pub(crate) fn head_lines(head: &[u8]) -> impl Iterator<Item = String> + '_ {
             line.push_str(cont);
             raw.next();
         }
-        Some(line)
+        Some(Cow::Owned(line))
     })
 }
 
@@ -347,7 +356,7 @@ pub fn error_response(bytes: &[u8], err: &ParseError) -> Option<Response> {
         }
         let name = canonical_name(name);
         // All Vias in order; the first of each of the others.
-        let slot = match name.as_str() {
+        let slot = match &*name {
             "Via" => None,
             "From" => Some(0),
             "To" => Some(1),

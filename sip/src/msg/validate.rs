@@ -39,7 +39,7 @@ impl Rejection {
         }
     }
 
-    fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push(Header::new(name, value));
         self
     }
