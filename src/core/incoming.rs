@@ -269,6 +269,9 @@ fn start(
     shared.legs.insert(leg, tx.clone());
     shared.calls.insert(record.id.clone(), tx);
     let shared = shared.clone();
+    // The call's future holds its whole task (~7 KB): boxed once here, it is not
+    // copied again by the spawn, nor written over when the task completes.
+    let run = Box::pin(run);
     tokio::spawn(async move {
         match super::task::record_created(&shared, &record).await {
             Ok(_) => run.await,

@@ -273,7 +273,8 @@ impl Switch {
             None,
             None,
         );
-        tokio::spawn(task.run(rx));
+        // Boxed for the same reason as an inbound call's task (see `incoming::start`).
+        tokio::spawn(Box::pin(task.run(rx)));
         Ok(record)
     }
 

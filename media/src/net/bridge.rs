@@ -297,7 +297,9 @@ impl Bridge {
             epoch,
             dtmf_tx,
         };
-        let task = handle.spawn(driver.run(cmd_rx, [pair_a, pair_b]));
+        // Boxed: the driver's future is ~9 KB, copied into the task and written over
+        // at its end otherwise.
+        let task = handle.spawn(Box::pin(driver.run(cmd_rx, [pair_a, pair_b])));
         Ok(Bridge {
             local,
             epoch,
