@@ -165,6 +165,14 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         config_path: config_path.map(Path::to_path_buf),
     });
 
+    // Logged before the line below, which is what scripts wait for.
+    tracing::info!(
+        sip_udp = %bound.udp,
+        sip_tcp = ?bound.tcp,
+        %http,
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "switchyard listening"
+    );
     // One machine-readable line so scripts and tests learn the bound ports (port 0 configs).
     println!(
         "{}",
@@ -174,13 +182,6 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
             "sip_tcp": bound.tcp.map(|a| a.to_string()),
             "http": http.to_string(),
         })
-    );
-    tracing::info!(
-        sip_udp = %bound.udp,
-        sip_tcp = ?bound.tcp,
-        %http,
-        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
-        "switchyard listening"
     );
 
     axum::serve(listener, app)

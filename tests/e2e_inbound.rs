@@ -16,7 +16,13 @@ use serde_json::Value;
 async fn transit_call_relays_rtp_both_ways_and_reports_to_the_tenant() {
     // The far end answers PCMA and plays ~4.7 s of RTP; the caller does the same towards us.
     let far = Sipp::uas("uas_answer_rtp.xml");
-    let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
+    // One worker for the call tasks, as the transit bench runs it; SIP has its own thread.
+    let mut h = start(far.addr(), TRANSIT_PLAN, "[node]\nworker_threads = 1\n").await;
+    assert!(
+        h.switch.logs().contains("worker_threads=1"),
+        "{}",
+        h.switch.logs()
+    );
     let caller = Sipp::builder("uac_call_rtp.xml")
         .remote(h.switch.sip_udp())
         .service("+14155552671")
