@@ -470,10 +470,14 @@ fn write_message(start: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
 /// Values can come from API callers: a CR or LF in one would end the header early
 /// and let the rest pose as headers or body, so both become SP.
 fn push_line_safe(out: &mut Vec<u8>, s: &str) {
-    out.extend(
-        s.bytes()
-            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-    );
+    let start = out.len();
+    // One copy, then a scan for the rare CR/LF, rather than a byte-by-byte map.
+    out.extend_from_slice(s.as_bytes());
+    if let Some(tail) = out.get_mut(start..) {
+        for b in tail.iter_mut().filter(|b| **b == b'\r' || **b == b'\n') {
+            *b = b' ';
+        }
+    }
 }
 
 fn write_length(out: &mut Vec<u8>, len: usize) {

@@ -154,6 +154,24 @@ proptest! {
     }
 
     #[test]
+    fn cr_and_lf_in_a_value_cannot_start_a_header(
+        req in request(),
+        before in "[ -~]{0,20}",
+        after in "[A-Za-z-]{1,10}: [ -~]{0,20}",
+        breaks in "[\r\n]{1,3}",
+    ) {
+        // A value from an API caller that tries to smuggle in a header of its own.
+        let mut req = req;
+        let value = format!("{before}{breaks}{after}");
+        req.headers.push("X-Caller", value.clone());
+        let parsed = parse(&req.to_bytes()).unwrap();
+        let flat = value.replace(['\r', '\n'], " ");
+        let got = parsed.headers().get("X-Caller").unwrap();
+        prop_assert_eq!(got, flat.trim_matches([' ', '\t']));
+        prop_assert_eq!(parsed.headers().0.len(), req.headers.0.len() + 1);
+    }
+
+    #[test]
     fn framer_reassembles_any_split(req in request(), split in proptest::collection::vec(1usize..40, 1..20)) {
         let wire = req.to_bytes();
         let mut stream = wire.clone();
