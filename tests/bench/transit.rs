@@ -19,8 +19,9 @@
 //! - `TRANSIT_ONLY` `kamailio` or `switchyard` (both); `TRANSIT_MODES` `nortp`, `rtp` or both
 //!   (`nortp,rtp`);
 //! - `TRANSIT_HOLD_MS` ACK → BYE pause without RTP (0); `TRANSIT_RTP_MS` RTP per call and
-//!   direction with RTP (2000: the first 2 s of `/usr/share/sip-tester/g711a.pcap`, PCMA,
-//!   30 ms packets, 67 of them), which is also the ACK → BYE pause;
+//!   direction with RTP (2000: the first 2 s of the A-law audio in
+//!   `/usr/share/sip-tester/g711a.pcap`, sent as 20 ms packets, 100 of them), which is also
+//!   the ACK → BYE pause;
 //! - `TRANSIT_LIMIT` SIPp's `-l` (calls in progress; by default rate × (hold + 2 s), so a
 //!   system whose calls take longer than 2 s to set up is throttled and shows it);
 //! - `TRANSIT_STOP_AFTER` unclean steps in a row after which a ramp stops (2; 0 never stops);
@@ -53,7 +54,7 @@
 //!   other work on the machine (the UAS's and the system's CPU after the UAC's exit count
 //!   there too, a few percent);
 //! - `rtp/call` (switch, with RTP): RTP packets the switch received per call, from
-//!   `switchyard_rtp_packets_received_total` on `/metrics` (2 × 67 when every packet of both
+//!   `switchyard_rtp_packets_received_total` on `/metrics` (2 × 100 when every packet of both
 //!   directions arrived); Kamailio never sees RTP. Nothing checks what reaches the SIPps;
 //! - for the switch, a line with its CPU per call split by thread name (the SIP thread, tokio workers,
 //!   SQLite workers), and calls still live 10 s after a step (`/health`) make it unclean.
@@ -62,13 +63,12 @@
 //! `ok/s` reached 90 % of the offered rate. The summary gives each system's highest clean
 //! step, the ratio of their rates, and the ratio of calls/s one core would carry at their CPU
 //! cost per call (1e6 / cpu-us/call), which does not depend on how much of the machine the
-//! SIPps took. With RTP each SIPp plays the truncated pcap (`exec play_pcap_audio`, a thread
-//! per call) to the address in the peer's SDP (for Kamailio the other SIPp, for the switch
-//! its relay ports); the SIPps' pcap players are usually the first to give out. Each player
-//! also holds a raw UDP socket, and the kernel offers every UDP datagram on the host to every
-//! raw UDP socket (`raw_local_deliver`): at 300 calls/s that walk was 42 % of the switch's
-//! CPU, paid on each packet it relays; Kamailio relays none, so it never pays. SIPp's
-//! `rtp_stream` (ordinary sockets) would remove that tax from the comparison.
+//! SIPps took. With RTP each SIPp streams that audio (`exec rtp_stream`, from its media port)
+//! to the address in the peer's SDP (for Kamailio the other SIPp, for the switch its relay
+//! ports). Not `play_pcap_audio`: each pcap player holds a raw UDP socket, and the kernel
+//! offers every UDP datagram on the host to every raw UDP socket (`raw_local_deliver`); at
+//! 300 calls/s that walk was 42 % of the switch's CPU, paid on each packet it relays, while
+//! Kamailio relays none.
 //!
 //! The switch is started as `switchyard serve` with the far SIPp as trunk `far`, the calling
 //! SIPp as trunk `uac` (inbound by source address 127.0.0.1/32) and a plan that sends `+1…`
@@ -99,7 +99,7 @@ const SCENARIO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp");
 const KAMAILIO_CFG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bench/kamailio.cfg");
 const PCAP_SRC: &str = "/usr/share/sip-tester/g711a.pcap";
 /// Written into each RTP step's directory; the RTP scenarios name it relative to SIPp's cwd.
-const PCAP_NAME: &str = "transit_rtp.pcap";
+const AUDIO_NAME: &str = "transit_rtp.alaw";
 const CALLED: &str = "+12025550100";
 /// One worker, TLSF allocators, 4 GiB of shared memory (touched only as used): tm keeps
 /// every transaction for its 5 s wait timer, about 13 KiB each here, so 256 MiB runs out
@@ -505,15 +505,15 @@ async fn kill_pids(signal: &str, pids: &[u32]) {
 // ---------------------------------------------------------------------------------------------
 // RTP
 
-/// The first `ms` of the pcap at `src` (classic libpcap format), written to `dst`.
-fn truncate_pcap(src: &Path, dst: &Path, ms: u64) -> R<usize> {
+/// The first `ms` of A-law audio in the RTP payloads of the pcap at `src` (classic libpcap,
+/// Ethernet, IPv4/UDP/RTP), written raw to `dst` for SIPp's `rtp_stream`; returns the RTP
+/// packets SIPp will send for it (20 ms, 160 bytes each).
+fn alaw_from_pcap(src: &Path, dst: &Path, ms: u64) -> R<usize> {
+    const LINKTYPE_ETHERNET: u64 = 1;
     let data = std::fs::read(src)?;
-    if data.len() < 24 {
-        return Err(format!("{}: not a pcap file", src.display()).into());
-    }
-    let le = match data[..4] {
-        [0xd4, 0xc3, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] => false,
+    let le = match data.get(..4) {
+        Some([0xd4, 0xc3, 0xb2, 0xa1]) => true,
+        Some([0xa1, 0xb2, 0xc3, 0xd4]) => false,
         _ => return Err(format!("{}: not a microsecond pcap", src.display()).into()),
     };
     let u32_at = |o: usize| -> Option<u64> {
@@ -524,28 +524,35 @@ fn truncate_pcap(src: &Path, dst: &Path, ms: u64) -> R<usize> {
             u32::from_be_bytes(b)
         }))
     };
-    let mut out = data[..24].to_vec();
-    let (mut off, mut first, mut kept) = (24, None, 0);
-    while off + 16 <= data.len() {
-        let (Some(sec), Some(usec), Some(incl)) = (u32_at(off), u32_at(off + 4), u32_at(off + 8))
-        else {
-            break;
-        };
-        let end = off + 16 + incl as usize;
-        if end > data.len() {
-            break;
-        }
-        let t_us = sec * 1_000_000 + usec;
-        let t0 = *first.get_or_insert(t_us);
-        if t_us.saturating_sub(t0) >= ms * 1000 {
-            break;
-        }
-        out.extend_from_slice(&data[off..end]);
-        kept += 1;
-        off = end;
+    if u32_at(20) != Some(LINKTYPE_ETHERNET) {
+        return Err(format!("{}: not an Ethernet capture", src.display()).into());
     }
-    std::fs::write(dst, out)?;
-    Ok(kept)
+    let wanted = (ms * 8) as usize;
+    let mut out = Vec::with_capacity(wanted);
+    let mut off = 24;
+    while out.len() < wanted && off + 16 <= data.len() {
+        let Some(incl) = u32_at(off + 8) else { break };
+        let frame = data
+            .get(off + 16..off + 16 + incl as usize)
+            .unwrap_or_default();
+        off += 16 + incl as usize;
+        // Ethernet (14), IPv4 (IHL words), UDP (8), RTP (12 + 4 per CSRC).
+        let Some(ip) = frame.get(14..) else { continue };
+        let ihl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
+        let Some(rtp) = ip.get(ihl + 8..) else {
+            continue;
+        };
+        let csrcs = usize::from(rtp.first().map_or(0, |b| b & 0x0f));
+        if let Some(payload) = rtp.get(12 + 4 * csrcs..) {
+            out.extend_from_slice(payload);
+        }
+    }
+    if out.len() < wanted {
+        return Err(format!("{}: holds less than {ms} ms of audio", src.display()).into());
+    }
+    out.truncate(wanted);
+    std::fs::write(dst, &out)?;
+    Ok(wanted / 160)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -987,8 +994,8 @@ async fn run_step(sut: &mut Sut, mode: Mode, rate: f64, s: &Settings, work: &Pat
     let (uac_sf, uas_sf, hold_ms) = match mode {
         Mode::NoRtp => ("bench_transit_uac.xml", "bench_transit_uas.xml", s.hold_ms),
         Mode::Rtp => {
-            // The scenarios name the pcap relative to SIPp's working directory (the step's).
-            std::fs::copy(work.join(PCAP_NAME), dir.join(PCAP_NAME))?;
+            // The scenarios name the audio relative to SIPp's working directory (the step's).
+            std::fs::copy(work.join(AUDIO_NAME), dir.join(AUDIO_NAME))?;
             (
                 "bench_transit_uac_rtp.xml",
                 "bench_transit_uas_rtp.xml",
@@ -1155,7 +1162,7 @@ async fn ramp(system: System, s: &Settings, work: &Path) -> R<Vec<Step>> {
     println!("{HEADER}");
     for &mode in &s.modes {
         if mode == Mode::Rtp {
-            let kept = truncate_pcap(Path::new(PCAP_SRC), &work.join(PCAP_NAME), s.rtp_ms)?;
+            let kept = alaw_from_pcap(Path::new(PCAP_SRC), &work.join(AUDIO_NAME), s.rtp_ms)?;
             println!(
                 "RTP: {kept} packets per call and direction ({} ms); the switch should receive {} per call",
                 s.rtp_ms,
