@@ -142,12 +142,8 @@ pub fn spawn(config: NetConfig) -> io::Result<(UaHandle, mpsc::Receiver<UaEvent>
         .build()?;
     // The sockets register with the runtime that will drive them.
     let guard = rt.enter();
-    let udp = bind_udp(config.udp, config.socket_buffer)?;
+    let (udp, tcp) = bind_sockets(&config)?;
     let udp_addr = udp.local_addr()?;
-    let tcp = match config.tcp {
-        Some(addr) => Some(bind_tcp(addr, udp_addr.port())?),
-        None => None,
-    };
     let tcp_addr = match &tcp {
         Some(l) => Some(l.local_addr()?),
         None => None,
@@ -226,22 +222,45 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-/// Binds TCP; port 0 first tries the UDP port so one Contact port serves both.
-fn bind_tcp(addr: SocketAddr, udp_port: u16) -> io::Result<TcpListener> {
-    let try_bind = |a: SocketAddr| -> io::Result<TcpListener> {
-        let s = Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP))?;
-        s.set_reuse_address(true)?;
-        s.set_nonblocking(true)?;
-        s.bind(&a.into())?;
-        s.listen(1024)?;
-        TcpListener::from_std(s.into())
-    };
-    if addr.port() == 0
-        && let Ok(l) = try_bind(SocketAddr::new(addr.ip(), udp_port))
-    {
-        return Ok(l);
+/// UDP, and TCP when asked for. Contact and Via name one port, so TCP on port 0 takes the
+/// UDP port; when something already holds that port for TCP and UDP was on port 0 too, a
+/// fresh UDP port is drawn (a few times) rather than listening for TCP where no Contact
+/// points.
+fn bind_sockets(config: &NetConfig) -> io::Result<(UdpSocket, Option<TcpListener>)> {
+    const SAME_PORT_TRIES: usize = 16;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let udp = bind_udp(config.udp, config.socket_buffer)?;
+        let Some(tcp_addr) = config.tcp else {
+            return Ok((udp, None));
+        };
+        if tcp_addr.port() != 0 {
+            return Ok((udp, Some(bind_tcp(tcp_addr)?)));
+        }
+        let port = udp.local_addr()?.port();
+        match bind_tcp(SocketAddr::new(tcp_addr.ip(), port)) {
+            Ok(l) => return Ok((udp, Some(l))),
+            Err(_) if config.udp.port() == 0 && tries < SAME_PORT_TRIES => continue,
+            Err(e) => {
+                tracing::warn!(
+                    udp_port = port,
+                    error = %e,
+                    "TCP cannot share the UDP port; it listens elsewhere, but Contact and Via name the UDP port"
+                );
+                return Ok((udp, Some(bind_tcp(tcp_addr)?)));
+            }
+        }
     }
-    try_bind(addr)
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
 
 #[derive(Debug)]

@@ -212,3 +212,31 @@ async fn tcp_connect_failure_fails_the_call_with_503() {
         }
     ));
 }
+
+#[tokio::test]
+async fn tcp_listens_on_the_udp_port_that_contact_names() {
+    // Port 0 for both: every driver's TCP port is its UDP port (Contact and Via name one).
+    let drivers: Vec<_> = (0..20).map(|_| start()).collect();
+    for (_, _, addrs) in &drivers {
+        assert_eq!(addrs.tcp.map(|a| a.port()), Some(addrs.udp.port()));
+    }
+    // A fixed UDP port whose TCP twin is taken: TCP goes elsewhere rather than failing.
+    let (_held, port) = (0..10)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .map(|l| {
+            let port = l.local_addr().unwrap().port();
+            (l, port)
+        })
+        .find(|(_, port)| std::net::UdpSocket::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a TCP port whose UDP twin is free");
+    let (_h, _ev, addrs) = net::spawn(NetConfig {
+        udp: SocketAddr::from(([127, 0, 0, 1], port)),
+        tcp: Some("127.0.0.1:0".parse().unwrap()),
+        ua: UaConfig::default(),
+        socket_buffer: 1 << 20,
+        rate_limit: None,
+    })
+    .unwrap();
+    assert_eq!(addrs.udp.port(), port);
+    assert_ne!(addrs.tcp.map(|a| a.port()), Some(port));
+}
