@@ -47,9 +47,8 @@
 //! twice with different values is a 400. `to_bytes` always writes the correct
 //! `Content-Length` for the body it carries, replacing any stale one in place.
 
-use std::fmt;
-
 use std::borrow::Cow;
+use std::fmt;
 
 use bytes::Bytes;
 

@@ -490,12 +490,13 @@ pub struct UserAgent {
     cfg: UaConfig,
     rng: StdRng,
     // Boxed: a transaction outlives its call by up to 32 s (Timers D, J, M), so under
-    // load these maps hold 100k+ entries, and growing one moved every entry (512 bytes
+    // load this map holds 100k+ entries, and growing it moved every entry (512 bytes
     // inline) into fresh pages — 4 % of the CPU per call during a ramp.
     txns: HashMap<u64, Box<TxnEntry>>,
     txn_index: HashMap<TxnKey, u64>,
     next_txn: u64,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    // Boxed for the same reason: a leg is 1 KB inline.
     legs: HashMap<LegRef, Box<Leg>>,
     dialogs: HashMap<DialogId, LegRef>,
     next_incoming: u64,
