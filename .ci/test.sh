@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=()
 command -v sipp >/dev/null 2>&1 || need_pkgs+=(sip-tester)
+# nft: the in-kernel RTP forwarding tests (they run as root, as CI does).
+command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 pkg-config --exists opus 2>/dev/null || need_pkgs+=(libopus-dev pkg-config)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"

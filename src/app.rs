@@ -128,13 +128,28 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     })
     .map_err(io(format!("SIP listen on {}", config.sip.listen)))?;
 
-    let ports =
+    let mut ports =
         media::net::PortPool::new(config.rtp.port_min, config.rtp.port_max).map_err(|e| {
             AppError::Io {
                 what: "RTP port range".into(),
                 source: std::io::Error::other(e.to_string()),
             }
         })?;
+    if config.rtp.kernel_forwarding {
+        match media::net::kernel::KernelForwarder::enable() {
+            Ok(k) => {
+                tracing::info!(
+                    table = media::net::kernel::NFT_TABLE,
+                    "in-kernel RTP forwarding on: pass-through calls are relayed by conntrack"
+                );
+                ports = ports.with_kernel_forwarder(std::sync::Arc::new(k));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "in-kernel RTP forwarding unavailable; relaying all RTP in userspace"
+            ),
+        }
+    }
     // Enough kept pairs to cover those resting before reuse at several thousand calls
     // per second (4,000 calls/s rest 2,000 pairs), on at most half the descriptors; when
     // live calls need more, kept pairs are closed to make room (`bind_from_pool`).

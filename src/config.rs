@@ -110,6 +110,10 @@ pub struct RtpConfig {
     /// An answered call that receives no RTP for this long is ended (BYE,
     /// `end_reason: media_timeout`). 0 disables the check.
     pub media_timeout_s: u64,
+    /// Bridged calls whose legs share codec and payload types are forwarded by the
+    /// kernel (conntrack NAT) once both sides have latched. Needs CAP_NET_ADMIN and
+    /// `nft`; without them the switch warns and relays in userspace.
+    pub kernel_forwarding: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -231,6 +235,7 @@ impl Default for RtpConfig {
             port_max: 29999,
             bind_ip: None,
             media_timeout_s: 30,
+            kernel_forwarding: false,
         }
     }
 }

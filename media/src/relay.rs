@@ -126,6 +126,10 @@ pub struct RelayConfig {
     /// Jitter buffering of transcoded directions (the default). `None` hands each
     /// packet to the caller's transcoder as it arrives ([`Verdict::Transcode`]).
     pub transcode_jitter: Option<TranscodeJitter>,
+    /// Each output stream takes the SSRC of the first stream relayed into it instead of
+    /// a random one, so relaying between legs that share a codec leaves headers as
+    /// they are, as in-kernel forwarding needs ([`Relay::passthrough_sources`]).
+    pub pass_ssrc: bool,
 }
 
 impl Default for RelayConfig {
@@ -134,6 +138,7 @@ impl Default for RelayConfig {
             relatch_after_silence: Duration::ZERO,
             stale_ssrc_window: Duration::from_millis(500),
             transcode_jitter: Some(TranscodeJitter::default()),
+            pass_ssrc: false,
         }
     }
 }
@@ -315,6 +320,14 @@ impl OutStream {
                 .is_some_and(|t| now.saturating_duration_since(t) < stale_window)
     }
 
+    /// Whether packets leave this stream exactly as they came in (or none came yet).
+    fn is_identity(&self) -> bool {
+        self.last.is_none()
+            || (self.in_ssrc == Some(self.ssrc)
+                && self.seq_offset == 0
+                && self.ts_anchor_in == self.ts_anchor_out)
+    }
+
     fn new(ssrc: u32) -> Self {
         OutStream {
             ssrc,
@@ -341,6 +354,7 @@ impl OutStream {
         rate_in: u32,
         rate_out: u32,
         stale_window: Duration,
+        pass_ssrc: bool,
     ) -> Result<(u16, u32, bool, bool), DropReason> {
         let mut changed = false;
         if self.in_ssrc != Some(ssrc) {
@@ -349,7 +363,10 @@ impl OutStream {
             }
             match self.last {
                 None => {
-                    // First packet: pass numbering through unchanged.
+                    // First packet: pass numbering (and maybe the SSRC) through unchanged.
+                    if pass_ssrc {
+                        self.ssrc = ssrc;
+                    }
                     self.seq_offset = 0;
                     self.ts_anchor_in = ts;
                     self.ts_anchor_out = ts;
@@ -804,6 +821,25 @@ impl Relay {
         self.leg(side).destination()
     }
 
+    /// The far ends' sources `(A, B)` when relaying between them changes nothing a NAT
+    /// binding could not: both sides latched (no re-latch pending), the same codec,
+    /// payload types and DTMF payload type both ways, no playout running, and each
+    /// output stream passing its input's SSRC, numbering and timing through (or not
+    /// started). `None` otherwise. In-kernel forwarding may then take the call over.
+    pub fn passthrough_sources(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let [a, b] = &self.legs;
+        let source = |leg: &Leg| leg.latched.filter(|_| !leg.relatch_open);
+        let (pa, pb) = (source(a)?, source(b)?);
+        let (x, y) = (&a.params, &b.params);
+        let same = x.codec == y.codec
+            && x.pt == y.pt
+            && x.clock_rate == y.clock_rate
+            && x.dtmf_pt == y.dtmf_pt;
+        let identity = a.out.is_identity() && b.out.is_identity();
+        let playout = self.paths.iter().any(Option::is_some);
+        (same && identity && !playout).then_some((pa, pb))
+    }
+
     /// The SSRC `side` sees on the packets we send it.
     pub fn output_ssrc(&self, side: Side) -> u32 {
         self.leg(side).out.ssrc
@@ -1040,8 +1076,8 @@ impl Relay {
             to.pt
         };
 
+        let pass_ssrc = self.config.pass_ssrc;
         let out = &mut self.leg_mut(side.other()).out;
-        let out_ssrc = out.ssrc;
         let mapped = out.map(
             now,
             ssrc,
@@ -1051,7 +1087,9 @@ impl Relay {
             from.clock_rate,
             to.clock_rate,
             stale,
+            pass_ssrc,
         );
+        let out_ssrc = out.ssrc;
         let (out_seq, out_ts, out_marker, changed) = match mapped {
             Ok(m) => m,
             Err(reason) => return self.drop(side, reason),

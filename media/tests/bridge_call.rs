@@ -117,6 +117,7 @@ const UNBUFFERED: RelayConfig = RelayConfig {
     relatch_after_silence: Duration::ZERO,
     stale_ssrc_window: Duration::from_millis(500),
     transcode_jitter: None,
+    pass_ssrc: false,
 };
 
 fn ulaw_frame(i: usize) -> Vec<u8> {

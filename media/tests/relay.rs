@@ -48,6 +48,7 @@ const UNBUFFERED: RelayConfig = RelayConfig {
     relatch_after_silence: Duration::ZERO,
     stale_ssrc_window: Duration::from_millis(500),
     transcode_jitter: None,
+    pass_ssrc: false,
 };
 
 fn relay() -> Relay {
@@ -842,4 +843,62 @@ fn update_side_switches_dtmf_payload_type_and_keeps_stats() {
     // Seq 3 never arrived (dropped as junk before it counted).
     let st = r.stats(Side::B);
     assert_eq!((st.packets, st.lost), (4, 1));
+}
+
+/// With `pass_ssrc`, a pass-through call leaves headers as they are, which is what lets
+/// the kernel take it over; anything that makes the relay rewrite them rules that out.
+#[test]
+fn passthrough_sources_only_while_relaying_is_the_identity() {
+    let same = |dtmf_b| {
+        relay_with(
+            side(Some(SDP_A), Codec::Pcmu, Some(101)),
+            side(Some(SDP_B), Codec::Pcmu, dtmf_b),
+            RelayConfig {
+                pass_ssrc: true,
+                ..RelayConfig::default()
+            },
+        )
+    };
+    let start = t0();
+    let mut r = same(Some(101));
+    let (_, _, seq, ts, ssrc, _) =
+        forward(&mut r, start, Side::A, NAT_A, pkt(0, 9, 900, 0x1111, false));
+    assert_eq!((seq, ts, ssrc), (9, 900, 0x1111), "headers pass through");
+    assert_eq!(r.passthrough_sources(), None, "side B has not latched yet");
+    forward(
+        &mut r,
+        start,
+        Side::B,
+        SDP_B,
+        pkt(0, 70, 7000, 0x2222, false),
+    );
+    assert_eq!(r.passthrough_sources(), Some((addr(NAT_A), addr(SDP_B))));
+
+    // An SSRC change makes the relay renumber: no longer the identity.
+    let later = start + ms(40);
+    let (_, _, seq, _, ssrc, _) =
+        forward(&mut r, later, Side::A, NAT_A, pkt(0, 500, 1, 0x3333, false));
+    assert_eq!((seq, ssrc), (10, 0x1111));
+    assert_eq!(r.passthrough_sources(), None);
+
+    // A re-INVITE that moves a side waits for it to re-latch.
+    let mut r = same(Some(101));
+    forward(&mut r, start, Side::A, NAT_A, pkt(0, 1, 160, 0x1111, false));
+    forward(&mut r, start, Side::B, SDP_B, pkt(0, 1, 160, 0x2222, false));
+    r.update_remote(Side::B, addr(THIRD));
+    assert_eq!(r.passthrough_sources(), None);
+
+    // Different DTMF payload types need remapping; without pass_ssrc the SSRC changes.
+    let mut r = same(Some(96));
+    forward(&mut r, start, Side::A, NAT_A, pkt(0, 1, 160, 0x1111, false));
+    forward(&mut r, start, Side::B, SDP_B, pkt(0, 1, 160, 0x2222, false));
+    assert_eq!(r.passthrough_sources(), None);
+    let mut r = relay_with(
+        side(Some(SDP_A), Codec::Pcmu, None),
+        side(Some(SDP_B), Codec::Pcmu, None),
+        RelayConfig::default(),
+    );
+    forward(&mut r, start, Side::A, NAT_A, pkt(0, 1, 160, 0x1111, false));
+    forward(&mut r, start, Side::B, SDP_B, pkt(0, 1, 160, 0x2222, false));
+    assert_eq!(r.passthrough_sources(), None);
 }

@@ -36,6 +36,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::kernel::{Flow, FlowCounters, KernelForwarder};
 use super::pool::{PortPair, PortPool};
 use crate::codec::AudioCodec;
 use crate::dtmf::DtmfEvent;
@@ -58,6 +59,11 @@ const DTMF_QUEUE: usize = 32;
 const RTCP_BUF: usize = 1500;
 /// "Never" for a disabled report timer.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
+/// How often the kernel's counters of an offloaded bridge are read (they feed the
+/// media timeout and the call's statistics).
+pub const KERNEL_POLL: Duration = Duration::from_secs(1);
+/// IPv4 and UDP headers, counted in the kernel's octets but not in ours.
+const IP_UDP_HEADERS: u64 = 28;
 
 /// Receive statistics of one side for the call record: what that side's far end sent
 /// us and the relay accepted (from the latched source, on a negotiated payload type).
@@ -101,6 +107,9 @@ pub struct BridgeCounters {
     pub send_errors: u64,
     /// Payloads the transcoder rejected (or no transcoder for the codec pair/ptime).
     pub transcode_errors: u64,
+    /// Relayed by the kernel ([`super::kernel`]); also counted as received, forwarded
+    /// and sent. Read from the kernel every [`KERNEL_POLL`] while it forwards.
+    pub kernel_forwarded: u64,
     dropped: [u64; DropReason::ALL.len()],
 }
 
@@ -145,6 +154,9 @@ struct SideAtomics {
     last_rx: AtomicU64,
     /// RTT in nanoseconds plus one; 0 means unknown.
     rtt: AtomicU64,
+    /// Packets the kernel relayed from this side, and their IP-level octets.
+    kernel_packets: AtomicU64,
+    kernel_bytes: AtomicU64,
 }
 
 /// `t` as nanoseconds after `epoch` plus one, so that 0 can mean "never".
@@ -170,17 +182,20 @@ impl SideAtomics {
         set(&self.stat_lost, st.lost_all_sources());
         let jitter_ns = st.jitter_ms(relay.params(side).clock_rate) * 1e6;
         set(&self.jitter_ns, jitter_ns as u64);
-        set(
-            &self.last_rx,
+        // Max: the kernel's counters may have moved it later (in-kernel forwarding).
+        self.last_rx.fetch_max(
             encode_instant(epoch, relay.last_received(side)),
+            Ordering::Relaxed,
         );
     }
 
     fn stats(&self, epoch: Instant) -> SideStats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (kp, kb) = (get(&self.kernel_packets), get(&self.kernel_bytes));
         SideStats {
-            packets: get(&self.stat_packets),
-            bytes: get(&self.stat_bytes),
+            packets: get(&self.stat_packets) + kp,
+            bytes: get(&self.stat_bytes)
+                + kb.saturating_sub(kp * (IP_UDP_HEADERS + HEADER_LEN as u64)),
             lost: get(&self.stat_lost),
             jitter_ms: get(&self.jitter_ns) as f64 / 1e6,
             last_received: decode_instant(epoch, get(&self.last_rx)),
@@ -210,16 +225,18 @@ impl SideAtomics {
         for (d, a) in dropped.iter_mut().zip(&self.dropped) {
             *d = get(a);
         }
+        let (kp, kb) = (get(&self.kernel_packets), get(&self.kernel_bytes));
         BridgeCounters {
-            received_packets: get(&self.received_packets),
-            received_bytes: get(&self.received_bytes),
-            forwarded_packets: get(&self.forwarded_packets),
+            received_packets: get(&self.received_packets) + kp,
+            received_bytes: get(&self.received_bytes) + kb.saturating_sub(kp * IP_UDP_HEADERS),
+            forwarded_packets: get(&self.forwarded_packets) + kp,
             transcoded_packets: get(&self.transcoded_packets),
             latches: get(&self.latches),
             ssrc_changes: get(&self.ssrc_changes),
-            sent_packets: get(&self.sent_packets),
+            sent_packets: get(&self.sent_packets) + kp,
             send_errors: get(&self.send_errors),
             transcode_errors: get(&self.transcode_errors),
+            kernel_forwarded: kp,
             dropped,
         }
     }
@@ -261,13 +278,22 @@ impl Bridge {
     /// [`set_side`](Self::set_side) fills it in later. Must run inside a tokio runtime
     /// with I/O enabled (the task runs on that runtime); errors if the pool is exhausted
     /// or there is no runtime.
+    ///
+    /// If the pool has a kernel forwarder, output streams keep their input's SSRC
+    /// ([`RelayConfig::pass_ssrc`]) and, once both sides have latched and relaying
+    /// changes nothing in the packets ([`Relay::passthrough_sources`]), the kernel
+    /// forwards the call; a renegotiation or the end of the call takes it back. While
+    /// the kernel forwards, no DTMF events are reported, loss and jitter stay as they
+    /// were, and no RTCP reports are sent (the far ends' RTCP is still read).
     pub fn open(
         pool: &PortPool,
         bind_ip: IpAddr,
         a: SideParams,
         b: SideParams,
-        config: RelayConfig,
+        mut config: RelayConfig,
     ) -> io::Result<Bridge> {
+        let kernel = pool.kernel_forwarder().cloned();
+        config.pass_ssrc |= kernel.is_some();
         let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         let (pair_a, rtp_a, rtcp_a) = super::pool::bind_from_pool(pool, bind_ip)?;
         let (pair_b, rtp_b, rtcp_b) = super::pool::bind_from_pool(pool, bind_ip)?;
@@ -296,6 +322,10 @@ impl Bridge {
             tc_errors: [0; 2],
             epoch,
             dtmf_tx,
+            local,
+            kernel,
+            offload: None,
+            kernel_refused: false,
         };
         // Boxed: the driver's future is ~9 KB, copied into the task and written over
         // at its end otherwise.
@@ -411,6 +441,21 @@ struct Driver {
     /// What we sent each side, for its SR.
     sent: [SentCount; 2],
     cname: Vec<u8>,
+    /// Our RTP addresses, side A and B.
+    local: [SocketAddr; 2],
+    kernel: Option<Arc<KernelForwarder>>,
+    /// The flow the kernel forwards now.
+    offload: Option<Offload>,
+    /// The kernel refused this bridge's flow once; it stays in userspace.
+    kernel_refused: bool,
+}
+
+/// A bridge the kernel forwards: its flow, the counters already folded into ours, and
+/// when they are read next.
+struct Offload {
+    flow: Flow,
+    seen: FlowCounters,
+    next_poll: tokio::time::Instant,
 }
 
 /// Packets and payload octets sent to one side (RFC 3550 SR counts wrap at 2^32).
@@ -552,7 +597,10 @@ impl Driver {
                 Wake::Command(None) | Wake::Shutdown => break,
                 // The buffers are the worker thread's: `drain` never awaits, so no other
                 // bridge on this thread can be inside it meanwhile.
-                Wake::Rtp(side) => WORK_BUFS.with_borrow_mut(|b| self.drain(side, b)),
+                Wake::Rtp(side) => {
+                    WORK_BUFS.with_borrow_mut(|b| self.drain(side, b));
+                    self.try_offload();
+                }
                 Wake::Rtcp(side, n, src) => {
                     let data = cbufs[idx(side)].get(..n).unwrap_or_default();
                     self.on_rtcp(side, data, src);
@@ -561,6 +609,9 @@ impl Driver {
                 Wake::Timer => {
                     WORK_BUFS.with_borrow_mut(|b| self.play_out(&mut b.sbuf));
                     let now = tokio::time::Instant::now();
+                    if self.offload.as_ref().is_some_and(|o| o.next_poll <= now) {
+                        self.poll_offload(now);
+                    }
                     for side in SIDES {
                         if self.next_report[idx(side)] <= now {
                             self.send_report(side, &mut cbufs[0]);
@@ -576,6 +627,7 @@ impl Driver {
                 sleep.as_mut().reset(deadline);
             }
         }
+        self.end_offload();
         // The sockets go back with their ports (kept for the next call, or closed first).
         let Driver { rtp, rtcp, .. } = self;
         let [rtp_a, rtp_b] = rtp;
@@ -586,6 +638,10 @@ impl Driver {
     }
 
     fn command(&mut self, cmd: Command, sleep: Pin<&mut tokio::time::Sleep>) {
+        if matches!(cmd, Command::UpdateRemote(..) | Command::SetSide(..)) {
+            // The relay decides anew with the new parameters, from the next packet.
+            self.end_offload();
+        }
         match cmd {
             Command::UpdateRemote(side, addr) => {
                 if self.relay.params(side).remote != Some(addr) {
@@ -626,7 +682,10 @@ impl Driver {
 
     /// The earliest of the two report timers and the relay's next playout frame.
     fn next_deadline(&self) -> tokio::time::Instant {
-        let reports = self.next_report[0].min(self.next_report[1]);
+        let mut reports = self.next_report[0].min(self.next_report[1]);
+        if let Some(o) = &self.offload {
+            reports = reports.min(o.next_poll);
+        }
         match self.relay.poll_timeout() {
             Some(t) => reports.min(tokio::time::Instant::from_std(t)),
             None => reports,
@@ -682,6 +741,10 @@ impl Driver {
 
     /// Sends `side` its compound report: SR once we sent it media, else RR.
     fn send_report(&mut self, side: Side, buf: &mut [u8; RTCP_BUF]) {
+        if self.offload.is_some() {
+            // Our counts stand still while the kernel forwards: no report beats a wrong one.
+            return;
+        }
         let i = idx(side);
         let Some(dst) = self.rtcp_destination(side) else {
             return;
@@ -727,6 +790,64 @@ impl Driver {
                     .rtt
                     .store(nanos.saturating_add(1), Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Hands the call to the kernel if it can forward it now (see [`Bridge::open`]).
+    fn try_offload(&mut self) {
+        if self.offload.is_some() || self.kernel_refused {
+            return;
+        }
+        let Some(kernel) = &self.kernel else { return };
+        let Some((pa, pb)) = self.relay.passthrough_sources() else {
+            return;
+        };
+        let Some(flow) = Flow::new(pa, self.local[0], self.local[1], pb) else {
+            self.kernel_refused = true;
+            return;
+        };
+        match kernel.install(&flow) {
+            Ok(()) => {
+                tracing::debug!(?flow, "RTP forwarded in the kernel");
+                self.offload = Some(Offload {
+                    flow,
+                    seen: FlowCounters::default(),
+                    next_poll: tokio::time::Instant::now() + KERNEL_POLL,
+                });
+            }
+            Err(e) => {
+                self.kernel_refused = true;
+                if once_per_second(&KERNEL_REFUSED_LOGGED) {
+                    tracing::warn!(error = %e, "the kernel refused to forward a call's RTP; relaying it here");
+                }
+            }
+        }
+    }
+
+    /// Reads the kernel's counters into ours; an expired entry ends the offload (its
+    /// packets reach our sockets again).
+    fn poll_offload(&mut self, now: tokio::time::Instant) {
+        let (Some(kernel), Some(o)) = (&self.kernel, &mut self.offload) else {
+            return;
+        };
+        o.next_poll = now + KERNEL_POLL;
+        match kernel.counters(&o.flow) {
+            Ok(Some(c)) => fold_counters(&self.shared, self.epoch, &mut o.seen, c),
+            Ok(None) => self.offload = None,
+            Err(e) => tracing::debug!(error = %e, "cannot read the kernel's RTP counters"),
+        }
+    }
+
+    /// Takes the call back from the kernel, with its last counts.
+    fn end_offload(&mut self) {
+        let (Some(kernel), Some(mut o)) = (&self.kernel, self.offload.take()) else {
+            return;
+        };
+        if let Ok(Some(c)) = kernel.counters(&o.flow) {
+            fold_counters(&self.shared, self.epoch, &mut o.seen, c);
+        }
+        if let Err(e) = kernel.remove(&o.flow) {
+            tracing::warn!(error = %e, flow = ?o.flow, "cannot take RTP forwarding back from the kernel");
         }
     }
 
@@ -833,6 +954,44 @@ impl Driver {
         let Some(out) = out else { return };
         self.send_rtp(side, out, dst);
     }
+}
+
+static KERNEL_REFUSED_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// True at most once per second per `last` (seconds since the Unix epoch).
+fn once_per_second(last: &AtomicU64) -> bool {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    last.swap(now, Ordering::Relaxed) != now
+}
+
+/// Adds what the kernel relayed since `seen` to each side's counters.
+fn fold_counters(
+    shared: &[SideAtomics; 2],
+    epoch: Instant,
+    seen: &mut FlowCounters,
+    c: FlowCounters,
+) {
+    let now = encode_instant(epoch, Some(Instant::now()));
+    let deltas = [
+        (
+            c.a_packets.saturating_sub(seen.a_packets),
+            c.a_bytes.saturating_sub(seen.a_bytes),
+        ),
+        (
+            c.b_packets.saturating_sub(seen.b_packets),
+            c.b_bytes.saturating_sub(seen.b_bytes),
+        ),
+    ];
+    for (side, (packets, bytes)) in shared.iter().zip(deltas) {
+        if packets > 0 {
+            side.kernel_packets.fetch_add(packets, Ordering::Relaxed);
+            side.kernel_bytes.fetch_add(bytes, Ordering::Relaxed);
+            side.last_rx.store(now, Ordering::Relaxed);
+        }
+    }
+    *seen = c;
 }
 
 /// Writes `header` and the transcoded `input` into `sbuf`; returns the packet length.

@@ -9,6 +9,7 @@
 
 pub mod bridge;
 mod endpoint;
+pub mod kernel;
 mod pool;
 pub mod recording;
 

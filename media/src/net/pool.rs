@@ -87,6 +87,8 @@ pub const WARM_REST: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone)]
 pub struct PortPool {
     inner: Arc<Mutex<PoolInner>>,
+    /// Bridges from this pool hand pass-through calls to the kernel when set.
+    kernel: Option<Arc<super::kernel::KernelForwarder>>,
 }
 
 /// Locks, ignoring poisoning: the state is a bitmap that stays consistent.
@@ -124,7 +126,20 @@ impl PortPool {
                 warm_max: 0,
                 warm_rest: WARM_REST,
             })),
+            kernel: None,
         })
+    }
+
+    /// Bridges opened from this pool offload pass-through calls to `kernel`
+    /// ([`super::kernel`]).
+    pub fn with_kernel_forwarder(mut self, kernel: Arc<super::kernel::KernelForwarder>) -> Self {
+        self.kernel = Some(kernel);
+        self
+    }
+
+    /// The in-kernel forwarder bridges from this pool use, if any.
+    pub fn kernel_forwarder(&self) -> Option<&Arc<super::kernel::KernelForwarder>> {
+        self.kernel.as_ref()
     }
 
     /// Keeps up to `max` bound socket pairs of ended legs for reuse, saving each new leg
