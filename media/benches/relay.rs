@@ -217,6 +217,32 @@ enum Target<'a> {
         pool: &'a PortPool,
     },
     Rtpengine(&'a mut Ng),
+    /// No relay: each generator's caller and callee sockets send to each other (the
+    /// baseline whose host CPU the relays' is compared against).
+    Direct,
+}
+
+/// Busy time of all CPUs of the host in ns (/proc/stat: everything but idle and
+/// iowait). In-kernel forwarding runs in the senders' system calls, so only the whole
+/// host's CPU shows what a relay costs in every mode alike.
+fn host_busy_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100.
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, v)| v)
+        .sum();
+    busy * 10_000_000
 }
 
 #[derive(Debug)]
@@ -230,6 +256,9 @@ struct Row {
     max: u64,
     cpu_pct: f64,
     us_per_k: f64,
+    /// The whole host's busy CPU, in % of one core and per 1,000 relayed packets.
+    host_pct: f64,
+    host_us_per_k: f64,
 }
 
 impl Target<'_> {
@@ -237,6 +266,7 @@ impl Target<'_> {
         match self {
             Target::Bridge { tid, .. } => cpu_ns(tid),
             Target::Rtpengine(ng) => process_cpu_ns(ng.pid),
+            Target::Direct => 0,
         }
     }
 }
@@ -266,6 +296,7 @@ async fn step(calls: usize, secs: u64, target: &mut Target<'_>) -> Row {
                     targets.push(ng.call(&id, ca, cb).await);
                     call_ids.push(id);
                 }
+                Target::Direct => targets.push((cb, ca)),
             }
         }
         plans.push((caller, callee, targets));
@@ -283,9 +314,10 @@ async fn step(calls: usize, secs: u64, target: &mut Target<'_>) -> Row {
         )));
     }
     tokio::time::sleep_until((epoch + window.0).into()).await;
-    let c0 = target.cpu_ns();
+    let (c0, h0) = (target.cpu_ns(), host_busy_ns());
     tokio::time::sleep_until((epoch + window.1).into()).await;
     let cpu = target.cpu_ns() - c0;
+    let host = host_busy_ns() - h0;
     let span = window.1 - window.0;
     let mut hist = vec![0u64; BINS];
     let (mut sent, mut received, mut rel, mut max) = (0, 0, 0, 0);
@@ -317,6 +349,8 @@ async fn step(calls: usize, secs: u64, target: &mut Target<'_>) -> Row {
         max,
         cpu_pct: 100.0 * cpu as f64 / span.as_nanos() as f64,
         us_per_k: cpu as f64 / 1000.0 / (rel.max(1) as f64 / 1000.0),
+        host_pct: 100.0 * host as f64 / span.as_nanos() as f64,
+        host_us_per_k: host as f64 / 1000.0 / (rel.max(1) as f64 / 1000.0),
     }
 }
 
@@ -531,7 +565,7 @@ impl Ng {
 fn print_header(title: &str) {
     println!("{title}");
     println!(
-        "{:>6} {:>8} {:>10} {:>10} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9}",
+        "{:>6} {:>8} {:>10} {:>10} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>10}",
         "calls",
         "streams",
         "offered/s",
@@ -541,7 +575,9 @@ fn print_header(title: &str) {
         "p99 µs",
         "max µs",
         "CPU %",
-        "µs/1k pkt"
+        "µs/1k pkt",
+        "host %",
+        "host µs/1k"
     );
 }
 
@@ -555,7 +591,7 @@ fn print_row(r: &Row) {
         }
     };
     println!(
-        "{:>6} {:>8} {:>10.0} {:>10.0} {:>7.3} {:>7} {:>7} {:>8} {:>8.1} {:>9.0}",
+        "{:>6} {:>8} {:>10.0} {:>10.0} {:>7.3} {:>7} {:>7} {:>8} {:>8.1} {:>9.0} {:>7.0} {:>10.0}",
         r.calls,
         r.calls * 4,
         r.offered,
@@ -565,7 +601,9 @@ fn print_row(r: &Row) {
         p(r.p99),
         r.max,
         r.cpu_pct,
-        r.us_per_k
+        r.us_per_k,
+        r.host_pct,
+        r.host_us_per_k
     );
 }
 
@@ -590,6 +628,15 @@ fn start_rtpengine() -> std::process::Child {
         .unwrap()
 }
 
+/// Drops the in-kernel forwarding table so the userspace modes run without connection
+/// tracking (each packet would pay for it); the kernel mode creates it again.
+fn drop_nft_table() {
+    let _ = std::process::Command::new("nft")
+        .args(["delete", "table", "ip", media::net::kernel::NFT_TABLE])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 fn main() {
     let calls: Vec<usize> = std::env::var("RELAY_CALLS")
         .ok()
@@ -600,7 +647,18 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10)
         .max(2);
-    let compare = std::env::var("RELAY_RTPENGINE").is_ok_and(|v| v == "1");
+    let mut modes: Vec<String> = std::env::var("RELAY_MODES")
+        .unwrap_or_else(|_| "direct,bridge,kernel".into())
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .collect();
+    if std::env::var("RELAY_RTPENGINE").is_ok_and(|v| v == "1")
+        && !modes.iter().any(|m| m == "rtpengine")
+    {
+        modes.push("rtpengine".into());
+    }
+    // Userspace modes first, without conntrack; the kernel mode last.
+    modes.sort_by_key(|m| m == "kernel");
 
     let relay_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -619,62 +677,105 @@ fn main() {
         })
         .unwrap();
     let tid = tid_rx.recv().unwrap();
-    let pool = PortPool::with_rng(20000, 39999, StdRng::seed_from_u64(7)).unwrap();
     let gen_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    gen_rt.block_on(async {
-        print_header(&format!(
-            "Switchyard bridge: {secs} s per step; bridges on one thread, generators on another"
-        ));
-        let mut ours = Vec::new();
-        for &n in &calls {
-            let mut target = Target::Bridge {
-                relay: &relay,
-                tid: &tid,
-                pool: &pool,
-            };
-            let r = step(n, secs, &mut target).await;
-            print_row(&r);
-            ours.push(r);
-        }
-        if !compare {
-            println!("(set RELAY_RTPENGINE=1 to compare with rtpengine)");
-            return;
-        }
-        let mut child = start_rtpengine();
-        let mut ng = Ng {
-            sock: UdpSocket::bind((LO, 0)).await.unwrap(),
-            server: SocketAddr::new(LO, 2223),
-            pid: child.id(),
-            cookie: 0,
-        };
-        // Ready when it answers a ping (retried inside `request`).
-        let ping = ng.request(&[("command", "ping")]).await;
-        println!();
-        if ping.is_none() {
-            println!("rtpengine did not answer on 127.0.0.1:2223");
-        } else {
-            print_header("rtpengine (userspace, --num-threads=1): whole-process CPU");
-            let mut theirs = Vec::new();
-            for &n in &calls {
-                let r = step(n, secs, &mut Target::Rtpengine(&mut ng)).await;
-                print_row(&r);
-                theirs.push(r);
+    drop_nft_table();
+    let results = gen_rt.block_on(async {
+        let mut results: Vec<(String, Vec<Row>)> = Vec::new();
+        for mode in &modes {
+            let mut rows = Vec::new();
+            match mode.as_str() {
+                "direct" | "bridge" | "kernel" => {
+                    let mut pool = PortPool::with_rng(20000, 39999, StdRng::seed_from_u64(7)).unwrap();
+                    if mode == "kernel" {
+                        match media::net::kernel::KernelForwarder::enable() {
+                            Ok(k) => pool = pool.with_kernel_forwarder(std::sync::Arc::new(k)),
+                            Err(e) => {
+                                println!("kernel: in-kernel forwarding unavailable ({e}); skipped\n");
+                                continue;
+                            }
+                        }
+                    }
+                    print_header(&match mode.as_str() {
+                        "direct" => format!("direct (no relay, the baseline): {secs} s per step"),
+                        "bridge" => format!("Switchyard bridge, userspace: {secs} s per step; bridges on one thread, generators on another"),
+                        _ => format!("Switchyard bridge, in-kernel forwarding (conntrack NAT): {secs} s per step"),
+                    });
+                    for &n in &calls {
+                        let mut target = if mode == "direct" {
+                            Target::Direct
+                        } else {
+                            Target::Bridge {
+                                relay: &relay,
+                                tid: &tid,
+                                pool: &pool,
+                            }
+                        };
+                        let r = step(n, secs, &mut target).await;
+                        print_row(&r);
+                        rows.push(r);
+                    }
+                }
+                "rtpengine" => {
+                    let mut child = start_rtpengine();
+                    let mut ng = Ng {
+                        sock: UdpSocket::bind((LO, 0)).await.unwrap(),
+                        server: SocketAddr::new(LO, 2223),
+                        pid: child.id(),
+                        cookie: 0,
+                    };
+                    // Ready when it answers a ping (retried inside `request`).
+                    if ng.request(&[("command", "ping")]).await.is_none() {
+                        println!("rtpengine did not answer on 127.0.0.1:2223\n");
+                    } else {
+                        print_header("rtpengine (userspace, --num-threads=1): whole-process CPU");
+                        for &n in &calls {
+                            let r = step(n, secs, &mut Target::Rtpengine(&mut ng)).await;
+                            print_row(&r);
+                            rows.push(r);
+                        }
+                    }
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                other => println!("unknown mode {other}"),
             }
-            println!("\nCPU per packet, rtpengine / Switchyard:");
-            for (o, t) in ours.iter().zip(&theirs) {
-                println!(
-                    "{:>6} calls: {:.2}x",
-                    o.calls,
-                    t.us_per_k / o.us_per_k.max(1e-9)
-                );
-            }
+            println!();
+            results.push((mode.clone(), rows));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        results
     });
+    drop_nft_table();
+    summarise(&results);
     let _ = stop_tx.send(());
     relay_thread.join().unwrap();
+}
+
+/// The host CPU each relay adds over the direct baseline at the same load, and what
+/// that makes per core.
+fn summarise(results: &[(String, Vec<Row>)]) {
+    let Some((_, direct)) = results.iter().find(|(m, _)| m == "direct") else {
+        return;
+    };
+    println!("Host CPU added over the direct baseline (same load, same run):");
+    println!(
+        "{:>10} {:>6} {:>8} {:>12} {:>14} {:>16}",
+        "mode", "calls", "streams", "added CPU %", "added µs/1k", "streams / core"
+    );
+    for (mode, rows) in results.iter().filter(|(m, _)| m != "direct") {
+        for (r, d) in rows.iter().zip(direct) {
+            let added = (r.host_pct - d.host_pct).max(0.1);
+            println!(
+                "{:>10} {:>6} {:>8} {:>12.1} {:>14.0} {:>16.0}",
+                mode,
+                r.calls,
+                r.calls * 4,
+                r.host_pct - d.host_pct,
+                r.host_us_per_k - d.host_us_per_k,
+                (r.calls * 4) as f64 / (added / 100.0)
+            );
+        }
+    }
 }
