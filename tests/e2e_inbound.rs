@@ -65,6 +65,44 @@ async fn transit_call_relays_rtp_both_ways_and_reports_to_the_tenant() {
     }
 }
 
+/// With `[rtp] kernel_forwarding`, a transit call whose legs share every payload type
+/// is handed to the kernel after the first packets: the call record shows most packets
+/// forwarded there, and the counts still add up. Needs root and nft, as CI has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_call_media_is_forwarded_in_the_kernel_when_enabled() {
+    let far = Sipp::uas("uas_answer_rtp_te.xml");
+    let mut h = start(far.addr(), TRANSIT_PLAN, "[rtp]\nkernel_forwarding = true").await;
+    assert!(
+        h.switch.logs().contains("in-kernel RTP forwarding on"),
+        "{}",
+        h.switch.logs()
+    );
+    let caller = Sipp::builder("uac_call_rtp.xml")
+        .remote(h.switch.sip_udp())
+        .service("+14155552671")
+        .pause_ms(5500)
+        .spawn();
+    caller.wait().await.assert_success("caller");
+    far.wait().await.assert_success("far end");
+    let events = h.events_until("call.completed").await;
+    assert_eq!(events.len(), 4, "{}", h.switch.logs());
+    let listed = h.only_call().await;
+    let media = &listed["metadata"]["media"];
+    for side in ["caller", "callee"] {
+        let got = media[side]["packets_received"].as_u64().unwrap_or(0);
+        let kernel = media[side]["kernel_forwarded"].as_u64().unwrap_or(0);
+        let dropped = media[side]["dropped"].as_u64().unwrap_or(u64::MAX);
+        assert!(got >= 150, "{side} sent us {got} packets: {media}");
+        // Only the first packets, before both sides latched, crossed userspace.
+        assert!(
+            kernel + 20 >= got,
+            "{side}: {kernel} of {got} in the kernel: {media}\n{}",
+            h.switch.logs()
+        );
+        assert_eq!(dropped, 0, "{media}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_fails_over_to_the_next_trunk_on_503() {
     let broken = Sipp::uas("uas_503.xml");

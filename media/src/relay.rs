@@ -883,16 +883,23 @@ impl Relay {
     }
 
     /// A re-INVITE moved `side`'s media to `addr`. If that differs from the current
-    /// SDP address, media for `side` goes to `addr` and the next packet from a new
-    /// source re-latches; packets still arriving from the old latched source are
-    /// accepted meanwhile (they were in flight).
+    /// SDP address and from the latched source, media for `side` goes to `addr` and the
+    /// next packet from a new source re-latches; packets still arriving from the old
+    /// latched source are accepted meanwhile (they were in flight). A side that latched
+    /// while its SDP was not known yet (a placeholder) stays latched.
     pub fn update_remote(&mut self, side: Side, addr: SocketAddr) {
         let leg = self.leg_mut(side);
         if leg.params.remote == Some(addr) {
             return;
         }
+        // A placeholder side (its SDP not known yet) that latched already, or a latched
+        // source the new address names, has not moved: nothing to re-latch.
+        let placeholder = leg.params.remote.is_none();
         leg.params.remote = Some(addr);
-        if leg.latched.is_some() {
+        if leg.latched == Some(addr) {
+            leg.relatch_open = false;
+            leg.prev_latched = None;
+        } else if leg.latched.is_some() && !placeholder {
             leg.prev_latched = leg.latched;
             leg.relatch_open = true;
         }

@@ -888,6 +888,22 @@ fn passthrough_sources_only_while_relaying_is_the_identity() {
     r.update_remote(Side::B, addr(THIRD));
     assert_eq!(r.passthrough_sources(), None);
 
+    // A callee that sends before its answer is known (a placeholder side latches) has
+    // not moved when the answer names its SDP address: it stays latched.
+    let mut r = relay_with(
+        side(Some(SDP_A), Codec::Pcmu, Some(101)),
+        side(None, Codec::Pcmu, Some(101)),
+        RelayConfig {
+            pass_ssrc: true,
+            ..RelayConfig::default()
+        },
+    );
+    send(&mut r, start, Side::A, NAT_A, pkt(0, 1, 160, 0x1111, false));
+    forward(&mut r, start, Side::B, THIRD, pkt(0, 1, 160, 0x2222, false));
+    r.update_remote(Side::B, addr(SDP_B));
+    assert_eq!(r.destination(Side::B), Some(addr(THIRD)));
+    assert_eq!(r.passthrough_sources(), Some((addr(NAT_A), addr(THIRD))));
+
     // Different DTMF payload types need remapping; without pass_ssrc the SSRC changes.
     let mut r = same(Some(96));
     forward(&mut r, start, Side::A, NAT_A, pkt(0, 1, 160, 0x1111, false));

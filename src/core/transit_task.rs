@@ -703,6 +703,7 @@ impl TransitTask {
                 serde_json::json!({
                     "packets_received": c.received_packets,
                     "packets_sent": sent,
+                    "kernel_forwarded": c.kernel_forwarded,
                     "dropped": c.dropped_total(),
                     "lost": st.lost,
                     "jitter_ms": (st.jitter_ms * 100.0).round() / 100.0,

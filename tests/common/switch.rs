@@ -39,6 +39,8 @@ pub struct SwitchConfig {
     pub extra_toml: String,
     /// Extra keys for the `[sip]` section (which the generated file already has).
     pub sip_toml: String,
+    /// Extra keys for the `[rtp]` section.
+    pub rtp_toml: String,
 }
 
 impl SwitchConfig {
@@ -59,6 +61,7 @@ impl SwitchConfig {
             database_url: None,
             extra_toml: String::new(),
             sip_toml: String::new(),
+            rtp_toml: String::new(),
         }
     }
 
@@ -113,6 +116,13 @@ impl SwitchConfig {
         self
     }
 
+    /// Adds raw `key = value` lines to the `[rtp]` section.
+    pub fn rtp(mut self, toml: &str) -> Self {
+        self.rtp_toml.push_str(toml);
+        self.rtp_toml.push('\n');
+        self
+    }
+
     /// Appends raw TOML (e.g. another `[[trunks]]` entry).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra_toml.push('\n');
@@ -126,7 +136,7 @@ impl SwitchConfig {
         let mut out = format!(
             "[sip]\nlisten = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1\"\n{}\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\n\
-             [rtp]\nport_min = {}\nport_max = {}\n{}\n\
+             [rtp]\nport_min = {}\nport_max = {}\n{}{}\n\
              [database]\nurl = {}\n\n\
              [webhooks]\nretry_base_ms = {}\n\n\
              [[trunks]]\nname = {}\nuri = {}\ntransport = {}\n",
@@ -136,6 +146,7 @@ impl SwitchConfig {
             self.media_timeout_s
                 .map(|t| format!("media_timeout_s = {t}\n"))
                 .unwrap_or_default(),
+            self.rtp_toml,
             q(&self
                 .database_url
                 .clone()

@@ -36,7 +36,7 @@ pub struct Inbound {
 
 /// A switch whose trunk "carrier" points at `far` (the callee side), with the upstream
 /// trunk, `plan` as its dialplan, and tenant acme's callbacks going to a sink. `extra` is
-/// more TOML; if it starts with `[sip]`, its lines go into the `[sip]` section instead.
+/// more TOML; if it starts with `[sip]` (or `[rtp]`), its lines go into that section.
 pub async fn start(far: SocketAddr, plan: &str, extra: &str) -> Inbound {
     let sink = WebhookSink::start().await;
     let (plan_dir, plan_path) = plan_file(plan);
@@ -44,7 +44,11 @@ pub async fn start(far: SocketAddr, plan: &str, extra: &str) -> Inbound {
         Some(keys) => (keys, ""),
         None => ("", extra),
     };
-    let config = SwitchConfig::new(far).sip(sip).extra(&format!(
+    let (rtp, extra) = match extra.strip_prefix("[rtp]\n") {
+        Some(keys) => (keys, ""),
+        None => ("", extra),
+    };
+    let config = SwitchConfig::new(far).sip(sip).rtp(rtp).extra(&format!(
         "{extra}\n{UPSTREAM}\n[dialplan]\nfile = {:?}\n\n[[tenants]]\nname = \"acme\"\nwebhook_url = {:?}\n",
         plan_path.display().to_string(),
         sink.url()
