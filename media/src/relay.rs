@@ -882,24 +882,23 @@ impl Relay {
         Some(first)
     }
 
-    /// A re-INVITE moved `side`'s media to `addr`. If that differs from the current
-    /// SDP address and from the latched source, media for `side` goes to `addr` and the
-    /// next packet from a new source re-latches; packets still arriving from the old
-    /// latched source are accepted meanwhile (they were in flight). A side that latched
-    /// while its SDP was not known yet (a placeholder) stays latched.
+    /// A re-INVITE moved `side`'s media to `addr` (or the callee's answer gave the
+    /// address of a placeholder side). If that differs from the current SDP address and
+    /// from the latched source, media for `side` goes to `addr` and the next packet from
+    /// a new source re-latches; packets still arriving from the old latched source are
+    /// accepted meanwhile (they were in flight). A latched source that is at `addr`
+    /// stays latched.
     pub fn update_remote(&mut self, side: Side, addr: SocketAddr) {
         let leg = self.leg_mut(side);
         if leg.params.remote == Some(addr) {
             return;
         }
-        // A placeholder side (its SDP not known yet) that latched already, or a latched
-        // source the new address names, has not moved: nothing to re-latch.
-        let placeholder = leg.params.remote.is_none();
         leg.params.remote = Some(addr);
         if leg.latched == Some(addr) {
+            // The latched source is where the new address says: nothing moved.
             leg.relatch_open = false;
             leg.prev_latched = None;
-        } else if leg.latched.is_some() && !placeholder {
+        } else if leg.latched.is_some() {
             leg.prev_latched = leg.latched;
             leg.relatch_open = true;
         }

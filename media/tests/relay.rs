@@ -889,20 +889,30 @@ fn passthrough_sources_only_while_relaying_is_the_identity() {
     assert_eq!(r.passthrough_sources(), None);
 
     // A callee that sends before its answer is known (a placeholder side latches) has
-    // not moved when the answer names its SDP address: it stays latched.
-    let mut r = relay_with(
-        side(Some(SDP_A), Codec::Pcmu, Some(101)),
-        side(None, Codec::Pcmu, Some(101)),
-        RelayConfig {
-            pass_ssrc: true,
-            ..RelayConfig::default()
-        },
-    );
-    send(&mut r, start, Side::A, NAT_A, pkt(0, 1, 160, 0x1111, false));
+    // not moved when the answer names the address it sends from: it stays latched.
+    let placeholder = || {
+        let mut r = relay_with(
+            side(Some(SDP_A), Codec::Pcmu, Some(101)),
+            side(None, Codec::Pcmu, Some(101)),
+            RelayConfig {
+                pass_ssrc: true,
+                ..RelayConfig::default()
+            },
+        );
+        send(&mut r, start, Side::A, NAT_A, pkt(0, 1, 160, 0x1111, false));
+        r
+    };
+    let mut r = placeholder();
+    forward(&mut r, start, Side::B, SDP_B, pkt(0, 1, 160, 0x2222, false));
+    r.update_remote(Side::B, addr(SDP_B));
+    assert_eq!(r.passthrough_sources(), Some((addr(NAT_A), addr(SDP_B))));
+    // Whoever sent first from elsewhere keeps no claim once the answer names another
+    // address: the window to re-latch opens, and nothing goes to the kernel meanwhile.
+    let mut r = placeholder();
     forward(&mut r, start, Side::B, THIRD, pkt(0, 1, 160, 0x2222, false));
     r.update_remote(Side::B, addr(SDP_B));
-    assert_eq!(r.destination(Side::B), Some(addr(THIRD)));
-    assert_eq!(r.passthrough_sources(), Some((addr(NAT_A), addr(THIRD))));
+    assert_eq!(r.destination(Side::B), Some(addr(SDP_B)));
+    assert_eq!(r.passthrough_sources(), None);
 
     // Different DTMF payload types need remapping; without pass_ssrc the SSRC changes.
     let mut r = same(Some(96));
