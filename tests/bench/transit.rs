@@ -29,7 +29,9 @@
 //!   Debian's default memory sizes and allocators, `-n 4` several workers);
 //!   `TRANSIT_SWITCH_WORKERS` the switch's `node.worker_threads` (1, the counterpart of
 //!   Kamailio's `-n 1`: with two SIPps on a 2-core machine a second worker costs more in
-//!   thread wake-ups than it adds); `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `MIMALLOC_PURGE_DELAY` the
+//!   thread wake-ups than it adds); `TRANSIT_KERNEL_FORWARDING=1` the switch's
+//!   `[rtp] kernel_forwarding` (RTP relayed by conntrack; Kamailio then runs without
+//!   connection tracking, as it does by default); `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `MIMALLOC_PURGE_DELAY` the
 //!   switch's allocator purge delay (`1000`, as the README recommends for deployment); `TRANSIT_DB_URL` the switch's
 //!   database (a SQLite file in the work dir); `TRANSIT_DEADLINE` overall seconds (1800),
 //!   also the bound on every child's lifetime; `TRANSIT_KEEP` keeps the work dir (logs,
@@ -157,6 +159,8 @@ struct Settings {
     switch_log: String,
     /// The switch's `node.worker_threads`.
     switch_workers: u64,
+    /// The switch's `[rtp] kernel_forwarding`.
+    kernel_forwarding: bool,
     db_url: Option<String>,
     deadline: Duration,
 }
@@ -225,6 +229,7 @@ impl Settings {
             kamailio_args,
             switch_log: std::env::var("TRANSIT_SWITCH_LOG").unwrap_or_else(|_| "warn".into()),
             switch_workers: env_u64("TRANSIT_SWITCH_WORKERS", 1).max(1),
+            kernel_forwarding: env_u64("TRANSIT_KERNEL_FORWARDING", 0) == 1,
             db_url: std::env::var("TRANSIT_DB_URL").ok(),
             deadline: Duration::from_secs(env_u64("TRANSIT_DEADLINE", 1800).max(10)),
         })
@@ -584,6 +589,14 @@ impl Sut {
         let lifetime = format!("{}s", s.deadline.as_secs() + 60);
         let mut cmd = Command::new("timeout");
         cmd.args(["-s", "TERM", "-k", "5", &lifetime]);
+        // Connection tracking, once the switch's in-kernel forwarding turned it on, costs
+        // every packet on the host: only a switch forwarding in the kernel runs with it.
+        if !(system == System::Switchyard && s.kernel_forwarding) {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "ip", media::net::kernel::NFT_TABLE])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         match system {
             System::Kamailio => Self::kamailio(cmd, s, dir, uas_port, uac_port).await,
             System::Switchyard => Self::switchyard(cmd, s, dir, uas_port, uac_port).await,
@@ -646,6 +659,11 @@ impl Sut {
         let mut config = SwitchConfig::new(([127, 0, 0, 1], uas_port).into())
             // Away from the ephemeral range SIPp's ports come from; room for 5000 calls.
             .rtp_ports(10000, 29999)
+            .rtp(if s.kernel_forwarding {
+                "kernel_forwarding = true"
+            } else {
+                ""
+            })
             .extra(&format!(
                 "[node]\nworker_threads = {workers}\n\n\
                  [dialplan]\nfile = {plan:?}\n\n\
