@@ -47,15 +47,23 @@ fn an_installed_flow_is_forwarded_by_the_kernel_both_ways_and_counted() {
         assert_eq!(from, addr(&a), "the caller sees our A port as the source");
         assert_eq!(buf[0], k + 100);
     }
+    // A packet relayed by us after the hand-over (it was queued at the socket) makes a
+    // plain entry that would capture the peer's packets; forgetting it restores the NAT.
+    b.send_to(b"queued", addr(&callee)).unwrap();
+    callee.recv_from(&mut buf).unwrap();
+    fwd.forget_own_sends(&flow).unwrap();
+    callee.send_to(b"after-own-send", addr(&b)).unwrap();
+    let (n, from) = caller.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from), (&b"after-own-send"[..], addr(&a)));
     // Nothing reached our sockets.
     a.set_nonblocking(true).unwrap();
     b.set_nonblocking(true).unwrap();
     assert!(a.recv_from(&mut buf).is_err());
     assert!(b.recv_from(&mut buf).is_err());
     let c = fwd.counters(&flow).unwrap().unwrap();
-    assert_eq!((c.a_packets, c.b_packets), (5, 5));
+    assert_eq!((c.a_packets, c.b_packets), (5, 6));
     assert_eq!(c.a_bytes, 5 * (172 + 28));
-    assert_eq!(c.b_bytes, 5 * (100 + 28));
+    assert_eq!(c.b_bytes, 5 * (100 + 28) + 14 + 28);
 
     // Another source is not forwarded: it reaches our socket (where the relay drops it).
     let stranger = sock();

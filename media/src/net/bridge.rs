@@ -326,6 +326,7 @@ impl Bridge {
             kernel,
             offload: None,
             kernel_refused: false,
+            sent_while_offloaded: false,
         };
         // Boxed: the driver's future is ~9 KB, copied into the task and written over
         // at its end otherwise.
@@ -448,6 +449,9 @@ struct Driver {
     offload: Option<Offload>,
     /// The kernel refused this bridge's flow once; it stays in userspace.
     kernel_refused: bool,
+    /// The bridge sent a packet itself while the kernel forwards (see
+    /// [`KernelForwarder::forget_own_sends`]).
+    sent_while_offloaded: bool,
 }
 
 /// A bridge the kernel forwards: its flow, the counters already folded into ours, and
@@ -599,7 +603,11 @@ impl Driver {
                 // bridge on this thread can be inside it meanwhile.
                 Wake::Rtp(side) => {
                     WORK_BUFS.with_borrow_mut(|b| self.drain(side, b));
-                    self.try_offload();
+                    if self.offload.is_none() {
+                        self.try_offload();
+                    } else if self.sent_while_offloaded {
+                        self.forget_own_sends();
+                    }
                 }
                 Wake::Rtcp(side, n, src) => {
                     let data = cbufs[idx(side)].get(..n).unwrap_or_default();
@@ -717,6 +725,7 @@ impl Driver {
         let shared = &self.shared[idx(from)];
         match self.rtp[o].try_send_to(out, dst) {
             Ok(_) => {
+                self.sent_while_offloaded |= self.offload.is_some();
                 // Octets after the fixed header (CSRCs/extensions are rare here).
                 let payload = u32::try_from(out.len().saturating_sub(HEADER_LEN)).unwrap_or(0);
                 let sent = &mut self.sent[o];
@@ -798,7 +807,17 @@ impl Driver {
         if self.offload.is_some() || self.kernel_refused {
             return;
         }
-        let Some(kernel) = &self.kernel else { return };
+        let Some(kernel) = self.kernel.clone() else {
+            return;
+        };
+        if self.relay.passthrough_sources().is_none() {
+            return;
+        }
+        // Relay what is queued now: a packet relayed after the hand-over costs a cleanup.
+        WORK_BUFS.with_borrow_mut(|b| {
+            self.drain(Side::A, b);
+            self.drain(Side::B, b);
+        });
         let Some((pa, pb)) = self.relay.passthrough_sources() else {
             return;
         };
@@ -821,6 +840,16 @@ impl Driver {
                     tracing::warn!(error = %e, "the kernel refused to forward a call's RTP; relaying it here");
                 }
             }
+        }
+    }
+
+    /// Deletes the conntrack entries our own relaying created meanwhile.
+    fn forget_own_sends(&mut self) {
+        self.sent_while_offloaded = false;
+        if let (Some(kernel), Some(o)) = (&self.kernel, &self.offload)
+            && let Err(e) = kernel.forget_own_sends(&o.flow)
+        {
+            tracing::debug!(error = %e, "cannot clear our own conntrack entries");
         }
     }
 

@@ -173,6 +173,20 @@ impl KernelForwarder {
         Err(io::Error::from_raw_os_error(EEXIST))
     }
 
+    /// Deletes the plain entries our own sockets' sends to the peers create while the
+    /// kernel forwards `flow` (a packet that was already queued at the hand-over, relayed
+    /// by the bridge): such an entry has the same reply tuple as the forwarding one, and
+    /// the kernel would keep matching the peer's packets to it, which bypasses the NAT.
+    pub fn forget_own_sends(&self, flow: &Flow) -> io::Result<()> {
+        for (src, dst) in [(flow.a_local, flow.a_peer), (flow.b_local, flow.b_peer)] {
+            match self.request(|seq| delete_msg(seq, src, dst)) {
+                Err(e) if e.raw_os_error() != Some(ENOENT) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Takes `flow` back from the kernel; its packets reach our sockets again. An entry
     /// that already expired is not an error.
     pub fn remove(&self, flow: &Flow) -> io::Result<()> {
