@@ -259,6 +259,9 @@ struct Row {
     /// The whole host's busy CPU, in % of one core and per 1,000 relayed packets.
     host_pct: f64,
     host_us_per_k: f64,
+    /// CPU of the processes taking part (this one, generators and bridges; rtpengine),
+    /// per 1,000 relayed packets: in-kernel forwarding runs in the generators' sends.
+    procs_us_per_k: f64,
 }
 
 impl Target<'_> {
@@ -267,6 +270,15 @@ impl Target<'_> {
             Target::Bridge { tid, .. } => cpu_ns(tid),
             Target::Rtpengine(ng) => process_cpu_ns(ng.pid),
             Target::Direct => 0,
+        }
+    }
+
+    /// CPU of every process taking part, in ns.
+    fn procs_cpu_ns(&self) -> u64 {
+        let own = process_cpu_ns(std::process::id());
+        match self {
+            Target::Rtpengine(ng) => own + process_cpu_ns(ng.pid),
+            _ => own,
         }
     }
 }
@@ -314,10 +326,11 @@ async fn step(calls: usize, secs: u64, target: &mut Target<'_>) -> Row {
         )));
     }
     tokio::time::sleep_until((epoch + window.0).into()).await;
-    let (c0, h0) = (target.cpu_ns(), host_busy_ns());
+    let (c0, h0, p0) = (target.cpu_ns(), host_busy_ns(), target.procs_cpu_ns());
     tokio::time::sleep_until((epoch + window.1).into()).await;
     let cpu = target.cpu_ns() - c0;
     let host = host_busy_ns() - h0;
+    let procs = target.procs_cpu_ns() - p0;
     let span = window.1 - window.0;
     let mut hist = vec![0u64; BINS];
     let (mut sent, mut received, mut rel, mut max) = (0, 0, 0, 0);
@@ -351,6 +364,7 @@ async fn step(calls: usize, secs: u64, target: &mut Target<'_>) -> Row {
         us_per_k: cpu as f64 / 1000.0 / (rel.max(1) as f64 / 1000.0),
         host_pct: 100.0 * host as f64 / span.as_nanos() as f64,
         host_us_per_k: host as f64 / 1000.0 / (rel.max(1) as f64 / 1000.0),
+        procs_us_per_k: procs as f64 / 1000.0 / (rel.max(1) as f64 / 1000.0),
     }
 }
 
@@ -565,7 +579,7 @@ impl Ng {
 fn print_header(title: &str) {
     println!("{title}");
     println!(
-        "{:>6} {:>8} {:>10} {:>10} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>10}",
+        "{:>6} {:>8} {:>10} {:>10} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>10} {:>11}",
         "calls",
         "streams",
         "offered/s",
@@ -577,7 +591,8 @@ fn print_header(title: &str) {
         "CPU %",
         "µs/1k pkt",
         "host %",
-        "host µs/1k"
+        "host µs/1k",
+        "procs µs/1k"
     );
 }
 
@@ -591,7 +606,7 @@ fn print_row(r: &Row) {
         }
     };
     println!(
-        "{:>6} {:>8} {:>10.0} {:>10.0} {:>7.3} {:>7} {:>7} {:>8} {:>8.1} {:>9.0} {:>7.0} {:>10.0}",
+        "{:>6} {:>8} {:>10.0} {:>10.0} {:>7.3} {:>7} {:>7} {:>8} {:>8.1} {:>9.0} {:>7.0} {:>10.0} {:>11.0}",
         r.calls,
         r.calls * 4,
         r.offered,
@@ -603,7 +618,8 @@ fn print_row(r: &Row) {
         r.cpu_pct,
         r.us_per_k,
         r.host_pct,
-        r.host_us_per_k
+        r.host_us_per_k,
+        r.procs_us_per_k
     );
 }
 
@@ -759,22 +775,35 @@ fn summarise(results: &[(String, Vec<Row>)]) {
     let Some((_, direct)) = results.iter().find(|(m, _)| m == "direct") else {
         return;
     };
-    println!("Host CPU added over the direct baseline (same load, same run):");
     println!(
-        "{:>10} {:>6} {:>8} {:>12} {:>14} {:>16}",
-        "mode", "calls", "streams", "added CPU %", "added µs/1k", "streams / core"
+        "CPU added over the direct baseline at the same load, same run (host: /proc/stat, \
+         noisy; procs: the processes taking part, in-kernel work in their system calls \
+         included), and p99 latency added:"
+    );
+    println!(
+        "{:>10} {:>6} {:>8} {:>12} {:>14} {:>16} {:>15} {:>12}",
+        "mode",
+        "calls",
+        "streams",
+        "added CPU %",
+        "host µs/1k",
+        "streams / core",
+        "procs µs/1k",
+        "p99 added µs"
     );
     for (mode, rows) in results.iter().filter(|(m, _)| m != "direct") {
         for (r, d) in rows.iter().zip(direct) {
             let added = (r.host_pct - d.host_pct).max(0.1);
             println!(
-                "{:>10} {:>6} {:>8} {:>12.1} {:>14.0} {:>16.0}",
+                "{:>10} {:>6} {:>8} {:>12.1} {:>14.0} {:>16.0} {:>15.0} {:>12}",
                 mode,
                 r.calls,
                 r.calls * 4,
                 r.host_pct - d.host_pct,
                 r.host_us_per_k - d.host_us_per_k,
-                (r.calls * 4) as f64 / (added / 100.0)
+                (r.calls * 4) as f64 / (added / 100.0),
+                r.procs_us_per_k - d.procs_us_per_k,
+                r.p99 as i64 - d.p99 as i64
             );
         }
     }

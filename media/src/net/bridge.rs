@@ -16,6 +16,10 @@
 //! quinn-udp); nothing allocates per packet. Transcoded directions are played out by
 //! the relay's jitter buffer: the task's one timer also wakes for the relay's next
 //! playout instant ([`Relay::poll_timeout`]).
+//!
+//! With a kernel forwarder on the pool ([`super::kernel`]), a call whose relaying has
+//! become the identity is handed to the kernel: the task then only reads its counters
+//! once a second, and takes the call back on a renegotiation or at the end.
 #![allow(clippy::disallowed_methods)] // driver: supplies the relay's `now`
 
 use std::cell::RefCell;

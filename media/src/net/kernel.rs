@@ -87,19 +87,22 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// The flow for these four addresses, if all are IPv4 (mapped v6 counts).
+    /// The flow for these four addresses, if all are IPv4 (mapped v6 counts) and our
+    /// own are specific: a socket bound to 0.0.0.0 names no address packets go to.
     pub fn new(
         a_peer: SocketAddr,
         a_local: SocketAddr,
         b_local: SocketAddr,
         b_peer: SocketAddr,
     ) -> Option<Flow> {
-        Some(Flow {
+        let flow = Flow {
             a_peer: v4(a_peer)?,
             a_local: v4(a_local)?,
             b_local: v4(b_local)?,
             b_peer: v4(b_peer)?,
-        })
+        };
+        let specific = |a: SocketAddrV4| !a.ip().is_unspecified();
+        (specific(flow.a_local) && specific(flow.b_local)).then_some(flow)
     }
 }
 
@@ -606,7 +609,7 @@ mod tests {
     }
 
     #[test]
-    fn only_ipv4_flows_are_offloaded() {
+    fn only_ipv4_flows_on_specific_local_addresses_are_offloaded() {
         let v4a: SocketAddr = "10.0.0.1:1"
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
@@ -615,5 +618,7 @@ mod tests {
         assert!(Flow::new(v4a, v4a, v4a, v6).is_none());
         let f = Flow::new(mapped, v4a, v4a, v4a);
         assert_eq!(f.map(|f| f.a_peer), Some(a("10.0.0.3:7")));
+        let any: SocketAddr = "0.0.0.0:20000".parse().unwrap_or(v4a);
+        assert!(Flow::new(v4a, any, v4a, v4a).is_none(), "a wildcard bind");
     }
 }
