@@ -15,23 +15,13 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_call_relays_rtp_both_ways_and_reports_to_the_tenant() {
     // The far end answers PCMA and plays ~4.7 s of RTP; the caller does the same towards us.
-    let far = Sipp::uas("uas_answer_rtp.xml");
     // One worker for the call tasks, as the transit bench runs it; SIP has its own thread.
-    let mut h = start(far.addr(), TRANSIT_PLAN, "[node]\nworker_threads = 1\n").await;
-    assert!(
-        h.switch.logs().contains("worker_threads=1"),
-        "{}",
-        h.switch.logs()
-    );
-    let caller = Sipp::builder("uac_call_rtp.xml")
-        .remote(h.switch.sip_udp())
-        .service("+14155552671")
-        .pause_ms(5500)
-        .spawn();
-    caller.wait().await.assert_success("caller");
-    far.wait().await.assert_success("far end");
-
-    let events = h.events_until("call.completed").await;
+    let (mut h, events) = rtp_transit_call(
+        "uas_answer_rtp.xml",
+        "[node]\nworker_threads = 1\n",
+        "worker_threads=1",
+    )
+    .await;
     assert_eq!(
         types(&events),
         [
@@ -65,18 +55,13 @@ async fn transit_call_relays_rtp_both_ways_and_reports_to_the_tenant() {
     }
 }
 
-/// With `[rtp] kernel_forwarding`, a transit call whose legs share every payload type
-/// is handed to the kernel after the first packets: the call record shows most packets
-/// forwarded there, and the counts still add up. Needs root and nft, as CI has.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transit_call_media_is_forwarded_in_the_kernel_when_enabled() {
-    let far = Sipp::uas("uas_answer_rtp_te.xml");
-    let mut h = start(far.addr(), TRANSIT_PLAN, "[rtp]\nkernel_forwarding = true").await;
-    assert!(
-        h.switch.logs().contains("in-kernel RTP forwarding on"),
-        "{}",
-        h.switch.logs()
-    );
+/// One transit call with RTP both ways (~4.7 s each way): SIPp `far` answers behind trunk
+/// "carrier", uac_call_rtp.xml calls the owned route through a switch started with
+/// `extra` config, whose log must say `logged`. Returns the switch and the call's callbacks.
+async fn rtp_transit_call(far: &str, extra: &str, logged: &str) -> (Inbound, Vec<Value>) {
+    let far = Sipp::uas(far);
+    let mut h = start(far.addr(), TRANSIT_PLAN, extra).await;
+    assert!(h.switch.logs().contains(logged), "{}", h.switch.logs());
     let caller = Sipp::builder("uac_call_rtp.xml")
         .remote(h.switch.sip_udp())
         .service("+14155552671")
@@ -85,6 +70,20 @@ async fn transit_call_media_is_forwarded_in_the_kernel_when_enabled() {
     caller.wait().await.assert_success("caller");
     far.wait().await.assert_success("far end");
     let events = h.events_until("call.completed").await;
+    (h, events)
+}
+
+/// With `[rtp] kernel_forwarding`, a transit call whose legs share every payload type
+/// is handed to the kernel after the first packets: the call record shows most packets
+/// forwarded there, and the counts still add up. Needs root and nft, as CI has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_call_media_is_forwarded_in_the_kernel_when_enabled() {
+    let (mut h, events) = rtp_transit_call(
+        "uas_answer_rtp_te.xml",
+        "[rtp]\nkernel_forwarding = true",
+        "in-kernel RTP forwarding on",
+    )
+    .await;
     assert_eq!(events.len(), 4, "{}", h.switch.logs());
     let listed = h.only_call().await;
     let media = &listed["metadata"]["media"];
