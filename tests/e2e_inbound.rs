@@ -16,7 +16,7 @@ use serde_json::Value;
 async fn transit_call_relays_rtp_both_ways_and_reports_to_the_tenant() {
     // The far end answers PCMA and plays ~4.7 s of RTP; the caller does the same towards us.
     // One worker for the call tasks, as the transit bench runs it; SIP has its own thread.
-    let (mut h, events) = rtp_transit_call(
+    let (h, events) = rtp_transit_call(
         "uas_answer_rtp.xml",
         "[node]\nworker_threads = 1\n",
         "worker_threads=1",
@@ -78,7 +78,7 @@ async fn rtp_transit_call(far: &str, extra: &str, logged: &str) -> (Inbound, Vec
 /// forwarded there, and the counts still add up. Needs root and nft, as CI has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_call_media_is_forwarded_in_the_kernel_when_enabled() {
-    let (mut h, events) = rtp_transit_call(
+    let (h, events) = rtp_transit_call(
         "uas_answer_rtp_te.xml",
         "[rtp]\nkernel_forwarding = true",
         "in-kernel RTP forwarding on",
