@@ -48,7 +48,8 @@ pub(crate) struct TransitTask {
     machine: Transit,
     a_leg: sip::ua::LegRef,
     b_leg: Option<sip::ua::LegRef>,
-    a_offer: sip::ua::Body,
+    /// The codec A's offer and our answer agreed on (offered to B first).
+    a_codec: media::sdp::Codec,
     /// Our SDP towards A (answer to A's offer) and the parameters behind it.
     a_local: media::sdp::OfferParams,
     a_sdp: String,
@@ -134,7 +135,7 @@ impl TransitTask {
             machine,
             a_leg: setup.a_leg,
             b_leg: None,
-            a_offer: setup.a_offer,
+            a_codec: a_params.codec,
             a_local,
             a_sdp,
             b_local: None,
@@ -593,10 +594,9 @@ impl TransitTask {
         let mut offer = local_offer(&self.shared.config, bridge.local_addr(Side::B).port());
         // The caller's codec first: with the same codec on both legs the bridge only
         // rewrites headers.
-        if let Some(first) = self.a_codec() {
-            offer.codecs.retain(|c| *c != first);
-            offer.codecs.insert(0, first);
-        }
+        let first = self.a_codec;
+        offer.codecs.retain(|c| *c != first);
+        offer.codecs.insert(0, first);
         let sdp = media::sdp::build_offer(&offer);
         self.b_local = Some(offer);
         let leg = self.shared.next_leg();
@@ -630,12 +630,6 @@ impl TransitTask {
             call_id: None,
         });
         tracing::info!(trunk = %trunk.config.name, %addr, to = %self.to, attempt = index + 1, "transit INVITE sent");
-    }
-
-    fn a_codec(&self) -> Option<media::sdp::Codec> {
-        media::sdp::answer_offer(&self.a_offer.bytes, &self.a_local)
-            .ok()
-            .map(|(_, p)| p.codec)
     }
 
     fn media_timeout(&self) -> Option<Duration> {
