@@ -808,13 +808,11 @@ impl Driver {
 
     /// Hands the call to the kernel if it can forward it now (see [`Bridge::open`]).
     fn try_offload(&mut self) {
-        if self.offload.is_some() || self.kernel_refused {
-            return;
-        }
-        let Some(kernel) = self.kernel.clone() else {
-            return;
-        };
-        if self.relay.passthrough_sources().is_none() {
+        if self.offload.is_some()
+            || self.kernel_refused
+            || self.kernel.is_none()
+            || self.relay.passthrough_sources().is_none()
+        {
             return;
         }
         // Relay what is queued now: a packet relayed after the hand-over costs a cleanup.
@@ -825,7 +823,10 @@ impl Driver {
         let Some((pa, pb)) = self.relay.passthrough_sources() else {
             return;
         };
-        let Some(flow) = Flow::new(pa, self.local[0], self.local[1], pb) else {
+        let (Some(kernel), Some(flow)) = (
+            &self.kernel,
+            Flow::new(pa, self.local[0], self.local[1], pb),
+        ) else {
             self.kernel_refused = true;
             return;
         };
