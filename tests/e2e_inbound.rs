@@ -100,6 +100,14 @@ async fn transit_call_media_is_forwarded_in_the_kernel_when_enabled() {
         );
         assert_eq!(dropped, 0, "{media}");
     }
+    let metrics = h.switch.metrics().await;
+    for line in [
+        "switchyard_rtp_kernel_handovers_total{outcome=\"forwarded\"} 1",
+        "switchyard_rtp_kernel_handovers_total{outcome=\"refused\"} 0",
+        "switchyard_rtp_kernel_calls 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

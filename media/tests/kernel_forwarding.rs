@@ -74,6 +74,8 @@ fn an_installed_flow_is_forwarded_by_the_kernel_both_ways_and_counted() {
 
     fwd.remove(&flow).unwrap();
     assert_eq!(fwd.counters(&flow).unwrap(), None);
+    let stats = fwd.stats();
+    assert_eq!((stats.installed, stats.removed, stats.refused), (1, 1, 0));
     caller.send_to(b"after", addr(&a)).unwrap();
     let (n, from) = a.recv_from(&mut buf).unwrap();
     assert_eq!((&buf[..n], from), (&b"after"[..], addr(&caller)));

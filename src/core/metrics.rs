@@ -104,12 +104,14 @@ impl Metrics {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Render with the live-call gauge and the SIP stack's counters.
+    /// Render with the live-call gauge, the SIP stack's counters and the in-kernel
+    /// forwarder's (when it is on).
     pub fn render(
         &self,
         live_calls: usize,
         sip: Option<&sip::ua::UaStats>,
         trunks: &[super::trunk::Trunk],
+        kernel: Option<media::net::kernel::ForwarderStats>,
     ) -> String {
         let mut out = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -169,6 +171,25 @@ impl Metrics {
             "switchyard_media_refused_total {}",
             load(&self.media_refused)
         );
+        if let Some(k) = kernel {
+            let _ = writeln!(out, "# TYPE switchyard_rtp_kernel_calls gauge");
+            let _ = writeln!(
+                out,
+                "switchyard_rtp_kernel_calls {}",
+                k.installed.saturating_sub(k.removed)
+            );
+            let _ = writeln!(out, "# TYPE switchyard_rtp_kernel_handovers_total counter");
+            let _ = writeln!(
+                out,
+                "switchyard_rtp_kernel_handovers_total{{outcome=\"forwarded\"}} {}",
+                k.installed
+            );
+            let _ = writeln!(
+                out,
+                "switchyard_rtp_kernel_handovers_total{{outcome=\"refused\"}} {}",
+                k.refused
+            );
+        }
         let _ = writeln!(out, "# TYPE switchyard_trunk_up gauge");
         for t in trunks {
             let _ = writeln!(

@@ -171,9 +171,10 @@ impl Switch {
     /// Prometheus text exposition of the core's and the SIP stack's counters.
     pub async fn render_metrics(&self) -> String {
         let sip = self.shared.ua.stats().await.ok();
+        let kernel = self.shared.ports.kernel_forwarder().map(|k| k.stats());
         self.shared
             .metrics
-            .render(self.live_calls(), sip.as_ref(), &self.trunks)
+            .render(self.live_calls(), sip.as_ref(), &self.trunks, kernel)
     }
 
     /// Validate the route, write the `initiating` row and its event, and start the call task.

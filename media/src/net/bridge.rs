@@ -867,7 +867,10 @@ impl Driver {
         o.next_poll = now + KERNEL_POLL;
         match kernel.counters(&o.flow) {
             Ok(Some(c)) => fold_counters(&self.shared, self.epoch, &mut o.seen, c),
-            Ok(None) => self.offload = None,
+            Ok(None) => {
+                kernel.note_expired();
+                self.offload = None;
+            }
             Err(e) => tracing::debug!(error = %e, "cannot read the kernel's RTP counters"),
         }
     }
@@ -877,8 +880,14 @@ impl Driver {
         let (Some(kernel), Some(mut o)) = (&self.kernel, self.offload.take()) else {
             return;
         };
-        if let Ok(Some(c)) = kernel.counters(&o.flow) {
-            fold_counters(&self.shared, self.epoch, &mut o.seen, c);
+        match kernel.counters(&o.flow) {
+            Ok(Some(c)) => fold_counters(&self.shared, self.epoch, &mut o.seen, c),
+            Ok(None) => {
+                // Expired already: nothing to take back.
+                kernel.note_expired();
+                return;
+            }
+            Err(_) => {}
         }
         if let Err(e) = kernel.remove(&o.flow) {
             tracing::warn!(error = %e, flow = ?o.flow, "cannot take RTP forwarding back from the kernel");

@@ -26,6 +26,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, netlink};
@@ -133,6 +134,20 @@ pub struct FlowCounters {
 #[derive(Debug)]
 pub struct KernelForwarder {
     sock: Mutex<(OwnedFd, u32)>,
+    installed: AtomicU64,
+    removed: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// Totals since start, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForwarderStats {
+    /// Flows handed to the kernel.
+    pub installed: u64,
+    /// Flows taken back (or found expired).
+    pub removed: u64,
+    /// Flows the kernel would not take.
+    pub refused: u64,
 }
 
 impl KernelForwarder {
@@ -153,12 +168,35 @@ impl KernelForwarder {
         )?;
         Ok(KernelForwarder {
             sock: Mutex::new((fd, 0)),
+            installed: AtomicU64::new(0),
+            removed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         })
+    }
+
+    /// Totals since start; `installed - removed` flows are in the kernel now.
+    pub fn stats(&self) -> ForwarderStats {
+        ForwarderStats {
+            installed: self.installed.load(Ordering::Relaxed),
+            removed: self.removed.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
     }
 
     /// Hands `flow` to the kernel. The plain entries the first packets created (ours
     /// to each peer, theirs to us) would shadow the binding, so they go first.
     pub fn install(&self, flow: &Flow) -> io::Result<()> {
+        let result = self.try_install(flow);
+        let counter = if result.is_ok() {
+            &self.installed
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    fn try_install(&self, flow: &Flow) -> io::Result<()> {
         for _ in 0..3 {
             for (src, dst) in [(flow.a_peer, flow.a_local), (flow.b_peer, flow.b_local)] {
                 match self.request(|seq| delete_msg(seq, src, dst)) {
@@ -193,10 +231,16 @@ impl KernelForwarder {
     /// Takes `flow` back from the kernel; its packets reach our sockets again. An entry
     /// that already expired is not an error.
     pub fn remove(&self, flow: &Flow) -> io::Result<()> {
+        self.removed.fetch_add(1, Ordering::Relaxed);
         match self.request(|seq| delete_msg(seq, flow.a_peer, flow.a_local)) {
             Err(e) if e.raw_os_error() != Some(ENOENT) => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Notes that an installed flow's entry expired on its own (for [`Self::stats`]).
+    pub fn note_expired(&self) {
+        self.removed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The kernel's counters of `flow`; `None` once its entry has expired or was
