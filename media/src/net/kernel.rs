@@ -198,13 +198,8 @@ impl KernelForwarder {
 
     fn try_install(&self, flow: &Flow) -> io::Result<()> {
         for _ in 0..3 {
-            for (src, dst) in [(flow.a_peer, flow.a_local), (flow.b_peer, flow.b_local)] {
-                match self.request(|seq| delete_msg(seq, src, dst)) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(ENOENT) => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            self.delete(flow.a_peer, flow.a_local)?;
+            self.delete(flow.b_peer, flow.b_local)?;
             // A packet that arrived since the delete made a plain entry again: retry.
             match self.request(|seq| create_msg(seq, flow, ENTRY_TIMEOUT)) {
                 Err(e) if e.raw_os_error() == Some(EEXIST) => continue,
@@ -219,23 +214,23 @@ impl KernelForwarder {
     /// by the bridge): such an entry has the same reply tuple as the forwarding one, and
     /// the kernel would keep matching the peer's packets to it, which bypasses the NAT.
     pub fn forget_own_sends(&self, flow: &Flow) -> io::Result<()> {
-        for (src, dst) in [(flow.a_local, flow.a_peer), (flow.b_local, flow.b_peer)] {
-            match self.request(|seq| delete_msg(seq, src, dst)) {
-                Err(e) if e.raw_os_error() != Some(ENOENT) => return Err(e),
-                _ => {}
-            }
+        self.delete(flow.a_local, flow.a_peer)?;
+        self.delete(flow.b_local, flow.b_peer)
+    }
+
+    /// Deletes the entry with `src → dst` as either tuple; none there is not an error.
+    fn delete(&self, src: SocketAddrV4, dst: SocketAddrV4) -> io::Result<()> {
+        match self.request(|seq| delete_msg(seq, src, dst)) {
+            Err(e) if e.raw_os_error() != Some(ENOENT) => Err(e),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Takes `flow` back from the kernel; its packets reach our sockets again. An entry
     /// that already expired is not an error.
     pub fn remove(&self, flow: &Flow) -> io::Result<()> {
         self.removed.fetch_add(1, Ordering::Relaxed);
-        match self.request(|seq| delete_msg(seq, flow.a_peer, flow.a_local)) {
-            Err(e) if e.raw_os_error() != Some(ENOENT) => Err(e),
-            _ => Ok(()),
-        }
+        self.delete(flow.a_peer, flow.a_local)
     }
 
     /// Notes that an installed flow's entry expired on its own (for [`Self::stats`]).
