@@ -34,9 +34,10 @@ struct PoolInner {
     first: u16,
     /// `in_use[i]` is the pair `first + 2i`.
     in_use: Vec<bool>,
-    /// Where the next search starts: round robin, so a just-freed pair is reused last
-    /// and stray packets of an old call are unlikely to reach a new one.
-    next: usize,
+    /// Free pairs, the longest free first: a just-freed pair is reused last, so stray
+    /// packets of an old call are unlikely to reach a new one, and booking is O(1) even
+    /// when nearly every pair is taken (a linear search there made overload worse).
+    free: VecDeque<usize>,
     rng: StdRng,
     /// Bound socket pairs of ended legs kept for reuse (their slots stay booked), oldest
     /// first; empty unless [`PortPool::keep_sockets`] turned it on.
@@ -49,8 +50,11 @@ impl PoolInner {
     /// Gives the pair whose RTP port is `rtp` back.
     fn free_slot(&mut self, rtp: u16) {
         let idx = usize::from(rtp.saturating_sub(self.first)) / 2;
-        if let Some(slot) = self.in_use.get_mut(idx) {
+        if let Some(slot) = self.in_use.get_mut(idx)
+            && *slot
+        {
             *slot = false;
+            self.free.push_back(idx);
         }
     }
 
@@ -120,7 +124,7 @@ impl PortPool {
             inner: Arc::new(Mutex::new(PoolInner {
                 first,
                 in_use: vec![false; pairs],
-                next: 0,
+                free: (0..pairs).collect(),
                 rng,
                 warm: VecDeque::new(),
                 warm_max: 0,
@@ -161,18 +165,13 @@ impl PortPool {
     /// slot up rather than a call going without).
     pub fn alloc(&self) -> Option<PortPair> {
         let mut g = lock(&self.inner);
-        if !g.in_use.contains(&false) {
+        if g.free.is_empty() {
             g.shed_kept(1);
         }
-        let n = g.in_use.len();
-        let start = g.next;
-        let idx = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| !g.in_use.get(i).copied().unwrap_or(true))?;
+        let idx = g.free.pop_front()?;
         if let Some(slot) = g.in_use.get_mut(idx) {
             *slot = true;
         }
-        g.next = (idx + 1) % n;
         // idx < n and first + 2n - 1 <= max, so this fits in u16.
         let rtp = u16::try_from(usize::from(g.first) + 2 * idx).ok()?;
         Some(PortPair {
@@ -190,7 +189,7 @@ impl PortPool {
     /// Number of pairs not booked now (kept socket pairs count as free).
     pub fn available(&self) -> usize {
         let g = lock(&self.inner);
-        g.in_use.iter().filter(|u| !**u).count() + g.warm.len()
+        g.free.len() + g.warm.len()
     }
 
     /// Number of bound socket pairs kept for reuse now.
@@ -375,6 +374,22 @@ mod tests {
         drop(b);
         drop(c);
         assert_eq!(p.available(), 2);
+    }
+
+    #[test]
+    fn a_freed_pair_is_reused_after_every_other_free_pair() {
+        let p = pool(20, 25).unwrap(); // 20, 22, 24
+        let a = p.alloc().unwrap();
+        let b = p.alloc().unwrap();
+        let a_port = a.rtp();
+        drop(a);
+        let c = p.alloc().unwrap();
+        assert_eq!(c.rtp(), 24, "the never-used pair first");
+        let again = p.alloc().unwrap();
+        assert_eq!(again.rtp(), a_port);
+        assert!(p.alloc().is_none());
+        drop((b, c, again));
+        assert_eq!(p.available(), 3);
     }
 
     #[tokio::test]
