@@ -136,7 +136,8 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
             }
         })?;
     if config.rtp.kernel_forwarding {
-        match media::net::kernel::KernelForwarder::enable() {
+        match media::net::kernel::KernelForwarder::enable(config.rtp.port_min..=config.rtp.port_max)
+        {
             Ok(k) => {
                 tracing::info!(
                     table = media::net::kernel::NFT_TABLE,

@@ -706,7 +706,7 @@ fn main() {
                 "direct" | "bridge" | "kernel" => {
                     let mut pool = PortPool::with_rng(20000, 39999, StdRng::seed_from_u64(7)).unwrap();
                     if mode == "kernel" {
-                        match media::net::kernel::KernelForwarder::enable() {
+                        match media::net::kernel::KernelForwarder::enable(20000..=39999) {
                             Ok(k) => pool = pool.with_kernel_forwarder(std::sync::Arc::new(k)),
                             Err(e) => {
                                 println!("kernel: in-kernel forwarding unavailable ({e}); skipped\n");

@@ -299,8 +299,12 @@ impl Bridge {
         let kernel = pool.kernel_forwarder().cloned();
         config.pass_ssrc |= kernel.is_some();
         let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        let (pair_a, rtp_a, rtcp_a) = super::pool::bind_from_pool(pool, bind_ip)?;
-        let (pair_b, rtp_b, rtcp_b) = super::pool::bind_from_pool(pool, bind_ip)?;
+        let (pair_a, rtp_a, rtcp_a) = super::pool::bind_from_pool(pool, bind_ip, None)?;
+        // In-kernel forwarding needs both ports in one conntrack zone (`Flow::new`).
+        let zone_b = kernel
+            .is_some()
+            .then(|| super::kernel::zone_of(pair_a.rtp()));
+        let (pair_b, rtp_b, rtcp_b) = super::pool::bind_from_pool(pool, bind_ip, zone_b)?;
         let local = [rtp_a.local_addr()?, rtp_b.local_addr()?];
         let udp_state = recv_state()?;
         let mut rng = StdRng::seed_from_u64(pool.seed());
@@ -330,7 +334,6 @@ impl Bridge {
             kernel,
             offload: None,
             kernel_refused: false,
-            sent_while_offloaded: false,
         };
         // Boxed: the driver's future is ~9 KB, copied into the task and written over
         // at its end otherwise.
@@ -453,9 +456,6 @@ struct Driver {
     offload: Option<Offload>,
     /// The kernel refused this bridge's flow once; it stays in userspace.
     kernel_refused: bool,
-    /// The bridge sent a packet itself while the kernel forwards (see
-    /// [`KernelForwarder::forget_own_sends`]).
-    sent_while_offloaded: bool,
 }
 
 /// A bridge the kernel forwards: its flow, the counters already folded into ours, and
@@ -609,8 +609,6 @@ impl Driver {
                     WORK_BUFS.with_borrow_mut(|b| self.drain(side, b));
                     if self.offload.is_none() {
                         self.try_offload();
-                    } else if self.sent_while_offloaded {
-                        self.forget_own_sends();
                     }
                 }
                 Wake::Rtcp(side, n, src) => {
@@ -729,7 +727,6 @@ impl Driver {
         let shared = &self.shared[idx(from)];
         match self.rtp[o].try_send_to(out, dst) {
             Ok(_) => {
-                self.sent_while_offloaded |= self.offload.is_some();
                 // Octets after the fixed header (CSRCs/extensions are rare here).
                 let payload = u32::try_from(out.len().saturating_sub(HEADER_LEN)).unwrap_or(0);
                 let sent = &mut self.sent[o];
@@ -845,16 +842,6 @@ impl Driver {
                     tracing::warn!(error = %e, "the kernel refused to forward a call's RTP; relaying it here");
                 }
             }
-        }
-    }
-
-    /// Deletes the conntrack entries our own relaying created meanwhile.
-    fn forget_own_sends(&mut self) {
-        self.sent_while_offloaded = false;
-        if let (Some(kernel), Some(o)) = (&self.kernel, &self.offload)
-            && let Err(e) = kernel.forget_own_sends(&o.flow)
-        {
-            tracing::debug!(error = %e, "cannot clear our own conntrack entries");
         }
     }
 

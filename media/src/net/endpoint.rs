@@ -119,7 +119,7 @@ impl RtpEndpoint {
     /// with I/O enabled; errors if the pool is exhausted or there is no runtime.
     pub fn open(pool: &PortPool, bind_ip: IpAddr) -> io::Result<RtpEndpoint> {
         let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
-        let (pair, rtp, rtcp) = super::pool::bind_from_pool(pool, bind_ip)?;
+        let (pair, rtp, rtcp) = super::pool::bind_from_pool(pool, bind_ip, None)?;
         let local = rtp.local_addr()?;
         let shared = Arc::new(Shared {
             epoch: Instant::now(),

@@ -58,6 +58,7 @@ const CTA_TIMEOUT: u16 = 7;
 const CTA_COUNTERS_ORIG: u16 = 9;
 const CTA_COUNTERS_REPLY: u16 = 10;
 const CTA_NAT_DST: u16 = 13;
+const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -103,8 +104,29 @@ impl Flow {
             b_peer: v4(b_peer)?,
         };
         let specific = |a: SocketAddrV4| !a.ip().is_unspecified();
-        (specific(flow.a_local) && specific(flow.b_local)).then_some(flow)
+        (specific(flow.a_local)
+            && specific(flow.b_local)
+            && zone_of(flow.a_local.port()) == zone_of(flow.b_local.port()))
+        .then_some(flow)
     }
+
+    /// The conntrack zone the flow's entry lives in: the one the nftables rule gives
+    /// packets to either of our ports.
+    pub fn zone(&self) -> u16 {
+        zone_of(self.a_local.port())
+    }
+}
+
+/// The conntrack zone the nftables rule ([`nft_ruleset`]) gives a packet to our `port`:
+/// bits 2–7 of the port, so an RTP/RTCP pair, and the pairs 4 or 256 ports apart, share
+/// one. Why zones: source NAT searches every entry with the same original source for a
+/// mapping to reuse (the kernel's `find_appropriate_src`), so with one peer sending all
+/// its calls' media from one address and port, each install walked every live call;
+/// zones split that walk 64 ways. A bridge's two ports must share a zone
+/// ([`Flow::new`]); the pool books them so (`PortPool::alloc_in_zone`). One byte of the
+/// port, so nft's payload load needs no byte-order conversion.
+pub fn zone_of(port: u16) -> u16 {
+    (port & 0xff) >> 2
 }
 
 fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
@@ -154,8 +176,10 @@ impl KernelForwarder {
     /// Turns tracking and NAT on in this network namespace (see the module docs) and
     /// opens the ctnetlink socket. Errors say what is missing; the caller then relays
     /// in userspace.
-    pub fn enable() -> io::Result<KernelForwarder> {
-        prepare_namespace()?;
+    /// `ports` is the switch's RTP port range: packets to it get their zone
+    /// ([`zone_of`]), and its own sends from it are not tracked.
+    pub fn enable(ports: std::ops::RangeInclusive<u16>) -> io::Result<KernelForwarder> {
+        prepare_namespace(&ports)?;
         Self::open()
     }
 
@@ -183,8 +207,9 @@ impl KernelForwarder {
         }
     }
 
-    /// Hands `flow` to the kernel. The plain entries the first packets created (ours
-    /// to each peer, theirs to us) would shadow the binding, so they go first.
+    /// Hands `flow` to the kernel. The plain entries the peers' first packets created
+    /// would shadow the binding, so they go first (our own sends make none: see
+    /// [`nft_ruleset`]).
     pub fn install(&self, flow: &Flow) -> io::Result<()> {
         let result = self.try_install(flow);
         let counter = if result.is_ok() {
@@ -198,8 +223,8 @@ impl KernelForwarder {
 
     fn try_install(&self, flow: &Flow) -> io::Result<()> {
         for _ in 0..3 {
-            self.delete(flow.a_peer, flow.a_local)?;
-            self.delete(flow.b_peer, flow.b_local)?;
+            self.delete(flow.a_peer, flow.a_local, flow.zone())?;
+            self.delete(flow.b_peer, flow.b_local, flow.zone())?;
             // A packet that arrived since the delete made a plain entry again: retry.
             match self.request(|seq| create_msg(seq, flow, ENTRY_TIMEOUT)) {
                 Err(e) if e.raw_os_error() == Some(EEXIST) => continue,
@@ -209,18 +234,10 @@ impl KernelForwarder {
         Err(io::Error::from_raw_os_error(EEXIST))
     }
 
-    /// Deletes the plain entries our own sockets' sends to the peers create while the
-    /// kernel forwards `flow` (a packet that was already queued at the hand-over, relayed
-    /// by the bridge): such an entry has the same reply tuple as the forwarding one, and
-    /// the kernel would keep matching the peer's packets to it, which bypasses the NAT.
-    pub fn forget_own_sends(&self, flow: &Flow) -> io::Result<()> {
-        self.delete(flow.a_local, flow.a_peer)?;
-        self.delete(flow.b_local, flow.b_peer)
-    }
-
-    /// Deletes the entry with `src → dst` as either tuple; none there is not an error.
-    fn delete(&self, src: SocketAddrV4, dst: SocketAddrV4) -> io::Result<()> {
-        match self.request(|seq| delete_msg(seq, src, dst)) {
+    /// Deletes the entry in `zone` with `src → dst` as either tuple; none there is not
+    /// an error.
+    fn delete(&self, src: SocketAddrV4, dst: SocketAddrV4, zone: u16) -> io::Result<()> {
+        match self.request(|seq| delete_msg(seq, src, dst, zone)) {
             Err(e) if e.raw_os_error() != Some(ENOENT) => Err(e),
             _ => Ok(()),
         }
@@ -230,7 +247,7 @@ impl KernelForwarder {
     /// that already expired is not an error.
     pub fn remove(&self, flow: &Flow) -> io::Result<()> {
         self.removed.fetch_add(1, Ordering::Relaxed);
-        self.delete(flow.a_peer, flow.a_local)
+        self.delete(flow.a_peer, flow.a_local, flow.zone())
     }
 
     /// Notes that an installed flow's entry expired on its own (for [`Self::stats`]).
@@ -241,7 +258,7 @@ impl KernelForwarder {
     /// The kernel's counters of `flow`; `None` once its entry has expired or was
     /// removed (its packets then reach our sockets again).
     pub fn counters(&self, flow: &Flow) -> io::Result<Option<FlowCounters>> {
-        match self.request(|seq| get_msg(seq, flow.a_peer, flow.a_local)) {
+        match self.request(|seq| get_msg(seq, flow.a_peer, flow.a_local, flow.zone())) {
             Ok(answer) => Ok(parse_counters(&answer)),
             Err(e) if e.raw_os_error() == Some(ENOENT) => Ok(None),
             Err(e) => Err(e),
@@ -275,7 +292,7 @@ impl KernelForwarder {
 }
 
 /// Creates the nftables table and turns on conntrack accounting.
-fn prepare_namespace() -> io::Result<()> {
+fn prepare_namespace(ports: &std::ops::RangeInclusive<u16>) -> io::Result<()> {
     use std::io::Write;
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
@@ -285,7 +302,7 @@ fn prepare_namespace() -> io::Result<()> {
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot run nft: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(nft_ruleset().as_bytes())?;
+        stdin.write_all(nft_ruleset(ports).as_bytes())?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
@@ -309,20 +326,28 @@ fn prepare_namespace() -> io::Result<()> {
 /// The table, replaced as a whole (one transaction, so concurrent switches in one
 /// namespace agree): one `ct` rule makes the kernel track connections, and a NAT chain
 /// on each hook lets NAT bindings apply to locally generated, forwarded and delivered
-/// packets alike.
-pub fn nft_ruleset() -> String {
+/// packets alike. Before tracking (priority raw), packets to an RTP port of any switch
+/// here (the set `rtp_ports`, which a flush keeps, so each switch adds its range) get
+/// their zone ([`zone_of`]), and our own sends from those ports are not tracked: their
+/// entries would only shadow or duplicate the forwarding ones.
+pub fn nft_ruleset(ports: &std::ops::RangeInclusive<u16>) -> String {
     let t = NFT_TABLE;
+    let (min, max) = (ports.start(), ports.end());
     format!(
         "table ip {t} {{}}\n\
          flush table ip {t}\n\
          table ip {t} {{\n\
+         \tset rtp_ports {{ type inet_service; flags interval; auto-merge; }}\n\
+         \tchain zone_pre {{ type filter hook prerouting priority raw; policy accept; udp dport @rtp_ports ct zone set @th,24,6; }}\n\
+         \tchain zone_out {{ type filter hook output priority raw; policy accept; udp sport @rtp_ports notrack; udp dport @rtp_ports ct zone set @th,24,6; }}\n\
          \tchain track {{ type filter hook prerouting priority 0; policy accept; ct status dnat accept; }}\n\
          \tchain track_out {{ type filter hook output priority 0; policy accept; ct status dnat accept; }}\n\
          \tchain nat_pre {{ type nat hook prerouting priority -100; policy accept; }}\n\
          \tchain nat_out {{ type nat hook output priority -100; policy accept; }}\n\
          \tchain nat_post {{ type nat hook postrouting priority 100; policy accept; }}\n\
          \tchain nat_in {{ type nat hook input priority 100; policy accept; }}\n\
-         }}\n"
+         }}\n\
+         add element ip {t} rtp_ports {{ {min}-{max} }}\n"
     )
 }
 
@@ -417,20 +442,23 @@ fn create_msg(seq: u32, flow: &Flow, timeout: Duration) -> Vec<u8> {
     .tuple(CTA_TUPLE_REPLY, flow.a_local, flow.a_peer)
     .nat(CTA_NAT_DST, flow.b_peer)
     .nat(CTA_NAT_SRC, flow.b_local)
+    .attr(CTA_ZONE, &flow.zone().to_be_bytes())
     .attr(CTA_TIMEOUT, &secs.to_be_bytes())
     .finish()
 }
 
 /// Deletes the entry that has `src → dst` as either of its tuples.
-fn delete_msg(seq: u32, src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+fn delete_msg(seq: u32, src: SocketAddrV4, dst: SocketAddrV4, zone: u16) -> Vec<u8> {
     Msg::new(IPCTNL_MSG_CT_DELETE, NLM_F_ACK, seq)
         .tuple(CTA_TUPLE_ORIG, src, dst)
+        .attr(CTA_ZONE, &zone.to_be_bytes())
         .finish()
 }
 
-fn get_msg(seq: u32, src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+fn get_msg(seq: u32, src: SocketAddrV4, dst: SocketAddrV4, zone: u16) -> Vec<u8> {
     Msg::new(IPCTNL_MSG_CT_GET, 0, seq)
         .tuple(CTA_TUPLE_ORIG, src, dst)
+        .attr(CTA_ZONE, &zone.to_be_bytes())
         .finish()
 }
 
@@ -532,6 +560,31 @@ mod tests {
     }
 
     #[test]
+    fn a_zone_is_bits_two_to_seven_of_the_port() {
+        assert_eq!(zone_of(20_000), 8);
+        assert_eq!(zone_of(20_003), 8, "RTP and RTCP of a pair share it");
+        assert_eq!(zone_of(20_004), 9);
+        assert_eq!(zone_of(20_256), 8, "256 ports apart share it");
+        assert_eq!(zone_of(u16::MAX), 63);
+        let ruleset = nft_ruleset(&(20_000..=29_999));
+        // The rule's expression must be the same function: one byte at offset 3 of the
+        // UDP header (the port's low byte), its top six bits.
+        assert!(ruleset.contains("udp dport @rtp_ports ct zone set @th,24,6"));
+        assert!(ruleset.contains("udp sport @rtp_ports notrack"));
+        assert!(ruleset.contains("add element ip switchyard rtp_ports { 20000-29999 }"));
+    }
+
+    #[test]
+    fn a_flow_needs_both_our_ports_in_one_zone() {
+        let f = flow();
+        let at = |port| SocketAddr::V4(SocketAddrV4::new(*f.a_local.ip(), port));
+        let (pa, pb) = (SocketAddr::V4(f.a_peer), SocketAddr::V4(f.b_peer));
+        assert!(Flow::new(pa, at(20_000), at(20_002), pb).is_some());
+        assert!(Flow::new(pa, at(20_000), at(20_256), pb).is_some());
+        assert_eq!(Flow::new(pa, at(20_000), at(20_004), pb), None);
+    }
+
+    #[test]
     fn create_binds_both_nat_directions_to_the_flow() {
         let msg = create_msg(7, &flow(), Duration::from_secs(60));
         assert_eq!(u32_at(&msg, 0), Some(msg.len() as u32));
@@ -594,6 +647,8 @@ mod tests {
             Some(vec![10, 0, 0, 9])
         );
         assert_eq!(ip(&[CTA_TIMEOUT]), Some(60u32.to_be_bytes().to_vec()));
+        // Ports 20000 and 20002: bits 2-7 are 8.
+        assert_eq!(ip(&[CTA_ZONE]), Some(8u16.to_be_bytes().to_vec()));
         assert_eq!(
             find(p, &[CTA_TUPLE_ORIG, CTA_TUPLE_PROTO, CTA_PROTO_NUM]),
             Some(&[17u8][..])

@@ -34,10 +34,16 @@ struct PoolInner {
     first: u16,
     /// `in_use[i]` is the pair `first + 2i`.
     in_use: Vec<bool>,
-    /// Free pairs, the longest free first: a just-freed pair is reused last, so stray
-    /// packets of an old call are unlikely to reach a new one, and booking is O(1) even
-    /// when nearly every pair is taken (a linear search there made overload worse).
-    free: VecDeque<usize>,
+    /// Free pairs by conntrack zone ([`super::kernel::zone_of`]), each the longest free
+    /// first; bookings take the zones in turn. A just-freed pair is reused last, so
+    /// stray packets of an old call are unlikely to reach a new one, and booking is O(1)
+    /// even when nearly every pair is taken (a linear search there made overload worse).
+    /// By zone so that a bridge can have both its pairs in one (in-kernel forwarding).
+    free: Vec<VecDeque<usize>>,
+    /// Pairs in `free`.
+    free_count: usize,
+    /// The zone the next booking tries first.
+    cursor: usize,
     rng: StdRng,
     /// Bound socket pairs of ended legs kept for reuse (their slots stay booked), oldest
     /// first; empty unless [`PortPool::keep_sockets`] turned it on.
@@ -54,8 +60,31 @@ impl PoolInner {
             && *slot
         {
             *slot = false;
-            self.free.push_back(idx);
+            let zone = self.zone(idx);
+            if let Some(list) = self.free.get_mut(zone) {
+                list.push_back(idx);
+                self.free_count += 1;
+            }
         }
+    }
+
+    /// The zone of pair `idx`.
+    fn zone(&self, idx: usize) -> usize {
+        usize::from(super::kernel::zone_of(self.port(idx)))
+    }
+
+    /// The RTP port of pair `idx` (`idx < n` and `first + 2n - 1 <= max`, so it fits).
+    fn port(&self, idx: usize) -> u16 {
+        u16::try_from(usize::from(self.first) + 2 * idx).unwrap_or(u16::MAX)
+    }
+
+    /// Books pair `idx`, taken off its free list.
+    fn book(&mut self, idx: usize) -> u16 {
+        self.free_count = self.free_count.saturating_sub(1);
+        if let Some(slot) = self.in_use.get_mut(idx) {
+            *slot = true;
+        }
+        self.port(idx)
     }
 
     /// Closes up to `n` kept socket pairs (oldest first) and frees their slots; how many.
@@ -86,6 +115,9 @@ struct WarmPair {
 /// flight when the call ended arrive in this time and are thrown away, so they cannot
 /// be taken for the new call's first packet (latching).
 pub const WARM_REST: Duration = Duration::from_millis(250);
+
+/// Conntrack zones a port can be in ([`super::kernel::zone_of`]).
+const ZONES: usize = 64;
 
 /// A thread-safe pool of RTP/RTCP port pairs. Cloning shares the same pool.
 #[derive(Debug, Clone)]
@@ -120,11 +152,21 @@ impl PortPool {
         // Pair k needs first + 2k + 1 <= max.
         let pairs = (max - first).div_ceil(2) as usize;
         let first = u16::try_from(first).map_err(|_| err)?;
+        let mut free = vec![VecDeque::new(); ZONES];
+        for idx in 0..pairs {
+            // Never saturates: first + 2 * idx <= max.
+            let port = first.saturating_add(u16::try_from(2 * idx).unwrap_or(u16::MAX));
+            if let Some(list) = free.get_mut(usize::from(super::kernel::zone_of(port))) {
+                list.push_back(idx);
+            }
+        }
         Ok(PortPool {
             inner: Arc::new(Mutex::new(PoolInner {
                 first,
                 in_use: vec![false; pairs],
-                free: (0..pairs).collect(),
+                free,
+                free_count: pairs,
+                cursor: 0,
                 rng,
                 warm: VecDeque::new(),
                 warm_max: 0,
@@ -165,15 +207,28 @@ impl PortPool {
     /// slot up rather than a call going without).
     pub fn alloc(&self) -> Option<PortPair> {
         let mut g = lock(&self.inner);
-        if g.free.is_empty() {
+        if g.free_count == 0 {
             g.shed_kept(1);
         }
-        let idx = g.free.pop_front()?;
-        if let Some(slot) = g.in_use.get_mut(idx) {
-            *slot = true;
-        }
-        // idx < n and first + 2n - 1 <= max, so this fits in u16.
-        let rtp = u16::try_from(usize::from(g.first) + 2 * idx).ok()?;
+        let start = g.cursor;
+        let (zone, idx) = (0..ZONES)
+            .map(|k| (start + k) % ZONES)
+            .find_map(|z| Some((z, g.free.get_mut(z)?.pop_front()?)))?;
+        g.cursor = (zone + 1) % ZONES;
+        let rtp = g.book(idx);
+        Some(PortPair {
+            rtp,
+            pool: Arc::clone(&self.inner),
+            kept: false,
+        })
+    }
+
+    /// Books a free pair in conntrack zone `zone` ([`super::kernel::zone_of`]), or
+    /// `None` when that zone has none free.
+    pub fn alloc_in_zone(&self, zone: u16) -> Option<PortPair> {
+        let mut g = lock(&self.inner);
+        let idx = g.free.get_mut(usize::from(zone))?.pop_front()?;
+        let rtp = g.book(idx);
         Some(PortPair {
             rtp,
             pool: Arc::clone(&self.inner),
@@ -189,7 +244,7 @@ impl PortPool {
     /// Number of pairs not booked now (kept socket pairs count as free).
     pub fn available(&self) -> usize {
         let g = lock(&self.inner);
-        g.free.len() + g.warm.len()
+        g.free_count + g.warm.len()
     }
 
     /// Number of bound socket pairs kept for reuse now.
@@ -258,15 +313,20 @@ impl Drop for PortPair {
 /// "Too many open files" (Linux, the BSDs and macOS agree on the number).
 const EMFILE: i32 = 24;
 
-/// A rested kept pair bound on `ip`, emptied of anything that arrived while it rested.
+/// A rested kept pair bound on `ip` (in `zone` if given), emptied of anything that
+/// arrived while it rested.
 fn take_warm(
     pool: &PortPool,
     ip: std::net::IpAddr,
+    zone: Option<u16>,
 ) -> Option<(PortPair, tokio::net::UdpSocket, tokio::net::UdpSocket)> {
     let warm = {
         let mut g = lock(&pool.inner);
         let front = g.warm.front()?;
-        if front.ip != ip || front.freed.elapsed() < g.warm_rest {
+        if front.ip != ip
+            || front.freed.elapsed() < g.warm_rest
+            || zone.is_some_and(|z| super::kernel::zone_of(front.rtp_port) != z)
+        {
             return None;
         }
         g.warm.pop_front()?
@@ -292,15 +352,16 @@ fn take_warm(
 }
 
 /// Takes pairs from `pool` until one binds RTP and RTCP on `ip` (non-blocking tokio
-/// sockets), a rested kept pair first. Pairs that fail stay booked until we are done so
-/// `alloc` moves past them.
+/// sockets), a rested kept pair first, in conntrack zone `zone` while it has one free
+/// (then any). Pairs that fail stay booked until we are done so `alloc` moves past them.
 pub(crate) fn bind_from_pool(
     pool: &PortPool,
     ip: std::net::IpAddr,
+    zone: Option<u16>,
 ) -> std::io::Result<(PortPair, tokio::net::UdpSocket, tokio::net::UdpSocket)> {
-    match take_warm(pool, ip) {
+    match take_warm(pool, ip, zone) {
         Some(warm) => Ok(warm),
-        None => bind_fresh(pool, ip),
+        None => bind_fresh(pool, ip, zone),
     }
 }
 
@@ -308,6 +369,7 @@ pub(crate) fn bind_from_pool(
 fn bind_fresh(
     pool: &PortPool,
     ip: std::net::IpAddr,
+    zone: Option<u16>,
 ) -> std::io::Result<(PortPair, tokio::net::UdpSocket, tokio::net::UdpSocket)> {
     let bind = |port| -> std::io::Result<tokio::net::UdpSocket> {
         let s = std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, port))?;
@@ -317,7 +379,10 @@ fn bind_fresh(
     let mut failed = Vec::new();
     let mut last_err = None;
     loop {
-        let Some(pair) = pool.alloc() else {
+        let Some(pair) = zone
+            .and_then(|z| pool.alloc_in_zone(z))
+            .or_else(|| pool.alloc())
+        else {
             return Err(last_err.unwrap_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::AddrInUse, "RTP port pool exhausted")
             }));
@@ -378,18 +443,50 @@ mod tests {
 
     #[test]
     fn a_freed_pair_is_reused_after_every_other_free_pair() {
-        let p = pool(20, 25).unwrap(); // 20, 22, 24
+        let p = pool(20, 25).unwrap(); // 20 and 22 in zone 5, 24 in zone 6
         let a = p.alloc().unwrap();
-        let b = p.alloc().unwrap();
         let a_port = a.rtp();
         drop(a);
-        let c = p.alloc().unwrap();
-        assert_eq!(c.rtp(), 24, "the never-used pair first");
-        let again = p.alloc().unwrap();
-        assert_eq!(again.rtp(), a_port);
-        assert!(p.alloc().is_none());
-        drop((b, c, again));
+        let mut taken = Vec::new();
+        while let Some(pair) = p.alloc() {
+            taken.push(pair);
+        }
+        let ports: Vec<u16> = taken.iter().map(PortPair::rtp).collect();
+        assert_eq!(ports.len(), 3);
+        assert_eq!(
+            ports.last(),
+            Some(&a_port),
+            "the never-used pairs first: {ports:?}"
+        );
+        drop(taken);
         assert_eq!(p.available(), 3);
+    }
+
+    #[test]
+    fn a_pair_in_a_given_zone_is_booked_while_that_zone_has_one() {
+        use super::super::kernel::zone_of;
+        let p = pool(20_000, 20_519).unwrap(); // two 256-port blocks and a bit
+        let a = p.alloc().unwrap();
+        let zone = zone_of(a.rtp());
+        let mut same = Vec::new();
+        while let Some(pair) = p.alloc_in_zone(zone) {
+            assert_eq!(zone_of(pair.rtp()), zone);
+            assert_eq!(zone_of(pair.rtcp()), zone);
+            assert_ne!(pair.rtp(), a.rtp());
+            same.push(pair);
+        }
+        let in_zone = (20_000..20_519u16)
+            .step_by(2)
+            .filter(|&port| zone_of(port) == zone)
+            .count();
+        assert_eq!(same.len(), in_zone - 1, "every other pair of the zone");
+        assert!(p.alloc_in_zone(64).is_none(), "no such zone");
+        let other = p.alloc().unwrap();
+        assert_ne!(zone_of(other.rtp()), zone, "other zones still book");
+        let before = p.available();
+        drop(same);
+        assert!(p.available() > before);
+        assert!(p.alloc_in_zone(zone).is_some());
     }
 
     #[tokio::test]
@@ -397,7 +494,7 @@ mod tests {
         let p = pool(41300, 41303).unwrap(); // two pairs
         p.keep_sockets_resting(4, Duration::ZERO);
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let (pair, rtp, rtcp) = bind_from_pool(&p, ip).unwrap();
+        let (pair, rtp, rtcp) = bind_from_pool(&p, ip, None).unwrap();
         let port = pair.rtp();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&rtp);
         // A packet of the old call still queued when the leg ends.
@@ -408,7 +505,7 @@ mod tests {
         assert_eq!(p.kept(), 1);
         assert_eq!(p.available(), 2, "a kept pair counts as free");
 
-        let (again, rtp, rtcp) = bind_from_pool(&p, ip).unwrap();
+        let (again, rtp, rtcp) = bind_from_pool(&p, ip, None).unwrap();
         assert_eq!(again.rtp(), port);
         assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&rtp), fd, "same socket");
         assert_eq!(p.kept(), 0);
@@ -432,16 +529,16 @@ mod tests {
     async fn resting_pairs_and_pools_without_keeping_bind_afresh() {
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         let p = pool(41310, 41313).unwrap();
-        let (pair, rtp, rtcp) = bind_from_pool(&p, ip).unwrap();
+        let (pair, rtp, rtcp) = bind_from_pool(&p, ip, None).unwrap();
         pair.recycle(rtp, rtcp);
         assert_eq!(p.kept(), 0, "keeping is off by default");
         assert_eq!(p.available(), 2);
 
         p.keep_sockets_resting(4, Duration::from_secs(3600));
-        let (pair, rtp, rtcp) = bind_from_pool(&p, ip).unwrap();
+        let (pair, rtp, rtcp) = bind_from_pool(&p, ip, None).unwrap();
         let port = pair.rtp();
         pair.recycle(rtp, rtcp);
-        let (next, _, _) = bind_from_pool(&p, ip).unwrap();
+        let (next, _, _) = bind_from_pool(&p, ip, None).unwrap();
         assert_ne!(next.rtp(), port, "a resting pair is not handed out");
         assert_eq!(p.kept(), 1);
     }
