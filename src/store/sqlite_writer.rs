@@ -14,6 +14,8 @@ const MAX_BATCH: usize = 256;
 /// A batch at least this large means writes are queueing: the next one lingers.
 const LINGER_FROM: usize = 2;
 const LINGER: std::time::Duration = std::time::Duration::from_micros(2000);
+/// A commit at least this slow is logged: the calls in it were held up meanwhile.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(50);
 /// Calls whose last event sequence the writer remembers; past this the memory is
 /// dropped and sequences are read back from the table (correct, just slower).
 const MAX_SEQUENCES: usize = 100_000;
@@ -87,7 +89,18 @@ fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
         }
         last_batch = batch.len();
         let ops: Vec<&WriteOp> = batch.iter().map(|j| &j.op).collect();
-        match write_batch(&mut conn, &sql, &ops, &mut seqs) {
+        let started = std::time::Instant::now();
+        let written = write_batch(&mut conn, &sql, &ops, &mut seqs);
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            // Every call with a status in this batch waited this long.
+            tracing::warn!(
+                ms = took.as_millis(),
+                writes = ops.len(),
+                "slow database commit"
+            );
+        }
+        match written {
             Ok(events) => {
                 for (job, ev) in batch.drain(..).zip(events) {
                     let _ = job.reply.send(Ok(ev));
