@@ -60,17 +60,17 @@ impl PoolInner {
             && *slot
         {
             *slot = false;
-            let zone = self.zone(idx);
-            if let Some(list) = self.free.get_mut(zone) {
-                list.push_back(idx);
-                self.free_count += 1;
-            }
+            self.push_free(idx);
         }
     }
 
-    /// The zone of pair `idx`.
-    fn zone(&self, idx: usize) -> usize {
-        usize::from(super::kernel::zone_of(self.port(idx)))
+    /// Puts pair `idx` at the back of its zone's free list.
+    fn push_free(&mut self, idx: usize) {
+        let zone = usize::from(super::kernel::zone_of(self.port(idx)));
+        if let Some(list) = self.free.get_mut(zone) {
+            list.push_back(idx);
+            self.free_count += 1;
+        }
     }
 
     /// The RTP port of pair `idx` (`idx < n` and `first + 2n - 1 <= max`, so it fits).
@@ -152,26 +152,22 @@ impl PortPool {
         // Pair k needs first + 2k + 1 <= max.
         let pairs = (max - first).div_ceil(2) as usize;
         let first = u16::try_from(first).map_err(|_| err)?;
-        let mut free = vec![VecDeque::new(); ZONES];
+        let mut inner = PoolInner {
+            first,
+            in_use: vec![false; pairs],
+            free: vec![VecDeque::new(); ZONES],
+            free_count: 0,
+            cursor: 0,
+            rng,
+            warm: VecDeque::new(),
+            warm_max: 0,
+            warm_rest: WARM_REST,
+        };
         for idx in 0..pairs {
-            // Never saturates: first + 2 * idx <= max.
-            let port = first.saturating_add(u16::try_from(2 * idx).unwrap_or(u16::MAX));
-            if let Some(list) = free.get_mut(usize::from(super::kernel::zone_of(port))) {
-                list.push_back(idx);
-            }
+            inner.push_free(idx);
         }
         Ok(PortPool {
-            inner: Arc::new(Mutex::new(PoolInner {
-                first,
-                in_use: vec![false; pairs],
-                free,
-                free_count: pairs,
-                cursor: 0,
-                rng,
-                warm: VecDeque::new(),
-                warm_max: 0,
-                warm_rest: WARM_REST,
-            })),
+            inner: Arc::new(Mutex::new(inner)),
             kernel: None,
         })
     }
