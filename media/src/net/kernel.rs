@@ -15,9 +15,10 @@
 //! where the relay drops and counts them (anti RTP-bleed holds).
 //!
 //! [`KernelForwarder::enable`] prepares the network namespace: an nftables table
-//! `switchyard` whose only rule (`ct status dnat accept`) makes the kernel track
-//! connections, and empty NAT chains on the four hooks so NAT bindings are applied,
-//! plus `nf_conntrack_acct` for the counters. It needs `CAP_NET_ADMIN` and the `nft`
+//! `switchyard` whose rule `ct status dnat accept` makes the kernel track connections,
+//! empty NAT chains on the four hooks so NAT bindings are applied, and, before tracking,
+//! a conntrack zone for packets to our RTP ports and no tracking for our own sends from
+//! them ([`zone_of`], [`nft_ruleset`]), plus `nf_conntrack_acct` for the counters. It needs `CAP_NET_ADMIN` and the `nft`
 //! command; without them the switch relays in userspace as before. Entries are created,
 //! read and deleted over ctnetlink (`NETLINK_NETFILTER`); the message encoding is
 //! pure and unit-tested here, the socket calls are thin.
@@ -176,6 +177,7 @@ impl KernelForwarder {
     /// Turns tracking and NAT on in this network namespace (see the module docs) and
     /// opens the ctnetlink socket. Errors say what is missing; the caller then relays
     /// in userspace.
+    ///
     /// `ports` is the switch's RTP port range: packets to it get their zone
     /// ([`zone_of`]), and its own sends from it are not tracked.
     pub fn enable(ports: std::ops::RangeInclusive<u16>) -> io::Result<KernelForwarder> {
