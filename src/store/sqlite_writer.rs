@@ -16,6 +16,8 @@ const LINGER_FROM: usize = 2;
 const LINGER: std::time::Duration = std::time::Duration::from_micros(2000);
 /// A commit at least this slow is logged: the calls in it were held up meanwhile.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often slow commits are logged at most (the line counts those since the last).
+const SLOW_COMMIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Calls whose last event sequence the writer remembers; past this the memory is
 /// dropped and sequences are read back from the table (correct, just slower).
 const MAX_SEQUENCES: usize = 100_000;
@@ -74,6 +76,7 @@ fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
     // them itself instead of asking the table for MAX(sequence) on every event.
     let mut seqs = Sequences::default();
     let mut last_batch = 0;
+    let (mut slow_commits, mut last_slow_log) = (0u64, None);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
         if last_batch >= LINGER_FROM {
@@ -93,12 +96,21 @@ fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
         let written = write_batch(&mut conn, &sql, &ops, &mut seqs);
         let took = started.elapsed();
         if took >= SLOW_COMMIT {
-            // Every call with a status in this batch waited this long.
-            tracing::warn!(
-                ms = took.as_millis(),
-                writes = ops.len(),
-                "slow database commit"
-            );
+            slow_commits += 1;
+            // Every call with a status in this batch waited this long. At most one line
+            // per SLOW_COMMIT_LOG_EVERY: a slow disk must not turn into a log flood.
+            if last_slow_log
+                .is_none_or(|at: std::time::Instant| at.elapsed() >= SLOW_COMMIT_LOG_EVERY)
+            {
+                tracing::warn!(
+                    ms = took.as_millis(),
+                    writes = ops.len(),
+                    slow_commits,
+                    "slow database commit"
+                );
+                last_slow_log = Some(std::time::Instant::now());
+                slow_commits = 0;
+            }
         }
         match written {
             Ok(events) => {
