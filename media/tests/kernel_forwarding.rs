@@ -9,9 +9,7 @@ use std::time::Duration;
 use media::net::kernel::{Flow, KernelForwarder};
 
 fn sock() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s
+    sock_at(0)
 }
 
 fn addr(s: &UdpSocket) -> SocketAddr {

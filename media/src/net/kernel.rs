@@ -18,8 +18,9 @@
 //! `switchyard` whose rule `ct status dnat accept` makes the kernel track connections,
 //! empty NAT chains on the four hooks so NAT bindings are applied, and, before tracking,
 //! a conntrack zone for packets to our RTP ports and no tracking for our own sends from
-//! them ([`zone_of`], [`nft_ruleset`]), plus `nf_conntrack_acct` for the counters. It needs `CAP_NET_ADMIN` and the `nft`
-//! command; without them the switch relays in userspace as before. Entries are created,
+//! them ([`zone_of`], [`nft_ruleset`]), plus `nf_conntrack_acct` for the counters. It
+//! needs `CAP_NET_ADMIN` and the `nft` command; without them the switch relays in
+//! userspace as before. Entries are created,
 //! read and deleted over ctnetlink (`NETLINK_NETFILTER`); the message encoding is
 //! pure and unit-tested here, the socket calls are thin.
 
@@ -118,6 +119,9 @@ impl Flow {
     }
 }
 
+/// How many zones [`zone_of`] spreads ports over.
+pub const ZONES: usize = 64;
+
 /// The conntrack zone the nftables rule ([`nft_ruleset`]) gives a packet to our `port`:
 /// bits 2–7 of the port, so an RTP/RTCP pair, and the pairs 4 or 256 ports apart, share
 /// one. Why zones: source NAT searches every entry with the same original source for a
@@ -127,6 +131,7 @@ impl Flow {
 /// ([`Flow::new`]); the pool books them so (`PortPool::alloc_in_zone`). One byte of the
 /// port, so nft's payload load needs no byte-order conversion.
 pub fn zone_of(port: u16) -> u16 {
+    // Six bits: ZONES of them.
     (port & 0xff) >> 2
 }
 
@@ -567,7 +572,7 @@ mod tests {
         assert_eq!(zone_of(20_003), 8, "RTP and RTCP of a pair share it");
         assert_eq!(zone_of(20_004), 9);
         assert_eq!(zone_of(20_256), 8, "256 ports apart share it");
-        assert_eq!(zone_of(u16::MAX), 63);
+        assert_eq!(usize::from(zone_of(u16::MAX)), ZONES - 1, "the top zone");
         let ruleset = nft_ruleset(&(20_000..=29_999));
         // The rule's expression must be the same function: one byte at offset 3 of the
         // UDP header (the port's low byte), its top six bits.

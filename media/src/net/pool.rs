@@ -116,9 +116,6 @@ struct WarmPair {
 /// be taken for the new call's first packet (latching).
 pub const WARM_REST: Duration = Duration::from_millis(250);
 
-/// Conntrack zones a port can be in ([`super::kernel::zone_of`]).
-const ZONES: usize = 64;
-
 /// A thread-safe pool of RTP/RTCP port pairs. Cloning shares the same pool.
 #[derive(Debug, Clone)]
 pub struct PortPool {
@@ -155,7 +152,7 @@ impl PortPool {
         let mut inner = PoolInner {
             first,
             in_use: vec![false; pairs],
-            free: vec![VecDeque::new(); ZONES],
+            free: vec![VecDeque::new(); super::kernel::ZONES],
             free_count: 0,
             cursor: 0,
             rng,
@@ -207,10 +204,10 @@ impl PortPool {
             g.shed_kept(1);
         }
         let start = g.cursor;
-        let (zone, idx) = (0..ZONES)
-            .map(|k| (start + k) % ZONES)
+        let (zone, idx) = (0..super::kernel::ZONES)
+            .map(|k| (start + k) % super::kernel::ZONES)
             .find_map(|z| Some((z, g.free.get_mut(z)?.pop_front()?)))?;
-        g.cursor = (zone + 1) % ZONES;
+        g.cursor = (zone + 1) % super::kernel::ZONES;
         let rtp = g.book(idx);
         Some(PortPair {
             rtp,
