@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use serde_json::json;
@@ -133,6 +134,11 @@ fn call(tenant: &str, id: &str, created_ms: i64, webhook: Option<&str>) -> CallR
     }
 }
 
+/// The store takes the call shared, as a call task holds it.
+fn shared(c: &CallRecord) -> Arc<CallRecord> {
+    Arc::new(c.clone())
+}
+
 fn ev(event_type: &str) -> NewEvent {
     NewEvent {
         event_type: event_type.to_owned(),
@@ -145,7 +151,10 @@ const HOOK: Option<&str> = Some("http://127.0.0.1:9/hook");
 
 async fn create_get_update_with_events(s: &SqlStore) {
     let mut c = call("acme", "call_1", T0, HOOK);
-    let e1 = s.create_call(&c, &ev("call.initiating")).await.unwrap();
+    let e1 = s
+        .create_call(&shared(&c), &ev("call.initiating"))
+        .await
+        .unwrap();
     assert_eq!(e1.sequence, 1);
     assert!(e1.id.starts_with("evt_"));
     assert_eq!(e1.state, DeliveryState::Pending);
@@ -168,7 +177,7 @@ async fn create_get_update_with_events(s: &SqlStore) {
     c.status = CallStatus::Ringing;
     c.sip_call_id = Some("abc@host".to_owned());
     let e2 = s
-        .update_call(&c, Some(&ev("call.ringing")))
+        .update_call(&shared(&c), Some(&ev("call.ringing")))
         .await
         .unwrap()
         .unwrap();
@@ -177,7 +186,7 @@ async fn create_get_update_with_events(s: &SqlStore) {
     // A plain update writes the row and no event.
     c.rtp_packets_received = 1000;
     c.rtp_bytes_received = 172_000;
-    assert_eq!(s.update_call(&c, None).await.unwrap(), None);
+    assert_eq!(s.update_call(&shared(&c), None).await.unwrap(), None);
 
     c.status = CallStatus::Busy;
     c.sip_code = Some(486);
@@ -190,7 +199,11 @@ async fn create_get_update_with_events(s: &SqlStore) {
         event_type: "call.busy".to_owned(),
         extra: json!({"sip_code": 486, "sip_reason": "Busy Here", "q850_cause": 17}),
     };
-    let e3 = s.update_call(&c, Some(&terminal)).await.unwrap().unwrap();
+    let e3 = s
+        .update_call(&shared(&c), Some(&terminal))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(e3.sequence, 3);
     assert_eq!(e3.payload.value()["data"]["sip_code"], json!(486));
     assert_eq!(e3.payload.value()["data"]["q850_cause"], json!(17));
@@ -206,13 +219,17 @@ async fn create_get_update_with_events(s: &SqlStore) {
 
     // No webhook_url: the event is recorded but never queued.
     let quiet = call("acme", "call_2", T0, None);
-    let q1 = s.create_call(&quiet, &ev("call.initiating")).await.unwrap();
+    let q1 = s
+        .create_call(&shared(&quiet), &ev("call.initiating"))
+        .await
+        .unwrap();
     assert_eq!(q1.state, DeliveryState::NoEndpoint);
     assert_eq!(q1.webhook_url, None);
 
     let ghost = call("acme", "call_missing", T0, None);
     assert!(matches!(
-        s.update_call(&ghost, Some(&ev("call.ringing"))).await,
+        s.update_call(&shared(&ghost), Some(&ev("call.ringing")))
+            .await,
         Err(StoreError::CallNotFound(_))
     ));
     // The failed update left no orphan event behind.
@@ -223,16 +240,26 @@ async fn create_get_update_with_events(s: &SqlStore) {
             .is_empty()
     );
     // A duplicate id is refused and leaves the original untouched.
-    assert!(s.create_call(&quiet, &ev("call.initiating")).await.is_err());
+    assert!(
+        s.create_call(&shared(&quiet), &ev("call.initiating"))
+            .await
+            .is_err()
+    );
     assert_eq!(s.list_events("acme", "call_2").await.unwrap().len(), 1);
 }
 
 async fn tenant_isolation(s: &SqlStore) {
     let c = call("acme", "call_a", T0, HOOK);
-    let e = s.create_call(&c, &ev("call.initiating")).await.unwrap();
-    s.create_call(&call("globex", "call_g", T0, HOOK), &ev("call.initiating"))
+    let e = s
+        .create_call(&shared(&c), &ev("call.initiating"))
         .await
         .unwrap();
+    s.create_call(
+        &shared(&call("globex", "call_g", T0, HOOK)),
+        &ev("call.initiating"),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(s.get_call("globex", "call_a").await.unwrap(), None);
     assert!(s.list_events("globex", "call_a").await.unwrap().is_empty());
@@ -250,7 +277,7 @@ async fn tenant_isolation(s: &SqlStore) {
     let mut forged = c.clone();
     forged.tenant = "globex".to_owned();
     forged.status = CallStatus::Completed;
-    assert!(s.update_call(&forged, None).await.is_err());
+    assert!(s.update_call(&shared(&forged), None).await.is_err());
     assert_eq!(
         s.get_call("acme", "call_a").await.unwrap().unwrap().status,
         CallStatus::Initiating
@@ -262,10 +289,12 @@ async fn pagination_three_pages(s: &SqlStore) {
     let stamps = [T0, T0 + 1, T0 + 2, T0 + 2, T0 + 2, T0 + 3, T0 + 4];
     for (i, ms) in stamps.iter().enumerate() {
         let c = call("acme", &format!("call_{i}"), *ms, None);
-        s.create_call(&c, &ev("call.initiating")).await.unwrap();
+        s.create_call(&shared(&c), &ev("call.initiating"))
+            .await
+            .unwrap();
     }
     s.create_call(
-        &call("other", "call_x", T0 + 9, None),
+        &shared(&call("other", "call_x", T0 + 9, None)),
         &ev("call.initiating"),
     )
     .await
@@ -324,21 +353,33 @@ async fn pagination_three_pages(s: &SqlStore) {
 
 async fn due_events_in_order_per_call(s: &SqlStore) {
     let mut x = call("acme", "call_x", T0, HOOK);
-    let x1 = s.create_call(&x, &ev("call.initiating")).await.unwrap();
+    let x1 = s
+        .create_call(&shared(&x), &ev("call.initiating"))
+        .await
+        .unwrap();
     x.status = CallStatus::Ringing;
-    let x2 = s.update_call(&x, Some(&ev("call.ringing"))).await.unwrap();
+    let x2 = s
+        .update_call(&shared(&x), Some(&ev("call.ringing")))
+        .await
+        .unwrap();
     let x2 = x2.unwrap();
     x.status = CallStatus::InProgress;
     let x3 = s
-        .update_call(&x, Some(&ev("call.in_progress")))
+        .update_call(&shared(&x), Some(&ev("call.in_progress")))
         .await
         .unwrap();
     let x3 = x3.unwrap();
     let y = call("acme", "call_y", T0, HOOK);
-    let y1 = s.create_call(&y, &ev("call.initiating")).await.unwrap();
-    s.create_call(&call("acme", "call_q", T0, None), &ev("call.initiating"))
+    let y1 = s
+        .create_call(&shared(&y), &ev("call.initiating"))
         .await
         .unwrap();
+    s.create_call(
+        &shared(&call("acme", "call_q", T0, None)),
+        &ev("call.initiating"),
+    )
+    .await
+    .unwrap();
 
     let now = x1.created_at.max(y1.created_at) + chrono::Duration::milliseconds(1);
     // Only the head of each call; the no-endpoint event never appears.
@@ -390,16 +431,23 @@ async fn due_events_in_order_per_call(s: &SqlStore) {
     assert_eq!(events[0].delivered_at, Some(after));
     // The limit is honoured.
     let mut z = call("acme", "call_z", T0, HOOK);
-    s.create_call(&z, &ev("call.initiating")).await.unwrap();
+    s.create_call(&shared(&z), &ev("call.initiating"))
+        .await
+        .unwrap();
     z.status = CallStatus::Ringing;
-    s.update_call(&z, Some(&ev("call.ringing"))).await.unwrap();
+    s.update_call(&shared(&z), Some(&ev("call.ringing")))
+        .await
+        .unwrap();
     let far = after + chrono::Duration::hours(1);
     assert_eq!(s.due_events(far, 1).await.unwrap().len(), 1);
 }
 
 async fn redeliver(s: &SqlStore) {
     let c = call("acme", "call_r", T0, HOOK);
-    let e = s.create_call(&c, &ev("call.initiating")).await.unwrap();
+    let e = s
+        .create_call(&shared(&c), &ev("call.initiating"))
+        .await
+        .unwrap();
     let now = e.created_at + chrono::Duration::seconds(1);
     assert_eq!(s.due_events(now, 10).await.unwrap().len(), 1);
     s.mark_abandoned(&e.id, 12, "HTTP 503").await.unwrap();
@@ -437,7 +485,10 @@ async fn redeliver(s: &SqlStore) {
     );
     // Nowhere to send: stays no_endpoint.
     let q = s
-        .create_call(&call("acme", "call_q", T0, None), &ev("call.initiating"))
+        .create_call(
+            &shared(&call("acme", "call_q", T0, None)),
+            &ev("call.initiating"),
+        )
         .await
         .unwrap();
     let q = s
@@ -499,7 +550,9 @@ async fn live_calls_are_the_non_terminal_ones(s: &SqlStore) {
     for (i, status) in statuses.iter().enumerate() {
         let mut c = call("acme", &format!("call_{i}"), T0 + i as i64, None);
         c.status = *status;
-        s.create_call(&c, &ev("call.initiating")).await.unwrap();
+        s.create_call(&shared(&c), &ev("call.initiating"))
+            .await
+            .unwrap();
     }
     let live: Vec<CallStatus> = s
         .live_calls()
@@ -524,13 +577,16 @@ async fn the_last_of_several_queued_updates_wins(s: &SqlStore) {
     for round in 0..20 {
         let id = format!("call_q{round}");
         let c = call("acme", &id, T0, HOOK);
-        s.create_call(&c, &ev("call.initiating")).await.unwrap();
+        s.create_call(&shared(&c), &ev("call.initiating"))
+            .await
+            .unwrap();
         let mut ringing = c.clone();
         ringing.status = CallStatus::Ringing;
         let mut answered = c.clone();
         answered.status = CallStatus::InProgress;
         answered.rtp_packets_received = 7;
         let (ev_ringing, ev_answered) = (ev("call.ringing"), ev("call.in_progress"));
+        let (ringing, answered) = (shared(&ringing), shared(&answered));
         // join! polls in order, so the writes are queued ringing first.
         let (r1, r2) = tokio::join!(
             s.update_call(&ringing, Some(&ev_ringing)),
@@ -557,13 +613,15 @@ async fn the_last_of_several_queued_updates_wins(s: &SqlStore) {
 
 async fn concurrent_updates_get_distinct_sequences(s: &SqlStore) {
     let c = call("acme", "call_c", T0, HOOK);
-    s.create_call(&c, &ev("call.initiating")).await.unwrap();
+    s.create_call(&shared(&c), &ev("call.initiating"))
+        .await
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..10 {
         let s = s.clone();
         let mut c = c.clone();
         c.rtp_packets_received = i;
-        tasks.spawn(async move { s.update_call(&c, Some(&ev("call.ringing"))).await });
+        tasks.spawn(async move { s.update_call(&shared(&c), Some(&ev("call.ringing"))).await });
     }
     let mut seqs = HashSet::new();
     while let Some(r) = tasks.join_next().await {
@@ -584,15 +642,15 @@ async fn a_bad_write_in_a_batch_fails_alone(s: &SqlStore) {
                 // Never created: the update must fail, alone.
                 return (
                     i,
-                    s.update_call(&c, Some(&ev("call.ringing")))
+                    s.update_call(&shared(&c), Some(&ev("call.ringing")))
                         .await
                         .map(|_| ()),
                 );
             }
-            let r = s.create_call(&c, &ev("call.initiating")).await;
+            let r = s.create_call(&shared(&c), &ev("call.initiating")).await;
             let r = match r {
                 Ok(_) => s
-                    .update_call(&c, Some(&ev("call.ringing")))
+                    .update_call(&shared(&c), Some(&ev("call.ringing")))
                     .await
                     .map(|_| ()),
                 Err(e) => Err(e),
@@ -621,7 +679,10 @@ async fn sqlite_reopen_keeps_data_and_migrations_are_idempotent() {
     let url = format!("sqlite:{}", path.display());
     let c = call("acme", "call_p", T0, HOOK);
     let first = SqlStore::connect(&url).await.unwrap();
-    let e = first.create_call(&c, &ev("call.initiating")).await.unwrap();
+    let e = first
+        .create_call(&shared(&c), &ev("call.initiating"))
+        .await
+        .unwrap();
     let secret = first.webhook_secret("acme").await.unwrap();
     first.close().await;
     assert!(path.exists());
@@ -645,7 +706,7 @@ async fn sqlite_reopen_keeps_data_and_migrations_are_idempotent() {
     let mut ringing = c.clone();
     ringing.status = CallStatus::Ringing;
     let e2 = third
-        .update_call(&ringing, Some(&ev("call.ringing")))
+        .update_call(&shared(&ringing), Some(&ev("call.ringing")))
         .await
         .unwrap()
         .unwrap();
@@ -656,9 +717,12 @@ async fn sqlite_reopen_keeps_data_and_migrations_are_idempotent() {
 #[tokio::test]
 async fn in_memory_sqlite_and_bad_urls() {
     let s = SqlStore::connect("sqlite::memory:").await.unwrap();
-    s.create_call(&call("acme", "call_m", T0, None), &ev("call.initiating"))
-        .await
-        .unwrap();
+    s.create_call(
+        &shared(&call("acme", "call_m", T0, None)),
+        &ev("call.initiating"),
+    )
+    .await
+    .unwrap();
     // The single in-memory connection is shared, so the row is visible.
     assert!(s.get_call("acme", "call_m").await.unwrap().is_some());
     assert!(matches!(

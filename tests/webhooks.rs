@@ -140,6 +140,11 @@ fn call(id: &str, webhook: &str) -> CallRecord {
     }
 }
 
+/// The store takes the call shared, as a call task holds it.
+fn shared(c: &CallRecord) -> Arc<CallRecord> {
+    Arc::new(c.clone())
+}
+
 fn ev(event_type: &str) -> NewEvent {
     NewEvent {
         event_type: event_type.to_owned(),
@@ -150,15 +155,18 @@ fn ev(event_type: &str) -> NewEvent {
 /// initiating, ringing, in_progress: sequences 1, 2, 3.
 async fn three_events(store: &SqlStore, id: &str, url: &str) {
     let mut c = call(id, url);
-    store.create_call(&c, &ev("call.initiating")).await.unwrap();
+    store
+        .create_call(&shared(&c), &ev("call.initiating"))
+        .await
+        .unwrap();
     c.status = CallStatus::Ringing;
     store
-        .update_call(&c, Some(&ev("call.ringing")))
+        .update_call(&shared(&c), Some(&ev("call.ringing")))
         .await
         .unwrap();
     c.status = CallStatus::InProgress;
     store
-        .update_call(&c, Some(&ev("call.in_progress")))
+        .update_call(&shared(&c), Some(&ev("call.in_progress")))
         .await
         .unwrap();
 }
@@ -232,7 +240,7 @@ async fn retries_then_delivers_in_order_exactly_once() {
     let mut sentinel = call("call_2", &url);
     sentinel.created_at = Utc::now();
     store
-        .create_call(&sentinel, &ev("call.initiating"))
+        .create_call(&shared(&sentinel), &ev("call.initiating"))
         .await
         .unwrap();
     let (handle, shutdown) = start(&store, fast_config());
@@ -284,7 +292,7 @@ async fn a_claim_by_a_crashed_node_expires_and_is_retried() {
     let secret = store.webhook_secret("acme").await.unwrap();
     let (url, mut hits) = receiver(secret, |_, _| StatusCode::OK).await;
     store
-        .create_call(&call("call_c", &url), &ev("call.initiating"))
+        .create_call(&shared(&call("call_c", &url)), &ev("call.initiating"))
         .await
         .unwrap();
     // Another node claimed the event and died without recording an outcome.
@@ -350,11 +358,14 @@ async fn unreachable_endpoint_counts_as_a_failed_attempt() {
     };
     // Event 1 goes to the dead URL; the call then changes its webhook_url for event 2.
     let mut c = call("call_u", &format!("http://127.0.0.1:{port}/hook"));
-    store.create_call(&c, &ev("call.initiating")).await.unwrap();
+    store
+        .create_call(&shared(&c), &ev("call.initiating"))
+        .await
+        .unwrap();
     c.webhook_url = Some(live_url);
     c.status = CallStatus::Ringing;
     store
-        .update_call(&c, Some(&ev("call.ringing")))
+        .update_call(&shared(&c), Some(&ev("call.ringing")))
         .await
         .unwrap();
 

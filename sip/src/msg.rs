@@ -56,7 +56,7 @@ mod addr;
 pub(crate) mod parser;
 mod validate;
 
-pub use addr::{NameAddr, Params, SipUri, Via};
+pub use addr::{NameAddr, Params, SipUri, Via, ViaPeek};
 pub(crate) use addr::{quoted_end as quoted_string_end, unquote};
 pub use parser::{error_response, parse};
 pub use validate::{Rejection, validate_request};
@@ -215,6 +215,11 @@ const NAMES: &[(&str, &str)] = &[
 /// The canonical spelling of a header name: compact forms expanded, well-known names
 /// in their RFC spelling, anything else unchanged.
 pub fn canonical_name(raw: &str) -> Cow<'static, str> {
+    // Most peers spell names the usual way: an exact match is a length check and a
+    // compare, far cheaper than a case-insensitive one against every entry.
+    if let Some((_, v)) = NAMES.iter().find(|(_, v)| *v == raw) {
+        return Cow::Borrowed(*v);
+    }
     NAMES
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(raw))
@@ -288,6 +293,11 @@ impl Headers {
     /// The topmost `Via` value, parsed.
     pub fn top_via(&self) -> Option<Via> {
         Via::parse(self.get("Via")?).ok()
+    }
+
+    /// The topmost `Via`'s `branch`, read in place (no parsed copy).
+    pub fn top_via_branch(&self) -> Option<&str> {
+        Via::branch_of(self.get("Via")?)
     }
 
     /// Every `Via`, top first. Values that do not parse are skipped.

@@ -194,3 +194,57 @@ proptest! {
         prop_assert_eq!(out, vec![wire.clone(), wire]);
     }
 }
+
+/// Via-, name-addr- and URI-like strings: pieces that are well-formed, nearly so, or
+/// plainly broken, so both verdicts come up often.
+fn addr_like() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("SIP/2.0/UDP ".to_owned()),
+        Just("SIP / 2.0 / tcp ".to_owned()),
+        Just("sip:".to_owned()),
+        Just("tel:+1555".to_owned()),
+        Just("sips:u:pw@".to_owned()),
+        Just("<".to_owned()),
+        Just(">".to_owned()),
+        Just("\"Bob \\\"B\\\"\" ".to_owned()),
+        Just(";branch=z9hG4bK1".to_owned()),
+        Just(";rport".to_owned()),
+        Just(";received=10.0.0.1".to_owned()),
+        Just(";x=\"a;b\"".to_owned()),
+        Just(";tag=".to_owned()),
+        Just("[2001:db8::1]".to_owned()),
+        Just(":5060".to_owned()),
+        Just("?h=v".to_owned()),
+        Just(";;".to_owned()),
+        Just(" ".to_owned()),
+        Just("@".to_owned()),
+        HOST.prop_map(|h| h.to_owned()),
+        TOKEN.prop_map(|t| t.to_owned()),
+    ];
+    proptest::collection::vec(piece, 1..8).prop_map(|v| v.concat())
+}
+
+proptest! {
+    /// The in-place checks the parser and the UA use give the verdicts, and read the
+    /// values, that the full parses give.
+    #[test]
+    fn in_place_checks_agree_with_parses(s in addr_like()) {
+        use sip::msg::{SipUri, Via};
+        let via = Via::parse(&s);
+        prop_assert_eq!(Via::check(&s).is_ok(), via.is_ok());
+        let peek = Via::peek(&s);
+        prop_assert_eq!(peek.is_some(), via.is_ok());
+        if let (Some(p), Ok(v)) = (peek, &via) {
+            prop_assert_eq!(p.host, v.host.as_str());
+            prop_assert_eq!(p.port, v.port);
+            prop_assert_eq!(p.branch, v.branch());
+            prop_assert_eq!(p.rport, v.param("rport").is_some());
+        }
+        prop_assert_eq!(NameAddr::check(&s).is_ok(), NameAddr::parse(&s).is_ok());
+        let uri = SipUri::parse(&s);
+        prop_assert_eq!(SipUri::check(&s).is_ok(), uri.is_ok());
+        if let (Ok(has_headers), Ok(u)) = (SipUri::check(&s), &uri) {
+            prop_assert_eq!(has_headers, !u.headers.is_empty());
+        }
+    }
+}

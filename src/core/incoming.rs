@@ -5,6 +5,7 @@
 //! leg before anything is spawned (a CANCEL right behind the INVITE finds its owner), and
 //! the database write happens inside the spawned task.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use chrono::Utc;
@@ -179,9 +180,10 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 reject(503, "Service Unavailable", Vec::new());
                 return;
             };
+            let record = Arc::new(record);
             let task = CallTask::new(
                 shared.clone(),
-                record.clone(),
+                Arc::clone(&record),
                 trunk,
                 leg,
                 endpoint,
@@ -204,8 +206,9 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 })
                 .collect();
             record.trunk = trunks.first().map(|t| t.config.name.clone());
+            let record = Arc::new(record);
             let setup = TransitSetup {
-                record: record.clone(),
+                record: Arc::clone(&record),
                 a_leg: leg,
                 a_offer: offer,
                 max_forwards: request.headers.max_forwards().unwrap_or(70),
@@ -259,7 +262,7 @@ fn owner(
 /// Registers the leg and the call, then (in a task) writes the row and runs the call.
 fn start(
     shared: &Shared,
-    record: CallRecord,
+    record: Arc<CallRecord>,
     leg: sip::ua::LegRef,
     tx: mpsc::Sender<TaskInput>,
     run: impl Future<Output = ()> + Send + 'static,
@@ -274,7 +277,11 @@ fn start(
     let run = Box::pin(run);
     tokio::spawn(async move {
         match super::task::record_created(&shared, &record).await {
-            Ok(_) => run.await,
+            Ok(_) => {
+                // The task then holds the only reference and updates the record in place.
+                drop(record);
+                run.await
+            }
             Err(e) => {
                 shared.metrics.store_error();
                 tracing::error!(error = %e, "cannot record the inbound call; refusing it");

@@ -258,8 +258,11 @@ impl Switch {
         let endpoint = media::net::RtpEndpoint::open(&self.shared.ports, bind_ip)
             .map_err(|_| CoreError::NoMediaPorts)?;
 
+        let record = Arc::new(record);
         task::record_created(&self.shared, &record).await?;
         self.shared.metrics.call_started();
+        // The API's copy; the task keeps the shared one to itself.
+        let created = CallRecord::clone(&record);
 
         let leg = self.shared.next_leg();
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
@@ -267,7 +270,7 @@ impl Switch {
         self.shared.calls.insert(record.id.clone(), tx);
         let task = CallTask::new(
             self.shared.clone(),
-            record.clone(),
+            record,
             first.clone(),
             leg,
             endpoint,
@@ -276,7 +279,7 @@ impl Switch {
         );
         // Boxed for the same reason as an inbound call's task (see `incoming::start`).
         tokio::spawn(Box::pin(task.run(rx)));
-        Ok(record)
+        Ok(created)
     }
 
     /// Hang up a live call; resolves with the call once it has ended (CANCEL or BYE done),
@@ -487,6 +490,7 @@ async fn close_out_live_calls(shared: &Shared) -> Result<(), StoreError> {
                 "end_reason": call.end_reason,
             }),
         };
+        let call = Arc::new(call);
         shared.store.update_call(&call, Some(&event)).await?;
         tracing::warn!(call_id = %call.id, "call closed out after restart");
     }

@@ -4,6 +4,7 @@
 //! firing), drain the machine's outputs into I/O, then wait for whichever comes first of the
 //! next input and `poll_timeout`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -32,7 +33,8 @@ pub enum TaskInput {
 #[derive(Debug)]
 pub(crate) struct CallTask {
     shared: Shared,
-    record: CallRecord,
+    /// Shared with the store while a write of it is in flight, else ours alone.
+    record: Arc<CallRecord>,
     trunk: Trunk,
     leg: sip::ua::LegRef,
     endpoint: Option<media::net::RtpEndpoint>,
@@ -54,7 +56,7 @@ pub(crate) struct CallTask {
 impl CallTask {
     pub(crate) fn new(
         shared: Shared,
-        record: CallRecord,
+        record: Arc<CallRecord>,
         trunk: Trunk,
         leg: sip::ua::LegRef,
         mut endpoint: media::net::RtpEndpoint,
@@ -109,7 +111,7 @@ impl CallTask {
             self.shared.legs.remove(&self.leg);
             self.shared.calls.remove(&self.record.id);
             for w in self.waiters.drain(..) {
-                let _ = w.send(self.record.clone());
+                let _ = w.send(CallRecord::clone(&self.record));
             }
             tracing::info!(status = self.record.status.as_str(), "call ended");
         }
@@ -167,7 +169,7 @@ impl CallTask {
                 UaEvent::Progress { code, .. } => CallInput::Progress { code },
                 UaEvent::DialogEstablished { snapshot, .. } => {
                     // Written with the in_progress status that follows at once.
-                    self.record.sip_dialog = super::dialog::to_json(&snapshot);
+                    Arc::make_mut(&mut self.record).sip_dialog = super::dialog::to_json(&snapshot);
                     return;
                 }
                 UaEvent::Answered { body, .. } => {
@@ -448,7 +450,7 @@ impl CallTask {
 
     async fn apply_status(&mut self, change: StatusChange) {
         let now = Utc::now();
-        let r = &mut self.record;
+        let r = Arc::make_mut(&mut self.record);
         apply_change(r, &change, now);
         if change.status.is_terminal()
             && let Some(endpoint) = self.endpoint.take()
@@ -479,7 +481,7 @@ impl CallTask {
                 .metrics
                 .rtp(stats.packets_received, stats.bytes_received);
         }
-        persist_status(&self.shared, r, change.status).await;
+        persist_status(&self.shared, &self.record, change.status).await;
         tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
     }
 }
@@ -546,7 +548,7 @@ pub(crate) fn set_media_stats(
 
 /// Writes the record and its `call.<status>` event in one transaction, then nudges the
 /// webhook deliverer.
-pub(crate) async fn persist_status(shared: &Shared, r: &CallRecord, status: CallStatus) {
+pub(crate) async fn persist_status(shared: &Shared, r: &Arc<CallRecord>, status: CallStatus) {
     let extra = if status.is_terminal() {
         serde_json::json!({
             "sip_code": r.sip_code,
@@ -565,7 +567,7 @@ pub(crate) async fn persist_status(shared: &Shared, r: &CallRecord, status: Call
 /// progress) in one transaction, then wakes the deliverer if there is somewhere to send it.
 pub(crate) async fn record_event(
     shared: &Shared,
-    r: &CallRecord,
+    r: &Arc<CallRecord>,
     event_type: &str,
     extra: serde_json::Value,
 ) {
@@ -587,7 +589,7 @@ pub(crate) async fn record_event(
 /// somewhere to send it.
 pub(crate) async fn record_created(
     shared: &Shared,
-    r: &CallRecord,
+    r: &Arc<CallRecord>,
 ) -> Result<crate::model::CallEvent, crate::store::StoreError> {
     let event = NewEvent {
         event_type: "call.initiating".to_owned(),

@@ -3,6 +3,7 @@
 //! [`Transit`] machine. Media is anchored: both legs' RTP goes through our bridge, so a
 //! re-INVITE on one leg is answered here and never disturbs the other.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -26,7 +27,7 @@ static BRIDGE_FAILURE_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::
 /// What the router hands over for a call it decided to carry.
 #[derive(Debug)]
 pub(crate) struct TransitSetup {
-    pub record: CallRecord,
+    pub record: Arc<CallRecord>,
     pub a_leg: sip::ua::LegRef,
     pub a_offer: sip::ua::Body,
     /// The caller's Max-Forwards; B gets one less.
@@ -44,7 +45,8 @@ pub(crate) struct TransitSetup {
 #[derive(Debug)]
 pub(crate) struct TransitTask {
     shared: Shared,
-    record: CallRecord,
+    /// Shared with the store while a write of it is in flight, else ours alone.
+    record: Arc<CallRecord>,
     machine: Transit,
     a_leg: sip::ua::LegRef,
     b_leg: Option<sip::ua::LegRef>,
@@ -180,7 +182,7 @@ impl TransitTask {
             }
             self.shared.calls.remove(&self.record.id);
             for w in self.waiters.drain(..) {
-                let _ = w.send(self.record.clone());
+                let _ = w.send(CallRecord::clone(&self.record));
             }
             tracing::info!(status = self.record.status.as_str(), "transit call ended");
         }
@@ -386,7 +388,7 @@ impl TransitTask {
                 }
                 self.shared.legs.remove(&referrer);
                 self.out_slot = self.transfer.take().map(|t| t.slot);
-                self.record.metadata["transferred"] = serde_json::json!(true);
+                Arc::make_mut(&mut self.record).metadata["transferred"] = serde_json::json!(true);
                 tracing::info!(?side, "transfer done: the target replaced the referrer");
             }
             UaEvent::Failed { code, reason, .. } => {
@@ -560,7 +562,7 @@ impl TransitTask {
         let Some(trunk) = self.trunks.get(index).cloned() else {
             return;
         };
-        self.record.trunk = Some(trunk.config.name.clone());
+        Arc::make_mut(&mut self.record).trunk = Some(trunk.config.name.clone());
         let slot = match trunk.reserve_outbound(now) {
             Ok(s) => s,
             Err(why) => {
@@ -675,7 +677,7 @@ impl TransitTask {
     }
 
     async fn apply_status(&mut self, change: StatusChange) {
-        let r = &mut self.record;
+        let r = Arc::make_mut(&mut self.record);
         apply_change(r, &change, Utc::now());
         if change.status.is_terminal()
             && let Some(bridge) = self.bridge.take()
@@ -710,7 +712,7 @@ impl TransitTask {
             });
             self.shared.metrics.rtp(packets, bytes);
         }
-        persist_status(&self.shared, r, change.status).await;
+        persist_status(&self.shared, &self.record, change.status).await;
         tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
     }
 }

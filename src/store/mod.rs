@@ -1,6 +1,8 @@
 //! Durable storage behind one trait: SQLite by default, PostgreSQL when the URL says so.
 //! Every status change and its outbox event are written in one transaction.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -43,11 +45,16 @@ pub struct CallPage {
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Insert a new call and its first event (sequence 1) in one transaction.
-    async fn create_call(&self, call: &CallRecord, event: &NewEvent) -> StoreResult<CallEvent>;
+    ///
+    /// The call is shared rather than copied: a writer holds it only until it answers,
+    /// so a task that owns the other reference can change it afterwards without a copy
+    /// (`Arc::make_mut`).
+    async fn create_call(&self, call: &Arc<CallRecord>, event: &NewEvent)
+    -> StoreResult<CallEvent>;
     /// Overwrite the call row and, if given, append its next event (sequence = last + 1) in one transaction.
     async fn update_call(
         &self,
-        call: &CallRecord,
+        call: &Arc<CallRecord>,
         event: Option<&NewEvent>,
     ) -> StoreResult<Option<CallEvent>>;
     async fn get_call(&self, tenant: &str, id: &str) -> StoreResult<Option<CallRecord>>;

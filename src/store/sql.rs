@@ -17,7 +17,7 @@
 //! this turns hundreds of small commits into a few large ones; when one write in a batch
 //! fails, the batch is rolled back and each write retried alone so only the bad one fails.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -270,19 +270,23 @@ impl SqlStore {
 
 #[async_trait]
 impl Store for SqlStore {
-    async fn create_call(&self, call: &CallRecord, event: &NewEvent) -> StoreResult<CallEvent> {
+    async fn create_call(
+        &self,
+        call: &Arc<CallRecord>,
+        event: &NewEvent,
+    ) -> StoreResult<CallEvent> {
         let ev = self
-            .write(WriteOp::Create(call.clone(), event.clone()))
+            .write(WriteOp::Create(Arc::clone(call), event.clone()))
             .await?;
         ev.ok_or_else(|| StoreError::Corrupt("create wrote no event".into()))
     }
 
     async fn update_call(
         &self,
-        call: &CallRecord,
+        call: &Arc<CallRecord>,
         event: Option<&NewEvent>,
     ) -> StoreResult<Option<CallEvent>> {
-        self.write(WriteOp::Update(call.clone(), event.cloned()))
+        self.write(WriteOp::Update(Arc::clone(call), event.cloned()))
             .await
     }
 
@@ -922,14 +926,24 @@ const MAX_BATCH: usize = 256;
 
 #[derive(Debug)]
 pub(super) enum WriteOp {
-    Create(CallRecord, NewEvent),
-    Update(CallRecord, Option<NewEvent>),
+    Create(Arc<CallRecord>, NewEvent),
+    Update(Arc<CallRecord>, Option<NewEvent>),
 }
 
 #[derive(Debug)]
 pub(super) struct WriteJob {
     pub(super) op: WriteOp,
     pub(super) reply: tokio::sync::oneshot::Sender<StoreResult<Option<CallEvent>>>,
+}
+
+impl WriteJob {
+    /// Lets go of the call before answering: the waiting task then holds the only
+    /// reference and changes its record in place instead of copying it.
+    pub(super) fn answer(self, result: StoreResult<Option<CallEvent>>) {
+        let WriteJob { op, reply } = self;
+        drop(op);
+        let _ = reply.send(result);
+    }
 }
 
 async fn run_writer(pool: AnyPool, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
@@ -946,12 +960,12 @@ async fn run_writer(pool: AnyPool, mut jobs: tokio::sync::mpsc::Receiver<WriteJo
         match write_batch(&pool, &ops).await {
             Ok(events) => {
                 for (job, ev) in batch.drain(..).zip(events) {
-                    let _ = job.reply.send(Ok(ev));
+                    job.answer(Ok(ev));
                 }
             }
             Err(e) if batch.len() == 1 => {
                 if let Some(job) = batch.pop() {
-                    let _ = job.reply.send(Err(e));
+                    job.answer(Err(e));
                 }
             }
             Err(_) => {
@@ -960,7 +974,7 @@ async fn run_writer(pool: AnyPool, mut jobs: tokio::sync::mpsc::Receiver<WriteJo
                     let result = write_batch(&pool, &[&job.op])
                         .await
                         .map(|mut evs| evs.pop().flatten());
-                    let _ = job.reply.send(result);
+                    job.answer(result);
                 }
             }
         }

@@ -115,13 +115,13 @@ fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
         match written {
             Ok(events) => {
                 for (job, ev) in batch.drain(..).zip(events) {
-                    let _ = job.reply.send(Ok(ev));
+                    job.answer(Ok(ev));
                 }
             }
             Err(e) if batch.len() == 1 => {
                 seqs.clear();
                 if let Some(job) = batch.pop() {
-                    let _ = job.reply.send(Err(e));
+                    job.answer(Err(e));
                 }
             }
             Err(_) => {
@@ -134,7 +134,7 @@ fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
                     if result.is_err() {
                         seqs.clear();
                     }
-                    let _ = job.reply.send(result);
+                    job.answer(result);
                 }
             }
         }

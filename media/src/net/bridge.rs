@@ -305,7 +305,11 @@ impl Bridge {
             .is_some()
             .then(|| super::kernel::zone_of(pair_a.rtp()));
         let (pair_b, rtp_b, rtcp_b) = super::pool::bind_from_pool(pool, bind_ip, zone_b)?;
-        let local = [rtp_a.local_addr()?, rtp_b.local_addr()?];
+        // Known from the bind: no getsockname per call.
+        let local = [
+            SocketAddr::new(bind_ip, pair_a.rtp()),
+            SocketAddr::new(bind_ip, pair_b.rtp()),
+        ];
         let udp_state = recv_state()?;
         let mut rng = StdRng::seed_from_u64(pool.seed());
         let shared = Arc::new([SideAtomics::default(), SideAtomics::default()]);

@@ -120,7 +120,7 @@ impl RtpEndpoint {
     pub fn open(pool: &PortPool, bind_ip: IpAddr) -> io::Result<RtpEndpoint> {
         let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         let (pair, rtp, rtcp) = super::pool::bind_from_pool(pool, bind_ip, None)?;
-        let local = rtp.local_addr()?;
+        let local = SocketAddr::new(bind_ip, pair.rtp());
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             packets_received: AtomicU64::new(0),

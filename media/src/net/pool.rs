@@ -211,6 +211,7 @@ impl PortPool {
         let rtp = g.book(idx);
         Some(PortPair {
             rtp,
+            bound_ip: None,
             pool: Arc::clone(&self.inner),
             kept: false,
         })
@@ -224,6 +225,7 @@ impl PortPool {
         let rtp = g.book(idx);
         Some(PortPair {
             rtp,
+            bound_ip: None,
             pool: Arc::clone(&self.inner),
             kept: false,
         })
@@ -255,6 +257,8 @@ impl PortPool {
 #[derive(Debug)]
 pub struct PortPair {
     rtp: u16,
+    /// The address its sockets are bound on, once bound here (spares a getsockname).
+    bound_ip: Option<std::net::IpAddr>,
     pool: Arc<Mutex<PoolInner>>,
     /// Its sockets went to the warm list, which now holds the booking.
     kept: bool,
@@ -277,7 +281,10 @@ impl PortPair {
     /// Ends the leg: its bound sockets go to the pool's warm list when it keeps sockets
     /// (and has room), else they close and the pair is freed.
     pub(crate) fn recycle(mut self, rtp: tokio::net::UdpSocket, rtcp: tokio::net::UdpSocket) {
-        let Ok(ip) = rtp.local_addr().map(|a| a.ip()) else {
+        let Some(ip) = self
+            .bound_ip
+            .or_else(|| rtp.local_addr().ok().map(|a| a.ip()))
+        else {
             return;
         };
         let mut g = lock(&self.pool);
@@ -338,6 +345,7 @@ fn take_warm(
     }
     let pair = PortPair {
         rtp: warm.rtp_port,
+        bound_ip: Some(ip),
         pool: Arc::clone(&pool.inner),
         kept: false,
     };
@@ -372,7 +380,7 @@ fn bind_fresh(
     let mut failed = Vec::new();
     let mut last_err = None;
     loop {
-        let Some(pair) = zone
+        let Some(mut pair) = zone
             .and_then(|z| pool.alloc_in_zone(z))
             .or_else(|| pool.alloc())
         else {
@@ -381,7 +389,10 @@ fn bind_fresh(
             }));
         };
         match bind(pair.rtp()).and_then(|rtp| Ok((rtp, bind(pair.rtcp())?))) {
-            Ok((rtp, rtcp)) => return Ok((pair, rtp, rtcp)),
+            Ok((rtp, rtcp)) => {
+                pair.bound_ip = Some(ip);
+                return Ok((pair, rtp, rtcp));
+            }
             // Out of descriptors: kept sockets give theirs up before a call is refused.
             Err(e) if e.raw_os_error() == Some(EMFILE) && lock(&pool.inner).shed_kept(64) > 0 => {
                 drop(pair);

@@ -30,38 +30,42 @@ pub struct Via {
 
 impl Via {
     pub fn parse(s: &str) -> Result<Via, ParseError> {
-        const E: fn(&'static str) -> ParseError = |why| ParseError::Header { name: "Via", why };
-        let s = s.trim_matches(is_lws);
-        // sent-protocol = protocol-name SLASH protocol-version SLASH transport,
-        // SLASH = SWS "/" SWS.
-        let (name, rest) = s.split_once('/').ok_or(E("no sent-protocol"))?;
-        let (version, rest) = rest.split_once('/').ok_or(E("no sent-protocol"))?;
-        if !name.trim_matches(is_lws).eq_ignore_ascii_case("SIP")
-            || version.trim_matches(is_lws) != "2.0"
-        {
-            return Err(E("sent-protocol is not SIP/2.0"));
-        }
-        let rest = rest.trim_start_matches(is_lws);
-        let tend = rest.find(is_lws).ok_or(E("no sent-by"))?;
-        let (transport, rest) = rest.split_at(tend);
-        if !is_token(transport) {
-            return Err(E("bad transport"));
-        }
-        let rest = rest.trim_start_matches(is_lws);
-        let (sent_by, params) = match rest.find(';') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        let (host, port) = parse_hostport(sent_by.trim_matches(is_lws)).ok_or(E("bad sent-by"))?;
-        let params = match params {
-            Some(p) => parse_params(p).ok_or(E("bad parameter"))?,
-            None => Vec::new(),
-        };
+        let mut params = Vec::new();
+        let parts = via_parts(s, |n, v| params.push((n.to_owned(), v.map(str::to_owned))))?;
         Ok(Via {
-            transport: transport.to_ascii_uppercase(),
-            host,
-            port,
+            transport: parts.transport.to_ascii_uppercase(),
+            host: parts.host.to_owned(),
+            port: parts.port,
             params,
+        })
+    }
+
+    /// What [`parse`](Self::parse) checks, without building the value.
+    pub fn check(s: &str) -> Result<(), ParseError> {
+        via_parts(s, |_, _| {}).map(|_| ())
+    }
+
+    /// The `branch` parameter of a well-formed Via value, read in place.
+    pub fn branch_of(s: &str) -> Option<&str> {
+        Via::peek(s)?.branch
+    }
+
+    /// Sent-by, `branch` and whether `rport` is present, read in place from a
+    /// well-formed Via value (`None` if it is not one).
+    pub fn peek(s: &str) -> Option<ViaPeek<'_>> {
+        let (mut branch, mut rport) = (None, false);
+        let parts = via_parts(s, |n, v| {
+            if branch.is_none() && n.eq_ignore_ascii_case("branch") {
+                branch = Some(v);
+            }
+            rport |= n.eq_ignore_ascii_case("rport");
+        })
+        .ok()?;
+        Some(ViaPeek {
+            host: parts.host,
+            port: parts.port,
+            branch: branch.flatten(),
+            rport,
         })
     }
 
@@ -74,6 +78,61 @@ impl Via {
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
         find_param(&self.params, name)
     }
+}
+
+/// What the transaction layer reads of a Via, borrowed from the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViaPeek<'a> {
+    /// Without IPv6 brackets, as [`Via::host`].
+    pub host: &'a str,
+    pub port: Option<u16>,
+    pub branch: Option<&'a str>,
+    pub rport: bool,
+}
+
+/// The pieces of a Via value, borrowed from it.
+struct ViaParts<'a> {
+    transport: &'a str,
+    host: &'a str,
+    port: Option<u16>,
+}
+
+/// Checks a Via value and splits it, handing each parameter to `on_param`.
+fn via_parts<'a>(
+    s: &'a str,
+    on_param: impl FnMut(&'a str, Option<&'a str>),
+) -> Result<ViaParts<'a>, ParseError> {
+    const E: fn(&'static str) -> ParseError = |why| ParseError::Header { name: "Via", why };
+    let s = s.trim_matches(is_lws);
+    // sent-protocol = protocol-name SLASH protocol-version SLASH transport,
+    // SLASH = SWS "/" SWS.
+    let (name, rest) = s.split_once('/').ok_or(E("no sent-protocol"))?;
+    let (version, rest) = rest.split_once('/').ok_or(E("no sent-protocol"))?;
+    if !name.trim_matches(is_lws).eq_ignore_ascii_case("SIP")
+        || version.trim_matches(is_lws) != "2.0"
+    {
+        return Err(E("sent-protocol is not SIP/2.0"));
+    }
+    let rest = rest.trim_start_matches(is_lws);
+    let tend = rest.find(is_lws).ok_or(E("no sent-by"))?;
+    let (transport, rest) = rest.split_at(tend);
+    if !is_token(transport) {
+        return Err(E("bad transport"));
+    }
+    let rest = rest.trim_start_matches(is_lws);
+    let (sent_by, params) = match rest.find(';') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let (host, port) = hostport(sent_by.trim_matches(is_lws)).ok_or(E("bad sent-by"))?;
+    if let Some(p) = params {
+        scan_params(p, on_param).ok_or(E("bad parameter"))?;
+    }
+    Ok(ViaParts {
+        transport,
+        host,
+        port,
+    })
 }
 
 impl fmt::Display for Via {
@@ -116,64 +175,81 @@ impl NameAddr {
     }
 
     pub fn parse(s: &str) -> Result<NameAddr, ParseError> {
-        const E: fn(&'static str) -> ParseError = ParseError::Uri;
-        let s = s.trim_matches(is_lws);
-        let (display, rest) = if s.starts_with('"') {
-            let end = quoted_end(s).ok_or(E("unterminated quoted string"))?;
-            let display = unquote(&s[..end]);
-            let rest = s[end..].trim_start_matches(is_lws);
-            if !rest.starts_with('<') {
-                return Err(E("quoted display name without <uri>"));
-            }
-            (Some(display), rest)
-        } else if let Some(lt) = s.find('<') {
-            // display-name = *(token LWS): RFC 4475 §3.1.2.15 (baddn) has a comma here.
-            let words = s[..lt].trim_matches(is_lws);
-            if !words.split(is_lws).filter(|w| !w.is_empty()).all(is_token) {
-                return Err(E("display name is neither a token list nor quoted"));
-            }
-            let display = (!words.is_empty()).then(|| words.to_owned());
-            (display, &s[lt..])
-        } else {
-            // addr-spec form: parameters after the URI belong to the header, and a URI
-            // holding `?` or `,` must be enclosed in <> (RFC 3261 §20.10).
-            let (uri, params) = match s.find(';') {
-                Some(i) => (&s[..i], Some(&s[i + 1..])),
-                None => (s, None),
-            };
-            let uri = uri.trim_matches(is_lws);
-            if uri.contains(['?', ',']) {
-                return Err(E("URI with '?' or ',' must be enclosed in <>"));
-            }
-            check_uri(uri)?;
-            let params = match params {
-                Some(p) => parse_params(p).ok_or(E("bad parameter"))?,
-                None => Vec::new(),
-            };
-            return Ok(NameAddr {
-                display: None,
-                uri: uri.to_owned(),
-                params,
-            });
-        };
-        // rest starts with '<'
-        let gt = rest.find('>').ok_or(E("no closing >"))?;
-        let uri = &rest[1..gt];
-        check_uri(uri)?;
-        let after = rest[gt + 1..].trim_matches(is_lws);
-        let params = if after.is_empty() {
-            Vec::new()
-        } else if let Some(p) = after.strip_prefix(';') {
-            parse_params(p).ok_or(E("bad parameter"))?
-        } else {
-            return Err(E("junk after >"));
-        };
+        let mut params = Vec::new();
+        let (display, uri) =
+            name_addr_parts(s, |n, v| params.push((n.to_owned(), v.map(str::to_owned))))?;
         Ok(NameAddr {
-            display,
+            display: display.map(|d| match d {
+                Display::Quoted(q) => unquote(q),
+                Display::Words(w) => w.to_owned(),
+            }),
             uri: uri.to_owned(),
             params,
         })
     }
+
+    /// What [`parse`](Self::parse) checks, without building the value.
+    pub fn check(s: &str) -> Result<(), ParseError> {
+        name_addr_parts(s, |_, _| {}).map(|_| ())
+    }
+}
+
+/// A display name as written: a quoted string (with its quotes) or a run of tokens.
+enum Display<'a> {
+    Quoted(&'a str),
+    Words(&'a str),
+}
+
+/// Checks a name-addr or addr-spec and splits it into display name and URI, handing
+/// each header parameter to `on_param`.
+fn name_addr_parts<'a>(
+    s: &'a str,
+    on_param: impl FnMut(&'a str, Option<&'a str>),
+) -> Result<(Option<Display<'a>>, &'a str), ParseError> {
+    const E: fn(&'static str) -> ParseError = ParseError::Uri;
+    let s = s.trim_matches(is_lws);
+    let (display, rest) = if s.starts_with('"') {
+        let end = quoted_end(s).ok_or(E("unterminated quoted string"))?;
+        let rest = s[end..].trim_start_matches(is_lws);
+        if !rest.starts_with('<') {
+            return Err(E("quoted display name without <uri>"));
+        }
+        (Some(Display::Quoted(&s[..end])), rest)
+    } else if let Some(lt) = s.find('<') {
+        // display-name = *(token LWS): RFC 4475 §3.1.2.15 (baddn) has a comma here.
+        let words = s[..lt].trim_matches(is_lws);
+        if !words.split(is_lws).filter(|w| !w.is_empty()).all(is_token) {
+            return Err(E("display name is neither a token list nor quoted"));
+        }
+        let display = (!words.is_empty()).then_some(Display::Words(words));
+        (display, &s[lt..])
+    } else {
+        // addr-spec form: parameters after the URI belong to the header, and a URI
+        // holding `?` or `,` must be enclosed in <> (RFC 3261 §20.10).
+        let (uri, params) = match s.find(';') {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        let uri = uri.trim_matches(is_lws);
+        if uri.contains(['?', ',']) {
+            return Err(E("URI with '?' or ',' must be enclosed in <>"));
+        }
+        check_uri(uri)?;
+        if let Some(p) = params {
+            scan_params(p, on_param).ok_or(E("bad parameter"))?;
+        }
+        return Ok((None, uri));
+    };
+    // rest starts with '<'
+    let gt = rest.find('>').ok_or(E("no closing >"))?;
+    let uri = &rest[1..gt];
+    check_uri(uri)?;
+    let after = rest[gt + 1..].trim_matches(is_lws);
+    if !after.is_empty() {
+        let p = after.strip_prefix(';').ok_or(E("junk after >"))?;
+        scan_params(p, on_param).ok_or(E("bad parameter"))?;
+    }
+    Ok((display, uri))
 }
 
 impl fmt::Display for NameAddr {
@@ -233,83 +309,131 @@ pub struct SipUri {
 
 impl SipUri {
     pub fn parse(s: &str) -> Result<SipUri, ParseError> {
-        const E: fn(&'static str) -> ParseError = ParseError::Uri;
-        if s.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(E("whitespace in URI"));
-        }
-        let scheme = uri_scheme(s).ok_or(E("no scheme"))?.to_ascii_lowercase();
-        let rest = &s[scheme.len() + 1..];
-        if scheme == "tel" {
-            let (number, params) = match rest.find(';') {
-                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-                None => (rest, None),
-            };
-            if number.is_empty() {
-                return Err(E("empty telephone number"));
-            }
-            return Ok(SipUri {
-                scheme,
-                user: None,
-                password: None,
-                host: number.to_owned(),
-                port: None,
-                params: parse_uri_params(params)?,
-                headers: Vec::new(),
-            });
-        }
-        if scheme != "sip" && scheme != "sips" {
-            return Err(E("unsupported URI scheme"));
-        }
-        // userinfo may hold `;`, `?`, `,` and `:` (RFC 4475 §3.1.1.2, §3.1.1.9), but
-        // never an unescaped `@`, and nothing after the host may hold one either.
-        let (user, password, hostpart) = match rest.rfind('@') {
-            Some(at) => {
-                let (userinfo, hostpart) = (&rest[..at], &rest[at + 1..]);
-                let (user, password) = match userinfo.split_once(':') {
-                    Some((u, p)) => (u, Some(p.to_owned())),
-                    None => (userinfo, None),
-                };
-                if user.is_empty() {
-                    return Err(E("empty user"));
-                }
-                (Some(user.to_owned()), password, hostpart)
-            }
-            None => (None, None, rest),
+        let p = sip_uri_parts(s)?;
+        let params = match p.params {
+            None => Vec::new(),
+            Some(ps) => ps
+                .split(';')
+                .map(|kv| match kv.split_once('=') {
+                    Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                    None => (kv.to_owned(), None),
+                })
+                .collect(),
         };
-        let (before_headers, headers) = match hostpart.split_once('?') {
-            Some((b, h)) => (b, Some(h)),
-            None => (hostpart, None),
+        let headers = match p.headers {
+            None => Vec::new(),
+            Some(hs) => hs
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
         };
-        let (hostport, params) = match before_headers.split_once(';') {
-            Some((h, p)) => (h, Some(p)),
-            None => (before_headers, None),
-        };
-        let (host, port) = parse_hostport(hostport).ok_or(E("bad host or port"))?;
-        let params = parse_uri_params(params)?;
-        let mut hdrs = Vec::new();
-        if let Some(h) = headers {
-            for pair in h.split('&') {
-                let (n, v) = pair.split_once('=').ok_or(E("URI header without ="))?;
-                if n.is_empty() {
-                    return Err(E("empty URI header name"));
-                }
-                hdrs.push((n.to_owned(), v.to_owned()));
-            }
-        }
         Ok(SipUri {
-            scheme,
-            user,
-            password,
-            host,
-            port,
+            scheme: p.scheme.to_ascii_lowercase(),
+            user: p.user.map(str::to_owned),
+            password: p.password.map(str::to_owned),
+            host: p.host.to_owned(),
+            port: p.port,
             params,
-            headers: hdrs,
+            headers,
         })
+    }
+
+    /// What [`parse`](Self::parse) checks, without building the value; whether the URI
+    /// carries headers (`?name=value`).
+    pub fn check(s: &str) -> Result<bool, ParseError> {
+        sip_uri_parts(s).map(|p| p.headers.is_some())
     }
 
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
         find_param(&self.params, name)
     }
+}
+
+/// The pieces of a `sip:`, `sips:` or `tel:` URI, borrowed from it; parameters and
+/// headers are still joined, already checked.
+struct SipUriParts<'a> {
+    scheme: &'a str,
+    user: Option<&'a str>,
+    password: Option<&'a str>,
+    host: &'a str,
+    port: Option<u16>,
+    params: Option<&'a str>,
+    headers: Option<&'a str>,
+}
+
+fn sip_uri_parts(s: &str) -> Result<SipUriParts<'_>, ParseError> {
+    const E: fn(&'static str) -> ParseError = ParseError::Uri;
+    if s.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(E("whitespace in URI"));
+    }
+    let scheme = uri_scheme(s).ok_or(E("no scheme"))?;
+    let rest = &s[scheme.len() + 1..];
+    if scheme.eq_ignore_ascii_case("tel") {
+        let (number, params) = match rest.find(';') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        if number.is_empty() {
+            return Err(E("empty telephone number"));
+        }
+        check_uri_params(params)?;
+        return Ok(SipUriParts {
+            scheme,
+            user: None,
+            password: None,
+            host: number,
+            port: None,
+            params,
+            headers: None,
+        });
+    }
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return Err(E("unsupported URI scheme"));
+    }
+    // userinfo may hold `;`, `?`, `,` and `:` (RFC 4475 §3.1.1.2, §3.1.1.9), but
+    // never an unescaped `@`, and nothing after the host may hold one either.
+    let (user, password, hostpart) = match rest.rfind('@') {
+        Some(at) => {
+            let (userinfo, hostpart) = (&rest[..at], &rest[at + 1..]);
+            let (user, password) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            if user.is_empty() {
+                return Err(E("empty user"));
+            }
+            (Some(user), password, hostpart)
+        }
+        None => (None, None, rest),
+    };
+    let (before_headers, headers) = match hostpart.split_once('?') {
+        Some((b, h)) => (b, Some(h)),
+        None => (hostpart, None),
+    };
+    let (hostport_str, params) = match before_headers.split_once(';') {
+        Some((h, p)) => (h, Some(p)),
+        None => (before_headers, None),
+    };
+    let (host, port) = hostport(hostport_str).ok_or(E("bad host or port"))?;
+    check_uri_params(params)?;
+    if let Some(h) = headers {
+        for pair in h.split('&') {
+            let (n, _) = pair.split_once('=').ok_or(E("URI header without ="))?;
+            if n.is_empty() {
+                return Err(E("empty URI header name"));
+            }
+        }
+    }
+    Ok(SipUriParts {
+        scheme,
+        user,
+        password,
+        host,
+        port,
+        params,
+        headers,
+    })
 }
 
 impl fmt::Display for SipUri {
@@ -339,29 +463,24 @@ impl fmt::Display for SipUri {
     }
 }
 
-fn parse_uri_params(p: Option<&str>) -> Result<Params, ParseError> {
+/// URI parameters: `;`-separated, each `name` or `name=value`, no name empty.
+fn check_uri_params(p: Option<&str>) -> Result<(), ParseError> {
     let Some(p) = p else {
-        return Ok(Vec::new());
+        return Ok(());
     };
-    p.split(';')
-        .map(|kv| {
-            let (n, v) = match kv.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_owned())),
-                None => (kv, None),
-            };
-            if n.is_empty() {
-                Err(ParseError::Uri("empty URI parameter"))
-            } else {
-                Ok((n.to_owned(), v))
-            }
-        })
-        .collect()
+    for kv in p.split(';') {
+        let n = kv.split_once('=').map_or(kv, |(n, _)| n);
+        if n.is_empty() {
+            return Err(ParseError::Uri("empty URI parameter"));
+        }
+    }
+    Ok(())
 }
 
 /// `host[:port]` where host is a hostname, an IPv4 address or an `[IPv6]` reference.
 /// The IPv6 reference is checked for its character set only: RFC 5118 §4.10 asks us
 /// to tolerate `[2001:db8:::192.0.2.1]`.
-pub(crate) fn parse_hostport(s: &str) -> Option<(String, Option<u16>)> {
+fn hostport(s: &str) -> Option<(&str, Option<u16>)> {
     let (host, port) = if let Some(v6) = s.strip_prefix('[') {
         let (inner, after) = v6.split_once(']')?;
         let ok = !inner.is_empty()
@@ -397,15 +516,14 @@ pub(crate) fn parse_hostport(s: &str) -> Option<(String, Option<u16>)> {
         }
         Some(_) => return None,
     };
-    Some((host.to_owned(), port))
+    Some((host, port))
 }
 
 /// Header parameters after the first `;`: `name [= value]` separated by `;`, with
 /// LWS allowed around both. A value is a token-ish run, an `[IPv6]` reference, or a
 /// quoted string (kept with its quotes). `None` on any empty or malformed element
-/// (RFC 4475 §3.1.2.1's `;;,;,,`).
-pub(crate) fn parse_params(s: &str) -> Option<Params> {
-    let mut out = Vec::new();
+/// (RFC 4475 §3.1.2.1's `;;,;,,`). Each `(name, value)` goes to `f`, in order.
+fn scan_params<'a>(s: &'a str, mut f: impl FnMut(&'a str, Option<&'a str>)) -> Option<()> {
     let mut rest = s;
     loop {
         rest = rest.trim_start_matches(is_lws);
@@ -429,13 +547,13 @@ pub(crate) fn parse_params(s: &str) -> Option<Params> {
                 return None;
             }
             rest = v[end..].trim_start_matches(is_lws);
-            Some(v[..end].to_owned())
+            Some(&v[..end])
         } else {
             None
         };
-        out.push((name.to_owned(), value));
+        f(name, value);
         if rest.is_empty() {
-            return Some(out);
+            return Some(());
         }
         rest = rest.strip_prefix(';')?;
     }

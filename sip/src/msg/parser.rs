@@ -241,9 +241,8 @@ fn parse_request_line(line: &str) -> Result<(Method, String), ParseError> {
     }
     let scheme = uri_scheme(uri).ok_or(ParseError::Uri("Request-URI is not an absolute URI"))?;
     if scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips") {
-        let parsed = SipUri::parse(uri)?;
         // §19.1.1: headers are not allowed in a Request-URI (RFC 4475 escruri).
-        if !parsed.headers.is_empty() {
+        if SipUri::check(uri)? {
             return Err(ParseError::Uri("headers in the Request-URI"));
         }
     }
@@ -278,32 +277,39 @@ fn check_version(v: &str) -> Result<(), ParseError> {
 
 /// Mandatory and single-valued headers, and the syntax of those the stack reads.
 fn check_headers(h: &Headers) -> Result<(), ParseError> {
+    // The parser spelled every name this looks at canonically: an exact compare finds
+    // them, and the syntax checks build nothing (the UA parses what it reads later).
+    let values = |name: &'static str| {
+        h.0.iter()
+            .filter(move |x| x.name == name)
+            .map(|x| x.value.as_str())
+    };
     for name in ["Call-ID", "From", "To", "CSeq", "Max-Forwards"] {
-        let mut values = h.get_all(name);
-        if let Some(first) = values.next()
-            && values.any(|v| v != first)
+        let mut all = values(name);
+        if let Some(first) = all.next()
+            && all.any(|v| v != first)
         {
             return Err(ParseError::Conflicting(static_name(name)));
         }
     }
     for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
-        if h.get(name).is_none() {
+        if values(name).next().is_none() {
             return Err(ParseError::MissingHeader(static_name(name)));
         }
     }
-    if h.call_id().is_some_and(str::is_empty) {
+    if values("Call-ID").next().is_some_and(str::is_empty) {
         return Err(ParseError::Header {
             name: "Call-ID",
             why: "empty",
         });
     }
-    if h.cseq().is_none() {
+    if values("CSeq").next().and_then(super::parse_cseq).is_none() {
         return Err(ParseError::Header {
             name: "CSeq",
             why: "not a 32-bit number and a method",
         });
     }
-    if let Some(mf) = h.get("Max-Forwards")
+    if let Some(mf) = values("Max-Forwards").next()
         && parse_u32(mf).is_none()
     {
         return Err(ParseError::Header {
@@ -311,20 +317,20 @@ fn check_headers(h: &Headers) -> Result<(), ParseError> {
             why: "not a number",
         });
     }
-    for v in h.get_all("Via") {
-        Via::parse(v)?;
+    for v in values("Via") {
+        Via::check(v)?;
     }
     for name in ["From", "To", "Route", "Record-Route"] {
-        for v in h.get_all(name) {
-            NameAddr::parse(v).map_err(|_| ParseError::Header {
+        for v in values(name) {
+            NameAddr::check(v).map_err(|_| ParseError::Header {
                 name: static_name(name),
                 why: "not a name-addr",
             })?;
         }
     }
-    for v in h.get_all("Contact") {
+    for v in values("Contact") {
         if v != "*" {
-            NameAddr::parse(v).map_err(|_| ParseError::Header {
+            NameAddr::check(v).map_err(|_| ParseError::Header {
                 name: "Contact",
                 why: "not a name-addr",
             })?;

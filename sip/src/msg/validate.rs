@@ -11,7 +11,7 @@
 //! stack knows but the caller does not support (REGISTER at a B2BUA) is a 405; an
 //! unknown one a 501; both list `Allow`.
 
-use super::addr::{SipUri, uri_scheme};
+use super::addr::{NameAddr, SipUri, Via, uri_scheme};
 use super::{Header, Method, Request, Response, default_reason, is_lws};
 
 /// The rejection a UAS should send for a request (`code`, `reason`, and the extra
@@ -76,7 +76,12 @@ pub fn validate_request(
 
     // The parser insists on these; a hand-built request might not have them.
     let h = &req.headers;
-    if h.call_id().is_none() || h.from().is_none() || h.to().is_none() || h.top_via().is_none() {
+    let bad_name_addr = |name| h.get(name).is_none_or(|v| NameAddr::check(v).is_err());
+    if h.call_id().is_none()
+        || bad_name_addr("From")
+        || bad_name_addr("To")
+        || h.get("Via").is_none_or(|v| Via::check(v).is_err())
+    {
         return Err(Rejection::with_reason(
             400,
             "Bad Request: missing Via, From, To or Call-ID",
@@ -94,10 +99,11 @@ pub fn validate_request(
     }
 
     // §8.2.2.1: the Request-URI scheme.
-    let scheme = uri_scheme(&req.uri)
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    if !matches!(scheme.as_str(), "sip" | "sips" | "tel") || SipUri::parse(&req.uri).is_err() {
+    let scheme = uri_scheme(&req.uri).unwrap_or_default();
+    let known = ["sip", "sips", "tel"]
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(scheme));
+    if !known || SipUri::check(&req.uri).is_err() {
         return Err(Rejection::new(416));
     }
 

@@ -27,10 +27,7 @@ pub(super) struct InviteArgs {
 
 /// The branch of a request's top Via (empty when absent).
 fn branch_of(req: &Request) -> String {
-    req.headers
-        .top_via()
-        .and_then(|v| v.branch().map(str::to_string))
-        .unwrap_or_default()
+    req.headers.top_via_branch().unwrap_or_default().to_owned()
 }
 
 impl UserAgent {
@@ -536,11 +533,7 @@ impl UserAgent {
             self.stats.strays_dropped += 1;
             return;
         };
-        let branch = resp
-            .headers
-            .top_via()
-            .and_then(|v| v.branch().map(str::to_string))
-            .unwrap_or_default();
+        let branch = resp.headers.top_via_branch().unwrap_or_default().to_owned();
         let key = TxnKey {
             branch,
             kind: MethodKind::of(&method),

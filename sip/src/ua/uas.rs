@@ -17,6 +17,15 @@ use crate::txn::{MethodKind, ServerInvite, ServerNonInvite, TxnKey};
 /// `rport` (RFC 3581). Returns where responses go (§18.2.2): the source for TCP
 /// (same connection) and for rport, else the source IP with the sent-by port.
 fn stamp_via(req: &mut Request, src: SocketAddr, transport: Transport) -> Option<SocketAddr> {
+    // The usual case (sent-by is the source address, no rport) changes nothing: read it
+    // in place rather than parse and rewrite the Via.
+    let peek = crate::msg::Via::peek(req.headers.get("Via")?)?;
+    if !peek.rport && peek.host.parse::<std::net::IpAddr>() == Ok(src.ip()) {
+        return Some(match transport {
+            Transport::Tcp => src,
+            _ => SocketAddr::new(src.ip(), peek.port.unwrap_or(5060)),
+        });
+    }
     let mut via = req.headers.top_via()?;
     let src_ip = src.ip().to_string();
     let host = via.host.trim_start_matches('[').trim_end_matches(']');
@@ -57,12 +66,11 @@ fn stamp_via(req: &mut Request, src: SocketAddr, transport: Transport) -> Option
 /// branch names a transaction only together with its sent-by and method), or for RFC 2543
 /// peers a synthetic one from Call-ID, CSeq number and From tag.
 fn server_branch(req: &Request) -> String {
-    let via = req.headers.top_via();
-    match via.as_ref().and_then(|v| v.branch()) {
+    let via = req.headers.get("Via").and_then(crate::msg::Via::peek);
+    match via.and_then(|v| v.branch) {
         Some(b) if b.starts_with("z9hG4bK") => {
             let (host, port) = via
-                .as_ref()
-                .map(|v| (v.host.as_str(), v.port.unwrap_or(0)))
+                .map(|v| (v.host, v.port.unwrap_or(0)))
                 .unwrap_or_default();
             match MethodKind::of(&req.method) {
                 // INVITE/ACK and CANCEL are told apart by the key's kind, and CANCEL must
@@ -79,8 +87,7 @@ fn server_branch(req: &Request) -> String {
                 .from()
                 .and_then(|f| f.tag().map(str::to_string))
                 .unwrap_or_default(),
-            via.map(|v| v.branch().unwrap_or("").to_string())
-                .unwrap_or_default(),
+            via.and_then(|v| v.branch).unwrap_or_default(),
         ),
     }
 }
