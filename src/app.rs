@@ -156,6 +156,10 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     // live calls need more, kept pairs are closed to make room (`bind_from_pool`).
     let fd_share = usize::try_from(fds / 4).unwrap_or(usize::MAX);
     ports.keep_sockets((ports.capacity() / 2).min(4096).min(fd_share));
+    // Media sockets may take all but an eighth of the descriptors (at least 256 left for
+    // SIP over TCP, HTTP and the database); a call beyond that gets a 503 at once.
+    let fds = usize::try_from(fds).unwrap_or(usize::MAX);
+    ports.limit_open_pairs(fds.saturating_sub((fds / 8).max(256)) / 2);
     let switch = crate::core::Switch::start(
         config.clone(),
         store.clone(),

@@ -25,6 +25,10 @@
 //! - `TRANSIT_LIMIT` SIPp's `-l` (calls in progress; by default rate × (hold + 2 s), so a
 //!   system whose calls take longer than 2 s to set up is throttled and shows it);
 //! - `TRANSIT_STOP_AFTER` unclean steps in a row after which a ramp stops (2; 0 never stops);
+//! - `TRANSIT_INTERLEAVE` (1): both systems run side by side and take turns at every rate,
+//!   so drift on the machine (its speed moved by a quarter within an hour here) hits both
+//!   ramps alike; 0 runs Kamailio's whole ramp, then the switch's. Forced to 0 with
+//!   `TRANSIT_KERNEL_FORWARDING=1` (the switch's connection tracking would tax Kamailio);
 //! - `TRANSIT_KAMAILIO_ARGS` (`-n 1 -m 4096 -M 64 -x tlsf -X tlsf`; `-n 1` alone gives
 //!   Debian's default memory sizes and allocators, `-n 4` several workers);
 //!   `TRANSIT_SWITCH_WORKERS` the switch's `node.worker_threads` (1, the counterpart of
@@ -161,6 +165,8 @@ struct Settings {
     switch_workers: u64,
     /// The switch's `[rtp] kernel_forwarding`.
     kernel_forwarding: bool,
+    /// Systems take turns step by step rather than ramp after ramp.
+    interleave: bool,
     db_url: Option<String>,
     deadline: Duration,
 }
@@ -230,6 +236,7 @@ impl Settings {
             switch_log: std::env::var("TRANSIT_SWITCH_LOG").unwrap_or_else(|_| "warn".into()),
             switch_workers: env_u64("TRANSIT_SWITCH_WORKERS", 1).max(1),
             kernel_forwarding: env_u64("TRANSIT_KERNEL_FORWARDING", 0) == 1,
+            interleave: env_u64("TRANSIT_INTERLEAVE", 1) == 1,
             db_url: std::env::var("TRANSIT_DB_URL").ok(),
             deadline: Duration::from_secs(env_u64("TRANSIT_DEADLINE", 1800).max(10)),
         })
@@ -1158,25 +1165,50 @@ fn print_step(st: &Step) {
     );
 }
 
-async fn ramp(system: System, s: &Settings, work: &Path) -> R<Vec<Step>> {
+/// One system's ramp within an interleaved run.
+struct Lane {
+    system: System,
+    sut: Option<Sut>,
+    unclean_in_row: usize,
+}
+
+/// Starts each system in `systems` and runs their ramps step by step, taking turns at every
+/// rate (the first system goes first at even steps, last at odd ones): drift on the machine
+/// then lands on both sides alike instead of on whichever ramp ran later. A system idles
+/// while the other's step runs.
+async fn ramps(systems: &[System], s: &Settings, work: &Path) -> R<Vec<Step>> {
+    let mut lanes = Vec::new();
+    for &system in systems {
+        let sut = match Sut::start(system, s, work).await {
+            Ok(sut) => sut,
+            Err(e) => {
+                eprintln!("{}: {e}", system.name());
+                continue;
+            }
+        };
+        println!(
+            "\n== {}: SIP at {}, UAS port {}, UAC port {}, dir {} ==",
+            system.name(),
+            sut.addr,
+            sut.uas_port,
+            sut.uac_port,
+            sut.dir.display()
+        );
+        // Background CPU (Kamailio's timer processes, the switch's housekeeping) for reference.
+        let idle_before = sut.cpu_ticks();
+        tokio::time::sleep(IDLE_WINDOW).await;
+        let idle = sut.cpu_ticks().saturating_sub(idle_before);
+        println!(
+            "idle CPU {:.1} % of a core",
+            idle as f64 * TICK_US / 1e6 / IDLE_WINDOW.as_secs_f64() * 100.0
+        );
+        lanes.push(Lane {
+            system,
+            sut: Some(sut),
+            unclean_in_row: 0,
+        });
+    }
     let mut out = Vec::new();
-    let mut sut = Sut::start(system, s, work).await?;
-    println!(
-        "\n== {}: SIP at {}, UAS port {}, UAC port {}, dir {} ==",
-        system.name(),
-        sut.addr,
-        sut.uas_port,
-        sut.uac_port,
-        sut.dir.display()
-    );
-    // Background CPU (Kamailio's timer processes, the switch's housekeeping) for reference.
-    let idle_before = sut.cpu_ticks();
-    tokio::time::sleep(IDLE_WINDOW).await;
-    let idle = sut.cpu_ticks().saturating_sub(idle_before);
-    println!(
-        "idle CPU {:.1} % of a core",
-        idle as f64 * TICK_US / 1e6 / IDLE_WINDOW.as_secs_f64() * 100.0
-    );
     println!("{HEADER}");
     for &mode in &s.modes {
         if mode == Mode::Rtp {
@@ -1191,39 +1223,68 @@ async fn ramp(system: System, s: &Settings, work: &Path) -> R<Vec<Step>> {
             Mode::NoRtp => &s.rates,
             Mode::Rtp => &s.rtp_rates,
         };
-        let mut unclean_in_row = 0;
-        for &rate in rates {
-            let step = run_step(&mut sut, mode, rate, s, work).await?;
-            print_step(&step);
-            if step.threads.len() > 1 {
-                let calls = step.uac.successful.max(1) as f64;
-                let parts: Vec<String> = step
-                    .threads
-                    .iter()
-                    .map(|(name, t)| format!("{name} {:.0}", *t as f64 * TICK_US / calls))
-                    .collect();
-                println!("    us/call by thread: {}", parts.join(", "));
-            }
-            if !step.clean {
-                eprintln!("  {} log tail:\n{}", system.name(), sut.log_tail(8));
-                unclean_in_row += 1;
+        for lane in &mut lanes {
+            lane.unclean_in_row = 0;
+        }
+        for (i, &rate) in rates.iter().enumerate() {
+            let order: Vec<usize> = if i % 2 == 0 {
+                (0..lanes.len()).collect()
             } else {
-                unclean_in_row = 0;
-            }
-            let alive = step.sut_alive;
-            out.push(step);
-            if !alive {
-                eprintln!("  {} is no longer running; ramp stopped", system.name());
-                sut.stop().await;
-                return Ok(out);
-            }
-            if s.stop_after > 0 && unclean_in_row >= s.stop_after {
-                eprintln!("  {unclean_in_row} unclean steps in a row; rest of the ramp skipped");
-                break;
+                (0..lanes.len()).rev().collect()
+            };
+            for li in order {
+                let Some(lane) = lanes.get_mut(li) else {
+                    continue;
+                };
+                if s.stop_after > 0 && lane.unclean_in_row >= s.stop_after {
+                    continue;
+                }
+                let Some(sut) = lane.sut.as_mut() else {
+                    continue;
+                };
+                let step = run_step(sut, mode, rate, s, work).await?;
+                print_step(&step);
+                if step.threads.len() > 1 {
+                    let calls = step.uac.successful.max(1) as f64;
+                    let parts: Vec<String> = step
+                        .threads
+                        .iter()
+                        .map(|(name, t)| format!("{name} {:.0}", *t as f64 * TICK_US / calls))
+                        .collect();
+                    println!("    us/call by thread: {}", parts.join(", "));
+                }
+                if step.clean {
+                    lane.unclean_in_row = 0;
+                } else {
+                    eprintln!("  {} log tail:\n{}", lane.system.name(), sut.log_tail(8));
+                    lane.unclean_in_row += 1;
+                    if s.stop_after > 0 && lane.unclean_in_row >= s.stop_after {
+                        eprintln!(
+                            "  {}: {} unclean steps in a row; rest of its ramp skipped",
+                            lane.system.name(),
+                            lane.unclean_in_row
+                        );
+                    }
+                }
+                let alive = step.sut_alive;
+                out.push(step);
+                if !alive {
+                    eprintln!(
+                        "  {} is no longer running; its ramp stopped",
+                        lane.system.name()
+                    );
+                    if let Some(sut) = lane.sut.take() {
+                        sut.stop().await;
+                    }
+                }
             }
         }
     }
-    sut.stop().await;
+    for lane in &mut lanes {
+        if let Some(sut) = lane.sut.take() {
+            sut.stop().await;
+        }
+    }
     Ok(out)
 }
 
@@ -1253,11 +1314,18 @@ async fn run(s: Settings) -> R<()> {
         s.rtp_ms,
         work.path().display()
     );
+    // Connection tracking, once the switch's in-kernel forwarding turned it on, would cost
+    // Kamailio's packets too while both run: then the ramps run one after the other.
+    let groups: Vec<Vec<System>> = if s.kernel_forwarding || !s.interleave {
+        s.systems.iter().map(|&sys| vec![sys]).collect()
+    } else {
+        vec![s.systems.clone()]
+    };
     let mut steps = Vec::new();
-    for &system in &s.systems {
-        match ramp(system, &s, work.path()).await {
+    for group in &groups {
+        match ramps(group, &s, work.path()).await {
             Ok(v) => steps.extend(v),
-            Err(e) => eprintln!("{}: {e}", system.name()),
+            Err(e) => eprintln!("ramp: {e}"),
         }
     }
 

@@ -50,6 +50,14 @@ struct PoolInner {
     warm: VecDeque<WarmPair>,
     warm_max: usize,
     warm_rest: Duration,
+    /// Booked pairs (live legs and kept pairs, each two sockets) beyond which a new leg
+    /// is refused before any socket is made: the rest of the descriptors are for SIP,
+    /// the database and HTTP, and a refusal that costs no system calls keeps an
+    /// overloaded switch from spending itself on opening and closing sockets.
+    max_open: usize,
+    /// The process ran out of descriptors: until then ended legs close their sockets
+    /// instead of keeping them, so live calls get every descriptor there is.
+    no_keep_until: Option<Instant>,
 }
 
 impl PoolInner {
@@ -87,6 +95,16 @@ impl PoolInner {
         self.port(idx)
     }
 
+    /// Pairs booked now: live legs, kept pairs, and pairs a bind is trying.
+    fn open_pairs(&self) -> usize {
+        self.in_use.len().saturating_sub(self.free_count)
+    }
+
+    /// Out of descriptors: ended legs stop keeping sockets for a while.
+    fn fd_pressure(&mut self) {
+        self.no_keep_until = Some(Instant::now() + FD_PRESSURE_HOLD);
+    }
+
     /// Closes up to `n` kept socket pairs (oldest first) and frees their slots; how many.
     fn shed_kept(&mut self, n: usize) -> usize {
         let mut shed = 0;
@@ -115,6 +133,10 @@ struct WarmPair {
 /// flight when the call ended arrive in this time and are thrown away, so they cannot
 /// be taken for the new call's first packet (latching).
 pub const WARM_REST: Duration = Duration::from_millis(250);
+
+/// How long ended legs close their sockets instead of keeping them after the process
+/// ran out of descriptors.
+const FD_PRESSURE_HOLD: Duration = Duration::from_secs(2);
 
 /// A thread-safe pool of RTP/RTCP port pairs. Cloning shares the same pool.
 #[derive(Debug, Clone)]
@@ -159,6 +181,8 @@ impl PortPool {
             warm: VecDeque::new(),
             warm_max: 0,
             warm_rest: WARM_REST,
+            max_open: usize::MAX,
+            no_keep_until: None,
         };
         for idx in 0..pairs {
             inner.push_free(idx);
@@ -194,6 +218,12 @@ impl PortPool {
         let mut g = lock(&self.inner);
         g.warm_max = max;
         g.warm_rest = rest;
+    }
+
+    /// At most `max` pairs (two sockets each) open at once, kept ones included; a leg
+    /// beyond that is refused before it makes a socket (see [`bind_from_pool`]).
+    pub fn limit_open_pairs(&self, max: usize) {
+        lock(&self.inner).max_open = max;
     }
 
     /// Books a free pair, or `None` when all are in use (a kept socket pair gives its
@@ -288,7 +318,8 @@ impl PortPair {
             return;
         };
         let mut g = lock(&self.pool);
-        if g.warm.len() < g.warm_max {
+        let pressed = g.no_keep_until.is_some_and(|t| Instant::now() < t);
+        if g.warm.len() < g.warm_max && !pressed {
             g.warm.push_back(WarmPair {
                 rtp_port: self.rtp,
                 ip,
@@ -380,6 +411,15 @@ fn bind_fresh(
     let mut failed = Vec::new();
     let mut last_err = None;
     loop {
+        {
+            let mut g = lock(&pool.inner);
+            if g.open_pairs() >= g.max_open && g.shed_kept(1) == 0 {
+                g.fd_pressure();
+                return Err(std::io::Error::other(
+                    "RTP sockets at their share of the descriptor limit",
+                ));
+            }
+        }
         let Some(mut pair) = zone
             .and_then(|z| pool.alloc_in_zone(z))
             .or_else(|| pool.alloc())
@@ -394,7 +434,13 @@ fn bind_fresh(
                 return Ok((pair, rtp, rtcp));
             }
             // Out of descriptors: kept sockets give theirs up before a call is refused.
-            Err(e) if e.raw_os_error() == Some(EMFILE) && lock(&pool.inner).shed_kept(64) > 0 => {
+            Err(e)
+                if e.raw_os_error() == Some(EMFILE) && {
+                    let mut g = lock(&pool.inner);
+                    g.fd_pressure();
+                    g.shed_kept(64) > 0
+                } =>
+            {
                 drop(pair);
                 last_err = Some(e);
             }
@@ -545,6 +591,30 @@ mod tests {
         let (next, _, _) = bind_from_pool(&p, ip, None).unwrap();
         assert_ne!(next.rtp(), port, "a resting pair is not handed out");
         assert_eq!(p.kept(), 1);
+    }
+
+    #[tokio::test]
+    async fn over_the_socket_budget_a_kept_pair_goes_first_then_legs_are_refused() {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let p = pool(41320, 41329).unwrap();
+        p.keep_sockets_resting(4, Duration::from_secs(3600));
+        p.limit_open_pairs(2);
+        let (a, rtp, rtcp) = bind_from_pool(&p, ip, None).unwrap();
+        a.recycle(rtp, rtcp);
+        assert_eq!(p.kept(), 1);
+        let (_b, _b_rtp, _b_rtcp) = bind_from_pool(&p, ip, None).unwrap();
+        // Two pairs open (one kept, one live): the next leg closes the kept pair instead
+        // of going over the budget.
+        let (c, c_rtp, c_rtcp) = bind_from_pool(&p, ip, None).unwrap();
+        assert_eq!(p.kept(), 0);
+        // Nothing left to close: refused, and the pool had room for it.
+        let err = bind_from_pool(&p, ip, None).unwrap_err();
+        assert!(err.to_string().contains("descriptor"), "{err}");
+        assert_eq!(p.available(), 3);
+        // Having hit the budget, ended legs close their sockets for a while.
+        c.recycle(c_rtp, c_rtcp);
+        assert_eq!(p.kept(), 0);
+        assert_eq!(p.available(), 4);
     }
 
     #[test]
