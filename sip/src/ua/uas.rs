@@ -17,48 +17,41 @@ use crate::txn::{MethodKind, ServerInvite, ServerNonInvite, TxnKey};
 /// `rport` (RFC 3581). Returns where responses go (§18.2.2): the source for TCP
 /// (same connection) and for rport, else the source IP with the sent-by port.
 fn stamp_via(req: &mut Request, src: SocketAddr, transport: Transport) -> Option<SocketAddr> {
-    // The usual case (sent-by is the source address, no rport) changes nothing: read it
-    // in place rather than parse and rewrite the Via.
     let peek = crate::msg::Via::peek(req.headers.get("Via")?)?;
-    if !peek.rport && peek.host.parse::<std::net::IpAddr>() == Ok(src.ip()) {
-        return Some(match transport {
-            Transport::Tcp => src,
-            _ => SocketAddr::new(src.ip(), peek.port.unwrap_or(5060)),
-        });
+    let reply_to = if transport == Transport::Tcp || peek.rport {
+        src
+    } else {
+        SocketAddr::new(src.ip(), peek.port.unwrap_or(5060))
+    };
+    let same_host = peek.host.parse::<std::net::IpAddr>() == Ok(src.ip());
+    // The usual case (sent-by is the source address, no rport) changes nothing: the Via
+    // is only parsed and rewritten when it must be.
+    if same_host && !peek.rport {
+        return Some(reply_to);
     }
     let mut via = req.headers.top_via()?;
-    let src_ip = src.ip().to_string();
-    let host = via.host.trim_start_matches('[').trim_end_matches(']');
-    let mut changed = false;
-    if host != src_ip {
+    if !same_host {
         via.params
             .retain(|(k, _)| !k.eq_ignore_ascii_case("received"));
-        via.params.push(("received".to_string(), Some(src_ip)));
-        changed = true;
+        via.params
+            .push(("received".to_string(), Some(src.ip().to_string())));
     }
-    let rport = via.param("rport").is_some();
-    if rport {
+    if peek.rport {
         for (k, v) in via.params.iter_mut() {
             if k.eq_ignore_ascii_case("rport") {
                 *v = Some(src.port().to_string());
             }
         }
-        changed = true;
     }
-    if changed
-        && let Some(h) = req
-            .headers
-            .0
-            .iter_mut()
-            .find(|h| h.name.eq_ignore_ascii_case("Via"))
+    if let Some(h) = req
+        .headers
+        .0
+        .iter_mut()
+        .find(|h| h.name.eq_ignore_ascii_case("Via"))
     {
         h.value = via.to_string();
     }
-    if transport == Transport::Tcp || rport {
-        Some(src)
-    } else {
-        Some(SocketAddr::new(src.ip(), via.port.unwrap_or(5060)))
-    }
+    Some(reply_to)
 }
 
 /// The server transaction key: the RFC 3261 branch plus the top Via's sent-by and, for
