@@ -57,7 +57,7 @@ pub(super) fn spawn(path: &str, jobs: tokio::sync::mpsc::Receiver<WriteJob>) -> 
     Ok(())
 }
 
-fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
+fn run(conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
     let insert = CALL_INSERT.replace('$', "?");
     // created_at never changes and is indexed: leaving it out of the SET list spares
     // SQLite that index's upkeep on every status (its ?N stays bound, unused).
@@ -66,11 +66,26 @@ fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
         .replace('$', "?");
     debug_assert!(!update.contains("created_at"));
     let event = EVENT_INSERT.replace('$', "?");
-    let sql = Sql {
-        insert: &insert,
-        update: &update,
-        event: &event,
+    // Prepared once for the thread's life: a statement cache lookup hashes the whole SQL
+    // text (hundreds of bytes) on every use.
+    let prepared = (|| {
+        Ok::<_, rusqlite::Error>(Statements {
+            insert: conn.prepare(&insert)?,
+            update: conn.prepare(&update)?,
+            event: conn.prepare(&event)?,
+        })
+    })();
+    let mut sql = match prepared {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "the SQLite writer cannot prepare its statements");
+            while let Some(job) = jobs.blocking_recv() {
+                job.answer(Err(StoreError::Corrupt(format!("sqlite: {e}"))));
+            }
+            return;
+        }
     };
+    let conn = &conn;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // This thread is the only writer of events on a file database, so it can number
     // them itself instead of asking the table for MAX(sequence) on every event.
@@ -93,7 +108,7 @@ fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
         last_batch = batch.len();
         let ops: Vec<&WriteOp> = batch.iter().map(|j| &j.op).collect();
         let started = std::time::Instant::now();
-        let written = write_batch(&mut conn, &sql, &ops, &mut seqs);
+        let written = write_batch(conn, &mut sql, &ops, &mut seqs);
         let took = started.elapsed();
         if took >= SLOW_COMMIT {
             slow_commits += 1;
@@ -129,7 +144,7 @@ fn run(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<WriteJob>) {
                 // rolled-back numbers are forgotten first.
                 seqs.clear();
                 for job in batch.drain(..) {
-                    let result = write_batch(&mut conn, &sql, &[&job.op], &mut seqs)
+                    let result = write_batch(conn, &mut sql, &[&job.op], &mut seqs)
                         .map(|mut evs| evs.pop().flatten());
                     if result.is_err() {
                         seqs.clear();
@@ -185,20 +200,21 @@ impl Sequences {
     }
 }
 
-struct Sql<'a> {
-    insert: &'a str,
-    update: &'a str,
-    event: &'a str,
+struct Statements<'c> {
+    insert: rusqlite::Statement<'c>,
+    update: rusqlite::Statement<'c>,
+    event: rusqlite::Statement<'c>,
 }
 
 fn write_batch(
-    conn: &mut Connection,
-    sql: &Sql<'_>,
+    conn: &Connection,
+    sql: &mut Statements<'_>,
     ops: &[&WriteOp],
     seqs: &mut Sequences,
 ) -> StoreResult<Vec<Option<CallEvent>>> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
+    // Unchecked: the statements borrow the connection too. This thread is its only user,
+    // and the transaction rolls back on drop unless committed.
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
         .map_err(db_err)?;
     // A status update whose call is updated again later in this batch only needs its
     // event: the later row write carries the newer state.
@@ -212,19 +228,13 @@ fn write_batch(
     for (i, op) in ops.iter().enumerate() {
         let ev = match op {
             WriteOp::Create(call, event) => {
-                with_call_params(call, |params| {
-                    tx.prepare_cached(sql.insert)
-                        .and_then(|mut s| s.execute(params))
-                })?;
+                with_call_params(call, |params| sql.insert.execute(params))?;
                 let sequence = seqs.first(call);
-                Some(insert_event(&tx, sql, call, event, sequence)?)
+                Some(insert_event(&mut sql.event, call, event, sequence)?)
             }
             WriteOp::Update(call, event) => {
                 if last_update.get(call.id.as_str()) == Some(&i) {
-                    let changed = with_call_params(call, |params| {
-                        tx.prepare_cached(sql.update)
-                            .and_then(|mut s| s.execute(params))
-                    })?;
+                    let changed = with_call_params(call, |params| sql.update.execute(params))?;
                     if changed == 0 {
                         return Err(StoreError::CallNotFound(call.id.clone()));
                     }
@@ -232,7 +242,7 @@ fn write_batch(
                 match event {
                     Some(event) => {
                         let sequence = seqs.next(&tx, call)?;
-                        Some(insert_event(&tx, sql, call, event, sequence)?)
+                        Some(insert_event(&mut sql.event, call, event, sequence)?)
                     }
                     None => None,
                 }
@@ -245,8 +255,7 @@ fn write_batch(
 }
 
 fn insert_event(
-    tx: &rusqlite::Transaction<'_>,
-    sql: &Sql<'_>,
+    statement: &mut rusqlite::Statement<'_>,
     call: &CallRecord,
     event: &NewEvent,
     sequence: i64,
@@ -271,9 +280,7 @@ fn insert_event(
         &created,
         &delivered,
     ];
-    tx.prepare_cached(sql.event)
-        .and_then(|mut s| s.execute(&params[..]))
-        .map_err(db_err)?;
+    statement.execute(&params[..]).map_err(db_err)?;
     Ok(ev)
 }
 
