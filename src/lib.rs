@@ -9,4 +9,5 @@ pub mod config;
 pub mod core;
 pub mod model;
 pub mod store;
+pub mod timefmt;
 pub mod webhooks;

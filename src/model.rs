@@ -118,8 +118,11 @@ pub struct CallRecord {
     pub rtp_jitter_ms: Option<f64>,
     /// Estimated listening quality (ITU-T G.107 E-model, 1.0–4.5) from loss and jitter.
     pub mos: Option<f64>,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timefmt::serialize_opt")]
     pub answered_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::timefmt::serialize_opt")]
     pub ended_at: Option<DateTime<Utc>>,
     pub duration_seconds: Option<i64>,
     /// The answered call's SIP dialog (JSON, see `core::dialog_json`), kept so a call left
