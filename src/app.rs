@@ -151,15 +151,17 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
             ),
         }
     }
-    // Enough kept pairs to cover those resting before reuse at several thousand calls
-    // per second (4,000 calls/s rest 2,000 pairs), on at most half the descriptors; when
-    // live calls need more, kept pairs are closed to make room (`bind_from_pool`).
-    let fd_share = usize::try_from(fds / 4).unwrap_or(usize::MAX);
-    ports.keep_sockets((ports.capacity() / 2).min(4096).min(fd_share));
     // Media sockets may take all but an eighth of the descriptors (at least 256 left for
     // SIP over TCP, HTTP and the database); a call beyond that gets a 503 at once.
     let fds = usize::try_from(fds).unwrap_or(usize::MAX);
-    ports.limit_open_pairs(fds.saturating_sub((fds / 8).max(256)) / 2);
+    let max_open = fds.saturating_sub((fds / 8).max(256)) / 2;
+    ports.limit_open_pairs(max_open);
+    // Ended legs' sockets are kept for reuse after resting (`WARM_REST`): a call rate
+    // needs 2 × rate × rest pairs kept, and past that every leg binds and closes afresh,
+    // which costs more than the rest of the call (at 10,000 calls/s: 5,000 pairs). So up
+    // to three quarters of the media share and of the port range; live calls take kept
+    // pairs' descriptors when they need them (`bind_from_pool`).
+    ports.keep_sockets((ports.capacity() / 4 * 3).min(max_open / 4 * 3));
     let switch = crate::core::Switch::start(
         config.clone(),
         store.clone(),
