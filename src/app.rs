@@ -93,7 +93,8 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     let store: Arc<dyn Store> = Arc::new(
         SqlStore::connect(&config.database.url)
             .await?
-            .with_node(&config.node.name),
+            .with_node(&config.node.name)
+            .with_unsent_events(config.webhooks.record_without_url),
     );
     tracing::info!(url = %redact(&config.database.url), "database ready");
     let released = store.release_claims(chrono::Utc::now()).await?;

@@ -129,6 +129,9 @@ pub struct WebhooksConfig {
     pub retry_base_ms: u64,
     pub retry_cap_ms: u64,
     pub max_attempts: u32,
+    /// Keep the status events of calls without a `webhook_url` in their event list (state
+    /// `no_endpoint`). Off, such calls write their call row alone (~3.4 KB less per call).
+    pub record_without_url: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -255,6 +258,7 @@ impl Default for WebhooksConfig {
             retry_base_ms: 1_000,
             retry_cap_ms: 600_000,
             max_attempts: 12,
+            record_without_url: true,
         }
     }
 }
@@ -558,6 +562,14 @@ mod tests {
         assert_eq!(c.sip.listen.port(), 5060);
         assert!(c.database.url.starts_with("sqlite:"));
         assert_eq!(c.calls.default_ring_timeout, 60);
+    }
+
+    #[test]
+    fn events_without_url_are_recorded_unless_turned_off() {
+        let c = Config::from_sources("", &[]).unwrap();
+        assert!(c.webhooks.record_without_url);
+        let c = Config::from_sources("[webhooks]\nrecord_without_url = false\n", &[]).unwrap();
+        assert!(!c.webhooks.record_without_url);
     }
 
     #[test]

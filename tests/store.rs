@@ -51,6 +51,15 @@ impl Db {
         }
     }
 
+    /// The same database through a store that leaves out events nobody is sent.
+    fn without_unsent_events(self) -> Db {
+        Db {
+            store: self.store.with_unsent_events(false),
+            _dir: self._dir,
+            pg: self.pg,
+        }
+    }
+
     async fn finish(self) {
         self.store.close().await;
         if let Some((admin, schema)) = self.pg {
@@ -95,6 +104,81 @@ on_both!(
     a_bad_write_in_a_batch_fails_alone,
     the_last_of_several_queued_updates_wins,
 );
+
+mod unsent_events_left_out {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let db = super::Db::sqlite().await.without_unsent_events();
+        super::unsent_events_left_out(&db.store).await;
+        db.finish().await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = super::Db::postgres().await.without_unsent_events();
+        super::unsent_events_left_out(&db.store).await;
+        db.finish().await;
+    }
+}
+
+/// `with_unsent_events(false)`: a call without webhook_url writes its row and every status
+/// change to it, but no event; a call with one keeps all of its events.
+async fn unsent_events_left_out(s: &SqlStore) {
+    let mut quiet = call("acme", "call_quiet", T0, None);
+    assert_eq!(
+        s.create_call(&shared(&quiet), &ev("call.initiating"))
+            .await
+            .unwrap(),
+        None
+    );
+    quiet.status = CallStatus::Ringing;
+    assert_eq!(
+        s.update_call(&shared(&quiet), Some(&ev("call.ringing")))
+            .await
+            .unwrap(),
+        None
+    );
+    quiet.status = CallStatus::Completed;
+    quiet.sip_code = Some(200);
+    s.update_call(&shared(&quiet), Some(&ev("call.completed")))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_call("acme", "call_quiet").await.unwrap(),
+        Some(quiet.clone())
+    );
+    assert!(
+        s.list_events("acme", "call_quiet")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An update of a call that is not there still fails, event or not.
+    let ghost = call("acme", "call_ghost", T0, None);
+    assert!(matches!(
+        s.update_call(&shared(&ghost), Some(&ev("call.ringing")))
+            .await,
+        Err(StoreError::CallNotFound(_))
+    ));
+
+    let mut hooked = call("acme", "call_hooked", T0, HOOK);
+    let first = s
+        .create_call(&shared(&hooked), &ev("call.initiating"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.state, DeliveryState::Pending);
+    hooked.status = CallStatus::Ringing;
+    let second = s
+        .update_call(&shared(&hooked), Some(&ev("call.ringing")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.sequence, 2);
+    assert_eq!(
+        s.list_events("acme", "call_hooked").await.unwrap(),
+        vec![first, second]
+    );
+}
 
 fn at_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).unwrap()
@@ -154,6 +238,7 @@ async fn create_get_update_with_events(s: &SqlStore) {
     let e1 = s
         .create_call(&shared(&c), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(e1.sequence, 1);
     assert!(e1.id.starts_with("evt_"));
@@ -222,6 +307,7 @@ async fn create_get_update_with_events(s: &SqlStore) {
     let q1 = s
         .create_call(&shared(&quiet), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(q1.state, DeliveryState::NoEndpoint);
     assert_eq!(q1.webhook_url, None);
@@ -253,12 +339,14 @@ async fn tenant_isolation(s: &SqlStore) {
     let e = s
         .create_call(&shared(&c), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     s.create_call(
         &shared(&call("globex", "call_g", T0, HOOK)),
         &ev("call.initiating"),
     )
     .await
+    .unwrap()
     .unwrap();
 
     assert_eq!(s.get_call("globex", "call_a").await.unwrap(), None);
@@ -291,6 +379,7 @@ async fn pagination_three_pages(s: &SqlStore) {
         let c = call("acme", &format!("call_{i}"), *ms, None);
         s.create_call(&shared(&c), &ev("call.initiating"))
             .await
+            .unwrap()
             .unwrap();
     }
     s.create_call(
@@ -298,6 +387,7 @@ async fn pagination_three_pages(s: &SqlStore) {
         &ev("call.initiating"),
     )
     .await
+    .unwrap()
     .unwrap();
 
     let p1 = s.list_calls("acme", 3, None).await.unwrap();
@@ -356,6 +446,7 @@ async fn due_events_in_order_per_call(s: &SqlStore) {
     let x1 = s
         .create_call(&shared(&x), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     x.status = CallStatus::Ringing;
     let x2 = s
@@ -373,12 +464,14 @@ async fn due_events_in_order_per_call(s: &SqlStore) {
     let y1 = s
         .create_call(&shared(&y), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     s.create_call(
         &shared(&call("acme", "call_q", T0, None)),
         &ev("call.initiating"),
     )
     .await
+    .unwrap()
     .unwrap();
 
     let now = x1.created_at.max(y1.created_at) + chrono::Duration::milliseconds(1);
@@ -433,6 +526,7 @@ async fn due_events_in_order_per_call(s: &SqlStore) {
     let mut z = call("acme", "call_z", T0, HOOK);
     s.create_call(&shared(&z), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     z.status = CallStatus::Ringing;
     s.update_call(&shared(&z), Some(&ev("call.ringing")))
@@ -447,6 +541,7 @@ async fn redeliver(s: &SqlStore) {
     let e = s
         .create_call(&shared(&c), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     let now = e.created_at + chrono::Duration::seconds(1);
     assert_eq!(s.due_events(now, 10).await.unwrap().len(), 1);
@@ -490,6 +585,7 @@ async fn redeliver(s: &SqlStore) {
             &ev("call.initiating"),
         )
         .await
+        .unwrap()
         .unwrap();
     let q = s
         .redeliver_event("acme", "call_q", &q.id, now)
@@ -552,6 +648,7 @@ async fn live_calls_are_the_non_terminal_ones(s: &SqlStore) {
         c.status = *status;
         s.create_call(&shared(&c), &ev("call.initiating"))
             .await
+            .unwrap()
             .unwrap();
     }
     let live: Vec<CallStatus> = s
@@ -579,6 +676,7 @@ async fn the_last_of_several_queued_updates_wins(s: &SqlStore) {
         let c = call("acme", &id, T0, HOOK);
         s.create_call(&shared(&c), &ev("call.initiating"))
             .await
+            .unwrap()
             .unwrap();
         let mut ringing = c.clone();
         ringing.status = CallStatus::Ringing;
@@ -615,6 +713,7 @@ async fn concurrent_updates_get_distinct_sequences(s: &SqlStore) {
     let c = call("acme", "call_c", T0, HOOK);
     s.create_call(&shared(&c), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..10 {
@@ -682,6 +781,7 @@ async fn sqlite_reopen_keeps_data_and_migrations_are_idempotent() {
     let e = first
         .create_call(&shared(&c), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     let secret = first.webhook_secret("acme").await.unwrap();
     first.close().await;
@@ -722,6 +822,7 @@ async fn in_memory_sqlite_and_bad_urls() {
         &ev("call.initiating"),
     )
     .await
+    .unwrap()
     .unwrap();
     // The single in-memory connection is shared, so the row is visible.
     assert!(s.get_call("acme", "call_m").await.unwrap().is_some());

@@ -158,6 +158,7 @@ async fn three_events(store: &SqlStore, id: &str, url: &str) {
     store
         .create_call(&shared(&c), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     c.status = CallStatus::Ringing;
     store
@@ -242,6 +243,7 @@ async fn retries_then_delivers_in_order_exactly_once() {
     store
         .create_call(&shared(&sentinel), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     let (handle, shutdown) = start(&store, fast_config());
     let hit = next_hit(&mut hits).await;
@@ -294,6 +296,7 @@ async fn a_claim_by_a_crashed_node_expires_and_is_retried() {
     store
         .create_call(&shared(&call("call_c", &url)), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     // Another node claimed the event and died without recording an outcome.
     let claimed = store.due_events(Utc::now(), 10).await.unwrap();
@@ -361,6 +364,7 @@ async fn unreachable_endpoint_counts_as_a_failed_attempt() {
     store
         .create_call(&shared(&c), &ev("call.initiating"))
         .await
+        .unwrap()
         .unwrap();
     c.webhook_url = Some(live_url);
     c.status = CallStatus::Ringing;

@@ -585,20 +585,21 @@ pub(crate) async fn record_event(
     }
 }
 
-/// Writes a new call with its `call.initiating` event and wakes the deliverer if there is
-/// somewhere to send it.
+/// Writes a new call with its `call.initiating` event (if the store records it) and wakes
+/// the deliverer if there is somewhere to send it.
 pub(crate) async fn record_created(
     shared: &Shared,
     r: &Arc<CallRecord>,
-) -> Result<crate::model::CallEvent, crate::store::StoreError> {
+) -> Result<(), crate::store::StoreError> {
     let event = NewEvent {
         event_type: "call.initiating".to_owned(),
         extra: serde_json::json!({}),
     };
-    let created = shared.store.create_call(r, &event).await?;
-    wake_deliverer(shared, &created);
+    if let Some(created) = shared.store.create_call(r, &event).await? {
+        wake_deliverer(shared, &created);
+    }
     shared.metrics.status(CallStatus::Initiating);
-    Ok(created)
+    Ok(())
 }
 
 /// Without an endpoint an event is stored as `no_endpoint`: nothing to deliver, so the

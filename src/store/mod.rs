@@ -49,8 +49,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The call is shared rather than copied: a writer holds it only until it answers,
     /// so a task that owns the other reference can change it afterwards without a copy
     /// (`Arc::make_mut`).
-    async fn create_call(&self, call: &Arc<CallRecord>, event: &NewEvent)
-    -> StoreResult<CallEvent>;
+    ///
+    /// Events of a call without a `webhook_url` are written only when the store records
+    /// unsent events (the default); otherwise this and [`Store::update_call`] return
+    /// `None` for such a call and write its row alone.
+    async fn create_call(
+        &self,
+        call: &Arc<CallRecord>,
+        event: &NewEvent,
+    ) -> StoreResult<Option<CallEvent>>;
     /// Overwrite the call row and, if given, append its next event (sequence = last + 1) in one transaction.
     async fn update_call(
         &self,

@@ -229,8 +229,13 @@ fn write_batch(
         let ev = match op {
             WriteOp::Create(call, event) => {
                 with_call_params(call, |params| sql.insert.execute(params))?;
-                let sequence = seqs.first(call);
-                Some(insert_event(&mut sql.event, call, event, sequence)?)
+                match event {
+                    Some(event) => {
+                        let sequence = seqs.first(call);
+                        Some(insert_event(&mut sql.event, call, event, sequence)?)
+                    }
+                    None => None,
+                }
             }
             WriteOp::Update(call, event) => {
                 if last_update.get(call.id.as_str()) == Some(&i) {

@@ -35,7 +35,9 @@
 //!   Kamailio's `-n 1`: with two SIPps on a 2-core machine a second worker costs more in
 //!   thread wake-ups than it adds); `TRANSIT_KERNEL_FORWARDING=1` the switch's
 //!   `[rtp] kernel_forwarding` (RTP relayed by conntrack; Kamailio then runs without
-//!   connection tracking, as it does by default); `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `MIMALLOC_PURGE_DELAY` the
+//!   connection tracking, as it does by default); `TRANSIT_RECORD_EVENTS=1` the switch's
+//!   `[webhooks] record_without_url` (off by default here: the bench's calls have no
+//!   webhook, and a transit deployment without callbacks writes each call's row alone); `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `MIMALLOC_PURGE_DELAY` the
 //!   switch's allocator purge delay (`1000`, as the README recommends for deployment); `TRANSIT_DB_URL` the switch's
 //!   database (a SQLite file in the work dir); `TRANSIT_DEADLINE` overall seconds (1800),
 //!   also the bound on every child's lifetime; `TRANSIT_KEEP` keeps the work dir (logs,
@@ -165,6 +167,8 @@ struct Settings {
     switch_workers: u64,
     /// The switch's `[rtp] kernel_forwarding`.
     kernel_forwarding: bool,
+    /// The switch's `[webhooks] record_without_url`.
+    record_events: bool,
     /// Systems take turns step by step rather than ramp after ramp.
     interleave: bool,
     db_url: Option<String>,
@@ -236,6 +240,7 @@ impl Settings {
             switch_log: std::env::var("TRANSIT_SWITCH_LOG").unwrap_or_else(|_| "warn".into()),
             switch_workers: env_u64("TRANSIT_SWITCH_WORKERS", 1).max(1),
             kernel_forwarding: env_u64("TRANSIT_KERNEL_FORWARDING", 0) == 1,
+            record_events: env_u64("TRANSIT_RECORD_EVENTS", 0) == 1,
             interleave: env_u64("TRANSIT_INTERLEAVE", 1) == 1,
             db_url: std::env::var("TRANSIT_DB_URL").ok(),
             deadline: Duration::from_secs(env_u64("TRANSIT_DEADLINE", 1800).max(10)),
@@ -671,6 +676,8 @@ impl Sut {
             } else {
                 ""
             })
+            // The bench's calls have no webhook_url: as a transit carrier would run it.
+            .webhooks(&format!("record_without_url = {}", s.record_events))
             .extra(&format!(
                 "[node]\nworker_threads = {workers}\n\n\
                  [dialplan]\nfile = {plan:?}\n\n\

@@ -41,6 +41,8 @@ pub struct SwitchConfig {
     pub sip_toml: String,
     /// Extra keys for the `[rtp]` section.
     pub rtp_toml: String,
+    /// Extra keys for the `[webhooks]` section.
+    pub webhooks_toml: String,
 }
 
 impl SwitchConfig {
@@ -62,6 +64,7 @@ impl SwitchConfig {
             extra_toml: String::new(),
             sip_toml: String::new(),
             rtp_toml: String::new(),
+            webhooks_toml: String::new(),
         }
     }
 
@@ -123,6 +126,13 @@ impl SwitchConfig {
         self
     }
 
+    /// Adds keys to the `[webhooks]` section.
+    pub fn webhooks(mut self, toml: &str) -> Self {
+        self.webhooks_toml.push_str(toml);
+        self.webhooks_toml.push('\n');
+        self
+    }
+
     /// Appends raw TOML (e.g. another `[[trunks]]` entry).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra_toml.push('\n');
@@ -138,7 +148,7 @@ impl SwitchConfig {
              [http]\nlisten = \"127.0.0.1:0\"\n\n\
              [rtp]\nport_min = {}\nport_max = {}\n{}{}\n\
              [database]\nurl = {}\n\n\
-             [webhooks]\nretry_base_ms = {}\n\n\
+             [webhooks]\nretry_base_ms = {}\n{}\n\
              [[trunks]]\nname = {}\nuri = {}\ntransport = {}\n",
             self.sip_toml,
             self.rtp_port_min,
@@ -152,6 +162,7 @@ impl SwitchConfig {
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", db_path.display()))),
             self.retry_base_ms,
+            self.webhooks_toml,
             q(&self.trunk_name),
             q(&self.trunk_uri),
             q(&self.trunk_transport),
