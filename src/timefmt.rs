@@ -48,8 +48,8 @@ fn with_rfc3339<R>(dt: &DateTime<Utc>, fraction: Fraction, f: impl FnOnce(&str) 
     let (value, digits) = match fraction {
         Fraction::Millis => (nanos / 1_000_000, 3),
         Fraction::Auto if nanos == 0 => (0, 0),
-        Fraction::Auto if nanos % 1_000_000 == 0 => (nanos / 1_000_000, 3),
-        Fraction::Auto if nanos % 1_000 == 0 => (nanos / 1_000, 6),
+        Fraction::Auto if nanos.is_multiple_of(1_000_000) => (nanos / 1_000_000, 3),
+        Fraction::Auto if nanos.is_multiple_of(1_000) => (nanos / 1_000, 6),
         Fraction::Auto => (nanos, 9),
     };
     let mut len = 19;
