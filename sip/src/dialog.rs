@@ -104,7 +104,7 @@ impl Dialog {
             call_id: invite.headers.call_id()?.to_string(),
             local_tag: local_tag.to_string(),
             remote_tag,
-            local_party: format!("{};tag={local_tag}", invite.headers.get("To")?),
+            local_party: crate::msg::with_tag(invite.headers.get("To")?, local_tag),
             remote_party: invite.headers.get("From")?.to_string(),
             local_cseq: 0,
             remote_cseq: invite.headers.cseq().map(|(n, _)| n),
@@ -129,8 +129,11 @@ impl Dialog {
         req.headers.push("From", self.local_party.clone());
         req.headers.push("To", self.remote_party.clone());
         req.headers.push("Call-ID", self.call_id.clone());
-        req.headers
-            .push("CSeq", format!("{cseq} {}", method.as_str()));
+        let mut cseq_value = String::with_capacity(24);
+        crate::msg::push_decimal(&mut cseq_value, u64::from(cseq));
+        cseq_value.push(' ');
+        cseq_value.push_str(method.as_str());
+        req.headers.push("CSeq", cseq_value);
         for r in &self.route_set {
             req.headers.push("Route", r.clone());
         }

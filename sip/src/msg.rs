@@ -412,7 +412,12 @@ impl Request {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let start = format!("{} {} SIP/2.0", self.method, self.uri);
+        let method = self.method.as_str();
+        let mut start = String::with_capacity(method.len() + self.uri.len() + 9);
+        start.push_str(method);
+        start.push(' ');
+        start.push_str(&self.uri);
+        start.push_str(" SIP/2.0");
         write_message(&start, &self.headers, &self.body)
     }
 }
@@ -443,7 +448,11 @@ impl Response {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let start = format!("SIP/2.0 {} {}", self.code, self.reason);
+        let mut start = String::with_capacity(self.reason.len() + 14);
+        start.push_str("SIP/2.0 ");
+        push_decimal(&mut start, u64::from(self.code));
+        start.push(' ');
+        start.push_str(&self.reason);
         write_message(&start, &self.headers, &self.body)
     }
 }
@@ -490,7 +499,37 @@ fn push_line_safe(out: &mut Vec<u8>, s: &str) {
 }
 
 fn write_length(out: &mut Vec<u8>, len: usize) {
-    out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes());
+    out.extend_from_slice(b"Content-Length: ");
+    let mut digits = String::with_capacity(20);
+    push_decimal(&mut digits, len as u64);
+    out.extend_from_slice(digits.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `v` in decimal. Messages are built on every call: `format!` and its
+/// `core::fmt` machinery were a few per cent of the SIP thread.
+pub(crate) fn push_decimal(out: &mut String, v: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut v = v;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
+}
+
+/// `{a};tag={tag}`: a To or From value with a tag added.
+pub(crate) fn with_tag(value: &str, tag: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 5 + tag.len());
+    out.push_str(value);
+    out.push_str(";tag=");
+    out.push_str(tag);
+    out
 }
 
 /// The RFC 3261 §21 reason phrase for a status code ("" for unknown codes).
@@ -603,5 +642,33 @@ impl ParseError {
             ParseError::Version => "Version Not Supported".to_owned(),
             other => format!("Bad Request: {other}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn push_decimal_writes_what_format_does(v in any::<u64>()) {
+            let mut s = String::from("x");
+            push_decimal(&mut s, v);
+            prop_assert_eq!(s, format!("x{v}"));
+        }
+    }
+
+    #[test]
+    fn start_lines_and_length() {
+        let mut r = Response::new(180, "Ringing");
+        r.body = Bytes::from_static(b"v=0\r\n");
+        let text = String::from_utf8(r.to_bytes()).unwrap_or_default();
+        assert!(text.starts_with("SIP/2.0 180 Ringing\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 5\r\n"), "{text}");
+        let q = Request::new(Method::Other("FOO".into()), "sip:a@b");
+        let text = String::from_utf8(q.to_bytes()).unwrap_or_default();
+        assert!(text.starts_with("FOO sip:a@b SIP/2.0\r\n"), "{text}");
+        assert_eq!(with_tag("<sip:a@b>", "x1"), "<sip:a@b>;tag=x1");
     }
 }

@@ -488,6 +488,10 @@ struct LegExt {
 #[derive(Debug)]
 pub struct UserAgent {
     cfg: UaConfig,
+    /// `cfg.public_addr` as text, for the Via and Contact of every message we build.
+    public_addr_text: String,
+    /// `cfg.public_addr`'s IP as text, for Call-IDs.
+    public_host_text: String,
     rng: StdRng,
     // Boxed: a transaction outlives its call by up to 32 s (Timers D, J, M), so under
     // load this map holds 100k+ entries, and growing it moved every entry (512 bytes
@@ -516,6 +520,8 @@ pub struct UserAgent {
 impl UserAgent {
     pub fn new(config: UaConfig, seed: u64) -> Self {
         UserAgent {
+            public_addr_text: config.public_addr.to_string(),
+            public_host_text: config.public_addr.ip().to_string(),
             cfg: config,
             rng: StdRng::seed_from_u64(seed),
             txns: HashMap::new(),
@@ -766,29 +772,38 @@ impl UserAgent {
         });
     }
 
+    /// `len` (at most 16) lowercase hex digits of a random u64, most significant first.
     fn random_hex(&mut self, len: usize) -> String {
         let v: u64 = self.rng.random();
-        let mut s = format!("{v:016x}");
-        s.truncate(len.min(16));
+        let mut s = String::with_capacity(16);
+        push_hex(&mut s, v, len);
         s
     }
 
     /// A Via for a request we originate, with a fresh RFC 3261 branch.
     fn new_via(&mut self, transport: Transport) -> String {
-        let branch = self.random_hex(16);
-        format!(
-            "SIP/2.0/{} {};branch=z9hG4bK{branch};rport",
-            transport.via_token(),
-            self.cfg.public_addr
-        )
+        let v: u64 = self.rng.random();
+        let token = transport.via_token();
+        let mut via = String::with_capacity(self.public_addr_text.len() + token.len() + 48);
+        via.push_str("SIP/2.0/");
+        via.push_str(token);
+        via.push(' ');
+        via.push_str(&self.public_addr_text);
+        via.push_str(";branch=z9hG4bK");
+        push_hex(&mut via, v, 16);
+        via.push_str(";rport");
+        via
     }
 
     fn contact(&self, transport: Transport) -> String {
-        format!(
-            "<sip:switchyard@{};transport={}>",
-            self.cfg.public_addr,
-            transport.uri_param()
-        )
+        let param = transport.uri_param();
+        let mut contact = String::with_capacity(self.public_addr_text.len() + param.len() + 32);
+        contact.push_str("<sip:switchyard@");
+        contact.push_str(&self.public_addr_text);
+        contact.push_str(";transport=");
+        contact.push_str(param);
+        contact.push('>');
+        contact
     }
 
     fn txn_config(&self, transport: Transport) -> TxnConfig {
@@ -941,9 +956,19 @@ impl UserAgent {
             && req.headers.to().is_some_and(|t| t.tag().is_none())
         {
             let tag = self.random_hex(10);
-            resp.headers.set("To", format!("{to};tag={tag}"));
+            resp.headers.set("To", crate::msg::with_tag(to, &tag));
         }
         resp
+    }
+}
+
+/// Appends the `len` (at most 16) most significant hex digits of `v`, as `{v:016x}`
+/// truncated to `len` would.
+fn push_hex(out: &mut String, v: u64, len: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for i in 0..len.min(16) {
+        let nibble = (v >> (60 - 4 * i)) & 0xf;
+        out.push(char::from(DIGITS[nibble as usize]));
     }
 }
 
@@ -967,4 +992,21 @@ fn body_of(headers: &msg::Headers, bytes: &Bytes) -> Option<Body> {
             .to_string(),
         bytes: bytes.clone(),
     })
+}
+
+#[cfg(test)]
+mod hex_tests {
+    use super::push_hex;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn push_hex_is_the_padded_format_truncated(v in any::<u64>(), len in 0usize..20) {
+            let mut s = String::new();
+            push_hex(&mut s, v, len);
+            let mut want = format!("{v:016x}");
+            want.truncate(len.min(16));
+            prop_assert_eq!(s, want);
+        }
+    }
 }

@@ -41,17 +41,33 @@ impl UserAgent {
         let tag = self.random_hex(10);
         let call_id = match a.call_id {
             Some(id) if !id.is_empty() => id,
-            _ => format!("{}@{}", self.random_hex(16), self.cfg.public_addr.ip()),
+            _ => {
+                let mut id = self.random_hex(16);
+                id.push('@');
+                id.push_str(&self.public_host_text);
+                id
+            }
         };
         let mut req = Request::new(Method::Invite, a.target.request_uri.clone());
         req.headers.push("Via", via);
         req.headers.push("Max-Forwards", "70");
         let from = match &a.from_display {
             Some(d) => format!("\"{}\" <{}>;tag={tag}", d.replace('"', ""), a.from_uri),
-            None => format!("<{}>;tag={tag}", a.from_uri),
+            None => {
+                let mut from = String::with_capacity(a.from_uri.len() + tag.len() + 7);
+                from.push('<');
+                from.push_str(&a.from_uri);
+                from.push_str(">;tag=");
+                from.push_str(&tag);
+                from
+            }
         };
         req.headers.push("From", from);
-        req.headers.push("To", format!("<{}>", a.to_uri));
+        let mut to = String::with_capacity(a.to_uri.len() + 2);
+        to.push('<');
+        to.push_str(&a.to_uri);
+        to.push('>');
+        req.headers.push("To", to);
         req.headers.push("Call-ID", call_id.clone());
         req.headers.push("CSeq", "1 INVITE");
         req.headers.push("Contact", self.contact(transport));

@@ -65,12 +65,22 @@ fn server_branch(req: &Request) -> String {
             let (host, port) = via
                 .map(|v| (v.host, v.port.unwrap_or(0)))
                 .unwrap_or_default();
+            let mut key = String::with_capacity(b.len() + host.len() + 20);
+            key.push_str(b);
+            key.push('|');
+            key.push_str(host);
+            key.push(':');
+            crate::msg::push_decimal(&mut key, u64::from(port));
             match MethodKind::of(&req.method) {
                 // INVITE/ACK and CANCEL are told apart by the key's kind, and CANCEL must
                 // find its INVITE under the same string.
-                MethodKind::Invite | MethodKind::Cancel => format!("{b}|{host}:{port}"),
-                MethodKind::Other => format!("{b}|{host}:{port}|{}", req.method.as_str()),
+                MethodKind::Invite | MethodKind::Cancel => {}
+                MethodKind::Other => {
+                    key.push('|');
+                    key.push_str(req.method.as_str());
+                }
             }
+            key
         }
         _ => format!(
             "2543:{}:{}:{}:{}",
@@ -514,6 +524,6 @@ pub(super) fn set_to_tag(resp: &mut Response, req: &Request, tag: &str) {
     if let Some(to) = req.headers.get("To")
         && req.headers.to().is_some_and(|t| t.tag().is_none())
     {
-        resp.headers.set("To", format!("{to};tag={tag}"));
+        resp.headers.set("To", crate::msg::with_tag(to, tag));
     }
 }
