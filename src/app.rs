@@ -163,6 +163,13 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     // to three quarters of the media share and of the port range; live calls take kept
     // pairs' descriptors when they need them (`bind_from_pool`).
     ports.keep_sockets((ports.capacity() / 4 * 3).min(max_open / 4 * 3));
+    if config.rtp.prebind_pairs > 0 {
+        let ip = config.rtp.bind_ip.unwrap_or_else(|| config.public_ip());
+        match ports.prebind(ip, config.rtp.prebind_pairs) {
+            Ok(n) => tracing::info!(pairs = n, %ip, "RTP socket pairs bound ahead of calls"),
+            Err(e) => tracing::warn!(error = %e, %ip, "cannot bind RTP socket pairs ahead"),
+        }
+    }
     let switch = crate::core::Switch::start(
         config.clone(),
         store.clone(),

@@ -114,6 +114,9 @@ pub struct RtpConfig {
     /// kernel (conntrack NAT) once both sides have latched. Needs CAP_NET_ADMIN and
     /// `nft`; without them the switch warns and relays in userspace.
     pub kernel_forwarding: bool,
+    /// RTP/RTCP socket pairs bound at start and kept ready (at most the pool keeps), so a
+    /// switch started under load does not bind every leg afresh for its first 250 ms.
+    pub prebind_pairs: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -239,6 +242,7 @@ impl Default for RtpConfig {
             bind_ip: None,
             media_timeout_s: 30,
             kernel_forwarding: false,
+            prebind_pairs: 0,
         }
     }
 }
@@ -570,6 +574,9 @@ mod tests {
         assert!(c.webhooks.record_without_url);
         let c = Config::from_sources("[webhooks]\nrecord_without_url = false\n", &[]).unwrap();
         assert!(!c.webhooks.record_without_url);
+        assert_eq!(c.rtp.prebind_pairs, 0);
+        let c = Config::from_sources("[rtp]\nprebind_pairs = 4000\n", &[]).unwrap();
+        assert_eq!(c.rtp.prebind_pairs, 4000);
     }
 
     #[test]

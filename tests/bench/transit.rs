@@ -37,7 +37,9 @@
 //!   `[rtp] kernel_forwarding` (RTP relayed by conntrack; Kamailio then runs without
 //!   connection tracking, as it does by default); `TRANSIT_RECORD_EVENTS=1` the switch's
 //!   `[webhooks] record_without_url` (off by default here: the bench's calls have no
-//!   webhook, and a transit deployment without callbacks writes each call's row alone); `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `MIMALLOC_PURGE_DELAY` the
+//!   webhook, and a transit deployment without callbacks writes each call's row alone);
+//!   `TRANSIT_PREBIND` the switch's `[rtp] prebind_pairs` (0: a ramp that starts high
+//!   measures a cold start); `TRANSIT_SWITCH_LOG` the switch's `RUST_LOG` (`warn`); `MIMALLOC_PURGE_DELAY` the
 //!   switch's allocator purge delay (`1000`, as the README recommends for deployment); `TRANSIT_DB_URL` the switch's
 //!   database (a SQLite file in the work dir); `TRANSIT_DEADLINE` overall seconds (1800),
 //!   also the bound on every child's lifetime; `TRANSIT_KEEP` keeps the work dir (logs,
@@ -169,6 +171,8 @@ struct Settings {
     kernel_forwarding: bool,
     /// The switch's `[webhooks] record_without_url`.
     record_events: bool,
+    /// The switch's `[rtp] prebind_pairs`.
+    prebind: u64,
     /// Systems take turns step by step rather than ramp after ramp.
     interleave: bool,
     db_url: Option<String>,
@@ -241,6 +245,7 @@ impl Settings {
             switch_workers: env_u64("TRANSIT_SWITCH_WORKERS", 1).max(1),
             kernel_forwarding: env_u64("TRANSIT_KERNEL_FORWARDING", 0) == 1,
             record_events: env_u64("TRANSIT_RECORD_EVENTS", 0) == 1,
+            prebind: env_u64("TRANSIT_PREBIND", 0),
             interleave: env_u64("TRANSIT_INTERLEAVE", 1) == 1,
             db_url: std::env::var("TRANSIT_DB_URL").ok(),
             deadline: Duration::from_secs(env_u64("TRANSIT_DEADLINE", 1800).max(10)),
@@ -676,6 +681,7 @@ impl Sut {
             } else {
                 ""
             })
+            .rtp(&format!("prebind_pairs = {}", s.prebind))
             // The bench's calls have no webhook_url: as a transit carrier would run it.
             .webhooks(&format!("record_without_url = {}", s.record_events))
             .extra(&format!(

@@ -220,6 +220,39 @@ impl PortPool {
         g.warm_rest = rest;
     }
 
+    /// Binds up to `n` pairs on `ip` now and keeps them as if their legs had ended and
+    /// rested, so the first calls after a start reuse sockets like later ones (a switch
+    /// restarted under load otherwise binds every leg afresh for its first
+    /// [`WARM_REST`], at about twice the CPU per call). Bounded by
+    /// [`keep_sockets`](Self::keep_sockets) and the open-pair limit; call it from the
+    /// runtime that will use the pool. Returns how many pairs it kept.
+    pub fn prebind(&self, ip: std::net::IpAddr, n: usize) -> std::io::Result<usize> {
+        let mut kept = 0;
+        while kept < n {
+            {
+                let g = lock(&self.inner);
+                if g.warm.len() >= g.warm_max || g.open_pairs() >= g.max_open {
+                    break;
+                }
+            }
+            let (mut pair, rtp, rtcp) = bind_fresh(self, ip, None)?;
+            let mut g = lock(&self.inner);
+            let rested = Instant::now()
+                .checked_sub(g.warm_rest)
+                .unwrap_or_else(Instant::now);
+            g.warm.push_back(WarmPair {
+                rtp_port: pair.rtp,
+                ip,
+                rtp,
+                rtcp,
+                freed: rested,
+            });
+            pair.kept = true;
+            kept += 1;
+        }
+        Ok(kept)
+    }
+
     /// At most `max` pairs (two sockets each) open at once, kept ones included; a leg
     /// beyond that is refused before it makes a socket (see [`bind_from_pool`]).
     pub fn limit_open_pairs(&self, max: usize) {
@@ -591,6 +624,25 @@ mod tests {
         let (next, _, _) = bind_from_pool(&p, ip, None).unwrap();
         assert_ne!(next.rtp(), port, "a resting pair is not handed out");
         assert_eq!(p.kept(), 1);
+    }
+
+    #[tokio::test]
+    async fn prebound_pairs_are_ready_at_once_and_bounded_by_the_keep_limit() {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let p = pool(41330, 41341).unwrap();
+        assert_eq!(p.prebind(ip, 4).unwrap(), 0, "nothing is kept unless asked");
+        // A rest far longer than the test: only prebound pairs can be ready now.
+        p.keep_sockets_resting(3, Duration::from_secs(3600));
+        assert_eq!(p.prebind(ip, 5).unwrap(), 3);
+        assert_eq!(p.kept(), 3);
+        let (pair, _rtp, _rtcp) = bind_from_pool(&p, ip, None).unwrap();
+        assert_eq!(p.kept(), 2, "the leg took a prebound pair");
+        assert!((41330..=41341).contains(&pair.rtp()));
+        // The open-pair limit counts prebound pairs too.
+        let q = pool(41350, 41361).unwrap();
+        q.keep_sockets_resting(6, Duration::from_secs(3600));
+        q.limit_open_pairs(2);
+        assert_eq!(q.prebind(ip, 6).unwrap(), 2);
     }
 
     #[tokio::test]
