@@ -163,7 +163,7 @@ impl SqlStore {
                             // Only a new, empty file takes this (an existing one keeps
                             // its size). Event rows are ~1 KB: with 16 KiB pages a commit
                             // writes fewer WAL frames and the B-trees split less often
-                            // (`cargo bench --bench store`: about 6 % less writer CPU).
+                            // (`cargo bench --bench store`: a few per cent of the writer).
                             sqlx::query("PRAGMA page_size = 16384")
                                 .execute(&mut *conn)
                                 .await?;

@@ -235,7 +235,12 @@ impl PortPool {
                     break;
                 }
             }
-            let (mut pair, rtp, rtcp) = bind_fresh(self, ip, None)?;
+            let (mut pair, rtp, rtcp) = match bind_fresh(self, ip, None) {
+                Ok(bound) => bound,
+                // Ports other processes hold, or the range ran out: keep what we have.
+                Err(_) if kept > 0 => break,
+                Err(e) => return Err(e),
+            };
             let mut g = lock(&self.inner);
             let rested = Instant::now()
                 .checked_sub(g.warm_rest)
