@@ -499,10 +499,9 @@ fn push_line_safe(out: &mut Vec<u8>, s: &str) {
 }
 
 fn write_length(out: &mut Vec<u8>, len: usize) {
+    let mut buf = [0u8; 20];
     out.extend_from_slice(b"Content-Length: ");
-    let mut digits = String::with_capacity(20);
-    push_decimal(&mut digits, len as u64);
-    out.extend_from_slice(digits.as_bytes());
+    out.extend_from_slice(decimal(len as u64, &mut buf).as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -510,8 +509,12 @@ fn write_length(out: &mut Vec<u8>, len: usize) {
 /// `core::fmt` machinery were a few per cent of the SIP thread.
 pub(crate) fn push_decimal(out: &mut String, v: u64) {
     let mut buf = [0u8; 20];
+    out.push_str(decimal(v, &mut buf));
+}
+
+/// `v` in decimal, written into the end of `buf` (20 digits hold any u64).
+fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
     let mut at = buf.len();
-    let mut v = v;
     loop {
         at -= 1;
         buf[at] = b'0' + (v % 10) as u8;
@@ -520,7 +523,7 @@ pub(crate) fn push_decimal(out: &mut String, v: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 /// `{a};tag={tag}`: a To or From value with a tag added.
