@@ -9,7 +9,6 @@ need_pkgs=()
 command -v sipp >/dev/null 2>&1 || need_pkgs+=(sip-tester)
 # nft: the in-kernel RTP forwarding tests (they run as root, as CI does).
 command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
-pkg-config --exists opus 2>/dev/null || need_pkgs+=(libopus-dev pkg-config)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -24,6 +23,14 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
     echo "==> starting PostgreSQL"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
   fi
+fi
+
+# The README's run command must build on a machine with only a Rust toolchain: no
+# system library found through pkg-config and no cmake. Every build below runs so.
+export PKG_CONFIG=/bin/false CMAKE=/bin/false
+if [ -n "$(cargo tree -q --workspace -e normal,build -i cmake 2>/dev/null)" ]; then
+  echo "FAIL: a dependency builds with cmake, which a fresh machine does not have" >&2
+  exit 1
 fi
 
 echo "==> cargo fmt --check"

@@ -91,9 +91,9 @@ pub enum CodecError {
     /// An empty payload where audio was expected.
     #[error("empty payload")]
     EmptyPayload,
-    /// libopus reported an error (corrupt packet, bad frame size, ...).
+    /// The Opus codec reported an error (corrupt packet, bad frame size, ...).
     #[error("opus: {0}")]
-    Opus(#[from] audiopus::Error),
+    Opus(&'static str),
     /// Rate conversion failed.
     #[error(transparent)]
     Resample(#[from] ResampleError),
@@ -395,9 +395,13 @@ fn check_opus_channels(channels: u8) -> Result<(), CodecError> {
     }
 }
 
+/// Opus through `opus-rs`, a pure-Rust port of libopus 1.6: no system library and no
+/// cmake, so `cargo run` works on a machine with only a Rust toolchain.
 struct OpusDecoder {
     channels: u8,
-    inner: audiopus::coder::Decoder,
+    inner: opus_rs::OpusDecoder,
+    /// Float scratch the decoder writes into (reused: steady state allocates nothing).
+    pcm: Vec<f32>,
 }
 
 impl std::fmt::Debug for OpusDecoder {
@@ -411,39 +415,56 @@ impl std::fmt::Debug for OpusDecoder {
 impl OpusDecoder {
     fn new(channels: u8) -> Result<Self, CodecError> {
         check_opus_channels(channels)?;
-        let inner =
-            audiopus::coder::Decoder::new(audiopus::SampleRate::Hz48000, audiopus::Channels::Mono)?;
-        Ok(Self { channels, inner })
+        // Mono output whatever the stream: the media engine mixes to one channel.
+        let inner = opus_rs::OpusDecoder::new(48_000, 1).map_err(CodecError::Opus)?;
+        Ok(Self {
+            channels,
+            inner,
+            pcm: vec![0.0; OPUS_MAX_SAMPLES],
+        })
     }
+
+    fn run(
+        &mut self,
+        payload: &[u8],
+        samples: usize,
+        out: &mut Vec<i16>,
+    ) -> Result<(), CodecError> {
+        self.pcm.resize(samples.max(OPUS_MAX_SAMPLES), 0.0);
+        let n = self
+            .inner
+            .decode(payload, samples, &mut self.pcm)
+            .map_err(CodecError::Opus)?;
+        out.clear();
+        out.extend(self.pcm.iter().take(n).map(|&v| f32_to_i16(v)));
+        Ok(())
+    }
+}
+
+/// `opus_decode_float`'s scale (1.0 is 32768), saturated as `opus_decode` does.
+fn f32_to_i16(v: f32) -> i16 {
+    (v * 32768.0).round().clamp(-32768.0, 32767.0) as i16
 }
 
 impl Decoder for OpusDecoder {
     fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) -> Result<(), CodecError> {
-        let packet = audiopus::packet::Packet::try_from(payload)?;
-        out.clear();
-        out.resize(OPUS_MAX_SAMPLES, 0);
-        let signals = audiopus::MutSignals::try_from(out.as_mut_slice())?;
-        match self.inner.decode(Some(packet), signals, false) {
-            Ok(n) => {
-                out.truncate(n);
-                Ok(())
-            }
-            Err(e) => {
-                out.clear();
-                Err(e.into())
-            }
+        // An empty payload would ask the decoder to conceal: that is `conceal`'s job.
+        if payload.is_empty() {
+            out.clear();
+            return Err(CodecError::EmptyPayload);
         }
+        let result = self.run(payload, OPUS_MAX_SAMPLES, out);
+        if result.is_err() {
+            out.clear();
+        }
+        result
     }
 
     fn conceal(&mut self, out: &mut Vec<i16>, samples: usize) {
-        out.clear();
-        out.resize(samples, 0);
-        let decoded = audiopus::MutSignals::try_from(out.as_mut_slice())
-            .and_then(|signals| self.inner.decode(None, signals, false));
-        match decoded {
-            Ok(n) => out.truncate(n),
-            // libopus wants a multiple of 2.5 ms; otherwise fall back to silence.
-            Err(_) => out.iter_mut().for_each(|s| *s = 0),
+        if self.run(&[], samples, out).is_err() {
+            // Opus conceals multiples of 2.5 ms only; otherwise fall back to silence.
+            out.clear();
+            out.resize(samples, 0);
         }
     }
 
@@ -460,7 +481,7 @@ impl Decoder for OpusDecoder {
 
 struct OpusEncoder {
     channels: u8,
-    inner: audiopus::coder::Encoder,
+    inner: opus_rs::OpusEncoder,
 }
 
 impl std::fmt::Debug for OpusEncoder {
@@ -474,16 +495,12 @@ impl std::fmt::Debug for OpusEncoder {
 impl OpusEncoder {
     fn new(channels: u8, settings: &OpusSettings) -> Result<Self, CodecError> {
         check_opus_channels(channels)?;
-        let mut inner = audiopus::coder::Encoder::new(
-            audiopus::SampleRate::Hz48000,
-            audiopus::Channels::Mono,
-            audiopus::Application::Voip,
-        )?;
-        inner.set_bitrate(audiopus::Bitrate::BitsPerSecond(settings.bitrate))?;
-        inner.set_inband_fec(settings.inband_fec)?;
-        inner.set_packet_loss_perc(settings.packet_loss_perc.min(100))?;
-        inner.set_complexity(settings.complexity.min(10))?;
-        inner.set_signal(audiopus::Signal::Voice)?;
+        let mut inner = opus_rs::OpusEncoder::new(48_000, 1, opus_rs::Application::Voip)
+            .map_err(CodecError::Opus)?;
+        inner.bitrate_bps = settings.bitrate;
+        inner.use_inband_fec = settings.inband_fec;
+        inner.packet_loss_perc = i32::from(settings.packet_loss_perc.min(100));
+        inner.complexity = i32::from(settings.complexity.min(10));
         Ok(Self { channels, inner })
     }
 }
@@ -492,7 +509,9 @@ impl Encoder for OpusEncoder {
     fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
         let len = out.len().min(OPUS_MAX_PACKET);
         // In bounds: `len` is at most `out.len()`.
-        Ok(self.inner.encode(pcm, &mut out[..len])?)
+        self.inner
+            .encode_i16(pcm, pcm.len(), &mut out[..len])
+            .map_err(CodecError::Opus)
     }
 
     fn sample_rate(&self) -> u32 {
