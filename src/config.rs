@@ -325,7 +325,35 @@ impl Config {
             })?,
             None => String::new(),
         };
-        Self::from_sources(&text, &env)
+        let mut config = Self::from_sources(&text, &env)?;
+        // One rule for every path a config names: relative to the config file's
+        // directory, or to the working directory when the switch runs on its defaults.
+        let base = match path.and_then(Path::parent) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        config.resolve_paths(&base);
+        Ok(config)
+    }
+
+    /// Makes the database file, recordings dir and dialplan file absolute against `base`
+    /// (absolute paths, `:memory:` databases and PostgreSQL URLs are left as they are).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        let join = |p: &Path| {
+            if p.is_relative() {
+                base.join(p)
+            } else {
+                p.to_path_buf()
+            }
+        };
+        self.recordings.dir = join(&self.recordings.dir);
+        if let Some(file) = &self.dialplan.file {
+            self.dialplan.file = Some(join(file));
+        }
+        if let Some(url) = sqlite_url_with_base(&self.database.url, &base) {
+            self.database.url = url;
+        }
     }
 
     /// Parse `text` (TOML) with `env` overrides. Pure, for tests and `check-config`.
@@ -484,6 +512,26 @@ impl Config {
     }
 }
 
+/// A `sqlite:` URL whose file path is relative, rewritten with the path joined to `base`;
+/// `None` when there is nothing to rewrite (absolute, in memory, or not SQLite).
+fn sqlite_url_with_base(url: &str, base: &Path) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (file, query) = match rest.split_once('?') {
+        Some((file, query)) => (file, Some(query)),
+        None => (rest, None),
+    };
+    if file.is_empty() || file.starts_with(':') || Path::new(file).is_absolute() {
+        return None;
+    }
+    let mut out = format!("sqlite://{}", base.join(file).display());
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Some(out)
+}
+
 /// `a.b.c.d/len`, `v6/len`, or a bare address (a host network).
 pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
     let s = s.trim();
@@ -577,6 +625,37 @@ mod tests {
         assert_eq!(c.rtp.prebind_pairs, 0);
         let c = Config::from_sources("[rtp]\nprebind_pairs = 4000\n", &[]).unwrap();
         assert_eq!(c.rtp.prebind_pairs, 4000);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = "[database]\nurl = \"sqlite://data/sy.db?mode=rwc\"\n\
+                    [recordings]\ndir = \"rec\"\n[dialplan]\nfile = \"plan.toml\"\n";
+        let mut c = Config::from_sources(text, &[]).unwrap();
+        c.resolve_paths(Path::new("/etc/switchyard"));
+        assert_eq!(
+            c.database.url,
+            "sqlite:///etc/switchyard/data/sy.db?mode=rwc"
+        );
+        assert_eq!(c.recordings.dir, Path::new("/etc/switchyard/rec"));
+        assert_eq!(
+            c.dialplan.file.as_deref(),
+            Some(Path::new("/etc/switchyard/plan.toml"))
+        );
+
+        // Absolute paths, in-memory databases and PostgreSQL are left alone.
+        for url in [
+            "sqlite:///var/lib/sy.db",
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "postgres://u@h/db",
+        ] {
+            assert_eq!(sqlite_url_with_base(url, Path::new("/x")), None, "{url}");
+        }
+        assert_eq!(
+            sqlite_url_with_base("sqlite:sy.db", Path::new("/x")).as_deref(),
+            Some("sqlite:///x/sy.db")
+        );
     }
 
     #[test]

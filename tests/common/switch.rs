@@ -222,6 +222,24 @@ impl SwitchProcess {
         }
     }
 
+    /// Starts `switchyard serve` on config files written as they are (`switchyard.toml`
+    /// and any others it names, such as a dial plan) instead of a rendered config.
+    pub async fn start_files(files: &[(&str, &str)]) -> SwitchProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write config file");
+        }
+        let (child, listening) = spawn_serve(dir.path(), 1).await;
+        SwitchProcess {
+            // Only for `config()`, which such a test has no use for.
+            config: SwitchConfig::new(listening.sip_udp),
+            dir,
+            child: Some(child),
+            listening,
+            starts: 1,
+        }
+    }
+
     /// `start(SwitchConfig::new(trunk))`.
     pub async fn with_trunk(trunk: SocketAddr) -> SwitchProcess {
         Self::start(SwitchConfig::new(trunk)).await
