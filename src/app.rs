@@ -112,12 +112,27 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
             source: std::io::Error::other(e.to_string()),
         })?;
 
-    let public = std::net::SocketAddr::new(config.public_ip(), config.sip.listen.port());
+    // Listening on 0.0.0.0 with no public_addr: each peer is told the address routed toward
+    // it (the UA asks `advertise` per destination); otherwise one address for all.
+    let advertise = std::sync::Arc::new(crate::core::advertise::Advertise::new(&config));
+    let public = std::net::SocketAddr::new(
+        if advertise.per_destination() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            advertise.sip_ip_for(config.sip.listen.ip())
+        },
+        config.sip.listen.port(),
+    );
+    let local_ips = advertise.per_destination().then(|| {
+        let advertise = advertise.clone();
+        sip::ua::LocalIps::new(move |peer| advertise.sip_ip_for(peer))
+    });
     let (ua, ua_events, bound) = sip::net::spawn(sip::net::NetConfig {
         udp: config.sip.listen,
         tcp: config.sip.tcp.then_some(config.sip.listen),
         ua: sip::ua::UaConfig {
             public_addr: public,
+            local_ips,
             user_agent: config.sip.user_agent.clone(),
             session_expires: (config.sip.session_expires_s > 0)
                 .then(|| std::time::Duration::from_secs(config.sip.session_expires_s)),
@@ -136,6 +151,12 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
                 source: std::io::Error::other(e.to_string()),
             }
         })?;
+    if config.rtp.kernel_forwarding && config.rtp_bind_ip().is_unspecified() {
+        tracing::warn!(
+            "in-kernel RTP forwarding needs a specific media address: RTP binds 0.0.0.0 \
+             (sip.listen), so calls stay in userspace; set rtp.bind_ip"
+        );
+    }
     if config.rtp.kernel_forwarding {
         match media::net::kernel::KernelForwarder::enable(config.rtp.port_min..=config.rtp.port_max)
         {
@@ -164,7 +185,7 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     // pairs' descriptors when they need them (`bind_from_pool`).
     ports.keep_sockets((ports.capacity() / 4 * 3).min(max_open / 4 * 3));
     if config.rtp.prebind_pairs > 0 {
-        let ip = config.rtp.bind_ip.unwrap_or_else(|| config.public_ip());
+        let ip = config.rtp_bind_ip();
         match ports.prebind(ip, config.rtp.prebind_pairs) {
             Ok(n) => tracing::info!(pairs = n, %ip, "RTP socket pairs bound ahead of calls"),
             Err(e) => tracing::warn!(error = %e, %ip, "cannot bind RTP socket pairs ahead"),

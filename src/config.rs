@@ -105,8 +105,11 @@ pub struct HttpConfig {
 pub struct RtpConfig {
     pub port_min: u16,
     pub port_max: u16,
-    /// Address RTP sockets bind to; defaults to the SIP public address.
+    /// Address RTP sockets bind to; defaults to the SIP listen address (0.0.0.0 included).
     pub bind_ip: Option<IpAddr>,
+    /// The media address written in SDP when it differs from the SIP one (a media IP or
+    /// its NAT's outside address); defaults to `sip.public_addr`, else per destination.
+    pub public_addr: Option<IpAddr>,
     /// An answered call that receives no RTP for this long is ended (BYE,
     /// `end_reason: media_timeout`). 0 disables the check.
     pub media_timeout_s: u64,
@@ -240,6 +243,7 @@ impl Default for RtpConfig {
             port_min: 20000,
             port_max: 29999,
             bind_ip: None,
+            public_addr: None,
             media_timeout_s: 30,
             kernel_forwarding: false,
             prebind_pairs: 0,
@@ -502,7 +506,13 @@ impl Config {
         out
     }
 
-    /// The address written in Via/Contact/SDP.
+    /// The address RTP sockets bind to.
+    pub fn rtp_bind_ip(&self) -> IpAddr {
+        self.rtp.bind_ip.unwrap_or_else(|| self.sip.listen.ip())
+    }
+
+    /// One address for what names the switch outside SIP and SDP (the recording URL when
+    /// HTTP listens on 0.0.0.0). What peers are told is `core::advertise`'s business.
     pub fn public_ip(&self) -> IpAddr {
         match self.sip.public_addr {
             Some(ip) => ip,

@@ -152,7 +152,8 @@ pub fn spawn(config: NetConfig) -> io::Result<(UaHandle, mpsc::Receiver<UaEvent>
     if ua_cfg.public_addr.port() == 0 {
         ua_cfg.public_addr.set_port(udp_addr.port());
     }
-    if ua_cfg.public_addr.ip().is_unspecified() {
+    // Unspecified with `local_ips`: the UA advertises per destination.
+    if ua_cfg.public_addr.ip().is_unspecified() && ua_cfg.local_ips.is_none() {
         let ip = if udp_addr.ip().is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {

@@ -164,12 +164,8 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
         Route::Agent(agent) => {
             record.agent_id = Some(agent);
             record.metadata["route"] = "agent".into();
-            let bind_ip = shared
-                .config
-                .rtp
-                .bind_ip
-                .unwrap_or_else(|| shared.config.public_ip());
-            let probe = super::task::local_offer(&shared.config, 0);
+            let bind_ip = shared.config.rtp_bind_ip();
+            let probe = super::task::local_offer(&shared.config, bind_ip, 0);
             if media::sdp::answer_offer(&offer.bytes, &probe).is_err() {
                 shared.metrics.inbound(InboundOutcome::Rejected);
                 reject(488, "Not Acceptable Here", Vec::new());

@@ -11,6 +11,7 @@
 //! Durable facts (the call row and its callback events) go through `Store` in one
 //! transaction per status change; the webhook deliverer is nudged after each.
 
+pub mod advertise;
 pub mod call;
 pub mod dialog;
 pub mod inbound;
@@ -81,6 +82,8 @@ pub(crate) struct Shared {
     pub calls: Arc<DashMap<String, mpsc::Sender<TaskInput>>>,
     pub metrics: Arc<metrics::Metrics>,
     pub inbound: Arc<inbound::Inbound>,
+    /// Which of our addresses each peer is told.
+    pub advertise: Arc<advertise::Advertise>,
     next_leg: Arc<AtomicU64>,
 }
 
@@ -129,6 +132,7 @@ impl Switch {
             config.dialplan.utc_offset_minutes,
         ));
         let shared = Shared {
+            advertise: Arc::new(advertise::Advertise::new(&config)),
             config,
             store,
             webhooks,
@@ -232,7 +236,9 @@ impl Switch {
             sip_call_id: Some(format!(
                 "{}@{}",
                 ulid::Ulid::new().to_string().to_ascii_lowercase(),
-                self.shared.config.public_ip()
+                self.shared
+                    .advertise
+                    .call_id_host(&self.shared.config.node.name)
             )),
             sip_code: None,
             sip_reason: None,
@@ -249,12 +255,7 @@ impl Switch {
             duration_seconds: None,
             sip_dialog: None,
         };
-        let bind_ip = self
-            .shared
-            .config
-            .rtp
-            .bind_ip
-            .unwrap_or_else(|| self.shared.config.public_ip());
+        let bind_ip = self.shared.config.rtp_bind_ip();
         let endpoint = media::net::RtpEndpoint::open(&self.shared.ports, bind_ip)
             .map_err(|_| CoreError::NoMediaPorts)?;
 

@@ -318,7 +318,10 @@ impl CallTask {
         let port = endpoint.local_addr().port();
         let local = match &mut self.offer {
             Some(prev) => next_description(&self.shared.config, port, prev),
-            None => local_offer(&self.shared.config, port),
+            None => {
+                let addr = self.shared.advertise.media_ip_for_offer(&body.bytes);
+                local_offer(&self.shared.config, addr, port)
+            }
         };
         match media::sdp::answer_offer(&body.bytes, &local) {
             Ok((sdp, params)) => {
@@ -347,7 +350,8 @@ impl CallTask {
         let (Some(endpoint), Some(offer)) = (&mut self.endpoint, &self.inbound_offer) else {
             return;
         };
-        let local = local_offer(&self.shared.config, endpoint.local_addr().port());
+        let addr = self.shared.advertise.media_ip_for_offer(&offer.bytes);
+        let local = local_offer(&self.shared.config, addr, endpoint.local_addr().port());
         match media::sdp::answer_offer(&offer.bytes, &local) {
             Ok((sdp, params)) => {
                 endpoint.connect(params);
@@ -394,8 +398,8 @@ impl CallTask {
                 return;
             }
         };
-        let config = &self.shared.config;
-        let public_ip = config.public_ip();
+        let media_ip = self.shared.advertise.media_ip_for(target.ip());
+        let sip_ip = self.shared.advertise.sip_ip_for(target.ip());
         let Some(endpoint) = &self.endpoint else {
             return;
         };
@@ -403,7 +407,7 @@ impl CallTask {
         let offer = media::sdp::OfferParams {
             session_id,
             session_version: session_id,
-            addr: public_ip,
+            addr: media_ip,
             port: endpoint.local_addr().port(),
             codecs: vec![media::sdp::Codec::Pcmu, media::sdp::Codec::Pcma],
             dtmf_pt: Some(101),
@@ -423,7 +427,7 @@ impl CallTask {
             crate::config::TrunkTransport::Udp => sip::ua::Transport::Udp,
             crate::config::TrunkTransport::Tcp => sip::ua::Transport::Tcp,
         };
-        let from_uri = format!("sip:{}@{}", self.record.from, public_ip_for_uri(public_ip));
+        let from_uri = format!("sip:{}@{}", self.record.from, public_ip_for_uri(sip_ip));
         self.send_sip(sip::ua::UaCommand::Invite {
             leg: self.leg,
             target: sip::ua::Target {
@@ -649,13 +653,18 @@ fn recording_url(config: &crate::config::Config, call_id: &str) -> String {
     format!("{base}/api/v1/voice/calls/{call_id}/recording")
 }
 
-/// What we offer or answer with from `port`: PCMU, PCMA, telephone-event 101, 20 ms.
-pub(crate) fn local_offer(config: &crate::config::Config, port: u16) -> media::sdp::OfferParams {
+/// What we offer or answer with from `addr`:`port` (`addr` as the peer must see it: see
+/// `advertise`): PCMU, PCMA, telephone-event 101, 20 ms.
+pub(crate) fn local_offer(
+    _config: &crate::config::Config,
+    addr: std::net::IpAddr,
+    port: u16,
+) -> media::sdp::OfferParams {
     let session_id = Utc::now().timestamp_micros().unsigned_abs();
     media::sdp::OfferParams {
         session_id,
         session_version: session_id,
-        addr: config.public_ip(),
+        addr,
         port,
         codecs: vec![media::sdp::Codec::Pcmu, media::sdp::Codec::Pcma],
         dtmf_pt: Some(101),
@@ -675,7 +684,8 @@ pub(crate) fn next_description(
     media::sdp::OfferParams {
         session_id: prev.session_id,
         session_version: prev.session_version,
-        ..local_offer(config, port)
+        // The same address as before: the peer and its route have not changed.
+        ..local_offer(config, prev.addr, port)
     }
 }
 

@@ -94,9 +94,10 @@ impl TransitTask {
     /// the offer has no usable audio (the caller gets 488) or no ports are free (503).
     pub(crate) fn new(shared: Shared, setup: TransitSetup) -> Result<Self, (u16, &'static str)> {
         let config = &shared.config;
-        let bind_ip = config.rtp.bind_ip.unwrap_or_else(|| config.public_ip());
+        let bind_ip = config.rtp_bind_ip();
+        let a_media_ip = shared.advertise.media_ip_for_offer(&setup.a_offer.bytes);
         // A first answer only to learn the caller's codec; redone once our port is known.
-        let probe = local_offer(config, 0);
+        let probe = local_offer(config, a_media_ip, 0);
         let (_, a_params) = media::sdp::answer_offer(&setup.a_offer.bytes, &probe)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
         let a_side =
@@ -123,7 +124,7 @@ impl TransitTask {
             (503u16, "Service Unavailable")
         })?;
         let dtmf = bridge.take_dtmf_events();
-        let a_local = local_offer(config, bridge.local_addr(Side::A).port());
+        let a_local = local_offer(config, a_media_ip, bridge.local_addr(Side::A).port());
         let (a_sdp, _) = media::sdp::answer_offer(&setup.a_offer.bytes, &a_local)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
         let machine = Transit::new(
@@ -324,12 +325,17 @@ impl TransitTask {
             return;
         };
         refuse(202);
-        let offer = local_offer(&self.shared.config, bridge.local_addr(side).port());
+        let media_ip = self.shared.advertise.media_ip_for(addr.ip());
+        let offer = local_offer(
+            &self.shared.config,
+            media_ip,
+            bridge.local_addr(side).port(),
+        );
         let new_leg = self.shared.next_leg();
         if let Some(tx) = self.shared.legs.get(&self.a_leg).map(|e| e.value().clone()) {
             self.shared.legs.insert(new_leg, tx);
         }
-        let host = super::task::public_ip_for_uri(self.shared.config.public_ip());
+        let host = super::task::public_ip_for_uri(self.shared.advertise.sip_ip_for(addr.ip()));
         self.send(sip::ua::UaCommand::Invite {
             leg: new_leg,
             target: sip::ua::Target {
@@ -593,7 +599,12 @@ impl TransitTask {
         let Some(bridge) = &self.bridge else {
             return;
         };
-        let mut offer = local_offer(&self.shared.config, bridge.local_addr(Side::B).port());
+        let media_ip = self.shared.advertise.media_ip_for(addr.ip());
+        let mut offer = local_offer(
+            &self.shared.config,
+            media_ip,
+            bridge.local_addr(Side::B).port(),
+        );
         // The caller's codec first: with the same codec on both legs the bridge only
         // rewrites headers.
         let first = self.a_codec;
@@ -607,8 +618,7 @@ impl TransitTask {
         }
         self.b_leg = Some(leg);
         self.out_slot = Some(slot);
-        let public_ip = self.shared.config.public_ip();
-        let host = super::task::public_ip_for_uri(public_ip);
+        let host = super::task::public_ip_for_uri(self.shared.advertise.sip_ip_for(addr.ip()));
         let mut extra = vec![sip::msg::Header::new(
             "Max-Forwards",
             self.max_forwards.saturating_sub(1).to_string(),

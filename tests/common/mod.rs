@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod harness;
+pub mod netns;
 pub mod sipp;
 pub mod switch;
 pub mod transit;

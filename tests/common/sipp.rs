@@ -58,6 +58,8 @@ pub struct SippBuilder {
     tcp: bool,
     ip: IpAddr,
     extra: Vec<String>,
+    /// Run inside this network namespace (`ip netns exec`).
+    netns: Option<String>,
 }
 
 impl SippBuilder {
@@ -73,6 +75,7 @@ impl SippBuilder {
             tcp: false,
             ip: IpAddr::from([127, 0, 0, 1]),
             extra: Vec::new(),
+            netns: None,
         }
     }
 
@@ -124,6 +127,12 @@ impl SippBuilder {
         self
     }
 
+    /// Runs SIPp inside network namespace `ns` (give it an `ip` of that namespace too).
+    pub fn netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.to_owned());
+        self
+    }
+
     /// Any other SIPp argument, appended as is.
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra.push(arg.to_owned());
@@ -151,7 +160,15 @@ impl SippBuilder {
         let media_port = free_media_port();
         let addr = SocketAddr::new(self.ip, port);
         let ip = self.ip.to_string();
-        let mut cmd = Command::new("sipp");
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs SIPp in place: the pid stays the same.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "sipp"]);
+                cmd
+            }
+            None => Command::new("sipp"),
+        };
         if let Role::Uac(remote) = self.role {
             cmd.arg(remote.to_string());
         }
@@ -406,10 +423,11 @@ fn free_media_port() -> u16 {
 /// TCP socket when `tcp_listen`. Reads the inode from /proc/net/{udp,tcp} and looks for it
 /// among the process's file descriptors, so a port taken by someone else does not count.
 fn socket_bound_by(pid: u32, port: u16, tcp_listen: bool) -> bool {
+    // The process's own view: SIPp may run in another network namespace.
     let table = if tcp_listen {
-        "/proc/net/tcp"
+        format!("/proc/{pid}/net/tcp")
     } else {
-        "/proc/net/udp"
+        format!("/proc/{pid}/net/udp")
     };
     let Ok(text) = std::fs::read_to_string(table) else {
         return false;

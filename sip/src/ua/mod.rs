@@ -13,7 +13,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -96,10 +96,34 @@ pub struct Body {
     pub bytes: Bytes,
 }
 
+/// The local IP the host routes toward a peer: how a switch bound to 0.0.0.0 finds the
+/// address to advertise to each destination. Injected by the driver (a route lookup);
+/// tests give a plain function, so the user agent itself stays free of I/O.
+#[derive(Clone)]
+pub struct LocalIps(std::sync::Arc<dyn Fn(IpAddr) -> IpAddr + Send + Sync>);
+
+impl LocalIps {
+    pub fn new(lookup: impl Fn(IpAddr) -> IpAddr + Send + Sync + 'static) -> Self {
+        LocalIps(std::sync::Arc::new(lookup))
+    }
+
+    pub fn toward(&self, peer: IpAddr) -> IpAddr {
+        (self.0)(peer)
+    }
+}
+
+impl std::fmt::Debug for LocalIps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalIps(..)")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct UaConfig {
-    /// Via sent-by and Contact host:port.
+    /// Via sent-by and Contact host:port. An unspecified IP with `local_ips` set means
+    /// "per destination": each message carries the address routed toward its peer.
     pub public_addr: SocketAddr,
+    pub local_ips: Option<LocalIps>,
     pub user_agent: String,
     pub t1: Duration,
     pub t2: Duration,
@@ -115,6 +139,7 @@ impl Default for UaConfig {
     fn default() -> Self {
         UaConfig {
             public_addr: SocketAddr::from(([127, 0, 0, 1], 5060)),
+            local_ips: None,
             user_agent: "Switchyard".to_string(),
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
@@ -485,6 +510,9 @@ struct LegExt {
     refer_in: Vec<refer::InRefer>,
 }
 
+/// Peer IPs whose advertised address is remembered before the cache starts over.
+const SENT_BY_CACHE_MAX: usize = 4096;
+
 #[derive(Debug)]
 pub struct UserAgent {
     cfg: UaConfig,
@@ -492,6 +520,8 @@ pub struct UserAgent {
     public_addr_text: String,
     /// `cfg.public_addr`'s IP as text, for Call-IDs.
     public_host_text: String,
+    /// Per-destination mode: `host:port` text advertised toward each peer IP.
+    sent_by_cache: HashMap<IpAddr, String>,
     rng: StdRng,
     // Boxed: a transaction outlives its call by up to 32 s (Timers D, J, M), so under
     // load this map holds 100k+ entries, and growing it moved every entry (512 bytes
@@ -522,6 +552,7 @@ impl UserAgent {
         UserAgent {
             public_addr_text: config.public_addr.to_string(),
             public_host_text: config.public_addr.ip().to_string(),
+            sent_by_cache: HashMap::new(),
             cfg: config,
             rng: StdRng::seed_from_u64(seed),
             txns: HashMap::new(),
@@ -780,26 +811,68 @@ impl UserAgent {
         s
     }
 
-    /// A Via for a request we originate, with a fresh RFC 3261 branch.
-    fn new_via(&mut self, transport: Transport) -> String {
+    /// Our `host:port` as `peer` must see it: the public address, or in per-destination
+    /// mode the local address routed toward `peer` (looked up once per peer IP).
+    fn sent_by(&mut self, peer: IpAddr) -> &str {
+        let Some(lookup) = self
+            .cfg
+            .local_ips
+            .as_ref()
+            .filter(|_| self.per_destination())
+        else {
+            return &self.public_addr_text;
+        };
+        if self.sent_by_cache.len() >= SENT_BY_CACHE_MAX && !self.sent_by_cache.contains_key(&peer)
+        {
+            // Routes change rarely and peers are few; a bounded cache beats an LRU here.
+            self.sent_by_cache.clear();
+        }
+        let port = self.cfg.public_addr.port();
+        self.sent_by_cache
+            .entry(peer)
+            .or_insert_with(|| SocketAddr::new(lookup.toward(peer), port).to_string())
+    }
+
+    /// True when no single address is advertised (listening on 0.0.0.0, no public_addr).
+    fn per_destination(&self) -> bool {
+        self.cfg.public_addr.ip().is_unspecified() && self.cfg.local_ips.is_some()
+    }
+
+    /// Our IP as text for a Call-ID toward `peer`.
+    fn call_id_host(&mut self, peer: IpAddr) -> String {
+        if !self.per_destination() {
+            return self.public_host_text.clone();
+        }
+        let sent_by = self.sent_by(peer);
+        match sent_by.rsplit_once(':') {
+            Some((host, _)) => host.to_owned(),
+            None => sent_by.to_owned(),
+        }
+    }
+
+    /// A Via for a request we originate toward `peer`, with a fresh RFC 3261 branch.
+    fn new_via(&mut self, transport: Transport, peer: IpAddr) -> String {
         let v: u64 = self.rng.random();
         let token = transport.via_token();
-        let mut via = String::with_capacity(self.public_addr_text.len() + token.len() + 48);
+        let sent_by = self.sent_by(peer);
+        let mut via = String::with_capacity(sent_by.len() + token.len() + 48);
         via.push_str("SIP/2.0/");
         via.push_str(token);
         via.push(' ');
-        via.push_str(&self.public_addr_text);
+        via.push_str(sent_by);
         via.push_str(";branch=z9hG4bK");
         push_hex(&mut via, v, 16);
         via.push_str(";rport");
         via
     }
 
-    fn contact(&self, transport: Transport) -> String {
+    /// Our Contact toward `peer`.
+    fn contact(&mut self, transport: Transport, peer: IpAddr) -> String {
         let param = transport.uri_param();
-        let mut contact = String::with_capacity(self.public_addr_text.len() + param.len() + 32);
+        let sent_by = self.sent_by(peer);
+        let mut contact = String::with_capacity(sent_by.len() + param.len() + 32);
         contact.push_str("<sip:switchyard@");
-        contact.push_str(&self.public_addr_text);
+        contact.push_str(sent_by);
         contact.push_str(";transport=");
         contact.push_str(param);
         contact.push('>');

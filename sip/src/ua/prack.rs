@@ -92,12 +92,14 @@ impl UserAgent {
             return;
         };
         let transport = leg.transport;
+        let peer_ip = leg.peer.ip();
         let mut resp = Response::for_request(&leg.invite, code, reason);
         super::uas::set_to_tag(&mut resp, &leg.invite, &leg.local_tag);
         for rr in leg.invite.headers.get_all("Record-Route") {
             resp.headers.push("Record-Route", rr);
         }
-        resp.headers.push("Contact", self.contact(transport));
+        resp.headers
+            .push("Contact", self.contact(transport, peer_ip));
         resp.headers.push("Allow", super::ALLOW);
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return;
@@ -275,10 +277,12 @@ impl UserAgent {
         let Some(to_tag) = resp.headers.to().and_then(|t| t.tag().map(str::to_string)) else {
             return true;
         };
-        let Some(transport) = self.legs.get(&leg_ref).map(|l| l.transport) else {
+        let Some((transport, peer_ip)) =
+            self.legs.get(&leg_ref).map(|l| (l.transport, l.peer.ip()))
+        else {
             return false;
         };
-        let via = self.new_via(transport);
+        let via = self.new_via(transport, peer_ip);
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return false;
         };

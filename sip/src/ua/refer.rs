@@ -88,9 +88,11 @@ impl UserAgent {
         }
         let pending = leg.ext.refer_in.remove(pos);
         let transport = leg.transport;
+        let peer_ip = leg.peer.ip();
         let mut resp = self.make_response(&pending.req, code, default_reason(code));
         if code < 300 {
-            resp.headers.push("Contact", self.contact(transport));
+            resp.headers
+                .push("Contact", self.contact(transport, peer_ip));
         }
         self.respond_via_txn(pending.txn, &resp, now);
         if code < 300 {
@@ -107,11 +109,13 @@ impl UserAgent {
         reason: &str,
         terminated: bool,
     ) {
-        let Some(transport) = self.legs.get(&leg_ref).map(|l| l.transport) else {
+        let Some((transport, peer_ip)) =
+            self.legs.get(&leg_ref).map(|l| (l.transport, l.peer.ip()))
+        else {
             return;
         };
-        let via = self.new_via(transport);
-        let contact = self.contact(transport);
+        let via = self.new_via(transport, peer_ip);
+        let contact = self.contact(transport, peer_ip);
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return;
         };
@@ -139,11 +143,13 @@ impl UserAgent {
 
     /// `UaCommand::Refer`: REFER in the dialog; `ReferResult` follows.
     pub(super) fn send_refer(&mut self, now: Instant, leg_ref: LegRef, refer_to: &str) {
-        let Some(transport) = self.legs.get(&leg_ref).map(|l| l.transport) else {
+        let Some((transport, peer_ip)) =
+            self.legs.get(&leg_ref).map(|l| (l.transport, l.peer.ip()))
+        else {
             return;
         };
-        let via = self.new_via(transport);
-        let contact = self.contact(transport);
+        let via = self.new_via(transport, peer_ip);
+        let contact = self.contact(transport, peer_ip);
         let ua = self.cfg.user_agent.clone();
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return;

@@ -82,7 +82,11 @@ impl UserAgent {
             self.remove_txn(t);
         }
         self.ua_timers.cancel(UaTimer::Register(reg));
-        let call_id = format!("{}@{}", self.random_hex(16), self.cfg.public_addr.ip());
+        let call_id = format!(
+            "{}@{}",
+            self.random_hex(16),
+            self.call_id_host(target.addr.ip())
+        );
         let from_tag = self.random_hex(10);
         self.regs.insert(
             reg,
@@ -122,12 +126,16 @@ impl UserAgent {
 
     /// Sends (or resends) the REGISTER, with credentials when a challenge is known.
     pub(super) fn send_register(&mut self, now: Instant, reg: u64) {
-        let Some(transport) = self.regs.get(&reg).map(|r| r.target.transport) else {
+        let Some((transport, peer_ip)) = self
+            .regs
+            .get(&reg)
+            .map(|r| (r.target.transport, r.target.addr.ip()))
+        else {
             return;
         };
-        let via = self.new_via(transport);
+        let via = self.new_via(transport, peer_ip);
         let cnonce = self.random_hex(16);
-        let public = self.cfg.public_addr;
+        let public = self.sent_by(peer_ip).to_owned();
         let ua = self.cfg.user_agent.clone();
         let Some(r) = self.regs.get_mut(&reg) else {
             return;
@@ -271,20 +279,22 @@ impl UserAgent {
     /// `UaCommand::Ping`: OPTIONS out of dialog; `Pong` reports the outcome.
     pub(super) fn ping(&mut self, now: Instant, probe: u64, target: Target) {
         let transport = target.transport;
-        let via = self.new_via(transport);
+        let peer_ip = target.addr.ip();
+        let via = self.new_via(transport, peer_ip);
         let tag = self.random_hex(10);
-        let call_id = format!("{}@{}", self.random_hex(16), self.cfg.public_addr.ip());
+        let call_id = format!("{}@{}", self.random_hex(16), self.call_id_host(peer_ip));
         let mut req = Request::new(Method::Options, target.request_uri.clone());
         req.headers.push("Via", via);
         req.headers.push("Max-Forwards", "70");
         req.headers.push(
             "From",
-            format!("<sip:switchyard@{}>;tag={tag}", self.cfg.public_addr),
+            format!("<sip:switchyard@{}>;tag={tag}", self.sent_by(peer_ip)),
         );
         req.headers.push("To", format!("<{}>", target.request_uri));
         req.headers.push("Call-ID", call_id);
         req.headers.push("CSeq", "1 OPTIONS");
-        req.headers.push("Contact", self.contact(transport));
+        req.headers
+            .push("Contact", self.contact(transport, peer_ip));
         req.headers.push("Accept", "application/sdp");
         req.headers.push("User-Agent", self.cfg.user_agent.clone());
         let key = TxnKey {

@@ -149,7 +149,12 @@ impl UserAgent {
         body: Option<Body>,
     ) -> Response {
         let mut resp = self.make_response(req, 200, "OK");
-        resp.headers.push("Contact", self.contact(transport));
+        let peer_ip = self
+            .legs
+            .get(&leg_ref)
+            .map_or(self.cfg.public_addr.ip(), |l| l.peer.ip());
+        resp.headers
+            .push("Contact", self.contact(transport, peer_ip));
         resp.headers.push("Allow", ALLOW);
         resp.headers.push("Supported", SUPPORTED);
         self.session_response_headers(leg_ref, req, &mut resp);
@@ -251,11 +256,13 @@ impl UserAgent {
             }
             return false;
         }
-        let Some(transport) = self.legs.get(&leg_ref).map(|l| l.transport) else {
+        let Some((transport, peer_ip)) =
+            self.legs.get(&leg_ref).map(|l| (l.transport, l.peer.ip()))
+        else {
             return false;
         };
-        let via = self.new_via(transport);
-        let contact = self.contact(transport);
+        let via = self.new_via(transport, peer_ip);
+        let contact = self.contact(transport, peer_ip);
         let ua = self.cfg.user_agent.clone();
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return false;
@@ -345,10 +352,12 @@ impl UserAgent {
 
     /// §13.2.2.4 for a re-INVITE: ACK with its CSeq, kept for 2xx retransmissions.
     fn ack_reinvite(&mut self, leg_ref: LegRef, cseq: u32) {
-        let Some(transport) = self.legs.get(&leg_ref).map(|l| l.transport) else {
+        let Some((transport, peer_ip)) =
+            self.legs.get(&leg_ref).map(|l| (l.transport, l.peer.ip()))
+        else {
             return;
         };
-        let via = self.new_via(transport);
+        let via = self.new_via(transport, peer_ip);
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return;
         };

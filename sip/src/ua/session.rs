@@ -265,10 +265,12 @@ impl UserAgent {
         let Some(min) = parse_min_se(&resp.headers) else {
             return false;
         };
-        let Some(transport) = self.legs.get(&leg_ref).map(|l| l.transport) else {
+        let Some((transport, peer_ip)) =
+            self.legs.get(&leg_ref).map(|l| (l.transport, l.peer.ip()))
+        else {
             return false;
         };
-        let via = self.new_via(transport);
+        let via = self.new_via(transport, peer_ip);
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return false;
         };

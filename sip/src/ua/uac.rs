@@ -37,14 +37,15 @@ impl UserAgent {
             return;
         }
         let transport = a.target.transport;
-        let via = self.new_via(transport);
+        let peer_ip = a.target.addr.ip();
+        let via = self.new_via(transport, peer_ip);
         let tag = self.random_hex(10);
         let call_id = match a.call_id {
             Some(id) if !id.is_empty() => id,
             _ => {
                 let mut id = self.random_hex(16);
                 id.push('@');
-                id.push_str(&self.public_host_text);
+                id.push_str(&self.call_id_host(peer_ip));
                 id
             }
         };
@@ -70,7 +71,8 @@ impl UserAgent {
         req.headers.push("To", to);
         req.headers.push("Call-ID", call_id.clone());
         req.headers.push("CSeq", "1 INVITE");
-        req.headers.push("Contact", self.contact(transport));
+        req.headers
+            .push("Contact", self.contact(transport, peer_ip));
         req.headers.push("User-Agent", self.cfg.user_agent.clone());
         req.headers.push("Allow", super::ALLOW);
         req.headers.push("Supported", super::SUPPORTED);
@@ -250,10 +252,12 @@ impl UserAgent {
 
     /// §15.1.1: BYE in the dialog. `silent`: the leg was already reported.
     pub(super) fn send_bye(&mut self, now: Instant, leg_ref: LegRef, silent: bool) {
-        let Some(transport) = self.legs.get(&leg_ref).map(|l| l.transport) else {
+        let Some((transport, peer_ip)) =
+            self.legs.get(&leg_ref).map(|l| (l.transport, l.peer.ip()))
+        else {
             return;
         };
-        let via = self.new_via(transport);
+        let via = self.new_via(transport, peer_ip);
         let ua = self.cfg.user_agent.clone();
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return;
@@ -387,10 +391,12 @@ impl UserAgent {
 
     /// §13.2.2.4: build the dialog, ACK the 2xx (new branch, INVITE's CSeq number).
     fn answered(&mut self, now: Instant, leg_ref: LegRef, resp: Response) {
-        let Some(transport) = self.legs.get(&leg_ref).map(|l| l.transport) else {
+        let Some((transport, peer_ip)) =
+            self.legs.get(&leg_ref).map(|l| (l.transport, l.peer.ip()))
+        else {
             return;
         };
-        let via = self.new_via(transport);
+        let via = self.new_via(transport, peer_ip);
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return;
         };
@@ -512,10 +518,12 @@ impl UserAgent {
         else {
             return false;
         };
-        let Some(transport) = self.legs.get(&leg_ref).map(|l| l.transport) else {
+        let Some((transport, peer_ip)) =
+            self.legs.get(&leg_ref).map(|l| (l.transport, l.peer.ip()))
+        else {
             return false;
         };
-        let via = self.new_via(transport);
+        let via = self.new_via(transport, peer_ip);
         let cnonce = self.random_hex(16);
         let Some(leg) = self.legs.get_mut(&leg_ref) else {
             return false;
@@ -617,10 +625,10 @@ impl UserAgent {
         };
         let n = invite.headers.cseq().map(|(n, _)| n).unwrap_or(1);
         let dst = d.next_hop().unwrap_or(peer);
-        let via = self.new_via(transport);
+        let via = self.new_via(transport, peer.ip());
         let ack = d.request(Method::Ack, &via, Some(n));
         self.send(dst, transport, ack.to_bytes(), false);
-        let via = self.new_via(transport);
+        let via = self.new_via(transport, peer.ip());
         let bye = d.request(Method::Bye, &via, None);
         let key = TxnKey {
             branch: branch_of(&bye),

@@ -423,10 +423,11 @@ impl UserAgent {
     /// §13.3.1.4: 2xx with our tag, Contact and the Record-Route set; the
     /// server transaction retransmits it until the ACK.
     pub(super) fn answer(&mut self, now: Instant, leg_ref: LegRef, body: Option<Body>) {
-        let contact = match self.legs.get(&leg_ref) {
-            Some(l) if !l.uac && l.state == LegState::Calling => self.contact(l.transport),
+        let (transport, peer_ip) = match self.legs.get(&leg_ref) {
+            Some(l) if !l.uac && l.state == LegState::Calling => (l.transport, l.peer.ip()),
             _ => return,
         };
+        let contact = self.contact(transport, peer_ip);
         if self.answer_waits_for_prack(leg_ref, &body) {
             return;
         }
