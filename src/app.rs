@@ -214,6 +214,7 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         recordings_dir: config.recordings.dir.clone(),
         config: config.clone(),
         config_path: config_path.map(Path::to_path_buf),
+        outbound_guard: std::sync::Arc::new(config.outbound_guard()),
     });
 
     // Logged before the line below, which is what scripts wait for.
@@ -326,6 +327,7 @@ fn webhook_config(config: &Config) -> crate::webhooks::WebhookConfig {
         retry_base: Duration::from_millis(config.webhooks.retry_base_ms),
         retry_cap: Duration::from_millis(config.webhooks.retry_cap_ms),
         max_attempts: config.webhooks.max_attempts,
+        guard: config.outbound_guard(),
         ..Default::default()
     }
 }

@@ -20,6 +20,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub calls: CallsConfig,
     pub recordings: RecordingsConfig,
+    pub security: SecurityConfig,
     pub dialplan: DialplanConfig,
     pub tenants: Vec<TenantConfig>,
     pub trunks: Vec<TrunkConfig>,
@@ -152,6 +153,28 @@ pub struct CallsConfig {
 pub struct RecordingsConfig {
     /// Where call recordings (`{call_id}.wav`) are written; created when first needed.
     pub dir: std::path::PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Internal networks (loopback, private, link-local …) that URLs the switch calls
+    /// (status callbacks and, later, agent servers and streams) may reach anyway; by
+    /// default none may (SSRF). E.g. `["10.20.0.0/16"]` for receivers on a private network.
+    pub outbound_allow_cidrs: Vec<String>,
+}
+
+impl Config {
+    /// The outbound URL guard built from `[security]` (validated: bad CIDRs never get here).
+    pub fn outbound_guard(&self) -> crate::netguard::OutboundGuard {
+        crate::netguard::OutboundGuard::new(
+            self.security
+                .outbound_allow_cidrs
+                .iter()
+                .filter_map(|c| parse_cidr(c))
+                .collect(),
+        )
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -454,6 +477,14 @@ impl Config {
                 "node.worker_threads".into(),
                 format!("{n} is not between 1 and {MAX_WORKER_THREADS}"),
             );
+        }
+        for (i, c) in self.security.outbound_allow_cidrs.iter().enumerate() {
+            if parse_cidr(c).is_none() {
+                problem(
+                    format!("security.outbound_allow_cidrs[{i}]"),
+                    format!("{c:?} is not an IP network (e.g. 10.20.0.0/16)"),
+                );
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.trunks.iter().enumerate() {

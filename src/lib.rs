@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod core;
 pub mod model;
+pub mod netguard;
 pub mod store;
 pub mod timefmt;
 pub mod webhooks;

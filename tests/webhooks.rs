@@ -102,6 +102,8 @@ fn fast_config() -> WebhookConfig {
         retry_base: Duration::from_millis(50),
         retry_cap: Duration::from_secs(1),
         max_attempts: 12,
+        // The receivers here listen on loopback, which only an allow-list opens.
+        guard: switchyard::netguard::OutboundGuard::new(vec!["127.0.0.0/8".parse().unwrap()]),
         ..WebhookConfig::default()
     }
 }

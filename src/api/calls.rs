@@ -28,7 +28,10 @@ pub struct CreateCall {
 }
 
 impl CreateCall {
-    fn validate(self) -> Result<OriginateRequest, ApiError> {
+    fn validate(
+        self,
+        guard: &crate::netguard::OutboundGuard,
+    ) -> Result<OriginateRequest, ApiError> {
         if !dialplan::e164::is_e164(&self.to) {
             return Err(ApiError::validation(
                 "to",
@@ -49,16 +52,10 @@ impl CreateCall {
                 "must be an agent id (agt_…)",
             ));
         }
-        if let Some(hook) = &self.webhook_url {
-            let ok = url::Url::parse(hook)
-                .ok()
-                .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-            if !ok {
-                return Err(ApiError::validation(
-                    "webhook_url",
-                    "must be an absolute http(s) URL",
-                ));
-            }
+        if let Some(hook) = &self.webhook_url
+            && let Err(e) = guard.check_call(hook)
+        {
+            return Err(ApiError::validation("webhook_url", e.to_string()));
         }
         if let Some(d) = self.max_duration
             && !(1..=86_400).contains(&d)
@@ -102,7 +99,7 @@ pub async fn create(
     AppJson(body): AppJson<CreateCall>,
 ) -> Result<Envelope<CallRecord>, ApiError> {
     auth.require_write()?;
-    let req = body.validate()?;
+    let req = body.validate(&state.outbound_guard)?;
     let call = state.switch.originate(&auth.tenant, req).await?;
     Ok(Envelope::created(call))
 }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub config: Arc<crate::config::Config>,
     /// The file the config came from (the dialplan path is relative to it).
     pub config_path: Option<std::path::PathBuf>,
+    /// Which URLs the switch may be asked to call (SSRF).
+    pub outbound_guard: Arc<crate::netguard::OutboundGuard>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -67,7 +69,19 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.switch.render_metrics().await,
+        {
+            let mut text = state.switch.render_metrics().await;
+            text.push_str(
+                "# HELP switchyard_outbound_refused_total URLs refused because they name or \
+                 resolve to an internal address (SSRF guard).\n\
+                 # TYPE switchyard_outbound_refused_total counter\n",
+            );
+            text.push_str(&format!(
+                "switchyard_outbound_refused_total {}\n",
+                crate::netguard::refused_total()
+            ));
+            text
+        },
     )
 }
 

@@ -40,6 +40,8 @@ pub struct WebhookConfig {
     pub max_attempts: u32,
     /// Deliveries in flight at once (across calls; one per call at most).
     pub max_in_flight: usize,
+    /// Which addresses a callback may reach (SSRF).
+    pub guard: crate::netguard::OutboundGuard,
 }
 
 impl Default for WebhookConfig {
@@ -50,6 +52,7 @@ impl Default for WebhookConfig {
             retry_cap: Duration::from_secs(600),
             max_attempts: 12,
             max_in_flight: 64,
+            guard: crate::netguard::OutboundGuard::default(),
         }
     }
 }
@@ -99,6 +102,8 @@ pub fn spawn(
         .connect_timeout(config.timeout)
         // A redirect is a misconfigured endpoint, not a delivery.
         .redirect(reqwest::redirect::Policy::none())
+        // Every name is resolved through the guard: internal addresses are never dialled.
+        .dns_resolver(config.guard.resolver())
         .user_agent(concat!("switchyard-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let notify = Arc::new(Notify::new());
@@ -184,6 +189,14 @@ impl Deliverer {
         let outcome = self.post(&event).await;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let recorded = match outcome {
+            // Not transient: retrying a refused address would only be refused again.
+            Err(error) if error.starts_with(REFUSED_PREFIX) => {
+                tracing::warn!(
+                    call_id = %event.call_id, event_id = %event.id, attempt, %error,
+                    "webhook refused: internal address"
+                );
+                self.store.mark_abandoned(&event.id, attempt, &error).await
+            }
             Ok(status) => {
                 tracing::info!(
                     call_id = %event.call_id, event_id = %event.id, attempt, status, latency_ms,
@@ -225,6 +238,10 @@ impl Deliverer {
             .webhook_url
             .as_deref()
             .ok_or_else(|| "event has no webhook_url".to_owned())?;
+        self.config
+            .guard
+            .check_call(url)
+            .map_err(|e| format!("{REFUSED_PREFIX}{e}"))?;
         let secret = self
             .store
             .webhook_secret(&event.tenant)
@@ -255,6 +272,9 @@ impl Deliverer {
     }
 }
 
+/// How a delivery refused by the outbound guard is recorded.
+const REFUSED_PREFIX: &str = "refused: webhook_url ";
+
 /// A short reason without the URL (it may carry credentials in its query).
 fn describe(e: reqwest::Error) -> String {
     let mut reason = if e.is_timeout() {
@@ -267,6 +287,16 @@ fn describe(e: reqwest::Error) -> String {
     .to_owned();
     let e = e.without_url();
     let mut source = std::error::Error::source(&e);
+    // The guarded resolver's refusal reads as a refusal, not a connect failure.
+    let mut walk = source;
+    while let Some(s) = walk {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return format!("{REFUSED_PREFIX}{io}");
+        }
+        walk = s.source();
+    }
     while let Some(s) = source {
         reason.push_str(": ");
         reason.push_str(&s.to_string());

@@ -148,6 +148,7 @@ impl SwitchConfig {
              [http]\nlisten = \"127.0.0.1:0\"\n\n\
              [rtp]\nport_min = {}\nport_max = {}\n{}{}\n\
              [database]\nurl = {}\n\n\
+             [security]\noutbound_allow_cidrs = [\"127.0.0.0/8\"]\n\n\
              [webhooks]\nretry_base_ms = {}\n{}\n\
              [[trunks]]\nname = {}\nuri = {}\ntransport = {}\n",
             self.sip_toml,
