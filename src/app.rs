@@ -215,6 +215,7 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         config: config.clone(),
         config_path: config_path.map(Path::to_path_buf),
         outbound_guard: std::sync::Arc::new(config.outbound_guard()),
+        limits: std::sync::Arc::new(crate::api::limit::ApiLimits::new(&config.http)),
     });
 
     // Logged before the line below, which is what scripts wait for.
@@ -236,10 +237,14 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         })
     );
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(io("HTTP server"))?;
+    // The client's address reaches the per-IP rate limit.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(io("HTTP server"))?;
     switch.shutdown(std::time::Duration::from_secs(5)).await;
     shutdown.cancel();
     webhooks.join().await;

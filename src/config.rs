@@ -99,6 +99,15 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Base URL used in links the API hands out (recording URLs); defaults to http://listen.
     pub public_url: Option<String>,
+    /// API requests per second per client IP (an IPv6 /64 counts as one), and the burst
+    /// allowed back to back; beyond it 429 with Retry-After. 0: no limit.
+    pub rate_limit_per_ip_s: u32,
+    pub rate_limit_ip_burst: u32,
+    /// The same per API key (whichever IPs it comes from).
+    pub rate_limit_per_key_s: u32,
+    pub rate_limit_key_burst: u32,
+    /// Largest request body accepted; a larger one gets 413 PAYLOAD_TOO_LARGE.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -256,6 +265,11 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
+            rate_limit_per_ip_s: 100,
+            rate_limit_ip_burst: 200,
+            rate_limit_per_key_s: 50,
+            rate_limit_key_burst: 100,
+            max_body_bytes: 64 * 1024,
         }
     }
 }

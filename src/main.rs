@@ -56,7 +56,7 @@ enum ApiKeyAction {
     Create {
         #[arg(long)]
         tenant: String,
-        #[arg(long, value_parser = ["owner", "admin", "developer", "member"])]
+        #[arg(long, value_parser = ["owner", "admin", "developer", "member", "operator"])]
         role: String,
         #[arg(long, env = "SWITCHYARD_CONFIG")]
         config: Option<PathBuf>,

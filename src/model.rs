@@ -60,6 +60,9 @@ pub enum Role {
     Admin,
     Developer,
     Member,
+    /// The switch's administrator, above every tenant: all trunks, dial plan reloads.
+    /// Tenant owners and admins manage their own tenant only.
+    Operator,
 }
 
 impl Role {
@@ -69,6 +72,7 @@ impl Role {
             Self::Admin => "admin",
             Self::Developer => "developer",
             Self::Member => "member",
+            Self::Operator => "operator",
         }
     }
 
@@ -78,6 +82,7 @@ impl Role {
             "admin" => Self::Admin,
             "developer" => Self::Developer,
             "member" => Self::Member,
+            "operator" => Self::Operator,
             _ => return None,
         })
     }

@@ -666,7 +666,8 @@ async fn dialplan_reload_by_api_takes_effect_and_refuses_a_bad_plan() {
     let far = Sipp::uas("uas_answer_hold.xml");
     let closed = "[[rules]]\nname = \"closed\"\nto = { prefix = \"+1\" }\nreject = 403\n";
     let mut h = start(far.addr(), closed, "").await;
-    let admin = h.switch.api("acme", "admin").await;
+    // The dial plan spans tenants: the switch operator's key reloads it.
+    let admin = h.switch.api("acme", "operator").await;
     let refused = Sipp::builder("uac_expect_403.xml")
         .remote(h.switch.sip_udp())
         .spawn();
@@ -702,6 +703,12 @@ async fn dialplan_reload_by_api_takes_effect_and_refuses_a_bad_plan() {
         .request(reqwest::Method::POST, "/dialplan/reload", None)
         .await;
     assert_eq!(status, 403, "members cannot reload");
+    // Nor can a tenant's owner: that is the switch administrator's.
+    let owner = h.switch.api("acme", "owner").await;
+    let (status, body) = owner
+        .request(reqwest::Method::POST, "/dialplan/reload", None)
+        .await;
+    assert_eq!(status, 403, "a tenant owner reloaded the dial plan: {body}");
     let caller = Sipp::builder("uac_call.xml")
         .remote(h.switch.sip_udp())
         .pause_ms(200)

@@ -142,3 +142,137 @@ async fn callback_urls_to_internal_addresses_are_refused() {
     );
     drop(carrier);
 }
+
+/// The HTTP API under abuse: a key past its rate gets 429 with a truthful Retry-After, a
+/// client IP spraying fresh keys is limited by address, an oversized body gets 413, and a
+/// tenant's owner sees only its own trunks (the operator sees all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_rate_limits_body_limit_and_roles() {
+    let carrier = Sipp::uas("uas_busy.xml");
+    let config = format!(
+        "[sip]\nlisten = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1\"\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_ip_s = 60\nrate_limit_ip_burst = 60\n\
+         rate_limit_per_key_s = 20\nrate_limit_key_burst = 20\n\n\
+         [rtp]\nport_min = 30000\nport_max = 30999\n\n\
+         [database]\nurl = \"sqlite://switchyard.db?mode=rwc\"\n\n\
+         [[tenants]]\nname = \"acme\"\n\n[[tenants]]\nname = \"globex\"\n\n\
+         [[trunks]]\nname = \"acme-carrier\"\nuri = \"sip:{0}\"\ntenant = \"acme\"\n\
+         numbers = [\"+12025551234\"]\n\n\
+         [[trunks]]\nname = \"globex-carrier\"\nuri = \"sip:{0}\"\ntenant = \"globex\"\n\
+         numbers = [\"+12025559999\"]\n",
+        carrier.addr()
+    );
+    let switch = SwitchProcess::start_files(&[("switchyard.toml", &config)]).await;
+    let acme_key = switch.create_api_key("acme", "owner").await;
+    let operator_key = switch.create_api_key("acme", "operator").await;
+    let globex_key = switch.create_api_key("globex", "owner").await;
+    let base = format!("{}/api/v1", switch.http_base());
+    let http = reqwest::Client::new();
+    let get = |key: &str, path: &str| {
+        http.get(format!("{base}{path}"))
+            .header("X-API-Key", key)
+            .send()
+    };
+
+    // Roles first, while every bucket is full.
+    let names = |v: Value| -> Vec<String> {
+        v["data"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let own: Value = get(&acme_key, "/trunks")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        names(own),
+        ["acme-carrier"],
+        "a tenant owner saw another tenant's trunks"
+    );
+    let all: Value = get(&operator_key, "/trunks")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(names(all).len(), 2);
+    let reload = http
+        .post(format!("{base}/dialplan/reload"))
+        .header("X-API-Key", &globex_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 403);
+
+    // 413 for a body over the limit (64 KiB by default), before any parsing.
+    let big = json!({"to": "+14155550100", "from": "+12025551234", "metadata": {"x": "a".repeat(100_000)}});
+    let resp = http
+        .post(format!("{base}/voice/calls"))
+        .header("X-API-Key", &acme_key)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "PAYLOAD_TOO_LARGE", "{body}");
+
+    // One key, 40 requests back to back: its burst of 20 (plus what refills meanwhile).
+    let mut ok = 0;
+    let mut limited = None;
+    for _ in 0..40 {
+        let resp = get(&acme_key, "/voice/calls").await.unwrap();
+        match resp.status().as_u16() {
+            200 => ok += 1,
+            429 => limited = Some(resp),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        (15..40).contains(&ok),
+        "{ok} of 40 passed a 20-request burst"
+    );
+    let limited = limited.expect("at least one 429");
+    let retry: u64 = limited
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    // Another key is not held back by acme's.
+    assert_eq!(
+        get(&globex_key, "/voice/calls").await.unwrap().status(),
+        200
+    );
+
+    // One address spraying fresh keys: each key is new, the address is not.
+    let mut statuses = Vec::new();
+    for i in 0..100 {
+        statuses.push(
+            get(&format!("guess-{i}"), "/voice/calls")
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses[0], 401, "{statuses:?}");
+    assert!(statuses.contains(&429), "no per-IP limit: {statuses:?}");
+    assert!(
+        !statuses.iter().any(|s| *s != 401 && *s != 429),
+        "{statuses:?}"
+    );
+    let limited_total = metric(&switch, "switchyard_api_rate_limited_total").await;
+    assert!(limited_total >= 2, "{limited_total}");
+    drop(carrier);
+}

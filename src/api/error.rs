@@ -16,6 +16,8 @@ pub enum ErrorCode {
     RecordingNotReady,
     CallNotTransferable,
     ServiceUnavailable,
+    PayloadTooLarge,
+    RateLimited,
     InternalError,
 }
 
@@ -32,6 +34,8 @@ impl ErrorCode {
             Self::RecordingNotReady => "RECORDING_NOT_READY",
             Self::CallNotTransferable => "CALL_NOT_TRANSFERABLE",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::RateLimited => "RATE_LIMITED",
             Self::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -48,6 +52,8 @@ impl ErrorCode {
                 StatusCode::CONFLICT
             }
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -59,6 +65,8 @@ pub struct ApiError {
     pub message: String,
     /// Field-level problems for VALIDATION_ERROR.
     pub details: Vec<(String, String)>,
+    /// Seconds for a Retry-After header (RATE_LIMITED).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -67,6 +75,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -76,6 +85,7 @@ impl ApiError {
             code: ErrorCode::ValidationError,
             message: format!("{field}: {problem}"),
             details: vec![(field.to_owned(), problem)],
+            retry_after: None,
         }
     }
 
@@ -100,7 +110,15 @@ impl IntoResponse for ApiError {
         if !details.is_empty() {
             body["details"] = json!(details);
         }
-        (self.code.status(), axum::Json(body)).into_response()
+        let mut response = (self.code.status(), axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 
@@ -119,6 +137,7 @@ impl From<crate::core::CoreError> for ApiError {
                 code: ErrorCode::InvalidCallerId,
                 message: format!("from: {n} is not a phone number registered to this account"),
                 details: vec![("from".into(), "not a registered caller id".into())],
+                retry_after: None,
             },
             C::NotFound => Self::not_found("call"),
             C::AlreadyEnded(call) => Self::new(

@@ -20,7 +20,7 @@ impl Auth {
     /// Roles that may change things (place and hang up calls, redeliver events).
     pub fn require_write(&self) -> Result<(), ApiError> {
         match self.role {
-            Role::Owner | Role::Admin | Role::Developer => Ok(()),
+            Role::Owner | Role::Admin | Role::Developer | Role::Operator => Ok(()),
             Role::Member => Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "this API key's role (member) is read-only",
@@ -28,9 +28,24 @@ impl Auth {
         }
     }
 
+    /// The switch's administrator (operator keys): what spans tenants.
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Operator => Ok(()),
+            _ => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "requires the switch operator's API key (role operator)",
+            )),
+        }
+    }
+
+    pub fn is_operator(&self) -> bool {
+        self.role == Role::Operator
+    }
+
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
-            Role::Owner | Role::Admin => Ok(()),
+            Role::Owner | Role::Admin | Role::Operator => Ok(()),
             _ => Err(ApiError::new(
                 ErrorCode::Forbidden,
                 "requires an owner or admin API key",
@@ -81,6 +96,12 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "request body is larger than the limit (http.max_body_bytes)",
+                ))
+            }
             Err(rejection) => Err(ApiError::new(
                 ErrorCode::ValidationError,
                 rejection.body_text(),

@@ -6,6 +6,7 @@ pub mod calls;
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod limit;
 
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub config_path: Option<std::path::PathBuf>,
     /// Which URLs the switch may be asked to call (SSRF).
     pub outbound_guard: Arc<crate::netguard::OutboundGuard>,
+    /// Per-IP and per-key request limits.
+    pub limits: Arc<limit::ApiLimits>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -56,6 +59,13 @@ pub fn router(state: AppState) -> Router {
             post(rotate_webhook_secret),
         )
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.http.max_body_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.clone(),
+            limit::rate_limit,
+        ))
         .with_state(state)
 }
 
@@ -80,6 +90,14 @@ async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResp
                 "switchyard_outbound_refused_total {}\n",
                 crate::netguard::refused_total()
             ));
+            text.push_str(
+                "# HELP switchyard_api_rate_limited_total API requests answered 429.\n\
+                 # TYPE switchyard_api_rate_limited_total counter\n",
+            );
+            text.push_str(&format!(
+                "switchyard_api_rate_limited_total {}\n",
+                state.limits.refused()
+            ));
             text
         },
     )
@@ -92,10 +110,12 @@ async fn trunks(
     auth: Auth,
 ) -> Result<Envelope<Vec<serde_json::Value>>, ApiError> {
     auth.require_admin()?;
+    // A tenant's owner sees its own trunks; only the operator sees every tenant's.
     let list = state
         .switch
         .trunks()
         .iter()
+        .filter(|t| auth.is_operator() || t.config.tenant == auth.tenant)
         .map(|t| {
             json!({
                 "name": t.config.name,
@@ -118,7 +138,8 @@ async fn reload_dialplan(
     State(state): State<AppState>,
     auth: Auth,
 ) -> Result<Envelope<serde_json::Value>, ApiError> {
-    auth.require_admin()?;
+    // The dial plan is the whole switch's: the operator's, not any tenant owner's.
+    auth.require_operator()?;
     match crate::app::reload_dialplan(&state.switch, &state.config, state.config_path.as_deref()) {
         Ok(rules) => Ok(Envelope::ok(json!({"reloaded": true, "rules": rules}))),
         Err(e) => Err(ApiError::validation("dialplan", e.to_string())),

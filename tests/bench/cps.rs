@@ -186,7 +186,7 @@ impl Switch {
         std::fs::create_dir_all(dir)?;
         let config = format!(
             "[sip]\nlisten = \"127.0.0.1:0\"\nsocket_buffer = 4194304\n\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n\n\
+             [http]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_ip_s = 0\nrate_limit_per_key_s = 0\n\n\
              [rtp]\nport_min = 40000\nport_max = 49999\n\n\
              [database]\nurl = {}\n\n\
              [[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{trunk_port}\"\n\

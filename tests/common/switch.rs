@@ -145,7 +145,7 @@ impl SwitchConfig {
         let q = |s: &str| toml_string(s);
         let mut out = format!(
             "[sip]\nlisten = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1\"\n{}\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n\n\
+             [http]\nlisten = \"127.0.0.1:0\"\nrate_limit_per_ip_s = 0\nrate_limit_per_key_s = 0\n\n\
              [rtp]\nport_min = {}\nport_max = {}\n{}{}\n\
              [database]\nurl = {}\n\n\
              [security]\noutbound_allow_cidrs = [\"127.0.0.0/8\"]\n\n\
