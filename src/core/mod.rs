@@ -15,6 +15,7 @@ pub mod call;
 pub mod dialog;
 pub mod inbound;
 mod incoming;
+mod live_media;
 pub mod metrics;
 pub mod status;
 pub mod task;
@@ -375,7 +376,7 @@ impl Switch {
         let mut waits = Vec::with_capacity(live.len());
         for (id, tx) in live {
             let (reply_tx, reply_rx) = oneshot::channel();
-            if tx.send(TaskInput::Hangup(reply_tx)).await.is_ok() {
+            if tx.send(TaskInput::Shutdown(reply_tx)).await.is_ok() {
                 waits.push((id, reply_rx));
             }
         }

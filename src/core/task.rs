@@ -22,6 +22,8 @@ pub enum TaskInput {
     Sip(sip::ua::UaEvent),
     /// Hang up; the sender gets the call once it has ended.
     Hangup(oneshot::Sender<CallRecord>),
+    /// Hang up because the switch is stopping (`end_reason: switch_shutdown`).
+    Shutdown(oneshot::Sender<CallRecord>),
     /// Blind transfer of the far end to `target` (a SIP URI) by REFER; the sender learns
     /// whether the REFER could be sent (the call must be answered).
     Transfer {
@@ -127,6 +129,10 @@ impl CallTask {
                 self.waiters.push(reply);
                 CallInput::Hangup
             }
+            TaskInput::Shutdown(reply) => {
+                self.waiters.push(reply);
+                CallInput::Shutdown
+            }
             TaskInput::Transfer { target, reply } => {
                 let result = if self.answered.is_some() && !self.call.is_done() {
                     tracing::info!(%target, "transfer: REFER sent");
@@ -180,6 +186,12 @@ impl CallTask {
                 }
                 UaEvent::Failed { code, reason, .. } => CallInput::Failed { code, reason },
                 UaEvent::Cancelled { .. } => CallInput::Cancelled,
+                // The user agent's Timer H: our 2xx to the caller was never ACKed.
+                UaEvent::Terminated {
+                    by_remote: false,
+                    code: Some(408),
+                    ..
+                } if self.inbound_offer.is_some() => CallInput::AckTimeout,
                 UaEvent::Terminated { by_remote, .. } => CallInput::Terminated { by_remote },
                 UaEvent::SessionExpired { .. } => CallInput::SessionExpired,
                 UaEvent::Refer { leg, id, .. } => {
@@ -500,6 +512,12 @@ pub(crate) fn apply_change(r: &mut CallRecord, change: &StatusChange, now: chron
         r.answered_at = Some(now);
     }
     if change.status.is_terminal() {
+        // A provisional code (the 180 of `ringing`) is no call's outcome: a terminal change
+        // that names no final code leaves none.
+        if change.sip_code.is_none() && r.sip_code.is_some_and(|c| c < 200) {
+            r.sip_code = None;
+            r.sip_reason = None;
+        }
         r.sip_dialog = None;
         r.ended_at = Some(now);
         r.duration_seconds = Some(r.answered_at.map_or(0, |a| (now - a).num_seconds().max(0)));
@@ -512,7 +530,10 @@ pub(crate) fn apply_change(r: &mut CallRecord, change: &StatusChange, now: chron
         r.q850_cause = Some(match (change.status, change.end_reason) {
             (CallStatus::NoAnswer, Some(super::call::EndReason::RingTimeout)) => 19,
             // Recovery on timer expiry.
-            (_, Some(super::call::EndReason::MediaTimeout)) => 102,
+            (
+                _,
+                Some(super::call::EndReason::MediaTimeout | super::call::EndReason::AckTimeout),
+            ) => 102,
             (CallStatus::Cancelled, _) => 16,
             _ => q850_for_sip(code),
         });
