@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::harness::{GUARD, setup};
 use common::switch::switch_bin;
-use common::transit::{TRANSIT_PLAN, start, types};
+use common::transit::{TRANSIT_PLAN, start, start_with, types};
 use common::{Api, Sipp, SwitchConfig, SwitchProcess};
 use serde_json::{Value, json};
 
@@ -282,4 +282,86 @@ async fn live_transit_call_shows_per_leg_media_counters() {
         media["caller"]["packets_received"].as_u64() >= Some(before),
         "{media}"
     );
+}
+
+/// A fresh PostgreSQL schema for one test (dropped by the caller): its URL and the pool.
+async fn pg_schema(name: &str) -> (String, sqlx::PgPool, String) {
+    let base = std::env::var("SWITCHYARD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("sy_{name}_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL reachable");
+    for q in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+    ] {
+        sqlx::query(&q).execute(&admin).await.expect("schema");
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    (url, admin, schema)
+}
+
+/// `CALLS` transit calls are up between two SIPps when the switch is killed with SIGKILL;
+/// the restarted switch (same database) sends a BYE on both legs of every one of them,
+/// which both SIPps require to finish, and closes each call out as `switch_restart`.
+async fn kill_9_with_live_transit_calls(database_url: Option<&str>) {
+    const CALLS: u32 = 10;
+    let far = Sipp::builder("uas_answer_hold.xml").calls(CALLS).spawn();
+    let mut h = start_with(far.addr(), TRANSIT_PLAN, "", |c| match database_url {
+        Some(url) => c.database_url(url),
+        None => c,
+    })
+    .await;
+    let caller = Sipp::builder("uac_remote_bye.xml")
+        .remote(h.switch.sip_udp())
+        .calls(CALLS)
+        .spawn();
+    // An in_progress callback is sent only once its row (with both dialogs) is committed.
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < CALLS as usize {
+        let e = h.event().await;
+        if e["type"] == "call.in_progress" {
+            answered.insert(e["data"]["call"]["id"].as_str().expect("id").to_owned());
+        }
+    }
+    h.switch.kill_9().await;
+    h.switch.restart().await;
+    let callers = caller.wait().await;
+    callers.assert_success("every caller gets a BYE after the restart");
+    let callees = far.wait().await;
+    callees.assert_success("every callee gets a BYE after the restart");
+    for (side, out) in [("callers", &callers), ("callees", &callees)] {
+        let byes = out.messages.matches("BYE sip:").count();
+        assert!(byes >= CALLS as usize, "{side} saw {byes} BYEs\n{out}");
+    }
+    let api = Api::new(&h.switch.http_base(), &h.api.key);
+    for id in &answered {
+        let (_, call) = api.get_call(id).await;
+        let call = &call["data"];
+        assert_eq!(call["status"], "failed", "{call}");
+        assert_eq!(call["end_reason"], "switch_restart", "{call}");
+        assert!(
+            call["sip_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("BYE sent on both legs")),
+            "{call}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_transit_calls_byes_both_legs_after_restart() {
+    kill_9_with_live_transit_calls(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_transit_calls_byes_both_legs_after_restart_on_postgresql() {
+    let (url, admin, schema) = pg_schema("transit_restart").await;
+    kill_9_with_live_transit_calls(Some(&url)).await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .expect("drop schema");
 }

@@ -25,7 +25,9 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
         leg,
         body,
         source,
+        transport,
         request,
+        local_tag,
         ..
     } = event
     else {
@@ -220,6 +222,9 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 to,
                 trunks,
                 source_slot: Some(source_slot),
+                a_dialog: super::transit_dialogs::LegDialogs::new(
+                    request, local_tag, source, transport,
+                ),
             };
             match TransitTask::new(shared.clone(), setup) {
                 Ok(task) => start(shared, record, leg, tx, async move { task.run(rx).await }),

@@ -40,6 +40,8 @@ pub(crate) struct TransitSetup {
     pub trunks: Vec<Trunk>,
     /// The place the call holds on its source trunk.
     pub source_slot: Option<TrunkSlot>,
+    /// What names the caller's dialog once answered (the callee's is added later).
+    pub a_dialog: super::transit_dialogs::LegDialogs,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,8 @@ pub(crate) struct TransitTask {
     media_seen: (u64, Instant),
     /// The media counters as last written to the call row (see `live_media`).
     media_published: u64,
+    /// Both legs' dialogs, stored with `in_progress` for a BYE after a crash.
+    dialogs: super::transit_dialogs::LegDialogs,
     /// A blind transfer asked for by one leg's REFER: the new party's leg while it rings.
     transfer: Option<Transfer>,
     /// Digits either party sends (RFC 4733), relayed by the bridge and reported as
@@ -156,6 +160,7 @@ impl TransitTask {
             media_check: None,
             media_seen: (0, Instant::now()),
             media_published: 0,
+            dialogs: setup.a_dialog,
             transfer: None,
             dtmf,
         })
@@ -253,6 +258,10 @@ impl TransitTask {
                 return;
             }
             // Leg B (the callee); events of a leg we already gave up on are ignored.
+            UaEvent::DialogEstablished { leg, snapshot } if Some(leg) == self.b_leg => {
+                self.dialogs.b_established(*snapshot);
+                return;
+            }
             UaEvent::Progress {
                 leg, code, body, ..
             } if Some(leg) == self.b_leg => {
@@ -697,6 +706,9 @@ impl TransitTask {
     async fn apply_status(&mut self, change: StatusChange) {
         let r = Arc::make_mut(&mut self.record);
         apply_change(r, &change, Utc::now());
+        if change.status == crate::model::CallStatus::InProgress {
+            r.sip_dialog = self.dialogs.answered_json();
+        }
         if change.status.is_terminal()
             && let Some(bridge) = self.bridge.take()
         {
