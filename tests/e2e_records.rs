@@ -308,15 +308,20 @@ async fn pg_schema(name: &str) -> (String, sqlx::PgPool, String) {
 /// which both SIPps require to finish, and closes each call out as `switch_restart`.
 async fn kill_9_with_live_transit_calls(database_url: Option<&str>) {
     const CALLS: u32 = 10;
-    let far = Sipp::builder("uas_answer_hold.xml").calls(CALLS).spawn();
+    let far = Sipp::builder("uas_answer_hold.xml")
+        .calls(CALLS)
+        .timeout(Duration::from_secs(30))
+        .spawn();
     let mut h = start_with(far.addr(), TRANSIT_PLAN, "", |c| match database_url {
         Some(url) => c.database_url(url),
         None => c,
     })
     .await;
+    // Without the BYEs the SIPps wait for them until this guard runs out.
     let caller = Sipp::builder("uac_remote_bye.xml")
         .remote(h.switch.sip_udp())
         .calls(CALLS)
+        .timeout(Duration::from_secs(30))
         .spawn();
     // An in_progress callback is sent only once its row (with both dialogs) is committed.
     let mut answered = std::collections::BTreeSet::new();
@@ -364,4 +369,55 @@ async fn kill_9_mid_transit_calls_byes_both_legs_after_restart_on_postgresql() {
         .execute(&admin)
         .await
         .expect("drop schema");
+}
+
+/// Calls from the upstream trunk answered by the switch itself (an agent).
+const AGENT_PLAN: &str = "[[rules]]\nname = \"to-agent\"\nto = { prefix = \"+1\" }\n\
+    source_trunk = \"upstream\"\nagent = \"agt_front_desk\"\n";
+
+/// A call the switch answers itself, never ACKed: `ack_timeout` there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_call_never_acked_ends_ack_timeout() {
+    let mut h = start(
+        "127.0.0.1:5999".parse().unwrap(),
+        AGENT_PLAN,
+        "[sip]\nt1_ms = 100\n",
+    )
+    .await;
+    let caller = Sipp::uac("uac_no_ack.xml", h.switch.sip_udp());
+    caller.wait().await.assert_success("caller gets a BYE");
+    let events = h.events_until("call.completed").await;
+    let done = &events.last().expect("events")["data"];
+    assert_eq!(done["call"]["agent_id"], "agt_front_desk", "{done}");
+    assert_eq!(done["end_reason"], "ack_timeout", "{}", h.switch.logs());
+}
+
+/// An agent call up when the switch is killed: the caller gets its BYE from the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_agent_call_byes_the_caller_after_restart() {
+    let mut h = start("127.0.0.1:5999".parse().unwrap(), AGENT_PLAN, "").await;
+    let caller = Sipp::builder("uac_remote_bye.xml")
+        .remote(h.switch.sip_udp())
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    let events = h.events_until("call.in_progress").await;
+    let id = events.last().expect("events")["data"]["call"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    h.switch.kill_9().await;
+    h.switch.restart().await;
+    caller
+        .wait()
+        .await
+        .assert_success("the caller gets a BYE after the restart");
+    let api = Api::new(&h.switch.http_base(), &h.api.key);
+    let (_, call) = api.get_call(&id).await;
+    assert_eq!(call["data"]["end_reason"], "switch_restart", "{call}");
+    assert!(
+        call["data"]["sip_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("BYE sent")),
+        "{call}"
+    );
 }

@@ -183,6 +183,8 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 return;
             };
             let record = Arc::new(record);
+            let caller_dialog =
+                sip::ua::DialogSnapshot::incoming(&request, &local_tag, source, transport);
             let task = CallTask::new(
                 shared.clone(),
                 Arc::clone(&record),
@@ -191,7 +193,8 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 endpoint,
                 Some(offer),
                 Some(source_slot),
-            );
+            )
+            .with_caller_dialog(caller_dialog);
             start(shared, record, leg, tx, async move { task.run(rx).await });
         }
         Route::Trunks(names) => {

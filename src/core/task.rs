@@ -53,6 +53,9 @@ pub(crate) struct CallTask {
     inbound_offer: Option<sip::ua::Body>,
     /// The place this call holds on its trunk (freed when the task ends).
     _slot: Option<super::trunk::TrunkSlot>,
+    /// Inbound calls: the dialog our 200 creates, stored with `in_progress` so a crash
+    /// still ends the call at the caller with a BYE.
+    caller_dialog: Option<sip::ua::DialogSnapshot>,
 }
 
 impl CallTask {
@@ -84,7 +87,14 @@ impl CallTask {
             dtmf,
             inbound_offer,
             _slot: slot,
+            caller_dialog: None,
         }
+    }
+
+    /// Inbound calls: the caller's dialog once we answer (see `DialogSnapshot::incoming`).
+    pub(crate) fn with_caller_dialog(mut self, dialog: Option<sip::ua::DialogSnapshot>) -> Self {
+        self.caller_dialog = dialog;
+        self
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<TaskInput>) {
@@ -370,6 +380,10 @@ impl CallTask {
                 self.answered = Some(now);
                 self.media_check = self.media_timeout().map(|t| now + t);
                 self.offer = Some(local);
+                // Written with the in_progress status that follows at once.
+                if let Some(d) = self.caller_dialog.take() {
+                    Arc::make_mut(&mut self.record).sip_dialog = super::dialog::to_json(&d);
+                }
                 self.send_sip(sip::ua::UaCommand::Answer {
                     leg: self.leg,
                     body: Some(sdp_body(sdp)),
