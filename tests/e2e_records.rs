@@ -241,8 +241,9 @@ async fn sigterm_ends_live_calls_as_switch_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_transit_call_shows_per_leg_media_counters() {
     let far = Sipp::uas("uas_answer_rtp.xml");
-    // The media check runs every media_timeout / 4: 500 ms here.
-    let mut h = start(far.addr(), TRANSIT_PLAN, "[rtp]\nmedia_timeout_s = 2\n").await;
+    // The media check runs every media_timeout / 4: 750 ms here (the ~0.8 s of silence
+    // between the end of the replayed RTP and the caller's BYE stays well under 3 s).
+    let mut h = start(far.addr(), TRANSIT_PLAN, "[rtp]\nmedia_timeout_s = 3\n").await;
     let caller = Sipp::builder("uac_call_rtp.xml")
         .remote(h.switch.sip_udp())
         .pause_ms(5500)
