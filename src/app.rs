@@ -22,6 +22,11 @@ pub enum AppError {
     },
     #[error("invalid role {0:?}")]
     Role(String),
+    #[error(
+        "unknown tenant {0:?}: the configuration declares no such tenant \
+         (add a [[tenants]] entry or a trunk with tenant = {0:?})"
+    )]
+    UnknownTenant(String),
     #[error("dialplan: {0}")]
     Plan(#[from] crate::core::inbound::PlanLoadError),
 }
@@ -55,6 +60,11 @@ pub async fn create_api_key(
 ) -> Result<String, AppError> {
     let config = Config::load(config)?;
     let role = crate::model::Role::parse(role).ok_or_else(|| AppError::Role(role.to_owned()))?;
+    // A key for a tenant nothing in the config names would see no trunk, number or
+    // callback URL: almost always a typo, so it is refused rather than stored.
+    if !config.declares_tenant(tenant) {
+        return Err(AppError::UnknownTenant(tenant.to_owned()));
+    }
     let store = SqlStore::connect(&config.database.url).await?;
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
@@ -137,6 +147,7 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
             session_expires: (config.sip.session_expires_s > 0)
                 .then(|| std::time::Duration::from_secs(config.sip.session_expires_s)),
             min_se: std::time::Duration::from_secs(config.sip.min_se_s.max(1)),
+            t1: std::time::Duration::from_millis(config.sip.t1_ms.max(1)),
             ..Default::default()
         },
         socket_buffer: config.sip.socket_buffer,

@@ -91,6 +91,9 @@ pub struct SipConfig {
     pub min_se_s: u64,
     /// Realm of the digest challenges sent to inbound trunks that authenticate.
     pub realm: String,
+    /// RFC 3261 T1 (round-trip estimate): retransmissions start at it, and a 2xx nobody
+    /// ACKs is given up after 64 × T1.
+    pub t1_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -243,6 +246,16 @@ fn default_tenant() -> String {
     "default".to_owned()
 }
 
+impl Config {
+    /// Whether `name` is a tenant: a `[[tenants]]` entry or the owner of a trunk. Empty
+    /// or blank names never are.
+    pub fn declares_tenant(&self, name: &str) -> bool {
+        !name.trim().is_empty()
+            && (self.tenants.iter().any(|t| t.name == name)
+                || self.trunks.iter().any(|t| t.tenant == name))
+    }
+}
+
 impl Default for SipConfig {
     fn default() -> Self {
         Self {
@@ -256,6 +269,7 @@ impl Default for SipConfig {
             session_expires_s: 1800,
             min_se_s: 90,
             realm: "switchyard".to_owned(),
+            t1_ms: 500,
         }
     }
 }

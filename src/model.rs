@@ -216,9 +216,12 @@ pub struct CallEvent {
     pub webhook_url: Option<String>,
     pub state: DeliveryState,
     pub attempts: i64,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timefmt::serialize_opt")]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 

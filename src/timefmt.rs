@@ -1,37 +1,28 @@
 //! RFC 3339 timestamps written straight into a stack buffer. chrono's own writer goes
 //! through `core::fmt` a field at a time; a status event serialises three or four
 //! timestamps and that was about 5 % of the SQLite writer's CPU per call. The output is
-//! byte for byte chrono's (checked by the property test below), so the API and the
-//! stored payloads do not change.
+//! byte for byte chrono's `SecondsFormat::Millis` with `Z` (checked by the property test
+//! below).
+//!
+//! Every timestamp the switch shows (API responses, callback payloads, stored JSON) has
+//! exactly three fractional digits: the database keeps milliseconds, so a callback built
+//! from the in-memory call and the API reading the row show the same string.
 
 use chrono::{DateTime, Datelike as _, SecondsFormat, Timelike as _, Utc};
 
-/// The longest output: `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
-const MAX_LEN: usize = 30;
+/// The output: `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+const LEN: usize = 24;
 
-/// How many fractional digits to write.
-#[derive(Clone, Copy)]
-enum Fraction {
-    /// chrono's `SecondsFormat::AutoSi`: none, 3, 6 or 9, the fewest that are exact.
-    Auto,
-    /// Always 3 (`SecondsFormat::Millis`: truncated, not rounded).
-    Millis,
-}
-
-/// Calls `f` with `dt` as RFC 3339 in UTC with a `Z`, as chrono writes it with
-/// `to_rfc3339_opts(format, true)`; years outside 0..=9999 and leap seconds take
-/// chrono's path.
-fn with_rfc3339<R>(dt: &DateTime<Utc>, fraction: Fraction, f: impl FnOnce(&str) -> R) -> R {
+/// Calls `f` with `dt` as RFC 3339 in UTC with milliseconds (truncated, not rounded) and a
+/// `Z`, as chrono writes it with `to_rfc3339_opts(SecondsFormat::Millis, true)`; years
+/// outside 0..=9999 and leap seconds take chrono's path.
+fn with_rfc3339<R>(dt: &DateTime<Utc>, f: impl FnOnce(&str) -> R) -> R {
     let year = dt.year();
     let nanos = dt.nanosecond();
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-        let format = match fraction {
-            Fraction::Auto => SecondsFormat::AutoSi,
-            Fraction::Millis => SecondsFormat::Millis,
-        };
-        return f(&dt.to_rfc3339_opts(format, true));
+        return f(&dt.to_rfc3339_opts(SecondsFormat::Millis, true));
     }
-    let mut buf = [0u8; MAX_LEN];
+    let mut buf = [0u8; LEN];
     let mut put = |at: usize, value: u32, digits: usize| {
         let mut v = value;
         for i in (0..digits).rev() {
@@ -45,40 +36,33 @@ fn with_rfc3339<R>(dt: &DateTime<Utc>, fraction: Fraction, f: impl FnOnce(&str) 
     put(11, dt.hour(), 2);
     put(14, dt.minute(), 2);
     put(17, dt.second(), 2);
-    let (value, digits) = match fraction {
-        Fraction::Millis => (nanos / 1_000_000, 3),
-        Fraction::Auto if nanos == 0 => (0, 0),
-        Fraction::Auto if nanos.is_multiple_of(1_000_000) => (nanos / 1_000_000, 3),
-        Fraction::Auto if nanos.is_multiple_of(1_000) => (nanos / 1_000, 6),
-        Fraction::Auto => (nanos, 9),
-    };
-    let mut len = 19;
-    if digits > 0 {
-        put(20, value, digits);
-        len = 20 + digits;
-    }
-    for (at, byte) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+    put(20, nanos / 1_000_000, 3);
+    for (at, byte) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
         buf[at] = byte;
     }
-    if digits > 0 {
-        buf[19] = b'.';
-    }
-    buf[len] = b'Z';
     // Only ASCII digits and separators were written.
-    match std::str::from_utf8(&buf[..=len]) {
+    match std::str::from_utf8(&buf) {
         Ok(s) => f(s),
-        Err(_) => f(&dt.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        Err(_) => f(&dt.to_rfc3339_opts(SecondsFormat::Millis, true)),
     }
 }
 
 /// `to_rfc3339_opts(SecondsFormat::Millis, true)`.
 pub fn millis(dt: &DateTime<Utc>) -> String {
-    with_rfc3339(dt, Fraction::Millis, str::to_owned)
+    with_rfc3339(dt, str::to_owned)
 }
 
-/// `serialize_with` for a `DateTime<Utc>`: the same string as chrono's `Serialize`.
+/// `serialize_with` for a `DateTime<Utc>`: RFC 3339, milliseconds, `Z`.
 pub fn serialize<S: serde::Serializer>(dt: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    with_rfc3339(dt, Fraction::Auto, |text| s.serialize_str(text))
+    with_rfc3339(dt, |text| s.serialize_str(text))
 }
 
 /// `serialize_with` for an `Option<DateTime<Utc>>`.
@@ -98,42 +82,43 @@ mod tests {
     use chrono::TimeZone as _;
     use proptest::prelude::*;
 
-    fn ours(dt: &DateTime<Utc>) -> String {
-        with_rfc3339(dt, Fraction::Auto, str::to_owned)
-    }
-
-    fn chrono_serde(dt: &DateTime<Utc>) -> String {
-        serde_json::to_value(dt)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
+    fn chrono_millis(dt: &DateTime<Utc>) -> String {
+        dt.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 
     #[test]
-    fn every_fraction_width_matches_chrono() {
+    fn always_three_fractional_digits() {
         let base = Utc.with_ymd_and_hms(2026, 12, 5, 18, 33, 12).single();
         let Some(base) = base else {
             panic!("a valid date");
         };
-        for nanos in [0, 271_000_000, 271_500_000, 271_500_100, 1, 999_999_999] {
+        let cases = [
+            (0, "2026-12-05T18:33:12.000Z"),
+            (271_000_000, "2026-12-05T18:33:12.271Z"),
+            (271_500_100, "2026-12-05T18:33:12.271Z"),
+            (1, "2026-12-05T18:33:12.000Z"),
+            (999_999_999, "2026-12-05T18:33:12.999Z"),
+        ];
+        for (nanos, want) in cases {
             let dt = base + chrono::Duration::nanoseconds(i64::from(nanos));
-            assert_eq!(ours(&dt), chrono_serde(&dt), "{nanos} ns");
-            assert_eq!(millis(&dt), dt.to_rfc3339_opts(SecondsFormat::Millis, true));
+            assert_eq!(millis(&dt), want, "{nanos} ns");
+            let json = serde_json::to_value(Wrap(dt)).unwrap_or_default();
+            assert_eq!(json, serde_json::json!(want));
         }
         let far = Utc.with_ymd_and_hms(12026, 1, 1, 0, 0, 0).single();
         if let Some(far) = far {
-            assert_eq!(ours(&far), chrono_serde(&far), "a five-digit year");
+            assert_eq!(millis(&far), chrono_millis(&far), "a five-digit year");
         }
     }
 
+    #[derive(serde::Serialize)]
+    struct Wrap(#[serde(serialize_with = "serialize")] DateTime<Utc>);
+
     proptest! {
         #[test]
-        fn matches_chrono_for_any_instant(secs in -62_000_000_000i64..300_000_000_000, nanos in 0u32..1_000_000_000, round in 0u32..4) {
-            // Round the fraction to whole s/ms/us sometimes, so every width is drawn.
-            let nanos = match round { 0 => 0, 1 => nanos / 1_000_000 * 1_000_000, 2 => nanos / 1_000 * 1_000, _ => nanos };
+        fn matches_chrono_for_any_instant(secs in -62_000_000_000i64..300_000_000_000, nanos in 0u32..1_000_000_000) {
             if let Some(dt) = DateTime::from_timestamp(secs, nanos) {
-                prop_assert_eq!(ours(&dt), chrono_serde(&dt));
-                prop_assert_eq!(millis(&dt), dt.to_rfc3339_opts(SecondsFormat::Millis, true));
+                prop_assert_eq!(millis(&dt), chrono_millis(&dt));
             }
         }
     }

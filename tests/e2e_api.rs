@@ -208,7 +208,7 @@ async fn validation_errors_have_stable_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_isolated_and_pagination_is_exact() {
     let sipp = busy_carrier(7);
-    let config = SwitchConfig::new(sipp.addr());
+    let config = SwitchConfig::new(sipp.addr()).extra("[[tenants]]\nname = \"globex\"\n");
     let switch = SwitchProcess::start(config).await;
     let acme = Api::new(
         &switch.http_base(),

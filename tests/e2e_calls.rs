@@ -330,7 +330,7 @@ async fn graceful_shutdown_hangs_up_live_calls() {
     let api = Api::new(&h.switch.http_base(), &h.api.key);
     let (_, call) = api.get_call(&id).await;
     assert_eq!(call["data"]["status"], "completed", "{call}");
-    assert_eq!(call["data"]["end_reason"], "hangup");
+    assert_eq!(call["data"]["end_reason"], "switch_shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 async fn setup(sipp: &Sipp, rec_dir: &std::path::Path, rtp: (u16, u16)) -> Harness {
     let dir = Value::String(rec_dir.display().to_string());
     harness::setup(sipp, |c| {
-        c.rtp_ports(rtp.0, rtp.1)
-            .extra(&format!("[recordings]\ndir = {dir}\n"))
+        c.rtp_ports(rtp.0, rtp.1).extra(&format!(
+            "[recordings]\ndir = {dir}\n\n[[tenants]]\nname = \"globex\"\n"
+        ))
     })
     .await
 }

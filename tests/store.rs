@@ -103,6 +103,7 @@ on_both!(
     concurrent_updates_get_distinct_sequences,
     a_bad_write_in_a_batch_fails_alone,
     the_last_of_several_queued_updates_wins,
+    both_dialogs_and_live_counters_ride_on_the_call_row,
 );
 
 mod unsent_events_left_out {
@@ -666,6 +667,38 @@ async fn live_calls_are_the_non_terminal_ones(s: &SqlStore) {
             CallStatus::InProgress
         ]
     );
+}
+
+/// A transit call's two dialogs (a JSON array in `sip_dialog`) are stored with its
+/// `in_progress` write and returned by `live_calls` for the close-out after a crash; a row
+/// write without an event (live media counters) keeps them and adds no event; the terminal
+/// write clears them.
+async fn both_dialogs_and_live_counters_ride_on_the_call_row(s: &SqlStore) {
+    let mut c = call("acme", "call_t", T0, HOOK);
+    s.create_call(&shared(&c), &ev("call.initiating"))
+        .await
+        .unwrap();
+    let dialogs = r#"[{"call_id":"a@x","local_tag":"1"},{"call_id":"b@y","local_tag":"2"}]"#;
+    c.status = CallStatus::InProgress;
+    c.sip_dialog = Some(dialogs.to_owned());
+    s.update_call(&shared(&c), Some(&ev("call.in_progress")))
+        .await
+        .unwrap();
+    c.metadata["media"] = json!({"caller": {"packets_received": 42}});
+    assert_eq!(s.update_call(&shared(&c), None).await.unwrap(), None);
+    let live = s.live_calls().await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].sip_dialog.as_deref(), Some(dialogs));
+    assert_eq!(live[0].metadata["media"]["caller"]["packets_received"], 42);
+    assert_eq!(s.list_events("acme", "call_t").await.unwrap().len(), 2);
+    c.status = CallStatus::Completed;
+    c.sip_dialog = None;
+    s.update_call(&shared(&c), Some(&ev("call.completed")))
+        .await
+        .unwrap();
+    assert!(s.live_calls().await.unwrap().is_empty());
+    let stored = s.get_call("acme", "call_t").await.unwrap().unwrap();
+    assert_eq!(stored.sip_dialog, None);
 }
 
 /// Updates queued back to back (often one write batch, where only the last row write of a

@@ -112,6 +112,70 @@ fn dialog_snapshot_precedes_answer_and_lets_a_new_ua_send_bye() {
     );
 }
 
+/// The callee's side of the same: the dialog our 200 creates, rebuilt from what `Incoming`
+/// reported, lets a fresh UA end the call at the caller.
+#[test]
+fn incoming_dialog_snapshot_lets_a_new_ua_bye_the_caller() {
+    let mut p = Pair::new(t0());
+    let target = p.target_b("+15550002", Transport::Udp);
+    p.a.handle_command(p.now, invite_cmd(1, target, None));
+    p.drive();
+    let Some((
+        _,
+        UaEvent::Incoming {
+            leg: b_leg,
+            request,
+            local_tag,
+            source,
+            transport,
+            ..
+        },
+    )) = p.b_events.last().cloned()
+    else {
+        panic!("expected Incoming, got {:?}", p.b_events);
+    };
+    p.b.handle_command(
+        p.now,
+        UaCommand::Answer {
+            leg: b_leg,
+            body: sdp("v=0 answer"),
+        },
+    );
+    p.drive();
+    let snapshot = sip::ua::DialogSnapshot::incoming(&request, &local_tag, source, transport)
+        .expect("a dialog");
+    assert_eq!(Some(snapshot.dialog.call_id.as_str()), p.a.call_id(1));
+    let cfg = p.b.config().clone();
+    p.b = UserAgent::new(cfg, 98);
+    p.a_events.clear();
+    p.b_events.clear();
+    p.b.handle_command(
+        p.now,
+        UaCommand::ByeRestored {
+            leg: 7,
+            snapshot: Box::new(snapshot),
+        },
+    );
+    p.drive();
+    assert_eq!(
+        events(&p.a_events),
+        [UaEvent::Terminated {
+            leg: 1,
+            by_remote: true,
+            code: None
+        }],
+        "the caller's dialog accepted the BYE"
+    );
+    assert_eq!(
+        events(&p.b_events),
+        [UaEvent::Terminated {
+            leg: 7,
+            by_remote: false,
+            code: Some(200)
+        }]
+    );
+}
+
 #[test]
 fn answered_call_ack_then_caller_hangs_up() {
     let mut p = Pair::new(t0());

@@ -54,7 +54,7 @@ impl<T: Serialize> IntoResponse for Envelope<T> {
     fn into_response(self) -> Response {
         let mut meta = json!({
             "request_id": new_request_id(),
-            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "timestamp": crate::timefmt::millis(&chrono::Utc::now()),
         });
         if let Some(p) = self.pagination {
             meta["pagination"] = json!(p);

@@ -31,8 +31,12 @@ pub enum CallInput {
     Cancelled,
     /// The dialog ended: the far end's BYE (`by_remote`) or ours completing.
     Terminated { by_remote: bool },
+    /// Inbound: our 2xx was never ACKed; the user agent has sent the BYE.
+    AckTimeout,
     /// Hang up from the API.
     Hangup,
+    /// Hang up because the switch is stopping (SIGTERM): a hangup with its own reason.
+    Shutdown,
     /// No RTP from the far end for the configured time on an answered call.
     MediaTimeout,
 }
@@ -72,6 +76,10 @@ pub enum EndReason {
     SessionExpired,
     /// Handed to another party by REFER.
     Transferred,
+    /// Inbound and transit calls: the caller never ACKed our 200 (RFC 3261 §13.3.1.4).
+    AckTimeout,
+    /// The switch was stopped (SIGTERM) while the call was live.
+    SwitchShutdown,
 }
 
 impl EndReason {
@@ -87,6 +95,8 @@ impl EndReason {
             Self::CallerBye => "caller_bye",
             Self::SessionExpired => "session_expired",
             Self::Transferred => "transferred",
+            Self::AckTimeout => "ack_timeout",
+            Self::SwitchShutdown => "switch_shutdown",
         }
     }
 }
@@ -132,6 +142,10 @@ impl Call {
 
     pub fn handle(&mut self, now: Instant, input: CallInput) {
         use CallInput as I;
+        let (input, hangup) = match input {
+            I::Shutdown => (I::Hangup, EndReason::SwitchShutdown),
+            other => (other, EndReason::Hangup),
+        };
         match (self.phase, input) {
             (Phase::Idle, I::Start) => {
                 self.phase = Phase::Calling;
@@ -142,9 +156,7 @@ impl Call {
                 self.out.push_back(CallOutput::Answer);
                 self.answered(now);
             }
-            (Phase::Idle, I::Hangup) => {
-                self.finish(CallStatus::Cancelled, None, None, EndReason::Hangup)
-            }
+            (Phase::Idle, I::Hangup) => self.finish(CallStatus::Cancelled, None, None, hangup),
             (Phase::Calling, I::Progress { code }) => {
                 self.phase = Phase::Ringing;
                 self.status(CallStatus::Ringing, Some(code), None, None);
@@ -159,7 +171,7 @@ impl Call {
                 );
             }
             (Phase::Calling | Phase::Ringing, I::Hangup) => {
-                self.phase = Phase::Cancelling(EndReason::Hangup);
+                self.phase = Phase::Cancelling(hangup);
                 self.out.push_back(CallOutput::Cancel);
             }
             // The far end answered although we were cancelling: the user agent ACKs and
@@ -174,8 +186,14 @@ impl Call {
             (Phase::Answered, I::Terminated { by_remote: true }) => {
                 self.finish(CallStatus::Completed, None, None, EndReason::RemoteBye);
             }
+            (Phase::Answered, I::AckTimeout) => {
+                self.finish(CallStatus::Completed, None, None, EndReason::AckTimeout);
+            }
+            (Phase::Ending(why), I::AckTimeout) => {
+                self.finish(CallStatus::Completed, None, None, why);
+            }
             (Phase::Answered, I::Hangup) => {
-                self.phase = Phase::Ending(EndReason::Hangup);
+                self.phase = Phase::Ending(hangup);
                 self.out.push_back(CallOutput::Bye);
             }
             (Phase::Answered, I::SessionExpired) => {
@@ -238,12 +256,17 @@ impl Call {
     }
 
     fn finish_cancelled(&mut self, why: EndReason, code: Option<u16>, reason: Option<String>) {
-        let status = if why == EndReason::RingTimeout {
-            CallStatus::NoAnswer
+        if why == EndReason::RingTimeout {
+            // A 487 answered our own CANCEL: nothing the far end decided, so a ring timeout
+            // reports no SIP code (a final the far end raced in with is still its own).
+            let (code, reason) = match code {
+                Some(487) => (None, None),
+                _ => (code, reason),
+            };
+            self.finish(CallStatus::NoAnswer, code, reason, why);
         } else {
-            CallStatus::Cancelled
-        };
-        self.finish(status, code, reason, why);
+            self.finish(CallStatus::Cancelled, code, reason, why);
+        }
     }
 
     fn finish(
@@ -370,6 +393,42 @@ mod tests {
         assert!(!outs.contains(&CallOutput::Cancel));
     }
 
+    fn end_reason(outs: &[CallOutput]) -> Option<EndReason> {
+        outs.iter().rev().find_map(|o| match o {
+            CallOutput::Status(s) => s.end_reason,
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn shutdown_is_a_hangup_with_its_own_reason_and_an_api_hangup_keeps_its_own() {
+        let (c, outs) = run(&[
+            I::Start,
+            I::Answered,
+            I::Shutdown,
+            I::Terminated { by_remote: false },
+        ]);
+        assert!(c.is_done() && outs.contains(&CallOutput::Bye));
+        assert_eq!(end_reason(&outs), Some(EndReason::SwitchShutdown));
+        let (_, outs) = run(&[I::Start, I::Shutdown, I::Cancelled]);
+        assert_eq!(end_reason(&outs), Some(EndReason::SwitchShutdown));
+        let (_, outs) = run(&[
+            I::Start,
+            I::Answered,
+            I::Hangup,
+            I::Shutdown,
+            I::Terminated { by_remote: false },
+        ]);
+        assert_eq!(end_reason(&outs), Some(EndReason::Hangup));
+    }
+
+    #[test]
+    fn an_inbound_call_never_acked_ends_ack_timeout() {
+        let (c, outs) = run(&[I::StartInbound, I::AckTimeout]);
+        assert!(c.is_done());
+        assert_eq!(end_reason(&outs), Some(EndReason::AckTimeout));
+    }
+
     #[test]
     fn ring_timeout_cancels_then_no_answer() {
         let t0 = Instant::now();
@@ -389,6 +448,11 @@ mod tests {
             panic!()
         };
         assert_eq!(s.end_reason, Some(EndReason::RingTimeout));
+        assert_eq!(
+            (s.sip_code, &s.sip_reason),
+            (None, &None),
+            "not our CANCEL's 487"
+        );
     }
 
     #[test]

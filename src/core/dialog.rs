@@ -1,6 +1,8 @@
 //! The SIP dialog of an answered call as JSON in the call row, so that after a crash the
 //! next process can end the call at the carrier with a BYE (RFC 3261 §15: a dialog is
-//! ended by BYE, and a carrier keeps billing one that nobody ends).
+//! ended by BYE, and a carrier keeps billing one that nobody ends). An outbound call has
+//! one dialog (a JSON object); a transit call has two, the caller's and the callee's (a
+//! JSON array of them).
 
 use serde::{Deserialize, Serialize};
 use sip::dialog::{Dialog, DialogState};
@@ -21,8 +23,21 @@ struct DialogJson {
 }
 
 pub fn to_json(s: &DialogSnapshot) -> Option<String> {
+    serde_json::to_string(&json_of(s)).ok()
+}
+
+/// Several dialogs (a transit call's legs) as one JSON array; None when there are none.
+pub fn to_json_all(dialogs: &[&DialogSnapshot]) -> Option<String> {
+    if dialogs.is_empty() {
+        return None;
+    }
+    let all: Vec<DialogJson> = dialogs.iter().map(|s| json_of(s)).collect();
+    serde_json::to_string(&all).ok()
+}
+
+fn json_of(s: &DialogSnapshot) -> DialogJson {
     let d = &s.dialog;
-    serde_json::to_string(&DialogJson {
+    DialogJson {
         call_id: d.call_id.clone(),
         local_tag: d.local_tag.clone(),
         remote_tag: d.remote_tag.clone(),
@@ -37,12 +52,34 @@ pub fn to_json(s: &DialogSnapshot) -> Option<String> {
             Transport::Tcp => "tcp",
         }
         .to_owned(),
-    })
-    .ok()
+    }
+}
+
+/// Every dialog in a stored value: one object or an array of them. Entries that do not
+/// parse are skipped (a BYE that cannot be addressed is not sent).
+pub fn all_from_json(text: &str) -> Vec<DialogSnapshot> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        One(Box<DialogJson>),
+        Many(Vec<serde_json::Value>),
+    }
+    match serde_json::from_str::<Stored>(text) {
+        Ok(Stored::One(j)) => snapshot_of(*j).into_iter().collect(),
+        Ok(Stored::Many(all)) => all
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .filter_map(snapshot_of)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 pub fn from_json(text: &str) -> Option<DialogSnapshot> {
-    let j: DialogJson = serde_json::from_str(text).ok()?;
+    snapshot_of(serde_json::from_str(text).ok()?)
+}
+
+fn snapshot_of(j: DialogJson) -> Option<DialogSnapshot> {
     Some(DialogSnapshot {
         dialog: Dialog {
             state: DialogState::Confirmed,
@@ -86,7 +123,16 @@ mod tests {
             peer: "127.0.0.1:5070".parse().unwrap(),
             transport: Transport::Tcp,
         };
-        assert_eq!(from_json(&to_json(&s).unwrap()), Some(s));
+        assert_eq!(from_json(&to_json(&s).unwrap()), Some(s.clone()));
         assert_eq!(from_json("{not json"), None);
+        assert_eq!(all_from_json(&to_json(&s).unwrap()), vec![s.clone()]);
+        let mut other = s.clone();
+        other.dialog.local_tag = "l2".into();
+        other.transport = Transport::Udp;
+        let both = to_json_all(&[&s, &other]).unwrap();
+        assert_eq!(all_from_json(&both), vec![s, other]);
+        assert_eq!(to_json_all(&[]), None);
+        assert!(all_from_json("[1, {\"bad\": true}]").is_empty());
+        assert!(all_from_json("nonsense").is_empty());
     }
 }

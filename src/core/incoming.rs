@@ -25,7 +25,9 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
         leg,
         body,
         source,
+        transport,
         request,
+        local_tag,
         ..
     } = event
     else {
@@ -177,6 +179,8 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 return;
             };
             let record = Arc::new(record);
+            let caller_dialog =
+                sip::ua::DialogSnapshot::incoming(&request, &local_tag, source, transport);
             let task = CallTask::new(
                 shared.clone(),
                 Arc::clone(&record),
@@ -185,7 +189,8 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 endpoint,
                 Some(offer),
                 Some(source_slot),
-            );
+            )
+            .with_caller_dialog(caller_dialog);
             start(shared, record, leg, tx, async move { task.run(rx).await });
         }
         Route::Trunks(names) => {
@@ -216,6 +221,9 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 to,
                 trunks,
                 source_slot: Some(source_slot),
+                a_dialog: super::transit_dialogs::LegDialogs::new(
+                    request, local_tag, source, transport,
+                ),
             };
             match TransitTask::new(shared.clone(), setup) {
                 Ok(task) => start(shared, record, leg, tx, async move { task.run(rx).await }),

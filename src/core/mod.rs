@@ -16,10 +16,12 @@ pub mod call;
 pub mod dialog;
 pub mod inbound;
 mod incoming;
+mod live_media;
 pub mod metrics;
 pub mod status;
 pub mod task;
 pub mod transit;
+mod transit_dialogs;
 pub mod transit_task;
 pub mod trunk;
 pub mod trunk_watch;
@@ -376,7 +378,7 @@ impl Switch {
         let mut waits = Vec::with_capacity(live.len());
         for (id, tx) in live {
             let (reply_tx, reply_rx) = oneshot::channel();
-            if tx.send(TaskInput::Hangup(reply_tx)).await.is_ok() {
+            if tx.send(TaskInput::Shutdown(reply_tx)).await.is_ok() {
                 waits.push((id, reply_rx));
             }
         }
@@ -447,31 +449,32 @@ async fn close_out_live_calls(shared: &Shared) -> Result<(), StoreError> {
             "closing out calls left live by a previous run"
         );
     }
-    for (n, mut call) in live.into_iter().enumerate() {
+    let mut restored: u64 = 0;
+    for mut call in live {
         let now = Utc::now();
-        // An answered call is still up at the carrier: end it there too.
-        let bye_sent = match call
+        // An answered call is still up at the carrier (and, for a transit call, at the
+        // caller): end each dialog it stored with a BYE.
+        let dialogs = call
             .sip_dialog
             .take()
-            .as_deref()
-            .and_then(dialog::from_json)
-        {
-            Some(snapshot) => shared
-                .ua
-                .send(sip::ua::UaCommand::ByeRestored {
-                    leg: RESTORED_LEGS | n as u64,
-                    snapshot: Box::new(snapshot),
-                })
-                .is_ok(),
-            None => false,
-        };
+            .map(|d| dialog::all_from_json(&d))
+            .unwrap_or_default();
+        let mut byes = 0;
+        for snapshot in dialogs {
+            restored += 1;
+            let sent = shared.ua.send(sip::ua::UaCommand::ByeRestored {
+                leg: RESTORED_LEGS | restored,
+                snapshot: Box::new(snapshot),
+            });
+            byes += usize::from(sent.is_ok());
+        }
         call.status = CallStatus::Failed;
         call.sip_code = None;
         call.sip_reason = Some(
-            if bye_sent {
-                "switch restarted during the call; BYE sent to the carrier"
-            } else {
-                "switch restarted during the call"
+            match byes {
+                0 => "switch restarted during the call",
+                1 => "switch restarted during the call; BYE sent to the carrier",
+                _ => "switch restarted during the call; BYE sent on both legs",
             }
             .to_owned(),
         );

@@ -22,6 +22,8 @@ pub enum TaskInput {
     Sip(sip::ua::UaEvent),
     /// Hang up; the sender gets the call once it has ended.
     Hangup(oneshot::Sender<CallRecord>),
+    /// Hang up because the switch is stopping (`end_reason: switch_shutdown`).
+    Shutdown(oneshot::Sender<CallRecord>),
     /// Blind transfer of the far end to `target` (a SIP URI) by REFER; the sender learns
     /// whether the REFER could be sent (the call must be answered).
     Transfer {
@@ -51,6 +53,9 @@ pub(crate) struct CallTask {
     inbound_offer: Option<sip::ua::Body>,
     /// The place this call holds on its trunk (freed when the task ends).
     _slot: Option<super::trunk::TrunkSlot>,
+    /// Inbound calls: the dialog our 200 creates, stored with `in_progress` so a crash
+    /// still ends the call at the caller with a BYE.
+    caller_dialog: Option<sip::ua::DialogSnapshot>,
 }
 
 impl CallTask {
@@ -82,7 +87,14 @@ impl CallTask {
             dtmf,
             inbound_offer,
             _slot: slot,
+            caller_dialog: None,
         }
+    }
+
+    /// Inbound calls: the caller's dialog once we answer (see `DialogSnapshot::incoming`).
+    pub(crate) fn with_caller_dialog(mut self, dialog: Option<sip::ua::DialogSnapshot>) -> Self {
+        self.caller_dialog = dialog;
+        self
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<TaskInput>) {
@@ -126,6 +138,10 @@ impl CallTask {
             TaskInput::Hangup(reply) => {
                 self.waiters.push(reply);
                 CallInput::Hangup
+            }
+            TaskInput::Shutdown(reply) => {
+                self.waiters.push(reply);
+                CallInput::Shutdown
             }
             TaskInput::Transfer { target, reply } => {
                 let result = if self.answered.is_some() && !self.call.is_done() {
@@ -180,6 +196,12 @@ impl CallTask {
                 }
                 UaEvent::Failed { code, reason, .. } => CallInput::Failed { code, reason },
                 UaEvent::Cancelled { .. } => CallInput::Cancelled,
+                // The user agent's Timer H: our 2xx to the caller was never ACKed.
+                UaEvent::Terminated {
+                    by_remote: false,
+                    code: Some(408),
+                    ..
+                } if self.inbound_offer.is_some() => CallInput::AckTimeout,
                 UaEvent::Terminated { by_remote, .. } => CallInput::Terminated { by_remote },
                 UaEvent::SessionExpired { .. } => CallInput::SessionExpired,
                 UaEvent::Refer { leg, id, .. } => {
@@ -362,6 +384,10 @@ impl CallTask {
                 self.answered = Some(now);
                 self.media_check = self.media_timeout().map(|t| now + t);
                 self.offer = Some(local);
+                // Written with the in_progress status that follows at once.
+                if let Some(d) = self.caller_dialog.take() {
+                    Arc::make_mut(&mut self.record).sip_dialog = super::dialog::to_json(&d);
+                }
                 self.send_sip(sip::ua::UaCommand::Answer {
                     leg: self.leg,
                     body: Some(sdp_body(sdp)),
@@ -504,6 +530,12 @@ pub(crate) fn apply_change(r: &mut CallRecord, change: &StatusChange, now: chron
         r.answered_at = Some(now);
     }
     if change.status.is_terminal() {
+        // A provisional code (the 180 of `ringing`) is no call's outcome: a terminal change
+        // that names no final code leaves none.
+        if change.sip_code.is_none() && r.sip_code.is_some_and(|c| c < 200) {
+            r.sip_code = None;
+            r.sip_reason = None;
+        }
         r.sip_dialog = None;
         r.ended_at = Some(now);
         r.duration_seconds = Some(r.answered_at.map_or(0, |a| (now - a).num_seconds().max(0)));
@@ -516,7 +548,10 @@ pub(crate) fn apply_change(r: &mut CallRecord, change: &StatusChange, now: chron
         r.q850_cause = Some(match (change.status, change.end_reason) {
             (CallStatus::NoAnswer, Some(super::call::EndReason::RingTimeout)) => 19,
             // Recovery on timer expiry.
-            (_, Some(super::call::EndReason::MediaTimeout)) => 102,
+            (
+                _,
+                Some(super::call::EndReason::MediaTimeout | super::call::EndReason::AckTimeout),
+            ) => 102,
             (CallStatus::Cancelled, _) => 16,
             _ => q850_for_sip(code),
         });

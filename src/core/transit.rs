@@ -37,9 +37,13 @@ pub enum TransitInput {
     ATerminated {
         by_remote: bool,
     },
+    /// The caller never ACKed our 200; the user agent has sent it a BYE.
+    AAckTimeout,
     /// The caller's session timer ran out (no refresh).
     SessionExpired,
     Hangup,
+    /// The switch is stopping (SIGTERM): a hangup with its own reason.
+    Shutdown,
     MediaTimeout,
     /// Leg B could not even be sent (no address, trunk over its limit): like a 503.
     BUnavailable {
@@ -168,6 +172,10 @@ impl Transit {
 
     pub fn handle(&mut self, now: Instant, input: TransitInput) {
         use TransitInput as I;
+        let (input, hangup) = match input {
+            I::Shutdown => (I::Hangup, EndReason::SwitchShutdown),
+            other => (other, EndReason::Hangup),
+        };
         match (self.phase, input) {
             (Phase::Idle, I::Start) => {
                 if self.trunks == 0 {
@@ -179,7 +187,7 @@ impl Transit {
                 self.out.push_back(TransitOutput::InviteB { index: 0 });
             }
             (Phase::Idle, I::ATerminated { .. } | I::Hangup) => {
-                self.finish(CallStatus::Cancelled, Some(487), None, EndReason::Hangup);
+                self.finish(CallStatus::Cancelled, Some(487), None, hangup);
             }
             (Phase::Calling { ringing }, I::BProgress { code, early_media }) => {
                 self.out
@@ -210,33 +218,37 @@ impl Transit {
                     code: 487,
                     reason: "Request Terminated".into(),
                 });
-                self.phase = Phase::CancellingB(EndReason::Hangup);
+                self.phase = Phase::CancellingB(hangup);
             }
             // B answered into our CANCEL: the user agent ACKs+BYEs it and reports Cancelled.
             (
                 Phase::CancellingB(why),
                 I::BCancelled | I::BFailed { .. } | I::BTerminated { .. },
             ) => {
-                let status = if why == EndReason::RingTimeout {
-                    CallStatus::NoAnswer
+                // The 487 answered our own CANCEL; on a ring timeout the call's outcome is
+                // the 480 the caller got, not something the callee said.
+                if why == EndReason::RingTimeout {
+                    let reason = Some("Temporarily Unavailable".into());
+                    self.finish(CallStatus::NoAnswer, Some(480), reason, why);
                 } else {
-                    CallStatus::Cancelled
-                };
-                self.finish(status, Some(487), Some("Request Terminated".into()), why);
+                    let reason = Some("Request Terminated".into());
+                    self.finish(CallStatus::Cancelled, Some(487), reason, why);
+                }
             }
             (Phase::Answered, I::ATerminated { .. }) => {
                 self.ending(EndReason::CallerBye, false, true)
             }
+            (Phase::Answered, I::AAckTimeout) => self.ending(EndReason::AckTimeout, false, true),
             (Phase::Answered, I::BTerminated { .. }) => {
                 self.ending(EndReason::RemoteBye, true, false)
             }
-            (Phase::Answered, I::Hangup) => self.end_both(EndReason::Hangup),
+            (Phase::Answered, I::Hangup) => self.end_both(hangup),
             (Phase::Answered, I::MediaTimeout) => self.end_both(EndReason::MediaTimeout),
             (Phase::Answered, I::SessionExpired) => {
                 // The user agent already sent the BYE on A.
                 self.ending(EndReason::SessionExpired, true, true);
             }
-            (Phase::Ending { why, a_up, b_up }, I::ATerminated { .. }) if a_up => {
+            (Phase::Ending { why, a_up, b_up }, I::ATerminated { .. } | I::AAckTimeout) if a_up => {
                 self.after_leg_end(why, false, b_up);
             }
             (Phase::Ending { why, a_up, b_up }, I::BTerminated { .. }) if b_up => {
@@ -254,10 +266,16 @@ impl Transit {
             return;
         }
         // 503 from our last route means "no route worked": the caller may retry elsewhere.
-        let relay = if code == 408 { 480 } else { code };
+        // A 408 (ours or the callee's) is not the caller's request timing out: it hears 480
+        // with 480's own phrase.
+        let (relay, relay_reason) = if code == 408 {
+            (480, "Temporarily Unavailable".to_owned())
+        } else {
+            (code, reason.clone())
+        };
         self.out.push_back(TransitOutput::RejectA {
             code: relay,
-            reason: reason.clone(),
+            reason: relay_reason,
         });
         self.finish(
             status_for_final(code),
@@ -426,6 +444,41 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_ends_both_legs_with_its_own_reason() {
+        let (t, outs) = run(
+            1,
+            &[
+                I::Start,
+                I::BAnswered,
+                I::Shutdown,
+                I::ATerminated { by_remote: false },
+                I::BTerminated { by_remote: false },
+            ],
+        );
+        assert!(t.is_done() && outs.contains(&O::ByeA) && outs.contains(&O::ByeB));
+        assert_eq!(
+            statuses(&outs).last(),
+            Some(&(CallStatus::Completed, Some(EndReason::SwitchShutdown)))
+        );
+        let (_, outs) = run(1, &[I::Start, I::Shutdown, I::BCancelled]);
+        assert_eq!(
+            statuses(&outs).last(),
+            Some(&(CallStatus::Cancelled, Some(EndReason::SwitchShutdown)))
+        );
+    }
+
+    #[test]
+    fn a_caller_that_never_acks_is_not_a_caller_bye() {
+        let (t, outs) = run(1, &[I::Start, I::BAnswered, I::AAckTimeout]);
+        assert!(!t.is_done(), "waits for B's BYE to complete");
+        assert!(outs.contains(&O::ByeB) && !outs.contains(&O::ByeA));
+        assert_eq!(
+            statuses(&outs).last(),
+            Some(&(CallStatus::Completed, Some(EndReason::AckTimeout)))
+        );
+    }
+
+    #[test]
     fn fails_over_on_503_and_408_but_not_on_486() {
         let (t, outs) = run(3, &[I::Start, failed(503), failed(408), I::BAnswered]);
         assert_eq!(t.current_trunk(), 2);
@@ -455,10 +508,10 @@ mod tests {
             reason: "x".into()
         }));
         let (_, outs) = run(1, &[I::Start, failed(408)]);
-        assert!(
-            outs.iter()
-                .any(|o| matches!(o, O::RejectA { code: 480, .. }))
-        );
+        assert!(outs.contains(&O::RejectA {
+            code: 480,
+            reason: "Temporarily Unavailable".into()
+        }));
     }
 
     #[test]
@@ -509,6 +562,14 @@ mod tests {
         assert_eq!(
             statuses(&outs),
             vec![(CallStatus::NoAnswer, Some(EndReason::RingTimeout))]
+        );
+        let Some(O::Status(s)) = outs.first() else {
+            panic!("a status: {outs:?}");
+        };
+        assert_eq!(
+            (s.sip_code, s.sip_reason.as_deref()),
+            (Some(480), Some("Temporarily Unavailable")),
+            "what the caller got, not the 487 of our CANCEL"
         );
     }
 

@@ -15,7 +15,7 @@ use super::Shared;
 use super::call::StatusChange;
 use super::task::{
     TaskInput, apply_change, local_offer, next_description, next_from, persist_status,
-    record_event, sdp_body, set_media_stats, sleep_until,
+    record_event, sdp_body, sleep_until,
 };
 use super::transit::{Transit, TransitInput, TransitOutput};
 use super::trunk::{Trunk, TrunkSlot};
@@ -40,6 +40,8 @@ pub(crate) struct TransitSetup {
     pub trunks: Vec<Trunk>,
     /// The place the call holds on its source trunk.
     pub source_slot: Option<TrunkSlot>,
+    /// What names the caller's dialog once answered (the callee's is added later).
+    pub a_dialog: super::transit_dialogs::LegDialogs,
 }
 
 #[derive(Debug)]
@@ -71,6 +73,10 @@ pub(crate) struct TransitTask {
     media_check: Option<Instant>,
     /// Packets seen on both sides at the last check, and when that count last moved.
     media_seen: (u64, Instant),
+    /// The media counters as last written to the call row (see `live_media`).
+    media_published: u64,
+    /// Both legs' dialogs, stored with `in_progress` for a BYE after a crash.
+    dialogs: super::transit_dialogs::LegDialogs,
     /// A blind transfer asked for by one leg's REFER: the new party's leg while it rings.
     transfer: Option<Transfer>,
     /// Digits either party sends (RFC 4733), relayed by the bridge and reported as
@@ -154,6 +160,8 @@ impl TransitTask {
             waiters: Vec::new(),
             media_check: None,
             media_seen: (0, Instant::now()),
+            media_published: 0,
+            dialogs: setup.a_dialog,
             transfer: None,
             dtmf,
         })
@@ -172,7 +180,12 @@ impl TransitTask {
                         None => break,
                     },
                     () = sleep_until(deadline) => self.machine.handle_timeout(Instant::now()),
-                    () = sleep_until(self.media_check) => self.check_media(Instant::now()),
+                    () = sleep_until(self.media_check) => {
+                        self.check_media(Instant::now());
+                        let (bridge, seen) = (self.bridge.as_ref(), &mut self.media_published);
+                        super::live_media::publish(&self.shared, &mut self.record, bridge, seen)
+                            .await;
+                    }
                     Some((side, digit)) = next_from(&mut self.dtmf) => self.on_dtmf(side, digit).await,
                 }
                 self.drain().await;
@@ -200,6 +213,11 @@ impl TransitTask {
                 self.machine.handle(now, TransitInput::Hangup);
                 return;
             }
+            TaskInput::Shutdown(reply) => {
+                self.waiters.push(reply);
+                self.machine.handle(now, TransitInput::Shutdown);
+                return;
+            }
             TaskInput::Transfer { reply, .. } => {
                 // The caller's carrier would have to place the new call: not offered for
                 // transit calls (they are carried, not ours to redirect).
@@ -209,7 +227,12 @@ impl TransitTask {
             TaskInput::Sip(ev) => ev,
         };
         let input = match ev {
-            // Leg A (the caller).
+            // Leg A (the caller). Timer H: it never ACKed our 200.
+            UaEvent::Terminated {
+                leg,
+                by_remote: false,
+                code: Some(408),
+            } if leg == self.a_leg => TransitInput::AAckTimeout,
             UaEvent::Terminated { leg, by_remote, .. } if leg == self.a_leg => {
                 TransitInput::ATerminated { by_remote }
             }
@@ -236,6 +259,10 @@ impl TransitTask {
                 return;
             }
             // Leg B (the callee); events of a leg we already gave up on are ignored.
+            UaEvent::DialogEstablished { leg, snapshot } if Some(leg) == self.b_leg => {
+                self.dialogs.b_established(*snapshot);
+                return;
+            }
             UaEvent::Progress {
                 leg, code, body, ..
             } if Some(leg) == self.b_leg => {
@@ -689,37 +716,14 @@ impl TransitTask {
     async fn apply_status(&mut self, change: StatusChange) {
         let r = Arc::make_mut(&mut self.record);
         apply_change(r, &change, Utc::now());
+        if change.status == crate::model::CallStatus::InProgress {
+            r.sip_dialog = self.dialogs.answered_json();
+        }
         if change.status.is_terminal()
             && let Some(bridge) = self.bridge.take()
         {
-            let ([a, b], [sa, sb]) = bridge.close_with_stats().await;
-            let packets = a.received_packets + b.received_packets;
-            let bytes = a.received_bytes + b.received_bytes;
-            // Loss and jitter as the worse of the two legs: what a listener would suffer.
-            set_media_stats(
-                r,
-                packets,
-                bytes,
-                sa.lost + sb.lost,
-                sa.jitter_ms.max(sb.jitter_ms),
-            );
-            let leg = |c: &media::net::bridge::BridgeCounters,
-                       st: &media::net::bridge::SideStats,
-                       sent: u64| {
-                serde_json::json!({
-                    "packets_received": c.received_packets,
-                    "packets_sent": sent,
-                    "kernel_forwarded": c.kernel_forwarded,
-                    "dropped": c.dropped_total(),
-                    "lost": st.lost,
-                    "jitter_ms": (st.jitter_ms * 100.0).round() / 100.0,
-                    "rtt_ms": st.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                })
-            };
-            r.metadata["media"] = serde_json::json!({
-                "caller": leg(&a, &sa, b.sent_packets),
-                "callee": leg(&b, &sb, a.sent_packets),
-            });
+            let (counters, stats) = bridge.close_with_stats().await;
+            let (packets, bytes) = super::live_media::apply(r, &counters, &stats);
             self.shared.metrics.rtp(packets, bytes);
         }
         persist_status(&self.shared, &self.record, change.status).await;

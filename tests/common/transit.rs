@@ -38,6 +38,16 @@ pub struct Inbound {
 /// trunk, `plan` as its dialplan, and tenant acme's callbacks going to a sink. `extra` is
 /// more TOML; if it starts with `[sip]` (or `[rtp]`), its lines go into that section.
 pub async fn start(far: SocketAddr, plan: &str, extra: &str) -> Inbound {
+    start_with(far, plan, extra, |c| c).await
+}
+
+/// As [`start`], with `config` applied to the generated config last (e.g. a database URL).
+pub async fn start_with(
+    far: SocketAddr,
+    plan: &str,
+    extra: &str,
+    config: impl FnOnce(SwitchConfig) -> SwitchConfig,
+) -> Inbound {
     let sink = WebhookSink::start().await;
     let (plan_dir, plan_path) = plan_file(plan);
     let (sip, extra) = match extra.strip_prefix("[sip]\n") {
@@ -48,12 +58,12 @@ pub async fn start(far: SocketAddr, plan: &str, extra: &str) -> Inbound {
         Some(keys) => (keys, ""),
         None => ("", extra),
     };
-    let config = SwitchConfig::new(far).sip(sip).rtp(rtp).extra(&format!(
+    let base = SwitchConfig::new(far).sip(sip).rtp(rtp).extra(&format!(
         "{extra}\n{UPSTREAM}\n[dialplan]\nfile = {:?}\n\n[[tenants]]\nname = \"acme\"\nwebhook_url = {:?}\n",
         plan_path.display().to_string(),
         sink.url()
     ));
-    let switch = SwitchProcess::start(config).await;
+    let switch = SwitchProcess::start(config(base)).await;
     let api = switch.api("acme", "owner").await;
     let secret = api.webhook_secret().await;
     Inbound {

@@ -292,6 +292,9 @@ pub enum UaEvent {
         transport: Transport,
         /// The INVITE as received (top Via stamped with received/rport).
         request: Box<Request>,
+        /// The To tag our responses carry: with `request`, what names the dialog once we
+        /// answer (see [`DialogSnapshot::incoming`]).
+        local_tag: String,
     },
     /// The peer sent a new offer in the dialog (re-INVITE or UPDATE); reply with
     /// `AnswerReoffer` or `RejectReoffer` quoting `id`. Session refreshes (no body,
@@ -340,6 +343,27 @@ pub struct DialogSnapshot {
     pub dialog: crate::dialog::Dialog,
     pub peer: SocketAddr,
     pub transport: Transport,
+}
+
+impl DialogSnapshot {
+    /// The dialog our 2xx to an incoming INVITE creates (RFC 3261 §12.1.1), from the
+    /// INVITE and our To tag as `UaEvent::Incoming` reported them: what a later process
+    /// needs to end it with a BYE. `peer` is where the INVITE came from (requests go to
+    /// the route set or remote target first, when they name an address).
+    pub fn incoming(
+        invite: &Request,
+        local_tag: &str,
+        peer: SocketAddr,
+        transport: Transport,
+    ) -> Option<Self> {
+        let mut dialog = Dialog::uas(invite, local_tag)?;
+        dialog.state = crate::dialog::DialogState::Confirmed;
+        Some(Self {
+            dialog,
+            peer,
+            transport,
+        })
+    }
 }
 
 /// Counters since start, plus current table sizes.

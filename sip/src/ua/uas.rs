@@ -296,6 +296,7 @@ impl UserAgent {
             source: d.src,
             transport: d.transport,
             request: Box::new(req.clone()),
+            local_tag: local_tag.clone(),
         };
         let remote_body = body_of(&req.headers, &req.body);
         self.legs.insert(
