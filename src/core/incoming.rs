@@ -169,7 +169,10 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 .rtp
                 .bind_ip
                 .unwrap_or_else(|| shared.config.public_ip());
-            let probe = super::task::local_offer(&shared.config, 0);
+            let probe = super::codecs::with_codecs(
+                super::task::local_offer(&shared.config, 0),
+                &trunk.codecs(),
+            );
             if media::sdp::answer_offer(&offer.bytes, &probe).is_err() {
                 shared.metrics.inbound(InboundOutcome::Rejected);
                 reject(488, "Not Acceptable Here", Vec::new());
@@ -220,6 +223,7 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 to,
                 trunks,
                 source_slot: Some(source_slot),
+                a_codecs: trunk.codecs(),
             };
             match TransitTask::new(shared.clone(), setup) {
                 Ok(task) => start(shared, record, leg, tx, async move { task.run(rx).await }),

@@ -12,6 +12,7 @@
 //! transaction per status change; the webhook deliverer is nudged after each.
 
 pub mod call;
+pub mod codecs;
 pub mod dialog;
 pub mod inbound;
 mod incoming;

@@ -216,7 +216,8 @@ impl CallTask {
 
     /// A digit is a fact about the call, not a status: an outbox event of its own.
     async fn on_dtmf(&mut self, d: media::dtmf::DtmfEvent) {
-        let duration_ms = u64::from(d.duration_ts) / 8; // telephone-event/8000
+        let clock = self.endpoint.as_ref().and_then(|e| e.params());
+        let duration_ms = d.duration_ms(clock.map_or(8000, |p| p.clock_rate));
         tracing::info!(digit = %d.digit, duration_ms, "DTMF received");
         record_event(
             &self.shared,
@@ -347,7 +348,11 @@ impl CallTask {
         let (Some(endpoint), Some(offer)) = (&mut self.endpoint, &self.inbound_offer) else {
             return;
         };
-        let local = local_offer(&self.shared.config, endpoint.local_addr().port());
+        // The source trunk's codecs pick the answer's codec.
+        let local = super::codecs::with_codecs(
+            local_offer(&self.shared.config, endpoint.local_addr().port()),
+            &self.trunk.codecs(),
+        );
         match media::sdp::answer_offer(&offer.bytes, &local) {
             Ok((sdp, params)) => {
                 endpoint.connect(params);
@@ -405,7 +410,7 @@ impl CallTask {
             session_version: session_id,
             addr: public_ip,
             port: endpoint.local_addr().port(),
-            codecs: vec![media::sdp::Codec::Pcmu, media::sdp::Codec::Pcma],
+            codecs: self.trunk.codecs(),
             dtmf_pt: Some(101),
             ptime_ms: 20,
             direction: media::sdp::Direction::SendRecv,
@@ -675,6 +680,8 @@ pub(crate) fn next_description(
     media::sdp::OfferParams {
         session_id: prev.session_id,
         session_version: prev.session_version,
+        // The session keeps its codec list (a trunk's, not the default).
+        codecs: prev.codecs.clone(),
         ..local_offer(config, port)
     }
 }

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::call::StatusChange;
+use super::codecs::{transit_b_codecs, with_codecs};
 use super::task::{
     TaskInput, apply_change, local_offer, next_description, next_from, persist_status,
     record_event, sdp_body, set_media_stats, sleep_until,
@@ -40,6 +41,8 @@ pub(crate) struct TransitSetup {
     pub trunks: Vec<Trunk>,
     /// The place the call holds on its source trunk.
     pub source_slot: Option<TrunkSlot>,
+    /// The source trunk's codecs: what our answer to the caller may pick, in order.
+    pub a_codecs: Vec<media::sdp::Codec>,
 }
 
 #[derive(Debug)]
@@ -96,7 +99,7 @@ impl TransitTask {
         let config = &shared.config;
         let bind_ip = config.rtp.bind_ip.unwrap_or_else(|| config.public_ip());
         // A first answer only to learn the caller's codec; redone once our port is known.
-        let probe = local_offer(config, 0);
+        let probe = with_codecs(local_offer(config, 0), &setup.a_codecs);
         let (_, a_params) = media::sdp::answer_offer(&setup.a_offer.bytes, &probe)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
         let a_side =
@@ -123,7 +126,10 @@ impl TransitTask {
             (503u16, "Service Unavailable")
         })?;
         let dtmf = bridge.take_dtmf_events();
-        let a_local = local_offer(config, bridge.local_addr(Side::A).port());
+        let a_local = with_codecs(
+            local_offer(config, bridge.local_addr(Side::A).port()),
+            &setup.a_codecs,
+        );
         let (a_sdp, _) = media::sdp::answer_offer(&setup.a_offer.bytes, &a_local)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
         let machine = Transit::new(
@@ -593,12 +599,12 @@ impl TransitTask {
         let Some(bridge) = &self.bridge else {
             return;
         };
-        let mut offer = local_offer(&self.shared.config, bridge.local_addr(Side::B).port());
         // The caller's codec first: with the same codec on both legs the bridge only
         // rewrites headers.
-        let first = self.a_codec;
-        offer.codecs.retain(|c| *c != first);
-        offer.codecs.insert(0, first);
+        let offer = with_codecs(
+            local_offer(&self.shared.config, bridge.local_addr(Side::B).port()),
+            &transit_b_codecs(&trunk.codecs(), self.a_codec),
+        );
         let sdp = media::sdp::build_offer(&offer);
         self.b_local = Some(offer);
         let leg = self.shared.next_leg();
@@ -665,7 +671,8 @@ impl TransitTask {
 
     /// A digit crossed the bridge (it was relayed as RFC 4733 to the other side too).
     async fn on_dtmf(&mut self, side: Side, d: media::dtmf::DtmfEvent) {
-        let duration_ms = u64::from(d.duration_ts) / 8; // telephone-event/8000
+        let clock = self.bridge.as_ref().map_or(8000, |b| b.clock_rate(side));
+        let duration_ms = d.duration_ms(clock);
         let from = if side == Side::A { "caller" } else { "callee" };
         tracing::info!(digit = %d.digit, duration_ms, from, "DTMF relayed");
         let extra = serde_json::json!({

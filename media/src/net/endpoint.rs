@@ -171,6 +171,11 @@ impl RtpEndpoint {
         self.params_tx.send_replace(Some(params));
     }
 
+    /// What the last [`connect`](Self::connect) negotiated, if anything yet.
+    pub fn params(&self) -> Option<StreamParams> {
+        *self.params_tx.borrow()
+    }
+
     /// The digits (RFC 4733 telephone-event on the negotiated payload type) the far end
     /// sends, each reported once. `None` after the first call.
     pub fn take_dtmf_events(&mut self) -> Option<mpsc::Receiver<DtmfEvent>> {
