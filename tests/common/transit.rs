@@ -38,6 +38,17 @@ pub struct Inbound {
 /// trunk, `plan` as its dialplan, and tenant acme's callbacks going to a sink. `extra` is
 /// more TOML; if it starts with `[sip]` (or `[rtp]`), its lines go into that section.
 pub async fn start(far: SocketAddr, plan: &str, extra: &str) -> Inbound {
+    start_with(far, plan, extra, |c| c).await
+}
+
+/// As [`start`], with `configure` applied to the switch's configuration last (e.g. its
+/// RTP port range).
+pub async fn start_with(
+    far: SocketAddr,
+    plan: &str,
+    extra: &str,
+    configure: impl FnOnce(SwitchConfig) -> SwitchConfig,
+) -> Inbound {
     let sink = WebhookSink::start().await;
     let (plan_dir, plan_path) = plan_file(plan);
     let (sip, extra) = match extra.strip_prefix("[sip]\n") {
@@ -53,7 +64,7 @@ pub async fn start(far: SocketAddr, plan: &str, extra: &str) -> Inbound {
         plan_path.display().to_string(),
         sink.url()
     ));
-    let switch = SwitchProcess::start(config).await;
+    let switch = SwitchProcess::start(configure(config)).await;
     let api = switch.api("acme", "owner").await;
     let secret = api.webhook_secret().await;
     Inbound {
