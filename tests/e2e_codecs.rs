@@ -4,6 +4,7 @@
 //! switch sends each of them. The test decodes both directions with the project's
 //! decoders and checks each tone's frequency and level where it arrives, the RTP
 //! timestamp steps of each codec, and the codecs the SDP offers and answers carried.
+//! A PCMU caller and an Opus callee also exchange RFC 4733 digits across the two clocks.
 //!
 //! Tests wait on SIPp exits, callbacks and tcpdump's own "listening" line, never on
 //! fixed sleeps; timeouts are guards only.
@@ -305,4 +306,101 @@ async fn opus_only_caller_and_g711_callee_hear_each_other() {
         rtp: (24700, 24799),
     })
     .await;
+}
+
+/// The RFC 4733 digits in what the switch sent to `port` on payload type `pt`, decoded in
+/// sequence order; with every event packet's (end bit, duration).
+fn digits_at(
+    captured: &[Datagram],
+    port: u16,
+    pt: u8,
+) -> (Vec<media::dtmf::DtmfEvent>, Vec<(bool, u16)>) {
+    let mut views: Vec<RtpView<'_>> = captured
+        .iter()
+        .filter(|d| d.dst_port == port)
+        .filter_map(|d| RtpView::parse(&d.payload).ok())
+        .collect();
+    let first = views.first().map_or(0, RtpView::seq);
+    views.sort_by_key(|v| v.seq().wrapping_sub(first) as i16);
+    let mut dec = media::dtmf::DtmfDecoder::new(pt);
+    let mut digits: Vec<_> = views.iter().filter_map(|v| dec.handle(v)).collect();
+    digits.extend(dec.flush());
+    let packets = views
+        .iter()
+        .filter(|v| v.pt() == pt)
+        .filter_map(|v| {
+            let p = v.payload();
+            Some((
+                p.get(1)? & 0x80 != 0,
+                u16::from_be_bytes([*p.get(2)?, *p.get(3)?]),
+            ))
+        })
+        .collect();
+    (digits, packets)
+}
+
+/// A PCMU caller (telephone-event/8000) and an Opus-only callee (telephone-event/48000
+/// on PT 97) each press a digit: each reaches the other on its own payload type with its
+/// duration in that side's clock units, and each `call.dtmf` callback has the right
+/// milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_cross_between_a_pcmu_caller_and_an_opus_callee() {
+    const RTP: (u16, u16) = (24800, 24899);
+    let (_far_dir, far_scenario) = scenario_with_fixtures("bridge_uas_opus_te48_dtmf.xml");
+    let far = SippBuilder::new(far_scenario.to_str().expect("utf-8 path")).spawn();
+    let mut h = start_with(far.addr(), TRANSIT_PLAN, "", |c| c.rtp_ports(RTP.0, RTP.1)).await;
+    let capture = Capture::start(&format!("udp and src portrange {}-{}", RTP.0, RTP.1)).await;
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uac_pcmu_dtmf.xml");
+    let caller = Sipp::builder(scenario.to_str().expect("utf-8 path"))
+        .remote(h.switch.sip_udp())
+        .pause_ms(1500)
+        .spawn();
+    let (caller_port, far_port) = (caller.media_addr().port(), far.media_addr().port());
+    caller.wait().await.assert_success("caller");
+    let far = far.wait().await;
+    far.assert_success("callee");
+    let events = h.events_until("call.completed").await;
+    let captured = capture.finish().await;
+
+    // Our offer to the callee: the caller's PCMU first, events on both clocks.
+    let offer = m_line(&far.messages, "INVITE sip:");
+    assert!(offer.contains(" RTP/AVP 0 "), "{offer}");
+    for te in ["telephone-event/8000", "telephone-event/48000"] {
+        assert!(far.messages.contains(te), "{te} offered: {}", far.messages);
+    }
+
+    let dtmf = |from: &str| -> Vec<(String, u64)> {
+        events
+            .iter()
+            .filter(|e| e["type"] == "call.dtmf" && e["data"]["from"] == from)
+            .map(|e| {
+                (
+                    e["data"]["digit"].as_str().unwrap_or_default().to_owned(),
+                    e["data"]["duration_ms"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    // The caller's capture ends at 2240 on 8 kHz; the callee's at 4800 on 48 kHz.
+    assert_eq!(dtmf("caller"), [("1".to_owned(), 280)], "{events:#?}");
+    assert_eq!(dtmf("callee"), [("9".to_owned(), 100)], "{events:#?}");
+
+    // At the Opus callee: '1' on its PT 97, durations six times the capture's.
+    let (digits, packets) = digits_at(&captured, far_port, 97);
+    eprintln!("at the callee: {digits:?} from {packets:?}");
+    assert_eq!(digits.len(), 1, "{digits:?}");
+    assert_eq!((digits[0].digit, digits[0].duration_ts), ('1', 2240 * 6));
+    assert_eq!(digits[0].duration_ms(48_000), 280);
+    assert!(packets.iter().all(|(_, d)| d % 6 == 0), "{packets:?}");
+    // At the PCMU caller: '9' on its PT 101, durations a sixth of the callee's.
+    let (digits, packets) = digits_at(&captured, caller_port, 101);
+    eprintln!("at the caller: {digits:?} from {packets:?}");
+    assert_eq!(digits.len(), 1, "{digits:?}");
+    assert_eq!((digits[0].digit, digits[0].duration_ts), ('9', 800));
+    assert_eq!(digits[0].duration_ms(8000), 100);
+    assert_eq!(
+        packets.iter().filter(|(end, _)| *end).count(),
+        3,
+        "{packets:?}"
+    );
 }

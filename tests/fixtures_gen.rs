@@ -11,6 +11,9 @@
 //! - `tone_600hz_opus.pcap`: 600 Hz at 48 kHz, Opus (PT 96, mono, the encoder's default
 //!   settings, RTP clock 48000: 960 per packet), for its Opus-only caller.
 //!
+//! - `dtmf_9_te48k.pcap`: the digit 9 as telephone-event/48000 (see [`DTMF_48K`]), for
+//!   the Opus callee of `tests/e2e_codecs.rs`.
+//!
 //! The test checks that each committed file is exactly what this code generates; with
 //! `SWITCHYARD_WRITE_FIXTURES=1` it (re)writes the files instead.
 
@@ -116,6 +119,16 @@ fn rtp_packets(f: &Fixture) -> Vec<Vec<u8>> {
 
 /// A pcap of `packets` sent 20 ms apart, 10.0.0.1:6000 -> 10.0.0.2:6000.
 fn pcap(packets: &[Vec<u8>]) -> Vec<u8> {
+    let timed: Vec<(u32, Vec<u8>)> = packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ((i as u32) * (PTIME_MS as u32) * 1000, p.clone()))
+        .collect();
+    pcap_timed(&timed)
+}
+
+/// A pcap of (microseconds after the start, RTP packet), 10.0.0.1:6000 -> 10.0.0.2:6000.
+fn pcap_timed(packets: &[(u32, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     // Global header: magic, v2.4, GMT offset 0, accuracy 0, snaplen 65535, Ethernet.
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
@@ -125,7 +138,7 @@ fn pcap(packets: &[Vec<u8>]) -> Vec<u8> {
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&65535u32.to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
-    for (i, rtp) in packets.iter().enumerate() {
+    for (i, (usec, rtp)) in packets.iter().enumerate() {
         let udp_len = 8 + rtp.len();
         let ip_len = 20 + udp_len;
         let mut ip = vec![0x45, 0x00];
@@ -145,7 +158,6 @@ fn pcap(packets: &[Vec<u8>]) -> Vec<u8> {
         let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
         frame.extend_from_slice(&ip);
 
-        let usec = (i as u32) * (PTIME_MS as u32) * 1000;
         out.extend_from_slice(&(EPOCH_S + usec / 1_000_000).to_le_bytes());
         out.extend_from_slice(&(usec % 1_000_000).to_le_bytes());
         out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
@@ -155,21 +167,61 @@ fn pcap(packets: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// `dtmf_9_te48k.pcap`: the digit 9 for 100 ms as RFC 4733 telephone-event/48000 on
+/// PT 97, written by the project's `DtmfEncoder` (start with the marker, an update at
+/// 50 ms, three end packets 20 ms apart; durations in 48 kHz units, 4800 at the end),
+/// each packet at its send time. No audio: it stands for an Opus leg's keypad.
+const DTMF_48K: &str = "dtmf_9_te48k.pcap";
+
+fn dtmf_48k() -> Vec<u8> {
+    let mut enc = media::dtmf::DtmfEncoder::new(97, 48_000, 0x5157_0097);
+    enc.start('9', 100, 10, 2000, 96_000).expect("digit");
+    let mut buf = [0u8; 64];
+    let mut packets = Vec::new();
+    while let Some(p) = enc.next_packet(&mut buf).expect("packet") {
+        // Timestamp units of 48 kHz to microseconds.
+        let usec = u32::try_from(u64::from(p.send_offset_ts) * 1000 / 48).expect("fits");
+        packets.push((usec, buf[..p.len].to_vec()));
+    }
+    pcap_timed(&packets)
+}
+
+fn check_or_write(path: &std::path::Path, bytes: &[u8]) {
+    if std::env::var_os("SWITCHYARD_WRITE_FIXTURES").is_some() {
+        std::fs::write(path, bytes).expect("write fixture");
+    }
+    let committed =
+        std::fs::read(path).expect("read fixture (SWITCHYARD_WRITE_FIXTURES=1 writes it)");
+    assert!(
+        committed == bytes,
+        "{} differs from its generator; rerun with SWITCHYARD_WRITE_FIXTURES=1",
+        path.display()
+    );
+}
+
+#[test]
+fn dtmf_48k_fixture_matches_its_generator_and_decodes() {
+    let bytes = dtmf_48k();
+    check_or_write(&fixture_path(DTMF_48K), &bytes);
+    // Read back as RTP (Ethernet 14 + IPv4 20 + UDP 8 before it): one digit, 100 ms.
+    let mut dec = media::dtmf::DtmfDecoder::new(97);
+    let mut at = 24;
+    let mut digits = Vec::new();
+    while at + 16 <= bytes.len() {
+        let incl = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().expect("4")) as usize;
+        let rtp = &bytes[at + 16 + 42..at + 16 + incl];
+        at += 16 + incl;
+        let view = media::rtp::RtpView::parse(rtp).expect("rtp");
+        digits.extend(dec.handle(&view));
+    }
+    assert_eq!(digits.len(), 1, "{digits:?}");
+    assert_eq!((digits[0].digit, digits[0].duration_ms(48_000)), ('9', 100));
+}
+
 #[test]
 fn tone_fixtures_match_their_generator() {
     for f in &FIXTURES {
-        let bytes = pcap(&rtp_packets(f));
-        let path = fixture_path(f.file);
-        if std::env::var_os("SWITCHYARD_WRITE_FIXTURES").is_some() {
-            std::fs::write(&path, &bytes).expect("write fixture");
-        }
-        let committed =
-            std::fs::read(&path).expect("read fixture (SWITCHYARD_WRITE_FIXTURES=1 writes it)");
-        assert!(
-            committed == bytes,
-            "{} differs from its generator; rerun with SWITCHYARD_WRITE_FIXTURES=1",
-            path.display()
-        );
+        check_or_write(&fixture_path(f.file), &pcap(&rtp_packets(f)));
     }
 }
 
