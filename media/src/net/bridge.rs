@@ -564,18 +564,6 @@ fn recv_state() -> io::Result<&'static UdpSocketState> {
     Ok(STATE.get_or_init(|| state))
 }
 
-/// Packet duration implied by a payload's size, for building a transcoder.
-fn ptime_ms(codec: AudioCodec, payload_len: usize) -> u32 {
-    match codec {
-        // Both 64 kbit/s: 8 octets per millisecond.
-        AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => {
-            u32::try_from(payload_len / 8).unwrap_or(u32::MAX)
-        }
-        // Opus frames are self-describing; 20 ms is what SDP offers by default.
-        AudioCodec::Opus { .. } => 20,
-    }
-}
-
 impl Driver {
     async fn run(mut self, mut cmd_rx: mpsc::UnboundedReceiver<Command>, ports: [PortPair; 2]) {
         let mut cbufs = [[0u8; RTCP_BUF]; 2];
@@ -1048,7 +1036,7 @@ fn transcode(
     input: &[u8],
     sbuf: &mut [u8; SEND_BUF],
 ) -> Option<usize> {
-    let ptime = ptime_ms(from, input.len());
+    let ptime = crate::codec::payload_ptime_ms(from, input);
     let fits = slot
         .as_ref()
         .is_some_and(|t| t.from_codec() == from && t.to_codec() == to && t.ptime_ms() == ptime);

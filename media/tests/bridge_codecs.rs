@@ -1,5 +1,10 @@
-//! RFC 4733 digits across a bridge whose legs run on different clocks, over real
-//! loopback UDP: a G.711 or G.722 leg (telephone-event/8000) bridged to an Opus leg
+//! A bridge between legs of different codecs and clocks, over real loopback UDP.
+//!
+//! Packet durations: G.722 and Opus packets of 10 to 60 ms are transcoded packet for
+//! packet, each output packet holding as much audio and stepping its timestamp by that
+//! duration on its own leg's clock (Opus packets tell their duration in their TOC byte).
+//!
+//! RFC 4733 digits: a G.711 or G.722 leg (telephone-event/8000) bridged to an Opus leg
 //! (telephone-event/48000). Each digit must reach the other leg on that leg's
 //! telephone-event payload type with its durations in that leg's clock units (RFC 4733
 //! §2.3.5: timestamp units), decode there to the same digit and length in milliseconds,
@@ -230,6 +235,101 @@ async fn pcmu_and_opus_legs_exchange_digits_in_their_own_clock_units() {
 #[tokio::test]
 async fn g722_and_opus_legs_exchange_digits_in_their_own_clock_units() {
     digits_cross_between_clocks(AudioCodec::G722, 9, (42820, 42839)).await;
+}
+
+/// Packet-by-packet transcoding (no playout clock), so each packet sent yields one.
+const UNBUFFERED: RelayConfig = RelayConfig {
+    relatch_after_silence: Duration::ZERO,
+    stale_ssrc_window: Duration::from_millis(500),
+    transcode_jitter: None,
+    pass_ssrc: false,
+};
+
+fn pt_of(codec: AudioCodec) -> u8 {
+    match codec {
+        AudioCodec::Pcmu => 0,
+        AudioCodec::Pcma => 8,
+        AudioCodec::G722 => 9,
+        AudioCodec::Opus { .. } => 111,
+    }
+}
+
+#[tokio::test]
+async fn packets_of_10_to_60_ms_keep_their_duration_across_codecs() {
+    const PACKETS: usize = 6;
+    let cases = [
+        (OPUS, AudioCodec::Pcmu, 40),
+        (AudioCodec::Pcmu, OPUS, 40),
+        (OPUS, AudioCodec::G722, 10),
+        (AudioCodec::G722, OPUS, 60),
+        (AudioCodec::G722, AudioCodec::Pcma, 30),
+    ];
+    for (n, (from, to, ms)) in cases.into_iter().enumerate() {
+        let base = 42860 + 20 * n as u16;
+        let pool =
+            PortPool::with_rng(base, base + 19, StdRng::seed_from_u64(u64::from(base))).unwrap();
+        let (caller, callee) = (sock().await, sock().await);
+        let bridge = Bridge::open(
+            &pool,
+            LO,
+            side(addr(&caller), from, pt_of(from), TE_8K),
+            side(addr(&callee), to, pt_of(to), TE_48K),
+            UNBUFFERED,
+        )
+        .unwrap();
+        let a = bridge.local_addr(Side::A);
+        let mut enc = codec::encoder(from).unwrap();
+        let mut dec = codec::decoder(to).unwrap();
+        let frame = from.frame_samples(ms);
+        let rate = f64::from(from.sample_rate());
+        let mut buf = [0u8; 1500];
+        let mut payload = vec![0u8; from.max_payload_bytes(ms)];
+        let mut got_ts = Vec::new();
+        let mut pcm = Vec::new();
+        for i in 0..PACKETS {
+            let tone: Vec<i16> = (i * frame..(i + 1) * frame)
+                .map(|k| (8192.0 * (2.0 * PI * 1000.0 * k as f64 / rate).sin()) as i16)
+                .collect();
+            let len = enc.encode(&tone, &mut payload).unwrap();
+            let h = RtpHeader {
+                marker: i == 0,
+                pt: pt_of(from),
+                seq: i as u16,
+                timestamp: from.timestamp_step(ms) * i as u32,
+                ssrc: 0x5EED,
+            };
+            let n = write_packet(&mut buf, &h, &payload[..len]).unwrap();
+            caller.send_to(&buf[..n], a).await.unwrap();
+            let (n, _) = timeout(GUARD, callee.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            let v = RtpView::parse(&buf[..n]).unwrap();
+            assert_eq!(v.pt(), pt_of(to), "{from:?} -> {to:?}");
+            got_ts.push(v.timestamp());
+            dec.decode(v.payload(), &mut pcm).unwrap();
+            assert_eq!(
+                pcm.len(),
+                to.frame_samples(ms),
+                "{from:?} -> {to:?} at {ms} ms"
+            );
+        }
+        let steps: Vec<u32> = got_ts.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        assert!(
+            steps.iter().all(|s| *s == to.timestamp_step(ms)),
+            "{from:?} -> {to:?} at {ms} ms: {steps:?}"
+        );
+        // The last packet carries the tone, past the codecs' start-up.
+        let rms =
+            (pcm.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / pcm.len() as f64).sqrt();
+        assert!(rms > 2000.0, "{from:?} -> {to:?}: rms {rms:.0}");
+        let [ca, _] = bridge.close().await;
+        assert_eq!(
+            (ca.transcoded_packets, ca.transcode_errors),
+            (PACKETS as u64, 0),
+            "{from:?} -> {to:?}"
+        );
+    }
 }
 
 /// A re-negotiated side changes the unit its digits are read in.
