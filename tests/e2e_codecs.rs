@@ -159,12 +159,16 @@ struct Case {
     answer_te: &'static str,
     /// The switch's RTP ports: its capture filter.
     rtp: (u16, u16),
+    /// More keys for the callee's trunk "carrier" (e.g. its `codecs`).
+    carrier: &'static str,
+    /// The payload types of our offer to the callee, in order.
+    offer: &'static str,
 }
 
 async fn wideband_caller_to_g711_callee(case: Case) {
     let (_far_dir, far_scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
     let far = SippBuilder::new(far_scenario.to_str().expect("utf-8 path")).spawn();
-    let mut h = start_with(far.addr(), TRANSIT_PLAN, "", |c| {
+    let mut h = start_with(far.addr(), TRANSIT_PLAN, case.carrier, |c| {
         c.rtp_ports(case.rtp.0, case.rtp.1)
     })
     .await;
@@ -214,18 +218,8 @@ async fn wideband_caller_to_g711_callee(case: Case) {
         caller.messages
     );
     let offer = m_line(&far.messages, "INVITE sip:");
-    let offered: Vec<&str> = offer.split(' ').skip(3).collect();
-    let first = if case.codec == AudioCodec::G722 {
-        "9"
-    } else {
-        "111"
-    };
-    assert_eq!(
-        offered.first(),
-        Some(&first),
-        "the caller's codec first: {offer}"
-    );
-    assert!(offered.contains(&"0") && offered.contains(&"8"), "{offer}");
+    let offered = offer.split(' ').skip(3).collect::<Vec<_>>().join(" ");
+    assert_eq!(offered, case.offer, "{offer}");
     eprintln!("answer to the caller: {answer}; offer to the callee: {offer}");
 
     // The G.711 callee hears the caller's 600 Hz, transcoded to PCMU, 160 per packet.
@@ -291,6 +285,9 @@ async fn g722_only_caller_and_g711_callee_hear_each_other() {
         step: 160,
         answer_te: "101",
         rtp: (24600, 24699),
+        carrier: "",
+        // The trunk's default list with the caller's codec first; events on both clocks.
+        offer: "9 0 8 111 101 110",
     })
     .await;
 }
@@ -304,6 +301,25 @@ async fn opus_only_caller_and_g711_callee_hear_each_other() {
         step: 960,
         answer_te: "100",
         rtp: (24700, 24799),
+        carrier: "",
+        offer: "111 0 8 9 101 110",
+    })
+    .await;
+}
+
+/// A callee trunk whose `codecs` lack the caller's codec is offered its own list only,
+/// in its order, and the bridge transcodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g722_caller_to_a_g711_only_trunk_is_offered_that_trunks_list() {
+    wideband_caller_to_g711_callee(Case {
+        scenario: "bridge_uac_g722_tone.xml",
+        codec: AudioCodec::G722,
+        pt: 9,
+        step: 160,
+        answer_te: "101",
+        rtp: (24900, 24999),
+        carrier: "codecs = [\"PCMA\", \"PCMU\"]\n",
+        offer: "8 0 101",
     })
     .await;
 }
