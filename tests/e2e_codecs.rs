@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::capture::{Capture, Datagram};
-use common::transit::{TRANSIT_PLAN, start_with, types};
+use common::transit::{TRANSIT_PLAN, start, start_with, types};
 use common::{Sipp, SippBuilder};
 use media::codec::AudioCodec;
 use media::rtp::RtpView;
@@ -418,5 +418,43 @@ async fn digits_cross_between_a_pcmu_caller_and_an_opus_callee() {
         packets.iter().filter(|(end, _)| *end).count(),
         3,
         "{packets:?}"
+    );
+}
+
+/// A caller offering PCMA then PCMU would be answered PCMU (the source trunk's order),
+/// and the callee is offered PCMU first; the callee picks PCMA, which the caller offered
+/// too: the caller is answered in PCMA instead, and media passes both ways in one codec
+/// (the caller's PCMA capture would be dropped as an unexpected payload type otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_is_answered_in_the_callees_codec_when_it_offered_it() {
+    let far = Sipp::uas("uas_answer_rtp.xml");
+    let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
+    let caller = Sipp::builder("uac_call_rtp.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(5500)
+        .spawn();
+    let caller = caller.wait().await;
+    caller.assert_success("caller");
+    let far = far.wait().await;
+    far.assert_success("callee");
+    h.events_until("call.completed").await;
+
+    let offer = m_line(&far.messages, "INVITE sip:");
+    assert!(offer.ends_with(" RTP/AVP 0 8 9 111 101 110"), "{offer}");
+    let answer = m_line(&caller.messages, "SIP/2.0 200");
+    assert!(answer.ends_with(" RTP/AVP 8 101"), "{answer}");
+    let listed = h.only_call().await;
+    let media = &listed["metadata"]["media"];
+    for side in ["caller", "callee"] {
+        let got = media[side]["packets_received"].as_u64().unwrap_or(0);
+        assert!(got >= 150, "{side} sent us {got} packets: {media}");
+    }
+    assert_eq!(media["caller"]["dropped"], 0, "{media}");
+    assert!(
+        h.switch
+            .logs()
+            .contains("caller answered in the callee's codec"),
+        "{}",
+        h.switch.logs()
     );
 }

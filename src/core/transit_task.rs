@@ -58,6 +58,11 @@ pub(crate) struct TransitTask {
     /// Our SDP towards A (answer to A's offer) and the parameters behind it.
     a_local: media::sdp::OfferParams,
     a_sdp: String,
+    /// The caller's offer, kept to answer it again in the callee's codec (see
+    /// [`TransitTask::follow_b_codec`]) until `a_sdp_sent`.
+    a_offer: bytes::Bytes,
+    /// `a_sdp` has gone to the caller (in a 18x or the 2xx): it can no longer change.
+    a_sdp_sent: bool,
     /// Our offer towards B.
     b_local: Option<media::sdp::OfferParams>,
     /// Leg B's media became known (18x or 2xx with SDP).
@@ -146,6 +151,8 @@ impl TransitTask {
             a_codec: a_params.codec,
             a_local,
             a_sdp,
+            a_offer: setup.a_offer.bytes.clone(),
+            a_sdp_sent: false,
             b_local: None,
             b_media: false,
             bridge: Some(bridge),
@@ -418,6 +425,7 @@ impl TransitTask {
                     bridge.set_side(Side::B, side);
                     self.b_media = true;
                     tracing::info!(remote = %params.remote, codec = ?params.codec, "callee media");
+                    self.follow_b_codec(params.codec);
                     true
                 }
                 Err(e) => {
@@ -430,6 +438,33 @@ impl TransitTask {
                 false
             }
         }
+    }
+
+    /// The callee chose `b_codec`, not the caller's: if the caller offered it too (and its
+    /// trunk allows it) and has not heard our answer yet, answer it in that codec instead,
+    /// so the legs share a codec and the bridge passes media through untranscoded.
+    fn follow_b_codec(&mut self, b_codec: media::sdp::Codec) {
+        if self.a_sdp_sent || b_codec == self.a_codec || !self.a_local.codecs.contains(&b_codec) {
+            return;
+        }
+        let local = with_codecs(
+            self.a_local.clone(),
+            &transit_b_codecs(&self.a_local.codecs, b_codec),
+        );
+        let Ok((sdp, params)) = media::sdp::answer_offer(&self.a_offer, &local) else {
+            return;
+        };
+        let (Some(bridge), Ok(side)) = (&self.bridge, SideParams::try_from(&params)) else {
+            return;
+        };
+        if params.codec != b_codec {
+            return; // The caller did not offer it.
+        }
+        bridge.set_side(Side::A, side);
+        tracing::info!(from = ?self.a_codec, to = ?b_codec, "caller answered in the callee's codec");
+        self.a_codec = b_codec;
+        self.a_local = local;
+        self.a_sdp = sdp;
     }
 
     /// A re-INVITE or UPDATE on either leg: answered here from our side of the bridge
@@ -512,6 +547,7 @@ impl TransitTask {
                 TransitOutput::InviteB { index } => self.invite_b(index).await,
                 TransitOutput::ProgressA { code, early_media } => {
                     let body = (early_media && self.b_media).then(|| sdp_body(self.a_sdp.clone()));
+                    self.a_sdp_sent |= body.is_some();
                     let reason = if code == 183 {
                         "Session Progress"
                     } else {
@@ -524,10 +560,13 @@ impl TransitTask {
                         body,
                     });
                 }
-                TransitOutput::AnswerA => self.send(sip::ua::UaCommand::Answer {
-                    leg: self.a_leg,
-                    body: Some(sdp_body(self.a_sdp.clone())),
-                }),
+                TransitOutput::AnswerA => {
+                    self.a_sdp_sent = true;
+                    self.send(sip::ua::UaCommand::Answer {
+                        leg: self.a_leg,
+                        body: Some(sdp_body(self.a_sdp.clone())),
+                    });
+                }
                 TransitOutput::RejectA { code, reason } => self.send(sip::ua::UaCommand::Reject {
                     leg: self.a_leg,
                     code,
