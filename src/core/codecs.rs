@@ -71,14 +71,16 @@ pub fn with_codecs(base: OfferParams, codecs: &[Codec]) -> OfferParams {
     }
 }
 
-/// What we offer leg B of a transit call: B's trunk's list with the codec the caller
-/// got first, when that trunk allows it (the same codec on both legs is relayed
-/// without transcoding); else the trunk's list as it is, and the bridge transcodes.
-pub fn transit_b_codecs(trunk: &[Codec], a_codec: Codec) -> Vec<Codec> {
-    let mut out = trunk.to_vec();
-    if out.contains(&a_codec) {
-        out.retain(|c| *c != a_codec);
-        out.insert(0, a_codec);
+/// `list` with `codec` moved first when the list has it, else `list` as it is. For leg B
+/// of a transit call: B's trunk's list with the caller's codec first (the same codec on
+/// both legs is relayed without transcoding; a trunk without it gets its own list and
+/// the bridge transcodes). For a session's later answers: its current codec first, so a
+/// re-offer listing it again does not change codec.
+pub fn preferring(list: &[Codec], codec: Codec) -> Vec<Codec> {
+    let mut out = list.to_vec();
+    if out.contains(&codec) {
+        out.retain(|c| *c != codec);
+        out.insert(0, codec);
     }
     out
 }
@@ -119,14 +121,11 @@ mod tests {
     fn leg_b_gets_the_callers_codec_first_if_its_trunk_allows_it() {
         let all = Codec::ALL;
         assert_eq!(
-            transit_b_codecs(&all, Codec::Opus),
+            preferring(&all, Codec::Opus),
             [Codec::Opus, Codec::Pcmu, Codec::Pcma, Codec::G722]
         );
         let g711 = [Codec::Pcma, Codec::Pcmu];
-        assert_eq!(transit_b_codecs(&g711, Codec::G722), g711);
-        assert_eq!(
-            transit_b_codecs(&g711, Codec::Pcmu),
-            [Codec::Pcmu, Codec::Pcma]
-        );
+        assert_eq!(preferring(&g711, Codec::G722), g711);
+        assert_eq!(preferring(&g711, Codec::Pcmu), [Codec::Pcmu, Codec::Pcma]);
     }
 }

@@ -362,7 +362,9 @@ impl CallTask {
                 let now = Instant::now();
                 self.answered = Some(now);
                 self.media_check = self.media_timeout().map(|t| now + t);
-                self.offer = Some(local);
+                // The agreed codec first, so a re-offer listing it again keeps it.
+                let codecs = super::codecs::preferring(&local.codecs, params.codec);
+                self.offer = Some(super::codecs::with_codecs(local, &codecs));
                 self.send_sip(sip::ua::UaCommand::Answer {
                     leg: self.leg,
                     body: Some(sdp_body(sdp)),

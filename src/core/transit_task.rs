@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::call::StatusChange;
-use super::codecs::{transit_b_codecs, with_codecs};
+use super::codecs::{preferring, with_codecs};
 use super::task::{
     TaskInput, apply_change, local_offer, next_description, next_from, persist_status,
     record_event, sdp_body, set_media_stats, sleep_until,
@@ -131,9 +131,10 @@ impl TransitTask {
             (503u16, "Service Unavailable")
         })?;
         let dtmf = bridge.take_dtmf_events();
+        // The chosen codec first: the same answer now, and re-offers keep it.
         let a_local = with_codecs(
             local_offer(config, bridge.local_addr(Side::A).port()),
-            &setup.a_codecs,
+            &preferring(&setup.a_codecs, a_params.codec),
         );
         let (a_sdp, _) = media::sdp::answer_offer(&setup.a_offer.bytes, &a_local)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
@@ -449,7 +450,7 @@ impl TransitTask {
         }
         let local = with_codecs(
             self.a_local.clone(),
-            &transit_b_codecs(&self.a_local.codecs, b_codec),
+            &preferring(&self.a_local.codecs, b_codec),
         );
         let Ok((sdp, params)) = media::sdp::answer_offer(&self.a_offer, &local) else {
             return;
@@ -642,7 +643,7 @@ impl TransitTask {
         // rewrites headers.
         let offer = with_codecs(
             local_offer(&self.shared.config, bridge.local_addr(Side::B).port()),
-            &transit_b_codecs(&trunk.codecs(), self.a_codec),
+            &preferring(&trunk.codecs(), self.a_codec),
         );
         let sdp = media::sdp::build_offer(&offer);
         self.b_local = Some(offer);
