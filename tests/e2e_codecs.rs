@@ -458,3 +458,53 @@ async fn caller_is_answered_in_the_callees_codec_when_it_offered_it() {
         h.switch.logs()
     );
 }
+
+/// An outbound API call on a trunk with `codecs = ["opus", "PCMU"]` offers them in that
+/// order (events on both clocks); the carrier answers Opus, and the switch's endpoint
+/// sends it encoded Opus silence every 20 ms on the 48 kHz clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_call_offers_the_trunks_codecs_and_sends_opus_silence() {
+    const RTP: (u16, u16) = (25000, 25099);
+    let far = Sipp::uas("uas_answer_opus.xml");
+    let mut h = common::harness::setup(&far, |c| {
+        c.rtp_ports(RTP.0, RTP.1)
+            .extra("codecs = [\"opus\", \"PCMU\"]\n")
+    })
+    .await;
+    let capture = Capture::start(&format!("udp and src portrange {}-{}", RTP.0, RTP.1)).await;
+    let id = h.call(serde_json::json!({"max_duration": 2})).await;
+    h.expect_events(
+        &id,
+        &[
+            "call.initiating",
+            "call.ringing",
+            "call.in_progress",
+            "call.completed",
+        ],
+    )
+    .await;
+    let far_port = far.media_addr().port();
+    let far = far.wait().await;
+    far.assert_success("carrier");
+    let captured = capture.finish().await;
+
+    let offer = m_line(&far.messages, "INVITE sip:");
+    assert!(offer.ends_with(" RTP/AVP 111 0 101 110"), "{offer}");
+    let heard = heard(&captured, far_port, AudioCodec::Opus { channels: 2 });
+    eprintln!("{} Opus packets at the carrier", heard.packets);
+    // 2 s of 20 ms packets, less the edges and start-up.
+    assert!(heard.packets >= 80, "{} packets", heard.packets);
+    assert!(heard.pts.iter().all(|pt| *pt == 111), "{:?}", heard.pts);
+    assert!(
+        heard.ts_steps.iter().all(|s| *s == 960),
+        "{:?}",
+        heard.ts_steps
+    );
+    let peak = heard
+        .pcm
+        .iter()
+        .map(|s| s.unsigned_abs())
+        .max()
+        .unwrap_or(u16::MAX);
+    assert!(peak < 64, "silence, not {peak}");
+}
