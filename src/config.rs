@@ -232,6 +232,15 @@ pub struct TrunkConfig {
     /// OPTIONS keep-alive period; the trunk is marked down when a probe fails (0: off).
     #[serde(default)]
     pub keepalive_interval_s: u64,
+    /// Codecs in order of preference (see `core::codecs`).
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+}
+
+pub fn default_codecs() -> Vec<String> {
+    crate::core::codecs::DEFAULT_CODECS
+        .map(str::to_owned)
+        .to_vec()
 }
 
 fn default_register_expires() -> u32 {
@@ -553,6 +562,13 @@ impl Config {
                     "registration needs username and password".into(),
                 );
             }
+            for (j, message) in crate::core::codecs::problems(&t.codecs) {
+                let key = match j {
+                    Some(j) => format!("trunks[{i}].codecs[{j}]"),
+                    None => format!("trunks[{i}].codecs"),
+                };
+                problem(key, message);
+            }
             for (j, n) in t.numbers.iter().enumerate() {
                 if !dialplan::e164::is_e164(n) {
                     problem(
@@ -797,5 +813,28 @@ mod tests {
         assert_eq!(uri.line, Some(7));
         let num = p.iter().find(|p| p.key == "trunks[1].numbers[0]").unwrap();
         assert_eq!(num.line, Some(8));
+    }
+
+    #[test]
+    fn trunk_codecs_default_and_are_checked() {
+        let one = "[[trunks]]\nname = \"a\"\nuri = \"sip:127.0.0.1:5070\"\n";
+        let c = Config::from_sources(one, &[]).unwrap();
+        assert_eq!(c.trunks[0].codecs, ["PCMU", "PCMA", "G722", "opus"]);
+        let c =
+            Config::from_sources(&format!("{one}codecs = [\"opus\", \"PCMA\"]\n"), &[]).unwrap();
+        assert_eq!(c.trunks[0].codecs, ["opus", "PCMA"]);
+        let text = format!("{one}codecs = [\"PCMU\", \"G729\"]\n");
+        let Err(ConfigError::Invalid(p)) = Config::from_sources(&text, &[]) else {
+            panic!("expected error")
+        };
+        assert_eq!(p[0].key, "trunks[0].codecs[1]", "{p:?}");
+        assert_eq!(p[0].line, Some(4), "{p:?}");
+        assert!(p[0].message.contains("unknown codec \"G729\""), "{p:?}");
+        let Err(ConfigError::Invalid(p)) =
+            Config::from_sources(&format!("{one}codecs = []\n"), &[])
+        else {
+            panic!("expected error")
+        };
+        assert_eq!(p[0].key, "trunks[0].codecs", "{p:?}");
     }
 }

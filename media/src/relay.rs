@@ -1165,18 +1165,6 @@ enum Played {
     Nothing,
 }
 
-/// Packet duration implied by a payload's size (the SDP ptime is not known here).
-fn ptime_of(codec: AudioCodec, payload_len: usize) -> u32 {
-    match codec {
-        // Both 64 kbit/s: 8 octets per millisecond.
-        AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => {
-            u32::try_from(payload_len / 8).unwrap_or(u32::MAX)
-        }
-        // Opus frames are self-describing; 20 ms is what SDP offers by default.
-        AudioCodec::Opus { .. } => 20,
-    }
-}
-
 impl Relay {
     /// Puts one audio packet of a transcoded direction, already numbered for the
     /// output stream, into that direction's jitter buffer.
@@ -1191,7 +1179,7 @@ impl Relay {
     ) -> Verdict {
         let from = self.params(side).codec;
         let to = *self.params(side.other());
-        let ptime = ptime_of(from, payload.len());
+        let ptime = crate::codec::payload_ptime_ms(from, payload);
         let fits = self
             .path(side)
             .is_some_and(|p| p.from == from && p.to == to.codec && p.ptime_ms == ptime);

@@ -167,7 +167,10 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
             record.agent_id = Some(agent);
             record.metadata["route"] = "agent".into();
             let bind_ip = shared.config.rtp_bind_ip();
-            let probe = super::task::local_offer(&shared.config, bind_ip, 0);
+            let probe = super::codecs::with_codecs(
+                super::task::local_offer(&shared.config, bind_ip, 0),
+                &trunk.codecs(),
+            );
             if media::sdp::answer_offer(&offer.bytes, &probe).is_err() {
                 shared.metrics.inbound(InboundOutcome::Rejected);
                 reject(488, "Not Acceptable Here", Vec::new());
@@ -224,6 +227,7 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 a_dialog: super::transit_dialogs::LegDialogs::new(
                     request, local_tag, source, transport,
                 ),
+                a_codecs: trunk.codecs(),
             };
             match TransitTask::new(shared.clone(), setup) {
                 Ok(task) => start(shared, record, leg, tx, async move { task.run(rx).await }),

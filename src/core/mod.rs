@@ -13,6 +13,7 @@
 
 pub mod advertise;
 pub mod call;
+pub mod codecs;
 pub mod dialog;
 pub mod inbound;
 mod incoming;

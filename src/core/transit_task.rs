@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::call::StatusChange;
+use super::codecs::{preferring, with_codecs};
 use super::task::{
     TaskInput, apply_change, local_offer, next_description, next_from, persist_status,
     record_event, sdp_body, sleep_until,
@@ -42,6 +43,8 @@ pub(crate) struct TransitSetup {
     pub source_slot: Option<TrunkSlot>,
     /// What names the caller's dialog once answered (the callee's is added later).
     pub a_dialog: super::transit_dialogs::LegDialogs,
+    /// The source trunk's codecs: what our answer to the caller may pick, in order.
+    pub a_codecs: Vec<media::sdp::Codec>,
 }
 
 #[derive(Debug)]
@@ -57,6 +60,11 @@ pub(crate) struct TransitTask {
     /// Our SDP towards A (answer to A's offer) and the parameters behind it.
     a_local: media::sdp::OfferParams,
     a_sdp: String,
+    /// The caller's offer, kept to answer it again in the callee's codec (see
+    /// [`TransitTask::follow_b_codec`]) until `a_sdp_sent`.
+    a_offer: bytes::Bytes,
+    /// `a_sdp` has gone to the caller (in a 18x or the 2xx): it can no longer change.
+    a_sdp_sent: bool,
     /// Our offer towards B.
     b_local: Option<media::sdp::OfferParams>,
     /// Leg B's media became known (18x or 2xx with SDP).
@@ -103,7 +111,7 @@ impl TransitTask {
         let bind_ip = config.rtp_bind_ip();
         let a_media_ip = shared.advertise.media_ip_for_offer(&setup.a_offer.bytes);
         // A first answer only to learn the caller's codec; redone once our port is known.
-        let probe = local_offer(config, a_media_ip, 0);
+        let probe = with_codecs(local_offer(config, a_media_ip, 0), &setup.a_codecs);
         let (_, a_params) = media::sdp::answer_offer(&setup.a_offer.bytes, &probe)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
         let a_side =
@@ -130,7 +138,11 @@ impl TransitTask {
             (503u16, "Service Unavailable")
         })?;
         let dtmf = bridge.take_dtmf_events();
-        let a_local = local_offer(config, a_media_ip, bridge.local_addr(Side::A).port());
+        // The chosen codec first: the same answer now, and re-offers keep it.
+        let a_local = with_codecs(
+            local_offer(config, a_media_ip, bridge.local_addr(Side::A).port()),
+            &preferring(&setup.a_codecs, a_params.codec),
+        );
         let (a_sdp, _) = media::sdp::answer_offer(&setup.a_offer.bytes, &a_local)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
         let machine = Transit::new(
@@ -147,6 +159,8 @@ impl TransitTask {
             a_codec: a_params.codec,
             a_local,
             a_sdp,
+            a_offer: setup.a_offer.bytes.clone(),
+            a_sdp_sent: false,
             b_local: None,
             b_media: false,
             bridge: Some(bridge),
@@ -445,6 +459,7 @@ impl TransitTask {
                     bridge.set_side(Side::B, side);
                     self.b_media = true;
                     tracing::info!(remote = %params.remote, codec = ?params.codec, "callee media");
+                    self.follow_b_codec(params.codec);
                     true
                 }
                 Err(e) => {
@@ -457,6 +472,33 @@ impl TransitTask {
                 false
             }
         }
+    }
+
+    /// The callee chose `b_codec`, not the caller's: if the caller offered it too (and its
+    /// trunk allows it) and has not heard our answer yet, answer it in that codec instead,
+    /// so the legs share a codec and the bridge passes media through untranscoded.
+    fn follow_b_codec(&mut self, b_codec: media::sdp::Codec) {
+        if self.a_sdp_sent || b_codec == self.a_codec || !self.a_local.codecs.contains(&b_codec) {
+            return;
+        }
+        let local = with_codecs(
+            self.a_local.clone(),
+            &preferring(&self.a_local.codecs, b_codec),
+        );
+        let Ok((sdp, params)) = media::sdp::answer_offer(&self.a_offer, &local) else {
+            return;
+        };
+        let (Some(bridge), Ok(side)) = (&self.bridge, SideParams::try_from(&params)) else {
+            return;
+        };
+        if params.codec != b_codec {
+            return; // The caller did not offer it.
+        }
+        bridge.set_side(Side::A, side);
+        tracing::info!(from = ?self.a_codec, to = ?b_codec, "caller answered in the callee's codec");
+        self.a_codec = b_codec;
+        self.a_local = local;
+        self.a_sdp = sdp;
     }
 
     /// A re-INVITE or UPDATE on either leg: answered here from our side of the bridge
@@ -539,6 +581,7 @@ impl TransitTask {
                 TransitOutput::InviteB { index } => self.invite_b(index).await,
                 TransitOutput::ProgressA { code, early_media } => {
                     let body = (early_media && self.b_media).then(|| sdp_body(self.a_sdp.clone()));
+                    self.a_sdp_sent |= body.is_some();
                     let reason = if code == 183 {
                         "Session Progress"
                     } else {
@@ -551,10 +594,13 @@ impl TransitTask {
                         body,
                     });
                 }
-                TransitOutput::AnswerA => self.send(sip::ua::UaCommand::Answer {
-                    leg: self.a_leg,
-                    body: Some(sdp_body(self.a_sdp.clone())),
-                }),
+                TransitOutput::AnswerA => {
+                    self.a_sdp_sent = true;
+                    self.send(sip::ua::UaCommand::Answer {
+                        leg: self.a_leg,
+                        body: Some(sdp_body(self.a_sdp.clone())),
+                    });
+                }
                 TransitOutput::RejectA { code, reason } => self.send(sip::ua::UaCommand::Reject {
                     leg: self.a_leg,
                     code,
@@ -627,16 +673,12 @@ impl TransitTask {
             return;
         };
         let media_ip = self.shared.advertise.media_ip_for(addr.ip());
-        let mut offer = local_offer(
-            &self.shared.config,
-            media_ip,
-            bridge.local_addr(Side::B).port(),
-        );
         // The caller's codec first: with the same codec on both legs the bridge only
         // rewrites headers.
-        let first = self.a_codec;
-        offer.codecs.retain(|c| *c != first);
-        offer.codecs.insert(0, first);
+        let offer = with_codecs(
+            local_offer(&self.shared.config, media_ip, bridge.local_addr(Side::B).port()),
+            &preferring(&trunk.codecs(), self.a_codec),
+        );
         let sdp = media::sdp::build_offer(&offer);
         self.b_local = Some(offer);
         let leg = self.shared.next_leg();
@@ -702,7 +744,8 @@ impl TransitTask {
 
     /// A digit crossed the bridge (it was relayed as RFC 4733 to the other side too).
     async fn on_dtmf(&mut self, side: Side, d: media::dtmf::DtmfEvent) {
-        let duration_ms = u64::from(d.duration_ts) / 8; // telephone-event/8000
+        let clock = self.bridge.as_ref().map_or(8000, |b| b.clock_rate(side));
+        let duration_ms = d.duration_ms(clock);
         let from = if side == Side::A { "caller" } else { "callee" };
         tracing::info!(digit = %d.digit, duration_ms, from, "DTMF relayed");
         let extra = serde_json::json!({

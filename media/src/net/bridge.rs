@@ -27,7 +27,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -272,6 +272,8 @@ pub struct Bridge {
     cmd_tx: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
     dtmf_rx: Option<mpsc::Receiver<(Side, DtmfEvent)>>,
+    /// Each side's RTP clock as last set, to read digit durations in.
+    clock_rates: [AtomicU32; 2],
 }
 
 impl Bridge {
@@ -341,8 +343,10 @@ impl Bridge {
         };
         // Boxed: the driver's future is ~9 KB, copied into the task and written over
         // at its end otherwise.
+        let clock_rates = [AtomicU32::new(a.clock_rate), AtomicU32::new(b.clock_rate)];
         let task = handle.spawn(Box::pin(driver.run(cmd_rx, [pair_a, pair_b])));
         Ok(Bridge {
+            clock_rates,
             local,
             epoch,
             shared,
@@ -372,6 +376,7 @@ impl Bridge {
     /// Applied before any packet that arrives after the call; ignored if the bridge
     /// has stopped.
     pub fn set_side(&self, side: Side, params: SideParams) {
+        self.clock_rates[idx(side)].store(params.clock_rate, Ordering::Relaxed);
         // Fails only when the task has ended, and then there is nothing to update.
         let _ = self.cmd_tx.send(Command::SetSide(side, params));
     }
@@ -381,6 +386,12 @@ impl Bridge {
     /// 0.5-1.5x); zero stops sending reports. Received RTCP is still read.
     pub fn set_rtcp_interval(&self, interval: Duration) {
         let _ = self.cmd_tx.send(Command::RtcpInterval(interval));
+    }
+
+    /// `side`'s RTP clock rate as last set (by `open` or [`set_side`](Self::set_side)):
+    /// the unit of the durations of the digits that side sends.
+    pub fn clock_rate(&self, side: Side) -> u32 {
+        self.clock_rates[idx(side)].load(Ordering::Relaxed)
     }
 
     /// Current counters of packets received on `side`; cheap (atomic loads).
@@ -551,18 +562,6 @@ fn recv_state() -> io::Result<&'static UdpSocketState> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
     Ok(STATE.get_or_init(|| state))
-}
-
-/// Packet duration implied by a payload's size, for building a transcoder.
-fn ptime_ms(codec: AudioCodec, payload_len: usize) -> u32 {
-    match codec {
-        // Both 64 kbit/s: 8 octets per millisecond.
-        AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => {
-            u32::try_from(payload_len / 8).unwrap_or(u32::MAX)
-        }
-        // Opus frames are self-describing; 20 ms is what SDP offers by default.
-        AudioCodec::Opus { .. } => 20,
-    }
 }
 
 impl Driver {
@@ -1037,7 +1036,7 @@ fn transcode(
     input: &[u8],
     sbuf: &mut [u8; SEND_BUF],
 ) -> Option<usize> {
-    let ptime = ptime_ms(from, input.len());
+    let ptime = crate::codec::payload_ptime_ms(from, input);
     let fits = slot
         .as_ref()
         .is_some_and(|t| t.from_codec() == from && t.to_codec() == to && t.ptime_ms() == ptime);
