@@ -26,13 +26,23 @@ pub struct Config {
     pub trunks: Vec<TrunkConfig>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
     /// Where status callbacks of this tenant's inbound calls go, unless the called
     /// number has its own `webhook_url` in the dialplan.
     pub webhook_url: Option<String>,
+    /// E.164 prefixes (country or area codes) the tenant's API calls may dial; empty: any
+    /// not barred by the dial plan.
+    #[serde(default)]
+    pub allowed_destinations: Vec<String>,
+    /// The tenant's live API calls at most (0: no limit).
+    #[serde(default)]
+    pub max_concurrent_calls: u32,
+    /// New API calls per second at most (0: no limit).
+    #[serde(default)]
+    pub max_calls_per_second: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -521,6 +531,22 @@ impl Config {
                     format!("security.outbound_allow_cidrs[{i}]"),
                     format!("{c:?} is not an IP network (e.g. 10.20.0.0/16)"),
                 );
+            }
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            for (j, p) in t.allowed_destinations.iter().enumerate() {
+                let digits = p.strip_prefix('+').unwrap_or("");
+                if digits.is_empty()
+                    || digits.len() > 15
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    problem(
+                        format!("tenants[{i}].allowed_destinations[{j}]"),
+                        format!(
+                            "{p:?} is not an E.164 prefix (\"+\" and 1-15 digits, e.g. \"+1\")"
+                        ),
+                    );
+                }
             }
         }
         let mut names = std::collections::HashSet::new();

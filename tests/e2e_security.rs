@@ -276,3 +276,122 @@ async fn api_rate_limits_body_limit_and_roles() {
     assert!(limited_total >= 2, "{limited_total}");
     drop(carrier);
 }
+
+/// Toll fraud through the API: a key cannot dial what the dial plan bars for inbound
+/// traffic (+1900 premium rate here), nor outside its tenant's allowed destinations, nor
+/// more calls at once or per second than the tenant's limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_calls_are_held_to_barring_and_tenant_limits() {
+    // Rings without answering: calls stay live, holding their slots.
+    let ringing = Sipp::builder("uas_ring_no_answer.xml").calls(3).spawn();
+    // Answers up to five calls (SIPp's built-in UAS).
+    let answering = Sipp::builder("uas").calls(5).spawn();
+    let config = format!(
+        "[sip]\nlisten = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1\"\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\n\
+         [rtp]\nport_min = 30000\nport_max = 30999\n\n\
+         [database]\nurl = \"sqlite://switchyard.db?mode=rwc\"\n\n\
+         [dialplan]\nfile = \"dialplan.toml\"\n\n\
+         [[tenants]]\nname = \"acme\"\nallowed_destinations = [\"+1\", \"+44\"]\n\
+         max_concurrent_calls = 2\n\n\
+         [[tenants]]\nname = \"globex\"\nmax_calls_per_second = 3\n\n\
+         [[trunks]]\nname = \"acme-carrier\"\nuri = \"sip:{}\"\ntenant = \"acme\"\n\
+         numbers = [\"+12025551234\"]\n\n\
+         [[trunks]]\nname = \"globex-carrier\"\nuri = \"sip:{}\"\ntenant = \"globex\"\n\
+         numbers = [\"+12025559999\"]\n",
+        ringing.addr(),
+        answering.addr()
+    );
+    let plan = "[[rules]]\nname = \"premium-barred\"\nto = { prefix = \"+1900\" }\nreject = 403\n";
+    let switch =
+        SwitchProcess::start_files(&[("switchyard.toml", &config), ("dialplan.toml", plan)]).await;
+    let acme = Api::new(
+        &switch.http_base(),
+        &switch.create_api_key("acme", "owner").await,
+    );
+    let globex = Api::new(
+        &switch.http_base(),
+        &switch.create_api_key("globex", "owner").await,
+    );
+    let call = |to: &str, from: &str| json!({"to": to, "from": from, "ring_timeout": 30});
+
+    // Barred by the dial plan, although no inbound trunk is involved.
+    let (code, body) = acme.create_call(call("+19005550100", "+12025551234")).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (403, Some("DESTINATION_NOT_ALLOWED")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("premium-barred"),
+        "{body}"
+    );
+    // Outside the tenant's prefixes.
+    let (code, body) = acme.create_call(call("+88213500001", "+12025551234")).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (403, Some("DESTINATION_NOT_ALLOWED")),
+        "{body}"
+    );
+
+    // Two ringing calls fill the tenant's two slots; a third waits for one to end.
+    let first = acme
+        .create_call_ok(call("+14155550101", "+12025551234"))
+        .await;
+    let _second = acme
+        .create_call_ok(call("+442071838750", "+12025551234"))
+        .await;
+    let (code, body) = acme.create_call(call("+14155550103", "+12025551234")).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (429, Some("RATE_LIMITED")),
+        "{body}"
+    );
+    let (code, _) = acme.hangup(&first).await;
+    assert_eq!(code, 200);
+    // The slot is given back when the call task ends, just after the hangup answers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = acme.create_call(call("+14155550104", "+12025551234")).await;
+        if code == 201 {
+            break;
+        }
+        assert_eq!(code, 429, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Calls per second: 10 back to back, 3 pass.
+    let mut created = 0;
+    for i in 0..10 {
+        let (code, body) = globex
+            .create_call(
+                json!({"to": format!("+1415555020{i}"), "from": "+12025559999", "max_duration": 1}),
+            )
+            .await;
+        match code {
+            201 => created += 1,
+            429 => assert_eq!(body["code"], "RATE_LIMITED", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        (3..=4).contains(&created),
+        "{created} of 10 calls passed a 3/s limit"
+    );
+    let metrics = switch.metrics().await;
+    for reason in ["barred", "destination", "concurrent", "rate"] {
+        let line = format!("switchyard_api_calls_refused_total{{reason=\"{reason}\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(n >= 1, "{reason}: {metrics}");
+    }
+    drop(ringing);
+    drop(answering);
+}

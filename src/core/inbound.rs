@@ -202,6 +202,23 @@ impl Inbound {
 
 impl Inbound {
     /// The plan's decision for a number (a transfer target), as if it arrived on `trunk`.
+    /// The dial plan rule that bars an outbound API call, if one does: the first rule that
+    /// matches (from, to, no source trunk) is a `reject`. No rule matching is no barring:
+    /// API calls are routed by caller id, not by the plan.
+    pub fn barring_rule(&self, from: &str, to: &str) -> Option<String> {
+        let plan = self.plan()?;
+        let decision = plan.route(&Attempt {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            source_trunk: None,
+            local_time: local_time(chrono::Utc::now(), self.utc_offset_minutes),
+        });
+        match (&decision.route, decision.rule) {
+            (Route::Reject { .. }, Some(rule)) => Some(rule),
+            _ => None,
+        }
+    }
+
     pub fn route_number(&self, trunk: &str, from: &str, to: &str) -> Decision {
         let attempt = Attempt {
             from: from.to_owned(),

@@ -21,6 +21,7 @@ mod live_media;
 pub mod metrics;
 pub mod status;
 pub mod task;
+pub mod tenant_policy;
 pub mod transit;
 mod transit_dialogs;
 pub mod transit_task;
@@ -70,6 +71,8 @@ pub enum CoreError {
     #[error("{0}")]
     NotTransferable(&'static str),
     #[error(transparent)]
+    Refused(#[from] tenant_policy::Refusal),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -87,6 +90,8 @@ pub(crate) struct Shared {
     pub inbound: Arc<inbound::Inbound>,
     /// Which of our addresses each peer is told.
     pub advertise: Arc<advertise::Advertise>,
+    /// What tenants' API calls may dial, and how many at once.
+    pub tenant_policy: Arc<tenant_policy::TenantPolicy>,
     next_leg: Arc<AtomicU64>,
 }
 
@@ -136,6 +141,7 @@ impl Switch {
         ));
         let shared = Shared {
             advertise: Arc::new(advertise::Advertise::new(&config)),
+            tenant_policy: Arc::new(tenant_policy::TenantPolicy::new(&config.tenants)),
             config,
             store,
             webhooks,
@@ -179,9 +185,12 @@ impl Switch {
     pub async fn render_metrics(&self) -> String {
         let sip = self.shared.ua.stats().await.ok();
         let kernel = self.shared.ports.kernel_forwarder().map(|k| k.stats());
-        self.shared
-            .metrics
-            .render(self.live_calls(), sip.as_ref(), &self.trunks, kernel)
+        let mut text =
+            self.shared
+                .metrics
+                .render(self.live_calls(), sip.as_ref(), &self.trunks, kernel);
+        self.shared.tenant_policy.render(&mut text);
+        text
     }
 
     /// Validate the route, write the `initiating` row and its event, and start the call task.
@@ -212,6 +221,12 @@ impl Switch {
         let Some(first) = trunks.first() else {
             return Err(CoreError::UnknownCallerId(req.from));
         };
+        let slot = self.shared.tenant_policy.admit(
+            tenant,
+            &req.to,
+            self.shared.inbound.barring_rule(&req.from, &req.to),
+            std::time::Instant::now(),
+        )?;
 
         let calls_cfg = &self.shared.config.calls;
         // Millisecond precision: what the store keeps, so the API shows the same value twice.
@@ -281,8 +296,12 @@ impl Switch {
             None,
             None,
         );
-        // Boxed for the same reason as an inbound call's task (see `incoming::start`).
-        tokio::spawn(Box::pin(task.run(rx)));
+        // Boxed for the same reason as an inbound call's task (see `incoming::start`). The
+        // tenant's slot is held for the call's life.
+        tokio::spawn(Box::pin(async move {
+            let _slot = slot;
+            task.run(rx).await;
+        }));
         Ok(created)
     }
 

@@ -676,7 +676,11 @@ impl TransitTask {
         // The caller's codec first: with the same codec on both legs the bridge only
         // rewrites headers.
         let offer = with_codecs(
-            local_offer(&self.shared.config, media_ip, bridge.local_addr(Side::B).port()),
+            local_offer(
+                &self.shared.config,
+                media_ip,
+                bridge.local_addr(Side::B).port(),
+            ),
             &preferring(&trunk.codecs(), self.a_codec),
         );
         let sdp = media::sdp::build_offer(&offer);
