@@ -21,6 +21,8 @@ use super::transit::{Transit, TransitInput, TransitOutput};
 use super::trunk::{Trunk, TrunkSlot};
 use crate::model::CallRecord;
 
+mod hold;
+
 /// When a bridge failure was last logged (seconds since the epoch).
 static BRIDGE_FAILURE_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -76,6 +78,8 @@ pub(crate) struct TransitTask {
     /// Digits either party sends (RFC 4733), relayed by the bridge and reported as
     /// `call.dtmf` events with the side they came from.
     dtmf: Option<mpsc::Receiver<(Side, media::dtmf::DtmfEvent)>>,
+    /// One party's hold mirrored to the other by re-INVITE.
+    hold: hold::HoldState,
 }
 
 /// An accepted REFER in progress: `new_leg` is being called to replace `side`'s party.
@@ -123,6 +127,8 @@ impl TransitTask {
             (503u16, "Service Unavailable")
         })?;
         let dtmf = bridge.take_dtmf_events();
+        // A caller that starts on hold (sendonly/inactive) gets no RTP from the start.
+        bridge.set_direction(Side::A, a_params.direction);
         let a_local = local_offer(config, bridge.local_addr(Side::A).port());
         let (a_sdp, _) = media::sdp::answer_offer(&setup.a_offer.bytes, &a_local)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
@@ -155,6 +161,7 @@ impl TransitTask {
             media_seen: (0, Instant::now()),
             transfer: None,
             dtmf,
+            hold: hold::HoldState::default(),
         })
     }
 
@@ -172,6 +179,7 @@ impl TransitTask {
                     },
                     () = sleep_until(deadline) => self.machine.handle_timeout(Instant::now()),
                     () = sleep_until(self.media_check) => self.check_media(Instant::now()),
+                    () = sleep_until(self.hold.poll_timeout()) => self.hold_timeout(Instant::now()),
                     Some((side, digit)) = next_from(&mut self.dtmf) => self.on_dtmf(side, digit).await,
                 }
                 self.drain().await;
@@ -217,6 +225,10 @@ impl TransitTask {
             }
             UaEvent::Reoffer { leg, id, body, .. } => {
                 self.answer_reoffer(leg, id, body.as_ref());
+                return;
+            }
+            UaEvent::ReinviteResult { leg, code, body } => {
+                self.on_reinvite_result(leg, code, body.as_ref());
                 return;
             }
             UaEvent::Refer {
@@ -378,6 +390,7 @@ impl TransitTask {
                 {
                     bridge.set_side(t.side, side);
                     bridge.update_remote(t.side, p.remote);
+                    bridge.set_direction(t.side, p.direction);
                 }
                 self.send(notify(200, "OK", true));
                 self.send(sip::ua::UaCommand::Bye { leg: t.referrer });
@@ -386,6 +399,7 @@ impl TransitTask {
                     Side::A => self.a_leg = new_leg,
                     Side::B => self.b_leg = Some(new_leg),
                 }
+                self.hold.reset(side);
                 self.shared.legs.remove(&referrer);
                 self.out_slot = self.transfer.take().map(|t| t.slot);
                 Arc::make_mut(&mut self.record).metadata["transferred"] = serde_json::json!(true);
@@ -410,6 +424,7 @@ impl TransitTask {
             Ok(params) => match SideParams::try_from(&params) {
                 Ok(side) => {
                     bridge.set_side(Side::B, side);
+                    bridge.set_direction(Side::B, params.direction);
                     self.b_media = true;
                     tracing::info!(remote = %params.remote, codec = ?params.codec, "callee media");
                     true
@@ -480,6 +495,7 @@ impl TransitTask {
                     id,
                     body: Some(sdp_body(sdp)),
                 });
+                self.mirror_hold(side, params.direction);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "re-offer refused");
