@@ -13,9 +13,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Sipp;
-use common::transit::{TRANSIT_PLAN, start};
+use common::harness::GUARD;
+use common::transit::{Inbound, TRANSIT_PLAN, start};
+use serde_json::{Value, json};
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// A media port for a SIPp party that only listens: every datagram's arrival time.
@@ -23,6 +25,7 @@ struct RtpSink {
     port: u16,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Vec<Instant>>,
+    count: watch::Receiver<usize>,
 }
 
 impl RtpSink {
@@ -36,6 +39,7 @@ impl RtpSink {
         };
         let port = sock.local_addr().expect("addr").port();
         let (stop, mut stopped) = oneshot::channel();
+        let (count_tx, count) = watch::channel(0);
         let task = tokio::spawn(async move {
             let mut arrivals = Vec::new();
             let mut buf = [0u8; 2048];
@@ -45,12 +49,27 @@ impl RtpSink {
                     r = sock.recv_from(&mut buf) => {
                         if r.is_ok() {
                             arrivals.push(Instant::now());
+                            count_tx.send_replace(arrivals.len());
                         }
                     }
                 }
             }
         });
-        RtpSink { port, stop, task }
+        RtpSink {
+            port,
+            stop,
+            task,
+            count,
+        }
+    }
+
+    /// Waits until `n` packets have arrived (the guard only bounds the wait).
+    async fn wait_for(&mut self, n: usize) {
+        let reached = tokio::time::timeout(GUARD, self.count.wait_for(|c| *c >= n))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let got = *self.count.borrow();
+        assert!(reached, "{n} RTP packets never arrived (got {got})");
     }
 
     async fn finish(self) -> Arrivals {
@@ -164,4 +183,191 @@ async fn callee_inactive_hold_stops_rtp_to_the_callee_and_is_mirrored_to_the_cal
     let events = h.events_until("call.completed").await;
     let call = &events.last().expect("events")["data"]["call"];
     assert_eq!(call["end_reason"], "caller_bye", "never a hang-up on hold");
+}
+
+/// Routes +14155550111 (the transfer target) to trunk "third" at `target`, the rest of
+/// +1 to "carrier"; returns the switch with that plan.
+async fn with_target(far: &Sipp, target: &Sipp) -> Inbound {
+    let plan = "[[rules]]\nname = \"transfer-target\"\nto = { exact = \"+14155550111\" }\n\
+                trunks = [\"third\"]\n\n\
+                [[rules]]\nname = \"us\"\nto = { prefix = \"+1\" }\ntrunks = [\"carrier\"]\n";
+    let third = format!(
+        "[[trunks]]\nname = \"third\"\nuri = \"sip:{}\"\ntenant = \"acme\"\n",
+        target.addr()
+    );
+    start(far.addr(), plan, &third).await
+}
+
+/// The id of the call once it is answered.
+async fn answered_call(h: &mut Inbound) -> String {
+    let events = h.events_until("call.in_progress").await;
+    events.last().expect("events")["data"]["call"]["id"]
+        .as_str()
+        .expect("call id")
+        .to_owned()
+}
+
+async fn transfer(h: &Inbound, id: &str, body: Value) {
+    let (status, reply) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/voice/calls/{id}/transfer"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}\n{}", h.switch.logs());
+}
+
+fn transfer_states(events: &[Value]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "call.transfer")
+        .map(|e| {
+            let d = &e["data"];
+            let s = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+            (s("transfer_state"), s("leg"), s("method"))
+        })
+        .collect()
+}
+
+/// API transfer of a transit call's callee to an E.164 number: its carrier takes REFER,
+/// so it gets one whose Refer-To is a SIP URI on its trunk (`sip:+1…@host:port;user=phone`,
+/// checked by regexp in uas_answer_refer.xml, not `tel:`); on its NOTIFY 200 both legs
+/// are hung up and the call ends `transferred`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_transfer_of_a_transit_callee_refers_it_to_a_sip_uri_on_its_trunk() {
+    let far = Sipp::uas("uas_answer_refer.xml");
+    let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
+    let caller = Sipp::builder("uac_remote_bye.xml")
+        .remote(h.switch.sip_udp())
+        .spawn();
+    let id = answered_call(&mut h).await;
+    transfer(&h, &id, json!({"to": "+14155550000", "leg": "callee"})).await;
+    far.wait()
+        .await
+        .assert_success("callee's carrier honouring the REFER");
+    caller
+        .wait()
+        .await
+        .assert_success("caller hung up by the switch");
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().expect("events")["data"]["call"];
+    assert_eq!(call["end_reason"], "transferred", "{}", h.switch.logs());
+    assert_eq!(call["metadata"]["transferred"], true);
+    let states = transfer_states(&events);
+    let refer = |s: &str| (s.to_owned(), "callee".to_owned(), "refer".to_owned());
+    assert!(states.contains(&refer("accepted")), "{states:?}");
+    assert!(states.contains(&refer("succeeded")), "{states:?}");
+    // A leg name that does not exist is a validation error.
+    let (status, body) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/voice/calls/{id}/transfer"),
+            Some(&json!({"to": "+14155550000", "leg": "b"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
+
+/// API transfer of a transit call's caller (the default leg) whose carrier takes no
+/// REFER (its Allow lists none): the switch dials the target through the dialplan's trunk
+/// and bridges it in the callee's place; the caller, still talking, is heard by the
+/// target (counted on the target's media socket), the callee is hung up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_transfer_of_a_caller_without_refer_dials_the_target_and_rebridges() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let sink = RtpSink::start().await;
+    let target = Sipp::builder("uas_answer_sink.xml")
+        .arg("-key")
+        .arg("sink_port")
+        .arg(&sink.port.to_string())
+        .spawn();
+    let mut h = with_target(&far, &target).await;
+    let caller = Sipp::builder("uac_rtp_no_refer.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(5000)
+        .spawn();
+    let id = answered_call(&mut h).await;
+    transfer(&h, &id, json!({"to": "+14155550111"})).await;
+    far.wait()
+        .await
+        .assert_success("callee released by the transfer");
+    caller.wait().await.assert_success("caller, transferred");
+    let target = target.wait().await;
+    target.assert_success("transfer target");
+    assert!(
+        target.messages.contains("INVITE sip:+14155550111@"),
+        "{}",
+        target.messages
+    );
+    let heard = sink.finish().await.0.len();
+    println!("the target heard {heard} packets of the caller");
+    // ~4.5 s of the caller's 4.7 s recording were left when the target answered.
+    assert!(heard >= 150, "the target heard {heard} packets");
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().expect("events")["data"]["call"];
+    assert_eq!(call["end_reason"], "caller_bye", "{}", h.switch.logs());
+    assert_eq!(call["metadata"]["transferred"], true);
+    let states = transfer_states(&events);
+    assert!(
+        states.contains(&("succeeded".into(), "caller".into(), "dial".into())),
+        "{states:?}"
+    );
+}
+
+/// The caller's carrier transfers the callee (REFER on leg A): the switch answers 202,
+/// dials the target through the trunk the dialplan picks, bridges it to the callee in the
+/// caller's place, NOTIFYs the caller 100 then 200 and hangs it up. The callee's audio
+/// then reaches the target (counted on its media socket) until the API hangs up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refer_from_the_caller_transfers_the_callee_to_the_target() {
+    let far = Sipp::uas("uas_answer_rtp.xml");
+    let mut sink = RtpSink::start().await;
+    let target = Sipp::builder("uas_answer_sink.xml")
+        .arg("-key")
+        .arg("sink_port")
+        .arg(&sink.port.to_string())
+        .spawn();
+    let mut h = with_target(&far, &target).await;
+    let caller = Sipp::builder("uac_call_then_refer.xml")
+        .remote(h.switch.sip_udp())
+        .spawn();
+    let id = answered_call(&mut h).await;
+    caller
+        .wait()
+        .await
+        .assert_success("referring caller (NOTIFY 100, NOTIFY 200, BYE)");
+    sink.wait_for(50).await;
+    let (status, body) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/voice/calls/{id}/hangup"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    far.wait()
+        .await
+        .assert_success("callee, now talking to the target");
+    let target = target.wait().await;
+    target.assert_success("transfer target");
+    assert!(
+        target.messages.contains("INVITE sip:+14155550111@"),
+        "{}",
+        target.messages
+    );
+    let heard = sink.finish().await.0.len();
+    println!("the target heard {heard} packets of the callee");
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().expect("events")["data"]["call"];
+    assert_eq!(call["end_reason"], "hangup", "{}", h.switch.logs());
+    assert_eq!(call["metadata"]["transferred"], true);
+    let states = transfer_states(&events);
+    assert!(
+        states.contains(&("succeeded".into(), "callee".into(), "dial".into())),
+        "{states:?}"
+    );
 }

@@ -18,6 +18,7 @@ mod incoming;
 pub mod metrics;
 pub mod status;
 pub mod task;
+pub mod transfer;
 pub mod transit;
 pub mod transit_task;
 pub mod trunk;
@@ -323,13 +324,16 @@ impl Switch {
 }
 
 impl Switch {
-    /// Blind-transfer an answered call's far end to `target` (REFER); progress arrives as
-    /// `call.transfer` events and the call ends `transferred` when the far end reports success.
+    /// Blind-transfer an answered call's far end to `target` (an E.164 number or a URI;
+    /// REFER); progress arrives as `call.transfer` events and the call ends `transferred`
+    /// when the far end reports success. On a transit call `leg` (default: the caller) is
+    /// the party transferred; see `transit_task::xfer`.
     pub async fn transfer(
         &self,
         tenant: &str,
         id: &str,
         target: &str,
+        leg: Option<transfer::TransferLeg>,
     ) -> Result<CallRecord, CoreError> {
         let current = self
             .shared
@@ -349,6 +353,7 @@ impl Switch {
         let (reply, rx) = oneshot::channel();
         tx.try_send(TaskInput::Transfer {
             target: target.to_owned(),
+            leg,
             reply,
         })
         .map_err(|_| CoreError::Overloaded)?;

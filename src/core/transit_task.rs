@@ -22,6 +22,7 @@ use super::trunk::{Trunk, TrunkSlot};
 use crate::model::CallRecord;
 
 mod hold;
+mod xfer;
 
 /// When a bridge failure was last logged (seconds since the epoch).
 static BRIDGE_FAILURE_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -42,6 +43,8 @@ pub(crate) struct TransitSetup {
     pub trunks: Vec<Trunk>,
     /// The place the call holds on its source trunk.
     pub source_slot: Option<TrunkSlot>,
+    /// The caller's Allow header (whether it takes a REFER).
+    pub a_allow: Option<String>,
 }
 
 #[derive(Debug)]
@@ -80,13 +83,18 @@ pub(crate) struct TransitTask {
     dtmf: Option<mpsc::Receiver<(Side, media::dtmf::DtmfEvent)>>,
     /// One party's hold mirrored to the other by re-INVITE.
     hold: hold::HoldState,
+    /// Transfers asked for by API.
+    xfer: xfer::XferState,
 }
 
 /// An accepted REFER in progress: `new_leg` is being called to replace `side`'s party.
 #[derive(Debug)]
 struct Transfer {
     side: Side,
+    /// The leg whose party is replaced (the referrer when a REFER asked).
     referrer: sip::ua::LegRef,
+    /// A REFER asked: the referrer hears NOTIFYs.
+    notify: bool,
     new_leg: sip::ua::LegRef,
     offer: media::sdp::OfferParams,
     /// The target's place on its trunk; becomes the call's outbound slot on success.
@@ -162,6 +170,7 @@ impl TransitTask {
             transfer: None,
             dtmf,
             hold: hold::HoldState::default(),
+            xfer: xfer::XferState::new(setup.a_allow),
         })
     }
 
@@ -207,10 +216,8 @@ impl TransitTask {
                 self.machine.handle(now, TransitInput::Hangup);
                 return;
             }
-            TaskInput::Transfer { reply, .. } => {
-                // The caller's carrier would have to place the new call: not offered for
-                // transit calls (they are carried, not ours to redirect).
-                let _ = reply.send(Err("transit calls cannot be transferred"));
+            TaskInput::Transfer { target, leg, reply } => {
+                let _ = reply.send(self.api_transfer(target, leg).await);
                 return;
             }
             TaskInput::Sip(ev) => ev,
@@ -231,6 +238,18 @@ impl TransitTask {
                 self.on_reinvite_result(leg, code, body.as_ref());
                 return;
             }
+            UaEvent::ReferResult { leg, code } => {
+                self.on_refer_result(leg, code).await;
+                return;
+            }
+            UaEvent::ReferNotify {
+                leg,
+                status_code,
+                terminated,
+            } => {
+                self.on_refer_notify(leg, status_code, terminated).await;
+                return;
+            }
             UaEvent::Refer {
                 leg, id, refer_to, ..
             } => {
@@ -243,7 +262,7 @@ impl TransitTask {
                     .as_ref()
                     .is_some_and(|t| event_leg(ev) == Some(t.new_leg)) =>
             {
-                self.on_transfer_event(ev.clone());
+                self.on_transfer_event(ev.clone()).await;
                 return;
             }
             // Leg B (the callee); events of a leg we already gave up on are ignored.
@@ -290,11 +309,32 @@ impl TransitTask {
         } else {
             return;
         };
+        self.transfer_to(side, Some((leg, id)), refer_to).await;
+    }
+
+    /// Calls `refer_to` (routed like a new call from the source trunk) to take `side`'s
+    /// place on the bridge once it answers. `refer`: the REFER that asked for it (answered
+    /// here; the referrer hears NOTIFYs); without one (an API transfer) nobody is
+    /// notified. `self.transfer` is set when the target is being called.
+    async fn transfer_to(
+        &mut self,
+        side: Side,
+        refer: Option<(sip::ua::LegRef, u64)>,
+        refer_to: &str,
+    ) {
+        let Some(leg) = (match side {
+            Side::A => Some(self.a_leg),
+            Side::B => self.b_leg,
+        }) else {
+            return;
+        };
         let refuse = |code: u16| {
-            let _ = self
-                .shared
-                .ua
-                .send(sip::ua::UaCommand::ReferResponse { leg, id, code });
+            if let Some((leg, id)) = refer {
+                let _ = self
+                    .shared
+                    .ua
+                    .send(sip::ua::UaCommand::ReferResponse { leg, id, code });
+            }
         };
         if self.record.status != crate::model::CallStatus::InProgress || self.transfer.is_some() {
             refuse(491);
@@ -361,22 +401,26 @@ impl TransitTask {
         self.transfer = Some(Transfer {
             side,
             referrer: leg,
+            notify: refer.is_some(),
             new_leg,
             offer,
             slot,
         });
     }
 
-    fn on_transfer_event(&mut self, ev: sip::ua::UaEvent) {
+    async fn on_transfer_event(&mut self, ev: sip::ua::UaEvent) {
         use sip::ua::UaEvent;
         let Some(t) = &self.transfer else {
             return;
         };
-        let notify = |code: u16, reason: &str, terminated: bool| sip::ua::UaCommand::Notify {
-            leg: t.referrer,
-            status_code: code,
-            reason: reason.to_owned(),
-            terminated,
+        let (referrer, notifies) = (t.referrer, t.notify);
+        let notify = |code: u16, reason: &str, terminated: bool| {
+            notifies.then(|| sip::ua::UaCommand::Notify {
+                leg: referrer,
+                status_code: code,
+                reason: reason.to_owned(),
+                terminated,
+            })
         };
         match ev {
             // The UA sent `100 Trying` with the 202; the referrer hears the outcome next.
@@ -392,7 +436,9 @@ impl TransitTask {
                     bridge.update_remote(t.side, p.remote);
                     bridge.set_direction(t.side, p.direction);
                 }
-                self.send(notify(200, "OK", true));
+                if let Some(n) = notify(200, "OK", true) {
+                    self.send(n);
+                }
                 self.send(sip::ua::UaCommand::Bye { leg: t.referrer });
                 let (side, new_leg, referrer) = (t.side, t.new_leg, t.referrer);
                 match side {
@@ -404,12 +450,19 @@ impl TransitTask {
                 self.out_slot = self.transfer.take().map(|t| t.slot);
                 Arc::make_mut(&mut self.record).metadata["transferred"] = serde_json::json!(true);
                 tracing::info!(?side, "transfer done: the target replaced the referrer");
+                self.transfer_event("succeeded", 200, side.other(), "dial")
+                    .await;
             }
             UaEvent::Failed { code, reason, .. } => {
-                self.send(notify(code, &reason, true));
+                if let Some(n) = notify(code, &reason, true) {
+                    self.send(n);
+                }
+                let side = t.side;
                 self.shared.legs.remove(&t.new_leg);
                 self.transfer = None;
                 tracing::warn!(code, "transfer target failed; the call goes on");
+                self.transfer_event("failed", code, side.other(), "dial")
+                    .await;
             }
             _ => {}
         }
