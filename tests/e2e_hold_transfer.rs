@@ -317,6 +317,51 @@ async fn api_transfer_of_a_caller_without_refer_dials_the_target_and_rebridges()
     );
 }
 
+/// As above, but the caller's carrier says nothing about REFER (no Allow) and refuses the
+/// switch's REFER with 501: the switch falls back to dialling the target itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_transfer_falls_back_to_dialling_when_the_refer_is_refused() {
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let mut sink = RtpSink::start().await;
+    let target = Sipp::builder("uas_answer_sink.xml")
+        .arg("-key")
+        .arg("sink_port")
+        .arg(&sink.port.to_string())
+        .spawn();
+    let mut h = with_target(&far, &target).await;
+    let caller = Sipp::builder("uac_rtp_refuse_refer.xml")
+        .remote(h.switch.sip_udp())
+        .pause_ms(3000)
+        .spawn();
+    let id = answered_call(&mut h).await;
+    transfer(&h, &id, json!({"to": "+14155550111", "leg": "caller"})).await;
+    sink.wait_for(50).await;
+    caller
+        .wait()
+        .await
+        .assert_success("caller refusing the REFER");
+    far.wait()
+        .await
+        .assert_success("callee released by the transfer");
+    target.wait().await.assert_success("transfer target");
+    let events = h.events_until("call.completed").await;
+    let states = transfer_states(&events);
+    assert_eq!(
+        states,
+        [
+            ("refer_refused".into(), "caller".into(), "refer".into()),
+            ("succeeded".into(), "caller".into(), "dial".into()),
+        ],
+        "{}",
+        h.switch.logs()
+    );
+    let refused = events
+        .iter()
+        .find(|e| e["data"]["transfer_state"] == "refer_refused")
+        .expect("refused event");
+    assert_eq!(refused["data"]["sip_code"], 501);
+}
+
 /// The caller's carrier transfers the callee (REFER on leg A): the switch answers 202,
 /// dials the target through the trunk the dialplan picks, bridges it to the callee in the
 /// caller's place, NOTIFYs the caller 100 then 200 and hangs it up. The callee's audio

@@ -336,7 +336,10 @@ impl TransitTask {
                     .send(sip::ua::UaCommand::ReferResponse { leg, id, code });
             }
         };
-        if self.record.status != crate::model::CallStatus::InProgress || self.transfer.is_some() {
+        if self.record.status != crate::model::CallStatus::InProgress
+            || self.transfer.is_some()
+            || self.xfer_pending()
+        {
             refuse(491);
             return;
         }

@@ -51,6 +51,11 @@ fn leg_name(side: Side) -> &'static str {
 }
 
 impl TransitTask {
+    /// Whether a REFER of ours is still in progress (a far end's REFER must wait).
+    pub(super) fn xfer_pending(&self) -> bool {
+        self.xfer.refer.is_some()
+    }
+
     /// `TaskInput::Transfer` on a transit call.
     pub(super) async fn api_transfer(
         &mut self,
