@@ -108,7 +108,7 @@ async fn caller_hold_stops_rtp_to_the_holder_and_is_mirrored_to_the_callee() {
         .arg("-key")
         .arg("sink_port")
         .arg(&sink.port.to_string())
-        .pause_ms(1000)
+        .pause_ms(2000)
         .spawn();
     caller
         .wait()
@@ -140,6 +140,62 @@ async fn caller_hold_stops_rtp_to_the_holder_and_is_mirrored_to_the_callee() {
     let events = h.events_until("call.completed").await;
     let call = &events.last().expect("events")["data"]["call"];
     assert_eq!(call["end_reason"], "caller_bye", "never a hang-up on hold");
+}
+
+/// When a message of SIPp's `-trace_msg` log was sent or received: seconds of the day of
+/// the timestamp line above the `skip`-th message whose first line starts with
+/// `first_line`.
+fn sipp_time(log: &str, first_line: &str, skip: usize) -> f64 {
+    let block = log
+        .split("-----------------------------------------------")
+        .filter(|b| {
+            b.lines()
+                .skip(1)
+                .filter(|l| !l.trim().is_empty())
+                .nth(1)
+                .is_some_and(|l| l.starts_with(first_line))
+        })
+        .nth(skip)
+        .unwrap_or_else(|| panic!("no {first_line} #{skip} in\n{log}"));
+    // " 2026-12-06 03:43:06.102108" on the first line.
+    let time = block
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("timestamp");
+    time.split(':')
+        .map(|p| p.parse::<f64>().expect("number"))
+        .fold(0.0, |acc, p| acc * 60.0 + p)
+}
+
+/// Glare (RFC 3261 §14.1): the callee answers the switch's mirrored hold with 491 (its
+/// own re-INVITE crossed ours); the switch retries the same offer after 2.1-4 s, as the
+/// owner of the callee leg's Call-ID must, and carries on with the resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_491_on_the_mirrored_hold_is_retried_after_the_glare_delay() {
+    let far = Sipp::uas("uas_glare_491.xml");
+    let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
+    let sink = RtpSink::start().await;
+    let caller = Sipp::builder("uac_hold_sink.xml")
+        .remote(h.switch.sip_udp())
+        .arg("-key")
+        .arg("sink_port")
+        .arg(&sink.port.to_string())
+        .pause_ms(5000)
+        .timeout(Duration::from_secs(30))
+        .spawn();
+    caller.wait().await.assert_success("caller holding for 5 s");
+    let far = far.wait().await;
+    far.assert_success("callee answering 491, then the retry");
+    let refused = sipp_time(&far.messages, "SIP/2.0 491", 0);
+    let retried = sipp_time(&far.messages, "INVITE sip:", 2);
+    let delay = retried - refused;
+    println!("re-INVITE retried {delay:.3} s after the 491");
+    assert!((2.05..=4.3).contains(&delay), "retried after {delay} s");
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().expect("events")["data"]["call"];
+    assert_eq!(call["end_reason"], "caller_bye");
+    drop(sink);
 }
 
 /// Symmetric, and `inactive`: the callee (B) holds the caller (A) with `a=inactive` for
