@@ -346,6 +346,17 @@ async fn api_transfer_of_a_caller_without_refer_dials_the_target_and_rebridges()
         .pause_ms(5000)
         .spawn();
     let id = answered_call(&mut h).await;
+    // No rule routes this number: refused at once, and the call goes on.
+    let (status, body) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/voice/calls/{id}/transfer"),
+            Some(&json!({"to": "+442079460000"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "CALL_NOT_TRANSFERABLE");
     transfer(&h, &id, json!({"to": "+14155550111"})).await;
     far.wait()
         .await

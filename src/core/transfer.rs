@@ -33,17 +33,11 @@ pub fn e164_of(target: &str) -> Option<&str> {
 
 /// The Refer-To URI for `target` sent to a far end on `trunk`: an E.164 number (or a
 /// global tel: URI, which most carriers cannot dial) becomes
-/// `sip:+…@<trunk host>[:port];user=phone` (RFC 3261 §19.1.1), routed by the carrier
-/// that sent us the call; any other URI goes as given.
+/// `sip:+…@<trunk host>:<port>[;transport=tcp];user=phone` (RFC 3261 §19.1.1), the
+/// Request-URI we would send that carrier for the number; any other URI goes as given.
 pub fn refer_uri(target: &str, trunk: &Trunk) -> String {
     match e164_of(target) {
-        Some(number) if trunk.uri.port == 5060 => {
-            format!("sip:{number}@{};user=phone", trunk.uri.host)
-        }
-        Some(number) => format!(
-            "sip:{number}@{}:{};user=phone",
-            trunk.uri.host, trunk.uri.port
-        ),
+        Some(number) => format!("{};user=phone", trunk.request_uri(number)),
         None => target.to_owned(),
     }
 }
@@ -59,8 +53,11 @@ mod tests {
     use super::*;
 
     fn trunk(uri: &str) -> Trunk {
-        let config: crate::config::TrunkConfig =
-            toml::from_str(&format!("name = \"t\"\nuri = \"{uri}\"\n")).expect("trunk config");
+        trunk_toml(&format!("name = \"t\"\nuri = \"{uri}\"\n"))
+    }
+
+    fn trunk_toml(toml: &str) -> Trunk {
+        let config: crate::config::TrunkConfig = toml::from_str(toml).expect("trunk config");
         Trunk::new(config).expect("trunk")
     }
 
@@ -69,16 +66,22 @@ mod tests {
         let t = trunk("sip:carrier.example.net");
         assert_eq!(
             refer_uri("+14155550000", &t),
-            "sip:+14155550000@carrier.example.net;user=phone"
+            "sip:+14155550000@carrier.example.net:5060;user=phone"
         );
         assert_eq!(
             refer_uri("tel:+14155550000", &t),
-            "sip:+14155550000@carrier.example.net;user=phone"
+            "sip:+14155550000@carrier.example.net:5060;user=phone"
         );
         let t = trunk("sip:127.0.0.1:5070");
         assert_eq!(
             refer_uri("+442071838750", &t),
             "sip:+442071838750@127.0.0.1:5070;user=phone"
+        );
+        // The carrier takes TCP only: so does the URI.
+        let tcp = trunk_toml("name = \"t\"\nuri = \"sip:sbc.example\"\ntransport = \"tcp\"\n");
+        assert_eq!(
+            refer_uri("+14155550000", &tcp),
+            "sip:+14155550000@sbc.example:5060;transport=tcp;user=phone"
         );
         // A SIP URI, or a tel: URI that is not global, goes as given.
         assert_eq!(refer_uri("sip:bob@pbx.example", &t), "sip:bob@pbx.example");

@@ -309,7 +309,8 @@ impl TransitTask {
         } else {
             return;
         };
-        self.transfer_to(side, Some((leg, id)), refer_to).await;
+        // Refused with the code already: nothing more to do here.
+        let _ = self.transfer_to(side, Some((leg, id)), refer_to).await;
     }
 
     /// Calls `refer_to` (routed like a new call from the source trunk) to take `side`'s
@@ -321,12 +322,12 @@ impl TransitTask {
         side: Side,
         refer: Option<(sip::ua::LegRef, u64)>,
         refer_to: &str,
-    ) {
+    ) -> Result<(), u16> {
         let Some(leg) = (match side {
             Side::A => Some(self.a_leg),
             Side::B => self.b_leg,
         }) else {
-            return;
+            return Err(481);
         };
         let refuse = |code: u16| {
             if let Some((leg, id)) = refer {
@@ -341,7 +342,7 @@ impl TransitTask {
             || self.xfer_pending()
         {
             refuse(491);
-            return;
+            return Err(491);
         }
         let target = super::inbound::uri_user(refer_to.trim_matches(|c| c == '<' || c == '>'))
             .unwrap_or_default()
@@ -368,15 +369,15 @@ impl TransitTask {
         let (Some(trunk), Some(to), Some(bridge)) = (trunk, decision.to_e164, &self.bridge) else {
             tracing::warn!(%refer_to, route = ?decision.route, "transfer target not routable");
             refuse(603);
-            return;
+            return Err(603);
         };
         let Ok(slot) = trunk.reserve_outbound(Instant::now()) else {
             refuse(503);
-            return;
+            return Err(503);
         };
         let Ok(addr) = trunk.resolve().await else {
             refuse(503);
-            return;
+            return Err(503);
         };
         refuse(202);
         let offer = local_offer(&self.shared.config, bridge.local_addr(side).port());
@@ -409,6 +410,7 @@ impl TransitTask {
             offer,
             slot,
         });
+        Ok(())
     }
 
     async fn on_transfer_event(&mut self, ev: sip::ua::UaEvent) {

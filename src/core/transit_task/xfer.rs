@@ -124,8 +124,8 @@ impl TransitTask {
         );
         self.transfer_event("refer_refused", code, side, "refer")
             .await;
-        if self.dial_for(side, &r.target).await.is_err() {
-            self.transfer_event("failed", 404, side, "dial").await;
+        if let Err(code) = self.dial_target(side, &r.target).await {
+            self.transfer_event("failed", code, side, "dial").await;
         }
     }
 
@@ -172,20 +172,23 @@ impl TransitTask {
         }
     }
 
-    /// The switch calls `target` itself, to replace the party opposite `side` (the one
-    /// transferred). Errors when the target cannot be routed or the trunk is unavailable.
+    /// As [`dial_target`](Self::dial_target), for the API's answer.
     async fn dial_for(&mut self, side: Side, target: &str) -> Result<(), &'static str> {
+        self.dial_target(side, target)
+            .await
+            .map_err(|_| "the transfer target cannot be reached from this call")
+    }
+
+    /// The switch calls `target` itself, to replace the party opposite `side` (the one
+    /// transferred). Errs with a SIP code when the target cannot be routed (603) or its
+    /// trunk is unavailable (503).
+    async fn dial_target(&mut self, side: Side, target: &str) -> Result<(), u16> {
         // The REFER path's routing reads a URI.
         let uri = match e164_of(target) {
             Some(number) => format!("tel:{number}"),
             None => target.to_owned(),
         };
-        self.transfer_to(side.other(), None, &uri).await;
-        if self.transfer.is_some() {
-            Ok(())
-        } else {
-            Err("the transfer target cannot be reached from this call")
-        }
+        self.transfer_to(side.other(), None, &uri).await
     }
 
     /// The trunk `side`'s far end is on: the source trunk for the caller, the trunk the
