@@ -721,7 +721,8 @@ impl TransitTask {
         };
         let seen =
             bridge.counters(Side::A).received_packets + bridge.counters(Side::B).received_packets;
-        if seen != self.media_seen.0 {
+        // A call on hold may carry no RTP at all (inactive) for as long as it likes.
+        if seen != self.media_seen.0 || self.hold.on_hold() {
             self.media_seen = (seen, now);
         }
         if now.saturating_duration_since(self.media_seen.1) >= timeout {

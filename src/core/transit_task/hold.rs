@@ -97,11 +97,13 @@ impl Mirror {
     }
 }
 
-/// Both legs' mirrors and the offer of the re-INVITE in flight on each.
+/// Both legs' mirrors, the offer of the re-INVITE in flight on each, and our negotiated
+/// direction towards each (as the bridge has it).
 #[derive(Debug, Default)]
 pub(super) struct HoldState {
     mirrors: [Mirror; 2],
     offers: [Option<media::sdp::OfferParams>; 2],
+    directions: [Direction; 2],
 }
 
 fn idx(side: Side) -> usize {
@@ -125,6 +127,17 @@ impl HoldState {
     pub(super) fn reset(&mut self, side: Side) {
         self.mirrors[idx(side)] = Mirror::default();
         self.offers[idx(side)] = None;
+        self.directions[idx(side)] = Direction::SendRecv;
+    }
+
+    /// Our direction towards `side` is now `d`.
+    fn set_direction(&mut self, side: Side, d: Direction) {
+        self.directions[idx(side)] = d;
+    }
+
+    /// Whether either side is on hold (media flows one way or not at all).
+    pub(super) fn on_hold(&self) -> bool {
+        self.directions.iter().any(|d| *d != Direction::SendRecv)
     }
 }
 
@@ -147,6 +160,7 @@ impl TransitTask {
         if let Some(bridge) = &self.bridge {
             bridge.set_direction(side, ours);
         }
+        self.hold.set_direction(side, ours);
         let other = side.other();
         if let Some(d) = self.hold.mirrors[idx(other)].want(ours.reversed()) {
             self.send_mirror(other, d);
@@ -208,6 +222,7 @@ impl TransitTask {
                 bridge.set_side(side, sp);
             }
             bridge.set_direction(side, p.direction);
+            self.hold.set_direction(side, p.direction);
             tracing::info!(?side, direction = ?p.direction, "hold mirrored");
         }
         match side {
@@ -303,6 +318,23 @@ mod tests {
         // ...but a resume is offered (the leg is still where it agreed: sendrecv).
         assert_eq!(m.want(Direction::SendRecv), None, "never left sendrecv");
         assert_eq!(m.want(Direction::Inactive), Some(Direction::Inactive));
+    }
+
+    #[test]
+    fn a_call_is_on_hold_while_either_side_is_not_sendrecv() {
+        let mut h = HoldState::default();
+        assert!(!h.on_hold());
+        h.set_direction(Side::A, Direction::Inactive);
+        assert!(h.on_hold());
+        h.set_direction(Side::B, Direction::SendOnly);
+        h.set_direction(Side::A, Direction::SendRecv);
+        assert!(h.on_hold());
+        h.set_direction(Side::B, Direction::SendRecv);
+        assert!(!h.on_hold());
+        // A new party after a transfer starts sendrecv.
+        h.set_direction(Side::B, Direction::RecvOnly);
+        h.reset(Side::B);
+        assert!(!h.on_hold());
     }
 
     #[test]
