@@ -224,6 +224,8 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 to,
                 trunks,
                 source_slot: Some(source_slot),
+                // Read before the INVITE moves into the caller's dialog.
+                a_allow: request.headers.get("Allow").map(str::to_owned),
                 a_dialog: super::transit_dialogs::LegDialogs::new(
                     request, local_tag, source, transport,
                 ),

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod status;
 pub mod task;
 pub mod tenant_policy;
+pub mod transfer;
 pub mod transit;
 mod transit_dialogs;
 pub mod transit_task;
@@ -346,13 +347,16 @@ impl Switch {
 }
 
 impl Switch {
-    /// Blind-transfer an answered call's far end to `target` (REFER); progress arrives as
-    /// `call.transfer` events and the call ends `transferred` when the far end reports success.
+    /// Blind-transfer an answered call's far end to `target` (an E.164 number or a URI;
+    /// REFER); progress arrives as `call.transfer` events and the call ends `transferred`
+    /// when the far end reports success. On a transit call `leg` (default: the caller) is
+    /// the party transferred; see `transit_task::xfer`.
     pub async fn transfer(
         &self,
         tenant: &str,
         id: &str,
         target: &str,
+        leg: Option<transfer::TransferLeg>,
     ) -> Result<CallRecord, CoreError> {
         let current = self
             .shared
@@ -372,6 +376,7 @@ impl Switch {
         let (reply, rx) = oneshot::channel();
         tx.try_send(TaskInput::Transfer {
             target: target.to_owned(),
+            leg,
             reply,
         })
         .map_err(|_| CoreError::Overloaded)?;

@@ -24,10 +24,12 @@ pub enum TaskInput {
     Hangup(oneshot::Sender<CallRecord>),
     /// Hang up because the switch is stopping (`end_reason: switch_shutdown`).
     Shutdown(oneshot::Sender<CallRecord>),
-    /// Blind transfer of the far end to `target` (a SIP URI) by REFER; the sender learns
-    /// whether the REFER could be sent (the call must be answered).
+    /// Blind transfer of the far end to `target` (an E.164 number or a URI) by REFER; the
+    /// sender learns whether the REFER could be sent (the call must be answered). `leg`
+    /// picks the party of a transit call (calls with one far end ignore it).
     Transfer {
         target: String,
+        leg: Option<super::transfer::TransferLeg>,
         reply: oneshot::Sender<Result<(), &'static str>>,
     },
 }
@@ -143,8 +145,10 @@ impl CallTask {
                 self.waiters.push(reply);
                 CallInput::Shutdown
             }
-            TaskInput::Transfer { target, reply } => {
+            TaskInput::Transfer { target, reply, .. } => {
                 let result = if self.answered.is_some() && !self.call.is_done() {
+                    // An E.164 number as a SIP URI on our trunk: carriers cannot dial tel:.
+                    let target = super::transfer::refer_uri(&target, &self.trunk);
                     tracing::info!(%target, "transfer: REFER sent");
                     let _ = self.shared.ua.send(sip::ua::UaCommand::Refer {
                         leg: self.leg,

@@ -22,6 +22,9 @@ use super::transit::{Transit, TransitInput, TransitOutput};
 use super::trunk::{Trunk, TrunkSlot};
 use crate::model::CallRecord;
 
+mod hold;
+mod xfer;
+
 /// When a bridge failure was last logged (seconds since the epoch).
 static BRIDGE_FAILURE_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -45,6 +48,8 @@ pub(crate) struct TransitSetup {
     pub a_dialog: super::transit_dialogs::LegDialogs,
     /// The source trunk's codecs: what our answer to the caller may pick, in order.
     pub a_codecs: Vec<media::sdp::Codec>,
+    /// The caller's Allow header (whether it takes a REFER).
+    pub a_allow: Option<String>,
 }
 
 #[derive(Debug)]
@@ -90,13 +95,20 @@ pub(crate) struct TransitTask {
     /// Digits either party sends (RFC 4733), relayed by the bridge and reported as
     /// `call.dtmf` events with the side they came from.
     dtmf: Option<mpsc::Receiver<(Side, media::dtmf::DtmfEvent)>>,
+    /// One party's hold mirrored to the other by re-INVITE.
+    hold: hold::HoldState,
+    /// Transfers asked for by API.
+    xfer: xfer::XferState,
 }
 
 /// An accepted REFER in progress: `new_leg` is being called to replace `side`'s party.
 #[derive(Debug)]
 struct Transfer {
     side: Side,
+    /// The leg whose party is replaced (the referrer when a REFER asked).
     referrer: sip::ua::LegRef,
+    /// A REFER asked: the referrer hears NOTIFYs.
+    notify: bool,
     new_leg: sip::ua::LegRef,
     offer: media::sdp::OfferParams,
     /// The target's place on its trunk; becomes the call's outbound slot on success.
@@ -138,6 +150,8 @@ impl TransitTask {
             (503u16, "Service Unavailable")
         })?;
         let dtmf = bridge.take_dtmf_events();
+        // A caller that starts on hold (sendonly/inactive) gets no RTP from the start.
+        bridge.set_direction(Side::A, a_params.direction);
         // The chosen codec first: the same answer now, and re-offers keep it.
         let a_local = with_codecs(
             local_offer(config, a_media_ip, bridge.local_addr(Side::A).port()),
@@ -178,6 +192,8 @@ impl TransitTask {
             dialogs: setup.a_dialog,
             transfer: None,
             dtmf,
+            hold: hold::HoldState::default(),
+            xfer: xfer::XferState::new(setup.a_allow),
         })
     }
 
@@ -200,6 +216,7 @@ impl TransitTask {
                         super::live_media::publish(&self.shared, &mut self.record, bridge, seen)
                             .await;
                     }
+                    () = sleep_until(self.hold.poll_timeout()) => self.hold_timeout(Instant::now()),
                     Some((side, digit)) = next_from(&mut self.dtmf) => self.on_dtmf(side, digit).await,
                 }
                 self.drain().await;
@@ -232,10 +249,8 @@ impl TransitTask {
                 self.machine.handle(now, TransitInput::Shutdown);
                 return;
             }
-            TaskInput::Transfer { reply, .. } => {
-                // The caller's carrier would have to place the new call: not offered for
-                // transit calls (they are carried, not ours to redirect).
-                let _ = reply.send(Err("transit calls cannot be transferred"));
+            TaskInput::Transfer { target, leg, reply } => {
+                let _ = reply.send(self.api_transfer(target, leg).await);
                 return;
             }
             TaskInput::Sip(ev) => ev,
@@ -257,6 +272,22 @@ impl TransitTask {
                 self.answer_reoffer(leg, id, body.as_ref());
                 return;
             }
+            UaEvent::ReinviteResult { leg, code, body } => {
+                self.on_reinvite_result(leg, code, body.as_ref());
+                return;
+            }
+            UaEvent::ReferResult { leg, code } => {
+                self.on_refer_result(leg, code).await;
+                return;
+            }
+            UaEvent::ReferNotify {
+                leg,
+                status_code,
+                terminated,
+            } => {
+                self.on_refer_notify(leg, status_code, terminated).await;
+                return;
+            }
             UaEvent::Refer {
                 leg, id, refer_to, ..
             } => {
@@ -269,7 +300,7 @@ impl TransitTask {
                     .as_ref()
                     .is_some_and(|t| event_leg(ev) == Some(t.new_leg)) =>
             {
-                self.on_transfer_event(ev.clone());
+                self.on_transfer_event(ev.clone()).await;
                 return;
             }
             // Leg B (the callee); events of a leg we already gave up on are ignored.
@@ -320,15 +351,40 @@ impl TransitTask {
         } else {
             return;
         };
-        let refuse = |code: u16| {
-            let _ = self
-                .shared
-                .ua
-                .send(sip::ua::UaCommand::ReferResponse { leg, id, code });
+        // Refused with the code already: nothing more to do here.
+        let _ = self.transfer_to(side, Some((leg, id)), refer_to).await;
+    }
+
+    /// Calls `refer_to` (routed like a new call from the source trunk) to take `side`'s
+    /// place on the bridge once it answers. `refer`: the REFER that asked for it (answered
+    /// here; the referrer hears NOTIFYs); without one (an API transfer) nobody is
+    /// notified. `self.transfer` is set when the target is being called.
+    async fn transfer_to(
+        &mut self,
+        side: Side,
+        refer: Option<(sip::ua::LegRef, u64)>,
+        refer_to: &str,
+    ) -> Result<(), u16> {
+        let Some(leg) = (match side {
+            Side::A => Some(self.a_leg),
+            Side::B => self.b_leg,
+        }) else {
+            return Err(481);
         };
-        if self.record.status != crate::model::CallStatus::InProgress || self.transfer.is_some() {
+        let refuse = |code: u16| {
+            if let Some((leg, id)) = refer {
+                let _ = self
+                    .shared
+                    .ua
+                    .send(sip::ua::UaCommand::ReferResponse { leg, id, code });
+            }
+        };
+        if self.record.status != crate::model::CallStatus::InProgress
+            || self.transfer.is_some()
+            || self.xfer_pending()
+        {
             refuse(491);
-            return;
+            return Err(491);
         }
         let target = super::inbound::uri_user(refer_to.trim_matches(|c| c == '<' || c == '>'))
             .unwrap_or_default()
@@ -355,15 +411,15 @@ impl TransitTask {
         let (Some(trunk), Some(to), Some(bridge)) = (trunk, decision.to_e164, &self.bridge) else {
             tracing::warn!(%refer_to, route = ?decision.route, "transfer target not routable");
             refuse(603);
-            return;
+            return Err(603);
         };
         let Ok(slot) = trunk.reserve_outbound(Instant::now()) else {
             refuse(503);
-            return;
+            return Err(503);
         };
         let Ok(addr) = trunk.resolve().await else {
             refuse(503);
-            return;
+            return Err(503);
         };
         refuse(202);
         let media_ip = self.shared.advertise.media_ip_for(addr.ip());
@@ -396,22 +452,27 @@ impl TransitTask {
         self.transfer = Some(Transfer {
             side,
             referrer: leg,
+            notify: refer.is_some(),
             new_leg,
             offer,
             slot,
         });
+        Ok(())
     }
 
-    fn on_transfer_event(&mut self, ev: sip::ua::UaEvent) {
+    async fn on_transfer_event(&mut self, ev: sip::ua::UaEvent) {
         use sip::ua::UaEvent;
         let Some(t) = &self.transfer else {
             return;
         };
-        let notify = |code: u16, reason: &str, terminated: bool| sip::ua::UaCommand::Notify {
-            leg: t.referrer,
-            status_code: code,
-            reason: reason.to_owned(),
-            terminated,
+        let (referrer, notifies) = (t.referrer, t.notify);
+        let notify = |code: u16, reason: &str, terminated: bool| {
+            notifies.then(|| sip::ua::UaCommand::Notify {
+                leg: referrer,
+                status_code: code,
+                reason: reason.to_owned(),
+                terminated,
+            })
         };
         match ev {
             // The UA sent `100 Trying` with the 202; the referrer hears the outcome next.
@@ -425,24 +486,35 @@ impl TransitTask {
                 {
                     bridge.set_side(t.side, side);
                     bridge.update_remote(t.side, p.remote);
+                    bridge.set_direction(t.side, p.direction);
                 }
-                self.send(notify(200, "OK", true));
+                if let Some(n) = notify(200, "OK", true) {
+                    self.send(n);
+                }
                 self.send(sip::ua::UaCommand::Bye { leg: t.referrer });
                 let (side, new_leg, referrer) = (t.side, t.new_leg, t.referrer);
                 match side {
                     Side::A => self.a_leg = new_leg,
                     Side::B => self.b_leg = Some(new_leg),
                 }
+                self.hold.reset(side);
                 self.shared.legs.remove(&referrer);
                 self.out_slot = self.transfer.take().map(|t| t.slot);
                 Arc::make_mut(&mut self.record).metadata["transferred"] = serde_json::json!(true);
                 tracing::info!(?side, "transfer done: the target replaced the referrer");
+                self.transfer_event("succeeded", 200, side.other(), "dial")
+                    .await;
             }
             UaEvent::Failed { code, reason, .. } => {
-                self.send(notify(code, &reason, true));
+                if let Some(n) = notify(code, &reason, true) {
+                    self.send(n);
+                }
+                let side = t.side;
                 self.shared.legs.remove(&t.new_leg);
                 self.transfer = None;
                 tracing::warn!(code, "transfer target failed; the call goes on");
+                self.transfer_event("failed", code, side.other(), "dial")
+                    .await;
             }
             _ => {}
         }
@@ -457,6 +529,7 @@ impl TransitTask {
             Ok(params) => match SideParams::try_from(&params) {
                 Ok(side) => {
                     bridge.set_side(Side::B, side);
+                    bridge.set_direction(Side::B, params.direction);
                     self.b_media = true;
                     tracing::info!(remote = %params.remote, codec = ?params.codec, "callee media");
                     self.follow_b_codec(params.codec);
@@ -555,6 +628,7 @@ impl TransitTask {
                     id,
                     body: Some(sdp_body(sdp)),
                 });
+                self.mirror_hold(side, params.direction);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "re-offer refused");
@@ -730,7 +804,8 @@ impl TransitTask {
         };
         let seen =
             bridge.counters(Side::A).received_packets + bridge.counters(Side::B).received_packets;
-        if seen != self.media_seen.0 {
+        // A call on hold may carry no RTP at all (inactive) for as long as it likes.
+        if seen != self.media_seen.0 || self.hold.on_hold() {
             self.media_seen = (seen, now);
         }
         if now.saturating_duration_since(self.media_seen.1) >= timeout {

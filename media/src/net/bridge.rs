@@ -19,7 +19,9 @@
 //!
 //! With a kernel forwarder on the pool ([`super::kernel`]), a call whose relaying has
 //! become the identity is handed to the kernel: the task then only reads its counters
-//! once a second, and takes the call back on a renegotiation or at the end.
+//! once a second, and takes the call back on a renegotiation, a hold or at the end.
+//! A side on hold ([`Bridge::set_direction`]: its SDP direction says it receives
+//! nothing) gets no RTP, as RFC 3264 §5.1 asks; RTCP goes on.
 #![allow(clippy::disallowed_methods)] // driver: supplies the relay's `now`
 
 use std::cell::RefCell;
@@ -47,6 +49,7 @@ use crate::dtmf::DtmfEvent;
 use crate::relay::{DropReason, Relay, RelayConfig, Side, SideCounters, SideParams, Verdict};
 use crate::rtcp::{self, LegReporter, SenderInfo};
 use crate::rtp::HEADER_LEN;
+use crate::sdp::Direction;
 use crate::transcode::Transcoder;
 
 /// Receive buffer: larger than any sane RTP packet on an Ethernet path.
@@ -258,6 +261,7 @@ fn idx(side: Side) -> usize {
 enum Command {
     UpdateRemote(Side, SocketAddr),
     SetSide(Side, SideParams),
+    SetDirection(Side, Direction),
     RtcpInterval(Duration),
 }
 
@@ -379,6 +383,17 @@ impl Bridge {
         self.clock_rates[idx(side)].store(params.clock_rate, Ordering::Relaxed);
         // Fails only when the task has ended, and then there is nothing to update.
         let _ = self.cmd_tx.send(Command::SetSide(side, params));
+    }
+
+    /// Our negotiated direction towards `side` (SDP, from our side; see
+    /// [`Relay::set_direction`]): while it does not send (`side` holds the call with
+    /// sendonly or inactive), no RTP goes to `side`, and a call the kernel forwards is
+    /// taken back (a kernel entry carries both directions). RTCP reports go on.
+    /// Applied before any packet that arrives after the call; ignored if the bridge
+    /// has stopped.
+    pub fn set_direction(&self, side: Side, direction: Direction) {
+        // Fails only when the task has ended, and then there is nothing to update.
+        let _ = self.cmd_tx.send(Command::SetDirection(side, direction));
     }
 
     /// Sets the base RTCP report interval of both sides (default
@@ -672,6 +687,13 @@ impl Driver {
                 self.relay.update_side(side, params);
                 // A digit still in progress on the old DTMF payload type.
                 self.forward_dtmf(side);
+            }
+            Command::SetDirection(side, direction) => {
+                if !direction.sends() {
+                    // The kernel entry would forward to the held side: take it back.
+                    self.end_offload();
+                }
+                self.relay.set_direction(side, direction);
             }
             Command::RtcpInterval(interval) => {
                 self.rtcp_interval = interval;
