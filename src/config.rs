@@ -177,13 +177,33 @@ pub struct RecordingsConfig {
     pub dir: std::path::PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// Internal networks (loopback, private, link-local …) that URLs the switch calls
     /// (status callbacks and, later, agent servers and streams) may reach anyway; by
     /// default none may (SSRF). E.g. `["10.20.0.0/16"]` for receivers on a private network.
     pub outbound_allow_cidrs: Vec<String>,
+    /// Failed digest answers from one source (an IPv6 /64 as one) within
+    /// `auth_failure_window_s` that ban it for `auth_ban_s` (0: no bans), trunk or not.
+    pub auth_max_failures: u32,
+    pub auth_failure_window_s: u64,
+    pub auth_ban_s: u64,
+    /// Failures on one user name (from any address) after which it is slowed: refused
+    /// unchecked for a backoff doubling from 2 s to 5 min with each further failure.
+    pub auth_user_max_failures: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            outbound_allow_cidrs: Vec::new(),
+            auth_max_failures: 10,
+            auth_failure_window_s: 600,
+            auth_ban_s: 900,
+            auth_user_max_failures: 5,
+        }
+    }
 }
 
 impl Config {

@@ -12,6 +12,7 @@
 //! transaction per status change; the webhook deliverer is nudged after each.
 
 pub mod advertise;
+pub mod auth_guard;
 pub mod call;
 pub mod codecs;
 pub mod dialog;
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     pub advertise: Arc<advertise::Advertise>,
     /// What tenants' API calls may dial, and how many at once.
     pub tenant_policy: Arc<tenant_policy::TenantPolicy>,
+    /// Bans and slows sources and user names that fail digest authentication.
+    pub auth_guard: Arc<auth_guard::AuthGuard>,
     next_leg: Arc<AtomicU64>,
 }
 
@@ -143,6 +146,7 @@ impl Switch {
         let shared = Shared {
             advertise: Arc::new(advertise::Advertise::new(&config)),
             tenant_policy: Arc::new(tenant_policy::TenantPolicy::new(&config.tenants)),
+            auth_guard: Arc::new(auth_guard::AuthGuard::new(&config.security)),
             config,
             store,
             webhooks,
@@ -191,6 +195,10 @@ impl Switch {
                 .metrics
                 .render(self.live_calls(), sip.as_ref(), &self.trunks, kernel);
         self.shared.tenant_policy.render(&mut text);
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.shared.auth_guard.render(&mut text, now_secs);
         text
     }
 
