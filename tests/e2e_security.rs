@@ -624,3 +624,93 @@ async fn digest_guesses_are_cut_off_by_a_ban_and_a_user_backoff() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// RTP hijack (rtpbleed): an attacker on another address sweeps the switch's RTP ports
+/// with valid RTP for the whole of a transit call, from before either far end speaks.
+/// No leg latches to it: it receives nothing, the call's audio flows both ways, and the
+/// sweep is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_sweep_never_hijacks_a_calls_media() {
+    use common::transit::{TRANSIT_PLAN, start_with};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const PORTS: (u16, u16) = (31100, 31199);
+    let far = Sipp::uas("uas_answer_rtp.xml");
+    let h = start_with(far.addr(), TRANSIT_PLAN, "", |c| {
+        c.rtp_ports(PORTS.0, PORTS.1)
+    })
+    .await;
+
+    let attacker = Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.2:0")
+            .await
+            .expect("bind"),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let listen = {
+        let (sock, stop, received) = (attacker.clone(), stop.clone(), received.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_millis(50), sock.recv_from(&mut buf)).await
+                {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let sweep = {
+        let (sock, stop, sent) = (attacker.clone(), stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut seq: u16 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for port in (PORTS.0..=PORTS.1).step_by(2) {
+                    seq = seq.wrapping_add(1);
+                    let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x66, 0x66, 0x66, 0x66];
+                    pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+                    pkt[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                    pkt.extend_from_slice(&[0xff; 160]);
+                    let _ = sock.send_to(&pkt, ("127.0.0.1", port)).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // The sweep is under way before the call exists.
+    while sent.load(Ordering::Relaxed) < 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let caller = Sipp::builder("uac_call_rtp.xml")
+        .remote(h.switch.sip_udp())
+        .service("+14155552671")
+        .pause_ms(5500)
+        .spawn();
+    caller.wait().await.assert_success("caller");
+    far.wait().await.assert_success("far end");
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::join!(listen, sweep);
+
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        0,
+        "the attacker received call audio"
+    );
+    let call = h.only_call().await;
+    let media = &call["metadata"]["media"];
+    for side in ["caller", "callee"] {
+        let got = media[side]["packets_received"].as_u64().unwrap_or(0);
+        let sent_on = media[side]["packets_sent"].as_u64().unwrap_or(0);
+        assert!(got >= 150 && sent_on >= 150, "{side}: {media}");
+    }
+    let dropped = SwitchProcess::metric(
+        &h.switch.metrics().await,
+        "switchyard_rtp_foreign_dropped_total",
+    )
+    .unwrap_or(0);
+    assert!(dropped > 0, "the sweep never reached the call's ports");
+}

@@ -233,7 +233,8 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 Some(offer),
                 Some(source_slot),
             )
-            .with_caller_dialog(caller_dialog);
+            .with_caller_dialog(caller_dialog)
+            .with_peer_ip(source.ip());
             start(shared, record, leg, tx, async move { task.run(rx).await });
         }
         Route::Trunks(names) => {

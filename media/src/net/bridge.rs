@@ -262,6 +262,7 @@ enum Command {
     UpdateRemote(Side, SocketAddr),
     SetSide(Side, SideParams),
     SetDirection(Side, Direction),
+    SetSignallingIp(Side, Option<std::net::IpAddr>),
     RtcpInterval(Duration),
 }
 
@@ -394,6 +395,12 @@ impl Bridge {
     pub fn set_direction(&self, side: Side, direction: Direction) {
         // Fails only when the task has ended, and then there is nothing to update.
         let _ = self.cmd_tx.send(Command::SetDirection(side, direction));
+    }
+
+    /// Where `side`'s SIP signalling comes from: besides its SDP address the only
+    /// address that may latch (RTP hijack; see [`crate::relay::source_allowed`]).
+    pub fn set_signalling_ip(&self, side: Side, ip: Option<std::net::IpAddr>) {
+        let _ = self.cmd_tx.send(Command::SetSignallingIp(side, ip));
     }
 
     /// Sets the base RTCP report interval of both sides (default
@@ -688,6 +695,7 @@ impl Driver {
                 // A digit still in progress on the old DTMF payload type.
                 self.forward_dtmf(side);
             }
+            Command::SetSignallingIp(side, ip) => self.relay.set_signalling_ip(side, ip),
             Command::SetDirection(side, direction) => {
                 if !direction.sends() {
                     // The kernel entry would forward to the held side: take it back.
@@ -1003,6 +1011,10 @@ impl Driver {
                         return;
                     }
                 }
+            }
+            Verdict::Drop(crate::relay::DropReason::WrongSource) => {
+                super::FOREIGN_RTP_DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
             }
             Verdict::Buffered | Verdict::Drop(_) => return,
         };
