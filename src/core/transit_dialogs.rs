@@ -34,14 +34,27 @@ impl LegDialogs {
         }
     }
 
-    /// The callee answered: its dialog (from `UaEvent::DialogEstablished`).
     /// Where the caller's INVITE came from (until we answer).
     pub(crate) fn a_source(&self) -> Option<std::net::IpAddr> {
         self.a_invite.as_ref().map(|(_, _, source, _)| source.ip())
     }
 
+    /// The callee answered: its dialog (from `UaEvent::DialogEstablished`).
     pub(crate) fn b_established(&mut self, snapshot: DialogSnapshot) {
         self.b = Some(snapshot);
+    }
+
+    /// A transfer put a new party on `side_a`'s side (else the callee's): its dialog
+    /// replaces the old party's, and both go to the call row again.
+    pub(crate) fn replaced(&mut self, side_a: bool, snapshot: DialogSnapshot) -> Option<String> {
+        if side_a {
+            self.a_invite = None;
+            self.a = Some(snapshot);
+        } else {
+            self.b = Some(snapshot);
+        }
+        let legs: Vec<&DialogSnapshot> = self.a.iter().chain(self.b.iter()).collect();
+        super::dialog::to_json_all(&legs)
     }
 
     /// The call is answered (our 200 to the caller is on its way): both dialogs as the

@@ -113,6 +113,9 @@ struct Transfer {
     offer: media::sdp::OfferParams,
     /// The target's place on its trunk; becomes the call's outbound slot on success.
     slot: TrunkSlot,
+    /// The target's dialog once it answers: stored in place of the replaced party's, so
+    /// a crash after the transfer still ends the right calls.
+    dialog: Option<sip::ua::DialogSnapshot>,
 }
 
 impl TransitTask {
@@ -429,10 +432,22 @@ impl TransitTask {
         // already and keeps its place until the answer moves the side).
         bridge.set_signalling_ip(side, Some(addr.ip()));
         let media_ip = self.shared.advertise.media_ip_for(addr.ip());
-        let offer = local_offer(
-            &self.shared.config,
-            media_ip,
-            bridge.local_addr(side).port(),
+        // The target's trunk's codecs, the party that stays first (pass-through if it can).
+        let staying = match side {
+            Side::B => Some(self.a_codec),
+            Side::A => self.b_local.as_ref().and_then(|o| o.codecs.first().copied()),
+        };
+        let codecs = match staying {
+            Some(c) => preferring(&trunk.codecs(), c),
+            None => trunk.codecs(),
+        };
+        let offer = with_codecs(
+            local_offer(
+                &self.shared.config,
+                media_ip,
+                bridge.local_addr(side).port(),
+            ),
+            &codecs,
         );
         let new_leg = self.shared.next_leg();
         if let Some(tx) = self.shared.legs.get(&self.a_leg).map(|e| e.value().clone()) {
@@ -462,12 +477,19 @@ impl TransitTask {
             new_leg,
             offer,
             slot,
+            dialog: None,
         });
         Ok(())
     }
 
     async fn on_transfer_event(&mut self, ev: sip::ua::UaEvent) {
         use sip::ua::UaEvent;
+        if let UaEvent::DialogEstablished { snapshot, .. } = ev {
+            if let Some(t) = &mut self.transfer {
+                t.dialog = Some(*snapshot);
+            }
+            return;
+        }
         let Some(t) = &self.transfer else {
             return;
         };
@@ -505,7 +527,16 @@ impl TransitTask {
                 }
                 self.hold.reset(side);
                 self.shared.legs.remove(&referrer);
-                self.out_slot = self.transfer.take().map(|t| t.slot);
+                let done = self.transfer.take();
+                if let Some(d) = done.as_ref().and_then(|t| t.dialog.clone()) {
+                    let json = self.dialogs.replaced(side == Side::A, d);
+                    Arc::make_mut(&mut self.record).sip_dialog = json;
+                    if let Err(e) = self.shared.store.update_call(&self.record, None).await {
+                        self.shared.metrics.store_error();
+                        tracing::warn!(error = %e, "cannot store the transfer target's dialog");
+                    }
+                }
+                self.out_slot = done.map(|t| t.slot);
                 Arc::make_mut(&mut self.record).metadata["transferred"] = serde_json::json!(true);
                 tracing::info!(?side, "transfer done: the target replaced the referrer");
                 self.transfer_event("succeeded", 200, side.other(), "dial")
