@@ -435,7 +435,10 @@ impl TransitTask {
         // The target's trunk's codecs, the party that stays first (pass-through if it can).
         let staying = match side {
             Side::B => Some(self.a_codec),
-            Side::A => self.b_local.as_ref().and_then(|o| o.codecs.first().copied()),
+            Side::A => self
+                .b_local
+                .as_ref()
+                .and_then(|o| o.codecs.first().copied()),
         };
         let codecs = match staying {
             Some(c) => preferring(&trunk.codecs(), c),

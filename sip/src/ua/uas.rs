@@ -484,6 +484,29 @@ impl UserAgent {
         self.session_refreshed_by_peer(now, leg_ref, &invite);
     }
 
+    /// The final response refusing an incoming INVITE, with its leg's transaction, when
+    /// the leg can still be refused (`what` names the command in the warning if not).
+    fn refusal(
+        &self,
+        leg_ref: LegRef,
+        code: u16,
+        reason: &str,
+        headers: Vec<Header>,
+        what: &str,
+    ) -> Option<(Response, Option<u64>)> {
+        let leg = self.legs.get(&leg_ref)?;
+        if leg.uac || leg.state != LegState::Calling || !(300..700).contains(&code) {
+            tracing::warn!(leg = leg_ref, code, command = what, "refusal ignored");
+            return None;
+        }
+        let mut resp = Response::for_request(&leg.invite, code, reason);
+        set_to_tag(&mut resp, &leg.invite, &leg.local_tag);
+        for h in headers {
+            resp.headers.push(h.name, h.value);
+        }
+        Some((resp, leg.invite_txn))
+    }
+
     pub(super) fn reject(
         &mut self,
         now: Instant,
@@ -492,19 +515,9 @@ impl UserAgent {
         reason: &str,
         headers: Vec<Header>,
     ) {
-        let Some(leg) = self.legs.get(&leg_ref) else {
+        let Some((resp, inv_txn)) = self.refusal(leg_ref, code, reason, headers, "Reject") else {
             return;
         };
-        if leg.uac || leg.state != LegState::Calling || !(300..700).contains(&code) {
-            tracing::warn!(leg = leg_ref, code, "Reject ignored");
-            return;
-        }
-        let mut resp = Response::for_request(&leg.invite, code, reason);
-        set_to_tag(&mut resp, &leg.invite, &leg.local_tag);
-        for h in headers {
-            resp.headers.push(h.name, h.value);
-        }
-        let inv_txn = leg.invite_txn;
         self.remove_leg(leg_ref);
         if let Some(t) = inv_txn {
             self.respond_via_txn(t, &resp, now);
@@ -543,19 +556,13 @@ impl UserAgent {
         reason: &str,
         headers: Vec<Header>,
     ) {
-        let Some(leg) = self.legs.get(&leg_ref) else {
+        let Some((resp, txn)) = self.refusal(leg_ref, code, reason, headers, "RejectStateless")
+        else {
             return;
         };
-        if leg.uac || leg.state != LegState::Calling || !(300..700).contains(&code) {
-            tracing::warn!(leg = leg_ref, code, "RejectStateless ignored");
+        let Some((peer, transport)) = self.legs.get(&leg_ref).map(|l| (l.peer, l.transport)) else {
             return;
-        }
-        let mut resp = Response::for_request(&leg.invite, code, reason);
-        set_to_tag(&mut resp, &leg.invite, &leg.local_tag);
-        for h in headers {
-            resp.headers.push(h.name, h.value);
-        }
-        let (peer, transport, txn) = (leg.peer, leg.transport, leg.invite_txn);
+        };
         let dst = txn.and_then(|t| self.txns.get(&t)).map_or(peer, |e| e.dst);
         self.discard(leg_ref);
         self.stats.rejected += 1;
