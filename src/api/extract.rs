@@ -109,3 +109,48 @@ where
         }
     }
 }
+
+/// `Path<T>` with our error shape (axum's rejection is plain text), e.g. for a segment
+/// that is not UTF-8 once percent-decoded.
+#[derive(Debug)]
+pub struct AppPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::ValidationError,
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+/// `Query<T>` with our error shape (a repeated or undecodable parameter).
+#[derive(Debug)]
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::ValidationError,
+                rejection.body_text(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The OpenAPI 3.1 document of the HTTP API, generated from the code: the route table
+//! (`super::routes`) registers each handler with the operation its `#[utoipa::path]`
+//! describes, the schemas come from the types that are serialised, and what every
+//! authenticated operation can answer (401, 429, 500) is added here once.
+//! Served at `GET /api/v1/openapi.json`, without auth.
+
+use std::sync::LazyLock;
+
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
+
+use super::envelope::{Meta, PageMeta, Pagination};
+use super::error::{ErrorBody, ErrorCode, FieldProblem};
+
+pub const PATH: &str = "/api/v1/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchyard HTTP API",
+        description = "Place and control calls through the switch's SIP trunks. Every \
+            `/api/v1` response is JSON: `{data, meta}` on success, \
+            `{error, code, request_id, details?}` on error (`code` is stable; see ErrorCode). \
+            Authenticate with `X-API-Key: <key>` or `Authorization: Bearer <key>`. Lists are \
+            paged by cursor (`meta.pagination`). Requests per client IP and per key are \
+            limited: past the limit, 429 `RATE_LIMITED` with `Retry-After`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&Security),
+    security(("api_key" = []), ("bearer" = [])),
+    components(schemas(ErrorBody, ErrorCode, FieldProblem, Meta, PageMeta, Pagination)),
+    tags(
+        (name = "calls", description = "Outbound and inbound calls, their events and recordings"),
+        (name = "trunks", description = "SIP trunks' health"),
+        (name = "dialplan", description = "The routing plan"),
+        (name = "webhooks", description = "Status callbacks' signing secret"),
+        (name = "operations", description = "Health, metrics and this document (no auth)"),
+    )
+)]
+struct ApiDoc;
+
+/// The two ways to present an API key.
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "An API key (`switchyard api-key create`)",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The same API key as a bearer token"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document before the routes are added (`super::routes` adds them).
+pub(crate) fn base() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The whole document: the route table's operations plus the error responses they share.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = super::routes().into_openapi();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            add_shared_responses(path, op);
+        }
+    }
+    doc
+}
+
+fn error_response(description: &str) -> ResponseBuilder {
+    Response::builder().description(description).content(
+        "application/json",
+        Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+    )
+}
+
+/// 401 for operations that take a key (those without their own `security`), 500 for them
+/// too (the key is looked up in the store), 429 under `/api/` (the rate limiter's scope).
+fn add_shared_responses(path: &str, op: &mut Operation) {
+    let responses = &mut op.responses.responses;
+    let mut add = |status: &str, response: ResponseBuilder| {
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::T(response.build()));
+    };
+    if op.security.is_none() {
+        add(
+            "401",
+            error_response("`UNAUTHORIZED`: no API key, or not a valid one"),
+        );
+        add(
+            "500",
+            error_response("`INTERNAL_ERROR`: the store failed; nothing internal is shown"),
+        );
+    }
+    if path.starts_with("/api/") {
+        let retry_after = utoipa::openapi::header::HeaderBuilder::new()
+            .schema(Some(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::Integer)
+                    .minimum(Some(0)),
+            ))
+            .description(Some("Seconds until a request is accepted again"))
+            .build();
+        add(
+            "429",
+            error_response("`RATE_LIMITED`: too many requests from this IP or key")
+                .header("Retry-After", retry_after),
+        );
+    }
+}
+
+static DOCUMENT_JSON: LazyLock<String> = LazyLock::new(|| {
+    document()
+        .to_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"openapi document: {e}\"}}"))
+});
+
+/// This document (OpenAPI 3.1).
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object))
+)]
+pub(crate) async fn document_json() -> axum::response::Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        DOCUMENT_JSON.as_str(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn doc() -> Value {
+        serde_json::to_value(document()).unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn is_openapi_3_1_with_both_auth_schemes() {
+        let doc = doc();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["api_key"]["type"], "apiKey");
+        assert_eq!(schemes["api_key"]["in"], "header");
+        assert_eq!(schemes["api_key"]["name"], "X-API-Key");
+        assert_eq!(schemes["bearer"]["type"], "http");
+        assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    }
+
+    #[test]
+    fn every_error_code_is_in_the_schema() {
+        let doc = doc();
+        let codes = doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for code in [
+            "VALIDATION_ERROR",
+            "INVALID_CALLER_ID",
+            "INVALID_CURSOR",
+            "UNAUTHORIZED",
+            "FORBIDDEN",
+            "NOT_FOUND",
+            "CALL_ALREADY_ENDED",
+            "RECORDING_NOT_READY",
+            "CALL_NOT_TRANSFERABLE",
+            "SERVICE_UNAVAILABLE",
+            "PAYLOAD_TOO_LARGE",
+            "RATE_LIMITED",
+            "INTERNAL_ERROR",
+        ] {
+            assert!(codes.contains(&Value::from(code)), "{code} missing");
+        }
+        let required = &doc["components"]["schemas"]["ErrorBody"]["required"];
+        for field in ["error", "code", "request_id"] {
+            assert!(
+                required
+                    .as_array()
+                    .is_some_and(|r| r.contains(&Value::from(field))),
+                "ErrorBody.{field} not required: {required}"
+            );
+        }
+    }
+
+    /// Every operation that needs a key says 401 and 429 and names an error body; the
+    /// public ones say they need nothing.
+    #[test]
+    fn operations_declare_auth_and_shared_errors() {
+        let doc = doc();
+        let public = ["/health", "/metrics", PATH];
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        assert!(paths.len() >= 14, "{paths:?}");
+        for (path, item) in &paths {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let responses = &op["responses"];
+                if public.contains(&path.as_str()) {
+                    assert_eq!(op["security"], serde_json::json!([{}]), "{method} {path}");
+                    continue;
+                }
+                for status in ["401", "429", "500"] {
+                    assert_eq!(
+                        responses[status]["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+                assert!(
+                    responses
+                        .as_object()
+                        .is_some_and(|r| r.keys().any(|k| k.starts_with('2'))),
+                    "{method} {path} has no success response"
+                );
+            }
+        }
+    }
+}
