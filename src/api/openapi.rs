@@ -211,6 +211,85 @@ mod tests {
         }
     }
 
+    /// Routes reach the router only through the route table (`super::routes`), where each
+    /// is registered with its operation: no source file that uses axum adds a route, nests
+    /// or merges a router any other way, so a route without documentation cannot be served.
+    /// (`tests/e2e_openapi.rs` checks the converse: every documented operation is served.)
+    #[test]
+    fn routes_are_added_only_through_the_documented_table() {
+        // Built with concat! so this test's own source does not match.
+        let bypasses = [
+            concat!(".", "route("),
+            concat!(".", "route_service("),
+            concat!(".", "nest("),
+            concat!(".", "nest_service("),
+            concat!(".", "merge("),
+            concat!(".", "fallback_service("),
+            concat!("Router", "::new("),
+        ];
+        let mut files = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
+        let mut scanned = 0;
+        let mut found = Vec::new();
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                let entries = std::fs::read_dir(&path).map_or_else(|_| Vec::new(), |d| d.collect());
+                files.extend(entries.into_iter().flatten().map(|e| e.path()));
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if !text.contains("axum") {
+                continue;
+            }
+            scanned += 1;
+            for (n, line) in text.lines().enumerate() {
+                if let Some(b) = bypasses.iter().find(|b| line.contains(**b)) {
+                    found.push(format!("{}:{}: {b}", path.display(), n + 1));
+                }
+            }
+        }
+        assert!(scanned >= 5, "only {scanned} files using axum found");
+        assert!(
+            found.is_empty(),
+            "routes added outside api::routes (use .routes(routes!(handler)) with \
+             #[utoipa::path] on the handler):\n{}",
+            found.join("\n")
+        );
+    }
+
+    /// The route table's paths are the document's (the two are one list).
+    #[test]
+    fn the_document_lists_the_route_table() {
+        let doc = doc();
+        let documented: std::collections::BTreeSet<String> = doc["paths"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        for path in [
+            "/health",
+            "/metrics",
+            PATH,
+            "/api/v1/voice/calls",
+            "/api/v1/voice/calls/{id}",
+            "/api/v1/voice/calls/{id}/hangup",
+            "/api/v1/voice/calls/{id}/transfer",
+            "/api/v1/voice/calls/{id}/events",
+            "/api/v1/voice/calls/{id}/events/{event_id}/redeliver",
+            "/api/v1/voice/calls/{id}/recording",
+            "/api/v1/trunks",
+            "/api/v1/dialplan/reload",
+            "/api/v1/webhooks/secret",
+            "/api/v1/webhooks/secret/rotate",
+        ] {
+            assert!(documented.contains(path), "{path} not documented");
+        }
+    }
+
     /// Every operation that needs a key says 401 and 429 and names an error body; the
     /// public ones say they need nothing.
     #[test]
