@@ -245,6 +245,11 @@ pub async fn hangup(
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
     /// E.164 number or a sip:/tel: URI.
+    #[schema(
+        pattern = "^(\\+[1-9][0-9]{7,14}|(sip|sips|tel):[^<>\\x00-\\x1f\\x7f-\\x9f]+)$",
+        max_length = 256,
+        example = "+14155550000"
+    )]
     pub to: String,
 }
 

@@ -1,0 +1,219 @@
+//! The published API contract against the real binary: `GET /api/v1/openapi.json`, every
+//! operation it documents is served, and schemathesis (a property-based fuzzer driven by
+//! the document) finds no server error and no response that breaks the document.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{Sipp, SwitchConfig, SwitchProcess};
+use serde_json::Value;
+use tokio::process::Command;
+
+const DOCUMENT: &str = "/api/v1/openapi.json";
+
+async fn document(switch: &SwitchProcess) -> Value {
+    let resp = reqwest::get(format!("{}{DOCUMENT}", switch.http_base()))
+        .await
+        .expect("GET openapi.json");
+    assert_eq!(resp.status().as_u16(), 200, "the document needs no key");
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    resp.json().await.expect("openapi.json is JSON")
+}
+
+/// Every operation in the document reaches a handler: asked without a key, each answers
+/// its own 401 (or 200 for the public ones), never the fallback's 404 or a 405. With the
+/// route table unit test (nothing routes around the table), the router's routes and the
+/// document's are the same set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_is_served() {
+    // No call is placed: the trunk is a port nothing listens on.
+    let trunk = std::net::SocketAddr::from(([127, 0, 0, 1], common::sipp::free_udp_port()));
+    let switch = SwitchProcess::start(SwitchConfig::new(trunk)).await;
+    let doc = document(&switch).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let client = reqwest::Client::new();
+    let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+    let mut probed = 0;
+    for (path, item) in &paths {
+        // Path parameters get a value no call has: routing does not depend on it.
+        let concrete: String = path
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    "call_probe"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, op) in item.as_object().into_iter().flatten() {
+            let Ok(m) = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+                panic!("{path}: {method} is not an HTTP method");
+            };
+            let resp = client
+                .request(m, format!("{}{concrete}", switch.http_base()))
+                .send()
+                .await
+                .expect("probe");
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let public = op["security"] == serde_json::json!([{}]);
+            let expected = if public { 200 } else { 401 };
+            assert_eq!(status, expected, "{method} {path}: {body}");
+            if !public {
+                assert_eq!(body["code"], "UNAUTHORIZED", "{method} {path}");
+            }
+            probed += 1;
+        }
+    }
+    assert!(probed >= 15, "only {probed} operations documented");
+
+    // The probe can fail: a path the document does not have meets the fallback.
+    let resp = client
+        .get(format!("{}/api/v1/undocumented", switch.http_base()))
+        .send()
+        .await
+        .expect("GET undocumented");
+    assert_eq!(resp.status().as_u16(), 404);
+}
+
+/// schemathesis: from `SWITCHYARD_SCHEMATHESIS` (set by `.ci/test.sh`), else where
+/// `.ci/install-schemathesis.sh` puts it, else `schemathesis` on PATH.
+fn schemathesis() -> PathBuf {
+    if let Some(path) = std::env::var_os("SWITCHYARD_SCHEMATHESIS") {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("SWITCHYARD_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("switchyard")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache").join("switchyard"))
+        });
+    if let Some(bin) = cache.map(|d| d.join("schemathesis").join("bin").join("schemathesis"))
+        && bin.is_file()
+    {
+        return bin;
+    }
+    PathBuf::from("schemathesis")
+}
+
+/// The fuzz run: schemathesis reads the document from the running switch and sends
+/// requests generated from it (examples, coverage of each constraint's edges, random
+/// valid and invalid data, and stateful chains following the links it infers: create a
+/// call, then get, hang up, transfer it...). Every check it has runs but one (below).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_or_contract_violation() {
+    let bin = schemathesis();
+    let version = Command::new(&bin).arg("--version").output().await;
+    assert!(
+        version.as_ref().is_ok_and(|o| o.status.success()),
+        "schemathesis not found at {} ({version:?}); install it with \
+         `bash .ci/install-schemathesis.sh` or set SWITCHYARD_SCHEMATHESIS",
+        bin.display()
+    );
+
+    // The carrier: SIPp's built-in UAS answers every call the fuzzer places, so calls
+    // reach in_progress and hang-ups and transfers meet live calls. Nothing leaves
+    // loopback.
+    let carrier = Sipp::builder("uas")
+        .calls(1_000_000)
+        .timeout(Duration::from_secs(600))
+        .spawn();
+    // Callback URLs the fuzzer invents (public names and addresses) go to this proxy,
+    // which drops every connection: no DNS lookup or connection leaves the machine.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let proxy_url = format!("http://{}", proxy.local_addr().expect("proxy addr"));
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = proxy.accept().await {
+            drop(conn);
+        }
+    });
+    let switch = SwitchProcess::start(
+        SwitchConfig::new(carrier.addr())
+            // 1,000 calls' worth of RTP ports, of which the run uses a few hundred: the
+            // 503 for want of ports is not what is being tested.
+            .rtp_ports(34000, 35999)
+            // SIPp's UAS sends no RTP: answered calls end after 2 s and free their ports.
+            .media_timeout_s(2)
+            .env("HTTP_PROXY", &proxy_url)
+            .env("HTTPS_PROXY", &proxy_url)
+            .env("ALL_PROXY", &proxy_url)
+            .env("NO_PROXY", ""),
+    )
+    .await;
+    // The operator's key reaches every handler's code (dial plan reload included).
+    let key = switch.create_api_key("acme", "operator").await;
+    let base = switch.http_base();
+
+    let examples = std::env::var("SWITCHYARD_FUZZ_EXAMPLES").unwrap_or_else(|_| "60".into());
+    let workdir = tempfile::tempdir().expect("tempdir");
+    let junit = workdir.path().join("junit.xml");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("run")
+        .arg(format!("{base}{DOCUMENT}"))
+        .args(["--url", &base])
+        .args(["--header", &format!("X-API-Key: {key}")])
+        .args(["--checks", "all"])
+        // Schema-valid data the API may still refuse, for rules no schema can state: the
+        // caller id must be one of the tenant's numbers (config), a cursor one the API
+        // issued, a callback URL not internal. Every other check runs.
+        .args(["--exclude-checks", "positive_data_acceptance"])
+        .args(["--max-examples", &examples])
+        .args(["--workers", "2"])
+        .args(["--request-timeout", "10"])
+        .args(["--report", "junit"])
+        .arg("--report-junit-path")
+        .arg(&junit)
+        .arg("--no-color")
+        .current_dir(workdir.path())
+        .kill_on_drop(true);
+    if let Ok(seed) = std::env::var("SWITCHYARD_FUZZ_SEED") {
+        cmd.args(["--seed", &seed]);
+    }
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("schemathesis finished within 300 s")
+        .expect("run schemathesis");
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("schemathesis ran {elapsed:.1?}\n{stdout}");
+    assert!(
+        out.status.success(),
+        "schemathesis found problems ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    // It really ran: each operation of the document is a test case of the report
+    // (schemathesis does not fuzz the document it was given itself).
+    let report = std::fs::read_to_string(&junit).unwrap_or_default();
+    let doc = document(&switch).await;
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+            if path == DOCUMENT {
+                continue;
+            }
+            let case = format!("name=\"{} {path}\"", method.to_ascii_uppercase());
+            assert!(report.contains(&case), "{case} not tested:\n{report}");
+            operations += 1;
+        }
+    }
+    assert!(operations >= 14, "{operations} operations");
+    assert!(
+        !switch.logs().contains("panicked"),
+        "the switch panicked:\n{}",
+        switch.logs()
+    );
+    drop(carrier);
+}
