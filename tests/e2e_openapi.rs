@@ -83,6 +83,30 @@ async fn every_documented_operation_is_served() {
         .await
         .expect("GET undocumented");
     assert_eq!(resp.status().as_u16(), 404);
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(body["code"], "NOT_FOUND", "{body}");
+
+    // A method a path does not have: 405 in the error shape, with Allow.
+    let resp = client
+        .put(format!("{}/api/v1/voice/calls", switch.http_base()))
+        .send()
+        .await
+        .expect("PUT calls");
+    assert_eq!(resp.status().as_u16(), 405);
+    let allow = resp
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(body["code"], "METHOD_NOT_ALLOWED", "{body}");
+    assert!(
+        body["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req_"))
+    );
 }
 
 /// schemathesis: from `SWITCHYARD_SCHEMATHESIS` (set by `.ci/test.sh`), else where

@@ -114,6 +114,7 @@ impl CreateCall {
 #[utoipa::path(
     post,
     path = "/api/v1/voice/calls",
+    operation_id = "create_call",
     tag = "calls",
     request_body = CreateCall,
     responses(
@@ -149,6 +150,7 @@ pub struct ListQuery {
 #[utoipa::path(
     get,
     path = "/api/v1/voice/calls",
+    operation_id = "list_calls",
     tag = "calls",
     params(ListQuery),
     responses(
@@ -198,6 +200,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/api/v1/voice/calls/{id}",
+    operation_id = "get_call",
     tag = "calls",
     params(("id" = String, Path, description = "The call's id (`call_…`)")),
     responses(
@@ -222,6 +225,7 @@ pub async fn get(
 #[utoipa::path(
     post,
     path = "/api/v1/voice/calls/{id}/hangup",
+    operation_id = "hangup_call",
     tag = "calls",
     params(("id" = String, Path, description = "The call's id")),
     responses(
@@ -257,6 +261,7 @@ pub struct TransferRequest {
 #[utoipa::path(
     post,
     path = "/api/v1/voice/calls/{id}/transfer",
+    operation_id = "transfer_call",
     tag = "calls",
     params(("id" = String, Path, description = "The call's id")),
     request_body = TransferRequest,
@@ -302,6 +307,7 @@ pub async fn transfer(
 #[utoipa::path(
     get,
     path = "/api/v1/voice/calls/{id}/events",
+    operation_id = "list_call_events",
     tag = "calls",
     params(("id" = String, Path, description = "The call's id")),
     responses(
@@ -325,6 +331,7 @@ pub async fn events(
 #[utoipa::path(
     post,
     path = "/api/v1/voice/calls/{id}/events/{event_id}/redeliver",
+    operation_id = "redeliver_call_event",
     tag = "calls",
     params(
         ("id" = String, Path, description = "The call's id"),
@@ -362,6 +369,7 @@ pub struct Wav(pub Vec<u8>);
 #[utoipa::path(
     get,
     path = "/api/v1/voice/calls/{id}/recording",
+    operation_id = "get_call_recording",
     tag = "calls",
     params(("id" = String, Path, description = "The call's id")),
     responses(

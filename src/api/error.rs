@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 /// The stable machine code of an error. HTTP status by code: 400 `VALIDATION_ERROR`,
 /// `INVALID_CALLER_ID`, `INVALID_CURSOR`; 401 `UNAUTHORIZED`; 403 `FORBIDDEN`; 404
-/// `NOT_FOUND`; 409 `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`;
+/// `NOT_FOUND`; 405 `METHOD_NOT_ALLOWED`; 409 `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`;
 /// 413 `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500 `INTERNAL_ERROR`; 503
 /// `SERVICE_UNAVAILABLE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -19,6 +19,7 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
+    MethodNotAllowed,
     CallAlreadyEnded,
     RecordingNotReady,
     CallNotTransferable,
@@ -37,6 +38,7 @@ impl ErrorCode {
             Self::Unauthorized => "UNAUTHORIZED",
             Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::CallAlreadyEnded => "CALL_ALREADY_ENDED",
             Self::RecordingNotReady => "RECORDING_NOT_READY",
             Self::CallNotTransferable => "CALL_NOT_TRANSFERABLE",
@@ -55,6 +57,7 @@ impl ErrorCode {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CallAlreadyEnded | Self::RecordingNotReady | Self::CallNotTransferable => {
                 StatusCode::CONFLICT
             }
@@ -197,6 +200,7 @@ mod tests {
             | E::Unauthorized
             | E::Forbidden
             | E::NotFound
+            | E::MethodNotAllowed
             | E::CallAlreadyEnded
             | E::RecordingNotReady
             | E::CallNotTransferable
@@ -212,6 +216,7 @@ mod tests {
             E::Unauthorized,
             E::Forbidden,
             E::NotFound,
+            E::MethodNotAllowed,
             E::CallAlreadyEnded,
             E::RecordingNotReady,
             E::CallNotTransferable,

@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
     let (router, _document) = routes().split_for_parts();
     router
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.http.max_body_bytes,
         ))
@@ -87,6 +88,7 @@ struct Health {
 #[utoipa::path(
     get,
     path = "/health",
+    operation_id = "health",
     tag = "operations",
     security(()),
     responses((status = 200, description = "The switch is up", body = Health))
@@ -102,6 +104,7 @@ async fn health(State(state): State<AppState>) -> axum::Json<Health> {
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "operations",
     security(()),
     responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String))
@@ -161,6 +164,7 @@ struct TrunkStatus {
 #[utoipa::path(
     get,
     path = "/api/v1/trunks",
+    operation_id = "list_trunks",
     tag = "trunks",
     responses(
         (status = 200, description = "The trunks (the tenant's; all of them for the operator)", body = Data<Vec<TrunkStatus>>),
@@ -208,6 +212,7 @@ struct Reloaded {
 #[utoipa::path(
     post,
     path = "/api/v1/dialplan/reload",
+    operation_id = "reload_dialplan",
     tag = "dialplan",
     responses(
         (status = 200, description = "The new plan is in force", body = Data<Reloaded>),
@@ -234,6 +239,14 @@ async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }
 
+/// A known path asked with a method it does not have; axum adds the `Allow` header.
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        error::ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on this path (see the Allow header)"),
+    )
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 struct WebhookSecret {
     /// `whsec_…` (Standard Webhooks).
@@ -244,6 +257,7 @@ struct WebhookSecret {
 #[utoipa::path(
     get,
     path = "/api/v1/webhooks/secret",
+    operation_id = "get_webhook_secret",
     tag = "webhooks",
     responses(
         (status = 200, description = "The secret", body = Data<WebhookSecret>),
@@ -263,6 +277,7 @@ async fn webhook_secret(
 #[utoipa::path(
     post,
     path = "/api/v1/webhooks/secret/rotate",
+    operation_id = "rotate_webhook_secret",
     tag = "webhooks",
     responses(
         (status = 200, description = "The new secret", body = Data<WebhookSecret>),

@@ -72,9 +72,11 @@ pub(crate) fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The whole document: the route table's operations plus the error responses they share.
+/// The whole document: the route table's operations, the error responses they share, and
+/// links from the responses that name a call or event to the operations on it.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = super::routes().into_openapi();
+    add_links(&mut doc);
     for (path, item) in doc.paths.paths.iter_mut() {
         let operations = [
             &mut item.get,
@@ -88,6 +90,73 @@ pub fn document() -> utoipa::openapi::OpenApi {
         }
     }
     doc
+}
+
+const CALLS: &str = "/api/v1/voice/calls";
+const CALL: &str = "/api/v1/voice/calls/{id}";
+const EVENTS: &str = "/api/v1/voice/calls/{id}/events";
+
+/// OpenAPI links (what a client, or the fuzzer's stateful phase, can do next): a placed
+/// call's id (and the first listed call's) to every operation on one call, and a call's
+/// first event to the operations on one event.
+fn add_links(doc: &mut utoipa::openapi::OpenApi) {
+    // (operation id, path) of every operation under one call or one event.
+    let mut on_call = Vec::new();
+    let mut on_event = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let params = path.matches('{').count();
+        let ops = [&item.get, &item.put, &item.post, &item.delete, &item.patch];
+        for op in ops.into_iter().flatten() {
+            let Some(id) = op.operation_id.clone() else {
+                continue;
+            };
+            if path.starts_with(CALL) && params == 1 {
+                on_call.push(id);
+            } else if path.starts_with(EVENTS) && params == 2 {
+                on_event.push(id);
+            }
+        }
+    }
+    let link = |target: &str, params: &[(&str, &str)]| {
+        let mut link = utoipa::openapi::link::Link::builder().operation_id(target);
+        for (name, value) in params {
+            link = link.parameter(*name, *value);
+        }
+        link.build()
+    };
+    let mut add = |path: &str, status: &str, links: Vec<(String, utoipa::openapi::link::Link)>| {
+        let Some(item) = doc.paths.paths.get_mut(path) else {
+            return;
+        };
+        let ops = [&mut item.get, &mut item.post];
+        for op in ops.into_iter().flatten() {
+            if let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) {
+                response
+                    .links
+                    .extend(links.iter().cloned().map(|(n, l)| (n, RefOr::T(l))));
+            }
+        }
+    };
+    let from_body = |pointer: &str| {
+        on_call
+            .iter()
+            .map(|target| (target.clone(), link(target, &[("id", pointer)])))
+            .collect::<Vec<_>>()
+    };
+    // POST answers 201, GET 200: each gets the links that fit its body.
+    add(CALLS, "201", from_body("$response.body#/data/id"));
+    add(CALLS, "200", from_body("$response.body#/data/0/id"));
+    let to_events = on_event
+        .iter()
+        .map(|target| {
+            let params = [
+                ("id", "$request.path.id"),
+                ("event_id", "$response.body#/data/0/id"),
+            ];
+            (target.clone(), link(target, &params))
+        })
+        .collect();
+    add(EVENTS, "200", to_events);
 }
 
 fn error_response(description: &str) -> ResponseBuilder {
@@ -143,6 +212,7 @@ static DOCUMENT_JSON: LazyLock<String> = LazyLock::new(|| {
 #[utoipa::path(
     get,
     path = "/api/v1/openapi.json",
+    operation_id = "openapi_document",
     tag = "operations",
     security(()),
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object))
@@ -190,6 +260,7 @@ mod tests {
             "UNAUTHORIZED",
             "FORBIDDEN",
             "NOT_FOUND",
+            "METHOD_NOT_ALLOWED",
             "CALL_ALREADY_ENDED",
             "RECORDING_NOT_READY",
             "CALL_NOT_TRANSFERABLE",
