@@ -26,7 +26,7 @@ pub struct CreateCall {
     #[schema(pattern = "^\\+[1-9][0-9]{7,14}$", example = "+12025551234")]
     pub from: String,
     /// Connect the answered call to this agent (`agt_…`).
-    #[schema(pattern = "^agt_", max_length = 64)]
+    #[schema(pattern = "^agt_[^\\x00-\\x1f\\x7f-\\x9f]*$", max_length = 64)]
     pub agent_id: Option<String>,
     /// Where status callbacks are POSTed; never an internal address (SSRF guard).
     #[schema(format = "uri")]
@@ -62,18 +62,27 @@ impl CreateCall {
                 "must be an E.164 number, e.g. +12025551234",
             ));
         }
+        // No control characters in stored text: PostgreSQL refuses NUL (a 500 before).
         if let Some(agent) = &self.agent_id
-            && (!agent.starts_with("agt_") || agent.len() > 64)
+            && (!agent.starts_with("agt_")
+                || agent.len() > 64
+                || agent.chars().any(char::is_control))
         {
             return Err(ApiError::validation(
                 "agent_id",
                 "must be an agent id (agt_…)",
             ));
         }
-        if let Some(hook) = &self.webhook_url
-            && let Err(e) = guard.check_call(hook)
-        {
-            return Err(ApiError::validation("webhook_url", e.to_string()));
+        if let Some(hook) = &self.webhook_url {
+            if hook.chars().any(char::is_control) {
+                return Err(ApiError::validation(
+                    "webhook_url",
+                    "must not contain control characters",
+                ));
+            }
+            if let Err(e) = guard.check_call(hook) {
+                return Err(ApiError::validation("webhook_url", e.to_string()));
+            }
         }
         if let Some(d) = self.max_duration
             && !(1..=86_400).contains(&d)

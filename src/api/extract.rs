@@ -111,7 +111,9 @@ where
 }
 
 /// `Path<T>` with our error shape (axum's rejection is plain text), e.g. for a segment
-/// that is not UTF-8 once percent-decoded.
+/// that is not UTF-8 once percent-decoded. An id with a NUL in it names nothing (ids are
+/// generated text) and is answered 404 here: PostgreSQL refuses NUL in text, which made
+/// the store fail with a 500.
 #[derive(Debug)]
 pub struct AppPath<T>(pub T);
 
@@ -123,6 +125,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // `%00` is the only spelling of NUL in a path once it has been percent-decoded.
+        if parts.uri.path().contains("%00") {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "not found (an id never contains NUL)",
+            ));
+        }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Self(v)),
             Err(rejection) => Err(ApiError::new(
