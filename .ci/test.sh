@@ -9,6 +9,8 @@ need_pkgs=()
 command -v sipp >/dev/null 2>&1 || need_pkgs+=(sip-tester)
 # nft: the in-kernel RTP forwarding tests (they run as root, as CI does).
 command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
+# tcpdump: tests/e2e_codecs.rs captures what SIPp peers receive on lo.
+command -v tcpdump >/dev/null 2>&1 || need_pkgs+=(tcpdump)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

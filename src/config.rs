@@ -26,13 +26,23 @@ pub struct Config {
     pub trunks: Vec<TrunkConfig>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
     /// Where status callbacks of this tenant's inbound calls go, unless the called
     /// number has its own `webhook_url` in the dialplan.
     pub webhook_url: Option<String>,
+    /// E.164 prefixes (country or area codes) the tenant's API calls may dial; empty: any
+    /// not barred by the dial plan.
+    #[serde(default)]
+    pub allowed_destinations: Vec<String>,
+    /// The tenant's live API calls at most (0: no limit).
+    #[serde(default)]
+    pub max_concurrent_calls: u32,
+    /// New API calls per second at most (0: no limit).
+    #[serde(default)]
+    pub max_calls_per_second: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -167,13 +177,33 @@ pub struct RecordingsConfig {
     pub dir: std::path::PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// Internal networks (loopback, private, link-local …) that URLs the switch calls
     /// (status callbacks and, later, agent servers and streams) may reach anyway; by
     /// default none may (SSRF). E.g. `["10.20.0.0/16"]` for receivers on a private network.
     pub outbound_allow_cidrs: Vec<String>,
+    /// Failed digest answers from one source (an IPv6 /64 as one) within
+    /// `auth_failure_window_s` that ban it for `auth_ban_s` (0: no bans), trunk or not.
+    pub auth_max_failures: u32,
+    pub auth_failure_window_s: u64,
+    pub auth_ban_s: u64,
+    /// Failures on one user name (from any address) after which it is slowed: refused
+    /// unchecked for a backoff doubling from 2 s to 5 min with each further failure.
+    pub auth_user_max_failures: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            outbound_allow_cidrs: Vec::new(),
+            auth_max_failures: 10,
+            auth_failure_window_s: 600,
+            auth_ban_s: 900,
+            auth_user_max_failures: 5,
+        }
+    }
 }
 
 impl Config {
@@ -232,6 +262,15 @@ pub struct TrunkConfig {
     /// OPTIONS keep-alive period; the trunk is marked down when a probe fails (0: off).
     #[serde(default)]
     pub keepalive_interval_s: u64,
+    /// Codecs in order of preference (see `core::codecs`).
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+}
+
+pub fn default_codecs() -> Vec<String> {
+    crate::core::codecs::DEFAULT_CODECS
+        .map(str::to_owned)
+        .to_vec()
 }
 
 fn default_register_expires() -> u32 {
@@ -514,6 +553,22 @@ impl Config {
                 );
             }
         }
+        for (i, t) in self.tenants.iter().enumerate() {
+            for (j, p) in t.allowed_destinations.iter().enumerate() {
+                let digits = p.strip_prefix('+').unwrap_or("");
+                if digits.is_empty()
+                    || digits.len() > 15
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    problem(
+                        format!("tenants[{i}].allowed_destinations[{j}]"),
+                        format!(
+                            "{p:?} is not an E.164 prefix (\"+\" and 1-15 digits, e.g. \"+1\")"
+                        ),
+                    );
+                }
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.trunks.iter().enumerate() {
             if t.name.trim().is_empty() {
@@ -552,6 +607,13 @@ impl Config {
                     format!("trunks[{i}].register"),
                     "registration needs username and password".into(),
                 );
+            }
+            for (j, message) in crate::core::codecs::problems(&t.codecs) {
+                let key = match j {
+                    Some(j) => format!("trunks[{i}].codecs[{j}]"),
+                    None => format!("trunks[{i}].codecs"),
+                };
+                problem(key, message);
             }
             for (j, n) in t.numbers.iter().enumerate() {
                 if !dialplan::e164::is_e164(n) {
@@ -797,5 +859,28 @@ mod tests {
         assert_eq!(uri.line, Some(7));
         let num = p.iter().find(|p| p.key == "trunks[1].numbers[0]").unwrap();
         assert_eq!(num.line, Some(8));
+    }
+
+    #[test]
+    fn trunk_codecs_default_and_are_checked() {
+        let one = "[[trunks]]\nname = \"a\"\nuri = \"sip:127.0.0.1:5070\"\n";
+        let c = Config::from_sources(one, &[]).unwrap();
+        assert_eq!(c.trunks[0].codecs, ["PCMU", "PCMA", "G722", "opus"]);
+        let c =
+            Config::from_sources(&format!("{one}codecs = [\"opus\", \"PCMA\"]\n"), &[]).unwrap();
+        assert_eq!(c.trunks[0].codecs, ["opus", "PCMA"]);
+        let text = format!("{one}codecs = [\"PCMU\", \"G729\"]\n");
+        let Err(ConfigError::Invalid(p)) = Config::from_sources(&text, &[]) else {
+            panic!("expected error")
+        };
+        assert_eq!(p[0].key, "trunks[0].codecs[1]", "{p:?}");
+        assert_eq!(p[0].line, Some(4), "{p:?}");
+        assert!(p[0].message.contains("unknown codec \"G729\""), "{p:?}");
+        let Err(ConfigError::Invalid(p)) =
+            Config::from_sources(&format!("{one}codecs = []\n"), &[])
+        else {
+            panic!("expected error")
+        };
+        assert_eq!(p[0].key, "trunks[0].codecs", "{p:?}");
     }
 }

@@ -254,7 +254,8 @@ async fn wrong_digest_password_is_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_hold_and_unhold_get_the_mirrored_direction() {
-    let far = Sipp::uas("uas_answer_hold.xml");
+    // The far end checks the switch's re-INVITEs: sendonly (the hold), then sendrecv.
+    let far = Sipp::uas("uas_rtp_held.xml");
     let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
     // The scenario itself checks recvonly for sendonly and sendrecv for sendrecv.
     let caller = Sipp::builder("uac_call_hold.xml")
@@ -268,7 +269,7 @@ async fn transit_hold_and_unhold_get_the_mirrored_direction() {
     let events = h.events_until("call.completed").await;
     let call = &events.last().expect("events")["data"]["call"];
     assert_eq!(call["end_reason"], "caller_bye", "never a hang-up on hold");
-    drop(far);
+    far.wait().await.assert_success("far end held and resumed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

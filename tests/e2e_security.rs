@@ -276,3 +276,351 @@ async fn api_rate_limits_body_limit_and_roles() {
     assert!(limited_total >= 2, "{limited_total}");
     drop(carrier);
 }
+
+/// Toll fraud through the API: a key cannot dial what the dial plan bars for inbound
+/// traffic (+1900 premium rate here), nor outside its tenant's allowed destinations, nor
+/// more calls at once or per second than the tenant's limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_calls_are_held_to_barring_and_tenant_limits() {
+    // Rings without answering: calls stay live, holding their slots.
+    let ringing = Sipp::builder("uas_ring_no_answer.xml").calls(3).spawn();
+    // Answers up to five calls (SIPp's built-in UAS).
+    let answering = Sipp::builder("uas").calls(5).spawn();
+    let config = format!(
+        "[sip]\nlisten = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1\"\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\n\
+         [rtp]\nport_min = 30000\nport_max = 30999\n\n\
+         [database]\nurl = \"sqlite://switchyard.db?mode=rwc\"\n\n\
+         [dialplan]\nfile = \"dialplan.toml\"\n\n\
+         [[tenants]]\nname = \"acme\"\nallowed_destinations = [\"+1\", \"+44\"]\n\
+         max_concurrent_calls = 2\n\n\
+         [[tenants]]\nname = \"globex\"\nmax_calls_per_second = 3\n\n\
+         [[trunks]]\nname = \"acme-carrier\"\nuri = \"sip:{}\"\ntenant = \"acme\"\n\
+         numbers = [\"+12025551234\"]\n\n\
+         [[trunks]]\nname = \"globex-carrier\"\nuri = \"sip:{}\"\ntenant = \"globex\"\n\
+         numbers = [\"+12025559999\"]\n",
+        ringing.addr(),
+        answering.addr()
+    );
+    let plan = "[[rules]]\nname = \"premium-barred\"\nto = { prefix = \"+1900\" }\nreject = 403\n";
+    let switch =
+        SwitchProcess::start_files(&[("switchyard.toml", &config), ("dialplan.toml", plan)]).await;
+    let acme = Api::new(
+        &switch.http_base(),
+        &switch.create_api_key("acme", "owner").await,
+    );
+    let globex = Api::new(
+        &switch.http_base(),
+        &switch.create_api_key("globex", "owner").await,
+    );
+    let call = |to: &str, from: &str| json!({"to": to, "from": from, "ring_timeout": 30});
+
+    // Barred by the dial plan, although no inbound trunk is involved.
+    let (code, body) = acme.create_call(call("+19005550100", "+12025551234")).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (403, Some("DESTINATION_NOT_ALLOWED")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("premium-barred"),
+        "{body}"
+    );
+    // Outside the tenant's prefixes.
+    let (code, body) = acme.create_call(call("+88213500001", "+12025551234")).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (403, Some("DESTINATION_NOT_ALLOWED")),
+        "{body}"
+    );
+
+    // Two ringing calls fill the tenant's two slots; a third waits for one to end.
+    let first = acme
+        .create_call_ok(call("+14155550101", "+12025551234"))
+        .await;
+    let _second = acme
+        .create_call_ok(call("+442071838750", "+12025551234"))
+        .await;
+    let (code, body) = acme.create_call(call("+14155550103", "+12025551234")).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (429, Some("RATE_LIMITED")),
+        "{body}"
+    );
+    let (code, _) = acme.hangup(&first).await;
+    assert_eq!(code, 200);
+    // The slot is given back when the call task ends, just after the hangup answers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = acme.create_call(call("+14155550104", "+12025551234")).await;
+        if code == 201 {
+            break;
+        }
+        assert_eq!(code, 429, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Calls per second: 10 back to back, 3 pass.
+    let mut created = 0;
+    for i in 0..10 {
+        let (code, body) = globex
+            .create_call(
+                json!({"to": format!("+1415555020{i}"), "from": "+12025559999", "max_duration": 1}),
+            )
+            .await;
+        match code {
+            201 => created += 1,
+            429 => assert_eq!(body["code"], "RATE_LIMITED", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        (3..=4).contains(&created),
+        "{created} of 10 calls passed a 3/s limit"
+    );
+    let metrics = switch.metrics().await;
+    for reason in ["barred", "destination", "concurrent", "rate"] {
+        let line = format!("switchyard_api_calls_refused_total{{reason=\"{reason}\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(n >= 1, "{reason}: {metrics}");
+    }
+    drop(ringing);
+    drop(answering);
+}
+
+/// A raw SIP peer on its own loopback address (127.0.0.0/8 gives many "sources").
+struct RawPeer {
+    sock: tokio::net::UdpSocket,
+    switch: std::net::SocketAddr,
+    n: u32,
+}
+
+impl RawPeer {
+    async fn new(ip: &str, switch: std::net::SocketAddr) -> RawPeer {
+        let sock = tokio::net::UdpSocket::bind(format!("{ip}:0"))
+            .await
+            .expect("bind");
+        RawPeer { sock, switch, n: 0 }
+    }
+
+    /// An INVITE with an SDP offer, as a scanner or a softphone sends it.
+    fn invite(&mut self, auth: Option<&str>) -> String {
+        self.n += 1;
+        let me = self.sock.local_addr().expect("local addr");
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio 4000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n",
+            ip = me.ip()
+        );
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "INVITE sip:+14155552671@{sw} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {me};branch=z9hG4bK-sec-{n}-{port};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:+12025550100@{me}>;tag=t{n}\r\n\
+             To: <sip:+14155552671@{sw}>\r\nCall-ID: sec-{n}-{port}@{ip}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:+12025550100@{me}>\r\nUser-Agent: friendly-scanner\r\n{auth}\
+             Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+            sw = self.switch,
+            n = self.n,
+            port = me.port(),
+            ip = me.ip(),
+            len = sdp.len(),
+        )
+    }
+
+    async fn send(&self, msg: &str) {
+        self.sock
+            .send_to(msg.as_bytes(), self.switch)
+            .await
+            .expect("send");
+    }
+
+    /// Every datagram that arrives within `quiet` of the previous one (or of the call).
+    async fn answers(&self, quiet: Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(Ok((n, _))) = tokio::time::timeout(quiet, self.sock.recv_from(&mut buf)).await
+        {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    /// Sends an INVITE and returns the first answer's status code (None: no answer).
+    async fn try_invite(&mut self, auth: Option<&str>) -> (Option<u16>, String) {
+        let msg = self.invite(auth);
+        self.send(&msg).await;
+        let mut buf = vec![0u8; 65_536];
+        match tokio::time::timeout(Duration::from_millis(1500), self.sock.recv_from(&mut buf)).await
+        {
+            Ok(Ok((n, _))) => {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let code = text.get(8..11).and_then(|c| c.parse().ok());
+                (code, text)
+            }
+            _ => (None, String::new()),
+        }
+    }
+}
+
+fn challenge_of(text: &str) -> sip::auth::DigestChallenge {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("WWW-Authenticate: "))
+        .unwrap_or_else(|| panic!("no WWW-Authenticate header in {text:?}"));
+    sip::auth::DigestChallenge::parse(line).expect("a digest challenge")
+}
+
+fn answer(ch: &sip::auth::DigestChallenge, password: &str, uri: &str) -> String {
+    sip::auth::authorization(
+        ch,
+        &sip::auth::Credentials {
+            username: "carrier".into(),
+            password: password.into(),
+        },
+        &sip::msg::Method::Invite,
+        uri,
+        "0a4f113b",
+        1,
+    )
+}
+
+/// A switch whose only trunk authenticates by digest (its CIDR is elsewhere), and a dial
+/// plan that answers every admitted call 486, so admission shows on the wire.
+async fn digest_switch(security: &str) -> SwitchProcess {
+    let config = format!(
+        "[sip]\nlisten = \"127.0.0.1:0\"\npublic_addr = \"127.0.0.1\"\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\n\
+         [rtp]\nport_min = 30000\nport_max = 30999\n\n\
+         [database]\nurl = \"sqlite://switchyard.db?mode=rwc\"\n\n\
+         [security]\n{security}\n\n\
+         [dialplan]\nfile = \"dialplan.toml\"\n\n\
+         [[tenants]]\nname = \"acme\"\n\n\
+         [[trunks]]\nname = \"carrier\"\nuri = \"sip:192.0.2.1:5060\"\ntenant = \"acme\"\n\
+         inbound_cidrs = [\"192.0.2.0/24\"]\ninbound_username = \"carrier\"\n\
+         inbound_password = \"s3cret\"\n"
+    );
+    let plan = "[[rules]]\nname = \"busy\"\nto = { prefix = \"+1\" }\nreject = 486\n";
+    SwitchProcess::start_files(&[("switchyard.toml", &config), ("dialplan.toml", plan)]).await
+}
+
+/// Reflection: an INVITE from a source nobody vouches for (as a spoofed one would be)
+/// draws exactly one answer, no larger than itself: no 100 first, no retransmissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_invite_draws_one_answer_no_larger_than_itself() {
+    let switch = digest_switch("").await;
+    let mut peer = RawPeer::new("127.0.0.1", switch.sip_udp()).await;
+    let invite = peer.invite(None);
+    peer.send(&invite).await;
+    // Timer G would retransmit at 0.5, 1 and 2 s: listen past that.
+    let got = peer.answers(Duration::from_millis(2600)).await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].starts_with("SIP/2.0 401 "), "{}", got[0]);
+    assert!(
+        got[0].len() <= invite.len(),
+        "{} bytes out for {} in",
+        got[0].len(),
+        invite.len()
+    );
+    // A wrong answer to the challenge: one 403, just as quiet.
+    let ch = challenge_of(&got[0]);
+    let uri = format!("sip:+14155552671@{}", switch.sip_udp());
+    let guess = peer.invite(Some(&answer(&ch, "guess", &uri)));
+    peer.send(&guess).await;
+    let got = peer.answers(Duration::from_millis(2600)).await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].starts_with("SIP/2.0 403 "), "{}", got[0]);
+}
+
+/// Brute force: a source is banned after the configured number of wrong digest answers
+/// (then even the right password gets no answer), and a user name guessed from many
+/// addresses is slowed until the guesses stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_guesses_are_cut_off_by_a_ban_and_a_user_backoff() {
+    let switch =
+        digest_switch("auth_max_failures = 5\nauth_ban_s = 60\nauth_user_max_failures = 8").await;
+    let uri = format!("sip:+14155552671@{}", switch.sip_udp());
+    let mut guesser = RawPeer::new("127.0.0.2", switch.sip_udp()).await;
+    let mut allowed = 0;
+    loop {
+        let (code, text) = guesser.try_invite(None).await;
+        let Some(401) = code else {
+            assert_eq!(code, None, "{text}");
+            break;
+        };
+        let (code, text) = guesser
+            .try_invite(Some(&answer(
+                &challenge_of(&text),
+                &format!("guess{allowed}"),
+                &uri,
+            )))
+            .await;
+        match code {
+            Some(403) => allowed += 1,
+            None => break,
+            _ => panic!("{text}"),
+        }
+        assert!(allowed <= 50, "never banned");
+    }
+    assert_eq!(allowed, 5, "guesses allowed before the ban");
+    // Banned: nothing more, not even for the right password.
+    let mut ok_peer_same_source = RawPeer::new("127.0.0.2", switch.sip_udp()).await;
+    assert_eq!(ok_peer_same_source.try_invite(None).await.0, None);
+    let metrics = switch.metrics().await;
+    assert!(
+        metrics.contains("switchyard_sip_auth_bans_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_sip_banned_sources 1"),
+        "{metrics}"
+    );
+
+    // The user name: three more wrong answers from three other addresses lock it (8 in all).
+    for ip in ["127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        let mut p = RawPeer::new(ip, switch.sip_udp()).await;
+        let (_, text) = p.try_invite(None).await;
+        let (code, _) = p
+            .try_invite(Some(&answer(&challenge_of(&text), "nope", &uri)))
+            .await;
+        assert_eq!(code, Some(403));
+    }
+    let mut owner = RawPeer::new("127.0.0.6", switch.sip_udp()).await;
+    let (_, text) = owner.try_invite(None).await;
+    let (code, _) = owner
+        .try_invite(Some(&answer(&challenge_of(&text), "s3cret", &uri)))
+        .await;
+    assert_eq!(
+        code,
+        Some(403),
+        "the right password during the backoff is refused unchecked"
+    );
+    // Once the backoff (2 s) has passed, the right password is admitted (486 by the plan).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = owner.try_invite(None).await;
+        let (code, text) = owner
+            .try_invite(Some(&answer(&challenge_of(&text), "s3cret", &uri)))
+            .await;
+        if code == Some(486) {
+            break;
+        }
+        assert_eq!(code, Some(403), "{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never admitted again"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

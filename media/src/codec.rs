@@ -73,6 +73,44 @@ impl AudioCodec {
     }
 }
 
+/// The audio duration of an Opus packet in microseconds, from its TOC byte (RFC 6716
+/// §3.1: the configuration gives the frame size, the code the number of frames, which
+/// code 3 states in the next byte). `None` for an empty or malformed packet, or one over
+/// the 120 ms a packet may hold.
+pub fn opus_packet_duration_us(packet: &[u8]) -> Option<u32> {
+    let toc = *packet.first()?;
+    let config = usize::from(toc >> 3);
+    let frame_us: u32 = match config {
+        // SILK-only: 10, 20, 40, 60 ms.
+        0..=11 => [10_000, 20_000, 40_000, 60_000][config % 4],
+        // Hybrid: 10, 20 ms.
+        12..=15 => [10_000, 20_000][config % 2],
+        // CELT-only: 2.5, 5, 10, 20 ms.
+        _ => [2_500, 5_000, 10_000, 20_000][config % 4],
+    };
+    let frames: u32 = match toc & 0x03 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => u32::from(*packet.get(1)? & 0x3f),
+    };
+    let total = frame_us * frames;
+    (frames > 0 && total <= 120_000).then_some(total)
+}
+
+/// The packet duration in whole milliseconds of a payload of `codec`, as the relay and
+/// the transcoder need it: G.711 and G.722 by size (both 64 kbit/s: 8 octets per ms),
+/// Opus from its TOC byte (20 ms when that cannot be read, or is not a whole ms).
+pub fn payload_ptime_ms(codec: AudioCodec, payload: &[u8]) -> u32 {
+    match codec {
+        AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => {
+            u32::try_from(payload.len() / 8).unwrap_or(u32::MAX)
+        }
+        AudioCodec::Opus { .. } => opus_packet_duration_us(payload)
+            .filter(|us| us % 1000 == 0)
+            .map_or(20, |us| us / 1000),
+    }
+}
+
 /// Why a codec could not be built or could not code a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -563,6 +601,36 @@ mod tests {
             dec.decode(&[], &mut out),
             Err(CodecError::EmptyPayload)
         ));
+    }
+
+    #[test]
+    fn opus_packet_durations_from_the_toc_byte() {
+        // Encoded by our encoder at each frame size it takes.
+        for ms in [10u32, 20, 40, 60] {
+            let mut enc = encoder(AudioCodec::Opus { channels: 2 }).unwrap();
+            let pcm = vec![0i16; 48 * ms as usize];
+            let mut out = [0u8; OPUS_MAX_PACKET];
+            let n = enc.encode(&pcm, &mut out).unwrap();
+            assert_eq!(
+                opus_packet_duration_us(&out[..n]),
+                Some(ms * 1000),
+                "{ms} ms"
+            );
+            assert_eq!(
+                payload_ptime_ms(AudioCodec::Opus { channels: 2 }, &out[..n]),
+                ms
+            );
+        }
+        // RFC 6716 §3.1 by hand: CELT 2.5 ms x code 3 with 8 frames = 20 ms; SILK 60 ms x
+        // 2 frames = 120 ms; 3 x 60 ms is over the limit; code 3 needs its count byte.
+        assert_eq!(opus_packet_duration_us(&[(16 << 3) | 3, 8]), Some(20_000));
+        assert_eq!(opus_packet_duration_us(&[(3 << 3) | 1]), Some(120_000));
+        assert_eq!(opus_packet_duration_us(&[(3 << 3) | 3, 3]), None);
+        assert_eq!(opus_packet_duration_us(&[(3 << 3) | 3]), None);
+        assert_eq!(opus_packet_duration_us(&[]), None);
+        assert_eq!(payload_ptime_ms(AudioCodec::Opus { channels: 2 }, &[]), 20);
+        assert_eq!(payload_ptime_ms(AudioCodec::G722, &[0; 240]), 30);
+        assert_eq!(payload_ptime_ms(AudioCodec::Pcmu, &[0; 160]), 20);
     }
 
     #[test]

@@ -28,6 +28,14 @@ pub struct DtmfEvent {
     pub volume: u8,
 }
 
+impl DtmfEvent {
+    /// The duration in milliseconds, given the clock of the stream it came on (the
+    /// telephone-event's rate: 8000 beside G.711/G.722, 48000 beside Opus).
+    pub fn duration_ms(&self, clock_rate: u32) -> u64 {
+        u64::from(self.duration_ts) * 1000 / u64::from(clock_rate.max(1))
+    }
+}
+
 /// Why a DTMF packet could not be produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -32,7 +32,7 @@ use crate::codec::AudioCodec;
 use crate::dtmf::{DtmfDecoder, DtmfEvent, EVENT_LEN};
 use crate::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout};
 use crate::rtp::{HEADER_LEN, RtpHeader, RtpView};
-use crate::sdp::StreamParams;
+use crate::sdp::{Direction, StreamParams};
 use crate::stats::RtpStats;
 use crate::transcode::Transcoder;
 
@@ -191,11 +191,14 @@ pub enum DropReason {
     NoDestination,
     /// The other side did not negotiate an equivalent payload type (e.g. no DTMF).
     NoPeerPayloadType,
+    /// The other side's negotiated direction says it receives nothing (it is holding
+    /// the call: `a=sendonly` or `a=inactive`, RFC 3264 §5.1).
+    Held,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::Rtcp,
         DropReason::UnexpectedPayloadType,
@@ -203,6 +206,7 @@ impl DropReason {
         DropReason::StaleSsrc,
         DropReason::NoDestination,
         DropReason::NoPeerPayloadType,
+        DropReason::Held,
     ];
 
     fn idx(self) -> usize {
@@ -214,6 +218,7 @@ impl DropReason {
             DropReason::StaleSsrc => 4,
             DropReason::NoDestination => 5,
             DropReason::NoPeerPayloadType => 6,
+            DropReason::Held => 7,
         }
     }
 }
@@ -437,6 +442,9 @@ struct Leg {
     /// When the last telephone-event packet arrived (for the missing-end timeout).
     dtmf_last: Option<Instant>,
     dtmf_ready: [Option<DtmfEvent>; DTMF_PENDING],
+    /// Our negotiated direction towards this side (RFC 3264 §6.1, from our side): no
+    /// RTP is sent to it unless it `sends()`.
+    direction: Direction,
 }
 
 impl Leg {
@@ -612,6 +620,7 @@ impl Relay {
             dtmf: params.dtmf_pt.map(DtmfDecoder::new),
             dtmf_last: None,
             dtmf_ready: [None; DTMF_PENDING],
+            direction: Direction::SendRecv,
         };
         let ssrc_a: u32 = rng.random();
         let mut ssrc_b: u32 = rng.random();
@@ -708,7 +717,10 @@ impl Relay {
                 .dtmf
                 .as_ref()
                 .is_some_and(DtmfDecoder::in_progress);
-        let dst = self.destination(to);
+        // A held side gets nothing: its frames play out muted (the numbering goes on).
+        let dst = self
+            .destination(to)
+            .filter(|_| self.leg(to).direction.sends());
         let (pt, ssrc, rate) = (
             self.params(to).pt,
             self.leg(to).out.ssrc,
@@ -837,7 +849,9 @@ impl Relay {
             && x.dtmf_pt == y.dtmf_pt;
         let identity = a.out.is_identity() && b.out.is_identity();
         let playout = self.paths.iter().any(Option::is_some);
-        (same && identity && !playout).then_some((pa, pb))
+        // The kernel entry forwards both ways: a held side keeps the call here.
+        let both_receive = a.direction.sends() && b.direction.sends();
+        (same && identity && !playout && both_receive).then_some((pa, pb))
     }
 
     /// The SSRC `side` sees on the packets we send it.
@@ -902,6 +916,19 @@ impl Relay {
             leg.prev_latched = leg.latched;
             leg.relatch_open = true;
         }
+    }
+
+    /// Our negotiated direction towards `side` ([`StreamParams::direction`]: from our
+    /// side). Unless it `sends()` (`sendrecv`/`sendonly`), `side` is holding the call and
+    /// nothing is relayed or played out to it ([`DropReason::Held`]); what it sends is
+    /// still received, counted and relayed to the other side if that one receives.
+    pub fn set_direction(&mut self, side: Side, direction: Direction) {
+        self.leg_mut(side).direction = direction;
+    }
+
+    /// Our negotiated direction towards `side` (see [`Relay::set_direction`]).
+    pub fn direction(&self, side: Side) -> Direction {
+        self.leg(side).direction
     }
 
     /// A re-INVITE renegotiated `side`. The address is handled as by
@@ -1069,6 +1096,10 @@ impl Relay {
             }
         }
 
+        if !self.leg(side.other()).direction.sends() {
+            // Received and counted above (stats, DTMF), but the other side is holding.
+            return self.drop(side, DropReason::Held);
+        }
         let Some(dst) = self.destination(side.other()) else {
             return self.drop(side, DropReason::NoDestination);
         };
@@ -1165,18 +1196,6 @@ enum Played {
     Nothing,
 }
 
-/// Packet duration implied by a payload's size (the SDP ptime is not known here).
-fn ptime_of(codec: AudioCodec, payload_len: usize) -> u32 {
-    match codec {
-        // Both 64 kbit/s: 8 octets per millisecond.
-        AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => {
-            u32::try_from(payload_len / 8).unwrap_or(u32::MAX)
-        }
-        // Opus frames are self-describing; 20 ms is what SDP offers by default.
-        AudioCodec::Opus { .. } => 20,
-    }
-}
-
 impl Relay {
     /// Puts one audio packet of a transcoded direction, already numbered for the
     /// output stream, into that direction's jitter buffer.
@@ -1191,7 +1210,7 @@ impl Relay {
     ) -> Verdict {
         let from = self.params(side).codec;
         let to = *self.params(side.other());
-        let ptime = ptime_of(from, payload.len());
+        let ptime = crate::codec::payload_ptime_ms(from, payload);
         let fits = self
             .path(side)
             .is_some_and(|p| p.from == from && p.to == to.codec && p.ptime_ms == ptime);

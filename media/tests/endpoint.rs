@@ -119,6 +119,50 @@ async fn sends_paced_silence_to_remote_with_rtp_sequencing() {
     ep.close().await;
 }
 
+/// G.722 and Opus have no silence byte: the endpoint encodes a frame of zeros and sends
+/// it every packet time, on the codec's RTP clock, and it decodes to silence.
+#[tokio::test]
+async fn sends_encoded_silence_in_g722_and_opus() {
+    let pool = pool(41040, 41049);
+    for (codec, pt, step) in [(Codec::G722, 9, 160), (Codec::Opus, 111, 960)] {
+        let peer = UdpSocket::bind((LO, 0)).await.unwrap();
+        let ep = RtpEndpoint::open(&pool, LO).unwrap();
+        let mut p = params(peer.local_addr().unwrap(), codec);
+        p.clock_rate = codec.clock_rate();
+        ep.connect(p);
+        let mut dec = media::codec::decoder(codec.audio_codec()).unwrap();
+        let mut pcm = Vec::new();
+        let mut buf = [0u8; 1500];
+        let mut last: Option<(u16, u32)> = None;
+        for _ in 0..10 {
+            let (n, src) = recv(&peer, &mut buf).await;
+            assert_eq!(src, ep.local_addr());
+            let v = RtpView::parse(&buf[..n]).unwrap();
+            assert_eq!(v.pt(), pt, "{codec:?}");
+            assert!(!v.payload().is_empty(), "{codec:?}");
+            if let Some((seq, ts)) = last {
+                assert_eq!(v.seq(), seq.wrapping_add(1));
+                let d = v.timestamp().wrapping_sub(ts);
+                assert!(d >= step && d % step == 0, "{codec:?}: timestamp step {d}");
+            }
+            last = Some((v.seq(), v.timestamp()));
+            dec.decode(v.payload(), &mut pcm).unwrap();
+            assert_eq!(
+                pcm.len(),
+                codec.audio_codec().frame_samples(20),
+                "{codec:?}"
+            );
+            let peak = pcm.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+            assert!(
+                peak < 64,
+                "{codec:?}: not silence, peak {peak}, payload {:02x?}",
+                v.payload()
+            );
+        }
+        ep.close().await;
+    }
+}
+
 #[tokio::test]
 async fn malformed_packets_are_counted_and_dropped() {
     let pool = pool(41030, 41039);

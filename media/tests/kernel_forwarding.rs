@@ -247,6 +247,87 @@ mod bridge {
         assert!(ca.kernel_forwarded >= 8);
     }
 
+    /// A held side (its SDP direction says it receives nothing) is not fed by the
+    /// kernel: the bridge takes the call back on the hold, drops what the other side
+    /// sends towards it, and hands the call to the kernel again after the resume.
+    #[tokio::test]
+    async fn a_held_call_is_taken_back_from_the_kernel_and_the_holder_gets_nothing() {
+        use media::sdp::Direction;
+        let (caller, callee) = (sock().await, sock().await);
+        let pool = pool(43_200);
+        let bridge = Bridge::open(
+            &pool,
+            LO,
+            params(addr(&caller), AudioCodec::Pcmu),
+            params(addr(&callee), AudioCodec::Pcmu),
+            RelayConfig::default(),
+        )
+        .unwrap();
+        let (a, b) = (bridge.local_addr(Side::A), bridge.local_addr(Side::B));
+        for seq in 1..=6 {
+            send(&caller, a, 0, seq, 0x1111).await;
+            assert_eq!(recv(&callee).await.0, seq);
+            send(&callee, b, 0, 100 + seq, 0x2222).await;
+            assert_eq!(recv(&caller).await.0, 100 + seq);
+        }
+        counters_until(&bridge, Side::B, |c| c.kernel_forwarded >= 2).await;
+
+        // The caller holds (sendonly, answered recvonly): the callee's RTP stops at the
+        // bridge from the first packet the bridge sees after the command.
+        bridge.set_direction(Side::A, Direction::RecvOnly);
+        let mut seq = 107;
+        loop {
+            send(&callee, b, 0, seq, 0x2222).await;
+            seq += 1;
+            if bridge.counters(Side::B).dropped(DropReason::Held) > 0 {
+                break;
+            }
+            // Lets the bridge task (same thread) take the command and the packet.
+            tokio::task::yield_now().await;
+            assert!(
+                seq < 140,
+                "the bridge never took the held call back: {:?}",
+                bridge.counters(Side::B)
+            );
+        }
+        let held_from = bridge.counters(Side::B).dropped(DropReason::Held);
+        let hold_start = seq;
+        for _ in 0..10 {
+            send(&callee, b, 0, seq, 0x2222).await;
+            seq += 1;
+            // The caller's music on hold still reaches the callee.
+            send(&caller, a, 0, seq, 0x1111).await;
+            assert_eq!(recv(&callee).await.0, seq);
+        }
+        counters_until(&bridge, Side::B, |c| {
+            c.dropped(DropReason::Held) >= held_from + 10
+        })
+        .await;
+        // Only what the kernel forwarded before the bridge took the call back reached
+        // the caller, none of the ten sent on hold.
+        let mut buf = [0u8; 1500];
+        while let Ok((n, _)) = caller.try_recv_from(&mut buf) {
+            let got = RtpView::parse(&buf[..n]).unwrap().seq();
+            assert!(
+                got < hold_start,
+                "the holding caller received RTP (seq {got})"
+            );
+        }
+
+        // Resume: the callee's RTP reaches the caller again, and the kernel takes over.
+        let before = bridge.counters(Side::B).kernel_forwarded;
+        bridge.set_direction(Side::A, Direction::SendRecv);
+        for _ in 0..20 {
+            seq += 1;
+            send(&callee, b, 0, seq, 0x2222).await;
+            assert_eq!(recv(&caller).await.0, seq);
+            send(&caller, a, 0, seq, 0x1111).await;
+            assert_eq!(recv(&callee).await.0, seq);
+        }
+        counters_until(&bridge, Side::B, |c| c.kernel_forwarded > before).await;
+        bridge.close().await;
+    }
+
     #[tokio::test]
     async fn a_transcoded_call_stays_in_userspace() {
         let (caller, callee) = (sock().await, sock().await);

@@ -928,3 +928,136 @@ fn passthrough_sources_only_while_relaying_is_the_identity() {
     forward(&mut r, start, Side::B, SDP_B, pkt(0, 1, 160, 0x2222, false));
     assert_eq!(r.passthrough_sources(), None);
 }
+
+/// RFC 3264 hold: a side whose negotiated direction says it receives nothing (it offered
+/// sendonly or inactive, so our direction towards it is recvonly or inactive) gets no RTP,
+/// even from a far end that keeps sending; what it sends still crosses to the other side;
+/// resuming restores the stream with continuous numbering; no kernel hand-over meanwhile.
+#[test]
+fn a_holding_side_receives_nothing_until_it_resumes() {
+    use media::sdp::Direction;
+    let mut r = relay_with(
+        side(Some(SDP_A), Codec::Pcmu, Some(101)),
+        side(Some(SDP_B), Codec::Pcmu, Some(101)),
+        RelayConfig {
+            pass_ssrc: true,
+            ..RelayConfig::default()
+        },
+    );
+    let start = t0();
+    forward(&mut r, start, Side::A, NAT_A, pkt(0, 1, 160, 0x1111, false));
+    forward(&mut r, start, Side::B, SDP_B, pkt(0, 1, 160, 0x2222, false));
+    assert!(r.passthrough_sources().is_some());
+
+    // A holds with sendonly: we answer recvonly, so nothing goes to A.
+    r.set_direction(Side::A, Direction::RecvOnly);
+    assert_eq!(r.direction(Side::A), Direction::RecvOnly);
+    assert_eq!(
+        r.passthrough_sources(),
+        None,
+        "a held call stays in userspace"
+    );
+    for k in 0..5u16 {
+        let now = start + ms(20 * u64::from(k + 1));
+        let (v, _) = send(
+            &mut r,
+            now,
+            Side::B,
+            SDP_B,
+            pkt(0, 2 + k, 320 + 160 * u32::from(k), 0x2222, false),
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::Held));
+        // A's music on hold still reaches B.
+        let (dst, ..) = forward(
+            &mut r,
+            now,
+            Side::A,
+            NAT_A,
+            pkt(0, 2 + k, 320 + 160 * u32::from(k), 0x1111, false),
+        );
+        assert_eq!(dst, addr(SDP_B));
+    }
+    assert_eq!(r.counters(Side::B).dropped(DropReason::Held), 5);
+    // What B sent during the hold was still received (statistics, not loss).
+    assert_eq!(r.stats(Side::B).packets, 6);
+
+    // Inactive: nothing to A either way round; B still receives what A sends.
+    r.set_direction(Side::A, Direction::Inactive);
+    let (v, _) = send(
+        &mut r,
+        start + ms(120),
+        Side::B,
+        SDP_B,
+        pkt(0, 7, 1120, 0x2222, false),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Held));
+
+    // Resume: sendrecv again; B's stream continues where it was, numbering unbroken.
+    r.set_direction(Side::A, Direction::SendRecv);
+    let (dst, _, seq, _, ssrc, _) = forward(
+        &mut r,
+        start + ms(140),
+        Side::B,
+        SDP_B,
+        pkt(0, 8, 1280, 0x2222, false),
+    );
+    assert_eq!((dst, seq, ssrc), (addr(NAT_A), 8, 0x2222));
+    assert_eq!(r.passthrough_sources(), Some((addr(NAT_A), addr(SDP_B))));
+
+    // B holding A is symmetric: A's packets stop at the relay.
+    r.set_direction(Side::B, Direction::Inactive);
+    let (v, _) = send(
+        &mut r,
+        start + ms(160),
+        Side::A,
+        NAT_A,
+        pkt(0, 8, 1280, 0x1111, false),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Held));
+    assert_eq!(r.passthrough_sources(), None);
+}
+
+/// A transcoded direction towards a held side plays out nothing (its buffered frames
+/// are muted, not sent), and plays out again after the resume.
+#[test]
+fn a_held_side_gets_no_played_out_frames() {
+    use media::sdp::Direction;
+    let mut r = relay_with(
+        side(Some(SDP_A), Codec::Pcmu, None),
+        side(Some(SDP_B), Codec::Pcma, None),
+        RelayConfig::default(),
+    );
+    let start = t0();
+    let mut out = [0u8; 2048];
+    let mut sent_to_b = 0;
+    let mut run = |r: &mut Relay, from_seq: u16, frames: u16| {
+        let mut sent = 0;
+        for k in 0..frames {
+            let seq = from_seq + k;
+            let now = start + ms(20 * u64::from(seq));
+            let (v, _) = send(
+                r,
+                now,
+                Side::A,
+                NAT_A,
+                pkt(0, seq, 160 * u32::from(seq), 0x1111, false),
+            );
+            assert!(
+                matches!(v, Verdict::Buffered | Verdict::Drop(DropReason::Held)),
+                "{v:?}"
+            );
+            while let Some(t) = r.handle_timeout(now, &mut out) {
+                assert_eq!(t.to, Side::B);
+                sent += 1;
+            }
+        }
+        sent
+    };
+    sent_to_b += run(&mut r, 1, 20);
+    assert!(sent_to_b >= 15, "played out before the hold: {sent_to_b}");
+    r.set_direction(Side::B, Direction::RecvOnly);
+    assert_eq!(run(&mut r, 21, 20), 0, "nothing played out to a held side");
+    r.set_direction(Side::B, Direction::SendRecv);
+    let after = run(&mut r, 41, 20);
+    assert!(after >= 15, "played out after the resume: {after}");
+}

@@ -105,7 +105,8 @@ async fn call(transport: Transport) {
         }
     );
     let st = a.stats().await.unwrap();
-    assert!(st.messages_out >= 3 && st.messages_in >= 3, "{st:?}");
+    // In: 200 to the INVITE and to the BYE (B answered within 200 ms: no 100 Trying).
+    assert!(st.messages_out >= 3 && st.messages_in >= 2, "{st:?}");
 }
 
 #[tokio::test]

@@ -181,7 +181,10 @@ fn answered_call_ack_then_caller_hangs_up() {
     let mut p = Pair::new(t0());
     let b_leg = call_b(&mut p);
     assert!(b_leg & (1 << 63) != 0);
-    assert_eq!(p.sent(false, "100").len(), 1, "100 Trying at once");
+    // §17.2.1: the TU may answer within 200 ms; only then does the 100 go out.
+    assert_eq!(p.sent(false, "100").len(), 0, "no 100 before 200 ms");
+    p.run_until(p.now + Duration::from_millis(200));
+    assert_eq!(p.sent(false, "100").len(), 1, "100 Trying at 200 ms");
     p.b.handle_command(
         p.now,
         UaCommand::Answer {
@@ -761,7 +764,8 @@ fn remote_cancel_of_incoming_call_gets_487() {
     let mut p = Pair::new(t0());
     let b_leg = call_b(&mut p);
     p.a.handle_command(p.now, UaCommand::Cancel { leg: 1 });
-    p.drive();
+    // §9.1: A's CANCEL waits for a provisional; B's 100 comes at 200 ms.
+    p.run_until(p.now + Duration::from_millis(250));
     assert_eq!(
         events(&p.b_events)[1..],
         [UaEvent::Terminated {
@@ -822,6 +826,10 @@ fn incoming(method: &str, cseq: u32, branch: &str, to_tag: Option<&str>) -> Vec<
 fn incoming_call_answer_and_session_refresh_reinvite() {
     let mut s = Solo::new();
     s.feed(incoming("INVITE", 1, "z9hG4bKi1", None));
+    // No 100 at once (§17.2.1: the TU has 200 ms); it follows if the TU takes longer.
+    assert!(s.out().is_empty());
+    s.now += Duration::from_millis(200);
+    s.ua.handle_timeout(s.now);
     let out = s.out();
     assert!(matches!(&out[..], [SipMessage::Response(r)] if r.code == 100));
     let [UaEvent::Incoming { leg, source, .. }] = &s.events()[..] else {
@@ -888,7 +896,7 @@ fn unacked_200_ends_at_timer_h_with_a_bye() {
     let leg = *leg;
     s.ua.handle_command(s.now, UaCommand::Answer { leg, body: None });
     let start = s.now;
-    assert_eq!(s.out().len(), 2, "the 100 and the 200");
+    assert_eq!(s.out().len(), 1, "the 200 (answered at once: no 100)");
     let mut oks = 0;
     let mut end = None;
     while let Some(at) = s.ua.poll_timeout() {
@@ -964,4 +972,31 @@ fn over_tcp_nothing_is_retransmitted_and_timer_b_still_fires() {
         &s.events()[..],
         [UaEvent::Failed { code: 408, .. }]
     ));
+}
+
+/// Amplification: a new INVITE refused statelessly gets exactly one answer, with no 100
+/// before it and no retransmission after it (a spoofed source draws one datagram).
+#[test]
+fn a_stateless_refusal_is_one_datagram() {
+    let mut p = Pair::new(t0());
+    let b_leg = call_b(&mut p);
+    p.b.handle_command(
+        p.now,
+        UaCommand::RejectStateless {
+            leg: b_leg,
+            code: 401,
+            reason: "Unauthorized".into(),
+            headers: Vec::new(),
+        },
+    );
+    p.drive();
+    // Well past Timer G's retransmissions and Timer H.
+    p.run_until(p.now + Duration::from_secs(40));
+    let from_b: Vec<&str> = p
+        .wire
+        .iter()
+        .filter(|r| !r.from_a)
+        .map(|r| r.first_line.as_str())
+        .collect();
+    assert_eq!(from_b, ["SIP/2.0 401 Unauthorized"], "{from_b:?}");
 }

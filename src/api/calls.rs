@@ -264,6 +264,9 @@ pub struct TransferRequest {
         example = "+14155550000"
     )]
     pub to: String,
+    /// Transit calls: the party transferred, `caller` (default) or `callee`.
+    #[serde(default)]
+    pub leg: Option<crate::core::transfer::TransferLeg>,
 }
 
 /// `POST /calls/{id}/transfer`: blind transfer by REFER; 202, progress in callbacks.
@@ -294,7 +297,8 @@ pub async fn transfer(
     let target = if to.starts_with("sip:") || to.starts_with("sips:") || to.starts_with("tel:") {
         to.to_owned()
     } else if dialplan::e164::is_e164(to) {
-        format!("tel:{to}")
+        // Made a SIP URI on the call's trunk by the call (it knows the trunk).
+        to.to_owned()
     } else {
         return Err(ApiError::validation(
             "to",
@@ -308,7 +312,10 @@ pub async fn transfer(
     {
         return Err(ApiError::validation("to", "not a usable URI"));
     }
-    let call = state.switch.transfer(&auth.tenant, &id, &target).await?;
+    let call = state
+        .switch
+        .transfer(&auth.tenant, &id, &target, req.leg)
+        .await?;
     Ok((axum::http::StatusCode::ACCEPTED, Envelope::ok(call)))
 }
 

@@ -26,6 +26,7 @@ pub enum ErrorCode {
     ServiceUnavailable,
     PayloadTooLarge,
     RateLimited,
+    DestinationNotAllowed,
     InternalError,
 }
 
@@ -45,6 +46,7 @@ impl ErrorCode {
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::RateLimited => "RATE_LIMITED",
+            Self::DestinationNotAllowed => "DESTINATION_NOT_ALLOWED",
             Self::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -55,7 +57,7 @@ impl ErrorCode {
                 StatusCode::BAD_REQUEST
             }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::DestinationNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CallAlreadyEnded | Self::RecordingNotReady | Self::CallNotTransferable => {
@@ -179,6 +181,25 @@ impl From<crate::core::CoreError> for ApiError {
                 Self::new(ErrorCode::ServiceUnavailable, e.to_string())
             }
             C::NotTransferable(why) => Self::new(ErrorCode::CallNotTransferable, why),
+            C::Refused(r) => {
+                use super::super::core::tenant_policy::Refusal as R;
+                let message = r.to_string();
+                match r {
+                    R::Barred { .. } | R::NotAllowed { .. } => {
+                        Self::new(ErrorCode::DestinationNotAllowed, message)
+                    }
+                    R::Concurrent(_) => {
+                        let mut e = Self::new(ErrorCode::RateLimited, message);
+                        e.retry_after = Some(1);
+                        e
+                    }
+                    R::Rate(_, wait) => {
+                        let mut e = Self::new(ErrorCode::RateLimited, message);
+                        e.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+                        e
+                    }
+                }
+            }
             C::Store(s) => s.into(),
         }
     }

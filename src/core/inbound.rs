@@ -25,8 +25,16 @@ pub enum Admission {
     Trunk(usize),
     /// Send a digest challenge (401) with this `WWW-Authenticate` value.
     Challenge(String),
-    /// Unknown or wrong credentials: 403, saying nothing about what exists.
+    /// Not a trunk and no credentials to check: 403, saying nothing about what exists.
     Refuse(&'static str),
+    /// Wrong credentials (counted against the source and the user name): 403 as well.
+    AuthFailed {
+        why: &'static str,
+        user: Option<String>,
+    },
+    /// The user name is slowed after failures: 403 unchecked, and not counted against the
+    /// source (or a guesser locking a trunk's name would get the trunk itself banned).
+    UserSlowed,
 }
 
 /// Dialplan errors at load, each with its rule and line.
@@ -129,7 +137,13 @@ impl Inbound {
 
     /// Which trunk an INVITE from `source` arrived on. The most specific CIDR wins;
     /// otherwise a trunk with inbound credentials may claim it by digest.
-    pub fn admit(&self, source: IpAddr, req: &Request, now_secs: u64) -> Admission {
+    pub fn admit(
+        &self,
+        source: IpAddr,
+        req: &Request,
+        now_secs: u64,
+        guard: &super::auth_guard::AuthGuard,
+    ) -> Admission {
         if let Some((_, i)) = self
             .cidrs
             .iter()
@@ -151,6 +165,15 @@ impl Inbound {
         let Some(auth) = req.headers.get("Authorization") else {
             return Admission::Challenge(challenger.challenge(now_secs, &mut rand::rng(), false));
         };
+        let user = sip::auth::DigestResponse::parse(auth)
+            .ok()
+            .map(|d| d.username);
+        if let Some(u) = &user
+            && guard.gate_user(u, now_secs) == super::auth_guard::Gate::UserLocked
+        {
+            // Not even checked: a right guess now would teach the guesser nothing.
+            return Admission::UserSlowed;
+        }
         let lookup = |user: &str| {
             self.trunks
                 .iter()
@@ -162,12 +185,21 @@ impl Inbound {
                 .trunks
                 .iter()
                 .position(|t| t.config.inbound_username.as_deref() == Some(username.as_str()))
-                .map_or(Admission::Refuse("unknown user"), Admission::Trunk),
+                .map_or(
+                    Admission::AuthFailed {
+                        why: "unknown user",
+                        user: None,
+                    },
+                    Admission::Trunk,
+                ),
             AuthOutcome::Stale => {
                 Admission::Challenge(challenger.challenge(now_secs, &mut rand::rng(), true))
             }
-            AuthOutcome::Replay => Admission::Refuse("nonce replayed"),
-            AuthOutcome::Invalid(why) => Admission::Refuse(why),
+            AuthOutcome::Replay => Admission::AuthFailed {
+                why: "nonce replayed",
+                user,
+            },
+            AuthOutcome::Invalid(why) => Admission::AuthFailed { why, user },
         }
     }
 
@@ -202,6 +234,23 @@ impl Inbound {
 
 impl Inbound {
     /// The plan's decision for a number (a transfer target), as if it arrived on `trunk`.
+    /// The dial plan rule that bars an outbound API call, if one does: the first rule that
+    /// matches (from, to, no source trunk) is a `reject`. No rule matching is no barring:
+    /// API calls are routed by caller id, not by the plan.
+    pub fn barring_rule(&self, from: &str, to: &str) -> Option<String> {
+        let plan = self.plan()?;
+        let decision = plan.route(&Attempt {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            source_trunk: None,
+            local_time: local_time(chrono::Utc::now(), self.utc_offset_minutes),
+        });
+        match (&decision.route, decision.rule) {
+            (Route::Reject { .. }, Some(rule)) => Some(rule),
+            _ => None,
+        }
+    }
+
     pub fn route_number(&self, trunk: &str, from: &str, to: &str) -> Decision {
         let attempt = Attempt {
             from: from.to_owned(),
@@ -276,6 +325,10 @@ pub fn local_time(now: chrono::DateTime<chrono::Utc>, offset_minutes: i32) -> Lo
 
 #[cfg(test)]
 mod tests {
+    fn guard() -> crate::core::auth_guard::AuthGuard {
+        crate::core::auth_guard::AuthGuard::new(&crate::config::SecurityConfig::default())
+    }
+
     use super::*;
     use crate::config::{TrunkConfig, TrunkTransport};
 
@@ -296,6 +349,7 @@ mod tests {
             register: false,
             register_expires: 3600,
             keepalive_interval_s: 0,
+            codecs: crate::config::default_codecs(),
         })
         .unwrap()
     }
@@ -323,15 +377,15 @@ mod tests {
         let inbound = Inbound::new(trunks, "sy", None, 0);
         let req = invite("");
         assert_eq!(
-            inbound.admit("10.0.0.1".parse().unwrap(), &req, 0),
+            inbound.admit("10.0.0.1".parse().unwrap(), &req, 0, &guard()),
             Admission::Trunk(1)
         );
         assert_eq!(
-            inbound.admit("10.9.9.9".parse().unwrap(), &req, 0),
+            inbound.admit("10.9.9.9".parse().unwrap(), &req, 0, &guard()),
             Admission::Trunk(0)
         );
         assert!(matches!(
-            inbound.admit("192.0.2.1".parse().unwrap(), &req, 0),
+            inbound.admit("192.0.2.1".parse().unwrap(), &req, 0, &guard()),
             Admission::Refuse(_)
         ));
     }
@@ -341,7 +395,8 @@ mod tests {
         let trunks = Arc::new(vec![trunk("auth", &[], Some(("carrier", "s3cret")))]);
         let inbound = Inbound::new(trunks, "sy", None, 0);
         let req = invite("");
-        let Admission::Challenge(www) = inbound.admit("192.0.2.1".parse().unwrap(), &req, 100)
+        let Admission::Challenge(www) =
+            inbound.admit("192.0.2.1".parse().unwrap(), &req, 100, &guard())
         else {
             panic!("expected a challenge")
         };
@@ -353,12 +408,15 @@ mod tests {
         let auth = sip::auth::authorization(&ch, &creds, &Method::Invite, &req.uri, "abcd", 1);
         let signed = invite(&format!("Authorization: {auth}\r\n"));
         assert_eq!(
-            inbound.admit("192.0.2.1".parse().unwrap(), &signed, 101),
+            inbound.admit("192.0.2.1".parse().unwrap(), &signed, 101, &guard()),
             Admission::Trunk(0)
         );
         assert!(matches!(
-            inbound.admit("192.0.2.1".parse().unwrap(), &signed, 102),
-            Admission::Refuse(_)
+            inbound.admit("192.0.2.1".parse().unwrap(), &signed, 102, &guard()),
+            Admission::AuthFailed {
+                why: "nonce replayed",
+                ..
+            }
         ));
         let wrong = sip::auth::Credentials {
             username: "carrier".into(),
@@ -367,8 +425,8 @@ mod tests {
         let bad = sip::auth::authorization(&ch, &wrong, &Method::Invite, &req.uri, "abce", 1);
         let bad = invite(&format!("Authorization: {bad}\r\n"));
         assert!(matches!(
-            inbound.admit("192.0.2.1".parse().unwrap(), &bad, 103),
-            Admission::Refuse(_)
+            inbound.admit("192.0.2.1".parse().unwrap(), &bad, 103, &guard()),
+            Admission::AuthFailed { user: Some(ref u), .. } if u == "carrier"
         ));
     }
 

@@ -20,6 +20,10 @@ use super::trunk::Trunk;
 use super::{CALL_QUEUE, Shared};
 use crate::model::{CallRecord, CallStatus};
 
+/// Refusals are logged at most once a second: a scan or flood is one line a second.
+static REFUSED_LOG: super::metrics::LogGate = super::metrics::LogGate::new();
+static AUTH_FAILED_LOG: super::metrics::LogGate = super::metrics::LogGate::new();
+
 pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
     let sip::ua::UaEvent::Incoming {
         leg,
@@ -41,14 +45,32 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
             headers,
         });
     };
+    // Answers to sources nobody vouches for (they may be spoofed) go out once, with no
+    // 100 before and no retransmission after: one datagram out for one in.
+    let reject_stateless = |code: u16, reason: &str, headers: Vec<sip::msg::Header>| {
+        let _ = shared.ua.send(sip::ua::UaCommand::RejectStateless {
+            leg,
+            code,
+            reason: reason.to_owned(),
+            headers,
+        });
+    };
     let now_secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let index = match shared.inbound.admit(source.ip(), &request, now_secs) {
+    if shared.auth_guard.gate_source(source.ip(), now_secs) == super::auth_guard::Gate::Banned {
+        shared.metrics.inbound(InboundOutcome::Forbidden);
+        let _ = shared.ua.send(sip::ua::UaCommand::Discard { leg });
+        return;
+    }
+    let index = match shared
+        .inbound
+        .admit(source.ip(), &request, now_secs, &shared.auth_guard)
+    {
         Admission::Trunk(i) => i,
         Admission::Challenge(www) => {
             shared.metrics.inbound(InboundOutcome::Challenged);
-            reject(
+            reject_stateless(
                 401,
                 "Unauthorized",
                 vec![sip::msg::Header::new("WWW-Authenticate", www)],
@@ -58,8 +80,26 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
         Admission::Refuse(why) => {
             // The caller learns nothing about which numbers or routes exist.
             shared.metrics.inbound(InboundOutcome::Forbidden);
-            tracing::info!(%source, reason = why, "inbound INVITE refused");
-            reject(403, "Forbidden", Vec::new());
+            if let Some(held) = REFUSED_LOG.pass() {
+                tracing::info!(%source, reason = why, similar_lines_held = held, "inbound INVITE refused");
+            }
+            reject_stateless(403, "Forbidden", Vec::new());
+            return;
+        }
+        Admission::AuthFailed { why, user } => {
+            shared.metrics.inbound(InboundOutcome::Forbidden);
+            shared
+                .auth_guard
+                .failed(source.ip(), user.as_deref(), now_secs);
+            if let Some(held) = AUTH_FAILED_LOG.pass() {
+                tracing::info!(%source, reason = why, similar_lines_held = held, "inbound INVITE refused: authentication failed");
+            }
+            reject_stateless(403, "Forbidden", Vec::new());
+            return;
+        }
+        Admission::UserSlowed => {
+            shared.metrics.inbound(InboundOutcome::Forbidden);
+            reject_stateless(403, "Forbidden", Vec::new());
             return;
         }
     };
@@ -167,7 +207,10 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
             record.agent_id = Some(agent);
             record.metadata["route"] = "agent".into();
             let bind_ip = shared.config.rtp_bind_ip();
-            let probe = super::task::local_offer(&shared.config, bind_ip, 0);
+            let probe = super::codecs::with_codecs(
+                super::task::local_offer(&shared.config, bind_ip, 0),
+                &trunk.codecs(),
+            );
             if media::sdp::answer_offer(&offer.bytes, &probe).is_err() {
                 shared.metrics.inbound(InboundOutcome::Rejected);
                 reject(488, "Not Acceptable Here", Vec::new());
@@ -221,9 +264,12 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 to,
                 trunks,
                 source_slot: Some(source_slot),
+                // Read before the INVITE moves into the caller's dialog.
+                a_allow: request.headers.get("Allow").map(str::to_owned),
                 a_dialog: super::transit_dialogs::LegDialogs::new(
                     request, local_tag, source, transport,
                 ),
+                a_codecs: trunk.codecs(),
             };
             match TransitTask::new(shared.clone(), setup) {
                 Ok(task) => start(shared, record, leg, tx, async move { task.run(rx).await }),

@@ -39,6 +39,34 @@ pub fn once_per_second(last: &AtomicU64) -> bool {
     last.swap(now, Ordering::Relaxed) != now
 }
 
+/// A log line on the network path, let through at most once a second; the lines held
+/// back meanwhile are counted and reported with the next one (a flood must not turn into
+/// gigabytes of identical log lines and a core spent writing them).
+#[derive(Debug, Default)]
+pub struct LogGate {
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogGate {
+    pub const fn new() -> Self {
+        LogGate {
+            last: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when this line may be written.
+    pub fn pass(&self) -> Option<u64> {
+        if once_per_second(&self.last) {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// What became of an inbound INVITE, for `switchyard_inbound_invites_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InboundOutcome {

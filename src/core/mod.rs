@@ -12,7 +12,9 @@
 //! transaction per status change; the webhook deliverer is nudged after each.
 
 pub mod advertise;
+pub mod auth_guard;
 pub mod call;
+pub mod codecs;
 pub mod dialog;
 pub mod inbound;
 mod incoming;
@@ -20,6 +22,8 @@ mod live_media;
 pub mod metrics;
 pub mod status;
 pub mod task;
+pub mod tenant_policy;
+pub mod transfer;
 pub mod transit;
 mod transit_dialogs;
 pub mod transit_task;
@@ -69,6 +73,8 @@ pub enum CoreError {
     #[error("{0}")]
     NotTransferable(&'static str),
     #[error(transparent)]
+    Refused(#[from] tenant_policy::Refusal),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -86,6 +92,10 @@ pub(crate) struct Shared {
     pub inbound: Arc<inbound::Inbound>,
     /// Which of our addresses each peer is told.
     pub advertise: Arc<advertise::Advertise>,
+    /// What tenants' API calls may dial, and how many at once.
+    pub tenant_policy: Arc<tenant_policy::TenantPolicy>,
+    /// Bans and slows sources and user names that fail digest authentication.
+    pub auth_guard: Arc<auth_guard::AuthGuard>,
     next_leg: Arc<AtomicU64>,
 }
 
@@ -135,6 +145,8 @@ impl Switch {
         ));
         let shared = Shared {
             advertise: Arc::new(advertise::Advertise::new(&config)),
+            tenant_policy: Arc::new(tenant_policy::TenantPolicy::new(&config.tenants)),
+            auth_guard: Arc::new(auth_guard::AuthGuard::new(&config.security)),
             config,
             store,
             webhooks,
@@ -178,9 +190,16 @@ impl Switch {
     pub async fn render_metrics(&self) -> String {
         let sip = self.shared.ua.stats().await.ok();
         let kernel = self.shared.ports.kernel_forwarder().map(|k| k.stats());
-        self.shared
-            .metrics
-            .render(self.live_calls(), sip.as_ref(), &self.trunks, kernel)
+        let mut text =
+            self.shared
+                .metrics
+                .render(self.live_calls(), sip.as_ref(), &self.trunks, kernel);
+        self.shared.tenant_policy.render(&mut text);
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.shared.auth_guard.render(&mut text, now_secs);
+        text
     }
 
     /// Validate the route, write the `initiating` row and its event, and start the call task.
@@ -211,6 +230,12 @@ impl Switch {
         let Some(first) = trunks.first() else {
             return Err(CoreError::UnknownCallerId(req.from));
         };
+        let slot = self.shared.tenant_policy.admit(
+            tenant,
+            &req.to,
+            self.shared.inbound.barring_rule(&req.from, &req.to),
+            std::time::Instant::now(),
+        )?;
 
         let calls_cfg = &self.shared.config.calls;
         // Millisecond precision: what the store keeps, so the API shows the same value twice.
@@ -280,8 +305,12 @@ impl Switch {
             None,
             None,
         );
-        // Boxed for the same reason as an inbound call's task (see `incoming::start`).
-        tokio::spawn(Box::pin(task.run(rx)));
+        // Boxed for the same reason as an inbound call's task (see `incoming::start`). The
+        // tenant's slot is held for the call's life.
+        tokio::spawn(Box::pin(async move {
+            let _slot = slot;
+            task.run(rx).await;
+        }));
         Ok(created)
     }
 
@@ -326,13 +355,16 @@ impl Switch {
 }
 
 impl Switch {
-    /// Blind-transfer an answered call's far end to `target` (REFER); progress arrives as
-    /// `call.transfer` events and the call ends `transferred` when the far end reports success.
+    /// Blind-transfer an answered call's far end to `target` (an E.164 number or a URI;
+    /// REFER); progress arrives as `call.transfer` events and the call ends `transferred`
+    /// when the far end reports success. On a transit call `leg` (default: the caller) is
+    /// the party transferred; see `transit_task::xfer`.
     pub async fn transfer(
         &self,
         tenant: &str,
         id: &str,
         target: &str,
+        leg: Option<transfer::TransferLeg>,
     ) -> Result<CallRecord, CoreError> {
         let current = self
             .shared
@@ -352,6 +384,7 @@ impl Switch {
         let (reply, rx) = oneshot::channel();
         tx.try_send(TaskInput::Transfer {
             target: target.to_owned(),
+            leg,
             reply,
         })
         .map_err(|_| CoreError::Overloaded)?;

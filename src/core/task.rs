@@ -24,10 +24,12 @@ pub enum TaskInput {
     Hangup(oneshot::Sender<CallRecord>),
     /// Hang up because the switch is stopping (`end_reason: switch_shutdown`).
     Shutdown(oneshot::Sender<CallRecord>),
-    /// Blind transfer of the far end to `target` (a SIP URI) by REFER; the sender learns
-    /// whether the REFER could be sent (the call must be answered).
+    /// Blind transfer of the far end to `target` (an E.164 number or a URI) by REFER; the
+    /// sender learns whether the REFER could be sent (the call must be answered). `leg`
+    /// picks the party of a transit call (calls with one far end ignore it).
     Transfer {
         target: String,
+        leg: Option<super::transfer::TransferLeg>,
         reply: oneshot::Sender<Result<(), &'static str>>,
     },
 }
@@ -143,8 +145,10 @@ impl CallTask {
                 self.waiters.push(reply);
                 CallInput::Shutdown
             }
-            TaskInput::Transfer { target, reply } => {
+            TaskInput::Transfer { target, reply, .. } => {
                 let result = if self.answered.is_some() && !self.call.is_done() {
+                    // An E.164 number as a SIP URI on our trunk: carriers cannot dial tel:.
+                    let target = super::transfer::refer_uri(&target, &self.trunk);
                     tracing::info!(%target, "transfer: REFER sent");
                     let _ = self.shared.ua.send(sip::ua::UaCommand::Refer {
                         leg: self.leg,
@@ -238,7 +242,8 @@ impl CallTask {
 
     /// A digit is a fact about the call, not a status: an outbox event of its own.
     async fn on_dtmf(&mut self, d: media::dtmf::DtmfEvent) {
-        let duration_ms = u64::from(d.duration_ts) / 8; // telephone-event/8000
+        let clock = self.endpoint.as_ref().and_then(|e| e.params());
+        let duration_ms = d.duration_ms(clock.map_or(8000, |p| p.clock_rate));
         tracing::info!(digit = %d.digit, duration_ms, "DTMF received");
         record_event(
             &self.shared,
@@ -373,7 +378,11 @@ impl CallTask {
             return;
         };
         let addr = self.shared.advertise.media_ip_for_offer(&offer.bytes);
-        let local = local_offer(&self.shared.config, addr, endpoint.local_addr().port());
+        // The source trunk's codecs pick the answer's codec.
+        let local = super::codecs::with_codecs(
+            local_offer(&self.shared.config, addr, endpoint.local_addr().port()),
+            &self.trunk.codecs(),
+        );
         match media::sdp::answer_offer(&offer.bytes, &local) {
             Ok((sdp, params)) => {
                 endpoint.connect(params);
@@ -383,7 +392,9 @@ impl CallTask {
                 let now = Instant::now();
                 self.answered = Some(now);
                 self.media_check = self.media_timeout().map(|t| now + t);
-                self.offer = Some(local);
+                // The agreed codec first, so a re-offer listing it again keeps it.
+                let codecs = super::codecs::preferring(&local.codecs, params.codec);
+                self.offer = Some(super::codecs::with_codecs(local, &codecs));
                 // Written with the in_progress status that follows at once.
                 if let Some(d) = self.caller_dialog.take() {
                     Arc::make_mut(&mut self.record).sip_dialog = super::dialog::to_json(&d);
@@ -435,7 +446,7 @@ impl CallTask {
             session_version: session_id,
             addr: media_ip,
             port: endpoint.local_addr().port(),
-            codecs: vec![media::sdp::Codec::Pcmu, media::sdp::Codec::Pcma],
+            codecs: self.trunk.codecs(),
             dtmf_pt: Some(101),
             ptime_ms: 20,
             direction: media::sdp::Direction::SendRecv,
@@ -719,7 +730,9 @@ pub(crate) fn next_description(
     media::sdp::OfferParams {
         session_id: prev.session_id,
         session_version: prev.session_version,
-        // The same address as before: the peer and its route have not changed.
+        // The session keeps its codec list (a trunk's, not the default), and its address:
+        // the peer and its route have not changed.
+        codecs: prev.codecs.clone(),
         ..local_offer(config, prev.addr, port)
     }
 }

@@ -44,6 +44,8 @@ pub enum TransitInput {
     Hangup,
     /// The switch is stopping (SIGTERM): a hangup with its own reason.
     Shutdown,
+    /// The far end of one leg took over the call by REFER and reported success.
+    Transferred,
     MediaTimeout,
     /// Leg B could not even be sent (no address, trunk over its limit): like a 503.
     BUnavailable {
@@ -243,6 +245,7 @@ impl Transit {
                 self.ending(EndReason::RemoteBye, true, false)
             }
             (Phase::Answered, I::Hangup) => self.end_both(hangup),
+            (Phase::Answered, I::Transferred) => self.end_both(EndReason::Transferred),
             (Phase::Answered, I::MediaTimeout) => self.end_both(EndReason::MediaTimeout),
             (Phase::Answered, I::SessionExpired) => {
                 // The user agent already sent the BYE on A.
@@ -476,6 +479,29 @@ mod tests {
             statuses(&outs).last(),
             Some(&(CallStatus::Completed, Some(EndReason::AckTimeout)))
         );
+    }
+
+    #[test]
+    fn a_transfer_by_refer_ends_both_legs_transferred() {
+        let (t, outs) = run(
+            1,
+            &[
+                I::Start,
+                I::BAnswered,
+                I::Transferred,
+                I::ATerminated { by_remote: false },
+                I::BTerminated { by_remote: false },
+            ],
+        );
+        assert!(t.is_done());
+        assert!(outs.contains(&O::ByeA) && outs.contains(&O::ByeB));
+        assert_eq!(
+            statuses(&outs).last(),
+            Some(&(CallStatus::Completed, Some(EndReason::Transferred)))
+        );
+        // Before the answer there is nothing to transfer.
+        let (_, outs) = run(1, &[I::Start, I::Transferred]);
+        assert_eq!(outs, vec![O::InviteB { index: 0 }]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::call::StatusChange;
+use super::codecs::{preferring, with_codecs};
 use super::task::{
     TaskInput, apply_change, local_offer, next_description, next_from, persist_status,
     record_event, sdp_body, sleep_until,
@@ -20,6 +21,9 @@ use super::task::{
 use super::transit::{Transit, TransitInput, TransitOutput};
 use super::trunk::{Trunk, TrunkSlot};
 use crate::model::CallRecord;
+
+mod hold;
+mod xfer;
 
 /// When a bridge failure was last logged (seconds since the epoch).
 static BRIDGE_FAILURE_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -42,6 +46,10 @@ pub(crate) struct TransitSetup {
     pub source_slot: Option<TrunkSlot>,
     /// What names the caller's dialog once answered (the callee's is added later).
     pub a_dialog: super::transit_dialogs::LegDialogs,
+    /// The source trunk's codecs: what our answer to the caller may pick, in order.
+    pub a_codecs: Vec<media::sdp::Codec>,
+    /// The caller's Allow header (whether it takes a REFER).
+    pub a_allow: Option<String>,
 }
 
 #[derive(Debug)]
@@ -57,6 +65,11 @@ pub(crate) struct TransitTask {
     /// Our SDP towards A (answer to A's offer) and the parameters behind it.
     a_local: media::sdp::OfferParams,
     a_sdp: String,
+    /// The caller's offer, kept to answer it again in the callee's codec (see
+    /// [`TransitTask::follow_b_codec`]) until `a_sdp_sent`.
+    a_offer: bytes::Bytes,
+    /// `a_sdp` has gone to the caller (in a 18x or the 2xx): it can no longer change.
+    a_sdp_sent: bool,
     /// Our offer towards B.
     b_local: Option<media::sdp::OfferParams>,
     /// Leg B's media became known (18x or 2xx with SDP).
@@ -82,13 +95,20 @@ pub(crate) struct TransitTask {
     /// Digits either party sends (RFC 4733), relayed by the bridge and reported as
     /// `call.dtmf` events with the side they came from.
     dtmf: Option<mpsc::Receiver<(Side, media::dtmf::DtmfEvent)>>,
+    /// One party's hold mirrored to the other by re-INVITE.
+    hold: hold::HoldState,
+    /// Transfers asked for by API.
+    xfer: xfer::XferState,
 }
 
 /// An accepted REFER in progress: `new_leg` is being called to replace `side`'s party.
 #[derive(Debug)]
 struct Transfer {
     side: Side,
+    /// The leg whose party is replaced (the referrer when a REFER asked).
     referrer: sip::ua::LegRef,
+    /// A REFER asked: the referrer hears NOTIFYs.
+    notify: bool,
     new_leg: sip::ua::LegRef,
     offer: media::sdp::OfferParams,
     /// The target's place on its trunk; becomes the call's outbound slot on success.
@@ -103,7 +123,7 @@ impl TransitTask {
         let bind_ip = config.rtp_bind_ip();
         let a_media_ip = shared.advertise.media_ip_for_offer(&setup.a_offer.bytes);
         // A first answer only to learn the caller's codec; redone once our port is known.
-        let probe = local_offer(config, a_media_ip, 0);
+        let probe = with_codecs(local_offer(config, a_media_ip, 0), &setup.a_codecs);
         let (_, a_params) = media::sdp::answer_offer(&setup.a_offer.bytes, &probe)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
         let a_side =
@@ -130,7 +150,13 @@ impl TransitTask {
             (503u16, "Service Unavailable")
         })?;
         let dtmf = bridge.take_dtmf_events();
-        let a_local = local_offer(config, a_media_ip, bridge.local_addr(Side::A).port());
+        // A caller that starts on hold (sendonly/inactive) gets no RTP from the start.
+        bridge.set_direction(Side::A, a_params.direction);
+        // The chosen codec first: the same answer now, and re-offers keep it.
+        let a_local = with_codecs(
+            local_offer(config, a_media_ip, bridge.local_addr(Side::A).port()),
+            &preferring(&setup.a_codecs, a_params.codec),
+        );
         let (a_sdp, _) = media::sdp::answer_offer(&setup.a_offer.bytes, &a_local)
             .map_err(|_| (488u16, "Not Acceptable Here"))?;
         let machine = Transit::new(
@@ -147,6 +173,8 @@ impl TransitTask {
             a_codec: a_params.codec,
             a_local,
             a_sdp,
+            a_offer: setup.a_offer.bytes.clone(),
+            a_sdp_sent: false,
             b_local: None,
             b_media: false,
             bridge: Some(bridge),
@@ -164,6 +192,8 @@ impl TransitTask {
             dialogs: setup.a_dialog,
             transfer: None,
             dtmf,
+            hold: hold::HoldState::default(),
+            xfer: xfer::XferState::new(setup.a_allow),
         })
     }
 
@@ -186,6 +216,7 @@ impl TransitTask {
                         super::live_media::publish(&self.shared, &mut self.record, bridge, seen)
                             .await;
                     }
+                    () = sleep_until(self.hold.poll_timeout()) => self.hold_timeout(Instant::now()),
                     Some((side, digit)) = next_from(&mut self.dtmf) => self.on_dtmf(side, digit).await,
                 }
                 self.drain().await;
@@ -218,10 +249,8 @@ impl TransitTask {
                 self.machine.handle(now, TransitInput::Shutdown);
                 return;
             }
-            TaskInput::Transfer { reply, .. } => {
-                // The caller's carrier would have to place the new call: not offered for
-                // transit calls (they are carried, not ours to redirect).
-                let _ = reply.send(Err("transit calls cannot be transferred"));
+            TaskInput::Transfer { target, leg, reply } => {
+                let _ = reply.send(self.api_transfer(target, leg).await);
                 return;
             }
             TaskInput::Sip(ev) => ev,
@@ -243,6 +272,22 @@ impl TransitTask {
                 self.answer_reoffer(leg, id, body.as_ref());
                 return;
             }
+            UaEvent::ReinviteResult { leg, code, body } => {
+                self.on_reinvite_result(leg, code, body.as_ref());
+                return;
+            }
+            UaEvent::ReferResult { leg, code } => {
+                self.on_refer_result(leg, code).await;
+                return;
+            }
+            UaEvent::ReferNotify {
+                leg,
+                status_code,
+                terminated,
+            } => {
+                self.on_refer_notify(leg, status_code, terminated).await;
+                return;
+            }
             UaEvent::Refer {
                 leg, id, refer_to, ..
             } => {
@@ -255,7 +300,7 @@ impl TransitTask {
                     .as_ref()
                     .is_some_and(|t| event_leg(ev) == Some(t.new_leg)) =>
             {
-                self.on_transfer_event(ev.clone());
+                self.on_transfer_event(ev.clone()).await;
                 return;
             }
             // Leg B (the callee); events of a leg we already gave up on are ignored.
@@ -306,15 +351,40 @@ impl TransitTask {
         } else {
             return;
         };
-        let refuse = |code: u16| {
-            let _ = self
-                .shared
-                .ua
-                .send(sip::ua::UaCommand::ReferResponse { leg, id, code });
+        // Refused with the code already: nothing more to do here.
+        let _ = self.transfer_to(side, Some((leg, id)), refer_to).await;
+    }
+
+    /// Calls `refer_to` (routed like a new call from the source trunk) to take `side`'s
+    /// place on the bridge once it answers. `refer`: the REFER that asked for it (answered
+    /// here; the referrer hears NOTIFYs); without one (an API transfer) nobody is
+    /// notified. `self.transfer` is set when the target is being called.
+    async fn transfer_to(
+        &mut self,
+        side: Side,
+        refer: Option<(sip::ua::LegRef, u64)>,
+        refer_to: &str,
+    ) -> Result<(), u16> {
+        let Some(leg) = (match side {
+            Side::A => Some(self.a_leg),
+            Side::B => self.b_leg,
+        }) else {
+            return Err(481);
         };
-        if self.record.status != crate::model::CallStatus::InProgress || self.transfer.is_some() {
+        let refuse = |code: u16| {
+            if let Some((leg, id)) = refer {
+                let _ = self
+                    .shared
+                    .ua
+                    .send(sip::ua::UaCommand::ReferResponse { leg, id, code });
+            }
+        };
+        if self.record.status != crate::model::CallStatus::InProgress
+            || self.transfer.is_some()
+            || self.xfer_pending()
+        {
             refuse(491);
-            return;
+            return Err(491);
         }
         let target = super::inbound::uri_user(refer_to.trim_matches(|c| c == '<' || c == '>'))
             .unwrap_or_default()
@@ -341,15 +411,15 @@ impl TransitTask {
         let (Some(trunk), Some(to), Some(bridge)) = (trunk, decision.to_e164, &self.bridge) else {
             tracing::warn!(%refer_to, route = ?decision.route, "transfer target not routable");
             refuse(603);
-            return;
+            return Err(603);
         };
         let Ok(slot) = trunk.reserve_outbound(Instant::now()) else {
             refuse(503);
-            return;
+            return Err(503);
         };
         let Ok(addr) = trunk.resolve().await else {
             refuse(503);
-            return;
+            return Err(503);
         };
         refuse(202);
         let media_ip = self.shared.advertise.media_ip_for(addr.ip());
@@ -382,22 +452,27 @@ impl TransitTask {
         self.transfer = Some(Transfer {
             side,
             referrer: leg,
+            notify: refer.is_some(),
             new_leg,
             offer,
             slot,
         });
+        Ok(())
     }
 
-    fn on_transfer_event(&mut self, ev: sip::ua::UaEvent) {
+    async fn on_transfer_event(&mut self, ev: sip::ua::UaEvent) {
         use sip::ua::UaEvent;
         let Some(t) = &self.transfer else {
             return;
         };
-        let notify = |code: u16, reason: &str, terminated: bool| sip::ua::UaCommand::Notify {
-            leg: t.referrer,
-            status_code: code,
-            reason: reason.to_owned(),
-            terminated,
+        let (referrer, notifies) = (t.referrer, t.notify);
+        let notify = |code: u16, reason: &str, terminated: bool| {
+            notifies.then(|| sip::ua::UaCommand::Notify {
+                leg: referrer,
+                status_code: code,
+                reason: reason.to_owned(),
+                terminated,
+            })
         };
         match ev {
             // The UA sent `100 Trying` with the 202; the referrer hears the outcome next.
@@ -411,24 +486,35 @@ impl TransitTask {
                 {
                     bridge.set_side(t.side, side);
                     bridge.update_remote(t.side, p.remote);
+                    bridge.set_direction(t.side, p.direction);
                 }
-                self.send(notify(200, "OK", true));
+                if let Some(n) = notify(200, "OK", true) {
+                    self.send(n);
+                }
                 self.send(sip::ua::UaCommand::Bye { leg: t.referrer });
                 let (side, new_leg, referrer) = (t.side, t.new_leg, t.referrer);
                 match side {
                     Side::A => self.a_leg = new_leg,
                     Side::B => self.b_leg = Some(new_leg),
                 }
+                self.hold.reset(side);
                 self.shared.legs.remove(&referrer);
                 self.out_slot = self.transfer.take().map(|t| t.slot);
                 Arc::make_mut(&mut self.record).metadata["transferred"] = serde_json::json!(true);
                 tracing::info!(?side, "transfer done: the target replaced the referrer");
+                self.transfer_event("succeeded", 200, side.other(), "dial")
+                    .await;
             }
             UaEvent::Failed { code, reason, .. } => {
-                self.send(notify(code, &reason, true));
+                if let Some(n) = notify(code, &reason, true) {
+                    self.send(n);
+                }
+                let side = t.side;
                 self.shared.legs.remove(&t.new_leg);
                 self.transfer = None;
                 tracing::warn!(code, "transfer target failed; the call goes on");
+                self.transfer_event("failed", code, side.other(), "dial")
+                    .await;
             }
             _ => {}
         }
@@ -443,8 +529,10 @@ impl TransitTask {
             Ok(params) => match SideParams::try_from(&params) {
                 Ok(side) => {
                     bridge.set_side(Side::B, side);
+                    bridge.set_direction(Side::B, params.direction);
                     self.b_media = true;
                     tracing::info!(remote = %params.remote, codec = ?params.codec, "callee media");
+                    self.follow_b_codec(params.codec);
                     true
                 }
                 Err(e) => {
@@ -457,6 +545,33 @@ impl TransitTask {
                 false
             }
         }
+    }
+
+    /// The callee chose `b_codec`, not the caller's: if the caller offered it too (and its
+    /// trunk allows it) and has not heard our answer yet, answer it in that codec instead,
+    /// so the legs share a codec and the bridge passes media through untranscoded.
+    fn follow_b_codec(&mut self, b_codec: media::sdp::Codec) {
+        if self.a_sdp_sent || b_codec == self.a_codec || !self.a_local.codecs.contains(&b_codec) {
+            return;
+        }
+        let local = with_codecs(
+            self.a_local.clone(),
+            &preferring(&self.a_local.codecs, b_codec),
+        );
+        let Ok((sdp, params)) = media::sdp::answer_offer(&self.a_offer, &local) else {
+            return;
+        };
+        let (Some(bridge), Ok(side)) = (&self.bridge, SideParams::try_from(&params)) else {
+            return;
+        };
+        if params.codec != b_codec {
+            return; // The caller did not offer it.
+        }
+        bridge.set_side(Side::A, side);
+        tracing::info!(from = ?self.a_codec, to = ?b_codec, "caller answered in the callee's codec");
+        self.a_codec = b_codec;
+        self.a_local = local;
+        self.a_sdp = sdp;
     }
 
     /// A re-INVITE or UPDATE on either leg: answered here from our side of the bridge
@@ -513,6 +628,7 @@ impl TransitTask {
                     id,
                     body: Some(sdp_body(sdp)),
                 });
+                self.mirror_hold(side, params.direction);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "re-offer refused");
@@ -539,6 +655,7 @@ impl TransitTask {
                 TransitOutput::InviteB { index } => self.invite_b(index).await,
                 TransitOutput::ProgressA { code, early_media } => {
                     let body = (early_media && self.b_media).then(|| sdp_body(self.a_sdp.clone()));
+                    self.a_sdp_sent |= body.is_some();
                     let reason = if code == 183 {
                         "Session Progress"
                     } else {
@@ -551,10 +668,13 @@ impl TransitTask {
                         body,
                     });
                 }
-                TransitOutput::AnswerA => self.send(sip::ua::UaCommand::Answer {
-                    leg: self.a_leg,
-                    body: Some(sdp_body(self.a_sdp.clone())),
-                }),
+                TransitOutput::AnswerA => {
+                    self.a_sdp_sent = true;
+                    self.send(sip::ua::UaCommand::Answer {
+                        leg: self.a_leg,
+                        body: Some(sdp_body(self.a_sdp.clone())),
+                    });
+                }
                 TransitOutput::RejectA { code, reason } => self.send(sip::ua::UaCommand::Reject {
                     leg: self.a_leg,
                     code,
@@ -627,16 +747,16 @@ impl TransitTask {
             return;
         };
         let media_ip = self.shared.advertise.media_ip_for(addr.ip());
-        let mut offer = local_offer(
-            &self.shared.config,
-            media_ip,
-            bridge.local_addr(Side::B).port(),
-        );
         // The caller's codec first: with the same codec on both legs the bridge only
         // rewrites headers.
-        let first = self.a_codec;
-        offer.codecs.retain(|c| *c != first);
-        offer.codecs.insert(0, first);
+        let offer = with_codecs(
+            local_offer(
+                &self.shared.config,
+                media_ip,
+                bridge.local_addr(Side::B).port(),
+            ),
+            &preferring(&trunk.codecs(), self.a_codec),
+        );
         let sdp = media::sdp::build_offer(&offer);
         self.b_local = Some(offer);
         let leg = self.shared.next_leg();
@@ -684,7 +804,8 @@ impl TransitTask {
         };
         let seen =
             bridge.counters(Side::A).received_packets + bridge.counters(Side::B).received_packets;
-        if seen != self.media_seen.0 {
+        // A call on hold may carry no RTP at all (inactive) for as long as it likes.
+        if seen != self.media_seen.0 || self.hold.on_hold() {
             self.media_seen = (seen, now);
         }
         if now.saturating_duration_since(self.media_seen.1) >= timeout {
@@ -702,7 +823,8 @@ impl TransitTask {
 
     /// A digit crossed the bridge (it was relayed as RFC 4733 to the other side too).
     async fn on_dtmf(&mut self, side: Side, d: media::dtmf::DtmfEvent) {
-        let duration_ms = u64::from(d.duration_ts) / 8; // telephone-event/8000
+        let clock = self.bridge.as_ref().map_or(8000, |b| b.clock_rate(side));
+        let duration_ms = d.duration_ms(clock);
         let from = if side == Side::A { "caller" } else { "callee" };
         tracing::info!(digit = %d.digit, duration_ms, from, "DTMF relayed");
         let extra = serde_json::json!({

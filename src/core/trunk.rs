@@ -267,6 +267,7 @@ mod tests {
             register: false,
             register_expires: 3600,
             keepalive_interval_s: 0,
+            codecs: crate::config::default_codecs(),
         })
         .unwrap()
     }

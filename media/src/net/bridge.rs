@@ -19,7 +19,9 @@
 //!
 //! With a kernel forwarder on the pool ([`super::kernel`]), a call whose relaying has
 //! become the identity is handed to the kernel: the task then only reads its counters
-//! once a second, and takes the call back on a renegotiation or at the end.
+//! once a second, and takes the call back on a renegotiation, a hold or at the end.
+//! A side on hold ([`Bridge::set_direction`]: its SDP direction says it receives
+//! nothing) gets no RTP, as RFC 3264 §5.1 asks; RTCP goes on.
 #![allow(clippy::disallowed_methods)] // driver: supplies the relay's `now`
 
 use std::cell::RefCell;
@@ -27,7 +29,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -47,6 +49,7 @@ use crate::dtmf::DtmfEvent;
 use crate::relay::{DropReason, Relay, RelayConfig, Side, SideCounters, SideParams, Verdict};
 use crate::rtcp::{self, LegReporter, SenderInfo};
 use crate::rtp::HEADER_LEN;
+use crate::sdp::Direction;
 use crate::transcode::Transcoder;
 
 /// Receive buffer: larger than any sane RTP packet on an Ethernet path.
@@ -258,6 +261,7 @@ fn idx(side: Side) -> usize {
 enum Command {
     UpdateRemote(Side, SocketAddr),
     SetSide(Side, SideParams),
+    SetDirection(Side, Direction),
     RtcpInterval(Duration),
 }
 
@@ -272,6 +276,8 @@ pub struct Bridge {
     cmd_tx: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
     dtmf_rx: Option<mpsc::Receiver<(Side, DtmfEvent)>>,
+    /// Each side's RTP clock as last set, to read digit durations in.
+    clock_rates: [AtomicU32; 2],
 }
 
 impl Bridge {
@@ -341,8 +347,10 @@ impl Bridge {
         };
         // Boxed: the driver's future is ~9 KB, copied into the task and written over
         // at its end otherwise.
+        let clock_rates = [AtomicU32::new(a.clock_rate), AtomicU32::new(b.clock_rate)];
         let task = handle.spawn(Box::pin(driver.run(cmd_rx, [pair_a, pair_b])));
         Ok(Bridge {
+            clock_rates,
             local,
             epoch,
             shared,
@@ -372,8 +380,20 @@ impl Bridge {
     /// Applied before any packet that arrives after the call; ignored if the bridge
     /// has stopped.
     pub fn set_side(&self, side: Side, params: SideParams) {
+        self.clock_rates[idx(side)].store(params.clock_rate, Ordering::Relaxed);
         // Fails only when the task has ended, and then there is nothing to update.
         let _ = self.cmd_tx.send(Command::SetSide(side, params));
+    }
+
+    /// Our negotiated direction towards `side` (SDP, from our side; see
+    /// [`Relay::set_direction`]): while it does not send (`side` holds the call with
+    /// sendonly or inactive), no RTP goes to `side`, and a call the kernel forwards is
+    /// taken back (a kernel entry carries both directions). RTCP reports go on.
+    /// Applied before any packet that arrives after the call; ignored if the bridge
+    /// has stopped.
+    pub fn set_direction(&self, side: Side, direction: Direction) {
+        // Fails only when the task has ended, and then there is nothing to update.
+        let _ = self.cmd_tx.send(Command::SetDirection(side, direction));
     }
 
     /// Sets the base RTCP report interval of both sides (default
@@ -381,6 +401,12 @@ impl Bridge {
     /// 0.5-1.5x); zero stops sending reports. Received RTCP is still read.
     pub fn set_rtcp_interval(&self, interval: Duration) {
         let _ = self.cmd_tx.send(Command::RtcpInterval(interval));
+    }
+
+    /// `side`'s RTP clock rate as last set (by `open` or [`set_side`](Self::set_side)):
+    /// the unit of the durations of the digits that side sends.
+    pub fn clock_rate(&self, side: Side) -> u32 {
+        self.clock_rates[idx(side)].load(Ordering::Relaxed)
     }
 
     /// Current counters of packets received on `side`; cheap (atomic loads).
@@ -553,18 +579,6 @@ fn recv_state() -> io::Result<&'static UdpSocketState> {
     Ok(STATE.get_or_init(|| state))
 }
 
-/// Packet duration implied by a payload's size, for building a transcoder.
-fn ptime_ms(codec: AudioCodec, payload_len: usize) -> u32 {
-    match codec {
-        // Both 64 kbit/s: 8 octets per millisecond.
-        AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => {
-            u32::try_from(payload_len / 8).unwrap_or(u32::MAX)
-        }
-        // Opus frames are self-describing; 20 ms is what SDP offers by default.
-        AudioCodec::Opus { .. } => 20,
-    }
-}
-
 impl Driver {
     async fn run(mut self, mut cmd_rx: mpsc::UnboundedReceiver<Command>, ports: [PortPair; 2]) {
         let mut cbufs = [[0u8; RTCP_BUF]; 2];
@@ -673,6 +687,13 @@ impl Driver {
                 self.relay.update_side(side, params);
                 // A digit still in progress on the old DTMF payload type.
                 self.forward_dtmf(side);
+            }
+            Command::SetDirection(side, direction) => {
+                if !direction.sends() {
+                    // The kernel entry would forward to the held side: take it back.
+                    self.end_offload();
+                }
+                self.relay.set_direction(side, direction);
             }
             Command::RtcpInterval(interval) => {
                 self.rtcp_interval = interval;
@@ -1037,7 +1058,7 @@ fn transcode(
     input: &[u8],
     sbuf: &mut [u8; SEND_BUF],
 ) -> Option<usize> {
-    let ptime = ptime_ms(from, input.len());
+    let ptime = crate::codec::payload_ptime_ms(from, input);
     let fits = slot
         .as_ref()
         .is_some_and(|t| t.from_codec() == from && t.to_codec() == to && t.ptime_ms() == ptime);

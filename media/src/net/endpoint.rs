@@ -171,6 +171,11 @@ impl RtpEndpoint {
         self.params_tx.send_replace(Some(params));
     }
 
+    /// What the last [`connect`](Self::connect) negotiated, if anything yet.
+    pub fn params(&self) -> Option<StreamParams> {
+        *self.params_tx.borrow()
+    }
+
     /// The digits (RFC 4733 telephone-event on the negotiated payload type) the far end
     /// sends, each reported once. `None` after the first call.
     pub fn take_dtmf_events(&mut self) -> Option<mpsc::Receiver<DtmfEvent>> {
@@ -358,17 +363,14 @@ impl Driver {
     fn configure(&mut self, params: StreamParams, sbuf: &mut [u8; SEND_BUF]) {
         let ptime_ms = params.ptime_ms.clamp(10, 120);
         let samples = params.clock_rate.saturating_mul(ptime_ms) / 1000;
-        // G.711: one byte per sample.
-        let payload_len = (samples as usize).min(SEND_BUF - HEADER_LEN);
-        let silence = params.codec.silence_byte();
-        if let (Some(p), Some(byte)) = (sbuf.get_mut(HEADER_LEN..HEADER_LEN + payload_len), silence)
-        {
-            p.fill(byte);
-        }
+        let silence = sbuf
+            .get_mut(HEADER_LEN..)
+            .and_then(|out| silence_frame(params.codec, ptime_ms, samples, out));
+        let payload_len = silence.unwrap_or(0);
         self.dtmf = params.dtmf_pt.map(DtmfDecoder::new);
         let ptime = Duration::from_millis(u64::from(ptime_ms));
-        // Only G.711 silence is a repeated byte; other codecs' would have to be encoded,
-        // so the endpoint receives them but sends nothing.
+        // A codec whose silence could not be made (an Opus ptime it has no frame for) is
+        // received but nothing is sent.
         let ticker = (params.direction.sends() && silence.is_some()).then(|| {
             let mut t = tokio::time::interval(ptime);
             t.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -472,4 +474,35 @@ impl Driver {
             Err(e) => tracing::trace!(dest = %s.dest(), error = %e, "RTP send failed"),
         }
     }
+}
+
+const SILENCE_WARMUP_FRAMES: usize = 5;
+
+/// Writes one frame of silence in `codec` into `out` and returns its length: G.711's
+/// silence byte repeated (`samples` of them), or for G.722 and Opus a frame of zeros
+/// encoded once, which is then sent again every packet time (silence stays silence
+/// whatever the decoder's state). `None` if the codec cannot make a frame of `ptime_ms`.
+fn silence_frame(
+    codec: crate::sdp::Codec,
+    ptime_ms: u32,
+    samples: u32,
+    out: &mut [u8],
+) -> Option<usize> {
+    if let Some(byte) = codec.silence_byte() {
+        let p = out.get_mut(..samples as usize)?;
+        p.fill(byte);
+        return Some(p.len());
+    }
+    let audio = codec.audio_codec();
+    if !audio.supports_ptime(ptime_ms) {
+        return None;
+    }
+    let mut enc = crate::codec::encoder(audio).ok()?;
+    let zeros = vec![0i16; audio.frame_samples(ptime_ms)];
+    // A few frames first: G.722's ADPCM settles from its reset state to its idle pattern.
+    for _ in 0..SILENCE_WARMUP_FRAMES {
+        enc.encode(&zeros, out).ok()?;
+    }
+    let len = enc.encode(&zeros, out).ok()?;
+    (len > 0).then_some(len)
 }

@@ -300,12 +300,12 @@ fn write_session_header(out: &mut String, session_id: u64, session_version: u64,
     );
 }
 
-/// Writes the rtpmap/fmtp lines for one audio m-line plus ptime and direction; `dtmf`
-/// is (payload type, clock rate, events).
+/// Writes the rtpmap/fmtp lines for one audio m-line plus ptime and direction; each of
+/// `events` is a telephone-event (payload type, clock rate, events).
 fn write_audio_attrs(
     out: &mut String,
     codecs: &[(Codec, u8)],
-    dtmf: Option<(u8, u32, &str)>,
+    events: &[(u8, u32, &str)],
     ptime_ms: u32,
     direction: Direction,
 ) {
@@ -315,7 +315,7 @@ fn write_audio_attrs(
             let _ = write!(out, "a=fmtp:{pt} {fmtp}\r\n");
         }
     }
-    if let Some((pt, clock, events)) = dtmf {
+    for (pt, clock, events) in events {
         let _ = write!(
             out,
             "a=rtpmap:{pt} telephone-event/{clock}\r\na=fmtp:{pt} {events}\r\n"
@@ -335,12 +335,42 @@ pub fn offered_pt(codec: Codec, dtmf_pt: Option<u8>) -> u8 {
     }
 }
 
+/// The payload type we offer telephone-event/48000 on beside telephone-event/8000 on
+/// `dtmf_pt`: 110 (what WebRTC stacks use), or the first dynamic number that neither
+/// `dtmf_pt` nor Opus ([`offered_pt`]) took.
+pub fn wideband_event_pt(dtmf_pt: u8) -> u8 {
+    let opus = offered_pt(Codec::Opus, Some(dtmf_pt));
+    std::iter::once(110)
+        .chain(96..=127)
+        .find(|pt| *pt != dtmf_pt && *pt != opus)
+        .unwrap_or(110)
+}
+
+/// The telephone-events an offer of `codecs` carries when DTMF is on `dtmf_pt`
+/// (RFC 4733 §2.1: events run on the clock of the audio they go with): `dtmf_pt` at
+/// 8000 Hz for G.711 and G.722, [`wideband_event_pt`] at 48000 Hz for Opus.
+fn offered_events(codecs: &[Codec], dtmf_pt: Option<u8>) -> Vec<(u8, u32, &'static str)> {
+    let Some(pt) = dtmf_pt else {
+        return Vec::new();
+    };
+    let wide = codecs.contains(&Codec::Opus);
+    let narrow = codecs.iter().any(|c| c.clock_rate() == 8000);
+    let mut out = Vec::with_capacity(2);
+    if narrow || !wide {
+        out.push((pt, 8000, "0-16"));
+    }
+    if wide {
+        out.push((wideband_event_pt(pt), 48000, "0-16"));
+    }
+    out
+}
+
 /// Builds an SDP offer for one audio stream (RFC 3264 §5), CRLF line ends.
 ///
 /// Payload types are listed in `p.codecs` order (Opus on [`offered_pt`] with its fmtp),
-/// then telephone-event/8000 (events 0-16) when `p.dtmf_pt` is set. The events are on
-/// the 8000 Hz clock of G.711 and G.722: an answer that picks Opus gets no DTMF
-/// payload type unless it lists telephone-event/48000 (see [`negotiate_answer`]).
+/// then, when `p.dtmf_pt` is set, telephone-event (events 0-16) on each clock the codecs
+/// use: `p.dtmf_pt` at 8000 Hz for G.711/G.722, [`wideband_event_pt`] at 48000 Hz for
+/// Opus. An answer picks the events on its codec's clock (see [`negotiate_answer`]).
 pub fn build_offer(p: &OfferParams) -> String {
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, p.session_id, p.session_version, p.addr);
@@ -354,21 +384,16 @@ pub fn build_offer(p: &OfferParams) -> String {
         .iter()
         .map(|c| (*c, offered_pt(*c, p.dtmf_pt)))
         .collect();
+    let events = offered_events(&seen, p.dtmf_pt);
     let _ = write!(out, "m=audio {} RTP/AVP", p.port);
     for (_, pt) in &pairs {
         let _ = write!(out, " {pt}");
     }
-    if let Some(pt) = p.dtmf_pt {
+    for (pt, _, _) in &events {
         let _ = write!(out, " {pt}");
     }
     out.push_str("\r\n");
-    write_audio_attrs(
-        &mut out,
-        &pairs,
-        p.dtmf_pt.map(|pt| (pt, 8000, "0-16")),
-        p.ptime_ms,
-        p.direction,
-    );
+    write_audio_attrs(&mut out, &pairs, &events, p.ptime_ms, p.direction);
     out
 }
 
@@ -467,24 +492,91 @@ mod tests {
         p.codecs = vec![Codec::Opus, Codec::G722, Codec::Pcmu];
         let sdp = build_offer(&p);
         assert!(
-            sdp.contains("m=audio 20000 RTP/AVP 111 9 0 101\r\n"),
+            sdp.contains("m=audio 20000 RTP/AVP 111 9 0 101 110\r\n"),
             "{sdp}"
         );
         assert!(sdp.contains(
             "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n\
-             a=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n"
+             a=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n\
+             a=rtpmap:110 telephone-event/48000\r\na=fmtp:110 0-16\r\n"
         ));
-        // telephone-event on 111 pushes Opus to 110.
+        // telephone-event on 111 pushes Opus to 110, and the 48 kHz events to 96.
         p.dtmf_pt = Some(111);
         let sdp = build_offer(&p);
         assert!(
-            sdp.contains("m=audio 20000 RTP/AVP 110 9 0 111\r\n"),
+            sdp.contains("m=audio 20000 RTP/AVP 110 9 0 111 96\r\n"),
             "{sdp}"
         );
         assert!(sdp.contains("a=rtpmap:110 opus/48000/2\r\n"));
+        assert!(sdp.contains("a=rtpmap:96 telephone-event/48000\r\n"));
         let parsed = parse(sdp.as_bytes()).unwrap();
         let m = &parsed.media[0];
         assert_eq!(m.rtpmap(110).unwrap().channels, Some(2));
         assert_eq!(m.fmtp(110), Some(OPUS_FMTP));
+    }
+
+    #[test]
+    fn telephone_event_on_each_clock_the_codecs_use() {
+        let events = |codecs: &[Codec], dtmf: Option<u8>| {
+            let mut p = offer_params();
+            p.codecs = codecs.to_vec();
+            p.dtmf_pt = dtmf;
+            let sdp = build_offer(&p);
+            let parsed = parse(sdp.as_bytes()).unwrap();
+            let m = &parsed.media[0];
+            let mut got: Vec<(u8, u32)> = m
+                .rtpmaps
+                .iter()
+                .filter(|r| r.encoding == "telephone-event")
+                .map(|r| (r.pt, r.clock_rate))
+                .collect();
+            got.sort_unstable();
+            // Every event payload type is on the m-line and has its fmtp.
+            for (pt, _) in &got {
+                assert!(m.payload_types().any(|p| p == *pt), "{sdp}");
+                assert_eq!(m.fmtp(*pt), Some("0-16"), "{sdp}");
+            }
+            got
+        };
+        assert_eq!(
+            events(&[Codec::Pcmu, Codec::Pcma], Some(101)),
+            [(101, 8000)]
+        );
+        assert_eq!(events(&[Codec::G722], Some(101)), [(101, 8000)]);
+        assert_eq!(events(&[Codec::Opus], Some(101)), [(110, 48000)]);
+        assert_eq!(events(&Codec::ALL, Some(101)), [(101, 8000), (110, 48000)]);
+        assert_eq!(events(&[Codec::Opus], Some(110)), [(96, 48000)]);
+        assert_ne!(wideband_event_pt(110), 110);
+        assert_ne!(wideband_event_pt(110), offered_pt(Codec::Opus, Some(110)));
+        assert!(events(&Codec::ALL, None).is_empty());
+    }
+
+    #[test]
+    fn each_codec_offered_alone_reads_back() {
+        for codec in Codec::ALL {
+            let mut p = offer_params();
+            p.codecs = vec![codec];
+            let sdp = build_offer(&p);
+            let parsed = parse(sdp.as_bytes()).unwrap();
+            let m = &parsed.media[0];
+            let pt = offered_pt(codec, p.dtmf_pt);
+            assert_eq!(m.payload_types().next(), Some(pt), "{sdp}");
+            let map = m.rtpmap(pt).unwrap();
+            assert_eq!(
+                Codec::from_rtpmap(&map.encoding, map.clock_rate),
+                Some(codec),
+                "{sdp}"
+            );
+            assert_eq!(m.fmtp(pt), codec.fmtp(), "{sdp}");
+            // Exactly one telephone-event, on this codec's clock.
+            let te: Vec<u32> = m
+                .rtpmaps
+                .iter()
+                .filter(|r| r.encoding == "telephone-event")
+                .map(|r| r.clock_rate)
+                .collect();
+            assert_eq!(te, [codec.clock_rate()], "{sdp}");
+        }
     }
 }

@@ -53,6 +53,16 @@ fn resolve_codec(m: &MediaDescription, pt: u8) -> Option<Codec> {
     }
 }
 
+/// The first codec of `preferred` that the m-line lists, with its payload type there
+/// (the first one, should a codec be listed twice).
+fn preferred_common(m: &MediaDescription, preferred: &[Codec]) -> Option<(Codec, u8)> {
+    preferred.iter().find_map(|want| {
+        m.payload_types()
+            .find(|pt| resolve_codec(m, *pt) == Some(*want))
+            .map(|pt| (*want, pt))
+    })
+}
+
 /// First listed payload type whose codec is in `allowed`.
 fn first_common(m: &MediaDescription, allowed: &[Codec]) -> Option<(Codec, u8)> {
     m.payload_types().find_map(|pt| {
@@ -118,9 +128,12 @@ pub fn negotiate_answer(offered: &OfferParams, answer: &[u8]) -> Result<StreamPa
 
 /// Answers the far end's offer (inbound calls, RFC 3264 §6).
 ///
-/// Accepts the first audio m-line with a non-zero port using the first offered codec we
-/// support (the offerer's preference wins) under the offer's payload type, plus
-/// telephone-event if both sides have it. Every other m-line is rejected with port 0,
+/// Accepts the first audio m-line with a non-zero port using the first codec of
+/// `local.codecs` (our preference order, e.g. a trunk's `codecs`) that the offer lists,
+/// under the offer's payload type, plus telephone-event if both sides have it on that
+/// codec's clock. We answer with one codec, so RFC 3264 §6.1's advice to keep the
+/// offerer's order has nothing to order; choosing ours lets the operator steer the call
+/// to a codec that passes through unchanged. Every other m-line is rejected with port 0,
 /// so the answer has as many m-lines as the offer. `local.port`, `local.addr`,
 /// `local.ptime_ms` and the `o=` fields describe us.
 pub fn answer_offer(offer: &[u8], local: &OfferParams) -> Result<(String, StreamParams), SdpError> {
@@ -128,7 +141,7 @@ pub fn answer_offer(offer: &[u8], local: &OfferParams) -> Result<(String, Stream
     let idx = pick_audio(&sd)?;
     let m = sd.media.get(idx).ok_or(SdpError::NoAudio)?;
     let ip = connection_addr(&sd, m)?;
-    let (codec, pt) = first_common(m, &local.codecs).ok_or(SdpError::NoCommonCodec)?;
+    let (codec, pt) = preferred_common(m, &local.codecs).ok_or(SdpError::NoCommonCodec)?;
     let dtmf_pt = local.dtmf_pt.and(telephone_event(m, codec.clock_rate()));
     let direction = our_direction(&sd, m, ip, local.direction);
     let params = StreamParams {
@@ -155,8 +168,11 @@ pub fn answer_offer(offer: &[u8], local: &OfferParams) -> Result<(String, Stream
                 let _ = write!(out, " {d}");
             }
             out.push_str("\r\n");
-            let events = dtmf_pt.map(|d| (d, codec.clock_rate(), om.fmtp(d).unwrap_or("0-16")));
-            write_audio_attrs(&mut out, &[(codec, pt)], events, local.ptime_ms, direction);
+            let events: Vec<(u8, u32, &str)> = dtmf_pt
+                .map(|d| (d, codec.clock_rate(), om.fmtp(d).unwrap_or("0-16")))
+                .into_iter()
+                .collect();
+            write_audio_attrs(&mut out, &[(codec, pt)], &events, local.ptime_ms, direction);
         } else {
             // Rejected stream: port 0, formats echoed (RFC 3264 §6).
             let fmt = om.formats.first().map_or("0", String::as_str);
@@ -385,9 +401,10 @@ mod tests {
                       m=video 6000 RTP/AVP 31\r\n\
                       m=audio 5000 RTP/AVP 97 8 0 101\r\na=rtpmap:97 opus/48000/2\r\n\
                       a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendonly\r\n";
-        let local = offered();
+        let mut local = offered();
+        local.codecs = vec![Codec::Pcma, Codec::Pcmu];
         let (answer, params) = answer_offer(offer, &local).unwrap();
-        // Offerer's order: PCMA before PCMU.
+        // Our order: PCMA first.
         assert_eq!((params.codec, params.pt), (Codec::Pcma, 8));
         assert_eq!(params.direction, Direction::RecvOnly);
         assert_eq!(params.remote, sa("198.51.100.7:5000"));
@@ -473,5 +490,87 @@ mod tests {
         assert_eq!(answer_offer(g729, &local), Err(SdpError::NoCommonCodec));
         let rejected = b"v=0\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 0 RTP/AVP 0\r\n";
         assert_eq!(answer_offer(rejected, &local), Err(SdpError::Rejected));
+    }
+
+    /// An offer listing every codec, with telephone-event on both clocks, as a WebRTC
+    /// gateway would send it.
+    const EVERYTHING: &[u8] = b"v=0\r\no=- 1 1 IN IP4 198.51.100.7\r\ns=-\r\n\
+        c=IN IP4 198.51.100.7\r\nt=0 0\r\n\
+        m=audio 5000 RTP/AVP 96 9 8 0 100 101\r\na=rtpmap:96 opus/48000/2\r\n\
+        a=fmtp:96 minptime=10;useinbandfec=1\r\na=rtpmap:9 G722/8000\r\n\
+        a=rtpmap:100 telephone-event/48000\r\na=fmtp:100 0-15\r\n\
+        a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n";
+
+    #[test]
+    fn answer_follows_our_preference_order_with_events_on_its_clock() {
+        let cases: [(&[Codec], Codec, u8, u8, &str); 4] = [
+            (
+                &[Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus],
+                Codec::Pcmu,
+                0,
+                101,
+                "0-16",
+            ),
+            (&[Codec::Pcma, Codec::Pcmu], Codec::Pcma, 8, 101, "0-16"),
+            (&[Codec::G722, Codec::Pcmu], Codec::G722, 9, 101, "0-16"),
+            (&[Codec::Opus, Codec::Pcmu], Codec::Opus, 96, 100, "0-15"),
+        ];
+        for (prefs, want, pt, te, events) in cases {
+            let mut local = offered();
+            local.codecs = prefs.to_vec();
+            let (answer, p) = answer_offer(EVERYTHING, &local).unwrap();
+            assert_eq!((p.codec, p.pt, p.dtmf_pt), (want, pt, Some(te)), "{answer}");
+            assert_eq!(p.clock_rate, want.clock_rate());
+            let sd = parse(answer.as_bytes()).unwrap();
+            let m = &sd.media[0];
+            assert_eq!(m.payload_types().collect::<Vec<_>>(), [pt, te], "{answer}");
+            let map = m.rtpmap(pt).unwrap();
+            assert_eq!(
+                Codec::from_rtpmap(&map.encoding, map.clock_rate),
+                Some(want)
+            );
+            assert_eq!(m.fmtp(pt), want.fmtp(), "{answer}");
+            let ev = m.rtpmap(te).unwrap();
+            assert_eq!(
+                (ev.encoding.as_str(), ev.clock_rate),
+                ("telephone-event", want.clock_rate()),
+                "{answer}"
+            );
+            // The events the offerer listed for that payload type are echoed.
+            assert_eq!(m.fmtp(te), Some(events), "{answer}");
+        }
+        // A codec we do not allow is never chosen, however early the offer lists it.
+        let mut local = offered();
+        local.codecs = vec![Codec::G722];
+        let only_pcmu = b"v=0\r\nc=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+        assert_eq!(
+            answer_offer(only_pcmu, &local),
+            Err(SdpError::NoCommonCodec)
+        );
+    }
+
+    #[test]
+    fn our_full_offer_answered_in_each_codec_reads_back() {
+        let mut ours = offered();
+        ours.codecs = Codec::ALL.to_vec();
+        let offer = build_offer(&ours);
+        for codec in Codec::ALL {
+            let mut far = offered();
+            far.addr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 20));
+            far.port = 30000;
+            far.codecs = vec![codec];
+            let (answer, theirs) = answer_offer(offer.as_bytes(), &far).unwrap();
+            assert_eq!(theirs.codec, codec, "{answer}");
+            assert!(
+                theirs.dtmf_pt.is_some(),
+                "{codec:?}: events on its clock offered"
+            );
+            let p = negotiate_answer(&ours, answer.as_bytes()).unwrap();
+            assert_eq!((p.codec, p.pt), (codec, theirs.pt), "{answer}");
+            assert_eq!(p.clock_rate, codec.clock_rate());
+            assert_eq!(p.dtmf_pt, theirs.dtmf_pt, "{answer}");
+            let expected_te = if codec == Codec::Opus { 110 } else { 101 };
+            assert_eq!(p.dtmf_pt, Some(expected_te), "{answer}");
+        }
     }
 }

@@ -2,8 +2,10 @@
 //! "Accepted" state: after a 2xx the machine keeps retransmitting it (Timer G,
 //! §13.3.1.4) until the TU reports the dialog-level ACK or Timer H expires.
 //!
-//! The 100 Trying is sent at once (§17.2.1 allows 200 ms; we never wait) and
-//! retransmitted INVITEs get the last response again.
+//! The 100 Trying is sent at once by [`ServerInvite::new`]; a new dialog's INVITE uses
+//! [`ServerInvite::new_quiet`] and lets the TU answer within 200 ms (§17.2.1) before the
+//! user agent sends a 100, so a request refused at once (a spoofed INVITE from an unknown
+//! source) draws exactly one answer. Retransmitted INVITEs get the last response again.
 
 use std::time::{Duration, Instant};
 
@@ -48,10 +50,23 @@ impl ServerInvite {
         }
     }
 
+    /// As [`Self::new`] without the 100: nothing is sent until the TU responds.
+    pub fn new_quiet(cfg: TxnConfig) -> Self {
+        ServerInvite {
+            state: ServerInviteState::Proceeding,
+            cfg,
+            timers: TimerTable::default(),
+            g_interval: cfg.t1,
+            last_response: Vec::new(),
+            last_code: 0,
+        }
+    }
+
     pub fn state(&self) -> ServerInviteState {
         self.state
     }
-    /// Code of the last response sent (100 until the TU responds).
+    /// Code of the last response sent (100 until the TU responds; 0 when quiet and nothing
+    /// was sent yet).
     pub fn last_code(&self) -> u16 {
         self.last_code
     }
@@ -90,7 +105,8 @@ impl ServerInvite {
         if matches!(
             self.state,
             ServerInviteState::Proceeding | ServerInviteState::Completed
-        ) {
+        ) && !self.last_response.is_empty()
+        {
             out.push(TxnOutput::Transmit {
                 bytes: self.last_response.clone(),
                 retransmission: true,

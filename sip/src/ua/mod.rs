@@ -195,6 +195,16 @@ pub enum UaCommand {
         /// Extra response headers (`WWW-Authenticate` for a challenge, `Retry-After` …).
         headers: Vec<Header>,
     },
+    /// As `Reject`, but sent once and forgotten: no retransmissions, no transaction (a
+    /// retransmitted INVITE is a new request). For sources nobody vouches for.
+    RejectStateless {
+        leg: LegRef,
+        code: u16,
+        reason: String,
+        headers: Vec<Header>,
+    },
+    /// Forget an incoming INVITE without answering (a banned source).
+    Discard { leg: LegRef },
     /// An 18x on an incoming leg (early media SDP in `body`). Sent reliably (RFC 3262)
     /// when the INVITE requires 100rel, or supports it and the 18x has a body.
     Progress {
@@ -661,6 +671,7 @@ impl UserAgent {
             UaTimer::SessionRefresh(leg) => self.session_refresh_due(now, leg),
             UaTimer::SessionExpiry(leg) => self.session_expired(now, leg),
             UaTimer::Register(reg) => self.send_register(now, reg),
+            UaTimer::Trying(leg) => self.trying_due(now, leg),
         }
     }
 
@@ -700,6 +711,13 @@ impl UserAgent {
                 reason,
                 headers,
             } => self.reject(now, leg, code, &reason, headers),
+            UaCommand::RejectStateless {
+                leg,
+                code,
+                reason,
+                headers,
+            } => self.reject_stateless(leg, code, &reason, headers),
+            UaCommand::Discard { leg } => self.discard(leg),
             UaCommand::Progress {
                 leg,
                 code,

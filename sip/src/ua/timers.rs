@@ -24,6 +24,8 @@ pub(super) enum UaTimer {
     SessionExpiry(LegRef),
     /// Send (or resend) this registration's REGISTER.
     Register(u64),
+    /// §17.2.1: the TU has not answered this new INVITE in 200 ms: send the 100.
+    Trying(LegRef),
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +85,7 @@ impl Timers {
             UaTimer::Rel1xxGiveUp(leg),
             UaTimer::SessionRefresh(leg),
             UaTimer::SessionExpiry(leg),
+            UaTimer::Trying(leg),
         ] {
             self.armed.remove(&t);
         }

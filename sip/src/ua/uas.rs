@@ -13,6 +13,11 @@ use crate::dialog::{Dialog, DialogId, DialogState};
 use crate::msg::{self, Header, Method, Request, Response};
 use crate::txn::{MethodKind, ServerInvite, ServerNonInvite, TxnKey};
 
+use super::timers::UaTimer;
+
+/// §17.2.1: a server transaction sends 100 Trying unless the TU responds within 200 ms.
+const TRYING_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// §18.2.1: add `received` when the sent-by host is not the source IP and fill
 /// `rport` (RFC 3581). Returns where responses go (§18.2.2): the source for TCP
 /// (same connection) and for rport, else the source IP with the sent-by port.
@@ -276,7 +281,10 @@ impl UserAgent {
         self.next_incoming = self.next_incoming.wrapping_add(1) & !INCOMING_LEG_BIT;
         let local_tag = self.random_hex(10);
         let mut out = std::mem::take(&mut self.scratch);
-        let m = ServerInvite::new(&req, self.txn_config(d.transport), &mut out);
+        // No 100 yet: a TU that refuses at once sends the only answer (no amplification).
+        let m = ServerInvite::new_quiet(self.txn_config(d.transport));
+        self.ua_timers
+            .set(UaTimer::Trying(leg_ref), now + TRYING_DELAY);
         let id = self.insert_txn(
             key,
             Machine::ServerInvite(m),
@@ -500,6 +508,66 @@ impl UserAgent {
         self.remove_leg(leg_ref);
         if let Some(t) = inv_txn {
             self.respond_via_txn(t, &resp, now);
+        }
+    }
+
+    /// `UaTimer::Trying`: the TU took 200 ms; the caller gets its 100 before retransmitting.
+    pub(super) fn trying_due(&mut self, now: Instant, leg_ref: LegRef) {
+        let Some(leg) = self.legs.get(&leg_ref) else {
+            return;
+        };
+        if leg.uac || leg.state != LegState::Calling {
+            return;
+        }
+        let Some(id) = leg.invite_txn else {
+            return;
+        };
+        let quiet = matches!(
+            self.txns.get(&id).map(|e| &e.machine),
+            Some(Machine::ServerInvite(m)) if m.last_code() == 0
+        );
+        if quiet {
+            let trying = Response::for_request(&leg.invite, 100, "Trying");
+            self.respond_via_txn(id, &trying, now);
+        }
+    }
+
+    /// `UaCommand::RejectStateless`: the final response is sent once and everything about
+    /// the request is forgotten: no retransmissions (Timer G), no transaction to absorb
+    /// a retransmitted INVITE (it is a new request). For answers to sources nobody
+    /// vouches for, which may be spoofed: one datagram out per datagram in.
+    pub(super) fn reject_stateless(
+        &mut self,
+        leg_ref: LegRef,
+        code: u16,
+        reason: &str,
+        headers: Vec<Header>,
+    ) {
+        let Some(leg) = self.legs.get(&leg_ref) else {
+            return;
+        };
+        if leg.uac || leg.state != LegState::Calling || !(300..700).contains(&code) {
+            tracing::warn!(leg = leg_ref, code, "RejectStateless ignored");
+            return;
+        }
+        let mut resp = Response::for_request(&leg.invite, code, reason);
+        set_to_tag(&mut resp, &leg.invite, &leg.local_tag);
+        for h in headers {
+            resp.headers.push(h.name, h.value);
+        }
+        let (peer, transport, txn) = (leg.peer, leg.transport, leg.invite_txn);
+        let dst = txn.and_then(|t| self.txns.get(&t)).map_or(peer, |e| e.dst);
+        self.discard(leg_ref);
+        self.stats.rejected += 1;
+        self.send(dst, transport, resp.to_bytes(), false);
+    }
+
+    /// `UaCommand::Discard`: forget an incoming INVITE without a word (a banned source).
+    pub(super) fn discard(&mut self, leg_ref: LegRef) {
+        let txn = self.legs.get(&leg_ref).and_then(|l| l.invite_txn);
+        self.remove_leg(leg_ref);
+        if let Some(t) = txn {
+            self.remove_txn(t);
         }
     }
 
