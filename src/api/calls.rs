@@ -129,8 +129,10 @@ impl CreateCall {
     responses(
         (status = 201, description = "The call, `initiating`: its INVITE is on its way", body = Data<CallRecord>),
         (status = 400, description = "`VALIDATION_ERROR` (malformed JSON or a field, see `details`) or `INVALID_CALLER_ID`", body = ErrorBody),
-        (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the key's role is read-only; `DESTINATION_NOT_ALLOWED`: the dial plan bars the number or it is outside the tenant's `allowed_destinations`", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`: body over `http.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: this IP or key, or the tenant's `max_calls_per_second` or `max_concurrent_calls`; see Retry-After", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a call may be placed again"))),
         (status = 503, description = "`SERVICE_UNAVAILABLE`: no media ports free or the switch is overloaded", body = ErrorBody),
     )
 )]
@@ -282,7 +284,7 @@ pub struct TransferRequest {
         (status = 400, description = "`VALIDATION_ERROR`: malformed JSON or `to` not usable", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`CALL_ALREADY_ENDED` or `CALL_NOT_TRANSFERABLE`", body = ErrorBody),
+        (status = 409, description = "`CALL_ALREADY_ENDED`, or `CALL_NOT_TRANSFERABLE` (not answered, a transfer under way, or a target the switch cannot dial)", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = ErrorBody),
     )
 )]

@@ -6,10 +6,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 /// The stable machine code of an error. HTTP status by code: 400 `VALIDATION_ERROR`,
-/// `INVALID_CALLER_ID`, `INVALID_CURSOR`; 401 `UNAUTHORIZED`; 403 `FORBIDDEN`; 404
-/// `NOT_FOUND`; 405 `METHOD_NOT_ALLOWED`; 409 `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`;
-/// 413 `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500 `INTERNAL_ERROR`; 503
-/// `SERVICE_UNAVAILABLE`.
+/// `INVALID_CALLER_ID`, `INVALID_CURSOR`; 401 `UNAUTHORIZED`; 403 `FORBIDDEN`,
+/// `DESTINATION_NOT_ALLOWED`; 404 `NOT_FOUND`; 405 `METHOD_NOT_ALLOWED`; 409
+/// `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`; 413
+/// `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500 `INTERNAL_ERROR`; 503 `SERVICE_UNAVAILABLE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
@@ -228,6 +228,7 @@ mod tests {
             | E::ServiceUnavailable
             | E::PayloadTooLarge
             | E::RateLimited
+            | E::DestinationNotAllowed
             | E::InternalError => c,
         };
         for code in [
@@ -244,6 +245,7 @@ mod tests {
             E::ServiceUnavailable,
             E::PayloadTooLarge,
             E::RateLimited,
+            E::DestinationNotAllowed,
             E::InternalError,
         ]
         .map(listed)

@@ -267,6 +267,7 @@ mod tests {
             "SERVICE_UNAVAILABLE",
             "PAYLOAD_TOO_LARGE",
             "RATE_LIMITED",
+            "DESTINATION_NOT_ALLOWED",
             "INTERNAL_ERROR",
         ] {
             assert!(codes.contains(&Value::from(code)), "{code} missing");
