@@ -10,12 +10,12 @@ dir="${SWITCHYARD_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard}/schemat
 bin="$dir/bin/schemathesis"
 
 if [ "$("$bin" --version 2>/dev/null || true)" != "schemathesis, version $version" ]; then
-  # Debian's python3 leaves venv/ensurepip to python3-venv.
+  # A bare Debian may lack python3, and its python3 leaves venv/ensurepip to python3-venv.
   if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    echo "==> installing python3-venv" >&2
+    echo "==> installing python3 and python3-venv" >&2
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-venv >/dev/null
   fi
   echo "==> installing schemathesis $version into $dir" >&2
   rm -rf "$dir"

@@ -268,7 +268,7 @@ async fn fuzz(database_url: Option<String>, rtp_port_min: u16) -> (SwitchProcess
     let key = switch.create_api_key("acme", "operator").await;
     let base = switch.http_base();
 
-    let examples = std::env::var("SWITCHYARD_FUZZ_EXAMPLES").unwrap_or_else(|_| "60".into());
+    let examples = std::env::var("SWITCHYARD_FUZZ_EXAMPLES").unwrap_or_else(|_| "100".into());
     let workdir = tempfile::tempdir().expect("tempdir");
     let junit = workdir.path().join("junit.xml");
     let mut cmd = Command::new(&bin);
