@@ -258,6 +258,9 @@ async fn fuzz(database_url: Option<String>, rtp_port_min: u16) -> (SwitchProcess
             .rtp_ports(rtp_port_min, rtp_port_min + 1999)
             // SIPp's UAS sends no RTP: answered calls end after 2 s and free their ports.
             .media_timeout_s(2)
+            // A tenant call rate the fuzzer exceeds in bursts, so it meets the 429
+            // RATE_LIMITED (with Retry-After) of the tenant's limit too.
+            .extra("[[tenants]]\nname = \"acme\"\nmax_calls_per_second = 20\n")
             .env("HTTP_PROXY", &proxy_url)
             .env("HTTPS_PROXY", &proxy_url)
             .env("ALL_PROXY", &proxy_url)
