@@ -229,10 +229,10 @@ async fn fuzz(database_url: Option<String>, rtp_port_min: u16) -> (SwitchProcess
         bin.display()
     );
 
-    // The carrier: SIPp's built-in UAS answers every call the fuzzer places, so calls
-    // reach in_progress and hang-ups and transfers meet live calls. Nothing leaves
-    // loopback.
-    let carrier = Sipp::builder("uas")
+    // The carrier: a SIPp UAS that answers every call the fuzzer places and stays in the
+    // dialog (declining transfers), so hang-ups and transfers meet live calls. Nothing
+    // leaves loopback.
+    let carrier = Sipp::builder("uas_fuzz_carrier.xml")
         .calls(1_000_000)
         .timeout(Duration::from_secs(600))
         .spawn();
