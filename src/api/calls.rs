@@ -240,7 +240,7 @@ pub async fn get(
     tag = "calls",
     params(("id" = String, Path, description = "The call's id")),
     responses(
-        (status = 200, description = "The call, as it is when the hangup is sent", body = Data<CallRecord>),
+        (status = 200, description = "The call once it has ended (`completed` or `cancelled`); after 10 s without the far end's answer, as it is then", body = Data<CallRecord>),
         (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
         (status = 409, description = "`CALL_ALREADY_ENDED`", body = ErrorBody),
