@@ -152,6 +152,14 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         },
         socket_buffer: config.sip.socket_buffer,
         rate_limit: rate_limit(&config),
+        tcp_limits: sip::net::TcpLimits {
+            max_connections: config.sip.tcp_max_connections,
+            max_per_source: config.sip.tcp_max_per_source,
+            message_timeout: std::time::Duration::from_secs(
+                config.sip.tcp_message_timeout_s.max(1),
+            ),
+            idle_timeout: std::time::Duration::from_secs(config.sip.tcp_idle_timeout_s.max(1)),
+        },
     })
     .map_err(io(format!("SIP listen on {}", config.sip.listen)))?;
 

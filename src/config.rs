@@ -101,6 +101,13 @@ pub struct SipConfig {
     pub min_se_s: u64,
     /// Realm of the digest challenges sent to inbound trunks that authenticate.
     pub realm: String,
+    /// SIP over TCP: connections open at once (0: no cap), accepted ones per source IP
+    /// (an IPv6 /64 as one), seconds a connection has to deliver a whole message after it
+    /// opens or after a message's first byte (slowloris), and to stay silent.
+    pub tcp_max_connections: usize,
+    pub tcp_max_per_source: usize,
+    pub tcp_message_timeout_s: u64,
+    pub tcp_idle_timeout_s: u64,
     /// RFC 3261 T1 (round-trip estimate): retransmissions start at it, and a 2xx nobody
     /// ACKs is given up after 64 × T1.
     pub t1_ms: u64,
@@ -309,6 +316,10 @@ impl Default for SipConfig {
             min_se_s: 90,
             realm: "switchyard".to_owned(),
             t1_ms: 500,
+            tcp_max_connections: 8192,
+            tcp_max_per_source: 256,
+            tcp_message_timeout_s: 10,
+            tcp_idle_timeout_s: 900,
         }
     }
 }

@@ -624,3 +624,194 @@ async fn digest_guesses_are_cut_off_by_a_ban_and_a_user_backoff() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// RTP hijack (rtpbleed): an attacker on another address sweeps the switch's RTP ports
+/// with valid RTP for the whole of a transit call, from before either far end speaks.
+/// No leg latches to it: it receives nothing, the call's audio flows both ways, and the
+/// sweep is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_sweep_never_hijacks_a_calls_media() {
+    use common::transit::{TRANSIT_PLAN, start_with};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const PORTS: (u16, u16) = (31100, 31199);
+    let far = Sipp::uas("uas_answer_rtp.xml");
+    let h = start_with(far.addr(), TRANSIT_PLAN, "", |c| {
+        c.rtp_ports(PORTS.0, PORTS.1)
+    })
+    .await;
+
+    let attacker = Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.2:0")
+            .await
+            .expect("bind"),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let listen = {
+        let (sock, stop, received) = (attacker.clone(), stop.clone(), received.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_millis(50), sock.recv_from(&mut buf)).await
+                {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let sweep = {
+        let (sock, stop, sent) = (attacker.clone(), stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut seq: u16 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for port in (PORTS.0..=PORTS.1).step_by(2) {
+                    seq = seq.wrapping_add(1);
+                    let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x66, 0x66, 0x66, 0x66];
+                    pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+                    pkt[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+                    pkt.extend_from_slice(&[0xff; 160]);
+                    let _ = sock.send_to(&pkt, ("127.0.0.1", port)).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // The sweep is under way before the call exists.
+    while sent.load(Ordering::Relaxed) < 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let caller = Sipp::builder("uac_call_rtp.xml")
+        .remote(h.switch.sip_udp())
+        .service("+14155552671")
+        .pause_ms(5500)
+        .spawn();
+    caller.wait().await.assert_success("caller");
+    far.wait().await.assert_success("far end");
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::join!(listen, sweep);
+
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        0,
+        "the attacker received call audio"
+    );
+    let call = h.only_call().await;
+    let media = &call["metadata"]["media"];
+    for side in ["caller", "callee"] {
+        let got = media[side]["packets_received"].as_u64().unwrap_or(0);
+        let sent_on = media[side]["packets_sent"].as_u64().unwrap_or(0);
+        assert!(got >= 150 && sent_on >= 150, "{side}: {media}");
+    }
+    let dropped = SwitchProcess::metric(
+        &h.switch.metrics().await,
+        "switchyard_rtp_foreign_dropped_total",
+    )
+    .unwrap_or(0);
+    assert!(dropped > 0, "the sweep never reached the call's ports");
+}
+
+/// Connection exhaustion: a flood of TCP connections that never speak, from one source
+/// and from many, leaves the switch's descriptors bounded by its caps and its log quiet
+/// (one refusal line a second), and a TCP call placed meanwhile goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_connection_flood_is_capped_and_calls_still_connect() {
+    use common::transit::{TRANSIT_PLAN, start};
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let h = start(
+        far.addr(),
+        TRANSIT_PLAN,
+        "[sip]\ntcp_max_connections = 300\ntcp_max_per_source = 50\ntcp_message_timeout_s = 3",
+    )
+    .await;
+    let tcp = h.switch.sip_tcp();
+    let baseline = h.switch.open_fds();
+    // 2,000 attempts: 1,800 from one address, 200 spread over 100 others.
+    let mut held = Vec::new();
+    let attempts = 2000u32;
+    // At once, as a flood comes: every attempt is in before any could time out.
+    let mut connecting = tokio::task::JoinSet::new();
+    for i in 0..attempts {
+        let ip = if i < 1800 {
+            "127.0.9.1".to_owned()
+        } else {
+            format!("127.0.10.{}", 1 + i % 100)
+        };
+        connecting.spawn(async move {
+            let s = tokio::net::TcpSocket::new_v4().ok()?;
+            s.bind(format!("{ip}:0").parse().ok()?).ok()?;
+            tokio::time::timeout(Duration::from_secs(2), s.connect(tcp))
+                .await
+                .ok()?
+                .ok()
+        });
+    }
+    while let Some(c) = connecting.join_next().await {
+        if let Ok(Some(c)) = c {
+            held.push(c);
+        }
+    }
+    // Every accept has been handled once the switch says so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (refused, open) = loop {
+        let m = h.switch.metrics().await;
+        let refused = SwitchProcess::metric(&m, "switchyard_sip_tcp_refused_total").unwrap_or(0);
+        let open = SwitchProcess::metric(&m, "switchyard_sip_tcp_connections").unwrap_or(0);
+        let timed_out =
+            SwitchProcess::metric(&m, "switchyard_sip_tcp_timed_out_total").unwrap_or(0);
+        assert!(open <= 250, "{open} connections open");
+        if refused + open + timed_out >= 2000 {
+            break (refused, open);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refused {refused}, open {open}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // 50 from the one source and 2 from each of the others got in.
+    assert_eq!(refused, 1750);
+    let fds = h.switch.open_fds();
+    assert!(
+        fds <= baseline + 300 + 20,
+        "{fds} descriptors (baseline {baseline})"
+    );
+    // A TCP call while the flood holds its share.
+    let caller = Sipp::builder("uac_call.xml")
+        .remote(tcp)
+        .tcp()
+        .pause_ms(300)
+        .spawn();
+    caller
+        .wait()
+        .await
+        .assert_success("caller over TCP during the flood");
+    let refusal_lines = h.switch.logs().matches("tcp connection refused").count();
+    eprintln!(
+        "{attempts} attempts: {open} open, {refused} refused, {fds} descriptors (baseline {baseline}), {refusal_lines} refusal log lines"
+    );
+    assert!(refusal_lines <= 30, "{refusal_lines} refusal log lines");
+    // Connections that never send a whole message are closed after the message timeout.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = h.switch.metrics().await;
+        let open = SwitchProcess::metric(&m, "switchyard_sip_tcp_connections").unwrap_or(0);
+        if open <= 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{open} still open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let timed_out = SwitchProcess::metric(
+        &h.switch.metrics().await,
+        "switchyard_sip_tcp_timed_out_total",
+    )
+    .unwrap_or(0);
+    assert!(timed_out >= 250, "{timed_out}");
+    drop(held);
+    drop(far);
+}

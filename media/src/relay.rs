@@ -183,7 +183,9 @@ pub enum DropReason {
     Rtcp,
     /// A payload type this side did not negotiate.
     UnexpectedPayloadType,
-    /// From an address other than the one the side latched to (RTP bleed).
+    /// From an address other than the one the side latched to (RTP bleed), or, before
+    /// latching, from an address neither the side's SDP nor its signalling named (an
+    /// attacker racing the real far end, or a port sweep: RTP hijack).
     WrongSource,
     /// A late packet of an SSRC the stream has just switched away from.
     StaleSsrc,
@@ -445,6 +447,8 @@ struct Leg {
     /// Our negotiated direction towards this side (RFC 3264 §6.1, from our side): no
     /// RTP is sent to it unless it `sends()`.
     direction: Direction,
+    /// Where the side's SIP signalling comes from: may latch besides the SDP address.
+    signal_ip: Option<std::net::IpAddr>,
 }
 
 impl Leg {
@@ -462,6 +466,20 @@ impl Leg {
             self.latched.or(self.params.remote)
         }
     }
+}
+
+/// Whether `src` may become a side's media source: its IP is the one the side's SDP
+/// signalled, or (a far end behind NAT, whose SDP names its private address) the one its
+/// SIP signalling came from. The port is not checked: a NAT rewrites it. Anyone else
+/// must not latch, or the first stranger to send takes the call's audio both ways.
+pub fn source_allowed(
+    src: std::net::IpAddr,
+    sdp: Option<SocketAddr>,
+    signalling: Option<std::net::IpAddr>,
+) -> bool {
+    let src = src.to_canonical();
+    sdp.is_some_and(|a| a.ip().to_canonical() == src)
+        || signalling.is_some_and(|ip| ip.to_canonical() == src)
 }
 
 /// Whether a source may send on a side, and what accepting it does to the latch.
@@ -621,6 +639,7 @@ impl Relay {
             dtmf_last: None,
             dtmf_ready: [None; DTMF_PENDING],
             direction: Direction::SendRecv,
+            signal_ip: None,
         };
         let ssrc_a: u32 = rng.random();
         let mut ssrc_b: u32 = rng.random();
@@ -926,6 +945,13 @@ impl Relay {
         self.leg_mut(side).direction = direction;
     }
 
+    /// Where `side`'s SIP signalling comes from (the caller's source address, the callee
+    /// trunk's): besides its SDP address, the only address that may latch (see
+    /// [`source_allowed`]).
+    pub fn set_signalling_ip(&mut self, side: Side, ip: Option<std::net::IpAddr>) {
+        self.leg_mut(side).signal_ip = ip;
+    }
+
     /// Our negotiated direction towards `side` (see [`Relay::set_direction`]).
     pub fn direction(&self, side: Side) -> Direction {
         self.leg(side).direction
@@ -971,18 +997,23 @@ impl Relay {
         ssrc: u32,
     ) -> Option<SourceCheck> {
         let leg = self.leg(side);
+        // Learning (first latch, after a re-INVITE moved the address, after silence) is
+        // open only to the addresses signalling named.
+        let may_latch = source_allowed(src.ip(), leg.params.remote, leg.signal_ip);
         let Some(latched) = leg.latched else {
-            return Some(SourceCheck::Latch);
+            return may_latch.then_some(SourceCheck::Latch);
         };
         if leg.relatch_open {
-            return Some(if leg.prev_latched == Some(src) {
-                SourceCheck::Known
-            } else {
-                SourceCheck::Latch
-            });
+            if leg.prev_latched == Some(src) {
+                return Some(SourceCheck::Known);
+            }
+            return may_latch.then_some(SourceCheck::Latch);
         }
         if latched == src {
             return Some(SourceCheck::Known);
+        }
+        if !may_latch {
+            return None;
         }
         let silence = self.config.relatch_after_silence;
         let silent = !silence.is_zero()

@@ -309,3 +309,44 @@ fn open_outside_a_runtime_is_an_error_not_a_panic() {
     assert!(RtpEndpoint::open(&pool, LO).is_err());
     assert_eq!(pool.available(), 2);
 }
+
+/// RTP hijack and injection: once connected, packets from an address neither the SDP nor
+/// the signalling named are dropped before they latch, count or decode; the signalled
+/// NAT address (another port of the far end's SIP source IP) is accepted.
+#[tokio::test]
+async fn strangers_neither_latch_nor_count() {
+    let pool = pool(41090, 41099);
+    let ep = RtpEndpoint::open(&pool, LO).unwrap();
+    let far = UdpSocket::bind((LO, 0)).await.unwrap();
+    let stranger = UdpSocket::bind(("127.0.0.2", 0)).await.unwrap();
+    // The far end's SDP names 127.0.0.3 (say, its private address); its SIP came from LO.
+    let sdp_remote: std::net::SocketAddr = "127.0.0.3:4000".parse().unwrap();
+    ep.connect_from(params(sdp_remote, Codec::Pcmu), Some(LO));
+    for i in 0..5 {
+        stranger
+            .send_to(&rtp_packet(i, 0), ep.local_addr())
+            .await
+            .unwrap();
+    }
+    far.send_to(&rtp_packet(9, 0), ep.local_addr())
+        .await
+        .unwrap();
+    assert!(timeout(GUARD, ep.first_packet()).await.unwrap());
+    let s = ep.stats();
+    assert_eq!(s.packets_received, 1, "only the far end's packet counts");
+    assert_eq!(s.foreign, 5);
+    // Our audio goes to the far end (latched), never to the stranger.
+    let mut buf = [0u8; 512];
+    let (_, from) = timeout(GUARD, far.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, ep.local_addr());
+    let nothing = timeout(
+        std::time::Duration::from_millis(100),
+        stranger.recv_from(&mut buf),
+    )
+    .await;
+    assert!(nothing.is_err(), "the stranger received our audio");
+    ep.close().await;
+}

@@ -38,8 +38,12 @@ fn side(remote: Option<&str>, codec: Codec, dtmf_pt: Option<u8>) -> SideParams {
     }
 }
 
+/// A relay whose side A signals from behind a NAT (`NAT_A`'s address, as its SIP came
+/// from there): that address may latch besides each side's SDP address.
 fn relay_with(a: SideParams, b: SideParams, config: RelayConfig) -> Relay {
-    Relay::new(a, b, config, &mut StdRng::seed_from_u64(7))
+    let mut r = Relay::new(a, b, config, &mut StdRng::seed_from_u64(7));
+    r.set_signalling_ip(Side::A, Some(addr(NAT_A).ip()));
+    r
 }
 
 /// Packet-by-packet transcoding ([`Verdict::Transcode`]); the jitter-buffered
@@ -357,8 +361,17 @@ fn relatches_after_update_remote() {
         pkt(0, 2, 160, 1, false),
     );
     assert_eq!(r.destination(Side::A), Some(addr(moved)));
-    // The new source (behind its own NAT) latches.
-    let newsrc = "203.0.113.99:41000";
+    // A stranger cannot use the open window.
+    let (v, _) = send(
+        &mut r,
+        now + ms(30),
+        Side::A,
+        THIRD,
+        pkt(0, 900, 77, 0x5555, false),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::WrongSource));
+    // The new source (from the new SDP address, its port rewritten by a NAT) latches.
+    let newsrc = "198.51.100.77:41000";
     let (_, _, seq, ts, _, marker) = forward(
         &mut r,
         now + ms(40),
@@ -468,9 +481,12 @@ fn malformed_rtcp_and_unknown_packets_are_dropped_and_never_latch() {
     let mut small = [0x80u8; 16];
     let v = r.handle_packet(now, Side::A, addr(THIRD), &mut small, 17);
     assert_eq!(v, Verdict::Drop(DropReason::Malformed));
-    // Wrong payload type.
-    let (v, _) = send(&mut r, now, Side::A, THIRD, pkt(18, 1, 0, 1, false));
+    // Wrong payload type, even from the signalled address.
+    let (v, _) = send(&mut r, now, Side::A, NAT_A, pkt(18, 1, 0, 1, false));
     assert_eq!(v, Verdict::Drop(DropReason::UnexpectedPayloadType));
+    // Valid RTP from an address neither SDP nor signalling named: no hijack.
+    let (v, _) = send(&mut r, now, Side::A, THIRD, pkt(0, 1, 0, 1, false));
+    assert_eq!(v, Verdict::Drop(DropReason::WrongSource));
     // None of that latched: the real source still can.
     assert_eq!(r.latched(Side::A), None);
     let (dst, ..) = forward(&mut r, now, Side::A, NAT_A, pkt(0, 1, 0, 1, false));
@@ -480,7 +496,8 @@ fn malformed_rtcp_and_unknown_packets_are_dropped_and_never_latch() {
     assert_eq!(c.dropped(DropReason::Malformed), 4);
     assert_eq!(c.dropped(DropReason::Rtcp), 2);
     assert_eq!(c.dropped(DropReason::UnexpectedPayloadType), 1);
-    assert_eq!(c.received_packets, 8);
+    assert_eq!(c.dropped(DropReason::WrongSource), 1);
+    assert_eq!(c.received_packets, 9);
     assert_eq!(c.forwarded_packets, 1);
     assert_eq!(c.forwarded_bytes, 172);
 }
@@ -899,6 +916,8 @@ fn passthrough_sources_only_while_relaying_is_the_identity() {
                 ..RelayConfig::default()
             },
         );
+        // The callee signals from its media address (its trunk's).
+        r.set_signalling_ip(Side::B, Some(addr(SDP_B).ip()));
         send(&mut r, start, Side::A, NAT_A, pkt(0, 1, 160, 0x1111, false));
         r
     };
@@ -906,10 +925,11 @@ fn passthrough_sources_only_while_relaying_is_the_identity() {
     forward(&mut r, start, Side::B, SDP_B, pkt(0, 1, 160, 0x2222, false));
     r.update_remote(Side::B, addr(SDP_B));
     assert_eq!(r.passthrough_sources(), Some((addr(NAT_A), addr(SDP_B))));
-    // Whoever sent first from elsewhere keeps no claim once the answer names another
-    // address: the window to re-latch opens, and nothing goes to the kernel meanwhile.
+    // A stranger sending first gets nowhere (no SDP yet, not the signalling address),
+    // and nothing goes to the kernel until the real callee latches.
     let mut r = placeholder();
-    forward(&mut r, start, Side::B, THIRD, pkt(0, 1, 160, 0x2222, false));
+    let (v, _) = send(&mut r, start, Side::B, THIRD, pkt(0, 1, 160, 0x2222, false));
+    assert_eq!(v, Verdict::Drop(DropReason::WrongSource));
     r.update_remote(Side::B, addr(SDP_B));
     assert_eq!(r.destination(Side::B), Some(addr(SDP_B)));
     assert_eq!(r.passthrough_sources(), None);
@@ -1060,4 +1080,32 @@ fn a_held_side_gets_no_played_out_frames() {
     r.set_direction(Side::B, Direction::SendRecv);
     let after = run(&mut r, 41, 20);
     assert!(after >= 15, "played out after the resume: {after}");
+}
+
+/// RTP hijack (rtpbleed, CVE-2025-53399, AST-2017-005): a stranger that sends to a leg's
+/// port before its far end speaks must not latch it; it gets nothing and injects nothing,
+/// and the real far end latches when it starts.
+#[test]
+fn a_stranger_racing_the_far_end_never_latches() {
+    let mut r = relay();
+    let now = t0();
+    for i in 0..5u16 {
+        let (v, _) = send(
+            &mut r,
+            now,
+            Side::B,
+            THIRD,
+            pkt(0, i, u32::from(i) * 160, 0x6666, false),
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::WrongSource));
+    }
+    assert_eq!(r.latched(Side::B), None);
+    // A's audio goes to B's SDP address, never to the stranger.
+    let (dst, ..) = forward(&mut r, now, Side::A, NAT_A, pkt(0, 1, 0, 1, false));
+    assert_eq!(dst, addr(SDP_B));
+    let (dst, ..) = forward(&mut r, now + ms(20), Side::B, SDP_B, pkt(0, 1, 0, 2, false));
+    assert_eq!(dst, addr(NAT_A));
+    assert_eq!(r.latched(Side::B), Some(addr(SDP_B)));
+    assert_eq!(r.counters(Side::B).dropped(DropReason::WrongSource), 5);
+    assert_eq!(r.counters(Side::B).latches, 1);
 }

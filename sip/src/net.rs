@@ -40,6 +40,73 @@ const EVENT_QUEUE: usize = 65_536;
 const EVENT_SEND_PATIENCE: Duration = Duration::from_secs(1);
 /// Datagrams received in one go before transmits are drained.
 const RECV_BATCH: usize = 64;
+/// First pause after a failed `accept`; doubles to `ACCEPT_BACKOFF_MAX`.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Bounds on SIP over TCP, so connections cannot take every descriptor (21,000 idle
+/// connections did, and then no TCP call could connect).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// Connections open at once, accepted and our own (0: no cap).
+    pub max_connections: usize,
+    /// Accepted connections from one source IP (an IPv6 /64 as one; 0: no cap).
+    pub max_per_source: usize,
+    /// A connection must deliver a whole message this soon after it opens, and finish a
+    /// message this soon after its first byte (slowloris).
+    pub message_timeout: Duration,
+    /// A connection that sends nothing for this long is closed (CRLF keep-alives count).
+    pub idle_timeout: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_connections: 8192,
+            max_per_source: 256,
+            message_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(900),
+        }
+    }
+}
+
+/// A log line on the network path, let through at most once a second; the lines held
+/// back meanwhile are counted and reported with the next (a flood must not turn into a
+/// log flood: "Too many open files" once logged ten million times in 30 s).
+#[derive(Debug, Default)]
+pub struct LogGate {
+    last: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl LogGate {
+    pub const fn new() -> Self {
+        LogGate {
+            last: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when this line may be written.
+    pub fn pass(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.last.swap(now, Ordering::Relaxed) == now {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        } else {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        }
+    }
+}
+
+static ACCEPT_LOG: LogGate = LogGate::new();
+static REFUSED_LOG: LogGate = LogGate::new();
+static FRAMING_LOG: LogGate = LogGate::new();
+static CONNECT_LOG: LogGate = LogGate::new();
+static UDP_SEND_LOG: LogGate = LogGate::new();
 
 #[derive(Clone, Debug)]
 pub struct NetConfig {
@@ -51,6 +118,7 @@ pub struct NetConfig {
     pub socket_buffer: usize,
     /// Per-source-IP limit on incoming messages; `None` = unlimited.
     pub rate_limit: Option<RateLimit>,
+    pub tcp_limits: TcpLimits,
 }
 
 impl Default for NetConfig {
@@ -61,6 +129,7 @@ impl Default for NetConfig {
             ua: UaConfig::default(),
             socket_buffer: 4 * 1024 * 1024,
             rate_limit: None,
+            tcp_limits: TcpLimits::default(),
         }
     }
 }
@@ -123,6 +192,8 @@ enum ConnInput {
     Closed {
         peer: SocketAddr,
         id: u64,
+        /// Closed for sending nothing whole in time.
+        timed_out: bool,
     },
     ConnectFailed {
         peer: SocketAddr,
@@ -184,6 +255,13 @@ pub fn spawn(config: NetConfig) -> io::Result<(UaHandle, mpsc::Receiver<UaEvent>
         events_stalled: false,
         limiter: config.rate_limit.map(RateLimiter::new),
         rate_limited: 0,
+        tcp_limits: config.tcp_limits.clone(),
+        per_source: HashMap::new(),
+        tcp_refused: 0,
+        tcp_timed_out: 0,
+        accept_errors: 0,
+        accept_resume: None,
+        accept_backoff: ACCEPT_BACKOFF_MIN,
     };
     drop(guard);
     std::thread::Builder::new()
@@ -268,6 +346,8 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 struct Conn {
     id: u64,
     tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Accepted (counted against its source), not opened by us.
+    accepted: bool,
 }
 
 #[derive(Debug)]
@@ -286,11 +366,37 @@ struct Driver {
     limiter: Option<RateLimiter>,
     /// Messages dropped by `limiter` (kept here: the UA never sees them).
     rate_limited: u64,
+    tcp_limits: TcpLimits,
+    /// Accepted connections per source (IPv4 address, IPv6 /64).
+    per_source: HashMap<u128, usize>,
+    tcp_refused: u64,
+    tcp_timed_out: u64,
+    accept_errors: u64,
+    /// After a failed accept: no accept before this, and the next pause.
+    accept_resume: Option<tokio::time::Instant>,
+    accept_backoff: Duration,
 }
 
-async fn accept(l: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+/// An IPv4 address, or an IPv6 /64: one source for the per-source cap.
+fn source_key(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => (v6.to_bits() >> 64) << 64 | 1,
+    }
+}
+
+/// Accepts the next connection, after waiting out a backoff from a failed accept.
+async fn accept(
+    l: &Option<TcpListener>,
+    resume: Option<tokio::time::Instant>,
+) -> io::Result<(TcpStream, SocketAddr)> {
     match l {
-        Some(l) => l.accept().await,
+        Some(l) => {
+            if let Some(at) = resume {
+                tokio::time::sleep_until(at).await;
+            }
+            l.accept().await
+        }
         None => std::future::pending().await,
     }
 }
@@ -341,9 +447,22 @@ impl Driver {
                     // overflowed their receive buffers (SIPp's are small) under load.
                     Some(cmd) => self.on_cmd(Instant::now(), cmd),
                 },
-                r = accept(&self.tcp) => match r {
-                    Ok((stream, peer)) => self.add_conn(stream, peer),
-                    Err(e) => tracing::warn!(error = %e, "tcp accept failed"),
+                r = accept(&self.tcp, self.accept_resume) => match r {
+                    Ok((stream, peer)) => {
+                        self.accept_resume = None;
+                        self.accept_backoff = ACCEPT_BACKOFF_MIN;
+                        self.on_accept(stream, peer);
+                    }
+                    Err(e) => {
+                        // Out of descriptors, most likely: retrying at once only spins
+                        // (and logged millions of lines); pause, longer each time.
+                        self.accept_errors += 1;
+                        if let Some(held) = ACCEPT_LOG.pass() {
+                            tracing::warn!(error = %e, retry_in_ms = self.accept_backoff.as_millis() as u64, similar_lines_held = held, "tcp accept failed");
+                        }
+                        self.accept_resume = Some(tokio::time::Instant::now() + self.accept_backoff);
+                        self.accept_backoff = (self.accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    }
                 },
                 () = &mut sleep => self.ua.handle_timeout(Instant::now()),
             }
@@ -358,6 +477,10 @@ impl Driver {
             Cmd::Stats(tx) => {
                 let stats = UaStats {
                     rate_limited: self.rate_limited,
+                    tcp_refused: self.tcp_refused,
+                    tcp_timed_out: self.tcp_timed_out,
+                    tcp_accept_errors: self.accept_errors,
+                    tcp_connections: self.conns.len() as u64,
                     ..self.ua.stats()
                 };
                 let _ = tx.send(stats);
@@ -412,14 +535,21 @@ impl Driver {
                     );
                 }
             }
-            ConnInput::Closed { peer, id } => {
+            ConnInput::Closed {
+                peer,
+                id,
+                timed_out,
+            } => {
+                if timed_out {
+                    self.tcp_timed_out += 1;
+                }
                 if self.conns.get(&peer).is_some_and(|c| c.id == id) {
-                    self.conns.remove(&peer);
+                    self.remove_conn(peer);
                 }
             }
             ConnInput::ConnectFailed { peer, id } => {
                 if self.conns.get(&peer).is_some_and(|c| c.id == id) {
-                    self.conns.remove(&peer);
+                    self.remove_conn(peer);
                 }
                 self.ua
                     .handle_transport_error(Instant::now(), peer, Transport::Tcp);
@@ -427,18 +557,72 @@ impl Driver {
         }
     }
 
+    fn remove_conn(&mut self, peer: SocketAddr) {
+        if let Some(c) = self.conns.remove(&peer)
+            && c.accepted
+        {
+            let key = source_key(peer.ip());
+            if let Some(n) = self.per_source.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_source.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// A new inbound connection: refused (closed at once) past the caps.
+    fn on_accept(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let limits = &self.tcp_limits;
+        let from_source = self
+            .per_source
+            .get(&source_key(peer.ip()))
+            .copied()
+            .unwrap_or(0);
+        let full = limits.max_connections > 0 && self.conns.len() >= limits.max_connections;
+        let source_full = limits.max_per_source > 0 && from_source >= limits.max_per_source;
+        // A second connection from the same address and port replaces the first.
+        if (full || source_full) && !self.conns.contains_key(&peer) {
+            self.tcp_refused += 1;
+            if let Some(held) = REFUSED_LOG.pass() {
+                tracing::warn!(%peer, total = self.conns.len(), from_source, similar_lines_held = held, "tcp connection refused: over the connection caps");
+            }
+            drop(stream);
+            return;
+        }
+        self.add_conn(stream, peer);
+    }
+
     /// Registers a connected stream: reader task → owner, owner → writer task.
     fn add_conn(&mut self, stream: TcpStream, peer: SocketAddr) {
         let id = self.next_conn;
         self.next_conn += 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.conns.insert(peer, Conn { id, tx });
+        self.remove_conn(peer);
+        *self.per_source.entry(source_key(peer.ip())).or_insert(0) += 1;
+        self.conns.insert(
+            peer,
+            Conn {
+                id,
+                tx,
+                accepted: true,
+            },
+        );
         let local = stream
             .local_addr()
             .ok()
             .or(self.tcp_addr)
             .unwrap_or(self.udp_addr);
-        tokio::spawn(run_conn(stream, peer, local, id, rx, self.conn_tx.clone()));
+        let limits = self.tcp_limits.clone();
+        tokio::spawn(run_conn(
+            stream,
+            peer,
+            local,
+            id,
+            rx,
+            self.conn_tx.clone(),
+            (limits, true),
+        ));
     }
 
     /// Opens a connection on demand; bytes queue in the writer channel meanwhile.
@@ -446,17 +630,28 @@ impl Driver {
         let id = self.next_conn;
         self.next_conn += 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.conns.insert(peer, Conn { id, tx: tx.clone() });
+        self.remove_conn(peer);
+        self.conns.insert(
+            peer,
+            Conn {
+                id,
+                tx: tx.clone(),
+                accepted: false,
+            },
+        );
         let conn_tx = self.conn_tx.clone();
         let fallback_local = self.tcp_addr.unwrap_or(self.udp_addr);
+        let limits = self.tcp_limits.clone();
         tokio::spawn(async move {
             match TcpStream::connect(peer).await {
                 Ok(stream) => {
                     let local = stream.local_addr().unwrap_or(fallback_local);
-                    run_conn(stream, peer, local, id, rx, conn_tx).await;
+                    run_conn(stream, peer, local, id, rx, conn_tx, (limits, false)).await;
                 }
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "tcp connect failed");
+                    if let Some(held) = CONNECT_LOG.pass() {
+                        tracing::warn!(%peer, error = %e, similar_lines_held = held, "tcp connect failed");
+                    }
                     let _ = conn_tx.send(ConnInput::ConnectFailed { peer, id });
                 }
             }
@@ -498,8 +693,10 @@ impl Driver {
         }
         match t.transport {
             Transport::Udp => {
-                if let Err(e) = self.udp.send_to(&t.bytes, t.dst).await {
-                    tracing::warn!(dst = %t.dst, error = %e, "udp send failed");
+                if let Err(e) = self.udp.send_to(&t.bytes, t.dst).await
+                    && let Some(held) = UDP_SEND_LOG.pass()
+                {
+                    tracing::warn!(dst = %t.dst, error = %e, similar_lines_held = held, "udp send failed");
                 }
             }
             Transport::Tcp => {
@@ -521,6 +718,8 @@ async fn run_conn(
     id: u64,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     conn_tx: mpsc::UnboundedSender<ConnInput>,
+    // And whether the peer connected to us: then it must speak first, and soon.
+    (limits, accepted): (TcpLimits, bool),
 ) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
@@ -533,15 +732,33 @@ async fn run_conn(
     });
     let mut framer = StreamFramer::new(MAX_TCP_MESSAGE);
     let mut buf = vec![0u8; 16 * 1024];
+    let opened = tokio::time::Instant::now();
+    // Until the first whole message (on a connection the peer opened), and while a
+    // message is partly in: when it started.
+    let mut message_since = accepted.then_some(opened);
+    let mut last_data = opened;
+    let mut timed_out = false;
     'read: loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let deadline = match message_since {
+            Some(since) => since + limits.message_timeout,
+            None => last_data + limits.idle_timeout,
         };
+        let n = match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+            Err(_) => {
+                timed_out = true;
+                break;
+            }
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => n,
+        };
+        let now = tokio::time::Instant::now();
+        last_data = now;
         framer.push(buf.get(..n).unwrap_or_default());
+        let mut whole = false;
         while let Some(r) = framer.next_message() {
             match r {
                 Ok(bytes) => {
+                    whole = true;
                     if conn_tx
                         .send(ConnInput::Frame { peer, local, bytes })
                         .is_err()
@@ -550,17 +767,30 @@ async fn run_conn(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "tcp framing error: closing");
+                    if let Some(held) = FRAMING_LOG.pass() {
+                        tracing::warn!(%peer, error = %e, similar_lines_held = held, "tcp framing error: closing");
+                    }
                     break 'read;
                 }
             }
         }
+        // Keep-alive CRLFs are consumed by the framer: nothing partial is left of them.
+        message_since = match (framer.buffered(), whole) {
+            (0, _) => None,
+            // The rest of a message begun after the last whole one.
+            (_, true) => Some(now),
+            (_, false) => message_since.or(Some(now)),
+        };
     }
     // The owner drops this connection's sender when it handles `Closed`, after the frames
     // queued before it: the writer then flushes the answers to those frames (a 405 to the
     // message before a framing error, say) and ends, and the socket closes. Bounded, so a
     // peer that stopped reading cannot hold the task.
-    let _ = conn_tx.send(ConnInput::Closed { peer, id });
+    let _ = conn_tx.send(ConnInput::Closed {
+        peer,
+        id,
+        timed_out,
+    });
     drop(rd);
     let mut writer = writer;
     if tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer)

@@ -41,6 +41,7 @@ fn start() -> (UaHandle, mpsc::Receiver<UaEvent>, BoundAddrs) {
             max_sources: 1024,
             exempt: vec!["127.0.0.1/32".parse().unwrap()],
         }),
+        tcp_limits: Default::default(),
     })
     .unwrap()
 }

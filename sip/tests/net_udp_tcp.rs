@@ -26,6 +26,7 @@ fn start() -> (UaHandle, mpsc::Receiver<UaEvent>, BoundAddrs) {
         },
         socket_buffer: 4 * 1024 * 1024,
         rate_limit: None,
+        tcp_limits: Default::default(),
     })
     .unwrap()
 }
@@ -236,6 +237,7 @@ async fn tcp_listens_on_the_udp_port_that_contact_names() {
         ua: UaConfig::default(),
         socket_buffer: 1 << 20,
         rate_limit: None,
+        tcp_limits: Default::default(),
     })
     .unwrap();
     assert_eq!(addrs.udp.port(), port);

@@ -21,8 +21,8 @@ use super::{CALL_QUEUE, Shared};
 use crate::model::{CallRecord, CallStatus};
 
 /// Refusals are logged at most once a second: a scan or flood is one line a second.
-static REFUSED_LOG: super::metrics::LogGate = super::metrics::LogGate::new();
-static AUTH_FAILED_LOG: super::metrics::LogGate = super::metrics::LogGate::new();
+static REFUSED_LOG: sip::net::LogGate = sip::net::LogGate::new();
+static AUTH_FAILED_LOG: sip::net::LogGate = sip::net::LogGate::new();
 
 pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
     let sip::ua::UaEvent::Incoming {
@@ -233,7 +233,8 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 Some(offer),
                 Some(source_slot),
             )
-            .with_caller_dialog(caller_dialog);
+            .with_caller_dialog(caller_dialog)
+            .with_peer_ip(source.ip());
             start(shared, record, leg, tx, async move { task.run(rx).await });
         }
         Route::Trunks(names) => {

@@ -39,34 +39,6 @@ pub fn once_per_second(last: &AtomicU64) -> bool {
     last.swap(now, Ordering::Relaxed) != now
 }
 
-/// A log line on the network path, let through at most once a second; the lines held
-/// back meanwhile are counted and reported with the next one (a flood must not turn into
-/// gigabytes of identical log lines and a core spent writing them).
-#[derive(Debug, Default)]
-pub struct LogGate {
-    last: AtomicU64,
-    held: AtomicU64,
-}
-
-impl LogGate {
-    pub const fn new() -> Self {
-        LogGate {
-            last: AtomicU64::new(0),
-            held: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines held back since the last one)` when this line may be written.
-    pub fn pass(&self) -> Option<u64> {
-        if once_per_second(&self.last) {
-            Some(self.held.swap(0, Ordering::Relaxed))
-        } else {
-            self.held.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
 /// What became of an inbound INVITE, for `switchyard_inbound_invites_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InboundOutcome {
@@ -254,6 +226,9 @@ impl Metrics {
                 ("sip_strays_dropped_total", s.strays_dropped),
                 ("sip_requests_rejected_total", s.rejected),
                 ("sip_rate_limited_total", s.rate_limited),
+                ("sip_tcp_refused_total", s.tcp_refused),
+                ("sip_tcp_timed_out_total", s.tcp_timed_out),
+                ("sip_tcp_accept_errors_total", s.tcp_accept_errors),
             ];
             for (name, v) in rows {
                 let _ = writeln!(out, "# TYPE switchyard_{name} counter");
@@ -261,6 +236,8 @@ impl Metrics {
             }
             let _ = writeln!(out, "# TYPE switchyard_sip_transactions gauge");
             let _ = writeln!(out, "switchyard_sip_transactions {}", s.transactions);
+            let _ = writeln!(out, "# TYPE switchyard_sip_tcp_connections gauge");
+            let _ = writeln!(out, "switchyard_sip_tcp_connections {}", s.tcp_connections);
         }
         out
     }

@@ -195,6 +195,11 @@ impl Switch {
                 .metrics
                 .render(self.live_calls(), sip.as_ref(), &self.trunks, kernel);
         self.shared.tenant_policy.render(&mut text);
+        text.push_str("# TYPE switchyard_rtp_foreign_dropped_total counter\n");
+        text.push_str(&format!(
+            "switchyard_rtp_foreign_dropped_total {}\n",
+            media::net::FOREIGN_RTP_DROPPED.load(std::sync::atomic::Ordering::Relaxed)
+        ));
         let now_secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

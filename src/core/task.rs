@@ -58,6 +58,9 @@ pub(crate) struct CallTask {
     /// Inbound calls: the dialog our 200 creates, stored with `in_progress` so a crash
     /// still ends the call at the caller with a BYE.
     caller_dialog: Option<sip::ua::DialogSnapshot>,
+    /// Where the far end's SIP comes from (the caller's source, the trunk's address): its
+    /// RTP may come from there as well as from its SDP address; nobody else's latches.
+    peer_ip: Option<std::net::IpAddr>,
 }
 
 impl CallTask {
@@ -90,12 +93,19 @@ impl CallTask {
             inbound_offer,
             _slot: slot,
             caller_dialog: None,
+            peer_ip: None,
         }
     }
 
     /// Inbound calls: the caller's dialog once we answer (see `DialogSnapshot::incoming`).
     pub(crate) fn with_caller_dialog(mut self, dialog: Option<sip::ua::DialogSnapshot>) -> Self {
         self.caller_dialog = dialog;
+        self
+    }
+
+    /// The caller's signalling source (inbound calls).
+    pub(crate) fn with_peer_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.peer_ip = Some(ip);
         self
     }
 
@@ -293,7 +303,7 @@ impl CallTask {
         match media::sdp::negotiate_answer(offer, &body.bytes) {
             Ok(params) => {
                 tracing::info!(remote = %params.remote, codec = ?params.codec, "media connected");
-                endpoint.connect(params);
+                endpoint.connect_from(params, self.peer_ip);
                 if self.record.record {
                     start_recording(&self.shared.config, &self.record.id, endpoint, &params);
                 }
@@ -353,7 +363,7 @@ impl CallTask {
         match media::sdp::answer_offer(&body.bytes, &local) {
             Ok((sdp, params)) => {
                 tracing::info!(direction = ?params.direction, remote = %params.remote, "re-offer answered");
-                endpoint.connect(params);
+                endpoint.connect_from(params, self.peer_ip);
                 let _ = self.shared.ua.send(sip::ua::UaCommand::AnswerReoffer {
                     leg,
                     id,
@@ -385,7 +395,7 @@ impl CallTask {
         );
         match media::sdp::answer_offer(&offer.bytes, &local) {
             Ok((sdp, params)) => {
-                endpoint.connect(params);
+                endpoint.connect_from(params, self.peer_ip);
                 if self.record.record {
                     start_recording(&self.shared.config, &self.record.id, endpoint, &params);
                 }
@@ -435,6 +445,7 @@ impl CallTask {
                 return;
             }
         };
+        self.peer_ip = Some(target.ip());
         let media_ip = self.shared.advertise.media_ip_for(target.ip());
         let sip_ip = self.shared.advertise.sip_ip_for(target.ip());
         let Some(endpoint) = &self.endpoint else {

@@ -35,6 +35,11 @@ impl LegDialogs {
     }
 
     /// The callee answered: its dialog (from `UaEvent::DialogEstablished`).
+    /// Where the caller's INVITE came from (until we answer).
+    pub(crate) fn a_source(&self) -> Option<std::net::IpAddr> {
+        self.a_invite.as_ref().map(|(_, _, source, _)| source.ip())
+    }
+
     pub(crate) fn b_established(&mut self, snapshot: DialogSnapshot) {
         self.b = Some(snapshot);
     }

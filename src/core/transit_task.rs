@@ -152,6 +152,9 @@ impl TransitTask {
         let dtmf = bridge.take_dtmf_events();
         // A caller that starts on hold (sendonly/inactive) gets no RTP from the start.
         bridge.set_direction(Side::A, a_params.direction);
+        // The caller's RTP may come from its SDP address or, behind NAT, from where its
+        // INVITE came; nobody else may latch its side (RTP hijack).
+        bridge.set_signalling_ip(Side::A, setup.a_dialog.a_source());
         // The chosen codec first: the same answer now, and re-offers keep it.
         let a_local = with_codecs(
             local_offer(config, a_media_ip, bridge.local_addr(Side::A).port()),
@@ -422,6 +425,9 @@ impl TransitTask {
             return Err(503);
         };
         refuse(202);
+        // The new party's RTP may come from its trunk's address (the old party is latched
+        // already and keeps its place until the answer moves the side).
+        bridge.set_signalling_ip(side, Some(addr.ip()));
         let media_ip = self.shared.advertise.media_ip_for(addr.ip());
         let offer = local_offer(
             &self.shared.config,
@@ -746,6 +752,8 @@ impl TransitTask {
         let Some(bridge) = &self.bridge else {
             return;
         };
+        // The callee's RTP comes from its SDP address or its trunk's.
+        bridge.set_signalling_ip(Side::B, Some(addr.ip()));
         let media_ip = self.shared.advertise.media_ip_for(addr.ip());
         // The caller's codec first: with the same codec on both legs the bridge only
         // rewrites headers.

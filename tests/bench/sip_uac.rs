@@ -95,6 +95,7 @@ async fn step(dir: &Path, calls: u64, window: u64) -> R<Outcome> {
         },
         socket_buffer: 4 * 1024 * 1024,
         rate_limit: None,
+        tcp_limits: Default::default(),
     })?;
     let invite = |leg: u64| UaCommand::Invite {
         leg,

@@ -321,6 +321,18 @@ impl SwitchProcess {
         }
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Descriptors the switch holds open now (from /proc).
+    pub fn open_fds(&self) -> usize {
+        self.pid()
+            .and_then(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+            .map_or(0, Iterator::count)
+    }
+
     /// SIGTERM (graceful shutdown) and wait for exit; returns the exit code.
     pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let mut child = self.child.take()?;

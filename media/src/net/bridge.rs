@@ -262,6 +262,7 @@ enum Command {
     UpdateRemote(Side, SocketAddr),
     SetSide(Side, SideParams),
     SetDirection(Side, Direction),
+    SetSignallingIp(Side, Option<std::net::IpAddr>),
     RtcpInterval(Duration),
 }
 
@@ -342,6 +343,10 @@ impl Bridge {
             dtmf_tx,
             local,
             kernel,
+            early: [
+                a.remote.is_none().then(Vec::new),
+                b.remote.is_none().then(Vec::new),
+            ],
             offload: None,
             kernel_refused: false,
         };
@@ -394,6 +399,12 @@ impl Bridge {
     pub fn set_direction(&self, side: Side, direction: Direction) {
         // Fails only when the task has ended, and then there is nothing to update.
         let _ = self.cmd_tx.send(Command::SetDirection(side, direction));
+    }
+
+    /// Where `side`'s SIP signalling comes from: besides its SDP address the only
+    /// address that may latch (RTP hijack; see [`crate::relay::source_allowed`]).
+    pub fn set_signalling_ip(&self, side: Side, ip: Option<std::net::IpAddr>) {
+        let _ = self.cmd_tx.send(Command::SetSignallingIp(side, ip));
     }
 
     /// Sets the base RTCP report interval of both sides (default
@@ -486,7 +497,17 @@ struct Driver {
     offload: Option<Offload>,
     /// The kernel refused this bridge's flow once; it stays in userspace.
     kernel_refused: bool,
+    /// A side opened without an address (the callee before its answer) holds what it
+    /// receives until `set_side` says what it negotiated: the far end starts sending on
+    /// our ACK, which can beat the answer to this task by a packet or two.
+    early: [Option<Vec<EarlyPacket>>; 2],
 }
+
+/// A packet held by a side without parameters: when and from where it came, its bytes.
+type EarlyPacket = (Instant, SocketAddr, Vec<u8>);
+
+/// Packets a side without parameters holds at most (0.2 s of 20 ms packets).
+const EARLY_HOLD: usize = 10;
 
 /// A bridge the kernel forwards: its flow, the counters already folded into ours, and
 /// when they are read next.
@@ -687,7 +708,9 @@ impl Driver {
                 self.relay.update_side(side, params);
                 // A digit still in progress on the old DTMF payload type.
                 self.forward_dtmf(side);
+                self.replay_early(side);
             }
+            Command::SetSignallingIp(side, ip) => self.relay.set_signalling_ip(side, ip),
             Command::SetDirection(side, direction) => {
                 if !direction.sends() {
                     // The kernel entry would forward to the held side: take it back.
@@ -967,6 +990,17 @@ impl Driver {
         }
     }
 
+    /// Relays the packets `side` held before its parameters were known, in order.
+    fn replay_early(&mut self, side: Side) {
+        let Some(held) = self.early[idx(side)].take() else {
+            return;
+        };
+        let mut sbuf = [0u8; SEND_BUF];
+        for (at, src, mut pkt) in held {
+            self.relay_one(at, side, src, &mut pkt, &mut sbuf);
+        }
+    }
+
     /// Relays one datagram received on `side` from `src`.
     fn relay_one(
         &mut self,
@@ -976,6 +1010,14 @@ impl Driver {
         pkt: &mut [u8],
         sbuf: &mut [u8; SEND_BUF],
     ) {
+        if let Some(held) = &mut self.early[idx(side)] {
+            if held.len() < EARLY_HOLD {
+                held.push((now, src, pkt.to_vec()));
+                return;
+            }
+            // Parameters never came in time: stop holding and relay as configured.
+            self.replay_early(side);
+        }
         let i = idx(side);
         let len = pkt.len();
         let verdict = self.relay.handle_packet(now, side, src, pkt, len);
@@ -1003,6 +1045,10 @@ impl Driver {
                         return;
                     }
                 }
+            }
+            Verdict::Drop(crate::relay::DropReason::WrongSource) => {
+                super::FOREIGN_RTP_DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
             }
             Verdict::Buffered | Verdict::Drop(_) => return,
         };

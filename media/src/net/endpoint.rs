@@ -7,8 +7,11 @@
 //! [`MediaSnapshot`], and a first-packet event. Optionally a recording of what arrives
 //! ([`RtpEndpoint::start_recording`], see [`recording`](super::recording)).
 //!
-//! Latching: after each `connect`, the first valid packet's source becomes the
-//! destination. A later packet from another address with a new SSRC is a new source
+//! Latching: after each `connect`, the first valid packet from an address signalling
+//! named (the SDP's, or the far end's SIP source given to [`RtpEndpoint::connect_from`])
+//! becomes the destination; packets from anyone else are dropped before they count,
+//! decode as DTMF or reach a recording (RTP hijack and injection). Before the first
+//! `connect` packets are only counted. A later packet from another address with a new SSRC is a new source
 //! (the far end moved, e.g. after a transfer) and is latched too. Packets from other
 //! addresses with the latched SSRC, or with the SSRC we just moved away from, do not
 //! move the latch, so two live sources cannot make it flap.
@@ -53,6 +56,8 @@ pub struct MediaSnapshot {
     pub packets_sent: u64,
     /// Datagrams on the RTP port that were not valid RTP.
     pub malformed: u64,
+    /// RTP from addresses signalling did not name, dropped (hijack and injection tries).
+    pub foreign: u64,
     /// Packets lost (RFC 3550 cumulative, current source).
     pub lost: u64,
     /// Interarrival jitter in milliseconds (current source).
@@ -69,6 +74,7 @@ struct Shared {
     bytes_received: AtomicU64,
     packets_sent: AtomicU64,
     malformed: AtomicU64,
+    foreign: AtomicU64,
     lost: AtomicU64,
     jitter_us: AtomicU64,
     /// Nanoseconds after `epoch` plus one; 0 means never.
@@ -83,6 +89,7 @@ impl Shared {
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             packets_sent: self.packets_sent.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
+            foreign: self.foreign.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
             jitter_ms: self.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
             last_received: last
@@ -103,7 +110,7 @@ const DTMF_QUEUE: usize = 32;
 pub struct RtpEndpoint {
     local: SocketAddr,
     shared: Arc<Shared>,
-    params_tx: watch::Sender<Option<StreamParams>>,
+    params_tx: watch::Sender<Option<(StreamParams, Option<IpAddr>)>>,
     first_rx: watch::Receiver<bool>,
     task: JoinHandle<()>,
     /// Hands a recording tap to the task.
@@ -127,6 +134,7 @@ impl RtpEndpoint {
             bytes_received: AtomicU64::new(0),
             packets_sent: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             jitter_us: AtomicU64::new(0),
             last_rx: AtomicU64::new(0),
@@ -168,12 +176,18 @@ impl RtpEndpoint {
     /// Starts (or re-targets) sending per `params`; resets latching. Sends nothing if
     /// `params.direction` does not send.
     pub fn connect(&self, params: StreamParams) {
-        self.params_tx.send_replace(Some(params));
+        self.connect_from(params, None);
+    }
+
+    /// As [`connect`](Self::connect), with the address the far end's SIP signalling
+    /// comes from, which may latch besides the SDP address (a far end behind NAT).
+    pub fn connect_from(&self, params: StreamParams, signalling: Option<IpAddr>) {
+        self.params_tx.send_replace(Some((params, signalling)));
     }
 
     /// What the last [`connect`](Self::connect) negotiated, if anything yet.
     pub fn params(&self) -> Option<StreamParams> {
-        *self.params_tx.borrow()
+        self.params_tx.borrow().map(|(p, _)| p)
     }
 
     /// The digits (RFC 4733 telephone-event on the negotiated payload type) the far end
@@ -283,6 +297,8 @@ struct SendState {
     latched: Option<(SocketAddr, u32)>,
     /// The SSRC latched before the current one; never latched again.
     retired: Option<u32>,
+    /// The far end's SIP source: may latch besides `params.remote`.
+    signalling: Option<IpAddr>,
     payload_len: usize,
     ticker: Option<Interval>,
     last_tick: Option<tokio::time::Instant>,
@@ -323,7 +339,7 @@ async fn next_tick(send: &mut Option<SendState>) -> tokio::time::Instant {
 impl Driver {
     async fn run(
         mut self,
-        mut params_rx: watch::Receiver<Option<StreamParams>>,
+        mut params_rx: watch::Receiver<Option<(StreamParams, Option<IpAddr>)>>,
         mut tap_rx: mpsc::Receiver<Tap>,
         ports: PortPair,
     ) {
@@ -338,8 +354,8 @@ impl Driver {
                         break;
                     }
                     let params = *params_rx.borrow_and_update();
-                    if let Some(p) = params {
-                        self.configure(p, &mut sbuf);
+                    if let Some((p, signalling)) = params {
+                        self.configure(p, signalling, &mut sbuf);
                     }
                 }
                 r = self.rtp.recv_from(&mut rbuf) => match r {
@@ -360,7 +376,12 @@ impl Driver {
         ports.recycle(rtp, rtcp);
     }
 
-    fn configure(&mut self, params: StreamParams, sbuf: &mut [u8; SEND_BUF]) {
+    fn configure(
+        &mut self,
+        params: StreamParams,
+        signalling: Option<IpAddr>,
+        sbuf: &mut [u8; SEND_BUF],
+    ) {
         let ptime_ms = params.ptime_ms.clamp(10, 120);
         let samples = params.clock_rate.saturating_mul(ptime_ms) / 1000;
         let silence = sbuf
@@ -381,6 +402,7 @@ impl Driver {
             sender: RtpSender::new(&mut self.rng, params.pt, samples),
             latched: None,
             retired: None,
+            signalling,
             payload_len,
             ticker,
             last_tick: None,
@@ -399,6 +421,18 @@ impl Driver {
         };
         // RTCP multiplexed on the RTP port (RFC 5761 §4): PT 64-95 is not media.
         if (64..=95).contains(&view.pt()) {
+            return;
+        }
+        // Once connected, only the latched source or an address signalling named is media
+        // of this call. (Before `connect` packets are only counted: nothing latches,
+        // decodes or records until then.)
+        let named = self.send.as_ref().is_none_or(|s| {
+            s.latched.is_some_and(|(a, _)| a == src)
+                || crate::relay::source_allowed(src.ip(), Some(s.params.remote), s.signalling)
+        });
+        if !named {
+            self.shared.foreign.fetch_add(1, Ordering::Relaxed);
+            super::FOREIGN_RTP_DROPPED.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let now = Instant::now();

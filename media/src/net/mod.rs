@@ -14,5 +14,9 @@ mod pool;
 pub mod recording;
 
 pub use endpoint::{MediaSnapshot, RtpEndpoint};
+
+/// RTP datagrams dropped process-wide because they came from an address no call's
+/// signalling named (hijack tries, port sweeps, bleed), for `/metrics`.
+pub static FOREIGN_RTP_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub use pool::{PortPair, PortPool, PortPoolError};
 pub use recording::{RecordingError, RecordingOutcome};

@@ -390,6 +390,14 @@ pub struct UaStats {
     pub rejected: u64,
     /// Datagrams/frames dropped by the per-source limit (counted by the `net` driver).
     pub rate_limited: u64,
+    /// TCP connections refused at accept: over the total or per-source cap (`net`).
+    pub tcp_refused: u64,
+    /// TCP connections closed for sending nothing whole in time (idle, slowloris).
+    pub tcp_timed_out: u64,
+    /// Failed `accept` calls (out of descriptors, …), each followed by a backoff.
+    pub tcp_accept_errors: u64,
+    /// TCP connections open now.
+    pub tcp_connections: u64,
     pub transactions: u64,
     pub legs: u64,
 }
