@@ -129,9 +129,9 @@ fn schemathesis() -> PathBuf {
     PathBuf::from("schemathesis")
 }
 
-/// A fresh schema in `SWITCHYARD_TEST_PG_URL` (as `.ci/test.sh` sets it) and a database
-/// URL that uses it.
-async fn postgres_url() -> String {
+/// A fresh schema in `SWITCHYARD_TEST_PG_URL` (as `.ci/test.sh` sets it): a database URL
+/// that uses it, and the statement that drops it.
+async fn postgres_url() -> (String, String) {
     let base = std::env::var("SWITCHYARD_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let schema = format!("sy_openapi_{}", std::process::id());
@@ -145,7 +145,10 @@ async fn postgres_url() -> String {
         sqlx::query(&sql).execute(&admin).await.expect(&sql);
     }
     let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+    (
+        format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+    )
 }
 
 /// On SQLite, the default store.
@@ -159,7 +162,7 @@ async fn schemathesis_finds_no_server_error_or_contract_violation() {
 /// NUL in those, so they are asked here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_on_postgresql() {
-    let url = postgres_url().await;
+    let (url, drop_schema) = postgres_url().await;
     let (switch, key) = fuzz(Some(url), 36000).await;
     let api = common::Api::new(&switch.http_base(), &key);
     for path in [
@@ -210,6 +213,12 @@ async fn schemathesis_on_postgresql() {
             (400, Some(field)),
             "{body}"
         );
+    }
+    drop(switch);
+    let base = std::env::var("SWITCHYARD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    if let Ok(admin) = sqlx::PgPool::connect(&base).await {
+        let _ = sqlx::query(&drop_schema).execute(&admin).await;
     }
 }
 
