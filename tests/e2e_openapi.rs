@@ -38,6 +38,15 @@ async fn every_documented_operation_is_served() {
     let switch = SwitchProcess::start(SwitchConfig::new(trunk)).await;
     let doc = document(&switch).await;
     assert_eq!(doc["openapi"], "3.1.0");
+    // `switchyard openapi` prints the same document without a running switch.
+    let printed = Command::new(common::switch::switch_bin())
+        .arg("openapi")
+        .output()
+        .await
+        .expect("run switchyard openapi");
+    assert!(printed.status.success());
+    let printed: Value = serde_json::from_slice(&printed.stdout).expect("printed JSON");
+    assert_eq!(printed, doc);
     let client = reqwest::Client::new();
     let paths = doc["paths"].as_object().cloned().unwrap_or_default();
     let mut probed = 0;
