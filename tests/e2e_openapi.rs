@@ -166,9 +166,9 @@ async fn schemathesis_finds_no_server_error_or_contract_violation() {
     fuzz(None, 34000).await;
 }
 
-/// On PostgreSQL, which is stricter about text: it refuses NUL, and ids, agent ids and
-/// callback URLs with one were 500s before the API refused them (the fuzzer does not put
-/// NUL in those, so they are asked here).
+/// On PostgreSQL, which is stricter about text: it refuses NUL, and ids, cursors, agent
+/// ids and callback URLs with one were 500s before the API refused them (the fuzzer does
+/// not put NUL in those, so they are asked here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_on_postgresql() {
     let (url, drop_schema) = postgres_url().await;
@@ -197,6 +197,15 @@ async fn schemathesis_on_postgresql() {
             "{path}: {body}"
         );
     }
+    // A cursor of ours in form ("<ms>:<id>", base64url) with a NUL in the id.
+    let (code, body) = api
+        .request(reqwest::Method::GET, "/voice/calls?cursor=MToAeA", None)
+        .await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (400, Some("INVALID_CURSOR")),
+        "{body}"
+    );
     let transfer = serde_json::json!({"to": "+14155550000"});
     let (code, body) = api
         .request(
