@@ -240,12 +240,11 @@ async fn schemathesis_on_postgresql() {
     }
 }
 
-/// The fuzz run: schemathesis reads the document from the running switch and sends
-/// requests generated from it (examples, coverage of each constraint's edges, random
-/// valid and invalid data, and stateful chains following the links it infers: create a
-/// call, then get, hang up, transfer it...). Every check it has runs but one (below).
-/// Runs schemathesis against a switch on `database_url` (SQLite when None); returns the
-/// switch, still running, and the key it used.
+/// The fuzz run against a switch on `database_url` (SQLite when None): schemathesis reads
+/// the document from the running switch and sends requests generated from it (examples,
+/// each constraint's edges, random valid and invalid data, and stateful chains along the
+/// document's links: place a call, then get, hang up, transfer it...). Every check it has
+/// runs but one (below). Returns the switch, still running, and the key it used.
 async fn fuzz(database_url: Option<String>, rtp_port_min: u16) -> (SwitchProcess, String) {
     let bin = schemathesis();
     let version = Command::new(&bin).arg("--version").output().await;
