@@ -110,10 +110,10 @@ where
     }
 }
 
-/// `Path<T>` with our error shape (axum's rejection is plain text), e.g. for a segment
-/// that is not UTF-8 once percent-decoded. An id with a NUL in it names nothing (ids are
-/// generated text) and is answered 404 here: PostgreSQL refuses NUL in text, which made
-/// the store fail with a 500.
+/// `Path<T>` with our error shape (axum's rejection is plain text). Our path parameters
+/// are ids, which are generated text: one that is not UTF-8 once percent-decoded, or holds
+/// a NUL, names nothing and is answered 404 NOT_FOUND here (a NUL reached PostgreSQL,
+/// which refuses it in text, and made a 500).
 #[derive(Debug)]
 pub struct AppPath<T>(pub T);
 
@@ -134,10 +134,7 @@ where
         }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Self(v)),
-            Err(rejection) => Err(ApiError::new(
-                ErrorCode::ValidationError,
-                rejection.body_text(),
-            )),
+            Err(rejection) => Err(ApiError::new(ErrorCode::NotFound, rejection.body_text())),
         }
     }
 }
