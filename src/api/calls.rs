@@ -244,6 +244,7 @@ pub async fn get(
         (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
         (status = 409, description = "`CALL_ALREADY_ENDED`", body = ErrorBody),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the call's command queue is full", body = ErrorBody),
     )
 )]
 pub async fn hangup(
@@ -286,6 +287,7 @@ pub struct TransferRequest {
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
         (status = 409, description = "`CALL_ALREADY_ENDED`, or `CALL_NOT_TRANSFERABLE` (not answered, a transfer under way, or a target the switch cannot dial)", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = ErrorBody),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the call's command queue is full", body = ErrorBody),
     )
 )]
 pub async fn transfer(
