@@ -19,6 +19,11 @@ use common::{Sipp, SippBuilder};
 use media::codec::AudioCodec;
 use media::rtp::RtpView;
 
+/// One of these tests at a time: each transcodes live audio while tcpdump records it, and
+/// six at once on a small machine fall behind real time (the checks are about codecs,
+/// not about how much the machine can carry; the benches measure that).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Packets at each end of a received stream left out of the measurements (codec and
 /// transcoder start-up, the last packets before the BYE).
 const EDGE_PACKETS: usize = 10;
@@ -279,6 +284,7 @@ fn assert_clock(steps: &[u32], frame: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g722_only_caller_and_g711_callee_hear_each_other() {
+    let _one = ONE_AT_A_TIME.lock().await;
     wideband_caller_to_g711_callee(Case {
         scenario: "bridge_uac_g722_tone.xml",
         codec: AudioCodec::G722,
@@ -295,6 +301,7 @@ async fn g722_only_caller_and_g711_callee_hear_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opus_only_caller_and_g711_callee_hear_each_other() {
+    let _one = ONE_AT_A_TIME.lock().await;
     wideband_caller_to_g711_callee(Case {
         scenario: "bridge_uac_opus_tone.xml",
         codec: AudioCodec::Opus { channels: 2 },
@@ -312,6 +319,7 @@ async fn opus_only_caller_and_g711_callee_hear_each_other() {
 /// in its order, and the bridge transcodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn g722_caller_to_a_g711_only_trunk_is_offered_that_trunks_list() {
+    let _one = ONE_AT_A_TIME.lock().await;
     wideband_caller_to_g711_callee(Case {
         scenario: "bridge_uac_g722_tone.xml",
         codec: AudioCodec::G722,
@@ -362,6 +370,7 @@ fn digits_at(
 /// milliseconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digits_cross_between_a_pcmu_caller_and_an_opus_callee() {
+    let _one = ONE_AT_A_TIME.lock().await;
     const RTP: (u16, u16) = (24800, 24899);
     let (_far_dir, far_scenario) = scenario_with_fixtures("bridge_uas_opus_te48_dtmf.xml");
     let far = SippBuilder::new(far_scenario.to_str().expect("utf-8 path")).spawn();
@@ -428,6 +437,7 @@ async fn digits_cross_between_a_pcmu_caller_and_an_opus_callee() {
 /// (the caller's PCMA capture would be dropped as an unexpected payload type otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_is_answered_in_the_callees_codec_when_it_offered_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let far = Sipp::uas("uas_answer_rtp.xml");
     let mut h = start(far.addr(), TRANSIT_PLAN, "").await;
     let caller = Sipp::builder("uac_call_rtp.xml")
@@ -465,6 +475,7 @@ async fn caller_is_answered_in_the_callees_codec_when_it_offered_it() {
 /// sends it encoded Opus silence every 20 ms on the 48 kHz clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_call_offers_the_trunks_codecs_and_sends_opus_silence() {
+    let _one = ONE_AT_A_TIME.lock().await;
     const RTP: (u16, u16) = (25000, 25099);
     let far = Sipp::uas("uas_answer_opus.xml");
     let mut h = common::harness::setup(&far, |c| {

@@ -252,6 +252,8 @@ pub struct SippOutcome {
     pub errors: String,
     /// `-trace_msg` output: every SIP message sent and received.
     pub messages: String,
+    /// `-trace_rtt` output (`date_ms;response_time_ms;rtd_no` per call), when asked for.
+    pub rtt: String,
 }
 
 impl SippOutcome {
@@ -344,6 +346,15 @@ impl Sipp {
             stderr: read_or_empty(&p.join("stderr.log")),
             errors: read_or_empty(&p.join("errors.log")),
             messages: read_or_empty(&p.join("messages.log")),
+            rtt: std::fs::read_dir(p)
+                .ok()
+                .and_then(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .find(|e| e.file_name().to_string_lossy().ends_with("_rtt.csv"))
+                })
+                .map(|e| read_or_empty(&e.path()))
+                .unwrap_or_default(),
         }
     }
 }
