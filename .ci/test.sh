@@ -18,6 +18,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# schemathesis (PyPI) for the OpenAPI fuzz test, tests/e2e_openapi.rs.
+SWITCHYARD_SCHEMATHESIS="$(bash .ci/install-schemathesis.sh)"
+export SWITCHYARD_SCHEMATHESIS
+
 # PostgreSQL for the store tests (SWITCHYARD_TEST_PG_URL overrides).
 export SWITCHYARD_TEST_PG_URL="${SWITCHYARD_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then

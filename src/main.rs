@@ -43,6 +43,8 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (as `GET /api/v1/openapi.json` serves it).
+    Openapi,
     /// Manage API keys.
     ApiKey {
         #[command(subcommand)]
@@ -66,6 +68,18 @@ enum ApiKeyAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Openapi => match switchyard::api::openapi::document().to_pretty_json() {
+            Ok(json) => {
+                // Not println!: a closed pipe (`| head`) is not worth a panic.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout().lock(), "{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("openapi document: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => match switchyard::config::Config::load(Some(&file)) {
             Ok(config) => match switchyard::app::load_dialplan(&config, Some(&file)) {
                 Ok(plan) => {

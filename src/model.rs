@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The public call statuses (voice-api.txt) and their wire names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CallStatus {
     Initiating,
@@ -89,12 +89,13 @@ impl Role {
 }
 
 /// One call, as stored and as served by the API (`serde` gives the API shape).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallRecord {
     pub id: String,
     #[serde(skip)]
     pub tenant: String,
     /// "outbound" or "inbound".
+    #[schema(pattern = "^(outbound|inbound)$")]
     pub direction: String,
     pub to: String,
     pub from: String,
@@ -105,6 +106,7 @@ pub struct CallRecord {
     pub webhook_url: Option<String>,
     pub max_duration: i64,
     pub ring_timeout: i64,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub trunk: Option<String>,
     pub sip_call_id: Option<String>,
@@ -145,7 +147,7 @@ pub struct NewEvent {
     pub extra: serde_json::Value,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Waiting for its turn or its next attempt.
@@ -201,7 +203,7 @@ impl<'de> Deserialize<'de> for JsonText {
 }
 
 /// An outbox row: one status-callback event of one call.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallEvent {
     /// "evt_<ulid>"; also the `webhook-id` header.
     pub id: String,
@@ -212,6 +214,7 @@ pub struct CallEvent {
     pub sequence: i64,
     pub event_type: String,
     /// The JSON body POSTed to the webhook (event id, type, sequence, timestamp, call object, extras).
+    #[schema(value_type = Object)]
     pub payload: JsonText,
     pub webhook_url: Option<String>,
     pub state: DeliveryState,

@@ -1,29 +1,47 @@
 //! `/api/v1/voice/calls`: place, list, get, hang up, the call's callback events and its
 //! recording.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::envelope::{Envelope, Pagination};
-use super::error::{ApiError, ErrorCode};
-use super::extract::{AppJson, Auth};
+use super::envelope::{Data, Envelope, Page, Pagination};
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::extract::{AppJson, AppPath as Path, AppQuery as Query, Auth};
 use crate::core::OriginateRequest;
 use crate::model::{CallEvent, CallRecord};
 
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 
-#[derive(Debug, Deserialize)]
+/// A call to place through the tenant's trunk.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCall {
+    /// The called number, E.164.
+    #[schema(pattern = "^\\+[1-9][0-9]{7,14}$", example = "+14155552671")]
     pub to: String,
+    /// The caller id: E.164 and one of the tenant's trunk `numbers`, else
+    /// `INVALID_CALLER_ID`.
+    #[schema(pattern = "^\\+[1-9][0-9]{7,14}$", example = "+12025551234")]
     pub from: String,
+    /// Connect the answered call to this agent (`agt_…`).
+    #[schema(pattern = "^agt_[^\\x00-\\x1f\\x7f-\\x9f]*$", max_length = 64)]
     pub agent_id: Option<String>,
+    /// Where status callbacks are POSTed; never an internal address (SSRF guard).
+    #[schema(format = "uri")]
     pub webhook_url: Option<String>,
+    /// Record the call (stereo WAV, served once it has ended).
     #[serde(default)]
     pub record: bool,
+    /// Seconds after answer before the switch hangs up (default `calls.default_max_duration`).
+    #[schema(minimum = 1, maximum = 86400)]
     pub max_duration: Option<u64>,
+    /// Seconds of ringing before the call is given up as `no_answer` (default 60).
+    #[schema(minimum = 1, maximum = 600)]
     pub ring_timeout: Option<u64>,
+    /// Any JSON object up to 16 KiB, returned with the call and its callbacks.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -44,18 +62,27 @@ impl CreateCall {
                 "must be an E.164 number, e.g. +12025551234",
             ));
         }
+        // No control characters in stored text: PostgreSQL refuses NUL (a 500 before).
         if let Some(agent) = &self.agent_id
-            && (!agent.starts_with("agt_") || agent.len() > 64)
+            && (!agent.starts_with("agt_")
+                || agent.len() > 64
+                || agent.chars().any(char::is_control))
         {
             return Err(ApiError::validation(
                 "agent_id",
                 "must be an agent id (agt_…)",
             ));
         }
-        if let Some(hook) = &self.webhook_url
-            && let Err(e) = guard.check_call(hook)
-        {
-            return Err(ApiError::validation("webhook_url", e.to_string()));
+        if let Some(hook) = &self.webhook_url {
+            if hook.chars().any(char::is_control) {
+                return Err(ApiError::validation(
+                    "webhook_url",
+                    "must not contain control characters",
+                ));
+            }
+            if let Err(e) = guard.check_call(hook) {
+                return Err(ApiError::validation("webhook_url", e.to_string()));
+            }
         }
         if let Some(d) = self.max_duration
             && !(1..=86_400).contains(&d)
@@ -93,6 +120,22 @@ impl CreateCall {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/voice/calls",
+    operation_id = "create_call",
+    tag = "calls",
+    request_body = CreateCall,
+    responses(
+        (status = 201, description = "The call, `initiating`: its INVITE is on its way", body = Data<CallRecord>),
+        (status = 400, description = "`VALIDATION_ERROR` (malformed JSON or a field, see `details`) or `INVALID_CALLER_ID`", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the key's role is read-only; `DESTINATION_NOT_ALLOWED`: the dial plan bars the number or it is outside the tenant's `allowed_destinations`", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: body over `http.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: this IP or key, or the tenant's `max_calls_per_second` or `max_concurrent_calls`; see Retry-After", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a call may be placed again"))),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: no media ports free or the switch is overloaded", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
@@ -104,12 +147,28 @@ pub async fn create(
     Ok(Envelope::created(call))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size (taken as text so a bad value gets our `VALIDATION_ERROR`).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<String>,
+    /// `meta.pagination.cursor` of the previous page; else `INVALID_CURSOR`.
     pub cursor: Option<String>,
 }
 
+/// The tenant's calls, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/voice/calls",
+    operation_id = "list_calls",
+    tag = "calls",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of calls", body = Page<Vec<CallRecord>>),
+        (status = 400, description = "`VALIDATION_ERROR` (limit) or `INVALID_CURSOR`", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     auth: Auth,
@@ -148,6 +207,18 @@ pub async fn list(
     ))
 }
 
+/// One call of the tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/voice/calls/{id}",
+    operation_id = "get_call",
+    tag = "calls",
+    params(("id" = String, Path, description = "The call's id (`call_…`)")),
+    responses(
+        (status = 200, description = "The call", body = Data<CallRecord>),
+        (status = 404, description = "`NOT_FOUND`: no such call for this tenant", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     auth: Auth,
@@ -161,6 +232,21 @@ pub async fn get(
     Ok(Envelope::ok(call))
 }
 
+/// CANCEL before answer, BYE after.
+#[utoipa::path(
+    post,
+    path = "/api/v1/voice/calls/{id}/hangup",
+    operation_id = "hangup_call",
+    tag = "calls",
+    params(("id" = String, Path, description = "The call's id")),
+    responses(
+        (status = 200, description = "The call once it has ended (`completed` or `cancelled`); after 10 s without the far end's answer, as it is then", body = Data<CallRecord>),
+        (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`CALL_ALREADY_ENDED`", body = ErrorBody),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the call's command queue is full", body = ErrorBody),
+    )
+)]
 pub async fn hangup(
     State(state): State<AppState>,
     auth: Auth,
@@ -171,10 +257,15 @@ pub async fn hangup(
     Ok(Envelope::ok(call))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
     /// E.164 number or a sip:/tel: URI.
+    #[schema(
+        pattern = "^(\\+[1-9][0-9]{7,14}|(sip|sips|tel):[^<>\\x00-\\x1f\\x7f-\\x9f]+)$",
+        max_length = 256,
+        example = "+14155550000"
+    )]
     pub to: String,
     /// Transit calls: the party transferred, `caller` (default) or `callee`.
     #[serde(default)]
@@ -182,6 +273,23 @@ pub struct TransferRequest {
 }
 
 /// `POST /calls/{id}/transfer`: blind transfer by REFER; 202, progress in callbacks.
+#[utoipa::path(
+    post,
+    path = "/api/v1/voice/calls/{id}/transfer",
+    operation_id = "transfer_call",
+    tag = "calls",
+    params(("id" = String, Path, description = "The call's id")),
+    request_body = TransferRequest,
+    responses(
+        (status = 202, description = "REFER sent; progress as `call.transfer` events", body = Data<CallRecord>),
+        (status = 400, description = "`VALIDATION_ERROR`: malformed JSON or `to` not usable", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`CALL_ALREADY_ENDED`, or `CALL_NOT_TRANSFERABLE` (not answered, a transfer under way, or a target the switch cannot dial)", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = ErrorBody),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the call's command queue is full", body = ErrorBody),
+    )
+)]
 pub async fn transfer(
     State(state): State<AppState>,
     auth: Auth,
@@ -215,6 +323,18 @@ pub async fn transfer(
     Ok((axum::http::StatusCode::ACCEPTED, Envelope::ok(call)))
 }
 
+/// The call's status-callback events and their delivery state, in order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/voice/calls/{id}/events",
+    operation_id = "list_call_events",
+    tag = "calls",
+    params(("id" = String, Path, description = "The call's id")),
+    responses(
+        (status = 200, description = "The events", body = Data<Vec<CallEvent>>),
+        (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     auth: Auth,
@@ -227,6 +347,22 @@ pub async fn events(
     Ok(Envelope::ok(events))
 }
 
+/// Queues an event for delivery again (e.g. one that `failed`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/voice/calls/{id}/events/{event_id}/redeliver",
+    operation_id = "redeliver_call_event",
+    tag = "calls",
+    params(
+        ("id" = String, Path, description = "The call's id"),
+        ("event_id" = String, Path, description = "The event's id (`evt_…`)"),
+    ),
+    responses(
+        (status = 200, description = "The event, `pending` again", body = Data<CallEvent>),
+        (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`: no such call or event", body = ErrorBody),
+    )
+)]
 pub async fn redeliver(
     State(state): State<AppState>,
     auth: Auth,
@@ -242,9 +378,26 @@ pub async fn redeliver(
     Ok(Envelope::ok(event))
 }
 
+/// A WAV file's bytes (the document's name for the recording body).
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Wav(pub Vec<u8>);
+
 /// `GET /voice/calls/{id}/recording`: the WAV for the owning tenant. 404 `NOT_FOUND` for a
 /// call of another tenant, a call without a recording, and a call still live (its file
 /// is not finalised until the call ends; `recording_url` is set at that point).
+#[utoipa::path(
+    get,
+    path = "/api/v1/voice/calls/{id}/recording",
+    operation_id = "get_call_recording",
+    tag = "calls",
+    params(("id" = String, Path, description = "The call's id")),
+    responses(
+        (status = 200, description = "Stereo WAV: far end left, switch right", content_type = "audio/wav", body = Wav),
+        (status = 404, description = "`NOT_FOUND`: no such call, not recorded, or no file", body = ErrorBody),
+        (status = 409, description = "`RECORDING_NOT_READY`: the call is still live", body = ErrorBody),
+    )
+)]
 pub async fn recording(
     State(state): State<AppState>,
     auth: Auth,

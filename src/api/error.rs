@@ -2,9 +2,16 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The stable machine code of an error. HTTP status by code: 400 `VALIDATION_ERROR`,
+/// `INVALID_CALLER_ID`, `INVALID_CURSOR`; 401 `UNAUTHORIZED`; 403 `FORBIDDEN`,
+/// `DESTINATION_NOT_ALLOWED`; 404 `NOT_FOUND`; 405 `METHOD_NOT_ALLOWED`; 409
+/// `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`; 413
+/// `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500 `INTERNAL_ERROR`; 503 `SERVICE_UNAVAILABLE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     ValidationError,
     InvalidCallerId,
@@ -12,6 +19,7 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
+    MethodNotAllowed,
     CallAlreadyEnded,
     RecordingNotReady,
     CallNotTransferable,
@@ -31,6 +39,7 @@ impl ErrorCode {
             Self::Unauthorized => "UNAUTHORIZED",
             Self::Forbidden => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::CallAlreadyEnded => "CALL_ALREADY_ENDED",
             Self::RecordingNotReady => "RECORDING_NOT_READY",
             Self::CallNotTransferable => "CALL_NOT_TRANSFERABLE",
@@ -50,6 +59,7 @@ impl ErrorCode {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::DestinationNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CallAlreadyEnded | Self::RecordingNotReady | Self::CallNotTransferable => {
                 StatusCode::CONFLICT
             }
@@ -59,6 +69,28 @@ impl ErrorCode {
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+}
+
+/// One field's problem (`details` of a `VALIDATION_ERROR`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// The request field, e.g. `to`.
+    pub field: String,
+    pub problem: String,
+}
+
+/// Every error response's body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people (never internals).
+    pub error: String,
+    pub code: ErrorCode,
+    /// `req_<ulid>`, as in a success response's `meta.request_id`.
+    #[schema(pattern = "^req_[0-9a-z]{26}$")]
+    pub request_id: String,
+    /// Field-level problems; only on some `VALIDATION_ERROR`s and `INVALID_CALLER_ID`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldProblem>,
 }
 
 #[derive(Debug)]
@@ -98,20 +130,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let request_id = super::envelope::new_request_id();
-        let details: Vec<_> = self
-            .details
-            .iter()
-            .map(|(field, problem)| json!({"field": field, "problem": problem}))
-            .collect();
-        let mut body = json!({
-            "error": self.message,
-            "code": self.code.as_str(),
-            "request_id": request_id,
-        });
-        if !details.is_empty() {
-            body["details"] = json!(details);
-        }
+        let body = ErrorBody {
+            error: self.message,
+            code: self.code,
+            request_id: super::envelope::new_request_id(),
+            details: self
+                .details
+                .into_iter()
+                .map(|(field, problem)| FieldProblem { field, problem })
+                .collect(),
+        };
         let mut response = (self.code.status(), axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after
             && let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string())
@@ -173,6 +201,59 @@ impl From<crate::core::CoreError> for ApiError {
                 }
             }
             C::Store(s) => s.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The serialised code (what clients see) is the one `as_str` names (logs, docs).
+    #[test]
+    fn codes_serialise_as_their_names() {
+        use ErrorCode as E;
+        // Exhaustive: a new code does not compile until it is in the list below too.
+        let listed = |c: E| match c {
+            E::ValidationError
+            | E::InvalidCallerId
+            | E::InvalidCursor
+            | E::Unauthorized
+            | E::Forbidden
+            | E::NotFound
+            | E::MethodNotAllowed
+            | E::CallAlreadyEnded
+            | E::RecordingNotReady
+            | E::CallNotTransferable
+            | E::ServiceUnavailable
+            | E::PayloadTooLarge
+            | E::RateLimited
+            | E::DestinationNotAllowed
+            | E::InternalError => c,
+        };
+        for code in [
+            E::ValidationError,
+            E::InvalidCallerId,
+            E::InvalidCursor,
+            E::Unauthorized,
+            E::Forbidden,
+            E::NotFound,
+            E::MethodNotAllowed,
+            E::CallAlreadyEnded,
+            E::RecordingNotReady,
+            E::CallNotTransferable,
+            E::ServiceUnavailable,
+            E::PayloadTooLarge,
+            E::RateLimited,
+            E::DestinationNotAllowed,
+            E::InternalError,
+        ]
+        .map(listed)
+        {
+            assert_eq!(
+                serde_json::to_value(code).ok(),
+                Some(serde_json::Value::from(code.as_str()))
+            );
         }
     }
 }

@@ -109,3 +109,54 @@ where
         }
     }
 }
+
+/// `Path<T>` with our error shape (axum's rejection is plain text). Our path parameters
+/// are ids, which are generated text: one that is not UTF-8 once percent-decoded, or holds
+/// a NUL, names nothing and is answered 404 NOT_FOUND here (a NUL reached PostgreSQL,
+/// which refuses it in text, and made a 500).
+#[derive(Debug)]
+pub struct AppPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // `%00` is the only spelling of NUL in a path once it has been percent-decoded.
+        if parts.uri.path().contains("%00") {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "not found (an id never contains NUL)",
+            ));
+        }
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(rejection) => Err(ApiError::new(ErrorCode::NotFound, rejection.body_text())),
+        }
+    }
+}
+
+/// `Query<T>` with our error shape (a repeated or undecodable parameter).
+#[derive(Debug)]
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::ValidationError,
+                rejection.body_text(),
+            )),
+        }
+    }
+}

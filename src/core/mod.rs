@@ -392,7 +392,13 @@ impl Switch {
             leg,
             reply,
         })
-        .map_err(|_| CoreError::Overloaded)?;
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CoreError::Overloaded,
+            // The call ended since it was looked up: a 409, not the 503 of a full queue.
+            mpsc::error::TrySendError::Closed(_) => {
+                CoreError::AlreadyEnded(Box::new(current.clone()))
+            }
+        })?;
         match rx.await {
             Ok(Ok(())) => Ok(current),
             Ok(Err(why)) => Err(CoreError::NotTransferable(why)),

@@ -6,7 +6,7 @@ use super::trunk::Trunk;
 /// The party of a transit call the API transfers: it stays connected and ends up talking
 /// to the target, while the other party is released. `Caller` (the default) is the party
 /// that called in; `Callee` the one the switch called out to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TransferLeg {
     #[default]

@@ -62,7 +62,7 @@ pub struct TrunkState {
     registration: Mutex<RegistrationStatus>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RegistrationStatus {
     /// `disabled`, `registering`, `registered` or `failed`.
     pub state: String,

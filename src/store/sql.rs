@@ -692,6 +692,11 @@ fn decode_cursor(cursor: &str) -> StoreResult<(i64, String)> {
     let text = String::from_utf8(raw).map_err(|_| StoreError::InvalidCursor)?;
     let (at, id) = text.split_once(':').ok_or(StoreError::InvalidCursor)?;
     let at = at.parse().map_err(|_| StoreError::InvalidCursor)?;
+    // Ids are generated text: a control character (NUL, which PostgreSQL refuses in a
+    // query parameter, made a 500) means the cursor is not ours.
+    if id.chars().any(char::is_control) {
+        return Err(StoreError::InvalidCursor);
+    }
     Ok((at, id.to_owned()))
 }
 
@@ -929,6 +934,10 @@ mod tests {
         ));
         assert!(matches!(
             decode_cursor(&URL_SAFE_NO_PAD.encode("nocolon")),
+            Err(StoreError::InvalidCursor)
+        ));
+        assert!(matches!(
+            decode_cursor(&URL_SAFE_NO_PAD.encode("1:call_\0")),
             Err(StoreError::InvalidCursor)
         ));
     }

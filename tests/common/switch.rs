@@ -43,6 +43,8 @@ pub struct SwitchConfig {
     pub rtp_toml: String,
     /// Extra keys for the `[webhooks]` section.
     pub webhooks_toml: String,
+    /// Environment variables for the switch process.
+    pub env: Vec<(String, String)>,
 }
 
 impl SwitchConfig {
@@ -65,6 +67,7 @@ impl SwitchConfig {
             sip_toml: String::new(),
             rtp_toml: String::new(),
             webhooks_toml: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -130,6 +133,12 @@ impl SwitchConfig {
     pub fn webhooks(mut self, toml: &str) -> Self {
         self.webhooks_toml.push_str(toml);
         self.webhooks_toml.push('\n');
+        self
+    }
+
+    /// Sets an environment variable for the switch process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -213,7 +222,7 @@ impl SwitchProcess {
         let config_path = dir.path().join("switchyard.toml");
         let db_path = dir.path().join("switchyard.db");
         std::fs::write(&config_path, config.render(&db_path)).expect("write config");
-        let (child, listening) = spawn_serve(dir.path(), 1).await;
+        let (child, listening) = spawn_serve(dir.path(), 1, &config.env).await;
         SwitchProcess {
             config,
             dir,
@@ -230,7 +239,7 @@ impl SwitchProcess {
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).expect("write config file");
         }
-        let (child, listening) = spawn_serve(dir.path(), 1).await;
+        let (child, listening) = spawn_serve(dir.path(), 1, &[]).await;
         SwitchProcess {
             // Only for `config()`, which such a test has no use for.
             config: SwitchConfig::new(listening.sip_udp),
@@ -348,7 +357,7 @@ impl SwitchProcess {
     pub async fn restart(&mut self) {
         self.kill_9().await;
         self.starts += 1;
-        let (child, listening) = spawn_serve(self.dir.path(), self.starts).await;
+        let (child, listening) = spawn_serve(self.dir.path(), self.starts, &self.config.env).await;
         self.child = Some(child);
         self.listening = listening;
     }
@@ -403,7 +412,7 @@ impl Drop for SwitchProcess {
 
 /// Spawns `serve` and reads stdout until the listening line; the rest of stdout is copied to
 /// `stdout.log` in the background so the pipe never fills.
-async fn spawn_serve(dir: &Path, run: u32) -> (Child, Listening) {
+async fn spawn_serve(dir: &Path, run: u32, env: &[(String, String)]) -> (Child, Listening) {
     let log_path = dir.join("switch.log");
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -425,6 +434,7 @@ async fn spawn_serve(dir: &Path, run: u32) -> (Child, Listening) {
         cmd.env("RUST_LOG", "info,switchyard=debug,sip=debug,media=debug");
     }
     cmd.env("RUST_BACKTRACE", "1");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd.spawn().expect("spawn switchyard serve");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
