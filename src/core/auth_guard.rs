@@ -14,12 +14,17 @@
 //!
 //! Sans-IO: time comes in as seconds; tables are bounded.
 
-use std::collections::HashMap;
+use std::hash::{Hash, RandomState};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use hashlink::LinkedHashMap;
+
 use crate::config::SecurityConfig;
+
+/// Least recently failed first: when full, the entry forgotten is the stalest (O(1)).
+type Table<K> = LinkedHashMap<K, Record, RandomState>;
 
 /// Sources and user names remembered at most (oldest entries go first when full).
 const MAX_TRACKED: usize = 65_536;
@@ -39,8 +44,8 @@ pub struct AuthGuard {
     window_s: u64,
     ban_s: u64,
     user_max_failures: u32,
-    sources: Mutex<HashMap<u128, Record>>,
-    users: Mutex<HashMap<String, Record>>,
+    sources: Mutex<Table<u128>>,
+    users: Mutex<Table<String>>,
     failures: AtomicU64,
     bans: AtomicU64,
     dropped: AtomicU64,
@@ -71,8 +76,8 @@ impl AuthGuard {
             window_s: cfg.auth_failure_window_s.max(1),
             ban_s: cfg.auth_ban_s,
             user_max_failures: cfg.auth_user_max_failures.max(1),
-            sources: Mutex::new(HashMap::new()),
-            users: Mutex::new(HashMap::new()),
+            sources: Mutex::new(LinkedHashMap::with_hasher(RandomState::new())),
+            users: Mutex::new(LinkedHashMap::with_hasher(RandomState::new())),
             failures: AtomicU64::new(0),
             bans: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -153,25 +158,13 @@ impl AuthGuard {
 }
 
 /// One more failure in the window (a new window once the old one has passed).
-fn bump<K: std::hash::Hash + Eq + Clone>(
-    table: &mut HashMap<K, Record>,
-    k: K,
-    now: u64,
-    window_s: u64,
-) -> &mut Record {
-    if table.len() >= MAX_TRACKED && !table.contains_key(&k) {
-        // Forget the records that no longer block anything; if all still do, the oldest.
-        table.retain(|_, r| r.blocked_until > now);
-        if table.len() >= MAX_TRACKED
-            && let Some(oldest) = table
-                .iter()
-                .min_by_key(|(_, r)| r.window_start)
-                .map(|(k, _)| k.clone())
-        {
-            table.remove(&oldest);
-        }
+fn bump<K: Hash + Eq>(table: &mut Table<K>, k: K, now: u64, window_s: u64) -> &mut Record {
+    if table.contains_key(&k) {
+        table.to_back(&k);
+    } else if table.len() >= MAX_TRACKED {
+        table.pop_front();
     }
-    let r = table.entry(k).or_default();
+    let r = table.entry(k).or_insert_with(Record::default);
     if now >= r.window_start + window_s {
         r.failures = 0;
         r.window_start = now;
