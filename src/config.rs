@@ -24,6 +24,43 @@ pub struct Config {
     pub dialplan: DialplanConfig,
     pub tenants: Vec<TenantConfig>,
     pub trunks: Vec<TrunkConfig>,
+    /// The proxy number pool (number masking), written to the store at every start.
+    pub proxy_numbers: Vec<ProxyNumberConfig>,
+}
+
+/// `[[proxy_numbers]]`: one number of a tenant's proxy pool.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyNumberConfig {
+    /// E.164.
+    pub number: String,
+    /// The tenant whose sessions may be given it (the trunk's tenant when left out).
+    pub tenant: Option<String>,
+    /// The trunk its masked calls go through (a `[[trunks]]` name).
+    pub trunk: String,
+    /// `voice` and/or `messaging` (default both).
+    #[serde(default = "default_proxy_capabilities")]
+    pub capabilities: Vec<crate::proxy::Capability>,
+}
+
+fn default_proxy_capabilities() -> Vec<crate::proxy::Capability> {
+    vec![
+        crate::proxy::Capability::Voice,
+        crate::proxy::Capability::Messaging,
+    ]
+}
+
+impl ProxyNumberConfig {
+    /// The tenant: the one named, else the trunk's.
+    pub fn tenant_in(&self, config: &Config) -> String {
+        self.tenant.clone().unwrap_or_else(|| {
+            config
+                .trunks
+                .iter()
+                .find(|t| t.name == self.trunk)
+                .map_or_else(default_tenant, |t| t.tenant.clone())
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -633,6 +670,45 @@ impl Config {
                         format!("{n:?} is not an E.164 number (+ and 8 to 15 digits)"),
                     );
                 }
+            }
+        }
+        let mut proxy_numbers = std::collections::HashSet::new();
+        for (i, p) in self.proxy_numbers.iter().enumerate() {
+            if !dialplan::e164::is_e164(&p.number) {
+                problem(
+                    format!("proxy_numbers[{i}].number"),
+                    format!(
+                        "{:?} is not an E.164 number (+ and 8 to 15 digits)",
+                        p.number
+                    ),
+                );
+            }
+            let tenant = p.tenant_in(self);
+            match self.trunks.iter().find(|t| t.name == p.trunk) {
+                None => problem(
+                    format!("proxy_numbers[{i}].trunk"),
+                    format!("no trunk named {:?}", p.trunk),
+                ),
+                Some(t) if t.tenant != tenant => problem(
+                    format!("proxy_numbers[{i}].trunk"),
+                    format!(
+                        "trunk {:?} belongs to tenant {:?}, not {tenant:?}",
+                        p.trunk, t.tenant
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if p.capabilities.is_empty() {
+                problem(
+                    format!("proxy_numbers[{i}].capabilities"),
+                    "needs voice, messaging or both".into(),
+                );
+            }
+            if !proxy_numbers.insert((tenant, p.number.clone())) {
+                problem(
+                    format!("proxy_numbers[{i}].number"),
+                    format!("duplicate proxy number {:?}", p.number),
+                );
             }
         }
         out
