@@ -970,4 +970,54 @@ mod tests {
         };
         assert_eq!(p[0].key, "trunks[0].codecs", "{p:?}");
     }
+
+    #[test]
+    fn proxy_numbers_default_and_are_checked() {
+        let trunk = "[[trunks]]\nname = \"a\"\nuri = \"sip:127.0.0.1:5070\"\ntenant = \"acme\"\n\n";
+        let c = Config::from_sources(
+            &format!("{trunk}[[proxy_numbers]]\nnumber = \"+14155550100\"\ntrunk = \"a\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.proxy_numbers.len(), 1);
+        assert_eq!(
+            c.proxy_numbers[0].tenant_in(&c),
+            "acme",
+            "the trunk's tenant"
+        );
+        assert_eq!(
+            c.proxy_numbers[0].capabilities.len(),
+            2,
+            "voice and messaging"
+        );
+        let text = format!(
+            "{trunk}[[proxy_numbers]]\nnumber = \"4155550100\"\ntrunk = \"b\"\ncapabilities = []\n\n\
+             [[proxy_numbers]]\nnumber = \"+14155550101\"\ntrunk = \"a\"\ntenant = \"other\"\n\n\
+             [[proxy_numbers]]\nnumber = \"+14155550102\"\ntrunk = \"a\"\n\n\
+             [[proxy_numbers]]\nnumber = \"+14155550102\"\ntrunk = \"a\"\n"
+        );
+        let Err(ConfigError::Invalid(p)) = Config::from_sources(&text, &[]) else {
+            panic!("expected error")
+        };
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "proxy_numbers[0].number",
+                "proxy_numbers[0].trunk",
+                "proxy_numbers[0].capabilities",
+                "proxy_numbers[1].trunk",
+                "proxy_numbers[3].number",
+            ],
+            "{p:?}"
+        );
+        let Err(ConfigError::Invalid(_)) = Config::from_sources(
+            &format!(
+                "{trunk}[[proxy_numbers]]\nnumber = \"+14155550100\"\ntrunk = \"a\"\ncapabilities = [\"fax\"]\n"
+            ),
+            &[],
+        ) else {
+            panic!("an unknown capability is refused")
+        };
+    }
 }
