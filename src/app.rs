@@ -118,12 +118,12 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     load_proxy_numbers(&config, store.as_ref()).await?;
 
     let shutdown = tokio_util::sync::CancellationToken::new();
-    spawn_proxy_expiry(store.clone(), shutdown.clone());
     let webhooks = crate::webhooks::spawn(store.clone(), webhook_config(&config), shutdown.clone())
         .map_err(|e| AppError::Io {
             what: "webhook client".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
+    spawn_proxy_expiry(store.clone(), webhooks.notifier(), shutdown.clone());
 
     // Listening on 0.0.0.0 with no public_addr: each peer is told the address routed toward
     // it (the UA asks `advertise` per destination); otherwise one address for all.
@@ -301,7 +301,11 @@ async fn load_proxy_numbers(config: &Config, store: &dyn Store) -> Result<(), Ap
 /// the expiry themselves; the sweep frees pairings and settles the rows).
 const PROXY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn spawn_proxy_expiry(store: Arc<dyn Store>, shutdown: tokio_util::sync::CancellationToken) {
+fn spawn_proxy_expiry(
+    store: Arc<dyn Store>,
+    webhooks: Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PROXY_SWEEP);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -312,7 +316,11 @@ fn spawn_proxy_expiry(store: Arc<dyn Store>, shutdown: tokio_util::sync::Cancell
             }
             match store.expire_proxy_sessions(chrono::Utc::now()).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(sessions = n, "proxy sessions expired"),
+                Ok(n) => {
+                    tracing::info!(sessions = n, "proxy sessions expired");
+                    // Their `proxy.session.expired` events are in the outbox.
+                    webhooks.notify_one();
+                }
                 Err(e) => tracing::warn!(error = %e, "proxy session expiry sweep"),
             }
         }

@@ -640,3 +640,62 @@ async fn concurrent_creates_keep_pairs_unique_on_postgresql() {
         .await
         .expect("drop schema");
 }
+
+/// The sink's next request, its signature checked; its JSON.
+async fn next_signed(sink: &mut common::WebhookSink, secret: &str) -> Value {
+    let received = sink.next_event(Duration::from_secs(10)).await;
+    common::webhook::verify_signature(secret, &received)
+        .unwrap_or_else(|e| panic!("{e}: {received:?}"))
+}
+
+/// A session with a `webhook_url` sends `proxy.session.created`, then `closed` (DELETE)
+/// or `expired` (its time passed), signed as call events are and numbered per session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_events_through_the_outbox() {
+    let mut sink = common::WebhookSink::start().await;
+    let switch = switch_with_pool(&[("+14155550100", BOTH), ("+14155550101", BOTH)], None).await;
+    let api = switch.api("acme", "owner").await;
+    let secret = api.webhook_secret().await;
+
+    let mut body = session("+14155552671", "+14155553333");
+    body["webhook_url"] = sink.url().into();
+    let s = create_ok(&api, &body).await;
+    let id = s["id"].as_str().unwrap_or_default().to_owned();
+    let created = next_signed(&mut sink, &secret).await;
+    assert_eq!(created["type"], "proxy.session.created", "{created}");
+    assert_eq!(created["sequence"], 1);
+    assert_eq!(
+        created["data"]["session"], s,
+        "the session as the API answered it"
+    );
+    let (code, _) = api
+        .request(Method::DELETE, &format!("/proxy/sessions/{id}"), None)
+        .await;
+    assert_eq!(code, 200);
+    let closed = next_signed(&mut sink, &secret).await;
+    assert_eq!(closed["type"], "proxy.session.closed", "{closed}");
+    assert_eq!(closed["sequence"], 2);
+    assert_eq!(closed["data"]["session"]["status"], "closed");
+    // Closing again sends nothing more.
+    let (code, _) = api
+        .request(Method::DELETE, &format!("/proxy/sessions/{id}"), None)
+        .await;
+    assert_eq!(code, 200);
+
+    body["ttl_seconds"] = 1.into();
+    let s = create_ok(&api, &body).await;
+    let created = next_signed(&mut sink, &secret).await;
+    assert_eq!(created["type"], "proxy.session.created", "{created}");
+    assert_eq!(created["data"]["session"]["id"], s["id"]);
+    let expired = next_signed(&mut sink, &secret).await;
+    assert_eq!(expired["type"], "proxy.session.expired", "{expired}");
+    assert_eq!(expired["sequence"], 2);
+    assert_eq!(expired["data"]["session"]["id"], s["id"]);
+    assert_eq!(expired["data"]["session"]["status"], "expired");
+    assert!(
+        sink.try_next_event(Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "one event each, nothing for the twice-closed session"
+    );
+}

@@ -214,7 +214,8 @@ pub struct CreateSession {
     /// Any JSON object up to 16 KiB, returned with the session.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
-    /// Where the session's events are POSTed; never an internal address (SSRF guard).
+    /// Where the session's events (`proxy.session.created`, `.closed`, `.expired`) are
+    /// POSTed, signed as call events are; never an internal address (SSRF guard).
     #[schema(format = "uri")]
     pub webhook_url: Option<String>,
     /// Seconds a masked call may last.
@@ -364,7 +365,12 @@ pub async fn create_session(
     auth.require_write()?;
     let new = body.validate(&auth.tenant, &state.outbound_guard, Utc::now())?;
     match state.store.create_proxy_session(&new).await {
-        Ok(session) => Ok(Envelope::created(session)),
+        Ok(session) => {
+            if session.webhook_url.is_some() {
+                state.webhooks.notify_one();
+            }
+            Ok(Envelope::created(session))
+        }
         Err(StoreError::PoolExhausted) => Err(ApiError::new(
             ErrorCode::PoolExhausted,
             "no proxy number left for a participant: every pool number that fits the mode \
@@ -502,6 +508,9 @@ pub async fn close_session(
         .close_proxy_session(&auth.tenant, &id, Utc::now())
         .await?
         .ok_or_else(|| ApiError::not_found("proxy session"))?;
+    if session.webhook_url.is_some() {
+        state.webhooks.notify_one();
+    }
     Ok(Envelope::ok(session))
 }
 

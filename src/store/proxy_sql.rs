@@ -13,9 +13,10 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row as _};
+use sqlx::{Any, AnyPool, Row as _};
 
-use super::{Backend, decode_cursor, from_ms, opt_ms};
+use super::{Backend, EVENT_INSERT, decode_cursor, from_ms, opt_ms, state_str};
+use crate::model::DeliveryState;
 use crate::proxy::{
     Capability, NewSession, Participant, ProxyNumber, ProxySession, SessionMode, SessionStatus,
     UnknownCaller,
@@ -307,6 +308,52 @@ async fn choose(pool: &AnyPool, new: &NewSession, now: i64) -> StoreResult<Optio
     Ok(Some([a, b]))
 }
 
+/// Appends `proxy.session.<what>` to the outbox in the transaction that made the change
+/// (the session's id stands for the call's in `call_events`), when the session has a
+/// `webhook_url`: delivered and signed as calls' events are, in order per session.
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'static, Any>,
+    session: &ProxySession,
+    event_type: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let Some(url) = session.webhook_url.clone().filter(|u| !u.is_empty()) else {
+        return Ok(());
+    };
+    let last: i64 = sqlx::query(
+        "SELECT COALESCE(MAX(sequence), 0) AS last FROM call_events WHERE call_id = $1",
+    )
+    .bind(session.id.clone())
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("last")?;
+    let id = format!("evt_{}", ulid::Ulid::new());
+    let payload = serde_json::json!({
+        "id": id,
+        "type": event_type,
+        "sequence": last + 1,
+        "created_at": crate::timefmt::millis(&now),
+        "data": {"session": session},
+    });
+    sqlx::query(EVENT_INSERT)
+        .bind(id)
+        .bind(session.id.clone())
+        .bind(session.tenant.clone())
+        .bind(last + 1)
+        .bind(event_type.to_owned())
+        .bind(payload.to_string())
+        .bind(url)
+        .bind(state_str(DeliveryState::Pending))
+        .bind(0_i64)
+        .bind(now.timestamp_millis())
+        .bind(None::<String>)
+        .bind(now.timestamp_millis())
+        .bind(None::<i64>)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Writes the session and its pairings; `Ok(false)` when a pairing or a removed number
 /// lost a race (rolled back, to be tried again).
 async fn try_write(
@@ -314,6 +361,7 @@ async fn try_write(
     backend: Backend,
     new: &NewSession,
     proxies: &[String; 2],
+    session: &ProxySession,
 ) -> StoreResult<bool> {
     let mut tx = pool.begin().await?;
     let result: Result<bool, sqlx::Error> = async {
@@ -384,7 +432,11 @@ async fn try_write(
         .await?
         .len();
         let distinct = if proxies[0] == proxies[1] { 1 } else { 2 };
-        Ok(found == distinct)
+        if found != distinct {
+            return Ok(false);
+        }
+        insert_event(&mut tx, session, "proxy.session.created", new.created_at).await?;
+        Ok(true)
     }
     .await;
     match result {
@@ -414,10 +466,31 @@ pub(super) async fn create_session(
         let Some(proxies) = choose(pool, new, now).await? else {
             return Err(StoreError::PoolExhausted);
         };
-        if try_write(pool, backend, new, &proxies).await? {
-            return get_session(pool, &new.tenant, &new.id, new.created_at)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("session {} not written", new.id)));
+        let session = ProxySession {
+            id: new.id.clone(),
+            tenant: new.tenant.clone(),
+            status: SessionStatus::Open,
+            mode: new.mode,
+            participants: new
+                .participants
+                .iter()
+                .zip(&proxies)
+                .map(|(number, proxy)| Participant {
+                    number: number.clone(),
+                    proxy_number: proxy.clone(),
+                })
+                .collect(),
+            metadata: new.metadata.clone(),
+            webhook_url: new.webhook_url.clone(),
+            max_call_duration: new.max_call_duration,
+            record: new.record,
+            unknown_caller: new.unknown_caller,
+            created_at: new.created_at,
+            expires_at: new.expires_at,
+            closed_at: None,
+        };
+        if try_write(pool, backend, new, &proxies, &session).await? {
+            return Ok(session);
         }
     }
     tracing::warn!(
@@ -561,6 +634,14 @@ pub(super) async fn close_session(
             .bind(id.to_owned())
             .execute(&mut *tx)
             .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM proxy_sessions WHERE id = $1"
+        ))
+        .bind(id.to_owned())
+        .fetch_one(&mut *tx)
+        .await?;
+        let closed = session_from_row(&row)?;
+        insert_event(&mut tx, &closed, "proxy.session.closed", now).await?;
     }
     tx.commit().await?;
     get_session(pool, tenant, id, now).await
@@ -585,13 +666,37 @@ pub(super) async fn expire_sessions(pool: &AnyPool, now: DateTime<Utc>) -> Store
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    let done = sqlx::query(
-        "UPDATE proxy_sessions SET status = 'expired', closed_at = expires_at \
-         WHERE status = 'open' AND expires_at IS NOT NULL AND expires_at <= $1",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {SESSION_COLUMNS} FROM proxy_sessions WHERE status = 'open' \
+         AND expires_at IS NOT NULL AND expires_at <= $1"
+    ))
     .bind(now)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    let mut expired = 0;
+    for row in &rows {
+        let session = session_from_row(row)?;
+        // One row at a time: of two nodes sweeping at once, one marks it (and writes its
+        // event), the other finds it no longer open.
+        let done = sqlx::query(
+            "UPDATE proxy_sessions SET status = 'expired', closed_at = expires_at \
+             WHERE id = $1 AND status = 'open'",
+        )
+        .bind(session.id.clone())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            continue;
+        }
+        expired += 1;
+        let session = ProxySession {
+            status: SessionStatus::Expired,
+            closed_at: session.expires_at,
+            ..session
+        };
+        let at = session.expires_at.unwrap_or_else(Utc::now);
+        insert_event(&mut tx, &session, "proxy.session.expired", at).await?;
+    }
     tx.commit().await?;
-    Ok(done.rows_affected())
+    Ok(expired)
 }
