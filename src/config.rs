@@ -704,7 +704,8 @@ impl Config {
                     "needs voice, messaging or both".into(),
                 );
             }
-            if !proxy_numbers.insert((tenant, p.number.clone())) {
+            // A number reaches one tenant.
+            if !proxy_numbers.insert(p.number.clone()) {
                 problem(
                     format!("proxy_numbers[{i}].number"),
                     format!("duplicate proxy number {:?}", p.number),

@@ -20,8 +20,10 @@ async fn switch_with_pool(pool: &[(&str, &str)], database_url: Option<&str>) -> 
     if let Some(url) = database_url {
         config = config.database_url(url);
     }
-    // A second tenant, for isolation.
-    let mut extra = "[[tenants]]\nname = \"other\"\n\n".to_owned();
+    // A second tenant with its own trunk, for isolation.
+    let mut extra = format!(
+        "[[trunks]]\nname = \"other-carrier\"\nuri = \"sip:{trunk}\"\ntenant = \"other\"\n\n"
+    );
     for (number, capabilities) in pool {
         extra.push_str(&format!(
             "[[proxy_numbers]]\nnumber = \"{number}\"\ntrunk = \"carrier\"\ncapabilities = {capabilities}\n\n"
@@ -147,6 +149,20 @@ async fn pool_from_config_and_api() {
     let other = switch.api("other", "owner").await;
     let (_, body) = other.request(Method::GET, "/proxy/numbers", None).await;
     assert_eq!(body["data"], json!([]), "{body}");
+    // A number reaches one tenant; the other tenant's trunk is not acme's.
+    let theirs = json!({"number": "+12125550100", "trunk": "other-carrier"});
+    let (code, body) = other
+        .request(Method::POST, "/proxy/numbers", Some(&theirs))
+        .await;
+    assert_error(code, &body, 409, "NUMBER_ALREADY_EXISTS");
+    let (code, body) = owner
+        .request(
+            Method::POST,
+            "/proxy/numbers",
+            Some(&json!({"number": "+12125550199", "trunk": "other-carrier"})),
+        )
+        .await;
+    assert_error(code, &body, 400, "VALIDATION_ERROR");
 
     // A number an open session uses cannot be removed; once the session closes it can.
     let s = create_ok(&developer, &session("+14155552671", "+14155559999")).await;

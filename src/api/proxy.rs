@@ -46,7 +46,7 @@ pub struct AddNumber {
         (status = 201, description = "The number, in the pool", body = Data<ProxyNumber>),
         (status = 400, description = "`VALIDATION_ERROR`: malformed JSON, not E.164, or not one of the tenant's trunks", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`: requires an owner or admin key", body = ErrorBody),
-        (status = 409, description = "`NUMBER_ALREADY_EXISTS`: the pool has it", body = ErrorBody),
+        (status = 409, description = "`NUMBER_ALREADY_EXISTS`: a proxy pool (this tenant's or another's) has it", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = ErrorBody),
     )
 )]
@@ -97,7 +97,7 @@ pub async fn add_number(
     if !state.store.add_proxy_number(&number).await? {
         return Err(ApiError::new(
             ErrorCode::NumberAlreadyExists,
-            format!("{} is already in the proxy pool", number.number),
+            format!("{} is already a proxy number", number.number),
         ));
     }
     let added = state

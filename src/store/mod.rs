@@ -144,7 +144,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// A `[[proxy_numbers]]` entry: inserted, or its trunk and capabilities updated.
     async fn put_config_proxy_number(&self, number: &ProxyNumber) -> StoreResult<()>;
-    /// False when the tenant's pool already has the number.
+    /// False when a pool already has the number (it reaches one tenant only).
     async fn add_proxy_number(&self, number: &ProxyNumber) -> StoreResult<bool>;
     async fn list_proxy_numbers(
         &self,

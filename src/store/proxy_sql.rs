@@ -119,11 +119,12 @@ pub(super) async fn put_config_number(pool: &AnyPool, n: &ProxyNumber) -> StoreR
     Ok(())
 }
 
-/// A number added through the API; false when the tenant's pool already has it.
+/// A number added through the API; false when a pool (this tenant's or another's)
+/// already has it.
 pub(super) async fn add_number(pool: &AnyPool, n: &ProxyNumber) -> StoreResult<bool> {
     let done = sqlx::query(
         "INSERT INTO proxy_numbers (tenant, number, trunk, voice, messaging, source, created_at) \
-         VALUES ($1, $2, $3, $4, $5, 'api', $6) ON CONFLICT (tenant, number) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, 'api', $6) ON CONFLICT DO NOTHING",
     )
     .bind(n.tenant.clone())
     .bind(n.number.clone())

@@ -12,6 +12,9 @@ CREATE TABLE proxy_numbers (
     PRIMARY KEY (tenant, number)
 );
 
+-- A number reaches one tenant: calls and messages to it are looked up by number alone.
+CREATE UNIQUE INDEX proxy_numbers_number ON proxy_numbers (number);
+
 -- Two participants a session; status is written as open, closed or expired (an open row
 -- past expires_at reads as expired until the sweep marks it).
 CREATE TABLE proxy_sessions (
