@@ -486,7 +486,7 @@ async fn expiry_frees_pairings_and_holds_across_restart() {
     let mut switch = switch_with_pool(&[("+14155550100", BOTH)], None).await;
     let api = switch.api("acme", "developer").await;
     let mut body = session("+14155552671", "+14155553333");
-    body["ttl_seconds"] = 1.into();
+    body["ttl_seconds"] = 2.into();
     let s = create_ok(&api, &body).await;
     let id = s["id"].as_str().unwrap_or_default().to_owned();
     let (code, resp) = create(&api, &session("+14155552671", "+14155554444")).await;
