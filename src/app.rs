@@ -115,12 +115,15 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         );
     }
 
+    load_proxy_numbers(&config, store.as_ref()).await?;
+
     let shutdown = tokio_util::sync::CancellationToken::new();
     let webhooks = crate::webhooks::spawn(store.clone(), webhook_config(&config), shutdown.clone())
         .map_err(|e| AppError::Io {
             what: "webhook client".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
+    spawn_proxy_expiry(store.clone(), webhooks.notifier(), shutdown.clone());
 
     // Listening on 0.0.0.0 with no public_addr: each peer is told the address routed toward
     // it (the UA asks `advertise` per destination); otherwise one address for all.
@@ -269,6 +272,59 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
     webhooks.join().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// `[[proxy_numbers]]` into the store (a number already there keeps its sessions; its
+/// trunk and capabilities follow the config).
+async fn load_proxy_numbers(config: &Config, store: &dyn Store) -> Result<(), AppError> {
+    let now = chrono::Utc::now();
+    for p in &config.proxy_numbers {
+        store
+            .put_config_proxy_number(&crate::proxy::ProxyNumber {
+                number: p.number.clone(),
+                tenant: p.tenant_in(config),
+                trunk: p.trunk.clone(),
+                capabilities: p.capabilities.clone(),
+                source: "config".to_owned(),
+                active_pairings: 0,
+                created_at: now,
+            })
+            .await?;
+    }
+    if !config.proxy_numbers.is_empty() {
+        tracing::info!(numbers = config.proxy_numbers.len(), "proxy numbers loaded");
+    }
+    Ok(())
+}
+
+/// How often open proxy sessions past their expiry are marked `expired` (reads evaluate
+/// the expiry themselves; the sweep frees pairings and settles the rows).
+const PROXY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn spawn_proxy_expiry(
+    store: Arc<dyn Store>,
+    webhooks: Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROXY_SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match store.expire_proxy_sessions(chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(sessions = n, "proxy sessions expired");
+                    // Their `proxy.session.expired` events are in the outbox.
+                    webhooks.notify_one();
+                }
+                Err(e) => tracing::warn!(error = %e, "proxy session expiry sweep"),
+            }
+        }
+    });
 }
 
 /// Per-source limit for everything that is not a trunk (carriers are never limited: their

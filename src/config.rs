@@ -24,6 +24,43 @@ pub struct Config {
     pub dialplan: DialplanConfig,
     pub tenants: Vec<TenantConfig>,
     pub trunks: Vec<TrunkConfig>,
+    /// The proxy number pool (number masking), written to the store at every start.
+    pub proxy_numbers: Vec<ProxyNumberConfig>,
+}
+
+/// `[[proxy_numbers]]`: one number of a tenant's proxy pool.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyNumberConfig {
+    /// E.164.
+    pub number: String,
+    /// The tenant whose sessions may be given it (the trunk's tenant when left out).
+    pub tenant: Option<String>,
+    /// The trunk its masked calls go through (a `[[trunks]]` name).
+    pub trunk: String,
+    /// `voice` and/or `messaging` (default both).
+    #[serde(default = "default_proxy_capabilities")]
+    pub capabilities: Vec<crate::proxy::Capability>,
+}
+
+fn default_proxy_capabilities() -> Vec<crate::proxy::Capability> {
+    vec![
+        crate::proxy::Capability::Voice,
+        crate::proxy::Capability::Messaging,
+    ]
+}
+
+impl ProxyNumberConfig {
+    /// The tenant: the one named, else the trunk's.
+    pub fn tenant_in(&self, config: &Config) -> String {
+        self.tenant.clone().unwrap_or_else(|| {
+            config
+                .trunks
+                .iter()
+                .find(|t| t.name == self.trunk)
+                .map_or_else(default_tenant, |t| t.tenant.clone())
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -635,6 +672,46 @@ impl Config {
                 }
             }
         }
+        let mut proxy_numbers = std::collections::HashSet::new();
+        for (i, p) in self.proxy_numbers.iter().enumerate() {
+            if !dialplan::e164::is_e164(&p.number) {
+                problem(
+                    format!("proxy_numbers[{i}].number"),
+                    format!(
+                        "{:?} is not an E.164 number (+ and 8 to 15 digits)",
+                        p.number
+                    ),
+                );
+            }
+            let tenant = p.tenant_in(self);
+            match self.trunks.iter().find(|t| t.name == p.trunk) {
+                None => problem(
+                    format!("proxy_numbers[{i}].trunk"),
+                    format!("no trunk named {:?}", p.trunk),
+                ),
+                Some(t) if t.tenant != tenant => problem(
+                    format!("proxy_numbers[{i}].trunk"),
+                    format!(
+                        "trunk {:?} belongs to tenant {:?}, not {tenant:?}",
+                        p.trunk, t.tenant
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if p.capabilities.is_empty() {
+                problem(
+                    format!("proxy_numbers[{i}].capabilities"),
+                    "needs voice, messaging or both".into(),
+                );
+            }
+            // A number reaches one tenant.
+            if !proxy_numbers.insert(p.number.clone()) {
+                problem(
+                    format!("proxy_numbers[{i}].number"),
+                    format!("duplicate proxy number {:?}", p.number),
+                );
+            }
+        }
         out
     }
 
@@ -893,5 +970,55 @@ mod tests {
             panic!("expected error")
         };
         assert_eq!(p[0].key, "trunks[0].codecs", "{p:?}");
+    }
+
+    #[test]
+    fn proxy_numbers_default_and_are_checked() {
+        let trunk = "[[trunks]]\nname = \"a\"\nuri = \"sip:127.0.0.1:5070\"\ntenant = \"acme\"\n\n";
+        let c = Config::from_sources(
+            &format!("{trunk}[[proxy_numbers]]\nnumber = \"+14155550100\"\ntrunk = \"a\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.proxy_numbers.len(), 1);
+        assert_eq!(
+            c.proxy_numbers[0].tenant_in(&c),
+            "acme",
+            "the trunk's tenant"
+        );
+        assert_eq!(
+            c.proxy_numbers[0].capabilities.len(),
+            2,
+            "voice and messaging"
+        );
+        let text = format!(
+            "{trunk}[[proxy_numbers]]\nnumber = \"4155550100\"\ntrunk = \"b\"\ncapabilities = []\n\n\
+             [[proxy_numbers]]\nnumber = \"+14155550101\"\ntrunk = \"a\"\ntenant = \"other\"\n\n\
+             [[proxy_numbers]]\nnumber = \"+14155550102\"\ntrunk = \"a\"\n\n\
+             [[proxy_numbers]]\nnumber = \"+14155550102\"\ntrunk = \"a\"\n"
+        );
+        let Err(ConfigError::Invalid(p)) = Config::from_sources(&text, &[]) else {
+            panic!("expected error")
+        };
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "proxy_numbers[0].number",
+                "proxy_numbers[0].trunk",
+                "proxy_numbers[0].capabilities",
+                "proxy_numbers[1].trunk",
+                "proxy_numbers[3].number",
+            ],
+            "{p:?}"
+        );
+        let Err(ConfigError::Invalid(_)) = Config::from_sources(
+            &format!(
+                "{trunk}[[proxy_numbers]]\nnumber = \"+14155550100\"\ntrunk = \"a\"\ncapabilities = [\"fax\"]\n"
+            ),
+            &[],
+        ) else {
+            panic!("an unknown capability is refused")
+        };
     }
 }

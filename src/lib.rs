@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 pub mod model;
 pub mod netguard;
+pub mod proxy;
 pub mod ratelimit;
 pub mod store;
 pub mod timefmt;

@@ -104,6 +104,7 @@ on_both!(
     a_bad_write_in_a_batch_fails_alone,
     the_last_of_several_queued_updates_wins,
     both_dialogs_and_live_counters_ride_on_the_call_row,
+    proxy_sessions_expire_and_free_pairings,
 );
 
 mod unsent_events_left_out {
@@ -863,4 +864,142 @@ async fn in_memory_sqlite_and_bad_urls() {
         SqlStore::connect("mysql://u:secret@db/x").await,
         Err(StoreError::UnsupportedUrl(u)) if !u.contains("secret")
     ));
+}
+
+fn proxy_number(tenant: &str, number: &str) -> switchyard::proxy::ProxyNumber {
+    switchyard::proxy::ProxyNumber {
+        number: number.to_owned(),
+        tenant: tenant.to_owned(),
+        trunk: "carrier".to_owned(),
+        capabilities: vec![
+            switchyard::proxy::Capability::Voice,
+            switchyard::proxy::Capability::Messaging,
+        ],
+        source: "config".to_owned(),
+        active_pairings: 0,
+        created_at: Utc.timestamp_millis_opt(T0).unwrap(),
+    }
+}
+
+fn new_session(
+    id: &str,
+    a: &str,
+    b: &str,
+    expires_at: Option<DateTime<Utc>>,
+) -> switchyard::proxy::NewSession {
+    switchyard::proxy::NewSession {
+        id: id.to_owned(),
+        tenant: "acme".to_owned(),
+        mode: switchyard::proxy::SessionMode::VoiceAndMessaging,
+        participants: [a.to_owned(), b.to_owned()],
+        metadata: json!({"k": "v"}),
+        webhook_url: None,
+        max_call_duration: Some(60),
+        record: true,
+        unknown_caller: switchyard::proxy::UnknownCaller { sip_code: 480 },
+        created_at: Utc.timestamp_millis_opt(T0).unwrap(),
+        expires_at,
+    }
+}
+
+/// One pool number: a participant's second open session is refused, the number cannot be
+/// removed while used; past the expiry the session reads expired, the sweep marks it once,
+/// and the number is free again (for the participant and for removal).
+async fn proxy_sessions_expire_and_free_pairings(s: &SqlStore) {
+    use switchyard::proxy::SessionStatus;
+    use switchyard::store::NumberRemoval;
+    let t0 = Utc.timestamp_millis_opt(T0).unwrap();
+    let later = t0 + chrono::Duration::seconds(2);
+    s.put_config_proxy_number(&proxy_number("acme", "+14155550100"))
+        .await
+        .unwrap();
+    // Written again at the next start: no duplicate.
+    s.put_config_proxy_number(&proxy_number("acme", "+14155550100"))
+        .await
+        .unwrap();
+    let expiry = Some(t0 + chrono::Duration::seconds(1));
+    let created = s
+        .create_proxy_session(&new_session("ps_1", "+14155552671", "+14155553333", expiry))
+        .await
+        .unwrap();
+    assert_eq!(created.status, SessionStatus::Open);
+    assert_eq!(created.metadata, json!({"k": "v"}));
+    assert_eq!(created.unknown_caller.sip_code, 480);
+    assert!(
+        created
+            .participants
+            .iter()
+            .all(|p| p.proxy_number == "+14155550100")
+    );
+    assert!(matches!(
+        s.create_proxy_session(&new_session("ps_2", "+14155552671", "+14155554444", None))
+            .await,
+        Err(StoreError::PoolExhausted)
+    ));
+    assert_eq!(
+        s.delete_proxy_number("acme", "+14155550100", t0)
+            .await
+            .unwrap(),
+        NumberRemoval::InUse(2)
+    );
+    // Another tenant has no pool.
+    assert!(matches!(
+        s.create_proxy_session(&switchyard::proxy::NewSession {
+            tenant: "other".into(),
+            ..new_session("ps_3", "+14155552671", "+14155554444", None)
+        })
+        .await,
+        Err(StoreError::PoolExhausted)
+    ));
+    let numbers = s.list_proxy_numbers("acme", t0).await.unwrap();
+    assert_eq!(numbers.len(), 1);
+    assert_eq!(numbers[0].active_pairings, 2);
+
+    let got = s
+        .get_proxy_session("acme", "ps_1", later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.status, SessionStatus::Expired);
+    assert_eq!(got.closed_at, expiry);
+    let open = |at| s.list_proxy_sessions("acme", Some(SessionStatus::Open), 10, None, at);
+    assert_eq!(open(t0).await.unwrap().total, 1);
+    assert_eq!(open(later).await.unwrap().total, 0);
+    let expired = s
+        .list_proxy_sessions("acme", Some(SessionStatus::Expired), 10, None, later)
+        .await
+        .unwrap();
+    assert_eq!(expired.sessions.len(), 1);
+    assert_eq!(s.expire_proxy_sessions(t0).await.unwrap(), 0, "not yet");
+    assert_eq!(s.expire_proxy_sessions(later).await.unwrap(), 1);
+    assert_eq!(s.expire_proxy_sessions(later).await.unwrap(), 0, "once");
+    assert_eq!(
+        s.list_proxy_numbers("acme", later).await.unwrap()[0].active_pairings,
+        0
+    );
+    // Closing an expired session changes nothing.
+    let closed = s
+        .close_proxy_session("acme", "ps_1", later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.status, SessionStatus::Expired);
+    assert!(
+        s.close_proxy_session("acme", "ps_x", later)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        s.delete_proxy_number("acme", "+14155550100", later)
+            .await
+            .unwrap(),
+        NumberRemoval::Removed
+    );
+    assert_eq!(
+        s.delete_proxy_number("acme", "+14155550100", later)
+            .await
+            .unwrap(),
+        NumberRemoval::NotFound
+    );
 }

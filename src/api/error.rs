@@ -8,7 +8,8 @@ use utoipa::ToSchema;
 /// The stable machine code of an error. HTTP status by code: 400 `VALIDATION_ERROR`,
 /// `INVALID_CALLER_ID`, `INVALID_CURSOR`; 401 `UNAUTHORIZED`; 403 `FORBIDDEN`,
 /// `DESTINATION_NOT_ALLOWED`; 404 `NOT_FOUND`; 405 `METHOD_NOT_ALLOWED`; 409
-/// `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`; 413
+/// `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`,
+/// `NUMBER_ALREADY_EXISTS`, `NUMBER_IN_USE`, `POOL_EXHAUSTED`; 413
 /// `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500 `INTERNAL_ERROR`; 503 `SERVICE_UNAVAILABLE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -28,6 +29,9 @@ pub enum ErrorCode {
     RateLimited,
     DestinationNotAllowed,
     InternalError,
+    NumberAlreadyExists,
+    NumberInUse,
+    PoolExhausted,
 }
 
 impl ErrorCode {
@@ -48,6 +52,9 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::DestinationNotAllowed => "DESTINATION_NOT_ALLOWED",
             Self::InternalError => "INTERNAL_ERROR",
+            Self::NumberAlreadyExists => "NUMBER_ALREADY_EXISTS",
+            Self::NumberInUse => "NUMBER_IN_USE",
+            Self::PoolExhausted => "POOL_EXHAUSTED",
         }
     }
 
@@ -60,9 +67,12 @@ impl ErrorCode {
             Self::Forbidden | Self::DestinationNotAllowed => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::CallAlreadyEnded | Self::RecordingNotReady | Self::CallNotTransferable => {
-                StatusCode::CONFLICT
-            }
+            Self::CallAlreadyEnded
+            | Self::RecordingNotReady
+            | Self::CallNotTransferable
+            | Self::NumberAlreadyExists
+            | Self::NumberInUse
+            | Self::PoolExhausted => StatusCode::CONFLICT,
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -229,7 +239,10 @@ mod tests {
             | E::PayloadTooLarge
             | E::RateLimited
             | E::DestinationNotAllowed
-            | E::InternalError => c,
+            | E::InternalError
+            | E::NumberAlreadyExists
+            | E::NumberInUse
+            | E::PoolExhausted => c,
         };
         for code in [
             E::ValidationError,
@@ -247,6 +260,9 @@ mod tests {
             E::RateLimited,
             E::DestinationNotAllowed,
             E::InternalError,
+            E::NumberAlreadyExists,
+            E::NumberInUse,
+            E::PoolExhausted,
         ]
         .map(listed)
         {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod limit;
 pub mod openapi;
+pub mod proxy;
 
 use std::sync::Arc;
 
@@ -59,6 +60,11 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(calls::redeliver))
         .routes(routes!(webhook_secret))
         .routes(routes!(rotate_webhook_secret))
+        .routes(routes!(proxy::add_number, proxy::list_numbers))
+        .routes(routes!(proxy::remove_number))
+        .routes(routes!(proxy::create_session, proxy::list_sessions))
+        .routes(routes!(proxy::get_session, proxy::close_session))
+        .routes(routes!(proxy::list_interactions))
 }
 
 pub fn router(state: AppState) -> Router {

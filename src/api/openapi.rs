@@ -37,6 +37,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
         (name = "trunks", description = "SIP trunks' health"),
         (name = "dialplan", description = "The routing plan"),
         (name = "webhooks", description = "Status callbacks' signing secret"),
+        (name = "proxy", description = "Number masking: the proxy number pool and sessions between two participants"),
         (name = "operations", description = "Health, metrics and this document (no auth)"),
     )
 )]
@@ -269,6 +270,9 @@ mod tests {
             "RATE_LIMITED",
             "DESTINATION_NOT_ALLOWED",
             "INTERNAL_ERROR",
+            "NUMBER_ALREADY_EXISTS",
+            "NUMBER_IN_USE",
+            "POOL_EXHAUSTED",
         ] {
             assert!(codes.contains(&Value::from(code)), "{code} missing");
         }
@@ -357,6 +361,11 @@ mod tests {
             "/api/v1/dialplan/reload",
             "/api/v1/webhooks/secret",
             "/api/v1/webhooks/secret/rotate",
+            "/api/v1/proxy/numbers",
+            "/api/v1/proxy/numbers/{number}",
+            "/api/v1/proxy/sessions",
+            "/api/v1/proxy/sessions/{id}",
+            "/api/v1/proxy/sessions/{id}/interactions",
         ] {
             assert!(documented.contains(path), "{path} not documented");
         }

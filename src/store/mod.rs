@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{ApiKeyRecord, CallEvent, CallRecord, NewEvent, Role};
+use crate::proxy::{NewSession, ProxyNumber, ProxySession, SessionStatus};
 
 pub mod sql;
 mod sqlite_writer;
@@ -25,6 +26,10 @@ pub enum StoreError {
     /// A pagination cursor that this store did not issue (the API answers 400).
     #[error("invalid cursor")]
     InvalidCursor,
+    /// No pool number can be given to a participant of a new proxy session (every one
+    /// that fits is paired with that participant in an open session, or the pool is empty).
+    #[error("proxy number pool exhausted")]
+    PoolExhausted,
     /// `update_call` for a call id/tenant that has no row.
     #[error("call not found: {0}")]
     CallNotFound(String),
@@ -40,6 +45,24 @@ pub struct CallPage {
     pub has_more: bool,
     /// Opaque cursor for the next page (None when `has_more` is false).
     pub next_cursor: Option<String>,
+}
+
+/// A page of proxy sessions, newest first.
+#[derive(Debug, Clone)]
+pub struct ProxySessionPage {
+    pub sessions: Vec<ProxySession>,
+    pub total: i64,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+/// What removing a proxy number did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumberRemoval {
+    Removed,
+    NotFound,
+    /// Kept: this many open sessions' participants have it.
+    InUse(i64),
 }
 
 #[async_trait]
@@ -118,4 +141,54 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The tenant's webhook signing secret ("whsec_" + base64 of 32 random bytes), created on first use.
     async fn webhook_secret(&self, tenant: &str) -> StoreResult<String>;
     async fn rotate_webhook_secret(&self, tenant: &str) -> StoreResult<String>;
+
+    /// A `[[proxy_numbers]]` entry: inserted, or its trunk and capabilities updated.
+    async fn put_config_proxy_number(&self, number: &ProxyNumber) -> StoreResult<()>;
+    /// False when a pool already has the number (it reaches one tenant only).
+    async fn add_proxy_number(&self, number: &ProxyNumber) -> StoreResult<bool>;
+    async fn list_proxy_numbers(
+        &self,
+        tenant: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ProxyNumber>>;
+    async fn get_proxy_number(
+        &self,
+        tenant: &str,
+        number: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ProxyNumber>>;
+    /// Refused (`InUse`) while an open session's participant has the number.
+    async fn delete_proxy_number(
+        &self,
+        tenant: &str,
+        number: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<NumberRemoval>;
+    /// Allocates each participant a proxy number and writes the session;
+    /// `StoreError::PoolExhausted` when one cannot be given any.
+    async fn create_proxy_session(&self, session: &NewSession) -> StoreResult<ProxySession>;
+    /// The session with its status as of `now` (expired once past `expires_at`).
+    async fn get_proxy_session(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ProxySession>>;
+    async fn list_proxy_sessions(
+        &self,
+        tenant: &str,
+        status: Option<SessionStatus>,
+        limit: u32,
+        cursor: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ProxySessionPage>;
+    /// Closes an open session (its pairings are freed); None when there is no such session.
+    async fn close_proxy_session(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ProxySession>>;
+    /// Marks sessions past their expiry `expired` and frees their pairings; how many.
+    async fn expire_proxy_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 }

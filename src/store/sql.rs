@@ -30,10 +30,14 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Row as _};
 use ulid::Ulid;
 
-use super::{CallPage, Store, StoreError, StoreResult};
+use super::{CallPage, NumberRemoval, ProxySessionPage, Store, StoreError, StoreResult};
 use crate::model::{
     ApiKeyRecord, CallEvent, CallRecord, CallStatus, DeliveryState, JsonText, NewEvent, Role,
 };
+use crate::proxy::{NewSession, ProxyNumber, ProxySession, SessionStatus};
+
+#[path = "proxy_sql.rs"]
+mod proxy;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
@@ -618,6 +622,77 @@ impl Store for SqlStore {
         Ok(row.try_get("webhook_secret")?)
     }
 
+    async fn put_config_proxy_number(&self, number: &ProxyNumber) -> StoreResult<()> {
+        proxy::put_config_number(&self.pool, number).await
+    }
+
+    async fn add_proxy_number(&self, number: &ProxyNumber) -> StoreResult<bool> {
+        proxy::add_number(&self.pool, number).await
+    }
+
+    async fn list_proxy_numbers(
+        &self,
+        tenant: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ProxyNumber>> {
+        proxy::list_numbers(&self.pool, tenant, now).await
+    }
+
+    async fn get_proxy_number(
+        &self,
+        tenant: &str,
+        number: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ProxyNumber>> {
+        proxy::get_number(&self.pool, tenant, number, now).await
+    }
+
+    async fn delete_proxy_number(
+        &self,
+        tenant: &str,
+        number: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<NumberRemoval> {
+        proxy::delete_number(&self.pool, tenant, number, now).await
+    }
+
+    async fn create_proxy_session(&self, session: &NewSession) -> StoreResult<ProxySession> {
+        proxy::create_session(&self.pool, self.backend, session).await
+    }
+
+    async fn get_proxy_session(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ProxySession>> {
+        proxy::get_session(&self.pool, tenant, id, now).await
+    }
+
+    async fn list_proxy_sessions(
+        &self,
+        tenant: &str,
+        status: Option<SessionStatus>,
+        limit: u32,
+        cursor: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ProxySessionPage> {
+        proxy::list_sessions(&self.pool, tenant, status, limit, cursor, now).await
+    }
+
+    async fn close_proxy_session(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<ProxySession>> {
+        proxy::close_session(&self.pool, tenant, id, now).await
+    }
+
+    async fn expire_proxy_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        proxy::expire_sessions(&self.pool, now).await
+    }
+
     async fn rotate_webhook_secret(&self, tenant: &str) -> StoreResult<String> {
         let secret = new_secret();
         sqlx::query(
@@ -678,11 +753,12 @@ fn new_secret() -> String {
 }
 
 fn encode_cursor(call: &CallRecord) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "{}:{}",
-        call.created_at.timestamp_millis(),
-        call.id
-    ))
+    encode_cursor_parts(call.created_at, &call.id)
+}
+
+/// `<created_at ms>:<id>`, base64url: the cursor of every list ordered newest first.
+fn encode_cursor_parts(created_at: DateTime<Utc>, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{id}", created_at.timestamp_millis()))
 }
 
 fn decode_cursor(cursor: &str) -> StoreResult<(i64, String)> {
