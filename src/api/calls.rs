@@ -8,7 +8,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::envelope::{Data, Envelope, Page, Pagination};
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{AppJson, AppPath as Path, AppQuery as Query, Auth};
+use super::extract::{
+    AppJson, AppPath as Path, AppQuery as Query, Auth, invalid_cursor, parse_limit,
+};
 use crate::core::OriginateRequest;
 use crate::model::{CallEvent, CallRecord};
 
@@ -174,27 +176,11 @@ pub async fn list(
     auth: Auth,
     Query(q): Query<ListQuery>,
 ) -> Result<Envelope<Vec<CallRecord>>, ApiError> {
-    let limit = match q.limit.as_deref() {
-        None => 20,
-        Some(s) => match s.parse::<u32>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => {
-                return Err(ApiError::validation(
-                    "limit",
-                    "must be an integer from 1 to 100",
-                ));
-            }
-        },
-    };
+    let limit = parse_limit(q.limit.as_deref())?;
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
     let page = match state.store.list_calls(&auth.tenant, limit, cursor).await {
         Ok(p) => p,
-        Err(crate::store::StoreError::InvalidCursor) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidCursor,
-                "cursor is not one this API returned",
-            ));
-        }
+        Err(crate::store::StoreError::InvalidCursor) => return Err(invalid_cursor()),
         Err(e) => return Err(e.into()),
     };
     Ok(Envelope::page(

@@ -82,6 +82,28 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// A list's `limit` query parameter: 1 to 100, 20 when absent.
+pub fn parse_limit(limit: Option<&str>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(20),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(n),
+            _ => Err(ApiError::validation(
+                "limit",
+                "must be an integer from 1 to 100",
+            )),
+        },
+    }
+}
+
+/// A `cursor` the store did not recognise.
+pub fn invalid_cursor() -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidCursor,
+        "cursor is not one this API returned",
+    )
+}
+
 /// `Json<T>` with our error shape.
 #[derive(Debug)]
 pub struct AppJson<T>(pub T);

@@ -10,7 +10,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::envelope::{Data, Envelope, Page, Pagination};
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{AppJson, AppPath as Path, AppQuery as Query, Auth};
+use super::extract::{
+    AppJson, AppPath as Path, AppQuery as Query, Auth, invalid_cursor, parse_limit,
+};
 use crate::proxy::{
     Capability, NewSession, ProxyNumber, ProxySession, SessionMode, SessionStatus, UnknownCaller,
 };
@@ -436,26 +438,6 @@ pub async fn list_sessions(
             total: page.total,
         },
     ))
-}
-
-fn parse_limit(limit: Option<&str>) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(20),
-        Some(s) => match s.parse::<u32>() {
-            Ok(n) if (1..=100).contains(&n) => Ok(n),
-            _ => Err(ApiError::validation(
-                "limit",
-                "must be an integer from 1 to 100",
-            )),
-        },
-    }
-}
-
-fn invalid_cursor() -> ApiError {
-    ApiError::new(
-        ErrorCode::InvalidCursor,
-        "cursor is not one this API returned",
-    )
 }
 
 /// One session: its status as of now, each participant with the proxy number it dials.
