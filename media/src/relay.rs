@@ -998,21 +998,22 @@ impl Relay {
     ) -> Option<SourceCheck> {
         let leg = self.leg(side);
         // Learning (first latch, after a re-INVITE moved the address, after silence) is
-        // open only to the addresses signalling named.
-        let may_latch = source_allowed(src.ip(), leg.params.remote, leg.signal_ip);
+        // open only to the addresses signalling named. Not worked out for the latched
+        // source's packets, nearly all of them.
+        let may_latch = || source_allowed(src.ip(), leg.params.remote, leg.signal_ip);
         let Some(latched) = leg.latched else {
-            return may_latch.then_some(SourceCheck::Latch);
+            return may_latch().then_some(SourceCheck::Latch);
         };
         if leg.relatch_open {
             if leg.prev_latched == Some(src) {
                 return Some(SourceCheck::Known);
             }
-            return may_latch.then_some(SourceCheck::Latch);
+            return may_latch().then_some(SourceCheck::Latch);
         }
         if latched == src {
             return Some(SourceCheck::Known);
         }
-        if !may_latch {
+        if !may_latch() {
             return None;
         }
         let silence = self.config.relatch_after_silence;
