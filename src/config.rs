@@ -20,6 +20,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub calls: CallsConfig,
     pub recordings: RecordingsConfig,
+    /// Number masking: what callers in no session get, and message limits.
+    pub proxy: ProxyConfig,
     pub security: SecurityConfig,
     pub dialplan: DialplanConfig,
     pub tenants: Vec<TenantConfig>,
@@ -219,6 +221,42 @@ pub struct CallsConfig {
 pub struct RecordingsConfig {
     /// Where call recordings (`{call_id}.wav`) are written; created when first needed.
     pub dir: std::path::PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where announcement WAVs (`unknown_caller.announcement`) are read from.
+    pub announcements_dir: std::path::PathBuf,
+    /// The pool's choice for a caller in no session, unless the last session that paired
+    /// the caller with the number chose otherwise: a SIP code (400–699) ...
+    pub unknown_caller_sip_code: u16,
+    /// ... after this announcement (a WAV name in `announcements_dir`) as early media.
+    pub unknown_caller_announcement: Option<String>,
+    /// Largest masked message body relayed, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            announcements_dir: std::path::PathBuf::from("./announcements"),
+            unknown_caller_sip_code: 404,
+            unknown_caller_announcement: None,
+            max_message_bytes: 1600,
+        }
+    }
+}
+
+/// An announcement name: a plain WAV file name, so nothing outside the directory is read.
+pub fn valid_announcement_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.ends_with(".wav")
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -490,6 +528,7 @@ impl Config {
             }
         };
         self.recordings.dir = join(&self.recordings.dir);
+        self.proxy.announcements_dir = join(&self.proxy.announcements_dir);
         if let Some(file) = &self.dialplan.file {
             self.dialplan.file = Some(join(file));
         }
@@ -711,6 +750,26 @@ impl Config {
                     format!("duplicate proxy number {:?}", p.number),
                 );
             }
+        }
+        if !(400..=699).contains(&self.proxy.unknown_caller_sip_code) {
+            problem(
+                "proxy.unknown_caller_sip_code".into(),
+                "must be a SIP final failure code, 400 to 699".into(),
+            );
+        }
+        if let Some(name) = &self.proxy.unknown_caller_announcement
+            && !valid_announcement_name(name)
+        {
+            problem(
+                "proxy.unknown_caller_announcement".into(),
+                format!("{name:?} must be a .wav file name (letters, digits, - _ .)"),
+            );
+        }
+        if self.proxy.max_message_bytes == 0 {
+            problem(
+                "proxy.max_message_bytes".into(),
+                "must be at least 1".into(),
+            );
         }
         out
     }

@@ -136,6 +136,8 @@ pub struct CallRecord {
     /// live by a crash can be ended with a BYE at start-up. Internal: not in the API.
     #[serde(skip)]
     pub sip_dialog: Option<String>,
+    /// The number-masking session a masked call belongs to.
+    pub proxy_session_id: Option<String>,
 }
 
 /// A status-callback event to enqueue in the outbox, in the same transaction as the call row.

@@ -125,17 +125,23 @@ pub struct Participant {
 }
 
 /// What happens to a caller who dials a proxy number without an open session for it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnknownCaller {
     /// The SIP final response sent (default 404).
     #[schema(minimum = 400, maximum = 699)]
     pub sip_code: u16,
+    /// A WAV file of `[proxy] announcements_dir` played as early media (183) before
+    /// the rejection; none: rejected at once.
+    pub announcement: Option<String>,
 }
 
 impl Default for UnknownCaller {
     fn default() -> Self {
-        Self { sip_code: 404 }
+        Self {
+            sip_code: 404,
+            announcement: None,
+        }
     }
 }
 
@@ -201,6 +207,54 @@ pub struct NewSession {
     pub unknown_caller: UnknownCaller,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A call or message relayed in a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ProxyInteraction {
+    /// `pi_<ulid>`.
+    pub id: String,
+    pub session_id: String,
+    #[serde(skip)]
+    pub tenant: String,
+    #[schema(pattern = "^(voice|messaging)$")]
+    pub kind: String,
+    /// The participant who called or texted (real number).
+    pub from_participant: String,
+    /// The participant it was relayed to (real number).
+    pub to_participant: String,
+    /// The proxy number dialled (the caller's), and the one shown to the callee.
+    pub inbound_proxy_number: String,
+    pub outbound_proxy_number: String,
+    /// Voice: the relayed call's status (as a call's); messaging: `sending`, then
+    /// `delivered` or `failed`.
+    pub status: String,
+    /// The relayed call (`call_…`), for voice.
+    pub call_id: Option<String>,
+    /// The message body's length in bytes, for messaging (the body itself is not kept).
+    pub body_bytes: Option<i64>,
+    /// Why a message failed (the far end's SIP status, or a transport error).
+    pub error: Option<String>,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timefmt::serialize")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a call or message to a proxy number from a given number finds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProxyLookup {
+    /// The sender is participant `from` (0 or 1) of this open session.
+    Open { session: ProxySession, from: usize },
+    /// The number is in a pool, but the sender is in no open session on it; `last` is
+    /// the latest closed or expired session that paired them, if any (its
+    /// `unknown_caller` choice applies).
+    NoSession {
+        tenant: String,
+        last: Option<ProxySession>,
+    },
+    /// No pool has this number.
+    NotProxy,
 }
 
 /// Digits two E.164 numbers share from the start (country code, then area code...).

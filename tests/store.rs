@@ -217,6 +217,7 @@ fn call(tenant: &str, id: &str, created_ms: i64, webhook: Option<&str>) -> CallR
         ended_at: None,
         duration_seconds: None,
         sip_dialog: None,
+        proxy_session_id: None,
     }
 }
 
@@ -896,7 +897,10 @@ fn new_session(
         webhook_url: None,
         max_call_duration: Some(60),
         record: true,
-        unknown_caller: switchyard::proxy::UnknownCaller { sip_code: 480 },
+        unknown_caller: switchyard::proxy::UnknownCaller {
+            sip_code: 480,
+            announcement: None,
+        },
         created_at: Utc.timestamp_millis_opt(T0).unwrap(),
         expires_at,
     }

@@ -139,6 +139,7 @@ fn call(id: &str, webhook: &str) -> CallRecord {
         ended_at: None,
         duration_seconds: None,
         sip_dialog: None,
+        proxy_session_id: None,
     }
 }
 

@@ -19,6 +19,8 @@ pub mod resample;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+#[cfg(feature = "net")]
+pub mod source;
 pub mod stats;
 pub mod transcode;
 

@@ -350,3 +350,51 @@ async fn strangers_neither_latch_nor_count() {
     assert!(nothing.is_err(), "the stranger received our audio");
     ep.close().await;
 }
+
+/// A clip played on the endpoint goes out in the negotiated codec, in place of silence,
+/// and the endpoint goes back to silence once it has ended.
+#[tokio::test]
+async fn a_clip_plays_in_place_of_silence() {
+    use media::source::{Clip, ClipPlayer};
+    let pool = pool(41200, 41219);
+    let far = UdpSocket::bind((LO, 0)).await.unwrap();
+    let ep = RtpEndpoint::open(&pool, LO).unwrap();
+    ep.connect(params(far.local_addr().unwrap(), Codec::Pcmu));
+    // 100 ms of a full-scale square wave at 1 kHz: nothing like G.711 silence.
+    let samples: Vec<i16> = (0..800)
+        .map(|i| if (i / 4) % 2 == 0 { 16000 } else { -16000 })
+        .collect();
+    let clip = Clip {
+        rate: 8000,
+        samples: samples.into(),
+    };
+    let mut buf = [0u8; 1500];
+    // Silence first.
+    let (n, _) = recv(&far, &mut buf).await;
+    assert!(buf[12..n].iter().all(|&b| b == 0xff));
+    let (player, done) = ClipPlayer::new(clip);
+    ep.play(Box::new(player));
+    let mut loud = 0;
+    let mut last_seq = None;
+    let mut silent_after = 0;
+    // Until five silent packets follow the clip's five loud ones.
+    while silent_after < 5 {
+        let (n, _) = recv(&far, &mut buf).await;
+        let view = RtpView::parse(&buf[..n]).unwrap();
+        if let Some(prev) = last_seq {
+            assert_eq!(view.seq(), u16::wrapping_add(prev, 1), "one stream, no gap");
+        }
+        last_seq = Some(view.seq());
+        if view.payload().iter().all(|&b| b == 0xff) {
+            if loud > 0 {
+                silent_after += 1;
+            }
+        } else {
+            assert_eq!(silent_after, 0, "audio after the clip ended");
+            loud += 1;
+        }
+    }
+    assert_eq!(loud, 5, "100 ms of clip is five 20 ms packets");
+    timeout(GUARD, done).await.unwrap().unwrap();
+    ep.close().await;
+}

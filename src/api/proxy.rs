@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
@@ -14,7 +14,8 @@ use super::extract::{
     AppJson, AppPath as Path, AppQuery as Query, Auth, invalid_cursor, parse_limit,
 };
 use crate::proxy::{
-    Capability, NewSession, ProxyNumber, ProxySession, SessionMode, SessionStatus, UnknownCaller,
+    Capability, NewSession, ProxyInteraction, ProxyNumber, ProxySession, SessionMode,
+    SessionStatus, UnknownCaller,
 };
 use crate::store::{NumberRemoval, StoreError};
 
@@ -195,6 +196,10 @@ pub struct UnknownCallerRequest {
     /// SIP final response to a caller with no open session on the number (default 404).
     #[schema(minimum = 400, maximum = 699)]
     pub sip_code: Option<u16>,
+    /// A WAV file name in the switch's `[proxy] announcements_dir`, played as early
+    /// media before the rejection.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]*\\.wav$", max_length = 128)]
+    pub announcement: Option<String>,
 }
 
 /// A session between two participants.
@@ -234,6 +239,7 @@ impl CreateSession {
         self,
         tenant: &str,
         guard: &crate::netguard::OutboundGuard,
+        announcements_dir: &std::path::Path,
         now: DateTime<Utc>,
     ) -> Result<NewSession, ApiError> {
         let numbers: Vec<String> = self.participants.into_iter().map(|p| p.number).collect();
@@ -309,10 +315,24 @@ impl CreateSession {
                 "must be 1 to 86400 seconds",
             ));
         }
-        let sip_code = self
+        let (sip_code, announcement) = self
             .unknown_caller
-            .and_then(|u| u.sip_code)
-            .unwrap_or(UnknownCaller::default().sip_code);
+            .map_or((None, None), |u| (u.sip_code, u.announcement));
+        let sip_code = sip_code.unwrap_or(UnknownCaller::default().sip_code);
+        if let Some(name) = &announcement {
+            if !crate::config::valid_announcement_name(name) {
+                return Err(ApiError::validation(
+                    "unknown_caller.announcement",
+                    "must be a .wav file name (letters, digits, - _ .)",
+                ));
+            }
+            if !announcements_dir.join(name).is_file() {
+                return Err(ApiError::validation(
+                    "unknown_caller.announcement",
+                    "no such announcement in the switch's announcements directory",
+                ));
+            }
+        }
         if !(400..=699).contains(&sip_code) {
             return Err(ApiError::validation(
                 "unknown_caller.sip_code",
@@ -335,7 +355,10 @@ impl CreateSession {
             webhook_url: self.webhook_url,
             max_call_duration: self.max_call_duration,
             record: self.record,
-            unknown_caller: UnknownCaller { sip_code },
+            unknown_caller: UnknownCaller {
+                sip_code,
+                announcement,
+            },
             created_at: DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now),
             expires_at,
         })
@@ -365,7 +388,12 @@ pub async fn create_session(
     AppJson(body): AppJson<CreateSession>,
 ) -> Result<Envelope<ProxySession>, ApiError> {
     auth.require_write()?;
-    let new = body.validate(&auth.tenant, &state.outbound_guard, Utc::now())?;
+    let new = body.validate(
+        &auth.tenant,
+        &state.outbound_guard,
+        &state.config.proxy.announcements_dir,
+        Utc::now(),
+    )?;
     match state.store.create_proxy_session(&new).await {
         Ok(session) => {
             if session.webhook_url.is_some() {
@@ -496,29 +524,6 @@ pub async fn close_session(
     Ok(Envelope::ok(session))
 }
 
-/// A call or message relayed in a session.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Interaction {
-    /// `pi_<ulid>`.
-    pub id: String,
-    pub session_id: String,
-    #[schema(pattern = "^(voice|messaging)$")]
-    pub kind: String,
-    /// The participant who called or texted (real number).
-    pub from_participant: String,
-    /// The participant it was relayed to (real number).
-    pub to_participant: String,
-    /// The proxy number dialled (the caller's), and the one shown to the callee.
-    pub inbound_proxy_number: String,
-    pub outbound_proxy_number: String,
-    /// Voice: the relayed call's status (as a call's); messaging: `delivered` or `failed`.
-    pub status: String,
-    /// The relayed call (`call_…`), for voice.
-    pub call_id: Option<String>,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct InteractionListQuery {
@@ -537,7 +542,7 @@ pub struct InteractionListQuery {
     tag = "proxy",
     params(("id" = String, Path, description = "The session's id"), InteractionListQuery),
     responses(
-        (status = 200, description = "A page of interactions", body = Page<Vec<Interaction>>),
+        (status = 200, description = "A page of interactions", body = Page<Vec<ProxyInteraction>>),
         (status = 400, description = "`VALIDATION_ERROR` (limit) or `INVALID_CURSOR`", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
     )
@@ -547,8 +552,8 @@ pub async fn list_interactions(
     auth: Auth,
     Path(id): Path<String>,
     Query(q): Query<InteractionListQuery>,
-) -> Result<Envelope<Vec<Interaction>>, ApiError> {
-    parse_limit(q.limit.as_deref())?;
+) -> Result<Envelope<Vec<ProxyInteraction>>, ApiError> {
+    let limit = parse_limit(q.limit.as_deref())?;
     if state
         .store
         .get_proxy_session(&auth.tenant, &id, Utc::now())
@@ -557,16 +562,25 @@ pub async fn list_interactions(
     {
         return Err(ApiError::not_found("proxy session"));
     }
-    // No interaction is recorded yet, so no cursor was ever issued.
-    if q.cursor.as_deref().is_some_and(|c| !c.is_empty()) {
-        return Err(invalid_cursor());
-    }
+    let page = state
+        .store
+        .list_proxy_interactions(
+            &auth.tenant,
+            &id,
+            limit,
+            q.cursor.as_deref().filter(|c| !c.is_empty()),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::InvalidCursor => invalid_cursor(),
+            e => e.into(),
+        })?;
     Ok(Envelope::page(
-        Vec::new(),
+        page.interactions,
         Pagination {
-            cursor: None,
-            has_more: false,
-            total: 0,
+            cursor: page.next_cursor,
+            has_more: page.has_more,
+            total: page.total,
         },
     ))
 }

@@ -200,6 +200,7 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
         ended_at: None,
         duration_seconds: None,
         sip_dialog: None,
+        proxy_session_id: None,
     };
     let (tx, rx) = mpsc::channel(CALL_QUEUE);
     match decision.route {

@@ -286,6 +286,7 @@ impl Switch {
             ended_at: None,
             duration_seconds: None,
             sip_dialog: None,
+            proxy_session_id: None,
         };
         let bind_ip = self.shared.config.rtp_bind_ip();
         let endpoint = media::net::RtpEndpoint::open(&self.shared.ports, bind_ip)

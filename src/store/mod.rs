@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{ApiKeyRecord, CallEvent, CallRecord, NewEvent, Role};
-use crate::proxy::{NewSession, ProxyNumber, ProxySession, SessionStatus};
+use crate::proxy::{
+    NewSession, ProxyInteraction, ProxyLookup, ProxyNumber, ProxySession, SessionStatus,
+};
 
 pub mod sql;
 mod sqlite_writer;
@@ -48,6 +50,14 @@ pub struct CallPage {
 }
 
 /// A page of proxy sessions, newest first.
+#[derive(Debug, Clone)]
+pub struct ProxyInteractionPage {
+    pub interactions: Vec<ProxyInteraction>,
+    pub total: i64,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ProxySessionPage {
     pub sessions: Vec<ProxySession>,
@@ -191,4 +201,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<Option<ProxySession>>;
     /// Marks sessions past their expiry `expired` and frees their pairings; how many.
     async fn expire_proxy_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// What a call or message from `sender` to `proxy_number` finds (see [`ProxyLookup`]).
+    async fn lookup_proxy(
+        &self,
+        proxy_number: &str,
+        sender: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ProxyLookup>;
+    /// Records a new interaction of `session` (`insert`) or its new status, with a
+    /// `proxy.interaction` event to the session's webhook.
+    async fn put_proxy_interaction(
+        &self,
+        session: &ProxySession,
+        interaction: &ProxyInteraction,
+        insert: bool,
+    ) -> StoreResult<()>;
+    async fn list_proxy_interactions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> StoreResult<ProxyInteractionPage>;
 }

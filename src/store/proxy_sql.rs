@@ -18,10 +18,12 @@ use sqlx::{Any, AnyPool, Row as _};
 use super::{Backend, EVENT_INSERT, decode_cursor, from_ms, opt_ms, state_str};
 use crate::model::DeliveryState;
 use crate::proxy::{
-    Capability, NewSession, Participant, ProxyNumber, ProxySession, SessionMode, SessionStatus,
-    UnknownCaller,
+    Capability, NewSession, Participant, ProxyInteraction, ProxyLookup, ProxyNumber, ProxySession,
+    SessionMode, SessionStatus, UnknownCaller,
 };
-use crate::store::{NumberRemoval, ProxySessionPage, StoreError, StoreResult};
+use crate::store::{
+    NumberRemoval, ProxyInteractionPage, ProxySessionPage, StoreError, StoreResult,
+};
 
 /// Attempts at writing a session before giving up; each failed one saw a pairing that
 /// another writer committed first, so the next reads a smaller choice.
@@ -29,7 +31,7 @@ const MAX_ATTEMPTS: usize = 64;
 
 const SESSION_COLUMNS: &str = "id, tenant, status, mode, participant_a, proxy_a, participant_b, \
      proxy_b, metadata, webhook_url, max_call_duration, record, unknown_caller_code, created_at, \
-     expires_at, closed_at";
+     expires_at, closed_at, unknown_caller_announcement";
 
 /// An open pairing: no expiry, or one still ahead (`$n` is now).
 fn live_pairing(n: usize) -> String {
@@ -88,6 +90,7 @@ fn session_from_row(row: &AnyRow) -> StoreResult<ProxySession> {
         unknown_caller: UnknownCaller {
             sip_code: u16::try_from(code)
                 .map_err(|_| StoreError::Corrupt(format!("unknown_caller_code {code}")))?,
+            announcement: row.try_get("unknown_caller_announcement")?,
         },
         created_at: from_ms(row.try_get("created_at")?)?,
         expires_at: opt_ms(row.try_get("expires_at")?)?,
@@ -318,6 +321,18 @@ async fn insert_event(
     event_type: &str,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    let data = serde_json::json!({"session": session});
+    insert_session_event(tx, session, event_type, data, now).await
+}
+
+/// An event of `session` with `data` as its payload's `data`, queued as `insert_event` says.
+async fn insert_session_event(
+    tx: &mut sqlx::Transaction<'static, Any>,
+    session: &ProxySession,
+    event_type: &str,
+    data: serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     let Some(url) = session.webhook_url.clone().filter(|u| !u.is_empty()) else {
         return Ok(());
     };
@@ -334,7 +349,7 @@ async fn insert_event(
         "type": event_type,
         "sequence": last + 1,
         "created_at": crate::timefmt::millis(&now),
-        "data": {"session": session},
+        "data": data,
     });
     sqlx::query(EVENT_INSERT)
         .bind(id)
@@ -379,7 +394,7 @@ async fn try_write(
         let metadata = new.metadata.to_string();
         sqlx::query(&format!(
             "INSERT INTO proxy_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, 'open', $3, $4, $5, \
-             $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL)"
+             $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, $15)"
         ))
         .bind(new.id.clone())
         .bind(new.tenant.clone())
@@ -395,6 +410,7 @@ async fn try_write(
         .bind(i64::from(new.unknown_caller.sip_code))
         .bind(new.created_at.timestamp_millis())
         .bind(new.expires_at.map(|t| t.timestamp_millis()))
+        .bind(new.unknown_caller.announcement.clone())
         .execute(&mut *tx)
         .await?;
         // Inserted in key order, so two writers cannot each hold what the other waits for.
@@ -485,7 +501,7 @@ pub(super) async fn create_session(
             webhook_url: new.webhook_url.clone(),
             max_call_duration: new.max_call_duration,
             record: new.record,
-            unknown_caller: new.unknown_caller,
+            unknown_caller: new.unknown_caller.clone(),
             created_at: new.created_at,
             expires_at: new.expires_at,
             closed_at: None,
@@ -700,4 +716,195 @@ pub(super) async fn expire_sessions(pool: &AnyPool, now: DateTime<Utc>) -> Store
     }
     tx.commit().await?;
     Ok(expired)
+}
+
+/// The open session in which `sender` is paired with `proxy_number`, else what a caller
+/// in none gets.
+pub(super) async fn lookup(
+    pool: &AnyPool,
+    proxy_number: &str,
+    sender: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<ProxyLookup> {
+    let now_ms = now.timestamp_millis();
+    // The pool row first (unique on number), then the pairing by its primary key.
+    let Some(number) = sqlx::query("SELECT tenant FROM proxy_numbers WHERE number = $1")
+        .bind(proxy_number.to_owned())
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(ProxyLookup::NotProxy);
+    };
+    let tenant: String = number.try_get("tenant")?;
+    let cols = SESSION_COLUMNS
+        .split(", ")
+        .map(|c| format!("s.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let open = sqlx::query(&format!(
+        "SELECT {cols} FROM proxy_pairings p JOIN proxy_sessions s ON s.id = p.session_id \
+         WHERE p.tenant = $1 AND p.proxy_number = $2 AND p.participant_number = $3 \
+         AND (p.expires_at IS NULL OR p.expires_at > $4) AND s.status = 'open'"
+    ))
+    .bind(tenant.clone())
+    .bind(proxy_number.to_owned())
+    .bind(sender.to_owned())
+    .bind(now_ms)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = open {
+        let session = session_from_row(&row)?;
+        let from = usize::from(
+            session.participants[0].number != sender
+                || session.participants[0].proxy_number != proxy_number,
+        );
+        return Ok(ProxyLookup::Open { session, from });
+    }
+    let last = sqlx::query(&format!(
+        "SELECT {SESSION_COLUMNS} FROM proxy_sessions WHERE tenant = $1 AND id IN \
+         (SELECT id FROM (SELECT id, created_at FROM proxy_sessions WHERE proxy_a = $2 \
+         AND participant_a = $3 UNION ALL SELECT id, created_at FROM proxy_sessions \
+         WHERE proxy_b = $2 AND participant_b = $3) AS paired ORDER BY created_at DESC LIMIT 1)"
+    ))
+    .bind(tenant.clone())
+    .bind(proxy_number.to_owned())
+    .bind(sender.to_owned())
+    .fetch_optional(pool)
+    .await?
+    .as_ref()
+    .map(session_from_row)
+    .transpose()?
+    .map(|s| s.evaluated(now));
+    Ok(ProxyLookup::NoSession { tenant, last })
+}
+
+const INTERACTION_COLUMNS: &str = "i.id, i.tenant, i.session_id, i.kind, i.from_participant, \
+     i.to_participant, i.inbound_proxy_number, i.outbound_proxy_number, i.status, i.call_id, \
+     i.body_bytes, i.error, i.created_at, i.updated_at";
+
+fn interaction_from_row(row: &AnyRow) -> StoreResult<ProxyInteraction> {
+    // A voice interaction reads its call's status.
+    let call_status: Option<String> = row.try_get("call_status")?;
+    let status: String = row.try_get("status")?;
+    Ok(ProxyInteraction {
+        id: row.try_get("id")?,
+        session_id: row.try_get("session_id")?,
+        tenant: row.try_get("tenant")?,
+        kind: row.try_get("kind")?,
+        from_participant: row.try_get("from_participant")?,
+        to_participant: row.try_get("to_participant")?,
+        inbound_proxy_number: row.try_get("inbound_proxy_number")?,
+        outbound_proxy_number: row.try_get("outbound_proxy_number")?,
+        status: call_status.unwrap_or(status),
+        call_id: row.try_get("call_id")?,
+        body_bytes: row.try_get("body_bytes")?,
+        error: row.try_get("error")?,
+        created_at: from_ms(row.try_get("created_at")?)?,
+        updated_at: from_ms(row.try_get("updated_at")?)?,
+    })
+}
+
+/// Writes an interaction of `session` and queues its `proxy.interaction` event.
+pub(super) async fn put_interaction(
+    pool: &AnyPool,
+    session: &ProxySession,
+    i: &ProxyInteraction,
+    insert: bool,
+) -> StoreResult<()> {
+    let mut tx = pool.begin().await?;
+    if insert {
+        sqlx::query(
+            "INSERT INTO proxy_interactions (id, tenant, session_id, kind, from_participant, \
+             to_participant, inbound_proxy_number, outbound_proxy_number, status, call_id, \
+             body_bytes, error, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+             $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(i.id.clone())
+        .bind(i.tenant.clone())
+        .bind(i.session_id.clone())
+        .bind(i.kind.clone())
+        .bind(i.from_participant.clone())
+        .bind(i.to_participant.clone())
+        .bind(i.inbound_proxy_number.clone())
+        .bind(i.outbound_proxy_number.clone())
+        .bind(i.status.clone())
+        .bind(i.call_id.clone())
+        .bind(i.body_bytes)
+        .bind(i.error.clone())
+        .bind(i.created_at.timestamp_millis())
+        .bind(i.updated_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+    } else {
+        sqlx::query(
+            "UPDATE proxy_interactions SET status = $2, error = $3, updated_at = $4 \
+             WHERE id = $1",
+        )
+        .bind(i.id.clone())
+        .bind(i.status.clone())
+        .bind(i.error.clone())
+        .bind(i.updated_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let data = serde_json::json!({"interaction": i});
+    insert_session_event(&mut tx, session, "proxy.interaction", data, i.updated_at).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn list_interactions(
+    pool: &AnyPool,
+    tenant: &str,
+    session_id: &str,
+    limit: u32,
+    cursor: Option<&str>,
+) -> StoreResult<ProxyInteractionPage> {
+    let limit = i64::from(limit.max(1));
+    let mut filter = "i.tenant = $1 AND i.session_id = $2".to_owned();
+    let mut at = None;
+    if let Some(cursor) = cursor {
+        at = Some(decode_cursor(cursor)?);
+        filter.push_str(" AND (i.created_at < $3 OR (i.created_at = $3 AND i.id < $4))");
+    }
+    let limit_n = if at.is_some() { 5 } else { 3 };
+    let sql = format!(
+        "SELECT {INTERACTION_COLUMNS}, c.status AS call_status FROM proxy_interactions i \
+         LEFT JOIN calls c ON c.id = i.call_id WHERE {filter} \
+         ORDER BY i.created_at DESC, i.id DESC LIMIT ${limit_n}"
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(tenant.to_owned())
+        .bind(session_id.to_owned());
+    if let Some((ms, id)) = &at {
+        q = q.bind(*ms).bind(id.clone());
+    }
+    let rows = q.bind(limit + 1).fetch_all(pool).await?;
+    let total: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM proxy_interactions WHERE tenant = $1 AND session_id = $2",
+    )
+    .bind(tenant.to_owned())
+    .bind(session_id.to_owned())
+    .fetch_one(pool)
+    .await?
+    .try_get("n")?;
+    let mut interactions = rows
+        .iter()
+        .map(interaction_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let has_more = interactions.len() as i64 > limit;
+    interactions.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = if has_more {
+        interactions
+            .last()
+            .map(|i| super::encode_cursor_parts(i.created_at, &i.id))
+    } else {
+        None
+    };
+    Ok(ProxyInteractionPage {
+        interactions,
+        total,
+        has_more,
+        next_cursor,
+    })
 }

@@ -30,11 +30,15 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Row as _};
 use ulid::Ulid;
 
-use super::{CallPage, NumberRemoval, ProxySessionPage, Store, StoreError, StoreResult};
+use super::{
+    CallPage, NumberRemoval, ProxyInteractionPage, ProxySessionPage, Store, StoreError, StoreResult,
+};
 use crate::model::{
     ApiKeyRecord, CallEvent, CallRecord, CallStatus, DeliveryState, JsonText, NewEvent, Role,
 };
-use crate::proxy::{NewSession, ProxyNumber, ProxySession, SessionStatus};
+use crate::proxy::{
+    NewSession, ProxyInteraction, ProxyLookup, ProxyNumber, ProxySession, SessionStatus,
+};
 
 #[path = "proxy_sql.rs"]
 mod proxy;
@@ -45,7 +49,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations"
 const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
 
 /// Column order shared by INSERT, UPDATE and `call_from_row`.
-const CALL_COLUMNS: [&str; 29] = [
+const CALL_COLUMNS: [&str; 30] = [
     "id",
     "tenant",
     "direction",
@@ -75,6 +79,7 @@ const CALL_COLUMNS: [&str; 29] = [
     "rtp_packets_lost",
     "rtp_jitter_ms",
     "mos",
+    "proxy_session_id",
 ];
 
 pub(super) const EVENT_INSERT: &str = "INSERT INTO call_events (id, call_id, tenant, sequence, \
@@ -693,6 +698,34 @@ impl Store for SqlStore {
         proxy::expire_sessions(&self.pool, now).await
     }
 
+    async fn lookup_proxy(
+        &self,
+        proxy_number: &str,
+        sender: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ProxyLookup> {
+        proxy::lookup(&self.pool, proxy_number, sender, now).await
+    }
+
+    async fn put_proxy_interaction(
+        &self,
+        session: &ProxySession,
+        interaction: &ProxyInteraction,
+        insert: bool,
+    ) -> StoreResult<()> {
+        proxy::put_interaction(&self.pool, session, interaction, insert).await
+    }
+
+    async fn list_proxy_interactions(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> StoreResult<ProxyInteractionPage> {
+        proxy::list_interactions(&self.pool, tenant, session_id, limit, cursor).await
+    }
+
     async fn rotate_webhook_secret(&self, tenant: &str) -> StoreResult<String> {
         let secret = new_secret();
         sqlx::query(
@@ -906,7 +939,8 @@ fn bind_call<'q>(
         .bind(c.sip_dialog.clone())
         .bind(c.rtp_packets_lost)
         .bind(c.rtp_jitter_ms)
-        .bind(c.mos))
+        .bind(c.mos)
+        .bind(c.proxy_session_id.clone()))
 }
 
 fn opt_i32(row: &AnyRow, col: &str) -> StoreResult<Option<i32>> {
@@ -951,6 +985,7 @@ fn call_from_row(row: &AnyRow) -> StoreResult<CallRecord> {
         rtp_packets_lost: row.try_get("rtp_packets_lost")?,
         rtp_jitter_ms: row.try_get("rtp_jitter_ms")?,
         mos: row.try_get("mos")?,
+        proxy_session_id: row.try_get("proxy_session_id")?,
     })
 }
 

@@ -304,7 +304,7 @@ fn with_call_params<R>(
     let created = c.created_at.timestamp_millis();
     let answered = c.answered_at.map(|t| t.timestamp_millis());
     let ended = c.ended_at.map(|t| t.timestamp_millis());
-    let params: [&dyn ToSql; 29] = [
+    let params: [&dyn ToSql; 30] = [
         &c.id,
         &c.tenant,
         &c.direction,
@@ -334,6 +334,7 @@ fn with_call_params<R>(
         &c.rtp_packets_lost,
         &c.rtp_jitter_ms,
         &c.mos,
+        &c.proxy_session_id,
     ];
     f(&params).map_err(db_err)
 }

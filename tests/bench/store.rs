@@ -91,6 +91,7 @@ fn new_call(i: usize) -> CallRecord {
         ended_at: None,
         duration_seconds: None,
         sip_dialog: None,
+        proxy_session_id: None,
     }
 }
 

@@ -36,6 +36,7 @@ use super::recording::{RecordingError, RecordingHandle, RecordingOutcome, Tap, T
 use crate::dtmf::{DtmfDecoder, DtmfEvent};
 use crate::rtp::{HEADER_LEN, RtpSender, RtpView};
 use crate::sdp::StreamParams;
+use crate::source::AudioSource;
 use crate::stats::RtpStats;
 
 /// Receive buffer: larger than any sane RTP packet on an Ethernet path.
@@ -115,6 +116,8 @@ pub struct RtpEndpoint {
     task: JoinHandle<()>,
     /// Hands a recording tap to the task.
     tap_tx: mpsc::Sender<Tap>,
+    /// Hands an audio source (or none: back to silence) to the task.
+    source_tx: mpsc::UnboundedSender<Option<Box<dyn AudioSource>>>,
     recording: Option<RecordingHandle>,
     /// RFC 4733 digits the far end sends, once each (taken by the call's owner).
     dtmf_rx: Option<mpsc::Receiver<DtmfEvent>>,
@@ -142,6 +145,7 @@ impl RtpEndpoint {
         let (params_tx, params_rx) = watch::channel(None);
         let (first_tx, first_rx) = watch::channel(false);
         let (tap_tx, tap_rx) = mpsc::channel(1);
+        let (source_tx, source_rx) = mpsc::unbounded_channel();
         let (dtmf_tx, dtmf_rx) = mpsc::channel(DTMF_QUEUE);
         let driver = Driver {
             rtp,
@@ -154,8 +158,10 @@ impl RtpEndpoint {
             tap: None,
             dtmf: None,
             dtmf_tx,
+            source: None,
+            pcm: Vec::new(),
         };
-        let task = handle.spawn(driver.run(params_rx, tap_rx, pair));
+        let task = handle.spawn(driver.run(params_rx, tap_rx, source_rx, pair));
         Ok(RtpEndpoint {
             local,
             shared,
@@ -163,9 +169,23 @@ impl RtpEndpoint {
             first_rx,
             task,
             tap_tx,
+            source_tx,
             recording: None,
             dtmf_rx: Some(dtmf_rx),
         })
+    }
+
+    /// Sends `source`'s audio instead of silence from the next packet time until it
+    /// ends (then silence again); replaces any source playing. The source is pulled at
+    /// the negotiated codec's PCM rate (8 kHz for G.711, 16 kHz for G.722, 48 kHz for
+    /// Opus). Ignored when the endpoint has stopped.
+    pub fn play(&self, source: Box<dyn AudioSource>) {
+        let _ = self.source_tx.send(Some(source));
+    }
+
+    /// Back to silence at once.
+    pub fn stop_playing(&self) {
+        let _ = self.source_tx.send(None);
     }
 
     /// The bound RTP address (RTCP is on the next port).
@@ -326,6 +346,21 @@ struct Driver {
     /// Telephone-event decoder for the negotiated payload type.
     dtmf: Option<DtmfDecoder>,
     dtmf_tx: mpsc::Sender<DtmfEvent>,
+    /// What is sent instead of silence, with its encoder (built for the codec in use).
+    source: Option<(Box<dyn AudioSource>, SourceEncoder)>,
+    /// One frame of the source's PCM (sized when a source starts, reused after).
+    pcm: Vec<i16>,
+}
+
+/// The encoder of a playing source (the codec's encoders have no `Debug`).
+struct SourceEncoder(Box<dyn crate::codec::Encoder + Send>);
+
+impl std::fmt::Debug for SourceEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SourceEncoder")
+            .field(&self.0.codec())
+            .finish()
+    }
 }
 
 /// Next pacing tick, or never when not sending.
@@ -341,9 +376,11 @@ impl Driver {
         mut self,
         mut params_rx: watch::Receiver<Option<(StreamParams, Option<IpAddr>)>>,
         mut tap_rx: mpsc::Receiver<Tap>,
+        mut source_rx: mpsc::UnboundedReceiver<Option<Box<dyn AudioSource>>>,
         ports: PortPair,
     ) {
         let mut tap_open = true;
+        let mut source_open = true;
         let mut rbuf = [0u8; RECV_BUF];
         let mut cbuf = [0u8; RECV_BUF];
         let mut sbuf = [0u8; SEND_BUF];
@@ -365,6 +402,10 @@ impl Driver {
                 tap = tap_rx.recv(), if tap_open => match tap {
                     Some(tap) => self.tap = Some(tap),
                     None => tap_open = false,
+                },
+                source = source_rx.recv(), if source_open => match source {
+                    Some(source) => self.set_source(source, &mut sbuf),
+                    None => source_open = false,
                 },
                 // RTCP is not interpreted yet; drain it so the socket buffer stays empty.
                 _ = self.rtcp.recv_from(&mut cbuf) => {}
@@ -408,6 +449,50 @@ impl Driver {
             last_tick: None,
             ptime,
         });
+        // A new codec needs a new encoder for what is playing.
+        if let Some((source, _)) = self.source.take() {
+            self.set_source(Some(source), sbuf);
+        }
+    }
+
+    /// Starts (or stops, `None`) sending `source` instead of silence.
+    fn set_source(&mut self, source: Option<Box<dyn AudioSource>>, sbuf: &mut [u8; SEND_BUF]) {
+        let had = self.source.take().is_some();
+        let Some(source) = source else {
+            if had {
+                self.restore_silence(sbuf);
+            }
+            return;
+        };
+        let Some(s) = self.send.as_ref() else {
+            tracing::debug!("audio source before the leg is connected: dropped");
+            return;
+        };
+        let codec = s.params.codec.audio_codec();
+        let ptime_ms = s.ptime.as_millis() as u32;
+        match crate::codec::encoder(codec) {
+            Ok(enc) if codec.supports_ptime(ptime_ms) => {
+                self.pcm.resize(codec.frame_samples(ptime_ms), 0);
+                self.source = Some((source, SourceEncoder(enc)));
+            }
+            _ => tracing::warn!(
+                ?codec,
+                ptime_ms,
+                "cannot encode an audio source for this codec"
+            ),
+        }
+    }
+
+    /// Writes the silence payload back into the send buffer after a source.
+    fn restore_silence(&mut self, sbuf: &mut [u8; SEND_BUF]) {
+        if let Some(s) = self.send.as_mut() {
+            let ptime_ms = s.ptime.as_millis() as u32;
+            let samples = s.params.clock_rate.saturating_mul(ptime_ms) / 1000;
+            s.payload_len = sbuf
+                .get_mut(HEADER_LEN..)
+                .and_then(|out| silence_frame(s.params.codec, ptime_ms, samples, out))
+                .unwrap_or(0);
+        }
     }
 
     fn on_datagram(&mut self, data: &[u8], src: SocketAddr) {
@@ -498,7 +583,35 @@ impl Driver {
         if header.write(&mut sbuf[..]).is_err() {
             return;
         }
-        let Some(packet) = sbuf.get(..HEADER_LEN + s.payload_len) else {
+        let mut payload_len = s.payload_len;
+        let mut ended = false;
+        if let Some((source, enc)) = self.source.as_mut() {
+            let rate = enc.0.sample_rate();
+            if source.fill(rate, &mut self.pcm) {
+                match sbuf
+                    .get_mut(HEADER_LEN..)
+                    .map(|out| enc.0.encode(&self.pcm, out))
+                {
+                    Some(Ok(n)) => payload_len = n,
+                    _ => ended = true,
+                }
+            } else {
+                ended = true;
+            }
+        }
+        if ended {
+            // The silence payload was written over: put it back for this packet on.
+            self.source = None;
+            self.restore_silence(sbuf);
+            let Some(s) = self.send.as_ref() else {
+                return;
+            };
+            payload_len = s.payload_len;
+        }
+        let Some(s) = self.send.as_ref() else {
+            return;
+        };
+        let Some(packet) = sbuf.get(..HEADER_LEN + payload_len) else {
             return;
         };
         match self.rtp.send_to(packet, s.dest()).await {
