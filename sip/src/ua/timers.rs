@@ -26,6 +26,8 @@ pub(super) enum UaTimer {
     Register(u64),
     /// §17.2.1: the TU has not answered this new INVITE in 200 ms: send the 100.
     Trying(LegRef),
+    /// RFC 3428: the TU has not answered this incoming MESSAGE in time: send 408.
+    MessageAnswer(u64),
 }
 
 #[derive(Debug, Default)]
