@@ -273,9 +273,8 @@ impl UserAgent {
         self.respond_via_txn(m.txn, &resp, now);
     }
 
-    /// Incoming MESSAGEs waiting for the TU, and ours in flight.
-    #[cfg(test)]
-    pub(super) fn messages_held(&self) -> (usize, usize) {
-        (self.messages.pending_in.len(), self.messages.out.len())
+    /// Incoming MESSAGEs waiting for the TU, plus ours in flight.
+    pub(super) fn messages_held(&self) -> usize {
+        self.messages.pending_in.len() + self.messages.out.len()
     }
 }

@@ -437,6 +437,8 @@ pub struct UaStats {
     pub tcp_connections: u64,
     pub transactions: u64,
     pub legs: u64,
+    /// MESSAGEs held now: ours in flight, and incoming ones waiting for the TU.
+    pub messages: u64,
 }
 
 /// Methods we accept (RFC 3261 §8.2.1).
@@ -665,6 +667,7 @@ impl UserAgent {
         UaStats {
             transactions: self.txns.len() as u64,
             legs: self.legs.len() as u64,
+            messages: self.messages_held() as u64,
             ..self.stats
         }
     }

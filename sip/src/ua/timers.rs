@@ -47,6 +47,8 @@ impl Timers {
 
     pub(super) fn cancel(&mut self, t: UaTimer) {
         self.armed.remove(&t);
+        // Answered MESSAGEs cancel a 30 s timer each: under load these pile up too.
+        self.maybe_compact();
     }
 
     /// Drops stale heap entries once they dominate (amortised O(1) per cancel).
