@@ -7,8 +7,8 @@
 //! transport error) is reported as `UaEvent::MessageResult`.
 //!
 //! Incoming: a MESSAGE gets a non-INVITE server transaction at once (it absorbs
-//! retransmissions: nothing is resent before the TU answers, RFC 4320 §4.1 advises no
-//! 100 for non-INVITE) and is reported as `UaEvent::MessageIn`. The TU answers with
+//! retransmissions: nothing is sent before the TU answers, as RFC 4320 §4.1 bars an
+//! early 100 to a non-INVITE over UDP) and is reported as `UaEvent::MessageIn`. The TU answers with
 //! `UaCommand::MessageResponse`; without an answer within [`MESSAGE_ANSWER_TIMEOUT`] the
 //! UA answers 408 itself, before the sender's own Timer F (64*T1 = 32 s) gives up.
 //! A MESSAGE inside one of our dialogs (its To tag names a leg) is reported the same
