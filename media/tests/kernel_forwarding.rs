@@ -354,4 +354,37 @@ mod bridge {
         assert_eq!((ca.kernel_forwarded, cb.kernel_forwarded), (0, 0));
         assert_eq!((ca.transcoded_packets, cb.transcoded_packets), (5, 5));
     }
+
+    /// A pass-through call the kernel would take over stays in userspace while it is
+    /// recorded: the recording sees every packet.
+    #[tokio::test]
+    async fn a_recorded_call_stays_in_userspace() {
+        let (caller, callee) = (sock().await, sock().await);
+        let pool = pool(43_200);
+        let mut bridge = Bridge::open(
+            &pool,
+            LO,
+            params(addr(&caller), AudioCodec::Pcmu),
+            params(addr(&callee), AudioCodec::Pcmu),
+            RelayConfig::default(),
+        )
+        .unwrap();
+        let path =
+            std::env::temp_dir().join(format!("switchyard-kernel-rec-{}.wav", std::process::id()));
+        bridge.start_recording(&path).unwrap();
+        let (a, b) = (bridge.local_addr(Side::A), bridge.local_addr(Side::B));
+        for seq in 1..=10 {
+            send(&caller, a, 0, seq, 0x1111).await;
+            assert_eq!(recv(&callee).await.0, seq);
+            send(&callee, b, 0, seq, 0x2222).await;
+            assert_eq!(recv(&caller).await.0, seq);
+        }
+        let ([ca, cb], _, rec) = bridge.close_with_recording().await;
+        assert_eq!((ca.kernel_forwarded, cb.kernel_forwarded), (0, 0));
+        assert_eq!((ca.forwarded_packets, cb.forwarded_packets), (10, 10));
+        let rec = rec.unwrap().unwrap();
+        assert_eq!(rec.jitter.received, 10);
+        assert_eq!(rec.right_jitter.unwrap().received, 10);
+        std::fs::remove_file(&path).unwrap();
+    }
 }

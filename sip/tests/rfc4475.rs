@@ -9,7 +9,8 @@
 //!   so every well-formed REGISTER gets **405** with `Allow` (RFC 4475 §3.3.7 names
 //!   405 as appropriate for non-registrars; the same holds for escnull, dblreq,
 //!   cparam01/02, regescrt, unksm2 and RFC 5118's REGISTERs). MESSAGE (mpart01) is
-//!   likewise a 405; unknown methods a 501.
+//!   likewise a 405 with this table's method list (the UA itself supports MESSAGE, RFC
+//!   3428, and hands mpart01 to its TU); unknown methods a 501.
 //! - Strict start line: extra or trailing SP (lwsstart, trws) is a 400. So are
 //!   headers in the Request-URI (escruri), spaces inside `<…>` (badaspec), a
 //!   name-addr URI with `?` outside `<>` (regbadct) and a file without the

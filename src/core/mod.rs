@@ -459,6 +459,7 @@ fn route_ua_event(shared: &Shared, event: sip::ua::UaEvent) {
             trunk_watch::on_event(shared, event);
             return;
         }
+        UaEvent::MessageIn { .. } | UaEvent::MessageResult { .. } => return,
     };
     match shared.legs.get(&leg) {
         Some(tx) => {

@@ -22,15 +22,22 @@
 //! once a second, and takes the call back on a renegotiation, a hold or at the end.
 //! A side on hold ([`Bridge::set_direction`]: its SDP direction says it receives
 //! nothing) gets no RTP, as RFC 3264 §5.1 asks; RTCP goes on.
+//!
+//! [`Bridge::start_recording`] records both parties into one stereo WAV (left side A,
+//! right side B; see [`super::recording`]): the task offers each audio packet the relay
+//! accepted from a side to that side's tap (a non-blocking copy into a preallocated
+//! queue). A recording bridge is never handed to the kernel, whose forwarding would
+//! hide the packets from the taps; starting a recording takes an offloaded call back.
 #![allow(clippy::disallowed_methods)] // driver: supplies the relay's `now`
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +51,7 @@ use tokio::task::JoinHandle;
 
 use super::kernel::{Flow, FlowCounters, KernelForwarder};
 use super::pool::{PortPair, PortPool};
+use super::recording::{RecordingError, RecordingHandle, RecordingOutcome, Tap, TapState};
 use crate::codec::AudioCodec;
 use crate::dtmf::DtmfEvent;
 use crate::relay::{DropReason, Relay, RelayConfig, Side, SideCounters, SideParams, Verdict};
@@ -264,6 +272,8 @@ enum Command {
     SetDirection(Side, Direction),
     SetSignallingIp(Side, Option<std::net::IpAddr>),
     RtcpInterval(Duration),
+    /// Start offering each side's audio to its tap (side A, side B).
+    Record([Tap; 2]),
 }
 
 /// A running media bridge between two legs. Dropping it (or [`close`](Self::close))
@@ -279,6 +289,9 @@ pub struct Bridge {
     dtmf_rx: Option<mpsc::Receiver<(Side, DtmfEvent)>>,
     /// Each side's RTP clock as last set, to read digit durations in.
     clock_rates: [AtomicU32; 2],
+    /// Each side's audio payload type and codec as last set, for a recording's decoders.
+    audio: Mutex<[(u8, AudioCodec); 2]>,
+    recording: Option<RecordingHandle>,
 }
 
 impl Bridge {
@@ -349,6 +362,7 @@ impl Bridge {
             ],
             offload: None,
             kernel_refused: false,
+            taps: [None, None],
         };
         // Boxed: the driver's future is ~9 KB, copied into the task and written over
         // at its end otherwise.
@@ -356,6 +370,8 @@ impl Bridge {
         let task = handle.spawn(Box::pin(driver.run(cmd_rx, [pair_a, pair_b])));
         Ok(Bridge {
             clock_rates,
+            audio: Mutex::new([(a.pt, a.codec), (b.pt, b.codec)]),
+            recording: None,
             local,
             epoch,
             shared,
@@ -386,6 +402,14 @@ impl Bridge {
     /// has stopped.
     pub fn set_side(&self, side: Side, params: SideParams) {
         self.clock_rates[idx(side)].store(params.clock_rate, Ordering::Relaxed);
+        if let Some(slot) = self
+            .audio
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(idx(side))
+        {
+            *slot = (params.pt, params.codec);
+        }
         // Fails only when the task has ended, and then there is nothing to update.
         let _ = self.cmd_tx.send(Command::SetSide(side, params));
     }
@@ -437,6 +461,45 @@ impl Bridge {
         self.dtmf_rx.take()
     }
 
+    /// Records both parties from now on into a new 2-channel 16-bit WAV at `path`: left
+    /// side A (the caller), right side B (the callee), each decoded with its own codec
+    /// through a jitter buffer with loss concealment, at the higher of the two sides'
+    /// current PCM rates (8 kHz for G.711 both ways, 16 kHz with G.722, 48 kHz with
+    /// Opus; see [`super::recording::bridge_recording_rate`]). Only each side's audio
+    /// payload type is recorded (not telephone-events or comfort noise), and only what
+    /// the relay accepted from that side's far end (also while the other side holds or
+    /// has no address yet). A side that changes codec ([`set_side`](Self::set_side))
+    /// gets a new decoder, resampled to the file's rate. The call is not forwarded in
+    /// the kernel while recording (it is taken back if it was). The file is finalised
+    /// when the bridge closes; [`close_with_recording`](Self::close_with_recording)
+    /// reports it. Must run inside a tokio runtime.
+    pub fn start_recording(&mut self, path: &Path) -> Result<(), RecordingError> {
+        if self.recording.is_some() {
+            return Err(RecordingError::AlreadyRecording);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RecordingError::Stopped)?;
+        let sides = *self.audio.lock().unwrap_or_else(PoisonError::into_inner);
+        let (taps, task) = super::recording::prepare_bridge(path, sides)?;
+        if self.cmd_tx.send(Command::Record(taps)).is_err() {
+            // The task has ended: nothing will be recorded, so no empty file stays behind.
+            drop(task);
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::debug!(error = %e, "cannot remove an unused recording file");
+            }
+            return Err(RecordingError::Stopped);
+        }
+        self.recording = Some(RecordingHandle {
+            path: path.to_path_buf(),
+            task: runtime.spawn(task.run()),
+        });
+        Ok(())
+    }
+
+    /// Whether [`start_recording`](Self::start_recording) succeeded on this bridge.
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_some()
+    }
+
     /// Stops the task, waits until the sockets are closed and the ports are back in the
     /// pool, and returns the final counters of side A and side B.
     pub async fn close(self) -> [BridgeCounters; 2] {
@@ -444,22 +507,47 @@ impl Bridge {
     }
 
     /// As [`close`](Self::close), and also returns the final receive statistics of side
-    /// A and side B (for the call record).
+    /// A and side B (for the call record). A recording is finalised (and any error
+    /// logged); use [`close_with_recording`](Self::close_with_recording) to see it.
     pub async fn close_with_stats(self) -> ([BridgeCounters; 2], [SideStats; 2]) {
+        let (counters, stats, recording) = self.close_with_recording().await;
+        if let Some(Err(e)) = recording {
+            tracing::warn!(error = %e, "bridge recording failed");
+        }
+        (counters, stats)
+    }
+
+    /// As [`close_with_stats`](Self::close_with_stats), and also waits for the recording
+    /// (if one was started) to be finalised (WAV header written), returning what it
+    /// wrote.
+    pub async fn close_with_recording(
+        self,
+    ) -> (
+        [BridgeCounters; 2],
+        [SideStats; 2],
+        Option<Result<RecordingOutcome, RecordingError>>,
+    ) {
         let Bridge {
             epoch,
             shared,
             cmd_tx,
             task,
+            recording,
             ..
         } = self;
         drop(cmd_tx);
+        // The task drops the taps as it ends, which ends the recording.
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "bridge task failed");
         }
+        let recording = match recording {
+            Some(r) => Some(r.finish().await),
+            None => None,
+        };
         (
             [shared[0].snapshot(), shared[1].snapshot()],
             [shared[0].stats(epoch), shared[1].stats(epoch)],
+            recording,
         )
     }
 }
@@ -501,6 +589,8 @@ struct Driver {
     /// receives until `set_side` says what it negotiated: the far end starts sending on
     /// our ACK, which can beat the answer to this task by a packet or two.
     early: [Option<Vec<EarlyPacket>>; 2],
+    /// A recording's taps, side A and B (both or neither).
+    taps: [Option<Tap>; 2],
 }
 
 /// A packet held by a side without parameters: when and from where it came, its bytes.
@@ -706,6 +796,9 @@ impl Driver {
                     self.rtcp_dest[idx(side)] = None;
                 }
                 self.relay.update_side(side, params);
+                if let Some(tap) = &mut self.taps[idx(side)] {
+                    tap.retarget(params.pt, params.codec);
+                }
                 // A digit still in progress on the old DTMF payload type.
                 self.forward_dtmf(side);
                 self.replay_early(side);
@@ -717,6 +810,17 @@ impl Driver {
                     self.end_offload();
                 }
                 self.relay.set_direction(side, direction);
+            }
+            Command::Record(taps) => {
+                // The taps see only what reaches userspace.
+                self.end_offload();
+                self.taps = taps.map(Some);
+                for (side, tap) in SIDES.into_iter().zip(&mut self.taps) {
+                    let p = self.relay.params(side);
+                    if let Some(tap) = tap {
+                        tap.retarget(p.pt, p.codec);
+                    }
+                }
             }
             Command::RtcpInterval(interval) => {
                 self.rtcp_interval = interval;
@@ -853,10 +957,13 @@ impl Driver {
 
     /// Hands the call to the kernel if it can forward it now (see [`Bridge::open`]).
     fn try_offload(&mut self) {
-        if self.offload.is_some()
-            || self.kernel_refused
-            || self.kernel.is_none()
-            || self.relay.passthrough_sources().is_none()
+        let recording = self.taps.iter().any(Option::is_some);
+        if !may_offload(
+            self.kernel.is_some(),
+            self.offload.is_some(),
+            self.kernel_refused,
+            recording,
+        ) || self.relay.passthrough_sources().is_none()
         {
             return;
         }
@@ -1020,7 +1127,17 @@ impl Driver {
         }
         let i = idx(side);
         let len = pkt.len();
+        // Read before the relay rewrites the header for the other side.
+        let tapped = self.taps[i].as_ref().and_then(|t| t.wants(pkt));
         let verdict = self.relay.handle_packet(now, side, src, pkt, len);
+        if let Some(header) = tapped
+            && recorded(&verdict)
+            && let Some(tap) = &self.taps[i]
+            && tap.offer_header(&header, pkt, now) == TapState::Closed
+        {
+            // The recording task is gone (it failed): stop offering.
+            self.taps[i] = None;
+        }
         self.forward_dtmf(side);
         let shared = &self.shared[i];
         // Published before sending, so a far end that sees the packet sees the count.
@@ -1055,6 +1172,26 @@ impl Driver {
         let Some(out) = out else { return };
         self.send_rtp(side, out, dst);
     }
+}
+
+/// Whether the kernel may take a call over (if relaying it has become the identity):
+/// there is a forwarder, it does not forward the call already, it has not refused it,
+/// and no recording needs to see the packets.
+fn may_offload(kernel: bool, offloaded: bool, refused: bool, recording: bool) -> bool {
+    kernel && !offloaded && !refused && !recording
+}
+
+/// Whether a packet the relay decided on goes to a recording: what the side's far end
+/// said, from its accepted source on its audio payload type, whether or not the other
+/// side can hear it now (holding, no address yet).
+fn recorded(verdict: &Verdict) -> bool {
+    matches!(
+        verdict,
+        Verdict::Forward { .. }
+            | Verdict::Transcode { .. }
+            | Verdict::Buffered
+            | Verdict::Drop(DropReason::Held | DropReason::NoDestination)
+    )
 }
 
 static KERNEL_REFUSED_LOGGED: AtomicU64 = AtomicU64::new(0);
@@ -1122,4 +1259,29 @@ fn transcode(
     let h = header.write(sbuf).ok()?;
     let n = tc.process(input, sbuf.get_mut(h..)?).ok()?;
     Some(h + n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recording_keeps_the_call_out_of_the_kernel() {
+        assert!(may_offload(true, false, false, false));
+        assert!(!may_offload(true, false, false, true), "recording");
+        assert!(!may_offload(false, false, false, false), "no forwarder");
+        assert!(!may_offload(true, true, false, false), "offloaded already");
+        assert!(!may_offload(true, false, true, false), "refused");
+    }
+
+    #[test]
+    fn only_accepted_packets_are_recorded() {
+        let dst = SocketAddr::from(([127, 0, 0, 1], 9));
+        assert!(recorded(&Verdict::Forward { dst, len: 172 }));
+        assert!(recorded(&Verdict::Buffered));
+        assert!(recorded(&Verdict::Drop(DropReason::Held)));
+        assert!(!recorded(&Verdict::Drop(DropReason::WrongSource)));
+        assert!(!recorded(&Verdict::Drop(DropReason::StaleSsrc)));
+        assert!(!recorded(&Verdict::Drop(DropReason::UnexpectedPayloadType)));
+    }
 }

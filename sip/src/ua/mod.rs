@@ -8,7 +8,8 @@
 //! The client side (INVITE/CANCEL/BYE) is in `uac.rs`, the server side in `uas.rs`.
 //! Extensions each have a file: reliable 18x and PRACK (`prack.rs`, RFC 3262),
 //! re-INVITE/UPDATE offers (`reoffer.rs`), session timers (`session.rs`, RFC 4028),
-//! REFER/NOTIFY (`refer.rs`, RFC 3515), REGISTER and OPTIONS probes (`register.rs`).
+//! REFER/NOTIFY (`refer.rs`, RFC 3515), REGISTER and OPTIONS probes (`register.rs`),
+//! MESSAGE both ways (`message.rs`, RFC 3428).
 //! Their deadlines (not transaction timers) are in `timers.rs`.
 
 use std::cmp::Reverse;
@@ -27,6 +28,7 @@ use crate::txn::{
     ClientInvite, ClientNonInvite, ServerInvite, ServerNonInvite, TxnConfig, TxnKey, TxnOutput,
 };
 
+mod message;
 mod prack;
 mod refer;
 mod register;
@@ -36,6 +38,7 @@ mod timers;
 mod uac;
 mod uas;
 
+pub use message::{MAX_PENDING_MESSAGES, MESSAGE_ANSWER_TIMEOUT};
 pub use register::RegistrationState;
 use timers::{Timers, UaTimer};
 
@@ -255,6 +258,22 @@ pub enum UaCommand {
     Unregister { reg: u64 },
     /// An out-of-dialog OPTIONS probe; answered by `UaEvent::Pong`.
     Ping { probe: u64, target: Target },
+    /// An out-of-dialog MESSAGE (RFC 3428) with `body` of `content_type`; answered by
+    /// `UaEvent::MessageResult`. The From header is `<from_uri>;tag=…` and nothing more
+    /// (no display name, no Contact). A 401/407 is answered once with `credentials`.
+    /// `extra_headers` are added as given (a `Max-Forwards` among them replaces ours).
+    Message {
+        msg: u64,
+        target: Target,
+        from_uri: String,
+        to_uri: String,
+        content_type: String,
+        body: Bytes,
+        credentials: Option<Credentials>,
+        extra_headers: Vec<Header>,
+    },
+    /// The final answer (200..=699; 200/202 accept, 4xx refuse) to `UaEvent::MessageIn`.
+    MessageResponse { msg: u64, code: u16, reason: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -344,6 +363,24 @@ pub enum UaEvent {
     Registration { reg: u64, state: RegistrationState },
     /// The final response code to our `Ping`; None on timeout or transport error.
     Pong { probe: u64, code: Option<u16> },
+    /// The final response to our `Message` (after one digest retry, if challenged);
+    /// 408 on timeout (Timer F), 503 on a transport error.
+    MessageResult { msg: u64, code: u16, reason: String },
+    /// A MESSAGE from the peer (RFC 3428), out of dialog or in one of our dialogs (the
+    /// To tag of `request` tells). Answer with `MessageResponse` quoting `msg` (an id
+    /// the UA picks, with [`INCOMING_LEG_BIT`] set) within [`MESSAGE_ANSWER_TIMEOUT`],
+    /// or the UA answers 408 itself. Retransmissions are absorbed, never reported.
+    MessageIn {
+        msg: u64,
+        from: String,
+        to: String,
+        request_uri: String,
+        source: SocketAddr,
+        transport: Transport,
+        /// The MESSAGE as received (top Via stamped with received/rport).
+        request: Box<Request>,
+        body: Option<Body>,
+    },
 }
 
 /// What another process needs to send a BYE in a confirmed UAC dialog (RFC 3261
@@ -400,10 +437,12 @@ pub struct UaStats {
     pub tcp_connections: u64,
     pub transactions: u64,
     pub legs: u64,
+    /// MESSAGEs held now: ours in flight, and incoming ones waiting for the TU.
+    pub messages: u64,
 }
 
 /// Methods we accept (RFC 3261 §8.2.1).
-pub(crate) const SUPPORTED_METHODS: [Method; 10] = [
+pub(crate) const SUPPORTED_METHODS: [Method; 11] = [
     Method::Invite,
     Method::Ack,
     Method::Bye,
@@ -414,9 +453,10 @@ pub(crate) const SUPPORTED_METHODS: [Method; 10] = [
     Method::Refer,
     Method::Notify,
     Method::Info,
+    Method::Message,
 ];
 pub(crate) const ALLOW: &str =
-    "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK, REFER, NOTIFY, INFO";
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK, REFER, NOTIFY, INFO, MESSAGE";
 /// Extensions we accept in `Require` and list in `Supported`.
 pub(crate) const EXTENSIONS: [&str; 2] = ["100rel", "timer"];
 pub(crate) const SUPPORTED: &str = "100rel, timer";
@@ -435,6 +475,8 @@ enum Purpose {
     Register(u64),
     /// An OPTIONS probe (no leg).
     Ping(u64),
+    /// Our MESSAGE (no leg).
+    Message(u64),
     /// Server transactions other than INVITE, and anything we ignore.
     Other,
 }
@@ -587,6 +629,8 @@ pub struct UserAgent {
     next_reoffer: u64,
     /// Outbound registrations by `reg`.
     regs: HashMap<u64, register::Registration>,
+    /// MESSAGEs in flight and incoming ones waiting for the TU.
+    messages: message::Messages,
 }
 
 impl UserAgent {
@@ -611,6 +655,7 @@ impl UserAgent {
             ua_timers: Timers::default(),
             next_reoffer: 0,
             regs: HashMap::new(),
+            messages: message::Messages::default(),
         }
     }
 
@@ -622,6 +667,7 @@ impl UserAgent {
         UaStats {
             transactions: self.txns.len() as u64,
             legs: self.legs.len() as u64,
+            messages: self.messages_held() as u64,
             ..self.stats
         }
     }
@@ -680,6 +726,7 @@ impl UserAgent {
             UaTimer::SessionExpiry(leg) => self.session_expired(now, leg),
             UaTimer::Register(reg) => self.send_register(now, reg),
             UaTimer::Trying(leg) => self.trying_due(now, leg),
+            UaTimer::MessageAnswer(msg) => self.message_answer_due(now, msg),
         }
     }
 
@@ -760,6 +807,31 @@ impl UserAgent {
             } => self.register(now, reg, target, aor, contact_user, credentials, expires),
             UaCommand::Unregister { reg } => self.unregister(now, reg),
             UaCommand::Ping { probe, target } => self.ping(now, probe, target),
+            UaCommand::Message {
+                msg,
+                target,
+                from_uri,
+                to_uri,
+                content_type,
+                body,
+                credentials,
+                extra_headers,
+            } => self.send_message(
+                now,
+                msg,
+                message::MessageArgs {
+                    target,
+                    from_uri,
+                    to_uri,
+                    content_type,
+                    body,
+                    credentials,
+                    extra_headers,
+                },
+            ),
+            UaCommand::MessageResponse { msg, code, reason } => {
+                self.message_response(now, msg, code, &reason);
+            }
         }
     }
 

@@ -319,7 +319,7 @@ impl UserAgent {
         );
     }
 
-    /// Outputs of transactions that belong to no leg: registrations and probes.
+    /// Outputs of transactions that belong to no leg: registrations, probes, MESSAGEs.
     /// `resp` None: timeout (408) or transport error (503).
     pub(super) fn unowned_done(
         &mut self,
@@ -334,6 +334,7 @@ impl UserAgent {
                 probe,
                 code: resp.map(|r| r.code),
             }),
+            Purpose::Message(msg) => self.message_done(now, msg, code, resp),
             _ => {}
         }
     }

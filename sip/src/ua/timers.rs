@@ -26,6 +26,8 @@ pub(super) enum UaTimer {
     Register(u64),
     /// §17.2.1: the TU has not answered this new INVITE in 200 ms: send the 100.
     Trying(LegRef),
+    /// RFC 3428: the TU has not answered this incoming MESSAGE in time: send 408.
+    MessageAnswer(u64),
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +47,8 @@ impl Timers {
 
     pub(super) fn cancel(&mut self, t: UaTimer) {
         self.armed.remove(&t);
+        // Answered MESSAGEs cancel a 30 s timer each: under load these pile up too.
+        self.maybe_compact();
     }
 
     /// Drops stale heap entries once they dominate (amortised O(1) per cancel).

@@ -1,6 +1,6 @@
 //! The UAS core (RFC 3261 §8.2, §13.3, §15.1.2, §9.2, §11): request
 //! validation, received/rport (§18.2.1, RFC 3581), response routing (§18.2.2),
-//! incoming INVITE/ACK/CANCEL/BYE/OPTIONS.
+//! incoming INVITE/ACK/CANCEL/BYE/OPTIONS (MESSAGE is in `message.rs`).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -155,7 +155,10 @@ impl UserAgent {
             Method::Invite if req.headers.to().and_then(|t| t.tag().map(|_| ())).is_none() => {
                 self.on_new_invite(now, key, req, dst, d);
             }
-            _ => self.on_in_dialog(now, key, req, dst, transport),
+            Method::Message if req.headers.to().and_then(|t| t.tag().map(|_| ())).is_none() => {
+                self.on_message(now, key, req, dst, d.src, transport);
+            }
+            _ => self.on_in_dialog(now, key, req, dst, d),
         }
     }
 
@@ -336,7 +339,7 @@ impl UserAgent {
         self.events.push_back(ev);
     }
 
-    /// Requests with a To tag (BYE, re-INVITE, OPTIONS) and out-of-dialog
+    /// Requests with a To tag (BYE, re-INVITE, OPTIONS, MESSAGE) and out-of-dialog
     /// OPTIONS/BYE.
     fn on_in_dialog(
         &mut self,
@@ -344,8 +347,9 @@ impl UserAgent {
         key: TxnKey,
         req: Request,
         dst: SocketAddr,
-        transport: Transport,
+        d: &Datagram,
     ) {
+        let transport = d.transport;
         let to_tag = req.headers.to().and_then(|t| t.tag().map(str::to_string));
         let Some(to_tag) = to_tag else {
             // Out of dialog.
@@ -412,6 +416,8 @@ impl UserAgent {
                 let resp = self.make_response(&req, 200, "OK");
                 self.respond_new(now, key, &req, &resp, dst, transport);
             }
+            // In a dialog of ours: reported like any MESSAGE (see message.rs).
+            Method::Message => self.on_message(now, key, req, dst, d.src, transport),
             _ => {
                 let resp = self.options_response(&req);
                 self.respond_new(now, key, &req, &resp, dst, transport);
