@@ -65,6 +65,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(proxy::create_session, proxy::list_sessions))
         .routes(routes!(proxy::get_session, proxy::close_session))
         .routes(routes!(proxy::list_interactions))
+        .routes(routes!(proxy::inbound_message))
 }
 
 pub fn router(state: AppState) -> Router {

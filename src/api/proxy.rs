@@ -584,3 +584,85 @@ pub async fn list_interactions(
         },
     ))
 }
+
+/// An inbound message, as a carrier's messaging webhook sends it.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InboundMessage {
+    /// The sender (a participant's real number), E.164.
+    #[schema(example = "+14155552671")]
+    pub from: String,
+    /// The proxy number it was sent to, E.164.
+    #[schema(example = "+14155550100")]
+    pub to: String,
+    /// The text, relayed as is (at most `[proxy] max_message_bytes` bytes).
+    pub body: String,
+}
+
+/// Relays a message a participant sent to its proxy number: to the other participant,
+/// from that one's proxy number, over SIP MESSAGE through the number's trunk. Answered
+/// at once with the interaction (`sending`); its outcome (`delivered` or `failed`) is a
+/// `proxy.interaction` event and shows in the session's interactions.
+#[utoipa::path(
+    post,
+    path = "/api/v1/proxy/inbound",
+    operation_id = "proxy_inbound_message",
+    tag = "proxy",
+    request_body = InboundMessage,
+    responses(
+        (status = 202, description = "Relayed: the interaction, `sending`", body = Data<ProxyInteraction>),
+        (status = 400, description = "`VALIDATION_ERROR`", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`: no open messaging session pairs the sender with that proxy number; nothing was sent", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body is over the switch's message limit", body = ErrorBody),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the other participant's proxy number or trunk cannot carry it", body = ErrorBody),
+    )
+)]
+pub async fn inbound_message(
+    State(state): State<AppState>,
+    auth: Auth,
+    AppJson(msg): AppJson<InboundMessage>,
+) -> Result<Envelope<ProxyInteraction>, ApiError> {
+    use crate::core::masked::MessageRefusal as R;
+    auth.require_write()?;
+    for (field, n) in [("from", &msg.from), ("to", &msg.to)] {
+        if !dialplan::e164::is_e164(n) {
+            return Err(ApiError::validation(
+                field,
+                "must be an E.164 number, e.g. +14155552671",
+            ));
+        }
+    }
+    if msg.body.is_empty() {
+        return Err(ApiError::validation("body", "must not be empty"));
+    }
+    match state
+        .switch
+        .relay_proxy_message(&auth.tenant, &msg.to, &msg.from, msg.body.into_bytes().into())
+        .await
+    {
+        Ok(interaction) => {
+            state.webhooks.notify_one();
+            Ok(Envelope {
+                status: axum::http::StatusCode::ACCEPTED,
+                data: interaction,
+                pagination: None,
+            })
+        }
+        Err(R::TooLarge { limit }) => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body: a message may be at most {limit} bytes"),
+        )),
+        Err(R::UnknownPair) => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "no open messaging session pairs {} with proxy number {}; nothing was sent",
+                msg.from, msg.to
+            ),
+        )),
+        Err(R::Unroutable(why)) => Err(ApiError::new(ErrorCode::ServiceUnavailable, why)),
+        Err(R::Store(e)) => {
+            tracing::error!(error = e, "store error relaying a message");
+            Err(ApiError::new(ErrorCode::InternalError, "internal error"))
+        }
+    }
+}

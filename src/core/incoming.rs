@@ -133,13 +133,7 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
             reject(sip_code, &reason, Vec::new());
             return;
         }
-        Route::Proxy { .. } => {
-            // No proxy session holds this number.
-            shared.metrics.inbound(InboundOutcome::Rejected);
-            reject(404, "Not Found", Vec::new());
-            return;
-        }
-        Route::Agent(_) | Route::Trunks(_) => {}
+        Route::Agent(_) | Route::Trunks(_) | Route::Proxy { .. } => {}
     }
     let Some(offer) = body.filter(|b| b.content_type.eq_ignore_ascii_case("application/sdp"))
     else {
@@ -161,6 +155,24 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
             return;
         }
     };
+    if let Route::Proxy { number } = &decision.route {
+        super::masked::start_call(
+            shared,
+            super::masked::ProxyCall {
+                leg,
+                offer,
+                request,
+                local_tag,
+                source,
+                transport,
+                source_trunk: trunk,
+                source_slot,
+                proxy_number: number.as_str().to_owned(),
+                caller: from,
+            },
+        );
+        return;
+    }
     let calls_cfg = &shared.config.calls;
     let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
         .unwrap_or_else(Utc::now);

@@ -19,6 +19,7 @@ pub mod dialog;
 pub mod inbound;
 mod incoming;
 mod live_media;
+pub mod masked;
 pub mod metrics;
 pub mod status;
 pub mod task;
@@ -96,6 +97,8 @@ pub(crate) struct Shared {
     pub tenant_policy: Arc<tenant_policy::TenantPolicy>,
     /// Bans and slows sources and user names that fail digest authentication.
     pub auth_guard: Arc<auth_guard::AuthGuard>,
+    /// MESSAGEs relayed and waiting for their final response, by message id.
+    pub messages: Arc<DashMap<u64, tokio::sync::oneshot::Sender<(u16, String)>>>,
     next_leg: Arc<AtomicU64>,
 }
 
@@ -156,6 +159,7 @@ impl Switch {
             calls: Arc::new(DashMap::new()),
             metrics: Arc::new(metrics::Metrics::default()),
             inbound,
+            messages: Arc::new(DashMap::new()),
             next_leg: Arc::new(AtomicU64::new(1)),
         };
         close_out_live_calls(&shared).await?;
@@ -180,6 +184,25 @@ impl Switch {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
+    }
+
+    /// Relays a masked message that reached the switch by HTTP (a carrier's webhook).
+    pub async fn relay_proxy_message(
+        &self,
+        tenant: &str,
+        proxy_number: &str,
+        sender: &str,
+        body: bytes::Bytes,
+    ) -> Result<crate::proxy::ProxyInteraction, masked::MessageRefusal> {
+        masked::relay_message(
+            &self.shared,
+            Some(tenant),
+            proxy_number,
+            sender,
+            "text/plain;charset=UTF-8",
+            body,
+        )
+        .await
     }
 
     pub fn live_calls(&self) -> usize {
@@ -459,7 +482,14 @@ fn route_ua_event(shared: &Shared, event: sip::ua::UaEvent) {
             trunk_watch::on_event(shared, event);
             return;
         }
-        UaEvent::MessageIn { .. } | UaEvent::MessageResult { .. } => return,
+        UaEvent::MessageIn { .. } => {
+            masked::on_message(shared, event);
+            return;
+        }
+        UaEvent::MessageResult { msg, code, reason } => {
+            masked::on_message_result(shared, *msg, *code, reason.clone());
+            return;
+        }
     };
     match shared.legs.get(&leg) {
         Some(tx) => {

@@ -694,7 +694,7 @@ fn start_recording(
 
 /// `{public base}/api/v1/voice/calls/{id}/recording`; the base is `http.public_url`, else
 /// the bound HTTP address (an unspecified listen IP is replaced by the public IP).
-fn recording_url(config: &crate::config::Config, call_id: &str) -> String {
+pub(crate) fn recording_url(config: &crate::config::Config, call_id: &str) -> String {
     let base = match &config.http.public_url {
         Some(u) => u.trim_end_matches('/').to_owned(),
         None => {

@@ -882,16 +882,52 @@ impl TransitTask {
         apply_change(r, &change, Utc::now());
         if change.status == crate::model::CallStatus::InProgress {
             r.sip_dialog = self.dialogs.answered_json();
+            if r.record
+                && let Some(bridge) = self.bridge.as_mut()
+            {
+                start_recording(&self.shared.config, &r.id, bridge);
+            }
         }
         if change.status.is_terminal()
             && let Some(bridge) = self.bridge.take()
         {
-            let (counters, stats) = bridge.close_with_stats().await;
+            let (counters, stats, recording) = bridge.close_with_recording().await;
             let (packets, bytes) = super::live_media::apply(r, &counters, &stats);
             self.shared.metrics.rtp(packets, bytes);
+            match recording {
+                Some(Ok(outcome)) => {
+                    tracing::info!(
+                        path = %outcome.info.path.display(),
+                        duration_ms = outcome.info.duration_ms,
+                        "recording finished"
+                    );
+                    r.recording_url = Some(super::task::recording_url(&self.shared.config, &r.id));
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "recording failed"),
+                None => {}
+            }
         }
         persist_status(&self.shared, &self.record, change.status).await;
         tracing::info!(status = change.status.as_str(), sip_code = ?change.sip_code, "status");
+    }
+}
+
+/// Records both parties into `{recordings.dir}/{call_id}.wav` (left: the caller, right:
+/// the callee); a failure is logged and the call goes on unrecorded.
+fn start_recording(
+    config: &crate::config::Config,
+    call_id: &str,
+    bridge: &mut media::net::bridge::Bridge,
+) {
+    let dir = &config.recordings.dir;
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create recordings dir; not recording");
+        return;
+    }
+    let path = dir.join(format!("{call_id}.wav"));
+    match bridge.start_recording(&path) {
+        Ok(()) => tracing::info!(path = %path.display(), "recording both parties"),
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot record"),
     }
 }
 
