@@ -42,7 +42,8 @@ const UDP: &[(&str, Expect)] = &[
     ("dblreq", Expect::Final(405)),
     ("semiuri", Expect::Final(200)),
     ("transports", Expect::Final(200)),
-    ("mpart01", Expect::Final(405)),
+    // A MESSAGE (multipart) from a source that is no trunk: refused like an INVITE.
+    ("mpart01", Expect::Final(403)),
     ("unreason", Expect::Nothing),
     ("noreason", Expect::Nothing),
     ("badinv01", Expect::Final(400)),

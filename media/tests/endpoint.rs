@@ -398,3 +398,31 @@ async fn a_clip_plays_in_place_of_silence() {
     timeout(GUARD, done).await.unwrap().unwrap();
     ep.close().await;
 }
+
+/// A clip given right after `connect` (before the task has applied it) plays too.
+#[tokio::test]
+async fn a_clip_given_with_connect_plays_from_the_first_packet() {
+    use media::source::{Clip, ClipPlayer};
+    let pool = pool(41220, 41239);
+    let far = UdpSocket::bind((LO, 0)).await.unwrap();
+    let ep = RtpEndpoint::open(&pool, LO).unwrap();
+    let clip = Clip {
+        rate: 8000,
+        samples: vec![16000i16; 800].into(),
+    };
+    let (player, done) = ClipPlayer::new(clip);
+    ep.connect(params(far.local_addr().unwrap(), Codec::Pcmu));
+    ep.play(Box::new(player));
+    let mut buf = [0u8; 1500];
+    let mut loud = 0;
+    while loud < 5 {
+        let (n, _) = recv(&far, &mut buf).await;
+        if buf[12..n].iter().any(|&b| b != 0xff) {
+            loud += 1;
+        } else {
+            assert_eq!(loud, 0, "silence in the middle of the clip");
+        }
+    }
+    timeout(GUARD, done).await.unwrap().unwrap();
+    ep.close().await;
+}

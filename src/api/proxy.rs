@@ -637,7 +637,12 @@ pub async fn inbound_message(
     }
     match state
         .switch
-        .relay_proxy_message(&auth.tenant, &msg.to, &msg.from, msg.body.into_bytes().into())
+        .relay_proxy_message(
+            &auth.tenant,
+            &msg.to,
+            &msg.from,
+            msg.body.into_bytes().into(),
+        )
         .await
     {
         Ok(interaction) => {

@@ -124,8 +124,7 @@ async fn announce(
     mut rx: mpsc::Receiver<TaskInput>,
 ) {
     let path = shared.config.proxy.announcements_dir.join(name);
-    let clip = match tokio::task::spawn_blocking(move || media::source::Clip::load_wav(&path))
-        .await
+    let clip = match tokio::task::spawn_blocking(move || media::source::Clip::load_wav(&path)).await
     {
         Ok(Ok(clip)) => clip,
         Ok(Err(e)) => {
@@ -178,9 +177,9 @@ async fn announce(
         }
     };
     tokio::select! {
-        _ = done => {}
-        _ = caller_gone => tracing::debug!("caller left during the announcement"),
-        _ = tokio::time::sleep(longest) => {}
+        r = done => tracing::info!(played = r.is_ok(), "announcement ended"),
+        _ = caller_gone => tracing::info!("caller left during the announcement"),
+        _ = tokio::time::sleep(longest) => tracing::info!("announcement cut: it ran too long"),
     }
     endpoint.close().await;
 }
@@ -288,10 +287,7 @@ async fn bridge(
         a_offer: call.offer,
         max_forwards: request.headers.max_forwards().unwrap_or(70),
         // The callee sees the proxy number only: From and P-Asserted-Identity.
-        asserted_identity: Some(format!(
-            "<sip:{}@{}>",
-            callee.proxy_number, trunk.uri.host
-        )),
+        asserted_identity: Some(format!("<sip:{}@{}>", callee.proxy_number, trunk.uri.host)),
         from: callee.proxy_number.clone(),
         to: callee.number.clone(),
         trunks: vec![trunk],
@@ -362,7 +358,9 @@ async fn bridge(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageRefusal {
     /// Over `[proxy] max_message_bytes`.
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     /// No open session (of this tenant, for messaging) pairs the sender with the number.
     UnknownPair,
     /// The other participant's number or trunk cannot carry it.
@@ -458,7 +456,10 @@ pub(super) async fn relay_message(
             transport: trunk.sip_transport(),
         },
         from_uri: format!("sip:{}@{host}", callee.proxy_number),
-        to_uri: format!("sip:{}@{}:{}", callee.number, trunk.uri.host, trunk.uri.port),
+        to_uri: format!(
+            "sip:{}@{}:{}",
+            callee.number, trunk.uri.host, trunk.uri.port
+        ),
         content_type: content_type.to_owned(),
         body,
         credentials: trunk.credentials(),

@@ -29,9 +29,22 @@ impl Capture {
     pub async fn start(filter: &str) -> Capture {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("capture.pcap");
-        // -U: every packet written at once; -Z root: keep the right to write the file.
+        // -U and --immediate-mode: every packet written as it arrives (not held for a
+        // block of the capture ring), so what came just before `finish` is in the file;
+        // -Z root: keep the right to write the file.
         let mut child = Command::new("tcpdump")
-            .args(["-i", "lo", "-n", "-U", "-s", "0", "-Z", "root", "-w"])
+            .args([
+                "-i",
+                "lo",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "0",
+                "-Z",
+                "root",
+                "-w",
+            ])
             .arg(&file)
             .arg(filter)
             .stdin(Stdio::null())

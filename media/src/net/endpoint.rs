@@ -160,6 +160,7 @@ impl RtpEndpoint {
             dtmf_tx,
             source: None,
             pcm: Vec::new(),
+            early_source: None,
         };
         let task = handle.spawn(driver.run(params_rx, tap_rx, source_rx, pair));
         Ok(RtpEndpoint {
@@ -350,6 +351,8 @@ struct Driver {
     source: Option<(Box<dyn AudioSource>, SourceEncoder)>,
     /// One frame of the source's PCM (sized when a source starts, reused after).
     pcm: Vec<i16>,
+    /// A source given before `connect`: it starts once the codec is known.
+    early_source: Option<Box<dyn AudioSource>>,
 }
 
 /// The encoder of a playing source (the codec's encoders have no `Debug`).
@@ -449,8 +452,9 @@ impl Driver {
             last_tick: None,
             ptime,
         });
-        // A new codec needs a new encoder for what is playing.
-        if let Some((source, _)) = self.source.take() {
+        // A new codec needs a new encoder for what is playing (or waited for this).
+        let playing = self.source.take().map(|(source, _)| source);
+        if let Some(source) = playing.or_else(|| self.early_source.take()) {
             self.set_source(Some(source), sbuf);
         }
     }
@@ -458,6 +462,7 @@ impl Driver {
     /// Starts (or stops, `None`) sending `source` instead of silence.
     fn set_source(&mut self, source: Option<Box<dyn AudioSource>>, sbuf: &mut [u8; SEND_BUF]) {
         let had = self.source.take().is_some();
+        self.early_source = None;
         let Some(source) = source else {
             if had {
                 self.restore_silence(sbuf);
@@ -465,7 +470,8 @@ impl Driver {
             return;
         };
         let Some(s) = self.send.as_ref() else {
-            tracing::debug!("audio source before the leg is connected: dropped");
+            // Played from the first packet once connected.
+            self.early_source = Some(source);
             return;
         };
         let codec = s.params.codec.audio_codec();
