@@ -20,6 +20,7 @@ pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod stats;
+pub mod stream;
 pub mod transcode;
 
 pub use sdp::{Codec, Direction, OfferParams, SdpError, StreamParams};
