@@ -220,7 +220,13 @@ mod tests {
         let mut dec = PayloadDecoder::new(f);
         let mut pcm = Vec::new();
         // 14 bytes in pieces of 3, 1, 0, 5, 5.
-        for piece in [&wire[..3], &wire[3..4], &wire[4..4], &wire[4..9], &wire[9..]] {
+        for piece in [
+            &wire[..3],
+            &wire[3..4],
+            &wire[4..4],
+            &wire[4..9],
+            &wire[9..],
+        ] {
             dec.decode(piece, &mut pcm);
         }
         assert_eq!(pcm, src);

@@ -65,7 +65,11 @@ impl Track {
 
 /// Every message the switch sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "lowercase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "event",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase"
+)]
 pub enum SwitchMessage {
     Connected {
         protocol: String,
@@ -563,7 +567,10 @@ mod tests {
             ("{\"event\":5}", "event"),
             ("{\"event\":\"media\"}", "missing"),
             ("{\"event\":\"media\",\"media\":{\"payload\":7}}", "missing"),
-            ("{\"event\":\"media\",\"media\":{\"payload\":\"@@@\"}}", "base64"),
+            (
+                "{\"event\":\"media\",\"media\":{\"payload\":\"@@@\"}}",
+                "base64",
+            ),
             ("{\"event\":\"mark\",\"mark\":{}}", "missing"),
             ("\u{0}\u{1}garbage", "json"),
         ] {

@@ -178,10 +178,7 @@ mod tests {
             out.extend(samples);
         }
         let tail = &out[480..];
-        let crossings = tail
-            .windows(2)
-            .filter(|w| (w[0] < 0) != (w[1] < 0))
-            .count();
+        let crossings = tail.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
         // 180 ms of 400 Hz: 144 crossings.
         assert!((140..=148).contains(&crossings), "{crossings}");
     }
