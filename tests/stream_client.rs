@@ -1,6 +1,7 @@
 //! The media-stream driver (`switchyard::streams`) against a real WebSocket server in the
 //! test (tokio-tungstenite on 127.0.0.1:0). Waits are on messages and events;
 //! `tokio::time::timeout` only guards against hangs.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
