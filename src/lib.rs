@@ -12,5 +12,6 @@ pub mod netguard;
 pub mod proxy;
 pub mod ratelimit;
 pub mod store;
+pub mod streams;
 pub mod timefmt;
 pub mod webhooks;

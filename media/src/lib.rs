@@ -22,6 +22,7 @@ pub mod sdp;
 #[cfg(feature = "net")]
 pub mod source;
 pub mod stats;
+pub mod stream;
 pub mod transcode;
 
 pub use sdp::{Codec, Direction, OfferParams, SdpError, StreamParams};

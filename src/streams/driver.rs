@@ -1,0 +1,465 @@
+//! The task behind one stream: connect (with backoff inside the grace period), run a
+//! session on the socket, and on a drop go back to connecting.
+//!
+//! A session writes `connected` and `start` itself before anything else, then hands the
+//! sink to a writer task fed by a bounded queue, so a server that stops reading never
+//! blocks the loop: reading (pings are answered by tungstenite as it reads), the call's
+//! frames and the playout's mark acknowledgements keep being served, and media that
+//! finds the queue full is dropped and counted. A few slots stay reserved for marks,
+//! digits and `cleared`, which matter more than one 20 ms frame.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use media::stream::protocol::{SwitchMessage, parse_server_message};
+use media::stream::{PayloadDecoder, Sequencer, ServerMessage, Uplink};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::connect::{self, Connector, WsStream};
+use super::{CallInput, Counters, EndReason, SharedPlayout, StreamConfig, StreamEvent};
+
+/// Send-queue slots kept for non-media messages.
+const CONTROL_RESERVE: usize = 16;
+/// How long a closing handshake may take before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+enum SessionEnd {
+    ServerClosed,
+    Stopped,
+    Dropped(String),
+}
+
+type Sink = SplitSink<WsStream, Message>;
+
+pub(super) struct Driver {
+    config: StreamConfig,
+    url: url::Url,
+    connector: Arc<dyn Connector>,
+    ws_config: WebSocketConfig,
+    seq: Sequencer,
+    uplink: Uplink,
+    decoder: PayloadDecoder,
+    decoded: Vec<i16>,
+    input: mpsc::Receiver<CallInput>,
+    shared: Arc<SharedPlayout>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+    events: mpsc::Sender<StreamEvent>,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        config: StreamConfig,
+        url: url::Url,
+        connector: Arc<dyn Connector>,
+        uplink: Uplink,
+        input: mpsc::Receiver<CallInput>,
+        shared: Arc<SharedPlayout>,
+        counters: Arc<Counters>,
+        stop: CancellationToken,
+        events: mpsc::Sender<StreamEvent>,
+    ) -> Self {
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        Driver {
+            seq: Sequencer::new(config.stream_sid.clone()),
+            decoder: PayloadDecoder::new(config.format),
+            decoded: Vec::new(),
+            config,
+            url,
+            connector,
+            ws_config,
+            uplink,
+            input,
+            shared,
+            counters,
+            stop,
+            events,
+        }
+    }
+
+    pub(super) async fn run(mut self) -> EndReason {
+        let reason = self.lifecycle().await;
+        tracing::info!(stream = %self.seq.stream_sid(), ?reason, "media stream ended");
+        self.emit(StreamEvent::Ended(reason.clone()));
+        reason
+    }
+
+    fn emit(&self, event: StreamEvent) {
+        // Bounded: a call that does not read its events loses them, never blocks us.
+        let _ = self.events.try_send(event);
+    }
+
+    async fn lifecycle(&mut self) -> EndReason {
+        let mut ever_connected = false;
+        let mut outage_start = Instant::now();
+        loop {
+            let (ws, attempts) = match self
+                .connect_within_grace(outage_start, ever_connected)
+                .await
+            {
+                Ok(connected) => connected,
+                Err(end) => return end,
+            };
+            let reconnect = ever_connected;
+            ever_connected = true;
+            match self.session(ws, reconnect, attempts).await {
+                SessionEnd::ServerClosed => return EndReason::ServerClosed,
+                SessionEnd::Stopped => return EndReason::Stopped,
+                SessionEnd::Dropped(reason) => {
+                    tracing::info!(stream = %self.seq.stream_sid(), %reason, "media stream socket dropped; reconnecting");
+                    // What was queued belongs to the lost connection; the caller hears
+                    // silence until the new one sends audio.
+                    self.drop_playout();
+                    Counters::bump(&self.counters.reconnects);
+                    self.emit(StreamEvent::Reconnecting { reason });
+                    outage_start = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Connection attempts with backoff until one succeeds or the grace period that
+    /// began at `outage_start` is over. The call's frames keep being drained meanwhile.
+    async fn connect_within_grace(
+        &mut self,
+        outage_start: Instant,
+        ever_connected: bool,
+    ) -> Result<(WsStream, u32), EndReason> {
+        let grace = self.config.grace;
+        let deadline = outage_start + grace;
+        let mut delay = self.config.backoff.initial;
+        let mut attempts = 0u32;
+        let mut last_error: Option<String> = None;
+        let give_up = |reason: String| {
+            let after = outage_start.elapsed();
+            if ever_connected {
+                EndReason::GaveUp { after, reason }
+            } else {
+                EndReason::FailedToConnect { after, reason }
+            }
+        };
+        loop {
+            attempts += 1;
+            let url = self.url.clone();
+            let connector = self.connector.clone();
+            let ws_config = self.ws_config;
+            let attempt = async move { connect::open(&url, connector.as_ref(), ws_config).await };
+            tokio::pin!(attempt);
+            let outcome = loop {
+                tokio::select! {
+                    result = &mut attempt => break Some(result),
+                    () = sleep_until(deadline) => break None,
+                    () = self.stop.cancelled() => return Err(EndReason::Stopped),
+                    input = self.input.recv() => {
+                        if !self.offline_input(input) {
+                            return Err(EndReason::Stopped);
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Some(Ok(ws)) => return Ok((ws, attempts)),
+                Some(Err(e)) => {
+                    tracing::debug!(stream = %self.seq.stream_sid(), attempt = attempts, error = %e, "media stream connect failed");
+                    last_error = Some(e);
+                }
+                None => {
+                    let pending = "the connection or WebSocket handshake did not complete";
+                    let reason = match &last_error {
+                        Some(e) => {
+                            format!("no connection within {grace:?}: {pending} (before: {e})")
+                        }
+                        None => format!("no connection within {grace:?}: {pending}"),
+                    };
+                    return Err(give_up(reason));
+                }
+            }
+            // Retry until the grace period is over, not until the next wait would be.
+            let wake = (Instant::now() + delay).min(deadline);
+            loop {
+                tokio::select! {
+                    () = sleep_until(wake) => break,
+                    () = self.stop.cancelled() => return Err(EndReason::Stopped),
+                    input = self.input.recv() => {
+                        if !self.offline_input(input) {
+                            return Err(EndReason::Stopped);
+                        }
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                let e = last_error.unwrap_or_default();
+                return Err(give_up(format!(
+                    "no connection within {grace:?} ({attempts} attempts): {e}"
+                )));
+            }
+            delay = (delay * 2).min(self.config.backoff.max);
+        }
+    }
+
+    /// A call input while no socket is up: media time advances, nothing is sent.
+    /// False when every handle is gone.
+    fn offline_input(&mut self, input: Option<CallInput>) -> bool {
+        match input {
+            None => false,
+            Some(CallInput::Audio { track, .. }) => {
+                if self.config.start.tracks.contains(&track) {
+                    self.uplink.skip(track);
+                    Counters::bump(&self.counters.offline_frames);
+                }
+                true
+            }
+            Some(CallInput::Dtmf(_)) => {
+                Counters::bump(&self.counters.offline_frames);
+                true
+            }
+        }
+    }
+
+    async fn session(&mut self, ws: WsStream, reconnect: bool, attempts: u32) -> SessionEnd {
+        let (mut sink, mut stream) = ws.split();
+        self.seq.reset();
+        // `connected` and `start` are the first two messages, before anything queued.
+        let connected = Message::text(self.seq.connected().to_json());
+        let start = Message::text(
+            self.seq
+                .start(&self.config.start, self.config.format, reconnect)
+                .to_json(),
+        );
+        let hello = async {
+            sink.feed(connected).await?;
+            sink.send(start).await
+        };
+        match timeout(self.config.grace, hello).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return SessionEnd::Dropped(format!("sending start: {e}")),
+            Err(_) => return SessionEnd::Dropped("sending start timed out".to_owned()),
+        }
+        self.emit(if reconnect {
+            StreamEvent::Resumed { attempts }
+        } else {
+            StreamEvent::Connected
+        });
+
+        let (out_tx, out_rx) = mpsc::channel(self.config.send_queue.max(CONTROL_RESERVE + 1));
+        let mut writer = tokio::spawn(write_loop(sink, out_rx));
+        let end = loop {
+            tokio::select! {
+                () = self.stop.cancelled() => {
+                    self.say_stop(&out_tx);
+                    break SessionEnd::Stopped;
+                }
+                frame = stream.next() => {
+                    if let Some(end) = self.on_frame(frame, &out_tx) {
+                        break end;
+                    }
+                }
+                () = self.shared.acks_ready.notified() => self.send_acks(&out_tx),
+                input = self.input.recv() => match input {
+                    Some(input) => self.on_input(input, &out_tx),
+                    None => {
+                        self.say_stop(&out_tx);
+                        break SessionEnd::Stopped;
+                    }
+                },
+                written = &mut writer => {
+                    let reason = match written {
+                        Ok(Err(e)) => format!("write: {e}"),
+                        Ok(Ok(())) => "write side closed".to_owned(),
+                        Err(e) => format!("writer task: {e}"),
+                    };
+                    return SessionEnd::Dropped(reason);
+                }
+            }
+        };
+        // Closing the queue lets the writer flush, close and finish.
+        drop(out_tx);
+        if !matches!(end, SessionEnd::Dropped(_)) {
+            let _ = timeout(CLOSE_TIMEOUT, &mut writer).await;
+        }
+        writer.abort();
+        end
+    }
+
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, tungstenite::Error>>,
+        out: &mpsc::Sender<Message>,
+    ) -> Option<SessionEnd> {
+        match frame {
+            None => Some(SessionEnd::Dropped(
+                "the connection ended without a close frame".to_owned(),
+            )),
+            Some(Err(e)) => Some(SessionEnd::Dropped(e.to_string())),
+            Some(Ok(Message::Text(text))) => {
+                self.on_server_text(text.as_str(), out);
+                None
+            }
+            Some(Ok(Message::Close(Some(frame)))) if frame.code == CloseCode::Normal => {
+                Some(SessionEnd::ServerClosed)
+            }
+            Some(Ok(Message::Close(frame))) => Some(SessionEnd::Dropped(match frame {
+                Some(f) => format!("the server closed with code {}", u16::from(f.code)),
+                None => "the server closed without a status code".to_owned(),
+            })),
+            Some(Ok(Message::Binary(_))) => {
+                Counters::bump(&self.counters.ignored_messages);
+                None
+            }
+            // Pings are answered by tungstenite itself.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => None,
+        }
+    }
+
+    fn on_server_text(&mut self, text: &str, out: &mpsc::Sender<Message>) {
+        match parse_server_message(text) {
+            Err(e) => {
+                Counters::bump(&self.counters.bad_messages);
+                tracing::debug!(stream = %self.seq.stream_sid(), error = %e, "bad message from media stream server");
+            }
+            Ok(ServerMessage::Media { payload }) => {
+                if !self.config.bidirectional {
+                    Counters::bump(&self.counters.ignored_messages);
+                    return;
+                }
+                self.decoded.clear();
+                self.decoder.decode(&payload, &mut self.decoded);
+                self.shared.lock().playout.push_audio(&self.decoded);
+                self.changed();
+            }
+            Ok(ServerMessage::Mark { name }) => {
+                self.shared.lock().playout.push_mark(name);
+                self.changed();
+            }
+            Ok(ServerMessage::Clear) => {
+                // Marks already played are acknowledged first, then the cleared ones
+                // (as Twilio and Telnyx return them), then the report.
+                let (played, report) = {
+                    let mut state = self.shared.lock();
+                    let played: Vec<String> = state.acks.drain(..).collect();
+                    (played, state.playout.clear())
+                };
+                self.decoder.reset();
+                for name in &played {
+                    self.send_control(out, |seq| seq.mark(name));
+                }
+                for mark in report.cleared_marks() {
+                    self.send_control(out, |seq| seq.mark(&mark.name));
+                }
+                self.send_control(out, |seq| seq.cleared(&report));
+                self.changed();
+            }
+            Ok(ServerMessage::Other { event }) => {
+                Counters::bump(&self.counters.ignored_messages);
+                tracing::trace!(stream = %self.seq.stream_sid(), %event, "ignored media stream event");
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: CallInput, out: &mpsc::Sender<Message>) {
+        match input {
+            CallInput::Audio { track, pcm } => {
+                if !self.config.start.tracks.contains(&track) {
+                    return;
+                }
+                if out.capacity() <= CONTROL_RESERVE {
+                    // Slow server: drop this frame (media time still advances, and no
+                    // sequence number is spent on it).
+                    Counters::bump(&self.counters.media_dropped);
+                    self.uplink.skip(track);
+                    return;
+                }
+                match self.uplink.frame(track, &pcm) {
+                    Ok(chunk) => {
+                        let msg = Message::text(self.seq.media(chunk).to_json());
+                        if out.try_send(msg).is_err() {
+                            Counters::bump(&self.counters.media_dropped);
+                        }
+                    }
+                    Err(e) => {
+                        Counters::bump(&self.counters.input_dropped);
+                        tracing::debug!(error = %e, "media stream frame refused");
+                    }
+                }
+            }
+            CallInput::Dtmf(digit) => self.send_control(out, |seq| seq.dtmf(digit)),
+        }
+    }
+
+    /// Queues a non-media message if there is room (then its sequence number is used).
+    fn send_control(
+        &mut self,
+        out: &mpsc::Sender<Message>,
+        build: impl FnOnce(&mut Sequencer) -> SwitchMessage,
+    ) {
+        if out.capacity() == 0 {
+            Counters::bump(&self.counters.control_dropped);
+            return;
+        }
+        let msg = Message::text(build(&mut self.seq).to_json());
+        if out.try_send(msg).is_err() {
+            Counters::bump(&self.counters.control_dropped);
+        }
+    }
+
+    fn send_acks(&mut self, out: &mpsc::Sender<Message>) {
+        let names: Vec<String> = self.shared.lock().acks.drain(..).collect();
+        for name in &names {
+            self.send_control(out, |seq| seq.mark(name));
+        }
+    }
+
+    fn say_stop(&mut self, out: &mpsc::Sender<Message>) {
+        let start = self.config.start.clone();
+        self.send_control(out, |seq| seq.stop(&start));
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "stream stopped".into(),
+        }));
+        if out.try_send(close).is_err() {
+            Counters::bump(&self.counters.control_dropped);
+        }
+    }
+
+    fn drop_playout(&mut self) {
+        {
+            let mut state = self.shared.lock();
+            state.playout.clear();
+            state.acks.clear();
+        }
+        self.decoder.reset();
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.shared.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Writes queued messages, flushing when the queue is momentarily empty; closes the
+/// socket when the queue closes.
+async fn write_loop(
+    mut sink: Sink,
+    mut queue: mpsc::Receiver<Message>,
+) -> Result<(), tungstenite::Error> {
+    while let Some(msg) = queue.recv().await {
+        sink.feed(msg).await?;
+        if queue.is_empty() {
+            sink.flush().await?;
+        }
+    }
+    // Completes a close handshake either side started; errors here change nothing.
+    let _ = sink.close().await;
+    Ok(())
+}
