@@ -126,7 +126,11 @@ fn assert_masked(messages: &[String], caller: &str, callee: &str, shown: &str) {
 async fn a_masked_call_shows_only_the_proxy_number_both_ways() {
     let far = Sipp::builder("uas_answer_hold.xml").calls(2).spawn();
     let mut h = masked_switch(far.addr(), "").await;
-    let session = open_session(&h, json!({"webhook_url": h.sink.url()})).await;
+    let session = open_session(
+        &h,
+        json!({"webhook_url": h.sink.url(), "record": true, "max_call_duration": 30}),
+    )
+    .await;
     let sid = session["id"].as_str().expect("id").to_owned();
     let (alice_proxy, bob_proxy) = (proxy_of(&session, ALICE), proxy_of(&session, BOB));
 
@@ -154,6 +158,23 @@ async fn a_masked_call_shows_only_the_proxy_number_both_ways() {
         (Some(ALICE), Some(BOB))
     );
     assert_eq!(call["direction"], "inbound");
+    assert_eq!(call["max_duration"], 30, "the session's call time limit");
+    // Recorded, both parties: a stereo WAV served by the calls API.
+    let id = call["id"].as_str().expect("id");
+    let url = format!("{}/api/v1/voice/calls/{id}/recording", h.api.base);
+    assert_eq!(call["recording_url"], url.as_str(), "{done}");
+    let wav = h
+        .api
+        .client
+        .get(&url)
+        .header("X-API-Key", &h.api.key)
+        .send()
+        .await
+        .expect("GET recording");
+    assert_eq!(wav.status(), 200);
+    let wav = wav.bytes().await.expect("wav");
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "two channels");
 
     // Bob calls back his proxy number: Alice is called from hers.
     let bob = Sipp::builder("masked_uac_call.xml")
@@ -168,6 +189,11 @@ async fn a_masked_call_shows_only_the_proxy_number_both_ways() {
         .pause_ms(300)
         .spawn();
     bob.wait().await.assert_success("bob");
+    h.sink
+        .next_matching(&h.secret, GUARD, |e| {
+            e["type"] == "call.completed" && e["data"]["call"]["from"] == BOB
+        })
+        .await;
     let outcome = far.wait().await;
     outcome.assert_success("callee carrier");
     let messages = received(&outcome.messages);

@@ -105,6 +105,7 @@ on_both!(
     the_last_of_several_queued_updates_wins,
     both_dialogs_and_live_counters_ride_on_the_call_row,
     proxy_sessions_expire_and_free_pairings,
+    proxy_lookup_and_interactions,
 );
 
 mod unsent_events_left_out {
@@ -1006,4 +1007,113 @@ async fn proxy_sessions_expire_and_free_pairings(s: &SqlStore) {
             .unwrap(),
         NumberRemoval::NotFound
     );
+}
+
+/// The lookup of a call or message to a proxy number: the open session and which side
+/// sent it; after close, the last session that paired them (its unknown-caller choice);
+/// a number of no pool. Interactions are listed newest first, a voice one with its
+/// call's status, paged by cursor.
+async fn proxy_lookup_and_interactions(s: &SqlStore) {
+    use switchyard::proxy::{ProxyInteraction, ProxyLookup};
+    let t0 = Utc.timestamp_millis_opt(T0).unwrap();
+    s.put_config_proxy_number(&proxy_number("acme", "+14155550100"))
+        .await
+        .unwrap();
+    let session = s
+        .create_proxy_session(&new_session("ps_l", "+14155551111", "+14155552222", None))
+        .await
+        .unwrap();
+    let proxy = session.participants[1].proxy_number.clone();
+    match s.lookup_proxy(&proxy, "+14155552222", t0).await.unwrap() {
+        ProxyLookup::Open { session: found, from } => {
+            assert_eq!((found.id.as_str(), from), ("ps_l", 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    match s.lookup_proxy(&proxy, "+14155559999", t0).await.unwrap() {
+        ProxyLookup::NoSession { tenant, last } => {
+            assert_eq!(tenant, "acme");
+            assert!(last.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.lookup_proxy("+19999999999", "+14155552222", t0)
+            .await
+            .unwrap(),
+        ProxyLookup::NotProxy
+    );
+    // Interactions: a call (its status read from the call row) and two messages.
+    let mut call = call("acme", "call_l", T0, None);
+    call.status = CallStatus::Completed;
+    call.proxy_session_id = Some("ps_l".into());
+    s.create_call(&shared(&call), &ev("call.initiating"))
+        .await
+        .unwrap();
+    let base = ProxyInteraction {
+        id: String::new(),
+        session_id: "ps_l".into(),
+        tenant: "acme".into(),
+        kind: "voice".into(),
+        from_participant: "+14155551111".into(),
+        to_participant: "+14155552222".into(),
+        inbound_proxy_number: proxy.clone(),
+        outbound_proxy_number: proxy.clone(),
+        status: "initiating".into(),
+        call_id: Some("call_l".into()),
+        body_bytes: None,
+        error: None,
+        created_at: t0,
+        updated_at: t0,
+    };
+    let voice = ProxyInteraction {
+        id: "pi_1".into(),
+        ..base.clone()
+    };
+    s.put_proxy_interaction(&session, &voice, true).await.unwrap();
+    for (i, id) in ["pi_2", "pi_3"].iter().enumerate() {
+        let mut m = ProxyInteraction {
+            id: (*id).into(),
+            kind: "messaging".into(),
+            status: "sending".into(),
+            call_id: None,
+            body_bytes: Some(5),
+            created_at: t0 + chrono::Duration::seconds(i as i64 + 1),
+            updated_at: t0 + chrono::Duration::seconds(i as i64 + 1),
+            ..base.clone()
+        };
+        s.put_proxy_interaction(&session, &m, true).await.unwrap();
+        m.status = "delivered".into();
+        s.put_proxy_interaction(&session, &m, false).await.unwrap();
+    }
+    let page = s
+        .list_proxy_interactions("acme", "ps_l", 2, None)
+        .await
+        .unwrap();
+    assert_eq!(page.total, 3);
+    let ids: Vec<&str> = page.interactions.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["pi_3", "pi_2"]);
+    assert!(page.interactions.iter().all(|i| i.status == "delivered"));
+    let rest = s
+        .list_proxy_interactions("acme", "ps_l", 2, page.next_cursor.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(rest.interactions.len(), 1);
+    assert_eq!(rest.interactions[0].status, "completed", "the call's status");
+    assert!(!rest.has_more);
+    // Another tenant sees none of it.
+    let other = s
+        .list_proxy_interactions("globex", "ps_l", 10, None)
+        .await
+        .unwrap();
+    assert_eq!(other.total, 0);
+    // Closed: the lookup finds no open session but the last one, with its 480.
+    s.close_proxy_session("acme", "ps_l", t0).await.unwrap();
+    match s.lookup_proxy(&proxy, "+14155552222", t0).await.unwrap() {
+        ProxyLookup::NoSession { last: Some(last), .. } => {
+            assert_eq!(last.id, "ps_l");
+            assert_eq!(last.unknown_caller.sip_code, 480);
+        }
+        other => panic!("{other:?}"),
+    }
 }
