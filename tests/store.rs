@@ -1025,7 +1025,10 @@ async fn proxy_lookup_and_interactions(s: &SqlStore) {
         .unwrap();
     let proxy = session.participants[1].proxy_number.clone();
     match s.lookup_proxy(&proxy, "+14155552222", t0).await.unwrap() {
-        ProxyLookup::Open { session: found, from } => {
+        ProxyLookup::Open {
+            session: found,
+            from,
+        } => {
             assert_eq!((found.id.as_str(), from), ("ps_l", 1));
         }
         other => panic!("{other:?}"),
@@ -1070,7 +1073,9 @@ async fn proxy_lookup_and_interactions(s: &SqlStore) {
         id: "pi_1".into(),
         ..base.clone()
     };
-    s.put_proxy_interaction(&session, &voice, true).await.unwrap();
+    s.put_proxy_interaction(&session, &voice, true)
+        .await
+        .unwrap();
     for (i, id) in ["pi_2", "pi_3"].iter().enumerate() {
         let mut m = ProxyInteraction {
             id: (*id).into(),
@@ -1099,7 +1104,10 @@ async fn proxy_lookup_and_interactions(s: &SqlStore) {
         .await
         .unwrap();
     assert_eq!(rest.interactions.len(), 1);
-    assert_eq!(rest.interactions[0].status, "completed", "the call's status");
+    assert_eq!(
+        rest.interactions[0].status, "completed",
+        "the call's status"
+    );
     assert!(!rest.has_more);
     // Another tenant sees none of it.
     let other = s
@@ -1110,7 +1118,9 @@ async fn proxy_lookup_and_interactions(s: &SqlStore) {
     // Closed: the lookup finds no open session but the last one, with its 480.
     s.close_proxy_session("acme", "ps_l", t0).await.unwrap();
     match s.lookup_proxy(&proxy, "+14155552222", t0).await.unwrap() {
-        ProxyLookup::NoSession { last: Some(last), .. } => {
+        ProxyLookup::NoSession {
+            last: Some(last), ..
+        } => {
             assert_eq!(last.id, "ps_l");
             assert_eq!(last.unknown_caller.sip_code, 480);
         }
