@@ -22,6 +22,8 @@ pub struct Config {
     pub recordings: RecordingsConfig,
     /// Number masking: what callers in no session get, and message limits.
     pub proxy: ProxyConfig,
+    /// Agent audio streams (WebSocket).
+    pub streams: StreamsConfig,
     pub security: SecurityConfig,
     pub dialplan: DialplanConfig,
     pub tenants: Vec<TenantConfig>,
@@ -245,6 +247,20 @@ impl Default for ProxyConfig {
             unknown_caller_announcement: None,
             max_message_bytes: 1600,
         }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// Seconds a dropped or failing stream socket is retried (the call hears silence)
+    /// before the stream fails.
+    pub grace_s: u64,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self { grace_s: 5 }
     }
 }
 

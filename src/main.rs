@@ -177,6 +177,7 @@ fn route(path: Option<&std::path::Path>, from: &str, to: &str, trunk: Option<&st
     });
     let route = match &decision.route {
         dialplan::plan::Route::Agent(a) => format!("agent {a}"),
+        dialplan::plan::Route::Stream(st) => format!("stream to {}", st.url),
         dialplan::plan::Route::Proxy { number } => format!("proxy session lookup on {number}"),
         dialplan::plan::Route::Trunks(t) => format!("trunks {}", t.join(" → ")),
         dialplan::plan::Route::Reject { sip_code, reason } => format!("reject {sip_code} {reason}"),

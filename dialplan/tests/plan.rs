@@ -775,3 +775,38 @@ proptest! {
         prop_assert!(hits(&p, &a), "{:?}", p.route(&a).explanation);
     }
 }
+
+#[test]
+fn a_stream_rule_routes_to_an_agent_server() {
+    let p = plan(
+        "default_country_code = \"1\"\n[[rules]]\nname = \"bot\"\nto = { exact = \"+14155550150\" }\n\
+         stream = { url = \"wss://agent.example.com/media\", encoding = \"audio/x-l16\", \
+         sample_rate = 16000, parameters = { lang = \"en\" } }\n",
+    );
+    let d = p.route(&attempt(
+        "+12025551234",
+        "+14155550150",
+        None,
+        at(Weekday::Mon, 12, 0),
+    ));
+    let Route::Stream(st) = d.route else {
+        panic!("{:?}", d.route);
+    };
+    assert_eq!(st.url, "wss://agent.example.com/media");
+    assert_eq!(st.encoding.as_deref(), Some("audio/x-l16"));
+    assert_eq!(st.sample_rate, Some(16000));
+    assert!(st.bidirectional);
+    assert_eq!(st.parameters.get("lang").map(String::as_str), Some("en"));
+    // Not a WebSocket URL: refused with its line.
+    load_err(
+        "[[rules]]\nname = \"bad\"\nstream = { url = \"http://x\" }\n",
+        3,
+        &["rules[0] \"bad\"", "ws://"],
+    );
+    // One action only.
+    load_err(
+        "[[rules]]\nname = \"bad\"\nagent = \"a\"\nstream = { url = \"ws://x\" }\n",
+        4,
+        &["agent, stream"],
+    );
+}

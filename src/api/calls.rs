@@ -45,6 +45,84 @@ pub struct CreateCall {
     /// Any JSON object up to 16 KiB, returned with the call and its callbacks.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// Stream the answered call's audio to an agent's WebSocket (the Twilio / Telnyx
+    /// media-stream messages), and play what it sends back when `bidirectional`.
+    pub stream: Option<StreamRequest>,
+}
+
+/// An agent audio stream on a call.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRequest {
+    /// `ws://` or `wss://`; never an internal address (SSRF guard).
+    #[schema(format = "uri", example = "wss://agent.example.com/media")]
+    pub url: String,
+    /// `audio/x-mulaw` (the default, 8 kHz) or `audio/x-l16` (8000, 16000 or 24000 Hz).
+    #[schema(example = "audio/x-mulaw")]
+    pub encoding: Option<String>,
+    #[schema(minimum = 8000, maximum = 24000)]
+    pub sample_rate: Option<u32>,
+    /// `customParameters` of the `start` message (at most 32, each value at most 512 bytes).
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// The agent talks: its `media` is played to the call (default true); false: it only
+    /// listens.
+    pub bidirectional: Option<bool>,
+    /// What a normal close (1000) by the server does: `hangup` (the default) or `continue`.
+    #[schema(pattern = "^(hangup|continue)$")]
+    pub on_close: Option<String>,
+}
+
+impl StreamRequest {
+    fn validate(
+        self,
+        guard: &crate::netguard::OutboundGuard,
+    ) -> Result<crate::core::agent_stream::StreamSpec, ApiError> {
+        if self.url.chars().any(char::is_control) {
+            return Err(ApiError::validation(
+                "stream.url",
+                "must not contain control characters",
+            ));
+        }
+        if let Err(e) = crate::streams::check_stream_url(guard, &self.url) {
+            return Err(ApiError::validation("stream.url", e.to_string()));
+        }
+        let encoding = self.encoding.as_deref().unwrap_or("audio/x-mulaw");
+        let rate = self.sample_rate.unwrap_or(8000);
+        let format = media::stream::StreamFormat::from_mime(encoding, rate).map_err(|_| {
+            ApiError::validation(
+                "stream.encoding",
+                "audio/x-mulaw at 8000 Hz, or audio/x-l16 at 8000, 16000 or 24000 Hz",
+            )
+        })?;
+        let parameters = self.parameters.unwrap_or_default();
+        if parameters.len() > 32
+            || parameters
+                .iter()
+                .any(|(k, v)| k.len() > 128 || v.len() > 512 || k.chars().chain(v.chars()).any(char::is_control))
+        {
+            return Err(ApiError::validation(
+                "stream.parameters",
+                "at most 32, names up to 128 and values up to 512 bytes, no control characters",
+            ));
+        }
+        let hangup_on_close = match self.on_close.as_deref() {
+            None | Some("hangup") => true,
+            Some("continue") => false,
+            Some(_) => {
+                return Err(ApiError::validation(
+                    "stream.on_close",
+                    "must be hangup or continue",
+                ));
+            }
+        };
+        Ok(crate::core::agent_stream::StreamSpec {
+            url: self.url,
+            format,
+            parameters,
+            bidirectional: self.bidirectional.unwrap_or(true),
+            hangup_on_close,
+        })
+    }
 }
 
 impl CreateCall {
@@ -109,6 +187,7 @@ impl CreateCall {
         if metadata.to_string().len() > MAX_METADATA_BYTES {
             return Err(ApiError::validation("metadata", "must be at most 16 KiB"));
         }
+        let stream = self.stream.map(|s| s.validate(guard)).transpose()?;
         Ok(OriginateRequest {
             to: self.to,
             from: self.from,
@@ -118,6 +197,7 @@ impl CreateCall {
             max_duration: self.max_duration,
             ring_timeout: self.ring_timeout,
             metadata,
+            stream,
         })
     }
 }

@@ -39,6 +39,10 @@ pub enum CallInput {
     Shutdown,
     /// No RTP from the far end for the configured time on an answered call.
     MediaTimeout,
+    /// The call's agent stream ended the conversation (the server closed normally).
+    StreamEnded,
+    /// The call's agent stream failed past its grace period.
+    StreamFailed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +84,10 @@ pub enum EndReason {
     AckTimeout,
     /// The switch was stopped (SIGTERM) while the call was live.
     SwitchShutdown,
+    /// The agent's stream server closed the conversation.
+    StreamEnded,
+    /// The agent's stream could not be (re)connected within its grace period.
+    StreamFailed,
 }
 
 impl EndReason {
@@ -97,6 +105,8 @@ impl EndReason {
             Self::Transferred => "transferred",
             Self::AckTimeout => "ack_timeout",
             Self::SwitchShutdown => "switch_shutdown",
+            Self::StreamEnded => "stream_ended",
+            Self::StreamFailed => "stream_failed",
         }
     }
 }
@@ -144,6 +154,8 @@ impl Call {
         use CallInput as I;
         let (input, hangup) = match input {
             I::Shutdown => (I::Hangup, EndReason::SwitchShutdown),
+            I::StreamEnded => (I::Hangup, EndReason::StreamEnded),
+            I::StreamFailed => (I::Hangup, EndReason::StreamFailed),
             other => (other, EndReason::Hangup),
         };
         match (self.phase, input) {

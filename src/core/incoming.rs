@@ -133,7 +133,7 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
             reject(sip_code, &reason, Vec::new());
             return;
         }
-        Route::Agent(_) | Route::Trunks(_) | Route::Proxy { .. } => {}
+        Route::Agent(_) | Route::Stream(_) | Route::Trunks(_) | Route::Proxy { .. } => {}
     }
     let Some(offer) = body.filter(|b| b.content_type.eq_ignore_ascii_case("application/sdp"))
     else {
@@ -216,9 +216,27 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
     };
     let (tx, rx) = mpsc::channel(CALL_QUEUE);
     match decision.route {
-        Route::Agent(agent) => {
-            record.agent_id = Some(agent);
-            record.metadata["route"] = "agent".into();
+        Route::Agent(_) | Route::Stream(_) => {
+            let stream = match decision.route {
+                Route::Agent(agent) => {
+                    record.agent_id = Some(agent);
+                    record.metadata["route"] = "agent".into();
+                    None
+                }
+                Route::Stream(action) => {
+                    record.metadata["route"] = "stream".into();
+                    match super::agent_stream::spec_of(&action) {
+                        Ok(spec) => Some(spec),
+                        Err(why) => {
+                            tracing::warn!(reason = why, url = %action.url, "dialplan stream refused");
+                            shared.metrics.inbound(InboundOutcome::Failed);
+                            reject(500, "Server Internal Error", Vec::new());
+                            return;
+                        }
+                    }
+                }
+                _ => None,
+            };
             let bind_ip = shared.config.rtp_bind_ip();
             let probe = super::codecs::with_codecs(
                 super::task::local_offer(&shared.config, bind_ip, 0),
@@ -247,7 +265,8 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 Some(source_slot),
             )
             .with_caller_dialog(caller_dialog)
-            .with_peer_ip(source.ip());
+            .with_peer_ip(source.ip())
+            .with_stream(stream);
             start(shared, record, leg, tx, async move { task.run(rx).await });
         }
         Route::Trunks(names) => {

@@ -20,6 +20,7 @@ pub mod inbound;
 mod incoming;
 mod live_media;
 pub mod masked;
+pub mod agent_stream;
 pub mod metrics;
 pub mod status;
 pub mod task;
@@ -56,6 +57,8 @@ pub struct OriginateRequest {
     pub max_duration: Option<u64>,
     pub ring_timeout: Option<u64>,
     pub metadata: serde_json::Value,
+    /// Stream the call's audio to (and from) an agent's WebSocket once answered.
+    pub stream: Option<agent_stream::StreamSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,8 @@ pub(crate) struct Shared {
     pub tenant_policy: Arc<tenant_policy::TenantPolicy>,
     /// Bans and slows sources and user names that fail digest authentication.
     pub auth_guard: Arc<auth_guard::AuthGuard>,
+    /// Opens agent stream sockets through the SSRF guard.
+    pub stream_connector: Arc<dyn crate::streams::Connector>,
     /// MESSAGEs relayed and waiting for their final response, by message id.
     pub messages: Arc<DashMap<u64, tokio::sync::oneshot::Sender<(u16, String)>>>,
     next_leg: Arc<AtomicU64>,
@@ -146,6 +151,7 @@ impl Switch {
             plan,
             config.dialplan.utc_offset_minutes,
         ));
+        let config_guard = config.outbound_guard();
         let shared = Shared {
             advertise: Arc::new(advertise::Advertise::new(&config)),
             tenant_policy: Arc::new(tenant_policy::TenantPolicy::new(&config.tenants)),
@@ -160,6 +166,9 @@ impl Switch {
             metrics: Arc::new(metrics::Metrics::default()),
             inbound,
             messages: Arc::new(DashMap::new()),
+            stream_connector: Arc::new(crate::streams::GuardedConnector::new(
+                config_guard,
+            )),
             next_leg: Arc::new(AtomicU64::new(1)),
         };
         close_out_live_calls(&shared).await?;
@@ -333,7 +342,8 @@ impl Switch {
             endpoint,
             None,
             None,
-        );
+        )
+        .with_stream(req.stream.clone());
         // Boxed for the same reason as an inbound call's task (see `incoming::start`). The
         // tenant's slot is held for the call's life.
         tokio::spawn(Box::pin(async move {

@@ -32,6 +32,11 @@ pub enum TaskInput {
         leg: Option<super::transfer::TransferLeg>,
         reply: oneshot::Sender<Result<(), &'static str>>,
     },
+    /// What the call's agent stream reports.
+    Stream {
+        stream_id: String,
+        event: crate::streams::StreamEvent,
+    },
 }
 
 #[derive(Debug)]
@@ -61,6 +66,10 @@ pub(crate) struct CallTask {
     /// Where the far end's SIP comes from (the caller's source, the trunk's address): its
     /// RTP may come from there as well as from its SDP address; nobody else's latches.
     peer_ip: Option<std::net::IpAddr>,
+    /// An agent stream to start once the call is answered.
+    stream_spec: Option<super::agent_stream::StreamSpec>,
+    /// The agent stream running on the call.
+    stream: Option<super::agent_stream::AttachedStream>,
 }
 
 impl CallTask {
@@ -94,7 +103,15 @@ impl CallTask {
             _slot: slot,
             caller_dialog: None,
             peer_ip: None,
+            stream_spec: None,
+            stream: None,
         }
+    }
+
+    /// Streams the call's audio to an agent once answered.
+    pub(crate) fn with_stream(mut self, spec: Option<super::agent_stream::StreamSpec>) -> Self {
+        self.stream_spec = spec;
+        self
     }
 
     /// Inbound calls: the caller's dialog once we answer (see `DialogSnapshot::incoming`).
@@ -131,6 +148,9 @@ impl CallTask {
                     Some(digit) = next_from(&mut self.dtmf) => self.on_dtmf(digit).await,
                 }
                 self.drain().await;
+            }
+            if let Some(stream) = self.stream.take() {
+                stream.handle.stop();
             }
             self.shared.legs.remove(&self.leg);
             self.shared.calls.remove(&self.record.id);
@@ -170,6 +190,24 @@ impl CallTask {
                 };
                 let _ = reply.send(result);
                 return;
+            }
+            TaskInput::Stream { stream_id, event } => {
+                let Some(stream) = self.stream.as_ref().filter(|s| s.id == stream_id) else {
+                    return;
+                };
+                let (callback, hangup) = super::agent_stream::event_of(stream, &event);
+                if let Some((kind, extra)) = callback {
+                    tracing::info!(stream = %stream_id, event = kind, "agent stream");
+                    record_event(&self.shared, &self.record, kind, extra).await;
+                }
+                if matches!(event, crate::streams::StreamEvent::Ended(_)) {
+                    self.stream = None;
+                }
+                match hangup {
+                    Some(true) => CallInput::StreamEnded,
+                    Some(false) => CallInput::StreamFailed,
+                    None => return,
+                }
             }
             TaskInput::Sip(ev) => match ev {
                 UaEvent::ReferResult { code, .. } => {
@@ -255,6 +293,9 @@ impl CallTask {
         let clock = self.endpoint.as_ref().and_then(|e| e.params());
         let duration_ms = d.duration_ms(clock.map_or(8000, |p| p.clock_rate));
         tracing::info!(digit = %d.digit, duration_ms, "DTMF received");
+        if let Some(stream) = &self.stream {
+            stream.handle.send_dtmf(d.digit);
+        }
         record_event(
             &self.shared,
             &self.record,
@@ -307,8 +348,40 @@ impl CallTask {
                 if self.record.record {
                     start_recording(&self.shared.config, &self.record.id, endpoint, &params);
                 }
+                self.start_stream(&params);
             }
             Err(e) => tracing::warn!(error = %e, "unusable SDP answer; media not connected"),
+        }
+    }
+
+    /// Connects the agent stream asked for, now that the leg's codec is known. A stream
+    /// that cannot start is reported (`call.stream.failed`) and the call goes on.
+    fn start_stream(&mut self, params: &media::sdp::StreamParams) {
+        let (Some(spec), Some(endpoint)) = (self.stream_spec.take(), self.endpoint.as_mut())
+        else {
+            return;
+        };
+        let Some(tx) = self
+            .shared
+            .calls
+            .get(&self.record.id)
+            .map(|e| e.value().clone())
+        else {
+            return;
+        };
+        match super::agent_stream::start_on_endpoint(
+            &self.shared,
+            &self.record,
+            spec,
+            endpoint,
+            params,
+            tx,
+        ) {
+            Ok(stream) => {
+                tracing::info!(stream = %stream.id, url = %stream.spec.url, "agent stream connecting");
+                self.stream = Some(stream);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start the agent stream"),
         }
     }
 
@@ -399,6 +472,7 @@ impl CallTask {
                 if self.record.record {
                     start_recording(&self.shared.config, &self.record.id, endpoint, &params);
                 }
+                self.start_stream(&params);
                 let now = Instant::now();
                 self.answered = Some(now);
                 self.media_check = self.media_timeout().map(|t| now + t);

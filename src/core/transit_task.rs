@@ -259,6 +259,8 @@ impl TransitTask {
                 let _ = reply.send(self.api_transfer(target, leg).await);
                 return;
             }
+            // No stream runs on a transit call yet.
+            TaskInput::Stream { .. } => return,
             TaskInput::Sip(ev) => ev,
         };
         let input = match ev {

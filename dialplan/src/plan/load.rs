@@ -37,10 +37,22 @@ struct RawRule {
     source_trunk: Option<Spanned<OneOrMany>>,
     time: Option<Spanned<RawTime>>,
     agent: Option<Spanned<String>>,
+    stream: Option<Spanned<RawStream>>,
     proxy: Option<Spanned<bool>>,
     trunks: Option<Spanned<Vec<String>>>,
     reject: Option<Spanned<i64>>,
     reason: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    url: String,
+    encoding: Option<String>,
+    sample_rate: Option<u32>,
+    bidirectional: Option<bool>,
+    #[serde(default)]
+    parameters: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -147,7 +159,7 @@ pub enum RuleProblem {
     EmptyName,
     #[error("name already used by rules[{first_index}]")]
     DuplicateName { first_index: usize },
-    #[error("no action: give one of agent, proxy = true, trunks, reject")]
+    #[error("no action: give one of agent, stream, proxy = true, trunks, reject")]
     NoAction,
     #[error("more than one action ({0}): give exactly one")]
     MultipleActions(String),
@@ -161,6 +173,8 @@ pub enum RuleProblem {
     EmptySourceTrunk,
     #[error("agent id is empty")]
     EmptyAgent,
+    #[error("stream url {0:?} must start with ws:// or wss://")]
+    StreamUrl(String),
     #[error("`{field}` needs exactly one of exact, prefix, pattern")]
     MatchForm { field: &'static str },
     #[error("`{field}` number {value:?}: {error}")]
@@ -317,6 +331,9 @@ pub(super) fn load(text: &str) -> Result<Plan, PlanError> {
         if let Some(a) = &r.agent {
             actions.push(("agent", lines.of(a)));
         }
+        if let Some(st) = &r.stream {
+            actions.push(("stream", lines.of(st)));
+        }
         // `proxy = false` is the same as leaving it out.
         if let Some(p) = r.proxy.as_ref().filter(|p| *p.get_ref()) {
             actions.push(("proxy", lines.of(p)));
@@ -343,6 +360,20 @@ pub(super) fn load(text: &str) -> Result<Plan, PlanError> {
                 return Err(fail(lines.of(&a), RuleProblem::EmptyAgent));
             }
             Action::Agent(a.into_inner())
+        } else if let Some(st) = r.stream {
+            let line = lines.of(&st);
+            let st = st.into_inner();
+            let lower = st.url.to_ascii_lowercase();
+            if !(lower.starts_with("ws://") || lower.starts_with("wss://")) {
+                return Err(fail(line, RuleProblem::StreamUrl(st.url)));
+            }
+            Action::Stream(super::StreamAction {
+                url: st.url,
+                encoding: st.encoding,
+                sample_rate: st.sample_rate,
+                bidirectional: st.bidirectional.unwrap_or(true),
+                parameters: st.parameters,
+            })
         } else if r.proxy.is_some_and(|p| p.into_inner()) {
             Action::Proxy
         } else if let Some(t) = r.trunks {

@@ -163,6 +163,8 @@ fn hhmm(minutes: u16) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Agent(String),
+    /// Answer and stream the call's audio to (and from) an agent server.
+    Stream(StreamAction),
     Proxy,
     Trunks(Vec<String>),
     Reject { sip_code: u16, reason: String },
@@ -196,9 +198,21 @@ pub struct Plan {
     rules: Vec<Rule>,
 }
 
+/// `stream = { url = "wss://…", encoding, sample_rate, bidirectional, parameters }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamAction {
+    pub url: String,
+    pub encoding: Option<String>,
+    pub sample_rate: Option<u32>,
+    pub bidirectional: bool,
+    pub parameters: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     Agent(String),
+    /// Answer here and stream the audio to an agent server.
+    Stream(StreamAction),
     /// Look the call up among proxy sessions on this (called) number.
     Proxy {
         number: E164,
@@ -300,6 +314,7 @@ impl Plan {
                     explanation.push(format!("{label} matched: {}", why.join("; ")));
                     let route = match &rule.action {
                         Action::Agent(id) => Route::Agent(id.clone()),
+                        Action::Stream(st) => Route::Stream(st.clone()),
                         Action::Proxy => Route::Proxy {
                             number: to_e164.clone(),
                         },

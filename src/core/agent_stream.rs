@@ -1,0 +1,213 @@
+//! An agent audio stream on a call: one more audio end on the media engine. The call's
+//! leg feeds decoded 20 ms frames to the stream driver (`crate::streams`), and, when the
+//! stream is bidirectional, plays what the driver's playout queue gives it instead of
+//! silence. The driver's events come back to the call task as [`TaskInput::Stream`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use media::stream::{StreamFormat, Track};
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::task::TaskInput;
+use crate::model::CallRecord;
+use crate::streams::{EndReason, PlayoutTap, StreamConfig, StreamEvent, StreamHandle};
+
+/// What the API (or the dialplan) asks for: where to stream and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// `ws://` or `wss://`, already checked against the SSRF guard.
+    pub url: String,
+    pub format: StreamFormat,
+    /// `customParameters` of `start`.
+    pub parameters: BTreeMap<String, String>,
+    /// The server's audio is played to the call (else it only listens).
+    pub bidirectional: bool,
+    /// A normal close by the server (1000) hangs the call up (else the call goes on).
+    pub hangup_on_close: bool,
+}
+
+/// The spec of a dialplan `stream` action (its URL goes through the SSRF guard when the
+/// socket connects).
+pub(crate) fn spec_of(action: &dialplan::plan::StreamAction) -> Result<StreamSpec, &'static str> {
+    let format = StreamFormat::from_mime(
+        action.encoding.as_deref().unwrap_or("audio/x-mulaw"),
+        action.sample_rate.unwrap_or(8000),
+    )
+    .map_err(|_| "unsupported stream encoding or sample rate")?;
+    Ok(StreamSpec {
+        url: action.url.clone(),
+        format,
+        parameters: action.parameters.clone(),
+        bidirectional: action.bidirectional,
+        hangup_on_close: true,
+    })
+}
+
+/// A stream running on a call.
+#[derive(Debug)]
+pub(crate) struct AttachedStream {
+    /// `streamSid`.
+    pub id: String,
+    pub handle: StreamHandle,
+    pub spec: StreamSpec,
+}
+
+/// Plays the stream's downlink on a leg.
+#[derive(Debug)]
+struct PlayoutSource(PlayoutTap);
+
+impl media::source::AudioSource for PlayoutSource {
+    fn fill(&mut self, _rate: u32, out: &mut [i16]) -> bool {
+        let frame = self.0.next_frame();
+        let n = frame.pcm.len().min(out.len());
+        out[..n].copy_from_slice(&frame.pcm[..n]);
+        out[n..].fill(0);
+        true
+    }
+}
+
+/// Hands a leg's decoded frames to the stream (`inbound`: what the far end says).
+#[derive(Debug)]
+struct StreamSink {
+    handle: StreamHandle,
+    tracks: [Track; 2],
+}
+
+impl media::net::listen::FrameSink for StreamSink {
+    fn frame(&mut self, channel: usize, pcm: &[i16]) -> bool {
+        // A full queue drops the frame (counted by the driver): never block the media.
+        let track = self.tracks.get(channel).copied().unwrap_or(Track::Inbound);
+        self.handle.send_audio(track, pcm.to_vec());
+        true
+    }
+}
+
+/// Starts `spec` on an answered call whose leg runs `params`, fed from `endpoint`.
+pub(crate) fn start_on_endpoint(
+    shared: &Shared,
+    record: &CallRecord,
+    spec: StreamSpec,
+    endpoint: &mut media::net::RtpEndpoint,
+    params: &media::sdp::StreamParams,
+    tx: mpsc::Sender<TaskInput>,
+) -> Result<AttachedStream, String> {
+    let call_rate = params.codec.audio_codec().sample_rate();
+    let mut config = StreamConfig::new(spec.url.clone(), record.id.clone(), record.tenant.clone());
+    config.format = spec.format;
+    config.call_rate = call_rate;
+    config.bidirectional = spec.bidirectional;
+    config.grace = Duration::from_secs(shared.config.streams.grace_s);
+    config.start.custom_parameters = spec.parameters.clone();
+    config.start.from = Some(record.from.clone());
+    config.start.to = Some(record.to.clone());
+    config.start.tracks = vec![Track::Inbound];
+    let id = config.stream_sid.clone();
+    let stream = crate::streams::spawn(config, shared.stream_connector.clone())
+        .map_err(|e| format!("{e:?}"))?;
+    if spec.bidirectional {
+        endpoint.play(Box::new(PlayoutSource(stream.handle.playout().clone())));
+    }
+    endpoint
+        .listen(
+            call_rate,
+            Box::new(StreamSink {
+                handle: stream.handle.clone(),
+                tracks: [Track::Inbound, Track::Outbound],
+            }),
+        )
+        .map_err(|e| e.to_string())?;
+    forward_events(id.clone(), stream.events, tx);
+    Ok(AttachedStream {
+        id,
+        handle: stream.handle,
+        spec,
+    })
+}
+
+/// The driver's events, to the call task.
+fn forward_events(
+    id: String,
+    mut events: mpsc::Receiver<StreamEvent>,
+    tx: mpsc::Sender<TaskInput>,
+) {
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let end = matches!(event, StreamEvent::Ended(_));
+            if tx
+                .send(TaskInput::Stream {
+                    stream_id: id.clone(),
+                    event,
+                })
+                .await
+                .is_err()
+                || end
+            {
+                return;
+            }
+        }
+    });
+}
+
+/// The callback a stream event becomes (type, extra fields), and what it does to the
+/// call: `Some(true)` hang up as the agent ended it, `Some(false)` as it failed.
+pub(crate) fn event_of(
+    stream: &AttachedStream,
+    event: &StreamEvent,
+) -> (Option<(&'static str, serde_json::Value)>, Option<bool>) {
+    let base = |extra: serde_json::Value| {
+        let mut v = serde_json::json!({"stream_id": stream.id, "url": stream.spec.url});
+        if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        v
+    };
+    match event {
+        StreamEvent::Connected => (
+            Some(("call.stream.started", base(serde_json::json!({})))),
+            None,
+        ),
+        StreamEvent::Reconnecting { reason } => {
+            tracing::warn!(stream = %stream.id, reason, "agent stream dropped: reconnecting");
+            (None, None)
+        }
+        StreamEvent::Resumed { attempts } => {
+            tracing::info!(stream = %stream.id, attempts, "agent stream resumed");
+            (None, None)
+        }
+        StreamEvent::Ended(EndReason::ServerClosed) => (
+            Some((
+                "call.stream.stopped",
+                base(serde_json::json!({"reason": "server_closed"})),
+            )),
+            stream.spec.hangup_on_close.then_some(true),
+        ),
+        StreamEvent::Ended(EndReason::Stopped) => (
+            Some((
+                "call.stream.stopped",
+                base(serde_json::json!({"reason": "stopped"})),
+            )),
+            None,
+        ),
+        StreamEvent::Ended(
+            EndReason::GaveUp { after, reason } | EndReason::FailedToConnect { after, reason },
+        ) => (
+            Some((
+                "call.stream.failed",
+                base(serde_json::json!({
+                    "reason": reason,
+                    "after_ms": after.as_millis() as u64,
+                })),
+            )),
+            Some(false),
+        ),
+        StreamEvent::Ended(EndReason::Invalid(why)) => (
+            Some((
+                "call.stream.failed",
+                base(serde_json::json!({"reason": why})),
+            )),
+            Some(false),
+        ),
+    }
+}
