@@ -214,7 +214,7 @@ fn loud(pcm: &[i16]) -> bool {
 /// Listens to an endpoint whose far end sends a second of a 1 kHz PCMU tone; returns
 /// the frames (all channel 0) and the latency from the first packet's send to its
 /// first loud frame at the sink.
-async fn listen_to_endpoint(port: u16, out_rate: u32) -> (Vec<Frame>, Duration) {
+async fn listen_to_endpoint(port: u16, out_rate: u32) -> (Vec<Frame>, Duration, Duration) {
     let pool = pool(port);
     let mut ep = RtpEndpoint::open(&pool, LO).unwrap();
     let mut far = FarEnd::new(1000.0, AudioCodec::Pcmu).await;
@@ -236,11 +236,13 @@ async fn listen_to_endpoint(port: u16, out_rate: u32) -> (Vec<Frame>, Duration) 
     let frame = out_rate as usize / 50;
     let mut frames = Vec::new();
     let mut first_sent = None;
+    let mut last_sent = None;
     let mut pace = tokio::time::interval(Duration::from_millis(20));
     for _ in 0..PACKETS {
         pace.tick().await;
         let at = far.send_frame(ep.local_addr()).await;
         first_sent.get_or_insert(at);
+        last_sent = Some(at);
         while let Ok(f) = rx.try_recv() {
             frames.push(f);
         }
@@ -268,10 +270,16 @@ async fn listen_to_endpoint(port: u16, out_rate: u32) -> (Vec<Frame>, Duration) 
     let stats = ep.close().await;
     assert_eq!(stats.packets_received, PACKETS as u64);
 
-    assert!(frames.iter().all(|f| f.channel == 0 && f.pcm.len() == frame));
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.channel == 0 && f.pcm.len() == frame)
+    );
     let first_loud = frames.iter().find(|f| loud(&f.pcm)).unwrap();
     let latency = first_loud.at.duration_since(first_sent.unwrap());
-    (frames, latency)
+    let last_loud = frames.iter().rfind(|f| loud(&f.pcm)).unwrap();
+    let tail = last_loud.at.duration_since(last_sent.unwrap());
+    (frames, latency, tail)
 }
 
 /// The loud frames (the tone), concatenated.
@@ -285,26 +293,32 @@ fn tone_of(frames: &[Frame], channel: usize) -> Vec<i16> {
 
 #[tokio::test]
 async fn endpoint_frames_at_8khz_carry_the_far_ends_tone() {
-    let (frames, latency) = listen_to_endpoint(44500, 8000).await;
+    let (frames, latency, tail) = listen_to_endpoint(44500, 8000).await;
     let tone = tone_of(&frames, 0);
     // A second of tone, give or take the concealed edges.
     assert!(tone.len() >= 45 * 160, "{} samples of tone", tone.len());
     let f = dominant_frequency(&tone, 8000);
     assert!((f - 1000.0).abs() <= 10.0, "{f} Hz");
     assert!(peak(&tone) > 6000, "peak {}", peak(&tone));
-    eprintln!("endpoint 8 kHz: first frame {latency:?} after the first packet");
+    eprintln!(
+        "endpoint 8 kHz: first tone frame {latency:?} after the first packet, last {tail:?} after the last"
+    );
     assert!(latency < Duration::from_millis(150), "{latency:?}");
+    assert!(tail < Duration::from_millis(150), "{tail:?}");
 }
 
 #[tokio::test]
 async fn endpoint_frames_at_16khz_are_resampled() {
-    let (frames, latency) = listen_to_endpoint(44510, 16000).await;
+    let (frames, latency, tail) = listen_to_endpoint(44510, 16000).await;
     let tone = tone_of(&frames, 0);
     assert!(tone.len() >= 45 * 320, "{} samples of tone", tone.len());
     let f = dominant_frequency(&tone, 16000);
     assert!((f - 1000.0).abs() <= 10.0, "{f} Hz");
-    eprintln!("endpoint 16 kHz: first frame {latency:?} after the first packet");
+    eprintln!(
+        "endpoint 16 kHz: first tone frame {latency:?} after the first packet, last {tail:?} after the last"
+    );
     assert!(latency < Duration::from_millis(150), "{latency:?}");
+    assert!(tail < Duration::from_millis(150), "{tail:?}");
 }
 
 #[tokio::test]

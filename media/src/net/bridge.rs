@@ -54,8 +54,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::kernel::{Flow, FlowCounters, KernelForwarder};
-use super::pool::{PortPair, PortPool};
 use super::listen::FrameSink;
+use super::pool::{PortPair, PortPool};
 use super::recording::{RecordingError, RecordingHandle, RecordingOutcome, Tap, TapState};
 use crate::codec::AudioCodec;
 use crate::dtmf::DtmfEvent;
@@ -521,7 +521,11 @@ impl Bridge {
     /// the bridge closes, or the sink returns false. Errors: `AlreadyListening` if a
     /// listener runs, `Codec` if `out_rate` is not a supported PCM rate (8, 16, 24, 32
     /// or 48 kHz). Must run inside a tokio runtime.
-    pub fn listen(&mut self, out_rate: u32, sink: Box<dyn FrameSink>) -> Result<(), RecordingError> {
+    pub fn listen(
+        &mut self,
+        out_rate: u32,
+        sink: Box<dyn FrameSink>,
+    ) -> Result<(), RecordingError> {
         if self.is_listening() {
             return Err(RecordingError::AlreadyListening);
         }
@@ -852,7 +856,10 @@ impl Driver {
                 }
                 self.relay.update_side(side, params);
                 let i = idx(side);
-                for tap in [&mut self.taps[i], &mut self.listen[i]].into_iter().flatten() {
+                for tap in [&mut self.taps[i], &mut self.listen[i]]
+                    .into_iter()
+                    .flatten()
+                {
                     tap.retarget(params.pt, params.codec);
                 }
                 // A digit still in progress on the old DTMF payload type.

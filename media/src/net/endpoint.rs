@@ -282,7 +282,11 @@ impl RtpEndpoint {
     /// returns false. Errors: `NotConnected` before `connect`, `AlreadyListening` if a
     /// listener runs, `Codec` if `out_rate` is not a supported PCM rate (8, 16, 24, 32
     /// or 48 kHz). Must run inside a tokio runtime.
-    pub fn listen(&mut self, out_rate: u32, sink: Box<dyn FrameSink>) -> Result<(), RecordingError> {
+    pub fn listen(
+        &mut self,
+        out_rate: u32,
+        sink: Box<dyn FrameSink>,
+    ) -> Result<(), RecordingError> {
         if self.is_listening() {
             return Err(RecordingError::AlreadyListening);
         }
