@@ -247,6 +247,9 @@ async fn listen_to_endpoint(port: u16, out_rate: u32) -> (Vec<Frame>, Duration, 
             frames.push(f);
         }
     }
+    // Steady-state lag: tone frames not at the sink yet when the last packet went out.
+    let behind = PACKETS - frames.iter().filter(|f| loud(&f.pcm)).count().min(PACKETS);
+    eprintln!("{out_rate} Hz: {behind} tone frames behind the sender at its last packet");
     // Until the tone's last frames have played out, then a few more.
     let mut quiet_after_tone = 0;
     while quiet_after_tone < 5 {
