@@ -28,6 +28,10 @@
 //! accepted from a side to that side's tap (a non-blocking copy into a preallocated
 //! queue). A recording bridge is never handed to the kernel, whose forwarding would
 //! hide the packets from the taps; starting a recording takes an offloaded call back.
+//! [`Bridge::listen`] hands both parties' decoded audio to a
+//! [`FrameSink`](super::listen::FrameSink) in 20 ms frames, through taps of its own
+//! (offered the same packets, independent of a recording, and likewise keeping the
+//! call out of the kernel).
 #![allow(clippy::disallowed_methods)] // driver: supplies the relay's `now`
 
 use std::cell::RefCell;
@@ -50,6 +54,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::kernel::{Flow, FlowCounters, KernelForwarder};
+use super::listen::FrameSink;
 use super::pool::{PortPair, PortPool};
 use super::recording::{RecordingError, RecordingHandle, RecordingOutcome, Tap, TapState};
 use crate::codec::AudioCodec;
@@ -274,6 +279,10 @@ enum Command {
     RtcpInterval(Duration),
     /// Start offering each side's audio to its tap (side A, side B).
     Record([Tap; 2]),
+    /// Start offering each side's audio to its listen tap (side A, side B).
+    Listen([Tap; 2]),
+    /// Drop the listen taps.
+    StopListen,
 }
 
 /// A running media bridge between two legs. Dropping it (or [`close`](Self::close))
@@ -292,6 +301,8 @@ pub struct Bridge {
     /// Each side's audio payload type and codec as last set, for a recording's decoders.
     audio: Mutex<[(u8, AudioCodec); 2]>,
     recording: Option<RecordingHandle>,
+    /// The listen task, while one may run.
+    listening: Option<JoinHandle<()>>,
 }
 
 impl Bridge {
@@ -363,6 +374,7 @@ impl Bridge {
             offload: None,
             kernel_refused: false,
             taps: [None, None],
+            listen: [None, None],
         };
         // Boxed: the driver's future is ~9 KB, copied into the task and written over
         // at its end otherwise.
@@ -372,6 +384,7 @@ impl Bridge {
             clock_rates,
             audio: Mutex::new([(a.pt, a.codec), (b.pt, b.codec)]),
             recording: None,
+            listening: None,
             local,
             epoch,
             shared,
@@ -495,6 +508,50 @@ impl Bridge {
         Ok(())
     }
 
+    /// Starts handing both parties' audio to `sink`: channel 0 side A (the caller),
+    /// channel 1 side B (the callee), each decoded with its own codec through a jitter
+    /// buffer with loss concealment and resampled to `out_rate`, one 20 ms frame
+    /// (`out_rate / 50` samples) per channel per 20 ms, time-aligned (a side with
+    /// nothing to play yet gives silence). The same packets as a recording's are
+    /// offered (what the relay accepted from each side's far end, on its audio payload
+    /// type), through taps of their own: listening and recording are independent. The
+    /// call is not forwarded in the kernel while listening (it is taken back if it
+    /// was). A side that changes codec ([`set_side`](Self::set_side)) gets a new
+    /// decoder. Runs on a tokio task until [`stop_listening`](Self::stop_listening),
+    /// the bridge closes, or the sink returns false. Errors: `AlreadyListening` if a
+    /// listener runs, `Codec` if `out_rate` is not a supported PCM rate (8, 16, 24, 32
+    /// or 48 kHz). Must run inside a tokio runtime.
+    pub fn listen(
+        &mut self,
+        out_rate: u32,
+        sink: Box<dyn FrameSink>,
+    ) -> Result<(), RecordingError> {
+        if self.is_listening() {
+            return Err(RecordingError::AlreadyListening);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RecordingError::Stopped)?;
+        let sides = *self.audio.lock().unwrap_or_else(PoisonError::into_inner);
+        let (taps, task) = super::listen::prepare_bridge(sides, out_rate, sink)?;
+        self.cmd_tx
+            .send(Command::Listen(taps))
+            .map_err(|_| RecordingError::Stopped)?;
+        self.listening = Some(runtime.spawn(task.run()));
+        Ok(())
+    }
+
+    /// Stops the listener (if any): the task drops the listen taps, and the listen task
+    /// ends (dropping the sink) at its next tick. The call may go to the kernel again.
+    pub fn stop_listening(&mut self) {
+        if self.listening.take().is_some() {
+            let _ = self.cmd_tx.send(Command::StopListen);
+        }
+    }
+
+    /// Whether a listener runs (its sink has not asked to stop).
+    pub fn is_listening(&self) -> bool {
+        self.listening.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Whether [`start_recording`](Self::start_recording) succeeded on this bridge.
     pub fn is_recording(&self) -> bool {
         self.recording.is_some()
@@ -591,6 +648,8 @@ struct Driver {
     early: [Option<Vec<EarlyPacket>>; 2],
     /// A recording's taps, side A and B (both or neither).
     taps: [Option<Tap>; 2],
+    /// A listener's taps, side A and B.
+    listen: [Option<Tap>; 2],
 }
 
 /// A packet held by a side without parameters: when and from where it came, its bytes.
@@ -796,7 +855,11 @@ impl Driver {
                     self.rtcp_dest[idx(side)] = None;
                 }
                 self.relay.update_side(side, params);
-                if let Some(tap) = &mut self.taps[idx(side)] {
+                let i = idx(side);
+                for tap in [&mut self.taps[i], &mut self.listen[i]]
+                    .into_iter()
+                    .flatten()
+                {
                     tap.retarget(params.pt, params.codec);
                 }
                 // A digit still in progress on the old DTMF payload type.
@@ -822,6 +885,18 @@ impl Driver {
                     }
                 }
             }
+            Command::Listen(taps) => {
+                // The taps see only what reaches userspace.
+                self.end_offload();
+                self.listen = taps.map(Some);
+                for (side, tap) in SIDES.into_iter().zip(&mut self.listen) {
+                    let p = self.relay.params(side);
+                    if let Some(tap) = tap {
+                        tap.retarget(p.pt, p.codec);
+                    }
+                }
+            }
+            Command::StopListen => self.listen = [None, None],
             Command::RtcpInterval(interval) => {
                 self.rtcp_interval = interval;
                 let now = tokio::time::Instant::now();
@@ -957,7 +1032,7 @@ impl Driver {
 
     /// Hands the call to the kernel if it can forward it now (see [`Bridge::open`]).
     fn try_offload(&mut self) {
-        let recording = self.taps.iter().any(Option::is_some);
+        let recording = self.taps.iter().chain(&self.listen).any(Option::is_some);
         if !may_offload(
             self.kernel.is_some(),
             self.offload.is_some(),
@@ -1129,14 +1204,23 @@ impl Driver {
         let len = pkt.len();
         // Read before the relay rewrites the header for the other side.
         let tapped = self.taps[i].as_ref().and_then(|t| t.wants(pkt));
+        let listened = self.listen[i].as_ref().and_then(|t| t.wants(pkt));
         let verdict = self.relay.handle_packet(now, side, src, pkt, len);
-        if let Some(header) = tapped
-            && recorded(&verdict)
-            && let Some(tap) = &self.taps[i]
-            && tap.offer_header(&header, pkt, now) == TapState::Closed
-        {
-            // The recording task is gone (it failed): stop offering.
-            self.taps[i] = None;
+        if recorded(&verdict) {
+            if let Some(header) = tapped
+                && let Some(tap) = &self.taps[i]
+                && tap.offer_header(&header, pkt, now) == TapState::Closed
+            {
+                // The recording task is gone (it failed): stop offering.
+                self.taps[i] = None;
+            }
+            if let Some(header) = listened
+                && let Some(tap) = &self.listen[i]
+                && tap.offer_header(&header, pkt, now) == TapState::Closed
+            {
+                // The listener stopped (its sink said so): stop offering.
+                self.listen[i] = None;
+            }
         }
         self.forward_dtmf(side);
         let shared = &self.shared[i];

@@ -5,7 +5,9 @@
 //! §5.1 seq/timestamp/SSRC, marker on the first packet) towards the remote address or
 //! the latched source (symmetric RTP, RFC 4961), receive statistics as a
 //! [`MediaSnapshot`], and a first-packet event. Optionally a recording of what arrives
-//! ([`RtpEndpoint::start_recording`], see [`recording`](super::recording)).
+//! ([`RtpEndpoint::start_recording`], see [`recording`](super::recording)) and,
+//! independently, a live feed of it as decoded frames ([`RtpEndpoint::listen`], see
+//! [`listen`](super::listen)).
 //!
 //! Latching: after each `connect`, the first valid packet from an address signalling
 //! named (the SDP's, or the far end's SIP source given to [`RtpEndpoint::connect_from`])
@@ -31,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 
+use super::listen::FrameSink;
 use super::pool::{PortPair, PortPool};
 use super::recording::{RecordingError, RecordingHandle, RecordingOutcome, Tap, TapState};
 use crate::dtmf::{DtmfDecoder, DtmfEvent};
@@ -116,6 +119,10 @@ pub struct RtpEndpoint {
     task: JoinHandle<()>,
     /// Hands a recording tap to the task.
     tap_tx: mpsc::Sender<Tap>,
+    /// Hands a listen tap (or none: stop listening) to the task.
+    listen_tx: mpsc::UnboundedSender<Option<Tap>>,
+    /// The listen task, while one may run.
+    listening: Option<JoinHandle<()>>,
     /// Hands an audio source (or none: back to silence) to the task.
     source_tx: mpsc::UnboundedSender<Option<Box<dyn AudioSource>>>,
     recording: Option<RecordingHandle>,
@@ -145,6 +152,7 @@ impl RtpEndpoint {
         let (params_tx, params_rx) = watch::channel(None);
         let (first_tx, first_rx) = watch::channel(false);
         let (tap_tx, tap_rx) = mpsc::channel(1);
+        let (listen_tx, listen_rx) = mpsc::unbounded_channel();
         let (source_tx, source_rx) = mpsc::unbounded_channel();
         let (dtmf_tx, dtmf_rx) = mpsc::channel(DTMF_QUEUE);
         let driver = Driver {
@@ -156,13 +164,14 @@ impl RtpEndpoint {
             stats: RtpStats::new(),
             send: None,
             tap: None,
+            listen: None,
             dtmf: None,
             dtmf_tx,
             source: None,
             pcm: Vec::new(),
             early_source: None,
         };
-        let task = handle.spawn(driver.run(params_rx, tap_rx, source_rx, pair));
+        let task = handle.spawn(driver.run(params_rx, tap_rx, listen_rx, source_rx, pair));
         Ok(RtpEndpoint {
             local,
             shared,
@@ -170,6 +179,8 @@ impl RtpEndpoint {
             first_rx,
             task,
             tap_tx,
+            listen_tx,
+            listening: None,
             source_tx,
             recording: None,
             dtmf_rx: Some(dtmf_rx),
@@ -262,6 +273,46 @@ impl RtpEndpoint {
         Ok(())
     }
 
+    /// Starts handing the far end's audio (decoded, jitter-buffered, concealed,
+    /// resampled to `out_rate`) to `sink`, one 20 ms frame (`out_rate / 50` samples) per
+    /// 20 ms, channel 0. Only packets of the negotiated audio payload type count; the
+    /// decoder follows the codec of the last [`connect`](Self::connect) when listening
+    /// starts. Independent of a recording (both may run). Runs on a tokio task until
+    /// [`stop_listening`](Self::stop_listening), the endpoint closes, or the sink
+    /// returns false. Errors: `NotConnected` before `connect`, `AlreadyListening` if a
+    /// listener runs, `Codec` if `out_rate` is not a supported PCM rate (8, 16, 24, 32
+    /// or 48 kHz). Must run inside a tokio runtime.
+    pub fn listen(
+        &mut self,
+        out_rate: u32,
+        sink: Box<dyn FrameSink>,
+    ) -> Result<(), RecordingError> {
+        if self.is_listening() {
+            return Err(RecordingError::AlreadyListening);
+        }
+        let params = self.params().ok_or(RecordingError::NotConnected)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RecordingError::Stopped)?;
+        let (tap, task) = super::listen::prepare_endpoint(&params, out_rate, sink)?;
+        self.listen_tx
+            .send(Some(tap))
+            .map_err(|_| RecordingError::Stopped)?;
+        self.listening = Some(runtime.spawn(task.run()));
+        Ok(())
+    }
+
+    /// Stops the listener (if any): the task drops its tap, and the listen task ends
+    /// (dropping the sink) at its next tick.
+    pub fn stop_listening(&mut self) {
+        if self.listening.take().is_some() {
+            let _ = self.listen_tx.send(None);
+        }
+    }
+
+    /// Whether a listener runs (its sink has not asked to stop).
+    pub fn is_listening(&self) -> bool {
+        self.listening.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Whether [`start_recording`](Self::start_recording) succeeded on this endpoint.
     pub fn is_recording(&self) -> bool {
         self.recording.is_some()
@@ -344,6 +395,8 @@ struct Driver {
     send: Option<SendState>,
     /// Copies received audio to a recording.
     tap: Option<Tap>,
+    /// Copies received audio to a listener.
+    listen: Option<Tap>,
     /// Telephone-event decoder for the negotiated payload type.
     dtmf: Option<DtmfDecoder>,
     dtmf_tx: mpsc::Sender<DtmfEvent>,
@@ -379,10 +432,12 @@ impl Driver {
         mut self,
         mut params_rx: watch::Receiver<Option<(StreamParams, Option<IpAddr>)>>,
         mut tap_rx: mpsc::Receiver<Tap>,
+        mut listen_rx: mpsc::UnboundedReceiver<Option<Tap>>,
         mut source_rx: mpsc::UnboundedReceiver<Option<Box<dyn AudioSource>>>,
         ports: PortPair,
     ) {
         let mut tap_open = true;
+        let mut listen_open = true;
         let mut source_open = true;
         let mut rbuf = [0u8; RECV_BUF];
         let mut cbuf = [0u8; RECV_BUF];
@@ -405,6 +460,10 @@ impl Driver {
                 tap = tap_rx.recv(), if tap_open => match tap {
                     Some(tap) => self.tap = Some(tap),
                     None => tap_open = false,
+                },
+                listen = listen_rx.recv(), if listen_open => match listen {
+                    Some(tap) => self.listen = tap,
+                    None => listen_open = false,
                 },
                 source = source_rx.recv(), if source_open => match source {
                     Some(source) => self.set_source(source, &mut sbuf),
@@ -557,6 +616,11 @@ impl Driver {
             && tap.offer(&view, now) == TapState::Closed
         {
             self.tap = None;
+        }
+        if let Some(tap) = &self.listen
+            && tap.offer(&view, now) == TapState::Closed
+        {
+            self.listen = None;
         }
 
         if let Some(s) = self.send.as_mut() {

@@ -5,11 +5,12 @@
 //! negotiated [`StreamParams`](crate::sdp::StreamParams). Out: an [`RtpEndpoint`] that
 //! counts what arrives (from the moment it opens), sends paced silence once connected,
 //! and reports a [`MediaSnapshot`] and a first-packet event; optionally records what
-//! arrives to a WAV ([`recording`]).
+//! arrives to a WAV ([`recording`]) or hands it, decoded, to a listener ([`listen`]).
 
 pub mod bridge;
 mod endpoint;
 pub mod kernel;
+pub mod listen;
 mod pool;
 pub mod recording;
 

@@ -45,14 +45,14 @@ const TAP_QUEUE: usize = 32;
 /// Frames the recorder catches up at most per tick after a stall.
 const MAX_CATCH_UP: usize = 8;
 /// Recorder tick: playout is checked this often; longer frames simply skip ticks.
-const TICK: Duration = Duration::from_millis(20);
+pub(crate) const TICK: Duration = Duration::from_millis(20);
 /// Longest frame handled (G.711/G.722 allow 120 ms).
 const MAX_FRAME_MS: u32 = 120;
 /// Resampler block: every codec's frames are whole multiples of 10 ms at every rate we
 /// convert between, and a short block keeps the resampler's delay (half a block) small.
 const RESAMPLE_MS: u32 = 10;
 /// Frame duration assumed until a packet says otherwise (a bridge has no ptime).
-const DEFAULT_PTIME_MS: u32 = 20;
+pub(crate) const DEFAULT_PTIME_MS: u32 = 20;
 
 /// Why a recording could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,12 @@ pub enum RecordingError {
     /// The endpoint (or bridge) already records.
     #[error("the endpoint is already recording")]
     AlreadyRecording,
+    /// The endpoint (or bridge) already hands its audio to a listener.
+    #[error("the endpoint is already listening")]
+    AlreadyListening,
+    /// The endpoint has no negotiated codec yet (`connect` first).
+    #[error("the endpoint is not connected")]
+    NotConnected,
     /// The endpoint's (or bridge's) task has stopped.
     #[error("the endpoint has stopped")]
     Stopped,
@@ -374,8 +380,25 @@ impl std::fmt::Debug for Channel {
     }
 }
 
+/// The frame duration a stream's decoder starts with: its negotiated ptime if the codec
+/// supports it, else 20 ms (the packets correct it).
+pub(crate) fn stream_ptime(params: &StreamParams) -> u32 {
+    let codec = audio_codec(params.codec);
+    if codec.supports_ptime(params.ptime_ms) {
+        params.ptime_ms
+    } else {
+        DEFAULT_PTIME_MS
+    }
+}
+
+/// Samples at `rate` in the wall-clock time from `start` to `now`.
+pub(crate) fn due_samples(start: Instant, now: Instant, rate: u32) -> u64 {
+    let elapsed = now.saturating_duration_since(start).as_micros();
+    u64::try_from(elapsed * u128::from(rate) / 1_000_000).unwrap_or(u64::MAX)
+}
+
 /// A tap for `pt` (`codec`) and the channel it feeds, writing at `out_rate`.
-fn channel(
+pub(crate) fn channel(
     pt: u8,
     codec: AudioCodec,
     ptime_ms: u32,
@@ -407,7 +430,7 @@ fn channel(
 
 impl Channel {
     /// Moves queued packets into the jitter buffer; `false` once the tap is gone.
-    fn drain(&mut self) -> bool {
+    pub(crate) fn drain(&mut self) -> bool {
         loop {
             match self.rx.try_recv() {
                 Ok(p) => self.accept(&p),
@@ -462,7 +485,7 @@ impl Channel {
 
     /// Plays the frames due at `now` into the output: one per frame time, more after a
     /// stall; while nothing plays, silence up to `due` samples since the start.
-    fn play(&mut self, now: Instant, due: u64) {
+    pub(crate) fn play(&mut self, now: Instant, due: u64) {
         let Some(d) = self.dec.as_mut() else {
             self.out.pad_to(due);
             return;
@@ -486,6 +509,12 @@ impl Channel {
             }
             self.out.push(&mut d.resampler, &self.pcm);
         }
+    }
+
+    /// Decoded samples at the output rate not taken yet (oldest first); the caller
+    /// removes what it consumed.
+    pub(crate) fn pending_mut(&mut self) -> &mut Vec<i16> {
+        &mut self.out.pending
     }
 
     fn jitter_stats(&self) -> JitterStats {
@@ -524,11 +553,7 @@ pub(crate) fn prepare(
     params: &StreamParams,
 ) -> Result<(Tap, RecordingTask), RecordingError> {
     let codec = audio_codec(params.codec);
-    let ptime_ms = if codec.supports_ptime(params.ptime_ms) {
-        params.ptime_ms
-    } else {
-        DEFAULT_PTIME_MS
-    };
+    let ptime_ms = stream_ptime(params);
     let out_rate = codec.sample_rate();
     let (tap, left) = channel(params.pt, codec, ptime_ms, out_rate)?;
     let recorder = Recorder::create(path, out_rate, 2)?;
@@ -575,9 +600,7 @@ impl RecordingTask {
             let left_open = self.left.drain();
             let right_open = self.right.as_mut().is_some_and(Channel::drain);
             let now = Instant::now();
-            let elapsed = now.saturating_duration_since(start).as_micros();
-            let due =
-                u64::try_from(elapsed * u128::from(self.out_rate) / 1_000_000).unwrap_or(u64::MAX);
+            let due = due_samples(start, now, self.out_rate);
             self.left.play(now, due);
             if let Some(right) = self.right.as_mut() {
                 right.play(now, due);
