@@ -72,9 +72,7 @@ async fn events_until(h: &mut Harness, call_id: &str, event_type: &str) -> Vec<V
     }
 }
 
-async fn next_json(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-) -> Value {
+async fn next_json(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> Value {
     loop {
         let msg = tokio::time::timeout(GUARD, ws.next())
             .await
@@ -149,10 +147,14 @@ async fn a_bidirectional_stream_hears_the_call_and_talks_to_it() {
     for chunk in talk.chunks(333) {
         let media = json!({"event": "media", "streamSid": stream_sid, "media": {
             "payload": base64::engine::general_purpose::STANDARD.encode(chunk)}});
-        ws.send(Message::text(media.to_string())).await.expect("send");
+        ws.send(Message::text(media.to_string()))
+            .await
+            .expect("send");
     }
     let mark = json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": "said-hello"}});
-    ws.send(Message::text(mark.to_string())).await.expect("send");
+    ws.send(Message::text(mark.to_string()))
+        .await
+        .expect("send");
     let echoed = loop {
         let m = next_json(&mut ws).await;
         if m["event"] == "mark" {

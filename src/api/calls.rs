@@ -96,9 +96,9 @@ impl StreamRequest {
         })?;
         let parameters = self.parameters.unwrap_or_default();
         if parameters.len() > 32
-            || parameters
-                .iter()
-                .any(|(k, v)| k.len() > 128 || v.len() > 512 || k.chars().chain(v.chars()).any(char::is_control))
+            || parameters.iter().any(|(k, v)| {
+                k.len() > 128 || v.len() > 512 || k.chars().chain(v.chars()).any(char::is_control)
+            })
         {
             return Err(ApiError::validation(
                 "stream.parameters",

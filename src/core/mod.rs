@@ -12,6 +12,7 @@
 //! transaction per status change; the webhook deliverer is nudged after each.
 
 pub mod advertise;
+pub mod agent_stream;
 pub mod auth_guard;
 pub mod call;
 pub mod codecs;
@@ -20,7 +21,6 @@ pub mod inbound;
 mod incoming;
 mod live_media;
 pub mod masked;
-pub mod agent_stream;
 pub mod metrics;
 pub mod status;
 pub mod task;
@@ -166,9 +166,7 @@ impl Switch {
             metrics: Arc::new(metrics::Metrics::default()),
             inbound,
             messages: Arc::new(DashMap::new()),
-            stream_connector: Arc::new(crate::streams::GuardedConnector::new(
-                config_guard,
-            )),
+            stream_connector: Arc::new(crate::streams::GuardedConnector::new(config_guard)),
             next_leg: Arc::new(AtomicU64::new(1)),
         };
         close_out_live_calls(&shared).await?;

@@ -357,8 +357,7 @@ impl CallTask {
     /// Connects the agent stream asked for, now that the leg's codec is known. A stream
     /// that cannot start is reported (`call.stream.failed`) and the call goes on.
     fn start_stream(&mut self, params: &media::sdp::StreamParams) {
-        let (Some(spec), Some(endpoint)) = (self.stream_spec.take(), self.endpoint.as_mut())
-        else {
+        let (Some(spec), Some(endpoint)) = (self.stream_spec.take(), self.endpoint.as_mut()) else {
             return;
         };
         let Some(tx) = self

@@ -167,7 +167,10 @@ pub enum Action {
     Stream(StreamAction),
     Proxy,
     Trunks(Vec<String>),
-    Reject { sip_code: u16, reason: String },
+    Reject {
+        sip_code: u16,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
