@@ -267,3 +267,245 @@ async fn stream_urls_are_checked() {
         assert_eq!(body["details"][0]["field"], field, "{body}");
     }
 }
+
+/// A WebSocket server's side of one connection: the first two messages, checked.
+async fn accept_stream(
+    listener: &TcpListener,
+) -> (tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, Value) {
+    let (tcp, _) = tokio::time::timeout(GUARD, listener.accept())
+        .await
+        .expect("the switch connects")
+        .expect("accept");
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+    let connected = next_json(&mut ws).await;
+    assert_eq!(connected["event"], "connected", "{connected}");
+    let start = next_json(&mut ws).await;
+    assert_eq!(start["event"], "start", "{start}");
+    (ws, start)
+}
+
+/// Media of each track until both have `n` samples (µ-law decoded).
+async fn both_tracks(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    n: usize,
+) -> (Vec<i16>, Vec<i16>) {
+    let (mut inbound, mut outbound) = (Vec::new(), Vec::new());
+    while inbound.len() < n || outbound.len() < n {
+        let m = next_json(ws).await;
+        if m["event"] != "media" {
+            continue;
+        }
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(m["media"]["payload"].as_str().expect("payload"))
+            .expect("base64");
+        match m["media"]["track"].as_str() {
+            Some("inbound") => inbound.extend(ulaw(&payload)),
+            Some("outbound") => outbound.extend(ulaw(&payload)),
+            other => panic!("track {other:?}"),
+        }
+    }
+    (inbound, outbound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_only_fork_of_a_transit_call_hears_both_parties() {
+    let (_far_dir, far_scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(far_scenario.to_str().expect("utf-8")).spawn();
+    let mut h = common::transit::start_with(
+        far.addr(),
+        common::transit::TRANSIT_PLAN,
+        "",
+        |c| c.rtp_ports(36300, 36399),
+    )
+    .await;
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uac_g722_tone.xml");
+    let caller = Sipp::builder(scenario.to_str().expect("utf-8"))
+        .remote(h.switch.sip_udp())
+        .pause_ms(2500)
+        .spawn();
+    let answered = h
+        .sink
+        .next_matching(&h.secret, GUARD, |e| e["type"] == "call.in_progress")
+        .await;
+    let id = answered["data"]["call"]["id"].as_str().expect("id").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/fork", listener.local_addr().expect("addr"));
+    let (code, resp) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/voice/calls/{id}/streams"),
+            Some(&json!({"url": url})),
+        )
+        .await;
+    assert_eq!(code, 201, "{resp}");
+    let stream_id = resp["data"]["stream_id"].as_str().expect("stream_id").to_owned();
+    let (mut ws, start) = accept_stream(&listener).await;
+    assert_eq!(start["streamSid"], stream_id.as_str());
+    assert_eq!(start["start"]["tracks"], json!(["inbound", "outbound"]), "{start}");
+    // A second stream on the same call is refused while this one runs.
+    let (code, resp) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/voice/calls/{id}/streams"),
+            Some(&json!({"url": url})),
+        )
+        .await;
+    assert_eq!((code, resp["code"].as_str()), (409, Some("CALL_NOT_STREAMABLE")), "{resp}");
+    // The caller's 600 Hz (G.722, transcoded for the callee) and the callee's 1 kHz.
+    let (inbound, outbound) = both_tracks(&mut ws, 4000).await;
+    let (i, o) = (&inbound[1600..], &outbound[1600..]);
+    assert!(
+        goertzel(i, 600.0, 8000.0) > 20.0 * goertzel(i, 1000.0, 8000.0),
+        "inbound is not the caller"
+    );
+    assert!(
+        goertzel(o, 1000.0, 8000.0) > 20.0 * goertzel(o, 600.0, 8000.0),
+        "outbound is not the callee"
+    );
+    // Stopped by API: `stop` reaches the server, the call goes on to its normal end.
+    let (code, _) = h
+        .api
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/voice/calls/{id}/streams/{stream_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 204);
+    loop {
+        let m = next_json(&mut ws).await;
+        if m["event"] == "stop" {
+            assert_eq!(m["stop"]["callSid"], id.as_str(), "{m}");
+            break;
+        }
+    }
+    caller.wait().await.assert_success("caller");
+    far.wait().await.assert_success("callee");
+    let done = h
+        .sink
+        .next_matching(&h.secret, GUARD, |e| e["type"] == "call.completed")
+        .await;
+    assert_eq!(done["data"]["call"]["end_reason"], "caller_bye", "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_call_streamed_by_the_dialplan_sends_its_digits() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/bot", listener.local_addr().expect("addr"));
+    let plan = format!(
+        "[[rules]]\nname = \"bot\"\nto = {{ prefix = \"+1\" }}\nsource_trunk = \"upstream\"\n\
+         stream = {{ url = \"{url}\", parameters = {{ line = \"support\" }} }}\n"
+    );
+    let far = Sipp::uas("uas_answer_hold.xml");
+    let h = common::transit::start_with(far.addr(), &plan, "", |c| c.rtp_ports(36400, 36499)).await;
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uac_pcmu_dtmf.xml");
+    let caller = Sipp::builder(scenario.to_str().expect("utf-8"))
+        .remote(h.switch.sip_udp())
+        .pause_ms(1500)
+        .spawn();
+    let (mut ws, start) = accept_stream(&listener).await;
+    assert_eq!(start["start"]["customParameters"]["line"], "support", "{start}");
+    assert_eq!(start["start"]["to"], "+14155552671", "{start}");
+    let call_id = start["start"]["callSid"].as_str().expect("callSid").to_owned();
+    let digit = loop {
+        let m = next_json(&mut ws).await;
+        if m["event"] == "dtmf" {
+            break m;
+        }
+    };
+    assert_eq!(digit["dtmf"]["digit"], "1", "{digit}");
+    // The caller hangs up: the server gets `stop`.
+    loop {
+        let m = next_json(&mut ws).await;
+        if m["event"] == "stop" {
+            break;
+        }
+    }
+    caller.wait().await.assert_success("caller");
+    let (code, call) = h.api.get_call(&call_id).await;
+    assert_eq!(code, 200, "{call}");
+    assert_eq!(call["data"]["metadata"]["route"], "stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_reports_what_was_played_and_a_dropped_socket_resumes() {
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().expect("utf-8")).spawn();
+    let mut h = harness::setup(&far, |c| c.rtp_ports(36500, 36599)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/media", listener.local_addr().expect("addr"));
+    let id = h.call(json!({"stream": {"url": url}})).await;
+    let (mut ws, start) = accept_stream(&listener).await;
+    let sid = start["streamSid"].as_str().expect("sid").to_owned();
+
+    // Barge-in: 2 s of audio and a mark, then `clear` after about 300 ms of it.
+    let talk = vec![media::g711::linear_to_ulaw(8000); 16000];
+    let media = json!({"event": "media", "streamSid": sid, "media": {
+        "payload": base64::engine::general_purpose::STANDARD.encode(&talk)}});
+    ws.send(Message::text(media.to_string())).await.expect("send");
+    let mark = json!({"event": "mark", "streamSid": sid, "mark": {"name": "long"}});
+    ws.send(Message::text(mark.to_string())).await.expect("send");
+    let sent = Instant::now();
+    // Fifteen inbound frames (300 ms of the call) as the clock.
+    let mut frames = 0;
+    while frames < 15 {
+        if next_json(&mut ws).await["event"] == "media" {
+            frames += 1;
+        }
+    }
+    let clear = json!({"event": "clear", "streamSid": sid});
+    ws.send(Message::text(clear.to_string())).await.expect("send");
+    let elapsed_ms = sent.elapsed().as_millis() as i64;
+    let (mut acked, mut cleared) = (None, None);
+    while acked.is_none() || cleared.is_none() {
+        let m = next_json(&mut ws).await;
+        match m["event"].as_str() {
+            Some("mark") => acked = Some(m),
+            Some("cleared") => cleared = Some(m),
+            _ => {}
+        }
+    }
+    let acked = acked.expect("mark");
+    assert_eq!(acked["mark"]["name"], "long");
+    let cleared = cleared.expect("cleared");
+    let played = cleared["cleared"]["playedMs"].as_i64().expect("playedMs");
+    assert!(
+        played > 0 && played < 2000 && played <= elapsed_ms + 100,
+        "played {played} ms of 2000 with {elapsed_ms} ms elapsed: {cleared}"
+    );
+    let long = &cleared["cleared"]["marks"][0];
+    assert_eq!(long["name"], "long");
+    assert_eq!(long["played"], false, "{cleared}");
+
+    // The socket drops with no close frame: the call stays up and the switch comes back
+    // with the same callSid, saying it is a reconnection.
+    drop(ws);
+    let (mut again, restart) = accept_stream(&listener).await;
+    assert_eq!(restart["start"]["callSid"], id.as_str());
+    assert_eq!(restart["start"]["reconnect"], true, "{restart}");
+    assert_eq!(restart["streamSid"], sid.as_str());
+    let mut resumed = 0;
+    while resumed < 5 {
+        if next_json(&mut again).await["event"] == "media" {
+            resumed += 1;
+        }
+    }
+    let (code, call) = h.api.get_call(&id).await;
+    assert_eq!(code, 200);
+    assert_eq!(call["data"]["status"], "in_progress", "{call}");
+    again
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "done".into(),
+        }))
+        .await
+        .expect("close");
+    let events = events_until(&mut h, &id, "call.completed").await;
+    assert_eq!(
+        events.last().expect("completed")["data"]["call"]["end_reason"],
+        "stream_ended"
+    );
+    far.wait().await.assert_success("far end");
+}

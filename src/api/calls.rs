@@ -520,3 +520,89 @@ pub async fn recording(
     )
         .into_response())
 }
+
+/// A stream started on a live call.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct StreamStarted {
+    /// `streamSid` (`MZ…`): what the server sees and what `DELETE` takes.
+    pub stream_id: String,
+    pub call_id: String,
+    pub url: String,
+    /// `connecting`: `call.stream.started` follows once the socket is up.
+    pub status: String,
+}
+
+/// `POST /calls/{id}/streams`: stream a live call. On a call the switch answers itself,
+/// a bidirectional stream is the call's audio (the agent talks); on a transit call the
+/// stream is a listen-only fork of both parties (`inbound`: the caller, `outbound`: the
+/// callee) and the media between them is untouched.
+#[utoipa::path(
+    post,
+    path = "/api/v1/voice/calls/{id}/streams",
+    operation_id = "start_call_stream",
+    tag = "calls",
+    params(("id" = String, Path, description = "The call's id")),
+    request_body = StreamRequest,
+    responses(
+        (status = 201, description = "Connecting; `call.stream.started` follows", body = Data<StreamStarted>),
+        (status = 400, description = "`VALIDATION_ERROR`", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`CALL_ALREADY_ENDED`, or `CALL_NOT_STREAMABLE` (not answered, or a stream already runs)", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = ErrorBody),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the call's command queue is full", body = ErrorBody),
+    )
+)]
+pub async fn start_stream(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    crate::api::extract::AppJson(req): crate::api::extract::AppJson<StreamRequest>,
+) -> Result<Envelope<StreamStarted>, ApiError> {
+    auth.require_write()?;
+    let spec = req.validate(&state.outbound_guard)?;
+    let url = spec.url.clone();
+    let stream_id = state.switch.start_stream(&auth.tenant, &id, spec).await?;
+    Ok(Envelope::created(StreamStarted {
+        stream_id,
+        call_id: id,
+        url,
+        status: "connecting".to_owned(),
+    }))
+}
+
+/// `DELETE /calls/{id}/streams/{stream_id}`: stop a stream (`stop` is sent, the socket
+/// closed, `call.stream.stopped` follows); the call goes on.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/voice/calls/{id}/streams/{stream_id}",
+    operation_id = "stop_call_stream",
+    tag = "calls",
+    params(
+        ("id" = String, Path, description = "The call's id"),
+        ("stream_id" = String, Path, description = "The stream's id (`MZ…`)"),
+    ),
+    responses(
+        (status = 204, description = "Stopped"),
+        (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`: no such call, or no such stream running on it", body = ErrorBody),
+        (status = 409, description = "`CALL_ALREADY_ENDED`", body = ErrorBody),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the call's command queue is full", body = ErrorBody),
+    )
+)]
+pub async fn stop_stream(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((id, stream_id)): Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    auth.require_write()?;
+    if state
+        .switch
+        .stop_stream(&auth.tenant, &id, &stream_id)
+        .await?
+    {
+        Ok(axum::http::StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("stream"))
+    }
+}

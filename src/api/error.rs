@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 /// `INVALID_CALLER_ID`, `INVALID_CURSOR`; 401 `UNAUTHORIZED`; 403 `FORBIDDEN`,
 /// `DESTINATION_NOT_ALLOWED`; 404 `NOT_FOUND`; 405 `METHOD_NOT_ALLOWED`; 409
 /// `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`,
-/// `NUMBER_ALREADY_EXISTS`, `NUMBER_IN_USE`, `POOL_EXHAUSTED`; 413
+/// `NUMBER_ALREADY_EXISTS`, `NUMBER_IN_USE`, `POOL_EXHAUSTED`, `CALL_NOT_STREAMABLE`; 413
 /// `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500 `INTERNAL_ERROR`; 503 `SERVICE_UNAVAILABLE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -24,6 +24,7 @@ pub enum ErrorCode {
     CallAlreadyEnded,
     RecordingNotReady,
     CallNotTransferable,
+    CallNotStreamable,
     ServiceUnavailable,
     PayloadTooLarge,
     RateLimited,
@@ -47,6 +48,7 @@ impl ErrorCode {
             Self::CallAlreadyEnded => "CALL_ALREADY_ENDED",
             Self::RecordingNotReady => "RECORDING_NOT_READY",
             Self::CallNotTransferable => "CALL_NOT_TRANSFERABLE",
+            Self::CallNotStreamable => "CALL_NOT_STREAMABLE",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::RateLimited => "RATE_LIMITED",
@@ -70,6 +72,7 @@ impl ErrorCode {
             Self::CallAlreadyEnded
             | Self::RecordingNotReady
             | Self::CallNotTransferable
+            | Self::CallNotStreamable
             | Self::NumberAlreadyExists
             | Self::NumberInUse
             | Self::PoolExhausted => StatusCode::CONFLICT,
@@ -191,6 +194,7 @@ impl From<crate::core::CoreError> for ApiError {
                 Self::new(ErrorCode::ServiceUnavailable, e.to_string())
             }
             C::NotTransferable(why) => Self::new(ErrorCode::CallNotTransferable, why),
+            C::NotStreamable(why) => Self::new(ErrorCode::CallNotStreamable, why),
             C::Refused(r) => {
                 use super::super::core::tenant_policy::Refusal as R;
                 let message = r.to_string();
@@ -235,6 +239,7 @@ mod tests {
             | E::CallAlreadyEnded
             | E::RecordingNotReady
             | E::CallNotTransferable
+            | E::CallNotStreamable
             | E::ServiceUnavailable
             | E::PayloadTooLarge
             | E::RateLimited
@@ -255,6 +260,7 @@ mod tests {
             E::CallAlreadyEnded,
             E::RecordingNotReady,
             E::CallNotTransferable,
+            E::CallNotStreamable,
             E::ServiceUnavailable,
             E::PayloadTooLarge,
             E::RateLimited,

@@ -53,6 +53,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(calls::get))
         .routes(routes!(calls::hangup))
         .routes(routes!(calls::transfer))
+        .routes(routes!(calls::start_stream))
+        .routes(routes!(calls::stop_stream))
         .routes(routes!(trunks))
         .routes(routes!(reload_dialplan))
         .routes(routes!(calls::events))

@@ -126,6 +126,47 @@ pub(crate) fn start_on_endpoint(
     })
 }
 
+/// Starts a listen-only `spec` on a bridged (transit) call: both parties' audio, the
+/// caller as the `inbound` track and the callee as `outbound`, nothing played back.
+pub(crate) fn start_on_bridge(
+    shared: &Shared,
+    record: &CallRecord,
+    mut spec: StreamSpec,
+    bridge: &mut media::net::bridge::Bridge,
+    tx: mpsc::Sender<TaskInput>,
+) -> Result<AttachedStream, String> {
+    spec.bidirectional = false;
+    // The frames come at the stream's own rate: no second resampling in the driver.
+    let call_rate = spec.format.sample_rate();
+    let mut config = StreamConfig::new(spec.url.clone(), record.id.clone(), record.tenant.clone());
+    config.format = spec.format;
+    config.call_rate = call_rate;
+    config.bidirectional = false;
+    config.grace = Duration::from_secs(shared.config.streams.grace_s);
+    config.start.custom_parameters = spec.parameters.clone();
+    config.start.from = Some(record.from.clone());
+    config.start.to = Some(record.to.clone());
+    config.start.tracks = vec![Track::Inbound, Track::Outbound];
+    let id = config.stream_sid.clone();
+    let stream = crate::streams::spawn(config, shared.stream_connector.clone())
+        .map_err(|e| format!("{e:?}"))?;
+    bridge
+        .listen(
+            call_rate,
+            Box::new(StreamSink {
+                handle: stream.handle.clone(),
+                tracks: [Track::Inbound, Track::Outbound],
+            }),
+        )
+        .map_err(|e| e.to_string())?;
+    forward_events(id.clone(), stream.events, tx);
+    Ok(AttachedStream {
+        id,
+        handle: stream.handle,
+        spec,
+    })
+}
+
 /// The driver's events, to the call task.
 fn forward_events(
     id: String,
@@ -200,14 +241,15 @@ pub(crate) fn event_of(
                     "after_ms": after.as_millis() as u64,
                 })),
             )),
-            Some(false),
+            // A call the agent talks on cannot go on without it; a fork can.
+            stream.spec.bidirectional.then_some(false),
         ),
         StreamEvent::Ended(EndReason::Invalid(why)) => (
             Some((
                 "call.stream.failed",
                 base(serde_json::json!({"reason": why})),
             )),
-            Some(false),
+            stream.spec.bidirectional.then_some(false),
         ),
     }
 }

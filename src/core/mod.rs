@@ -76,6 +76,8 @@ pub enum CoreError {
     Overloaded,
     #[error("{0}")]
     NotTransferable(&'static str),
+    #[error("{0}")]
+    NotStreamable(&'static str),
     #[error(transparent)]
     Refused(#[from] tenant_policy::Refusal),
     #[error(transparent)]
@@ -396,6 +398,77 @@ impl Switch {
     /// REFER); progress arrives as `call.transfer` events and the call ends `transferred`
     /// when the far end reports success. On a transit call `leg` (default: the caller) is
     /// the party transferred; see `transit_task::xfer`.
+    /// Starts an agent stream on a live call; its `streamSid`.
+    pub async fn start_stream(
+        &self,
+        tenant: &str,
+        id: &str,
+        spec: agent_stream::StreamSpec,
+    ) -> Result<String, CoreError> {
+        let (reply, rx) = oneshot::channel();
+        let current = self
+            .command(tenant, id, TaskInput::StartStream { spec, reply })
+            .await?;
+        match rx.await {
+            Ok(Ok(sid)) => Ok(sid),
+            Ok(Err(why)) => Err(CoreError::NotStreamable(why)),
+            Err(_) => Err(CoreError::AlreadyEnded(Box::new(current))),
+        }
+    }
+
+    /// Stops a call's stream; false when no such stream runs.
+    pub async fn stop_stream(
+        &self,
+        tenant: &str,
+        id: &str,
+        stream_id: &str,
+    ) -> Result<bool, CoreError> {
+        let (reply, rx) = oneshot::channel();
+        let current = self
+            .command(
+                tenant,
+                id,
+                TaskInput::StopStream {
+                    stream_id: stream_id.to_owned(),
+                    reply,
+                },
+            )
+            .await?;
+        rx.await
+            .map_err(|_| CoreError::AlreadyEnded(Box::new(current)))
+    }
+
+    /// Hands `input` to the live call `id` of `tenant`; the call as stored.
+    async fn command(
+        &self,
+        tenant: &str,
+        id: &str,
+        input: TaskInput,
+    ) -> Result<CallRecord, CoreError> {
+        let current = self
+            .shared
+            .store
+            .get_call(tenant, id)
+            .await?
+            .ok_or(CoreError::NotFound)?;
+        if current.status.is_terminal() {
+            return Err(CoreError::AlreadyEnded(Box::new(current)));
+        }
+        let tx = self
+            .shared
+            .calls
+            .get(id)
+            .map(|e| e.value().clone())
+            .ok_or_else(|| CoreError::AlreadyEnded(Box::new(current.clone())))?;
+        tx.try_send(input).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => {
+                CoreError::AlreadyEnded(Box::new(current.clone()))
+            }
+        })?;
+        Ok(current)
+    }
+
     pub async fn transfer(
         &self,
         tenant: &str,

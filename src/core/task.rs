@@ -32,6 +32,16 @@ pub enum TaskInput {
         leg: Option<super::transfer::TransferLeg>,
         reply: oneshot::Sender<Result<(), &'static str>>,
     },
+    /// Start an agent stream on the live call; the reply is its `streamSid`, or why not.
+    StartStream {
+        spec: super::agent_stream::StreamSpec,
+        reply: oneshot::Sender<Result<String, &'static str>>,
+    },
+    /// Stop the call's stream `stream_id`; the reply says whether it was running.
+    StopStream {
+        stream_id: String,
+        reply: oneshot::Sender<bool>,
+    },
     /// What the call's agent stream reports.
     Stream {
         stream_id: String,
@@ -189,6 +199,35 @@ impl CallTask {
                     Err("the call is not answered")
                 };
                 let _ = reply.send(result);
+                return;
+            }
+            TaskInput::StartStream { spec, reply } => {
+                let result = match (&self.stream, self.answered, self.endpoint.as_ref().and_then(|e| e.params())) {
+                    (Some(_), _, _) => Err("a stream already runs on this call"),
+                    (None, Some(_), Some(params)) if !self.call.is_done() => {
+                        self.stream_spec = Some(spec);
+                        self.start_stream(&params);
+                        self.stream
+                            .as_ref()
+                            .map(|s| s.id.clone())
+                            .ok_or("the stream could not start")
+                    }
+                    _ => Err("the call is not answered"),
+                };
+                let _ = reply.send(result);
+                return;
+            }
+            TaskInput::StopStream { stream_id, reply } => {
+                let running = self.stream.as_ref().is_some_and(|s| s.id == stream_id);
+                if let Some(stream) = self.stream.as_ref().filter(|_| running) {
+                    // The driver sends `stop`; its `Ended(Stopped)` reports it.
+                    stream.handle.stop();
+                    if let Some(endpoint) = self.endpoint.as_mut() {
+                        endpoint.stop_listening();
+                        endpoint.stop_playing();
+                    }
+                }
+                let _ = reply.send(running);
                 return;
             }
             TaskInput::Stream { stream_id, event } => {

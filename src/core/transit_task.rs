@@ -99,6 +99,8 @@ pub(crate) struct TransitTask {
     hold: hold::HoldState,
     /// Transfers asked for by API.
     xfer: xfer::XferState,
+    /// A listen-only agent stream forking both parties' audio.
+    stream: Option<super::agent_stream::AttachedStream>,
 }
 
 /// An accepted REFER in progress: `new_leg` is being called to replace `side`'s party.
@@ -200,6 +202,7 @@ impl TransitTask {
             dtmf,
             hold: hold::HoldState::default(),
             xfer: xfer::XferState::new(setup.a_allow),
+            stream: None,
         })
     }
 
@@ -231,6 +234,9 @@ impl TransitTask {
             if let Some(b) = self.b_leg {
                 self.shared.legs.remove(&b);
             }
+            if let Some(stream) = self.stream.take() {
+                stream.handle.stop();
+            }
             self.shared.calls.remove(&self.record.id);
             for w in self.waiters.drain(..) {
                 let _ = w.send(CallRecord::clone(&self.record));
@@ -259,8 +265,25 @@ impl TransitTask {
                 let _ = reply.send(self.api_transfer(target, leg).await);
                 return;
             }
-            // No stream runs on a transit call yet.
-            TaskInput::Stream { .. } => return,
+            TaskInput::StartStream { spec, reply } => {
+                let _ = reply.send(self.start_stream(spec));
+                return;
+            }
+            TaskInput::StopStream { stream_id, reply } => {
+                let running = self.stream.as_ref().is_some_and(|s| s.id == stream_id);
+                if running && let Some(stream) = &self.stream {
+                    stream.handle.stop();
+                    if let Some(bridge) = self.bridge.as_mut() {
+                        bridge.stop_listening();
+                    }
+                }
+                let _ = reply.send(running);
+                return;
+            }
+            TaskInput::Stream { stream_id, event } => {
+                self.on_stream_event(&stream_id, event).await;
+                return;
+            }
             TaskInput::Sip(ev) => ev,
         };
         let input = match ev {
@@ -736,6 +759,59 @@ impl TransitTask {
                 }
                 TransitOutput::Status(change) => self.apply_status(change).await,
             }
+        }
+    }
+
+    /// A listen-only stream of both parties (`inbound`: the caller, `outbound`: the
+    /// callee), on an answered call; the media between them is not touched.
+    fn start_stream(
+        &mut self,
+        spec: super::agent_stream::StreamSpec,
+    ) -> Result<String, &'static str> {
+        if self.stream.is_some() {
+            return Err("a stream already runs on this call");
+        }
+        if self.record.status != crate::model::CallStatus::InProgress {
+            return Err("the call is not answered");
+        }
+        let tx = self
+            .shared
+            .calls
+            .get(&self.record.id)
+            .map(|e| e.value().clone())
+            .ok_or("the call is ending")?;
+        let bridge = self.bridge.as_mut().ok_or("the call has no media")?;
+        match super::agent_stream::start_on_bridge(&self.shared, &self.record, spec, bridge, tx) {
+            Ok(stream) => {
+                let id = stream.id.clone();
+                tracing::info!(stream = %id, url = %stream.spec.url, "listen-only agent stream connecting");
+                self.stream = Some(stream);
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the agent stream");
+                Err("the stream could not start")
+            }
+        }
+    }
+
+    async fn on_stream_event(&mut self, stream_id: &str, event: crate::streams::StreamEvent) {
+        let Some(stream) = self.stream.as_ref().filter(|s| s.id == stream_id) else {
+            return;
+        };
+        let (callback, hangup) = super::agent_stream::event_of(stream, &event);
+        if let Some((kind, extra)) = callback {
+            tracing::info!(stream = %stream_id, event = kind, "agent stream");
+            record_event(&self.shared, &self.record, kind, extra).await;
+        }
+        if matches!(event, crate::streams::StreamEvent::Ended(_)) {
+            self.stream = None;
+            if let Some(bridge) = self.bridge.as_mut() {
+                bridge.stop_listening();
+            }
+        }
+        if hangup.is_some() {
+            self.machine.handle(Instant::now(), TransitInput::Hangup);
         }
     }
 
