@@ -264,8 +264,8 @@ pub fn common_prefix(a: &str, b: &str) -> usize {
 
 /// Pool numbers a participant may be given, best first: the number it had with the same
 /// counterpart before (`sticky`), then the longest prefix shared with the participant's
-/// number (same country, then area code), then the most used (the pool stays small), then
-/// by number. Numbers in `taken` (already paired with this participant in an open
+/// number (same country, then area code), then the ones in use (`usage` above 0: the pool
+/// stays small), then by number. Numbers in `taken` (already paired with this participant in an open
 /// session) are left out.
 pub fn rank_candidates<'a>(
     pool: &'a [String],

@@ -233,7 +233,10 @@ async fn sessions_api_and_validation() {
     assert_eq!(s["webhook_url"], "http://127.0.0.1:9/hook");
     assert_eq!(s["max_call_duration"], 600);
     assert_eq!(s["record"], true);
-    assert_eq!(s["unknown_caller"], json!({"sip_code": 480}));
+    assert_eq!(
+        s["unknown_caller"],
+        json!({"sip_code": 480, "announcement": null})
+    );
     assert!(
         s["expires_at"].is_string() && s["closed_at"].is_null(),
         "{s}"

@@ -271,7 +271,10 @@ async fn stream_urls_are_checked() {
 /// A WebSocket server's side of one connection: the first two messages, checked.
 async fn accept_stream(
     listener: &TcpListener,
-) -> (tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, Value) {
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    Value,
+) {
     let (tcp, _) = tokio::time::timeout(GUARD, listener.accept())
         .await
         .expect("the switch connects")
@@ -311,12 +314,9 @@ async fn both_tracks(
 async fn a_listen_only_fork_of_a_transit_call_hears_both_parties() {
     let (_far_dir, far_scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
     let far = Sipp::builder(far_scenario.to_str().expect("utf-8")).spawn();
-    let mut h = common::transit::start_with(
-        far.addr(),
-        common::transit::TRANSIT_PLAN,
-        "",
-        |c| c.rtp_ports(36300, 36399),
-    )
+    let mut h = common::transit::start_with(far.addr(), common::transit::TRANSIT_PLAN, "", |c| {
+        c.rtp_ports(36300, 36399)
+    })
     .await;
     let (_dir, scenario) = scenario_with_fixtures("bridge_uac_g722_tone.xml");
     let caller = Sipp::builder(scenario.to_str().expect("utf-8"))
@@ -327,7 +327,10 @@ async fn a_listen_only_fork_of_a_transit_call_hears_both_parties() {
         .sink
         .next_matching(&h.secret, GUARD, |e| e["type"] == "call.in_progress")
         .await;
-    let id = answered["data"]["call"]["id"].as_str().expect("id").to_owned();
+    let id = answered["data"]["call"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("ws://{}/fork", listener.local_addr().expect("addr"));
     let (code, resp) = h
@@ -339,10 +342,17 @@ async fn a_listen_only_fork_of_a_transit_call_hears_both_parties() {
         )
         .await;
     assert_eq!(code, 201, "{resp}");
-    let stream_id = resp["data"]["stream_id"].as_str().expect("stream_id").to_owned();
+    let stream_id = resp["data"]["stream_id"]
+        .as_str()
+        .expect("stream_id")
+        .to_owned();
     let (mut ws, start) = accept_stream(&listener).await;
     assert_eq!(start["streamSid"], stream_id.as_str());
-    assert_eq!(start["start"]["tracks"], json!(["inbound", "outbound"]), "{start}");
+    assert_eq!(
+        start["start"]["tracks"],
+        json!(["inbound", "outbound"]),
+        "{start}"
+    );
     // A second stream on the same call is refused while this one runs.
     let (code, resp) = h
         .api
@@ -352,7 +362,11 @@ async fn a_listen_only_fork_of_a_transit_call_hears_both_parties() {
             Some(&json!({"url": url})),
         )
         .await;
-    assert_eq!((code, resp["code"].as_str()), (409, Some("CALL_NOT_STREAMABLE")), "{resp}");
+    assert_eq!(
+        (code, resp["code"].as_str()),
+        (409, Some("CALL_NOT_STREAMABLE")),
+        "{resp}"
+    );
     // The caller's 600 Hz (G.722, transcoded for the callee) and the callee's 1 kHz.
     let (inbound, outbound) = both_tracks(&mut ws, 4000).await;
     let (i, o) = (&inbound[1600..], &outbound[1600..]);
@@ -406,9 +420,15 @@ async fn an_inbound_call_streamed_by_the_dialplan_sends_its_digits() {
         .pause_ms(1500)
         .spawn();
     let (mut ws, start) = accept_stream(&listener).await;
-    assert_eq!(start["start"]["customParameters"]["line"], "support", "{start}");
+    assert_eq!(
+        start["start"]["customParameters"]["line"], "support",
+        "{start}"
+    );
     assert_eq!(start["start"]["to"], "+14155552671", "{start}");
-    let call_id = start["start"]["callSid"].as_str().expect("callSid").to_owned();
+    let call_id = start["start"]["callSid"]
+        .as_str()
+        .expect("callSid")
+        .to_owned();
     let digit = loop {
         let m = next_json(&mut ws).await;
         if m["event"] == "dtmf" {
@@ -444,9 +464,13 @@ async fn clear_reports_what_was_played_and_a_dropped_socket_resumes() {
     let talk = vec![media::g711::linear_to_ulaw(8000); 16000];
     let media = json!({"event": "media", "streamSid": sid, "media": {
         "payload": base64::engine::general_purpose::STANDARD.encode(&talk)}});
-    ws.send(Message::text(media.to_string())).await.expect("send");
+    ws.send(Message::text(media.to_string()))
+        .await
+        .expect("send");
     let mark = json!({"event": "mark", "streamSid": sid, "mark": {"name": "long"}});
-    ws.send(Message::text(mark.to_string())).await.expect("send");
+    ws.send(Message::text(mark.to_string()))
+        .await
+        .expect("send");
     let sent = Instant::now();
     // Fifteen inbound frames (300 ms of the call) as the clock.
     let mut frames = 0;
@@ -456,7 +480,9 @@ async fn clear_reports_what_was_played_and_a_dropped_socket_resumes() {
         }
     }
     let clear = json!({"event": "clear", "streamSid": sid});
-    ws.send(Message::text(clear.to_string())).await.expect("send");
+    ws.send(Message::text(clear.to_string()))
+        .await
+        .expect("send");
     let elapsed_ms = sent.elapsed().as_millis() as i64;
     let (mut acked, mut cleared) = (None, None);
     while acked.is_none() || cleared.is_none() {

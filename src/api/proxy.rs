@@ -366,7 +366,7 @@ impl CreateSession {
 }
 
 /// Opens a session: each participant is given a pool number (one it had with the same
-/// counterpart before, else one sharing its country and area code, else the busiest), such
+/// counterpart before, else one sharing its country and area code, else one in use), such
 /// that no open session has the same (proxy number, participant) pair.
 #[utoipa::path(
     post,

@@ -202,7 +202,11 @@ impl CallTask {
                 return;
             }
             TaskInput::StartStream { spec, reply } => {
-                let result = match (&self.stream, self.answered, self.endpoint.as_ref().and_then(|e| e.params())) {
+                let result = match (
+                    &self.stream,
+                    self.answered,
+                    self.endpoint.as_ref().and_then(|e| e.params()),
+                ) {
                     (Some(_), _, _) => Err("a stream already runs on this call"),
                     (None, Some(_), Some(params)) if !self.call.is_done() => {
                         self.stream_spec = Some(spec);

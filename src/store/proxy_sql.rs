@@ -217,6 +217,19 @@ fn lost_race(e: &sqlx::Error) -> bool {
             db.is_unique_violation()
                 || matches!(db.code().as_deref(), Some("40P01" | "40001"))
                 || db.message().contains("UNIQUE constraint failed")
+                || sqlite_busy(e)
+        }
+        _ => false,
+    }
+}
+
+/// SQLite's `SQLITE_BUSY` (5) or `SQLITE_LOCKED` (6): another writer held the database
+/// past the busy timeout. The attempt is rolled back and made again, as a lost race is.
+fn sqlite_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("5" | "6" | "517" | "262"))
+                || db.message().contains("database is locked")
         }
         _ => false,
     }
@@ -245,10 +258,13 @@ async fn choose(pool: &AnyPool, new: &NewSession, now: i64) -> StoreResult<Optio
     if numbers.is_empty() {
         return Ok(None);
     }
+    // Which numbers are in use (one index probe each, however many sessions are open):
+    // a number in use is given before a fresh one, so the pool stays small.
     let sql = format!(
-        "SELECT proxy_number, COUNT(*) AS n FROM proxy_pairings WHERE tenant = $1 AND {} \
-         GROUP BY proxy_number",
-        live_pairing(2)
+        "SELECT n.number FROM proxy_numbers n WHERE n.tenant = $1 AND EXISTS (SELECT 1 \
+         FROM proxy_pairings p WHERE p.tenant = n.tenant AND p.proxy_number = n.number \
+         AND {})",
+        live_pairing(2).replace("expires_at", "p.expires_at")
     );
     let mut usage = HashMap::new();
     for row in sqlx::query(&sql)
@@ -257,7 +273,7 @@ async fn choose(pool: &AnyPool, new: &NewSession, now: i64) -> StoreResult<Optio
         .fetch_all(pool)
         .await?
     {
-        usage.insert(row.try_get::<String, _>("proxy_number")?, row.try_get("n")?);
+        usage.insert(row.try_get::<String, _>("number")?, 1_i64);
     }
     // The same two participants' latest session: each keeps the number it had there.
     let last = sqlx::query(
@@ -379,7 +395,11 @@ async fn try_write(
     proxies: &[String; 2],
     session: &ProxySession,
 ) -> StoreResult<bool> {
-    let mut tx = pool.begin().await?;
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) if sqlite_busy(&e) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
     let result: Result<bool, sqlx::Error> = async {
         // First a write (SQLite: the write lock from here on). Pairings past their expiry
         // are free again even before the sweep runs.
@@ -457,10 +477,11 @@ async fn try_write(
     }
     .await;
     match result {
-        Ok(true) => {
-            tx.commit().await?;
-            Ok(true)
-        }
+        Ok(true) => match tx.commit().await {
+            Ok(()) => Ok(true),
+            Err(e) if sqlite_busy(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        },
         Ok(false) => {
             tx.rollback().await?;
             Ok(false)
