@@ -56,7 +56,7 @@ pub(crate) struct AttachedStream {
 
 /// Plays the stream's downlink on a leg.
 #[derive(Debug)]
-struct PlayoutSource(PlayoutTap);
+pub struct PlayoutSource(pub PlayoutTap);
 
 impl media::source::AudioSource for PlayoutSource {
     fn fill(&mut self, _rate: u32, out: &mut [i16]) -> bool {
@@ -68,11 +68,21 @@ impl media::source::AudioSource for PlayoutSource {
     }
 }
 
-/// Hands a leg's decoded frames to the stream (`inbound`: what the far end says).
+/// Hands a leg's decoded frames to the stream (`inbound`: what the far end says; on a
+/// bridge, channel 1 is the callee, `outbound`).
 #[derive(Debug)]
-struct StreamSink {
+pub struct StreamSink {
     handle: StreamHandle,
     tracks: [Track; 2],
+}
+
+impl StreamSink {
+    pub fn new(handle: StreamHandle) -> Self {
+        Self {
+            handle,
+            tracks: [Track::Inbound, Track::Outbound],
+        }
+    }
 }
 
 impl media::net::listen::FrameSink for StreamSink {
