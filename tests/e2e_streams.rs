@@ -186,6 +186,14 @@ async fn a_bidirectional_stream_hears_the_call_and_talks_to_it() {
     let done = &events.last().expect("completed")["data"]["call"];
     assert_eq!(done["end_reason"], "stream_ended", "{done}");
     far.wait().await.assert_success("far end");
+    let metrics = h.switch.metrics().await;
+    for line in [
+        "switchyard_streams_started_total 1",
+        "switchyard_streams_ended_total{reason=\"server_closed\"} 1",
+        "switchyard_streams_active 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
 
     // What SIPp received from the switch: the agent's 440 Hz among the silence.
     let packets = capture.finish().await;

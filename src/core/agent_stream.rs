@@ -128,7 +128,7 @@ pub(crate) fn start_on_endpoint(
             }),
         )
         .map_err(|e| e.to_string())?;
-    forward_events(id.clone(), stream.events, tx);
+    forward_events(shared, id.clone(), stream.handle.clone(), stream.events, tx);
     Ok(AttachedStream {
         id,
         handle: stream.handle,
@@ -169,7 +169,7 @@ pub(crate) fn start_on_bridge(
             }),
         )
         .map_err(|e| e.to_string())?;
-    forward_events(id.clone(), stream.events, tx);
+    forward_events(shared, id.clone(), stream.handle.clone(), stream.events, tx);
     Ok(AttachedStream {
         id,
         handle: stream.handle,
@@ -177,15 +177,28 @@ pub(crate) fn start_on_bridge(
     })
 }
 
-/// The driver's events, to the call task.
+/// The driver's events, to the call task; the stream's counters to `/metrics` at its end
+/// (whether or not the call is still there to hear of it).
 fn forward_events(
+    shared: &Shared,
     id: String,
+    handle: StreamHandle,
     mut events: mpsc::Receiver<StreamEvent>,
     tx: mpsc::Sender<TaskInput>,
 ) {
+    let metrics = shared.metrics.clone();
+    metrics.stream_started();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             let end = matches!(event, StreamEvent::Ended(_));
+            if let StreamEvent::Ended(reason) = &event {
+                let how = match reason {
+                    EndReason::ServerClosed => "server_closed",
+                    EndReason::Stopped => "stopped",
+                    _ => "failed",
+                };
+                metrics.stream_ended(how, &handle.stats());
+            }
             if tx
                 .send(TaskInput::Stream {
                     stream_id: id.clone(),

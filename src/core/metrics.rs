@@ -29,7 +29,17 @@ pub struct Metrics {
     inbound: [AtomicU64; 5],
     trunk_skipped: AtomicU64,
     media_refused: AtomicU64,
+    /// Agent streams: started, and ended by how (`STREAM_ENDS`).
+    streams_started: AtomicU64,
+    streams_ended: [AtomicU64; 3],
+    stream_reconnects: AtomicU64,
+    /// Call frames and messages a slow server (or a full queue) made the switch drop.
+    stream_frames_dropped: AtomicU64,
+    stream_playout_dropped_ms: AtomicU64,
 }
+
+/// How a stream ended, for `switchyard_streams_ended_total{reason}`.
+const STREAM_ENDS: [&str; 3] = ["server_closed", "stopped", "failed"];
 
 /// True at most once per wall-clock second per `last` (log throttling under overload).
 pub fn once_per_second(last: &AtomicU64) -> bool {
@@ -69,6 +79,25 @@ impl InboundOutcome {
 }
 
 impl Metrics {
+    pub fn stream_started(&self) {
+        self.streams_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stream's end (`reason` one of `STREAM_ENDS`) and its final counters.
+    pub fn stream_ended(&self, reason: &str, stats: &crate::streams::StreamStats) {
+        if let Some(i) = STREAM_ENDS.iter().position(|r| *r == reason) {
+            self.streams_ended[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.stream_reconnects
+            .fetch_add(stats.reconnects, Ordering::Relaxed);
+        self.stream_frames_dropped.fetch_add(
+            stats.input_dropped + stats.media_dropped + stats.control_dropped,
+            Ordering::Relaxed,
+        );
+        self.stream_playout_dropped_ms
+            .fetch_add(stats.playout_dropped_ms, Ordering::Relaxed);
+    }
+
     pub fn call_started(&self) {
         self.calls_started.fetch_add(1, Ordering::Relaxed);
     }
@@ -132,6 +161,45 @@ impl Metrics {
                 load(&self.transitions[i])
             );
         }
+        let started = load(&self.streams_started);
+        let ended: u64 = self.streams_ended.iter().map(load).sum();
+        let _ = writeln!(out, "# TYPE switchyard_streams_active gauge");
+        let _ = writeln!(
+            out,
+            "switchyard_streams_active {}",
+            started.saturating_sub(ended)
+        );
+        let _ = writeln!(out, "# TYPE switchyard_streams_started_total counter");
+        let _ = writeln!(out, "switchyard_streams_started_total {started}");
+        let _ = writeln!(out, "# TYPE switchyard_streams_ended_total counter");
+        for (i, r) in STREAM_ENDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "switchyard_streams_ended_total{{reason=\"{r}\"}} {}",
+                load(&self.streams_ended[i])
+            );
+        }
+        let _ = writeln!(out, "# TYPE switchyard_stream_reconnects_total counter");
+        let _ = writeln!(
+            out,
+            "switchyard_stream_reconnects_total {}",
+            load(&self.stream_reconnects)
+        );
+        let _ = writeln!(out, "# TYPE switchyard_stream_frames_dropped_total counter");
+        let _ = writeln!(
+            out,
+            "switchyard_stream_frames_dropped_total {}",
+            load(&self.stream_frames_dropped)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE switchyard_stream_playout_dropped_ms_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "switchyard_stream_playout_dropped_ms_total {}",
+            load(&self.stream_playout_dropped_ms)
+        );
         let _ = writeln!(out, "# TYPE switchyard_rtp_packets_received_total counter");
         let _ = writeln!(
             out,
