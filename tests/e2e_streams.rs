@@ -326,6 +326,12 @@ async fn a_listen_only_fork_of_a_transit_call_hears_both_parties() {
         c.rtp_ports(36300, 36399)
     })
     .await;
+    // What the callee receives from the switch, to see the fork leaves it alone.
+    let capture = common::capture::Capture::start(&format!(
+        "udp and src portrange 36300-36399 and dst port {}",
+        far.media_addr().port()
+    ))
+    .await;
     let (_dir, scenario) = scenario_with_fixtures("bridge_uac_g722_tone.xml");
     let caller = Sipp::builder(scenario.to_str().expect("utf-8"))
         .remote(h.switch.sip_udp())
@@ -410,6 +416,28 @@ async fn a_listen_only_fork_of_a_transit_call_hears_both_parties() {
         .next_matching(&h.secret, GUARD, |e| e["type"] == "call.completed")
         .await;
     assert_eq!(done["data"]["call"]["end_reason"], "caller_bye", "{done}");
+    // The callee heard the caller's 600 Hz (transcoded to PCMU) throughout: 20 ms
+    // packets, none lost to the fork.
+    let packets = capture.finish().await;
+    let rtp: Vec<&common::capture::Datagram> = packets
+        .iter()
+        .filter(|d| d.payload.len() == 172 && d.payload[1] & 0x7f == 0)
+        .collect();
+    let seqs: Vec<u16> = rtp
+        .iter()
+        .map(|d| u16::from_be_bytes([d.payload[2], d.payload[3]]))
+        .collect();
+    assert!(rtp.len() >= 100, "{} packets to the callee", rtp.len());
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "a gap in what the callee received"
+    );
+    let pcm: Vec<i16> = rtp.iter().flat_map(|d| ulaw(&d.payload[12..])).collect();
+    let mid = &pcm[pcm.len() / 4..pcm.len() * 3 / 4];
+    assert!(
+        goertzel(mid, 600.0, 8000.0) > 20.0 * goertzel(mid, 1000.0, 8000.0),
+        "the callee did not hear the caller"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
