@@ -9,8 +9,9 @@
 
 mod common;
 
+use common::fixtures::{repo, scenario_with_fixtures};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,23 +27,6 @@ const RATE: f64 = 8000.0;
 /// Packets at each end of the received stream left out of the measurements (the
 /// transcoder's start and the last packets before the BYE).
 const EDGE_PACKETS: usize = 5;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A copy of `tests/sipp/<name>` whose repository-relative `pcap-fixtures/` paths are
-/// made absolute (SIPp resolves `play_pcap_audio` against its working directory, a
-/// tempdir of the harness). Returns the tempdir (keep it alive) and the copy's path.
-fn scenario_with_fixtures(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let text = std::fs::read_to_string(common::sipp::scenario_dir().join(name)).expect("scenario");
-    let fixtures = format!("\"{}/pcap-fixtures/", repo().display());
-    assert!(text.contains("\"pcap-fixtures/"), "{name} plays no fixture");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(name);
-    std::fs::write(&path, text.replace("\"pcap-fixtures/", &fixtures)).expect("write scenario");
-    (dir, path)
-}
 
 /// The callee's media endpoint: an RTP socket on an even port (with the RTCP port above
 /// it bound too, so the switch's reports land somewhere) and a task collecting datagrams.
@@ -153,17 +137,9 @@ fn decode_ulaw_packets(packets: &[Vec<u8>]) -> Vec<i16> {
     pcm
 }
 
-/// Goertzel power of `freq` in `x` (relative units, comparable within one signal).
+/// Goertzel power of `freq` in `x` at this file's rate.
 fn goertzel(x: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / RATE;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &s in x {
-        let s0 = f64::from(s) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    s1 * s1 + s2 * s2 - coeff * s1 * s2
+    common::fixtures::goertzel(x, freq, RATE)
 }
 
 /// Ratio of the `freq` component's power to everything else (noise and distortion), in

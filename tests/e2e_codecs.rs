@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::fixtures::{goertzel, scenario_with_fixtures};
 
 use common::capture::{Capture, Datagram};
 use common::transit::{TRANSIT_PLAN, start, start_with, types};
@@ -32,35 +32,6 @@ const CALLER_HZ: f64 = 600.0;
 const CALLEE_HZ: f64 = 1000.0;
 /// -10 dBm0 as the fixtures have it (peak 7054), in dB below a full-scale sine.
 const FIXTURE_DB: f64 = -13.35;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A copy of `tests/sipp/<name>` whose repository-relative `pcap-fixtures/` paths are
-/// made absolute (SIPp resolves `play_pcap_audio` against its working directory).
-fn scenario_with_fixtures(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let text = std::fs::read_to_string(common::sipp::scenario_dir().join(name)).expect("scenario");
-    let fixtures = format!("\"{}/pcap-fixtures/", repo().display());
-    assert!(text.contains("\"pcap-fixtures/"), "{name} plays no fixture");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(name);
-    std::fs::write(&path, text.replace("\"pcap-fixtures/", &fixtures)).expect("write scenario");
-    (dir, path)
-}
-
-/// Goertzel power of `freq` in `x` sampled at `rate` (relative units).
-fn goertzel(x: &[i16], freq: f64, rate: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / rate;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &s in x {
-        let s0 = f64::from(s) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    s1 * s1 + s2 * s2 - coeff * s1 * s2
-}
 
 /// RMS level in dB relative to a full-scale (±32768) sine.
 fn level_db(x: &[i16]) -> f64 {

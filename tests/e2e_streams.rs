@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::fixtures::{goertzel, scenario_with_fixtures};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -22,32 +22,6 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const RTP: (u16, u16) = (36000, 36099);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A copy of `tests/sipp/<name>` with its `pcap-fixtures/` paths made absolute.
-fn scenario_with_fixtures(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let text = std::fs::read_to_string(common::sipp::scenario_dir().join(name)).expect("scenario");
-    let fixtures = format!("\"{}/pcap-fixtures/", repo().display());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(name);
-    std::fs::write(&path, text.replace("\"pcap-fixtures/", &fixtures)).expect("write scenario");
-    (dir, path)
-}
-
-fn goertzel(x: &[i16], freq: f64, rate: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / rate;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &s in x {
-        let s0 = f64::from(s) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    s1 * s1 + s2 * s2 - coeff * s1 * s2
-}
 
 fn ulaw(bytes: &[u8]) -> Vec<i16> {
     bytes

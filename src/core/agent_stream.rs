@@ -94,6 +94,43 @@ impl media::net::listen::FrameSink for StreamSink {
     }
 }
 
+/// The driver's settings for `spec` on `record`'s call, its frames at `call_rate`.
+fn config_for(
+    shared: &Shared,
+    record: &CallRecord,
+    spec: &StreamSpec,
+    call_rate: u32,
+    tracks: Vec<Track>,
+) -> StreamConfig {
+    let mut config = StreamConfig::new(spec.url.clone(), record.id.clone(), record.tenant.clone());
+    config.format = spec.format;
+    config.call_rate = call_rate;
+    config.bidirectional = spec.bidirectional;
+    config.grace = Duration::from_secs(shared.config.streams.grace_s);
+    config.start.custom_parameters = spec.parameters.clone();
+    config.start.from = Some(record.from.clone());
+    config.start.to = Some(record.to.clone());
+    config.start.tracks = tracks;
+    config
+}
+
+/// Reports a stream event of `stream` on `record`'s call (its callback, if any) and
+/// says what it does to the call: `Some(true)` hang up as the agent ended it,
+/// `Some(false)` as it failed.
+pub(crate) async fn report(
+    shared: &Shared,
+    record: &std::sync::Arc<CallRecord>,
+    stream: &AttachedStream,
+    event: &StreamEvent,
+) -> Option<bool> {
+    let (callback, hangup) = event_of(stream, event);
+    if let Some((kind, extra)) = callback {
+        tracing::info!(stream = %stream.id, event = kind, "agent stream");
+        super::task::record_event(shared, record, kind, extra).await;
+    }
+    hangup
+}
+
 /// Starts `spec` on an answered call whose leg runs `params`, fed from `endpoint`.
 pub(crate) fn start_on_endpoint(
     shared: &Shared,
@@ -104,15 +141,7 @@ pub(crate) fn start_on_endpoint(
     tx: mpsc::Sender<TaskInput>,
 ) -> Result<AttachedStream, String> {
     let call_rate = params.codec.audio_codec().sample_rate();
-    let mut config = StreamConfig::new(spec.url.clone(), record.id.clone(), record.tenant.clone());
-    config.format = spec.format;
-    config.call_rate = call_rate;
-    config.bidirectional = spec.bidirectional;
-    config.grace = Duration::from_secs(shared.config.streams.grace_s);
-    config.start.custom_parameters = spec.parameters.clone();
-    config.start.from = Some(record.from.clone());
-    config.start.to = Some(record.to.clone());
-    config.start.tracks = vec![Track::Inbound];
+    let config = config_for(shared, record, &spec, call_rate, vec![Track::Inbound]);
     let id = config.stream_sid.clone();
     let stream = crate::streams::spawn(config, shared.stream_connector.clone())
         .map_err(|e| format!("{e:?}"))?;
@@ -148,15 +177,8 @@ pub(crate) fn start_on_bridge(
     spec.bidirectional = false;
     // The frames come at the stream's own rate: no second resampling in the driver.
     let call_rate = spec.format.sample_rate();
-    let mut config = StreamConfig::new(spec.url.clone(), record.id.clone(), record.tenant.clone());
-    config.format = spec.format;
-    config.call_rate = call_rate;
-    config.bidirectional = false;
-    config.grace = Duration::from_secs(shared.config.streams.grace_s);
-    config.start.custom_parameters = spec.parameters.clone();
-    config.start.from = Some(record.from.clone());
-    config.start.to = Some(record.to.clone());
-    config.start.tracks = vec![Track::Inbound, Track::Outbound];
+    let tracks = vec![Track::Inbound, Track::Outbound];
+    let config = config_for(shared, record, &spec, call_rate, tracks);
     let id = config.stream_sid.clone();
     let stream = crate::streams::spawn(config, shared.stream_connector.clone())
         .map_err(|e| format!("{e:?}"))?;
@@ -216,7 +238,7 @@ fn forward_events(
 
 /// The callback a stream event becomes (type, extra fields), and what it does to the
 /// call: `Some(true)` hang up as the agent ended it, `Some(false)` as it failed.
-pub(crate) fn event_of(
+fn event_of(
     stream: &AttachedStream,
     event: &StreamEvent,
 ) -> (Option<(&'static str, serde_json::Value)>, Option<bool>) {

@@ -476,34 +476,18 @@ impl Switch {
         target: &str,
         leg: Option<transfer::TransferLeg>,
     ) -> Result<CallRecord, CoreError> {
-        let current = self
-            .shared
-            .store
-            .get_call(tenant, id)
-            .await?
-            .ok_or(CoreError::NotFound)?;
-        if current.status.is_terminal() {
-            return Err(CoreError::AlreadyEnded(Box::new(current)));
-        }
-        let tx = self
-            .shared
-            .calls
-            .get(id)
-            .map(|e| e.value().clone())
-            .ok_or_else(|| CoreError::AlreadyEnded(Box::new(current.clone())))?;
         let (reply, rx) = oneshot::channel();
-        tx.try_send(TaskInput::Transfer {
-            target: target.to_owned(),
-            leg,
-            reply,
-        })
-        .map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => CoreError::Overloaded,
-            // The call ended since it was looked up: a 409, not the 503 of a full queue.
-            mpsc::error::TrySendError::Closed(_) => {
-                CoreError::AlreadyEnded(Box::new(current.clone()))
-            }
-        })?;
+        let current = self
+            .command(
+                tenant,
+                id,
+                TaskInput::Transfer {
+                    target: target.to_owned(),
+                    leg,
+                    reply,
+                },
+            )
+            .await?;
         match rx.await {
             Ok(Ok(())) => Ok(current),
             Ok(Err(why)) => Err(CoreError::NotTransferable(why)),

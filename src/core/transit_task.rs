@@ -799,11 +799,7 @@ impl TransitTask {
         let Some(stream) = self.stream.as_ref().filter(|s| s.id == stream_id) else {
             return;
         };
-        let (callback, hangup) = super::agent_stream::event_of(stream, &event);
-        if let Some((kind, extra)) = callback {
-            tracing::info!(stream = %stream_id, event = kind, "agent stream");
-            record_event(&self.shared, &self.record, kind, extra).await;
-        }
+        let hangup = super::agent_stream::report(&self.shared, &self.record, stream, &event).await;
         if matches!(event, crate::streams::StreamEvent::Ended(_)) {
             self.stream = None;
             if let Some(bridge) = self.bridge.as_mut() {
