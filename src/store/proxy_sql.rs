@@ -276,11 +276,16 @@ async fn choose(pool: &AnyPool, new: &NewSession, now: i64) -> StoreResult<Optio
         usage.insert(row.try_get::<String, _>("number")?, 1_i64);
     }
     // The same two participants' latest session: each keeps the number it had there.
+    // Two lookups on the pair index: with an OR, SQLite may walk the tenant's sessions in
+    // `created_at` order instead, every one of them when the pair is new.
     let last = sqlx::query(
-        "SELECT participant_a, proxy_a, participant_b, proxy_b FROM proxy_sessions \
-         WHERE tenant = $1 AND ((participant_a = $2 AND participant_b = $3) \
-         OR (participant_a = $3 AND participant_b = $2)) \
-         ORDER BY created_at DESC, id DESC LIMIT 1",
+        "SELECT participant_a, proxy_a, participant_b, proxy_b FROM (\
+         SELECT participant_a, proxy_a, participant_b, proxy_b, created_at, id \
+         FROM proxy_sessions WHERE tenant = $1 AND participant_a = $2 AND participant_b = $3 \
+         UNION ALL \
+         SELECT participant_a, proxy_a, participant_b, proxy_b, created_at, id \
+         FROM proxy_sessions WHERE tenant = $1 AND participant_a = $3 AND participant_b = $2\
+         ) AS pair ORDER BY created_at DESC, id DESC LIMIT 1",
     )
     .bind(new.tenant.clone())
     .bind(new.participants[0].clone())
