@@ -259,11 +259,13 @@ async fn choose(pool: &AnyPool, new: &NewSession, now: i64) -> StoreResult<Optio
         return Ok(None);
     }
     // Which numbers are in use (one index probe each, however many sessions are open):
-    // a number in use is given before a fresh one, so the pool stays small.
+    // a number in use is given before a fresh one, so the pool stays small. A scalar
+    // subquery with LIMIT, not EXISTS: PostgreSQL's generic plan for an EXISTS hashed
+    // every open pairing on each create.
     let sql = format!(
-        "SELECT n.number FROM proxy_numbers n WHERE n.tenant = $1 AND EXISTS (SELECT 1 \
-         FROM proxy_pairings p WHERE p.tenant = n.tenant AND p.proxy_number = n.number \
-         AND {})",
+        "SELECT n.number, (SELECT p.session_id FROM proxy_pairings p WHERE p.tenant = n.tenant \
+         AND p.proxy_number = n.number AND {} LIMIT 1) AS used \
+         FROM proxy_numbers n WHERE n.tenant = $1",
         live_pairing(2).replace("expires_at", "p.expires_at")
     );
     let mut usage = HashMap::new();
@@ -273,7 +275,10 @@ async fn choose(pool: &AnyPool, new: &NewSession, now: i64) -> StoreResult<Optio
         .fetch_all(pool)
         .await?
     {
-        usage.insert(row.try_get::<String, _>("number")?, 1_i64);
+        let used: Option<String> = row.try_get("used")?;
+        if used.is_some() {
+            usage.insert(row.try_get::<String, _>("number")?, 1_i64);
+        }
     }
     // The same two participants' latest session: each keeps the number it had there.
     // Two lookups on the pair index: with an OR, SQLite may walk the tenant's sessions in
@@ -410,12 +415,10 @@ async fn try_write(
         // are free again even before the sweep runs.
         // Any tenant's: with `tenant = ` in it, SQLite walks the tenant's every pairing
         // by the participant index instead of the few expired ones by the expiry index.
-        sqlx::query(
-            "DELETE FROM proxy_pairings WHERE expires_at IS NOT NULL AND expires_at <= $1",
-        )
-        .bind(new.created_at.timestamp_millis())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("DELETE FROM proxy_pairings WHERE expires_at IS NOT NULL AND expires_at <= $1")
+            .bind(new.created_at.timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
         let metadata = new.metadata.to_string();
         sqlx::query(&format!(
             "INSERT INTO proxy_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, 'open', $3, $4, $5, \
