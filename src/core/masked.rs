@@ -519,11 +519,24 @@ pub(super) fn on_message(shared: &Shared, event: sip::ua::UaEvent) {
     let now_secs = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    // The same gate as an INVITE's: a banned source is not looked at, and a wrong
+    // digest answer counts towards its ban (a MESSAGE is no side door for guessing).
+    if shared.auth_guard.gate_source(source.ip(), now_secs) == super::auth_guard::Gate::Banned {
+        respond(shared, 403);
+        return;
+    }
     let index = match shared
         .inbound
         .admit(source.ip(), &request, now_secs, &shared.auth_guard)
     {
         super::inbound::Admission::Trunk(i) => i,
+        super::inbound::Admission::AuthFailed { user, .. } => {
+            shared
+                .auth_guard
+                .failed(source.ip(), user.as_deref(), now_secs);
+            respond(shared, 403);
+            return;
+        }
         _ => {
             respond(shared, 403);
             return;
