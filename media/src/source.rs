@@ -12,6 +12,19 @@ pub trait AudioSource: Send + std::fmt::Debug {
     /// Fills `out` (one frame at `rate` Hz, mono); false when the source has ended
     /// (`out` is then not sent and the leg returns to silence).
     fn fill(&mut self, rate: u32, out: &mut [i16]) -> bool;
+
+    /// Whether the last `fill` was silence because the source had nothing (a live
+    /// source between utterances). The leg may then leave that packet out to bring its
+    /// timestamps back in step with the clock after sending early (see `wake`).
+    fn idle(&self) -> bool {
+        false
+    }
+
+    /// Notified when audio arrives at a source that had run dry, so the leg sends it at
+    /// once instead of at its next pacing tick (up to a packet time later).
+    fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Mono PCM at a known rate, loaded once and shared (an announcement played to many).

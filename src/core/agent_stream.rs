@@ -56,15 +56,30 @@ pub(crate) struct AttachedStream {
 
 /// Plays the stream's downlink on a leg.
 #[derive(Debug)]
-pub struct PlayoutSource(pub PlayoutTap);
+pub struct PlayoutSource {
+    tap: PlayoutTap,
+    /// The last frame had no audio.
+    idle: bool,
+}
+
+impl PlayoutSource {
+    pub fn new(tap: PlayoutTap) -> Self {
+        Self { tap, idle: true }
+    }
+}
 
 impl media::source::AudioSource for PlayoutSource {
     fn fill(&mut self, _rate: u32, out: &mut [i16]) -> bool {
-        let frame = self.0.next_frame();
-        let n = frame.pcm.len().min(out.len());
-        out[..n].copy_from_slice(&frame.pcm[..n]);
-        out[n..].fill(0);
+        self.idle = self.tap.fill(out) == 0;
         true
+    }
+
+    fn idle(&self) -> bool {
+        self.idle
+    }
+
+    fn wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.tap.audio_ready())
     }
 }
 
@@ -146,7 +161,9 @@ pub(crate) fn start_on_endpoint(
     let stream = crate::streams::spawn(config, shared.stream_connector.clone())
         .map_err(|e| format!("{e:?}"))?;
     if spec.bidirectional {
-        endpoint.play(Box::new(PlayoutSource(stream.handle.playout().clone())));
+        endpoint.play(Box::new(PlayoutSource::new(
+            stream.handle.playout().clone(),
+        )));
     }
     endpoint
         .listen(

@@ -28,6 +28,8 @@ use super::{CallInput, Counters, EndReason, SharedPlayout, StreamConfig, StreamE
 
 /// Send-queue slots kept for non-media messages.
 const CONTROL_RESERVE: usize = 16;
+/// tungstenite's read buffer (see `Driver::new`).
+const READ_BUFFER_BYTES: usize = 4096;
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -70,7 +72,12 @@ impl Driver {
     ) -> Self {
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(config.max_message_bytes))
-            .max_frame_size(Some(config.max_message_bytes));
+            .max_frame_size(Some(config.max_message_bytes))
+            // tungstenite zero-fills up to this much before every read attempt, and the
+            // loop polls the socket each time a call frame wakes it: at the 128 KiB
+            // default that was the largest cost of a stream. Larger messages still
+            // arrive, over several reads.
+            .read_buffer_size(READ_BUFFER_BYTES);
         Driver {
             seq: Sequencer::new(config.stream_sid.clone()),
             decoder: PayloadDecoder::new(config.format),
@@ -335,7 +342,15 @@ impl Driver {
                 }
                 self.decoded.clear();
                 self.decoder.decode(&payload, &mut self.decoded);
-                self.shared.lock().playout.push_audio(&self.decoded);
+                let was_empty = {
+                    let mut state = self.shared.lock();
+                    let was_empty = state.playout.is_empty();
+                    state.playout.push_audio(&self.decoded);
+                    was_empty
+                };
+                if was_empty && !self.decoded.is_empty() {
+                    self.shared.audio_ready.notify_one();
+                }
                 self.changed();
             }
             Ok(ServerMessage::Mark { name }) => {

@@ -201,6 +201,8 @@ struct SharedPlayout {
     state: Mutex<TapState>,
     /// Wakes the task when `acks` has something.
     acks_ready: Notify,
+    /// Wakes the leg's pacer when audio arrives at an empty queue (it sends at once).
+    audio_ready: Arc<Notify>,
     /// Bumped by the task after each change from the server (for waiters).
     changed: watch::Sender<u64>,
 }
@@ -219,6 +221,35 @@ pub struct PlayoutTap {
 }
 
 impl PlayoutTap {
+    /// The next 20 ms at the call rate into `out` (silence when nothing is queued);
+    /// returns how many samples (at the stream rate) were queued audio. Never awaits;
+    /// holds the lock for one frame's copy and resampling. Allocates nothing unless a
+    /// mark was played.
+    pub fn fill(&self, out: &mut [i16]) -> usize {
+        let (audio, played) = {
+            let mut state = self.shared.lock();
+            let (audio, played) = state.playout.next_frame_into(out);
+            if !played.is_empty() {
+                for name in &played {
+                    if state.acks.len() >= MAX_PENDING_ACKS {
+                        state.acks.pop_front();
+                    }
+                    state.acks.push_back(name.clone());
+                }
+            }
+            (audio, !played.is_empty())
+        };
+        if played {
+            self.shared.acks_ready.notify_one();
+        }
+        audio
+    }
+
+    /// Notified when audio arrives while nothing was queued.
+    pub fn audio_ready(&self) -> Arc<Notify> {
+        Arc::clone(&self.shared.audio_ready)
+    }
+
     /// The next 20 ms at the call rate (silence when nothing is queued). Never awaits;
     /// holds the lock for one frame's copy and resampling.
     pub fn next_frame(&self) -> Frame {
@@ -357,6 +388,7 @@ pub fn spawn(config: StreamConfig, connector: Arc<dyn Connector>) -> Result<Stre
             acks: VecDeque::new(),
         }),
         acks_ready: Notify::new(),
+        audio_ready: Arc::new(Notify::new()),
         changed: watch::channel(0).0,
     });
     let counters = Arc::new(Counters::default());

@@ -439,19 +439,50 @@ struct Row {
     delivered: (f64, f64),
 }
 
+/// Pins the calling thread to `cpu` (with `taskset`, which the `util-linux` package
+/// every Debian has provides), for `STREAM_PIN=1` runs.
+fn pin_current_thread(cpu: &str) {
+    let Ok(me) = std::fs::read_link("/proc/thread-self") else {
+        return;
+    };
+    let Some(tid) = me.file_name().and_then(|t| t.to_str()).map(str::to_owned) else {
+        return;
+    };
+    let _ = std::process::Command::new("taskset")
+        .args(["-pc", cpu, &tid])
+        .stdout(std::process::Stdio::null())
+        .status();
+}
+
+/// A runtime of `workers` threads named `name`, pinned to `cpu` with `STREAM_PIN=1`.
+fn runtime(name: &str, workers: usize, cpu: &'static str) -> tokio::runtime::Runtime {
+    let pin = std::env::var("STREAM_PIN").is_ok_and(|v| v == "1");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .on_thread_start(move || {
+            if pin {
+                pin_current_thread(cpu);
+            }
+        })
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn run_once(n: usize, seconds: u64) -> Option<Row> {
-    let switch_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("sw-media")
-        .enable_all()
-        .build()
-        .unwrap();
-    let harness_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("harness")
-        .enable_all()
-        .build()
-        .unwrap();
+    // `STREAM_SWITCH_WORKERS=1 STREAM_PIN=1`: the switch on one core (CPU 0), the far
+    // ends and servers on the other: calls per core measured as such.
+    let switch_rt = runtime(
+        "sw-media",
+        env_u64("STREAM_SWITCH_WORKERS", 2) as usize,
+        "0",
+    );
+    let harness_rt = runtime(
+        "harness",
+        env_u64("STREAM_HARNESS_WORKERS", 2) as usize,
+        "1",
+    );
     let (plan_tx, plan_rx) = tokio::sync::watch::channel(None);
     let run = Arc::new(Run {
         epoch: Instant::now(),
@@ -503,7 +534,9 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
         config.call_rate = 8000;
         config.bidirectional = true;
         let stream = switchyard::streams::spawn(config, connector.clone()).unwrap();
-        endpoint.play(Box::new(PlayoutSource(stream.handle.playout().clone())));
+        endpoint.play(Box::new(PlayoutSource::new(
+            stream.handle.playout().clone(),
+        )));
         endpoint
             .listen(8000, Box::new(StreamSink::new(stream.handle.clone())))
             .unwrap();

@@ -23,7 +23,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 
-use super::listen::FrameSink;
+use super::listen::{DirectListener, FrameSink};
 use super::pool::{PortPair, PortPool};
 use super::recording::{RecordingError, RecordingHandle, RecordingOutcome, Tap, TapState};
 use crate::dtmf::{DtmfDecoder, DtmfEvent};
@@ -119,10 +119,10 @@ pub struct RtpEndpoint {
     task: JoinHandle<()>,
     /// Hands a recording tap to the task.
     tap_tx: mpsc::Sender<Tap>,
-    /// Hands a listen tap (or none: stop listening) to the task.
-    listen_tx: mpsc::UnboundedSender<Option<Tap>>,
-    /// The listen task, while one may run.
-    listening: Option<JoinHandle<()>>,
+    /// Hands a listener (or none: stop listening) to the task.
+    listen_tx: mpsc::UnboundedSender<Option<DirectListener>>,
+    /// True while the listener given to the task runs.
+    listening: Option<Arc<AtomicBool>>,
     /// Hands an audio source (or none: back to silence) to the task.
     source_tx: mpsc::UnboundedSender<Option<Box<dyn AudioSource>>>,
     recording: Option<RecordingHandle>,
@@ -170,6 +170,7 @@ impl RtpEndpoint {
             source: None,
             pcm: Vec::new(),
             early_source: None,
+            source_wake: None,
         };
         let task = handle.spawn(driver.run(params_rx, tap_rx, listen_rx, source_rx, pair));
         Ok(RtpEndpoint {
@@ -273,11 +274,13 @@ impl RtpEndpoint {
         Ok(())
     }
 
-    /// Starts handing the far end's audio (decoded, jitter-buffered, concealed,
-    /// resampled to `out_rate`) to `sink`, one 20 ms frame (`out_rate / 50` samples) per
-    /// 20 ms, channel 0. Only packets of the negotiated audio payload type count; the
-    /// decoder follows the codec of the last [`connect`](Self::connect) when listening
-    /// starts. Independent of a recording (both may run). Runs on a tokio task until
+    /// Starts handing the far end's audio (put back in order, decoded, concealed,
+    /// resampled to `out_rate`) to `sink`, in 20 ms frames (`out_rate / 50` samples),
+    /// channel 0, as packets arrive: the receive path calls the sink, with no buffering
+    /// delay (see [`DirectListener`](super::listen)); while packets stop, silence keeps
+    /// the frames in step with the clock. Only packets of the negotiated audio payload
+    /// type count; the decoder follows the codec of [`connect`](Self::connect).
+    /// Independent of a recording (both may run). Runs until
     /// [`stop_listening`](Self::stop_listening), the endpoint closes, or the sink
     /// returns false. Errors: `NotConnected` before `connect`, `AlreadyListening` if a
     /// listener runs, `Codec` if `out_rate` is not a supported PCM rate (8, 16, 24, 32
@@ -291,26 +294,29 @@ impl RtpEndpoint {
             return Err(RecordingError::AlreadyListening);
         }
         let params = self.params().ok_or(RecordingError::NotConnected)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RecordingError::Stopped)?;
-        let (tap, task) = super::listen::prepare_endpoint(&params, out_rate, sink)?;
+        let alive = Arc::new(AtomicBool::new(false));
+        let listener =
+            DirectListener::new(&params, out_rate, sink, Arc::clone(&alive), Instant::now())?;
         self.listen_tx
-            .send(Some(tap))
+            .send(Some(listener))
             .map_err(|_| RecordingError::Stopped)?;
-        self.listening = Some(runtime.spawn(task.run()));
+        self.listening = Some(alive);
         Ok(())
     }
 
-    /// Stops the listener (if any): the task drops its tap, and the listen task ends
-    /// (dropping the sink) at its next tick.
+    /// Stops the listener (if any): the task drops it (and its sink) at once.
     pub fn stop_listening(&mut self) {
-        if self.listening.take().is_some() {
+        if let Some(alive) = self.listening.take() {
+            alive.store(false, Ordering::Relaxed);
             let _ = self.listen_tx.send(None);
         }
     }
 
     /// Whether a listener runs (its sink has not asked to stop).
     pub fn is_listening(&self) -> bool {
-        self.listening.as_ref().is_some_and(|t| !t.is_finished())
+        self.listening
+            .as_ref()
+            .is_some_and(|alive| alive.load(Ordering::Relaxed))
     }
 
     /// Whether [`start_recording`](Self::start_recording) succeeded on this endpoint.
@@ -375,6 +381,9 @@ struct SendState {
     ticker: Option<Interval>,
     last_tick: Option<tokio::time::Instant>,
     ptime: Duration,
+    /// How far the timestamps run ahead of the clock after packets sent early (audio
+    /// that arrived between ticks); idle packets are left out to pay it back.
+    lead: Duration,
 }
 
 impl SendState {
@@ -395,8 +404,8 @@ struct Driver {
     send: Option<SendState>,
     /// Copies received audio to a recording.
     tap: Option<Tap>,
-    /// Copies received audio to a listener.
-    listen: Option<Tap>,
+    /// Hands received audio to a listener.
+    listen: Option<DirectListener>,
     /// Telephone-event decoder for the negotiated payload type.
     dtmf: Option<DtmfDecoder>,
     dtmf_tx: mpsc::Sender<DtmfEvent>,
@@ -406,6 +415,8 @@ struct Driver {
     pcm: Vec<i16>,
     /// A source given before `connect`: it starts once the codec is known.
     early_source: Option<Box<dyn AudioSource>>,
+    /// The playing source's wake-up: audio arrived after it ran dry.
+    source_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The encoder of a playing source (the codec's encoders have no `Debug`).
@@ -416,6 +427,14 @@ impl std::fmt::Debug for SourceEncoder {
         f.debug_tuple("SourceEncoder")
             .field(&self.0.codec())
             .finish()
+    }
+}
+
+/// The playing source's wake-up, or never.
+async fn source_woken(wake: Option<&Arc<tokio::sync::Notify>>) {
+    match wake {
+        Some(w) => w.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -432,7 +451,7 @@ impl Driver {
         mut self,
         mut params_rx: watch::Receiver<Option<(StreamParams, Option<IpAddr>)>>,
         mut tap_rx: mpsc::Receiver<Tap>,
-        mut listen_rx: mpsc::UnboundedReceiver<Option<Tap>>,
+        mut listen_rx: mpsc::UnboundedReceiver<Option<DirectListener>>,
         mut source_rx: mpsc::UnboundedReceiver<Option<Box<dyn AudioSource>>>,
         ports: PortPair,
     ) {
@@ -471,7 +490,17 @@ impl Driver {
                 },
                 // RTCP is not interpreted yet; drain it so the socket buffer stays empty.
                 _ = self.rtcp.recv_from(&mut cbuf) => {}
-                tick = next_tick(&mut self.send) => self.send_packet(tick, &mut sbuf).await,
+                () = source_woken(self.source_wake.as_ref()) => {
+                    self.send_early(&mut sbuf).await;
+                }
+                tick = next_tick(&mut self.send) => {
+                    self.send_packet(tick, false, &mut sbuf).await;
+                    if let Some(listener) = self.listen.as_mut()
+                        && !listener.on_tick(Instant::now())
+                    {
+                        self.listen = None;
+                    }
+                }
             }
         }
         // The sockets go back with their ports (kept for the next call, or closed first).
@@ -492,6 +521,9 @@ impl Driver {
             .and_then(|out| silence_frame(params.codec, ptime_ms, samples, out));
         let payload_len = silence.unwrap_or(0);
         self.dtmf = params.dtmf_pt.map(DtmfDecoder::new);
+        if let Some(listener) = self.listen.as_mut() {
+            listener.retarget(params.pt, super::recording::audio_codec(params.codec));
+        }
         let ptime = Duration::from_millis(u64::from(ptime_ms));
         // A codec whose silence could not be made (an Opus ptime it has no frame for) is
         // received but nothing is sent.
@@ -510,6 +542,7 @@ impl Driver {
             ticker,
             last_tick: None,
             ptime,
+            lead: Duration::ZERO,
         });
         // A new codec needs a new encoder for what is playing (or waited for this).
         let playing = self.source.take().map(|(source, _)| source);
@@ -522,6 +555,7 @@ impl Driver {
     fn set_source(&mut self, source: Option<Box<dyn AudioSource>>, sbuf: &mut [u8; SEND_BUF]) {
         let had = self.source.take().is_some();
         self.early_source = None;
+        self.source_wake = source.as_ref().and_then(|s| s.wake());
         let Some(source) = source else {
             if had {
                 self.restore_silence(sbuf);
@@ -537,6 +571,7 @@ impl Driver {
         let ptime_ms = s.ptime.as_millis() as u32;
         match crate::codec::encoder(codec) {
             Ok(enc) if codec.supports_ptime(ptime_ms) => {
+                self.source_wake = source.wake();
                 self.pcm.resize(codec.frame_samples(ptime_ms), 0);
                 self.source = Some((source, SourceEncoder(enc)));
             }
@@ -617,8 +652,8 @@ impl Driver {
         {
             self.tap = None;
         }
-        if let Some(tap) = &self.listen
-            && tap.offer(&view, now) == TapState::Closed
+        if let Some(listener) = self.listen.as_mut()
+            && !listener.on_packet(&view)
         {
             self.listen = None;
         }
@@ -637,22 +672,47 @@ impl Driver {
         }
     }
 
-    async fn send_packet(&mut self, tick: tokio::time::Instant, sbuf: &mut [u8; SEND_BUF]) {
+    /// Audio arrived at a source that had run dry: send it now rather than at the next
+    /// tick, and tick from here on. The packet's timestamp is one frame on, as always,
+    /// so the timestamps now lead the clock by what was left of the packet time.
+    async fn send_early(&mut self, sbuf: &mut [u8; SEND_BUF]) {
+        let Some(s) = self.send.as_mut() else {
+            return;
+        };
+        let Some(ticker) = s.ticker.as_mut() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        // However close to the last packet: two packets back to back are nothing to a
+        // jitter buffer, waiting up to a packet time is latency the caller hears.
+        let since = s
+            .last_tick
+            .map_or(s.ptime, |t| now.saturating_duration_since(t));
+        s.lead += s.ptime.saturating_sub(since);
+        ticker.reset();
+        self.send_packet(now, true, sbuf).await;
+    }
+
+    async fn send_packet(
+        &mut self,
+        tick: tokio::time::Instant,
+        early: bool,
+        sbuf: &mut [u8; SEND_BUF],
+    ) {
         let Some(s) = self.send.as_mut() else {
             return;
         };
         // Ticks lost to a stalled runtime still advance the timestamp.
-        let skipped = s.last_tick.map_or(0, |last| {
-            let elapsed = tick.saturating_duration_since(last).as_micros();
-            let per = s.ptime.as_micros().max(1);
-            let n = (elapsed + per / 2) / per;
-            u32::try_from(n.saturating_sub(1)).unwrap_or(u32::MAX)
-        });
+        let skipped = match s.last_tick {
+            Some(last) if !early => {
+                let elapsed = tick.saturating_duration_since(last).as_micros();
+                let per = s.ptime.as_micros().max(1);
+                let n = (elapsed + per / 2) / per;
+                u32::try_from(n.saturating_sub(1)).unwrap_or(u32::MAX)
+            }
+            _ => 0,
+        };
         s.last_tick = Some(tick);
-        let header = s.sender.next_header(skipped);
-        if header.write(&mut sbuf[..]).is_err() {
-            return;
-        }
         let mut payload_len = s.payload_len;
         let mut ended = false;
         if let Some((source, enc)) = self.source.as_mut() {
@@ -678,9 +738,23 @@ impl Driver {
             };
             payload_len = s.payload_len;
         }
-        let Some(s) = self.send.as_ref() else {
+        let Some(s) = self.send.as_mut() else {
             return;
         };
+        let idle = self
+            .source
+            .as_ref()
+            .is_some_and(|(source, _)| source.idle());
+        if idle && !early && skipped == 0 && s.lead >= s.ptime {
+            // Silence that nobody misses: leaving it out (its timestamp too) pays back
+            // a packet time of lead.
+            s.lead -= s.ptime;
+            return;
+        }
+        let header = s.sender.next_header(skipped);
+        if header.write(&mut sbuf[..]).is_err() {
+            return;
+        }
         let Some(packet) = sbuf.get(..HEADER_LEN + payload_len) else {
             return;
         };

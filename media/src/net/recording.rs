@@ -47,10 +47,10 @@ const MAX_CATCH_UP: usize = 8;
 /// Recorder tick: playout is checked this often; longer frames simply skip ticks.
 pub(crate) const TICK: Duration = Duration::from_millis(20);
 /// Longest frame handled (G.711/G.722 allow 120 ms).
-const MAX_FRAME_MS: u32 = 120;
+pub(crate) const MAX_FRAME_MS: u32 = 120;
 /// Resampler block: every codec's frames are whole multiples of 10 ms at every rate we
 /// convert between, and a short block keeps the resampler's delay (half a block) small.
-const RESAMPLE_MS: u32 = 10;
+pub(crate) const RESAMPLE_MS: u32 = 10;
 /// Frame duration assumed until a packet says otherwise (a bridge has no ptime).
 pub(crate) const DEFAULT_PTIME_MS: u32 = 20;
 
@@ -237,7 +237,7 @@ fn jitter_buffer(codec: AudioCodec, frame_ts: u32) -> JitterBuffer {
 /// (G.711: a byte per 8 kHz sample; G.722: a byte per 8 kHz clock tick; Opus: its TOC
 /// byte). Far ends often send another ptime than the SDP says (e.g. 30 ms against a
 /// 20 ms default), and the jitter buffer's frame must match what arrives.
-fn payload_ts(codec: AudioCodec, payload: &[u8]) -> Option<u32> {
+pub(crate) fn payload_ts(codec: AudioCodec, payload: &[u8]) -> Option<u32> {
     let ms = match codec {
         AudioCodec::Pcmu | AudioCodec::Pcma | AudioCodec::G722 => {
             let ts = u32::try_from(payload.len()).ok()?;
@@ -298,19 +298,19 @@ impl Decoding {
 }
 
 /// Decoded audio of one channel at the file's rate, waiting to be written.
-struct ChannelOutput {
+pub(crate) struct ChannelOutput {
     /// Decoded samples short of a whole resampler block.
     staged: Vec<i16>,
     /// One resampled block.
     block: Vec<i16>,
     /// Samples at the file's rate not written yet.
-    pending: Vec<i16>,
+    pub(crate) pending: Vec<i16>,
     /// Samples at the file's rate ever put into `pending`.
-    produced: u64,
+    pub(crate) produced: u64,
 }
 
 impl ChannelOutput {
-    fn new(out_rate: u32) -> ChannelOutput {
+    pub(crate) fn new(out_rate: u32) -> ChannelOutput {
         let per_ms = (out_rate / 1000) as usize;
         ChannelOutput {
             staged: Vec::with_capacity(48 * MAX_FRAME_MS as usize * 2),
@@ -321,7 +321,7 @@ impl ChannelOutput {
     }
 
     /// Appends one decoded frame, resampled in whole blocks.
-    fn push(&mut self, resampler: &mut Resampler, pcm: &[i16]) {
+    pub(crate) fn push(&mut self, resampler: &mut Resampler, pcm: &[i16]) {
         if resampler.is_passthrough() {
             self.pending.extend_from_slice(pcm);
             self.produced += pcm.len() as u64;
@@ -345,7 +345,12 @@ impl ChannelOutput {
     }
 
     /// Silence up to `due` samples since the start, so the file keeps wall-clock time.
-    fn pad_to(&mut self, due: u64) {
+    /// Drops half a resampler block (it cannot be resampled with another codec's rate).
+    pub(crate) fn clear_staged(&mut self) {
+        self.staged.clear();
+    }
+
+    pub(crate) fn pad_to(&mut self, due: u64) {
         let missing = due.saturating_sub(self.produced);
         let n = usize::try_from(missing).unwrap_or(0);
         self.pending.resize(self.pending.len() + n, 0);

@@ -20,11 +20,13 @@
 pub mod format;
 pub mod playout;
 pub mod protocol;
+pub mod reorder;
 pub mod uplink;
 
 pub use format::{Encoding, FormatError, PayloadDecoder, StreamFormat};
 pub use playout::{ClearReport, ClearedMark, Frame, Playout};
 pub use protocol::{ParseError, Sequencer, ServerMessage, StartParams, Track};
+pub use reorder::{Release, Reorder, ReorderStats};
 pub use uplink::{MediaChunk, Uplink};
 
 /// Every frame both ways is 20 ms (the RTP packetisation the switch uses).

@@ -224,6 +224,10 @@ impl Playout {
     }
 
     /// Audio queued and not yet returned, in ms.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     pub fn queued_ms(&self) -> u64 {
         ms_for_samples(self.format.sample_rate(), self.queue.len() as u64)
     }
