@@ -38,6 +38,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
         (name = "dialplan", description = "The routing plan"),
         (name = "webhooks", description = "Status callbacks' signing secret"),
         (name = "proxy", description = "Number masking: the proxy number pool and sessions between two participants"),
+        (name = "agents", description = "AI agents: configuration, custom tools, conversation logs and browser realtime sessions"),
         (name = "operations", description = "Health, metrics and this document (no auth)"),
     )
 )]
