@@ -229,7 +229,7 @@ async fn store_agent_round_trip(s: &SqlStore) {
     );
     s.create_conversation(&conv).await.unwrap();
     assert!(
-        s.delete_agent("other", &a.id).await.unwrap() == false,
+        !s.delete_agent("other", &a.id).await.unwrap(),
         "another tenant's"
     );
     assert!(s.delete_agent("acme", &a.id).await.unwrap());
