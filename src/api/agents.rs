@@ -148,13 +148,10 @@ macro_rules! agent_request {
             #[schema(min_length = 1, max_length = 200, example = "gpt-realtime")]
             pub model: String,
             /// Who the agent is and what role it plays.
-            #[schema(max_length = 100000)]
             pub identity: Option<String>,
             /// The prompt's instructions (required when `prompt_type` is `static`).
-            #[schema(max_length = 100000)]
             pub instructions: Option<String>,
             /// A synonym of `instructions` (give one or the other).
-            #[schema(max_length = 100000)]
             pub system_prompt: Option<String>,
             /// Default `static`; `dynamic` needs a `webhook` agent with a `server_url`.
             pub prompt_type: Option<PromptType>,
@@ -224,14 +221,14 @@ pub struct PatchAgent {
     #[schema(min_length = 1, max_length = 200)]
     pub model: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, max_length = 100000)]
+    #[schema(value_type = Option<String>)]
     pub identity: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, max_length = 100000)]
+    #[schema(value_type = Option<String>)]
     pub instructions: Option<Option<String>>,
     /// A synonym of `instructions`.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, max_length = 100000)]
+    #[schema(value_type = Option<String>)]
     pub system_prompt: Option<Option<String>>,
     pub prompt_type: Option<PromptType>,
     #[schema(pattern = "^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length = 35)]
