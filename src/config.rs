@@ -1021,6 +1021,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn agent_plans_signing_key_and_ws_base() {
+        let key = "k".repeat(MIN_SIGNING_KEY_BYTES);
+        let env = [("SWITCHYARD_REALTIME_SIGNING_KEY".to_owned(), key.clone())];
+        let text = "[[tenants]]\nname = \"a\"\nagent_plan = \"studio\"\n";
+        let c = Config::from_sources(text, &env).unwrap_or_default();
+        assert_eq!(c.max_active_agents("a"), 10);
+        assert_eq!(c.max_active_agents("b"), 1, "the default plan: trial");
+        assert_eq!(c.agents.realtime_signing_key.as_deref(), Some(key.as_str()));
+        let http: SocketAddr = ([0, 0, 0, 0], 8080).into();
+        assert_eq!(c.realtime_ws_base(http), "ws://127.0.0.1:8080");
+        let text = "[http]\npublic_url = \"https://api.example.com/\"\n";
+        let c = Config::from_sources(text, &[]).unwrap_or_default();
+        assert_eq!(c.realtime_ws_base(http), "wss://api.example.com");
+        for bad in [
+            "[[tenants]]\nname = \"a\"\nagent_plan = \"gold\"\n",
+            "[agents]\ndefault_plan = \"gold\"\n",
+            "[agents]\nrealtime_signing_key = \"short\"\n",
+            "[agents]\npublic_ws_base = \"http://x\"\n",
+        ] {
+            assert!(Config::from_sources(bad, &[]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn defaults_need_no_file() {
         let c = Config::from_sources("", &[]).unwrap();
         assert_eq!(c.sip.listen.port(), 5060);
