@@ -24,6 +24,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Agent audio streams (WebSocket).
     pub streams: StreamsConfig,
+    /// AI agents: active-agent plans and browser realtime sessions.
+    pub agents: AgentsConfig,
     pub security: SecurityConfig,
     pub dialplan: DialplanConfig,
     pub tenants: Vec<TenantConfig>,
@@ -84,6 +86,10 @@ pub struct TenantConfig {
     /// New API calls per second at most (0: no limit).
     #[serde(default)]
     pub max_calls_per_second: u32,
+    /// The `[agents.plans]` entry capping the tenant's active agents (else
+    /// `[agents] default_plan`).
+    #[serde(default)]
+    pub agent_plan: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -261,6 +267,77 @@ pub struct StreamsConfig {
 impl Default for StreamsConfig {
     fn default() -> Self {
         Self { grace_s: 5 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// The plan of tenants whose `[[tenants]]` entry names none.
+    pub default_plan: String,
+    /// Active agents a tenant on each plan may have (0: unlimited). Given in the file, the
+    /// table replaces the defaults (trial 1, launch 2, studio 10, agency unlimited).
+    pub plans: std::collections::BTreeMap<String, u32>,
+    /// Signs browser realtime session tokens (HMAC-SHA256; at least 32 bytes). Also
+    /// `SWITCHYARD_REALTIME_SIGNING_KEY`. Without one, realtime sessions are refused.
+    pub realtime_signing_key: Option<String>,
+    /// `ws://` or `wss://` base of the realtime WebSocket URL handed to browsers; default
+    /// from `http.public_url`, else the HTTP listen address.
+    pub public_ws_base: Option<String>,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            default_plan: "trial".to_owned(),
+            plans: [("trial", 1), ("launch", 2), ("studio", 10), ("agency", 0)]
+                .into_iter()
+                .map(|(name, cap)| (name.to_owned(), cap))
+                .collect(),
+            realtime_signing_key: None,
+            public_ws_base: None,
+        }
+    }
+}
+
+/// Shortest realtime signing key accepted (bytes).
+pub const MIN_SIGNING_KEY_BYTES: usize = 32;
+
+impl Config {
+    /// The most active agents `tenant` may have (0: unlimited): its plan's cap.
+    pub fn max_active_agents(&self, tenant: &str) -> u32 {
+        let plan = self
+            .tenants
+            .iter()
+            .find(|t| t.name == tenant)
+            .and_then(|t| t.agent_plan.as_deref())
+            .unwrap_or(&self.agents.default_plan);
+        // Validation makes every named plan exist; a missing one would be a bug: the
+        // most restrictive answer is the safe one.
+        self.agents.plans.get(plan).copied().unwrap_or(1)
+    }
+
+    /// The realtime WebSocket base (no trailing slash) for a switch whose HTTP server is
+    /// bound to `http` (the configured listen address may have port 0).
+    pub fn realtime_ws_base(&self, http: SocketAddr) -> String {
+        if let Some(base) = &self.agents.public_ws_base {
+            return base.trim_end_matches('/').to_owned();
+        }
+        if let Some(url) = &self.http.public_url {
+            let url = url.trim_end_matches('/');
+            if let Some(rest) = url.strip_prefix("https://") {
+                return format!("wss://{rest}");
+            }
+            if let Some(rest) = url.strip_prefix("http://") {
+                return format!("ws://{rest}");
+            }
+        }
+        let ip = if http.ip().is_unspecified() {
+            self.public_ip()
+        } else {
+            http.ip()
+        };
+        format!("ws://{}", SocketAddr::new(ip, http.port()))
     }
 }
 
@@ -597,6 +674,15 @@ impl Config {
                         message: e.message().to_owned(),
                     }])
                 })?;
+        let mut config = config;
+        // The signing key's own variable (a secret is easier to hand over by its name).
+        if config.agents.realtime_signing_key.is_none()
+            && let Some((_, key)) = env
+                .iter()
+                .find(|(name, _)| name == "SWITCHYARD_REALTIME_SIGNING_KEY")
+        {
+            config.agents.realtime_signing_key = Some(key.clone());
+        }
         let problems = config.validate(text);
         if problems.is_empty() {
             Ok(config)
@@ -781,6 +867,38 @@ impl Config {
                 format!("{name:?} must be a .wav file name (letters, digits, - _ .)"),
             );
         }
+        if !self.agents.plans.contains_key(&self.agents.default_plan) {
+            problem(
+                "agents.default_plan".into(),
+                format!("no [agents.plans] entry {:?}", self.agents.default_plan),
+            );
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            if let Some(plan) = &t.agent_plan
+                && !self.agents.plans.contains_key(plan)
+            {
+                problem(
+                    format!("tenants[{i}].agent_plan"),
+                    format!("no [agents.plans] entry {plan:?}"),
+                );
+            }
+        }
+        if let Some(key) = &self.agents.realtime_signing_key
+            && key.len() < MIN_SIGNING_KEY_BYTES
+        {
+            problem(
+                "agents.realtime_signing_key".into(),
+                format!("must be at least {MIN_SIGNING_KEY_BYTES} bytes"),
+            );
+        }
+        if let Some(base) = &self.agents.public_ws_base
+            && !(base.starts_with("ws://") || base.starts_with("wss://"))
+        {
+            problem(
+                "agents.public_ws_base".into(),
+                format!("{base:?} must start with ws:// or wss://"),
+            );
+        }
         if self.proxy.max_message_bytes == 0 {
             problem(
                 "proxy.max_message_bytes".into(),
@@ -901,6 +1019,30 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_plans_signing_key_and_ws_base() {
+        let key = "k".repeat(MIN_SIGNING_KEY_BYTES);
+        let env = [("SWITCHYARD_REALTIME_SIGNING_KEY".to_owned(), key.clone())];
+        let text = "[[tenants]]\nname = \"a\"\nagent_plan = \"studio\"\n";
+        let c = Config::from_sources(text, &env).unwrap_or_default();
+        assert_eq!(c.max_active_agents("a"), 10);
+        assert_eq!(c.max_active_agents("b"), 1, "the default plan: trial");
+        assert_eq!(c.agents.realtime_signing_key.as_deref(), Some(key.as_str()));
+        let http: SocketAddr = ([0, 0, 0, 0], 8080).into();
+        assert_eq!(c.realtime_ws_base(http), "ws://127.0.0.1:8080");
+        let text = "[http]\npublic_url = \"https://api.example.com/\"\n";
+        let c = Config::from_sources(text, &[]).unwrap_or_default();
+        assert_eq!(c.realtime_ws_base(http), "wss://api.example.com");
+        for bad in [
+            "[[tenants]]\nname = \"a\"\nagent_plan = \"gold\"\n",
+            "[agents]\ndefault_plan = \"gold\"\n",
+            "[agents]\nrealtime_signing_key = \"short\"\n",
+            "[agents]\npublic_ws_base = \"http://x\"\n",
+        ] {
+            assert!(Config::from_sources(bad, &[]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_need_no_file() {

@@ -9,8 +9,10 @@ use utoipa::ToSchema;
 /// `INVALID_CALLER_ID`, `INVALID_CURSOR`; 401 `UNAUTHORIZED`; 403 `FORBIDDEN`,
 /// `DESTINATION_NOT_ALLOWED`; 404 `NOT_FOUND`; 405 `METHOD_NOT_ALLOWED`; 409
 /// `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`,
-/// `NUMBER_ALREADY_EXISTS`, `NUMBER_IN_USE`, `POOL_EXHAUSTED`, `CALL_NOT_STREAMABLE`; 413
-/// `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500 `INTERNAL_ERROR`; 503 `SERVICE_UNAVAILABLE`.
+/// `NUMBER_ALREADY_EXISTS`, `NUMBER_IN_USE`, `POOL_EXHAUSTED`, `CALL_NOT_STREAMABLE`,
+/// `AGENT_UPDATE_CONFLICT`, `AGENT_LIMIT_EXCEEDED`, `NUMBER_ALREADY_ASSIGNED`,
+/// `TOOL_NAME_TAKEN`, `AGENT_NOT_ACTIVE`; 413 `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500
+/// `INTERNAL_ERROR`, `REALTIME_NOT_CONFIGURED`; 503 `SERVICE_UNAVAILABLE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
@@ -33,6 +35,12 @@ pub enum ErrorCode {
     NumberAlreadyExists,
     NumberInUse,
     PoolExhausted,
+    AgentUpdateConflict,
+    AgentLimitExceeded,
+    NumberAlreadyAssigned,
+    ToolNameTaken,
+    AgentNotActive,
+    RealtimeNotConfigured,
 }
 
 impl ErrorCode {
@@ -57,6 +65,12 @@ impl ErrorCode {
             Self::NumberAlreadyExists => "NUMBER_ALREADY_EXISTS",
             Self::NumberInUse => "NUMBER_IN_USE",
             Self::PoolExhausted => "POOL_EXHAUSTED",
+            Self::AgentUpdateConflict => "AGENT_UPDATE_CONFLICT",
+            Self::AgentLimitExceeded => "AGENT_LIMIT_EXCEEDED",
+            Self::NumberAlreadyAssigned => "NUMBER_ALREADY_ASSIGNED",
+            Self::ToolNameTaken => "TOOL_NAME_TAKEN",
+            Self::AgentNotActive => "AGENT_NOT_ACTIVE",
+            Self::RealtimeNotConfigured => "REALTIME_NOT_CONFIGURED",
         }
     }
 
@@ -75,11 +89,16 @@ impl ErrorCode {
             | Self::CallNotStreamable
             | Self::NumberAlreadyExists
             | Self::NumberInUse
-            | Self::PoolExhausted => StatusCode::CONFLICT,
+            | Self::PoolExhausted
+            | Self::AgentUpdateConflict
+            | Self::AgentLimitExceeded
+            | Self::NumberAlreadyAssigned
+            | Self::ToolNameTaken
+            | Self::AgentNotActive => StatusCode::CONFLICT,
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InternalError | Self::RealtimeNotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -104,6 +123,9 @@ pub struct ErrorBody {
     /// Field-level problems; only on some `VALIDATION_ERROR`s and `INVALID_CALLER_ID`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<FieldProblem>,
+    /// `AGENT_LIMIT_EXCEEDED` only: the plan's active-agent cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_agents: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -114,6 +136,8 @@ pub struct ApiError {
     pub details: Vec<(String, String)>,
     /// Seconds for a Retry-After header (RATE_LIMITED).
     pub retry_after: Option<u64>,
+    /// `max_agents` of an AGENT_LIMIT_EXCEEDED body.
+    pub max_agents: Option<u32>,
 }
 
 impl ApiError {
@@ -123,6 +147,7 @@ impl ApiError {
             message: message.into(),
             details: Vec::new(),
             retry_after: None,
+            max_agents: None,
         }
     }
 
@@ -133,6 +158,7 @@ impl ApiError {
             message: format!("{field}: {problem}"),
             details: vec![(field.to_owned(), problem)],
             retry_after: None,
+            max_agents: None,
         }
     }
 
@@ -152,6 +178,7 @@ impl IntoResponse for ApiError {
                 .into_iter()
                 .map(|(field, problem)| FieldProblem { field, problem })
                 .collect(),
+            max_agents: self.max_agents,
         };
         let mut response = (self.code.status(), axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after
@@ -181,6 +208,7 @@ impl From<crate::core::CoreError> for ApiError {
                 message: format!("from: {n} is not a phone number registered to this account"),
                 details: vec![("from".into(), "not a registered caller id".into())],
                 retry_after: None,
+                max_agents: None,
             },
             C::NotFound => Self::not_found("call"),
             C::AlreadyEnded(call) => Self::new(
@@ -247,7 +275,13 @@ mod tests {
             | E::InternalError
             | E::NumberAlreadyExists
             | E::NumberInUse
-            | E::PoolExhausted => c,
+            | E::PoolExhausted
+            | E::AgentUpdateConflict
+            | E::AgentLimitExceeded
+            | E::NumberAlreadyAssigned
+            | E::ToolNameTaken
+            | E::AgentNotActive
+            | E::RealtimeNotConfigured => c,
         };
         for code in [
             E::ValidationError,
@@ -269,6 +303,12 @@ mod tests {
             E::NumberAlreadyExists,
             E::NumberInUse,
             E::PoolExhausted,
+            E::AgentUpdateConflict,
+            E::AgentLimitExceeded,
+            E::NumberAlreadyAssigned,
+            E::ToolNameTaken,
+            E::AgentNotActive,
+            E::RealtimeNotConfigured,
         ]
         .map(listed)
         {

@@ -2,6 +2,7 @@
 //! stable error codes. Handlers read durable state from the store and send commands to the
 //! core; they never touch SIP or RTP.
 
+pub mod agents;
 pub mod calls;
 pub mod envelope;
 pub mod error;
@@ -39,6 +40,10 @@ pub struct AppState {
     pub outbound_guard: Arc<crate::netguard::OutboundGuard>,
     /// Per-IP and per-key request limits.
     pub limits: Arc<limit::ApiLimits>,
+    /// Agents' live conversations: deleting an agent ends them through it.
+    pub live_conversations: Arc<crate::agents::LiveConversations>,
+    /// `ws(s)://host:port` of the realtime WebSocket URLs handed to browsers.
+    pub realtime_ws_base: String,
 }
 
 /// The route table: every route the switch serves, each registered with its OpenAPI
@@ -68,6 +73,22 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(proxy::get_session, proxy::close_session))
         .routes(routes!(proxy::list_interactions))
         .routes(routes!(proxy::inbound_message))
+        .routes(routes!(agents::create_agent, agents::list_agents))
+        .routes(routes!(
+            agents::get_agent,
+            agents::replace_agent,
+            agents::update_agent,
+            agents::delete_agent
+        ))
+        .routes(routes!(agents::create_tool, agents::list_tools))
+        .routes(routes!(
+            agents::get_tool,
+            agents::update_tool,
+            agents::delete_tool
+        ))
+        .routes(routes!(agents::list_conversations))
+        .routes(routes!(agents::get_conversation))
+        .routes(routes!(agents::create_realtime_session))
 }
 
 pub fn router(state: AppState) -> Router {

@@ -38,6 +38,7 @@ pub const PATH: &str = "/api/v1/openapi.json";
         (name = "dialplan", description = "The routing plan"),
         (name = "webhooks", description = "Status callbacks' signing secret"),
         (name = "proxy", description = "Number masking: the proxy number pool and sessions between two participants"),
+        (name = "agents", description = "AI agents: configuration, custom tools, conversation logs and browser realtime sessions"),
         (name = "operations", description = "Health, metrics and this document (no auth)"),
     )
 )]
@@ -96,6 +97,10 @@ pub fn document() -> utoipa::openapi::OpenApi {
 const CALLS: &str = "/api/v1/voice/calls";
 const CALL: &str = "/api/v1/voice/calls/{id}";
 const EVENTS: &str = "/api/v1/voice/calls/{id}/events";
+const AGENTS: &str = "/api/v1/agents";
+const AGENT: &str = "/api/v1/agents/{id}";
+const TOOLS: &str = "/api/v1/agents/{id}/tools";
+const TOOL: &str = "/api/v1/agents/{id}/tools/{tool_id}";
 
 /// OpenAPI links (what a client, or the fuzzer's stateful phase, can do next): a placed
 /// call's id (and the first listed call's) to every operation on one call, and a call's
@@ -104,6 +109,8 @@ fn add_links(doc: &mut utoipa::openapi::OpenApi) {
     // (operation id, path) of every operation under one call or one event.
     let mut on_call = Vec::new();
     let mut on_event = Vec::new();
+    let mut on_agent = Vec::new();
+    let mut on_tool = Vec::new();
     for (path, item) in &doc.paths.paths {
         let params = path.matches('{').count();
         let ops = [&item.get, &item.put, &item.post, &item.delete, &item.patch];
@@ -115,6 +122,10 @@ fn add_links(doc: &mut utoipa::openapi::OpenApi) {
                 on_call.push(id);
             } else if path.starts_with(EVENTS) && params == 2 {
                 on_event.push(id);
+            } else if path.starts_with(AGENT) && params == 1 {
+                on_agent.push(id);
+            } else if path.starts_with(TOOL) && params == 2 {
+                on_tool.push(id);
             }
         }
     }
@@ -158,6 +169,27 @@ fn add_links(doc: &mut utoipa::openapi::OpenApi) {
         })
         .collect();
     add(EVENTS, "200", to_events);
+    // A created (or the first listed) agent to every operation on one agent, and a
+    // created tool to the operations on one tool.
+    let to_agent = |pointer: &str| {
+        on_agent
+            .iter()
+            .map(|target| (target.clone(), link(target, &[("id", pointer)])))
+            .collect::<Vec<_>>()
+    };
+    add(AGENTS, "201", to_agent("$response.body#/data/id"));
+    add(AGENTS, "200", to_agent("$response.body#/data/0/id"));
+    let to_tool = on_tool
+        .iter()
+        .map(|target| {
+            let params = [
+                ("id", "$request.path.id"),
+                ("tool_id", "$response.body#/data/id"),
+            ];
+            (target.clone(), link(target, &params))
+        })
+        .collect();
+    add(TOOLS, "201", to_tool);
 }
 
 fn error_response(description: &str) -> ResponseBuilder {

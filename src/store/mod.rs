@@ -6,6 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::agents::model::{
+    Agent, Conversation, ConversationStatus, Message, NewMessage, NumberRoute, Tool,
+};
 use crate::model::{ApiKeyRecord, CallEvent, CallRecord, NewEvent, Role};
 use crate::proxy::{
     NewSession, ProxyInteraction, ProxyLookup, ProxyNumber, ProxySession, SessionStatus,
@@ -35,6 +38,18 @@ pub enum StoreError {
     /// `update_call` for a call id/tenant that has no row.
     #[error("call not found: {0}")]
     CallNotFound(String),
+    /// The agent changed since the `updated_at` the write expected (nothing was written).
+    #[error("agent changed meanwhile")]
+    AgentConflict,
+    /// Activating the agent would pass the tenant's active-agent cap (nothing written).
+    #[error("active agent limit {0} reached")]
+    AgentLimit(u32),
+    /// A number to assign is another agent's already (nothing written).
+    #[error("number {0} is assigned to another agent")]
+    NumberAssigned(String),
+    /// The agent has a tool by that name already.
+    #[error("tool name taken")]
+    ToolNameTaken,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -61,6 +76,24 @@ pub struct ProxyInteractionPage {
 #[derive(Debug, Clone)]
 pub struct ProxySessionPage {
     pub sessions: Vec<ProxySession>,
+    pub total: i64,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of agents, newest first.
+#[derive(Debug, Clone)]
+pub struct AgentPage {
+    pub agents: Vec<Agent>,
+    pub total: i64,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of an agent's conversations, newest first.
+#[derive(Debug, Clone)]
+pub struct ConversationPage {
+    pub conversations: Vec<Conversation>,
     pub total: i64,
     pub has_more: bool,
     pub next_cursor: Option<String>,
@@ -223,4 +256,105 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: u32,
         cursor: Option<&str>,
     ) -> StoreResult<ProxyInteractionPage>;
+
+    // Agents (`agents_sql.rs`). `tool_count` and `calls_today` of a returned agent are
+    // read with it (`calls_today`: voice conversations started since UTC midnight of
+    // `now`).
+
+    /// Inserts the agent and its number assignments; `NumberAssigned` when a number is
+    /// another agent's (nothing written).
+    async fn create_agent(&self, agent: &Agent, now: DateTime<Utc>) -> StoreResult<Agent>;
+    async fn get_agent(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Agent>>;
+    async fn list_agents(
+        &self,
+        tenant: &str,
+        limit: u32,
+        cursor: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<AgentPage>;
+    /// Overwrites the agent and its number assignments if its `updated_at` is still
+    /// `expected` (else `AgentConflict`), in one transaction that also counts the tenant's
+    /// active agents when this one becomes active: past `max_active` (0: no cap) it is
+    /// `AgentLimit`. None when there is no such agent.
+    async fn update_agent(
+        &self,
+        agent: &Agent,
+        expected: DateTime<Utc>,
+        max_active: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Agent>>;
+    /// Deletes the agent, its tools and number assignments (its conversations stay, as
+    /// history); false when there is no such agent.
+    async fn delete_agent(&self, tenant: &str, id: &str) -> StoreResult<bool>;
+    /// The agent a number is assigned to (inbound routing), whatever its status.
+    async fn agent_for_number(
+        &self,
+        number: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<NumberRoute>>;
+    /// The agent's tools, oldest first.
+    async fn list_agent_tools(&self, tenant: &str, agent_id: &str) -> StoreResult<Vec<Tool>>;
+    async fn get_agent_tool(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        tool_id: &str,
+    ) -> StoreResult<Option<Tool>>;
+    /// Inserts the tool and moves the agent's `updated_at`; `ToolNameTaken`, or
+    /// `AgentConflict` when the agent is gone or became static meanwhile.
+    async fn create_agent_tool(&self, tool: &Tool) -> StoreResult<Tool>;
+    /// Overwrites the tool (and moves the agent's `updated_at`); None when it is gone.
+    async fn update_agent_tool(&self, tool: &Tool) -> StoreResult<Option<Tool>>;
+    async fn delete_agent_tool(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        tool_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// A new conversation (the runtime, when a call or session reaches an agent).
+    async fn create_conversation(&self, conversation: &Conversation) -> StoreResult<()>;
+    /// Appends a transcript line (numbered next) and counts it in `message_count`; None
+    /// when there is no such conversation.
+    async fn append_conversation_message(
+        &self,
+        conversation_id: &str,
+        message: &NewMessage,
+    ) -> StoreResult<Option<Message>>;
+    /// Ends an active conversation with `status`; false when it is not active (or unknown).
+    async fn end_conversation(
+        &self,
+        conversation_id: &str,
+        status: ConversationStatus,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    async fn list_conversations(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> StoreResult<ConversationPage>;
+    /// The conversation with its transcript in order.
+    async fn get_conversation(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        id: &str,
+    ) -> StoreResult<Option<(Conversation, Vec<Message>)>>;
+    /// Records a realtime token id as used; false when it was already (deletes the
+    /// records of tokens expired by `now` on the way).
+    async fn consume_realtime_token(
+        &self,
+        jti: &str,
+        agent_id: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 }

@@ -31,7 +31,11 @@ use sqlx::{Any, AnyPool, Row as _};
 use ulid::Ulid;
 
 use super::{
-    CallPage, NumberRemoval, ProxyInteractionPage, ProxySessionPage, Store, StoreError, StoreResult,
+    AgentPage, CallPage, ConversationPage, NumberRemoval, ProxyInteractionPage, ProxySessionPage,
+    Store, StoreError, StoreResult,
+};
+use crate::agents::model::{
+    Agent, Conversation, ConversationStatus, Message, NewMessage, NumberRoute, Tool,
 };
 use crate::model::{
     ApiKeyRecord, CallEvent, CallRecord, CallStatus, DeliveryState, JsonText, NewEvent, Role,
@@ -42,6 +46,9 @@ use crate::proxy::{
 
 #[path = "proxy_sql.rs"]
 mod proxy;
+
+#[path = "agents_sql.rs"]
+mod agents;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
 
@@ -724,6 +731,132 @@ impl Store for SqlStore {
         cursor: Option<&str>,
     ) -> StoreResult<ProxyInteractionPage> {
         proxy::list_interactions(&self.pool, tenant, session_id, limit, cursor).await
+    }
+
+    async fn create_agent(&self, agent: &Agent, now: DateTime<Utc>) -> StoreResult<Agent> {
+        agents::create_agent(&self.pool, agent, now).await
+    }
+
+    async fn get_agent(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Agent>> {
+        agents::get_agent(&self.pool, tenant, id, now).await
+    }
+
+    async fn list_agents(
+        &self,
+        tenant: &str,
+        limit: u32,
+        cursor: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<AgentPage> {
+        agents::list_agents(&self.pool, tenant, limit, cursor, now).await
+    }
+
+    async fn update_agent(
+        &self,
+        agent: &Agent,
+        expected: DateTime<Utc>,
+        max_active: u32,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Agent>> {
+        agents::update_agent(&self.pool, agent, expected, max_active, now).await
+    }
+
+    async fn delete_agent(&self, tenant: &str, id: &str) -> StoreResult<bool> {
+        agents::delete_agent(&self.pool, tenant, id).await
+    }
+
+    async fn agent_for_number(
+        &self,
+        number: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<NumberRoute>> {
+        agents::agent_for_number(&self.pool, number, now).await
+    }
+
+    async fn list_agent_tools(&self, tenant: &str, agent_id: &str) -> StoreResult<Vec<Tool>> {
+        agents::list_tools(&self.pool, tenant, agent_id).await
+    }
+
+    async fn get_agent_tool(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        tool_id: &str,
+    ) -> StoreResult<Option<Tool>> {
+        agents::get_tool(&self.pool, tenant, agent_id, tool_id).await
+    }
+
+    async fn create_agent_tool(&self, tool: &Tool) -> StoreResult<Tool> {
+        agents::create_tool(&self.pool, tool).await
+    }
+
+    async fn update_agent_tool(&self, tool: &Tool) -> StoreResult<Option<Tool>> {
+        agents::update_tool(&self.pool, tool).await
+    }
+
+    async fn delete_agent_tool(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        tool_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        agents::delete_tool(&self.pool, tenant, agent_id, tool_id, now).await
+    }
+
+    async fn create_conversation(&self, conversation: &Conversation) -> StoreResult<()> {
+        agents::create_conversation(&self.pool, conversation).await
+    }
+
+    async fn append_conversation_message(
+        &self,
+        conversation_id: &str,
+        message: &NewMessage,
+    ) -> StoreResult<Option<Message>> {
+        agents::append_message(&self.pool, conversation_id, message).await
+    }
+
+    async fn end_conversation(
+        &self,
+        conversation_id: &str,
+        status: ConversationStatus,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        agents::end_conversation(&self.pool, conversation_id, status, at).await
+    }
+
+    async fn list_conversations(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> StoreResult<ConversationPage> {
+        agents::list_conversations(&self.pool, tenant, agent_id, limit, cursor).await
+    }
+
+    async fn get_conversation(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        id: &str,
+    ) -> StoreResult<Option<(Conversation, Vec<Message>)>> {
+        agents::get_conversation(&self.pool, tenant, agent_id, id).await
+    }
+
+    async fn consume_realtime_token(
+        &self,
+        jti: &str,
+        agent_id: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        agents::consume_token(&self.pool, jti, agent_id, expires_at, now).await
     }
 
     async fn rotate_webhook_secret(&self, tenant: &str) -> StoreResult<String> {
