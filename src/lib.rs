@@ -3,6 +3,7 @@
 //! `app` composes the pieces: `config` → `store` → `webhooks` → the SIP driver
 //! (`sip::net`) → `core` (one task per call) → `api` (axum).
 
+pub mod agents;
 pub mod api;
 pub mod app;
 pub mod config;
