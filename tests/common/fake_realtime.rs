@@ -245,6 +245,8 @@ impl Server {
         let flavor = self.flavor;
         let key = self.api_key.clone();
         let mut seen = Handshake::default();
+        // The callback's type is tungstenite's; its error is an HTTP response.
+        #[allow(clippy::result_large_err)]
         let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
             seen.path = req.uri().path().to_owned();
             seen.query = req

@@ -138,11 +138,9 @@ impl OpenAiRealtime {
         let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
         match kind {
             "session.created" => {}
-            "session.updated" => {
-                if !self.ready {
-                    self.ready = true;
-                    self.emit(ProviderEvent::Ready);
-                }
+            "session.updated" if !self.ready => {
+                self.ready = true;
+                self.emit(ProviderEvent::Ready);
             }
             "response.output_audio.delta" | "response.audio.delta" => self.on_audio_delta(event),
             "response.output_audio_transcript.delta" | "response.audio_transcript.delta" => {
