@@ -39,7 +39,8 @@ use std::collections::VecDeque;
 
 use serde_json::{Map, Value, json};
 
-use super::openai::greeting_instructions;
+use super::greeting_instructions;
+
 use super::{
     Incoming, Outgoing, Protocol, ProviderEvent, Role, SessionSetup, decode_pcm16le, encode_pcm16le,
 };

@@ -294,6 +294,15 @@ impl ProviderConfig {
     }
 }
 
+/// What the model is told so that it says the greeting first, verbatim (both providers
+/// take it as a one-off instruction; neither has a "speak this text" message).
+pub(crate) fn greeting_instructions(greeting: &str) -> String {
+    format!(
+        "Greet the caller by saying exactly the following, word for word, and nothing else: \
+         \"{greeting}\""
+    )
+}
+
 /// Base64 of `pcm` as 16-bit little-endian.
 pub(crate) fn encode_pcm16le(pcm: &[i16]) -> String {
     let mut bytes = Vec::with_capacity(pcm.len() * 2);

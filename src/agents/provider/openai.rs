@@ -34,6 +34,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::{Value, json};
 
+use super::greeting_instructions;
+
 use super::{
     Incoming, Outgoing, Protocol, ProviderEvent, Role, SessionSetup, decode_pcm16le, encode_pcm16le,
 };
@@ -382,14 +384,6 @@ impl Protocol for OpenAiRealtime {
     fn poll_event(&mut self) -> Option<ProviderEvent> {
         self.events.pop_front()
     }
-}
-
-/// What the model is told to do for the greeting.
-pub(super) fn greeting_instructions(greeting: &str) -> String {
-    format!(
-        "Greet the caller by saying exactly the following, word for word, and nothing else: \
-         \"{greeting}\""
-    )
 }
 
 /// `en-US` → `en`; `None` for an empty tag.
