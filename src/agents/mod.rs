@@ -1,9 +1,9 @@
-//! AI agents: their stored configuration (`model`), the short-lived tokens a browser
-//! realtime session is opened with (`realtime`), and the registry of live conversations
-//! that lets `DELETE /api/v1/agents/{id}` end an agent's conversations.
+//! AI voice agents: their stored configuration (`model`), the short-lived tokens a
+//! browser realtime session is opened with (`realtime`), the registry of live
+//! conversations that lets `DELETE /api/v1/agents/{id}` end an agent's conversations, and
+//! the realtime model providers a conversation's audio goes to (`provider`).
 //!
-//! The runtime (the audio bridge to the model provider) is built elsewhere; what it calls
-//! here and in the store:
+//! What the runtime calls here and in the store:
 //! - `Store::agent_for_number(number)` for an inbound call, `Store::get_agent` for a
 //!   browser session, after [`realtime::redeem_realtime_token`];
 //! - [`LiveConversations::register`] when a conversation starts (its token is cancelled
@@ -13,6 +13,7 @@
 //!   `Store::end_conversation` for the conversation log.
 
 pub mod model;
+pub mod provider;
 pub mod realtime;
 
 use dashmap::DashMap;

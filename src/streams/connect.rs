@@ -17,6 +17,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -160,6 +162,17 @@ pub(super) async fn open(
     connector: &dyn Connector,
     config: WebSocketConfig,
 ) -> Result<WsStream, String> {
+    open_with_headers(url, &[], connector, config).await
+}
+
+/// [`open`] with extra handshake headers (e.g. `Authorization` for a model provider).
+/// Errors name the host and port only, never the URL: its query may hold a key.
+pub async fn open_with_headers(
+    url: &url::Url,
+    headers: &[(HeaderName, HeaderValue)],
+    connector: &dyn Connector,
+    config: WebSocketConfig,
+) -> Result<WsStream, String> {
     let host = match url.host() {
         Some(url::Host::Domain(d)) => Host::Name(d.to_owned()),
         Some(url::Host::Ipv4(v4)) => Host::Ip(IpAddr::V4(v4)),
@@ -171,8 +184,15 @@ pub(super) async fn open(
         .connect(&host, port)
         .await
         .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("WebSocket request for {host}:{port}: {e}"))?;
+    for (name, value) in headers {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
     let (ws, _response) =
-        tokio_tungstenite::client_async_tls_with_config(url.as_str(), tcp, Some(config), None)
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), None)
             .await
             .map_err(|e| format!("WebSocket handshake with {host}:{port}: {e}"))?;
     Ok(ws)

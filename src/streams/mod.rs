@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use connect::{
     ConnectFuture, Connector, DirectConnector, GuardedConnector, Host, StreamUrlError, WsStream,
-    check_stream_url, parse_stream_url,
+    check_stream_url, open_with_headers, parse_stream_url,
 };
 
 /// Acknowledgements of played marks waiting for the task; past it the oldest are

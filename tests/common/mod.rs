@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod capture;
+pub mod fake_realtime;
 pub mod fixtures;
 pub mod harness;
 pub mod netns;
