@@ -273,9 +273,12 @@ impl Task {
             value.set_sensitive(true);
             headers.push((header::AUTHORIZATION, value));
         }
+        // tungstenite zero-fills its whole read buffer before each read: 16 KiB holds a
+        // typical audio delta without the 128 KiB default's cost per poll.
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE_BYTES))
-            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+            .max_frame_size(Some(MAX_MESSAGE_BYTES))
+            .read_buffer_size(16 * 1024);
         let host = url.host_str().unwrap_or("?").to_owned();
         tracing::debug!(provider = ?self.kind, %host, "connecting to model provider");
         match timeout(
