@@ -238,7 +238,7 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), AppError> {
         config_path: config_path.map(Path::to_path_buf),
         outbound_guard: std::sync::Arc::new(config.outbound_guard()),
         limits: std::sync::Arc::new(crate::api::limit::ApiLimits::new(&config.http)),
-        live_conversations: std::sync::Arc::new(crate::agents::LiveConversations::new()),
+        live_conversations: switch.live_conversations(),
         realtime_ws_base: config.realtime_ws_base(http),
     });
 

@@ -284,6 +284,13 @@ pub struct AgentsConfig {
     /// `ws://` or `wss://` base of the realtime WebSocket URL handed to browsers; default
     /// from `http.public_url`, else the HTTP listen address.
     pub public_ws_base: Option<String>,
+    /// Realtime model providers by name (`openai`, `gemini`): URL override and key (or the
+    /// environment variable holding it). An agent's `model` picks one (`gemini…` models
+    /// Gemini Live, the others OpenAI Realtime); without an entry the real endpoint and
+    /// `OPENAI_API_KEY` / `GEMINI_API_KEY` are used.
+    pub providers: std::collections::BTreeMap<String, crate::agents::provider::ProviderConfig>,
+    /// The SIP answer to a call for an agent that is missing or not active.
+    pub unavailable_sip_code: u16,
 }
 
 impl Default for AgentsConfig {
@@ -296,6 +303,8 @@ impl Default for AgentsConfig {
                 .collect(),
             realtime_signing_key: None,
             public_ws_base: None,
+            providers: std::collections::BTreeMap::new(),
+            unavailable_sip_code: 480,
         }
     }
 }

@@ -15,6 +15,8 @@
 pub mod model;
 pub mod provider;
 pub mod realtime;
+pub mod runtime;
+pub mod tools;
 
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;

@@ -659,6 +659,9 @@ pub async fn create_agent(
         .create_agent(&agent, now)
         .await
         .map_err(agent_write_error)?;
+    if !created.phone_number_assignments.is_empty() {
+        state.switch.agent_numbers_changed().await;
+    }
     Ok(Envelope::created(created.into()))
 }
 
@@ -750,6 +753,7 @@ async fn write_agent(
         .await
         .map_err(agent_write_error)?
         .ok_or_else(|| ApiError::not_found("agent"))?;
+    state.switch.agent_numbers_changed().await;
     Ok(Envelope::ok(updated.into()))
 }
 
@@ -884,6 +888,7 @@ pub async fn delete_agent(
         tracing::info!(agent_id = %id, conversations = ended, "ending a deleted agent's conversations");
     }
     if state.store.delete_agent(&auth.tenant, &id).await? {
+        state.switch.agent_numbers_changed().await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("agent"))

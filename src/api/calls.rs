@@ -121,6 +121,7 @@ impl StreamRequest {
             parameters,
             bidirectional: self.bidirectional.unwrap_or(true),
             hangup_on_close,
+            agent: None,
         })
     }
 }
@@ -212,6 +213,8 @@ impl CreateCall {
         (status = 201, description = "The call, `initiating`: its INVITE is on its way", body = Data<CallRecord>),
         (status = 400, description = "`VALIDATION_ERROR` (malformed JSON or a field, see `details`) or `INVALID_CALLER_ID`", body = ErrorBody),
         (status = 403, description = "`FORBIDDEN`: the key's role is read-only; `DESTINATION_NOT_ALLOWED`: the dial plan bars the number or it is outside the tenant's `allowed_destinations`", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`: no agent `agent_id` of this tenant", body = ErrorBody),
+        (status = 409, description = "`AGENT_NOT_ACTIVE`: the agent `agent_id` is draft or inactive", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`: body over `http.max_body_bytes`", body = ErrorBody),
         (status = 429, description = "`RATE_LIMITED`: this IP or key, or the tenant's `max_calls_per_second` or `max_concurrent_calls`; see Retry-After", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a call may be placed again"))),
@@ -224,7 +227,40 @@ pub async fn create(
     AppJson(body): AppJson<CreateCall>,
 ) -> Result<Envelope<CallRecord>, ApiError> {
     auth.require_write()?;
-    let req = body.validate(&state.outbound_guard)?;
+    let mut req = body.validate(&state.outbound_guard)?;
+    if let Some(agent_id) = req.agent_id.clone() {
+        // The call talks to the agent once answered: it must exist and be active now.
+        if req.stream.is_some() {
+            return Err(ApiError::validation(
+                "agent_id",
+                "a call talks to an agent or streams to a URL, not both",
+            ));
+        }
+        let agent = state
+            .store
+            .get_agent(&auth.tenant, &agent_id, chrono::Utc::now())
+            .await?
+            .ok_or_else(|| ApiError::not_found("agent"))?;
+        if agent.status != crate::agents::model::AgentStatus::Active {
+            return Err(ApiError::new(
+                ErrorCode::AgentNotActive,
+                format!(
+                    "agent {agent_id} is {}: activate it before it takes calls",
+                    agent.status.as_str()
+                ),
+            ));
+        }
+        if !agent
+            .channels
+            .contains(&crate::agents::model::Channel::Voice)
+        {
+            return Err(ApiError::validation(
+                "agent_id",
+                "the agent's channels do not include voice",
+            ));
+        }
+        req.stream = Some(crate::core::agent_stream::StreamSpec::agent(&agent_id, None));
+    }
     let call = state.switch.originate(&auth.tenant, req).await?;
     Ok(Envelope::created(call))
 }

@@ -26,6 +26,58 @@ pub struct StreamSpec {
     pub bidirectional: bool,
     /// A normal close by the server (1000) hangs the call up (else the call goes on).
     pub hangup_on_close: bool,
+    /// The far end is this AI agent's session (`crate::agents::runtime`) instead of a
+    /// WebSocket server; `url` is then `agent:<id>`.
+    pub agent: Option<AgentTarget>,
+}
+
+/// An agent a call talks to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentTarget {
+    pub agent_id: String,
+    /// Where `transfer_call` goes for this call's number (before the agent's own).
+    pub handoff: Option<String>,
+}
+
+impl StreamSpec {
+    /// The call talks to `agent_id` (its end-of-conversation hangs up, its failure too).
+    pub fn agent(agent_id: &str, handoff: Option<String>) -> Self {
+        StreamSpec {
+            url: format!("agent:{agent_id}"),
+            format: crate::agents::runtime::playout_format(),
+            parameters: BTreeMap::new(),
+            bidirectional: true,
+            hangup_on_close: true,
+            agent: Some(AgentTarget {
+                agent_id: agent_id.to_owned(),
+                handoff,
+            }),
+        }
+    }
+}
+
+/// Transfers an agent's caller through the call task (SIP REFER).
+struct TaskControl(mpsc::Sender<TaskInput>);
+
+impl crate::agents::runtime::CallControl for TaskControl {
+    fn transfer(&self, to: String) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        let tx = self.0.clone();
+        Box::pin(async move {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            tx.send(TaskInput::Transfer {
+                target: to,
+                leg: None,
+                reply,
+            })
+            .await
+            .map_err(|_| "the call has ended".to_owned())?;
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err(why.to_owned()),
+                Err(_) => Err("the call has ended".to_owned()),
+            }
+        })
+    }
 }
 
 /// The spec of a dialplan `stream` action (its URL goes through the SSRF guard when the
@@ -42,6 +94,7 @@ pub(crate) fn spec_of(action: &dialplan::plan::StreamAction) -> Result<StreamSpe
         parameters: action.parameters.clone(),
         bidirectional: action.bidirectional,
         hangup_on_close: true,
+        agent: None,
     })
 }
 
@@ -156,10 +209,38 @@ pub(crate) fn start_on_endpoint(
     tx: mpsc::Sender<TaskInput>,
 ) -> Result<AttachedStream, String> {
     let call_rate = params.codec.audio_codec().sample_rate();
-    let config = config_for(shared, record, &spec, call_rate, vec![Track::Inbound]);
-    let id = config.stream_sid.clone();
-    let stream = crate::streams::spawn(config, shared.stream_connector.clone())
-        .map_err(|e| format!("{e:?}"))?;
+    let (id, stream) = match &spec.agent {
+        Some(target) => {
+            let inbound = record.direction == "inbound";
+            let party = crate::agents::runtime::Party {
+                tenant: record.tenant.clone(),
+                agent_id: target.agent_id.clone(),
+                call_id: Some(record.id.clone()),
+                from: Some(record.from.clone()),
+                to: Some(record.to.clone()),
+                contact: if inbound { record.from.clone() } else { record.to.clone() },
+                channel: crate::agents::model::ConversationChannel::Voice,
+                handoff: target.handoff.clone(),
+            };
+            let control: std::sync::Arc<dyn crate::agents::runtime::CallControl> =
+                std::sync::Arc::new(TaskControl(tx.clone()));
+            let stream = crate::agents::runtime::spawn(
+                shared.agents.clone(),
+                party,
+                call_rate,
+                Some(control),
+            )
+            .map_err(|e| format!("{e:?}"))?;
+            (format!("MZ{}", ulid::Ulid::new()), stream)
+        }
+        None => {
+            let config = config_for(shared, record, &spec, call_rate, vec![Track::Inbound]);
+            let id = config.stream_sid.clone();
+            let stream = crate::streams::spawn(config, shared.stream_connector.clone())
+                .map_err(|e| format!("{e:?}"))?;
+            (id, stream)
+        }
+    };
     if spec.bidirectional {
         endpoint.play(Box::new(PlayoutSource::new(
             stream.handle.playout().clone(),

@@ -215,18 +215,28 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
         proxy_session_id: None,
     };
     let (tx, rx) = mpsc::channel(CALL_QUEUE);
-    match decision.route {
+    // A number assigned to an agent through the API goes to it, whatever the plan says.
+    let route = if shared.agents.numbers.contains(&to) {
+        Route::Agent(String::new())
+    } else {
+        decision.route
+    };
+    match route {
         Route::Agent(_) | Route::Stream(_) => {
-            let stream = match decision.route {
-                Route::Agent(agent) => {
-                    record.agent_id = Some(agent);
+            let (stream, agent) = match route {
+                Route::Agent(id) => {
                     record.metadata["route"] = "agent".into();
-                    None
+                    let lookup = if id.is_empty() {
+                        AgentLookup::Number(to.clone())
+                    } else {
+                        AgentLookup::Id(id)
+                    };
+                    (None, Some(lookup))
                 }
                 Route::Stream(action) => {
                     record.metadata["route"] = "stream".into();
                     match super::agent_stream::spec_of(&action) {
-                        Ok(spec) => Some(spec),
+                        Ok(spec) => (Some(spec), None),
                         Err(why) => {
                             tracing::warn!(reason = why, url = %action.url, "dialplan stream refused");
                             shared.metrics.inbound(InboundOutcome::Failed);
@@ -235,7 +245,7 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                         }
                     }
                 }
-                _ => None,
+                _ => (None, None),
             };
             let bind_ip = shared.config.rtp_bind_ip();
             let probe = super::codecs::with_codecs(
@@ -252,22 +262,56 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
                 reject(503, "Service Unavailable", Vec::new());
                 return;
             };
-            let record = Arc::new(record);
             let caller_dialog =
                 sip::ua::DialogSnapshot::incoming(&request, &local_tag, source, transport);
-            let task = CallTask::new(
-                shared.clone(),
-                Arc::clone(&record),
+            let local = LocalCall {
                 trunk,
                 leg,
                 endpoint,
-                Some(offer),
-                Some(source_slot),
-            )
-            .with_caller_dialog(caller_dialog)
-            .with_peer_ip(source.ip())
-            .with_stream(stream);
-            start(shared, record, leg, tx, async move { task.run(rx).await });
+                offer,
+                source_slot,
+                caller_dialog,
+                peer: source.ip(),
+            };
+            match agent {
+                None => {
+                    let record = Arc::new(record);
+                    let task = local.task(shared, &record, stream);
+                    start(shared, record, leg, tx, async move { task.run(rx).await });
+                }
+                Some(lookup) => {
+                    // The agent is looked up in a task; the leg is ours meanwhile, so a
+                    // CANCEL right behind the INVITE waits in the call's queue.
+                    shared.legs.insert(leg, tx.clone());
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        match resolve_agent(&shared, lookup, &record.tenant).await {
+                            Ok(target) => {
+                                record.tenant = target.tenant;
+                                record.agent_id = Some(target.agent_id.clone());
+                                let spec = super::agent_stream::StreamSpec::agent(
+                                    &target.agent_id,
+                                    target.handoff,
+                                );
+                                let record = Arc::new(record);
+                                let task = local.task(&shared, &record, Some(spec));
+                                start(&shared, record, leg, tx, async move { task.run(rx).await });
+                            }
+                            Err((code, why)) => {
+                                tracing::info!(to = %record.to, code, reason = %why, "inbound call for an agent refused");
+                                shared.metrics.inbound(InboundOutcome::Rejected);
+                                shared.legs.remove(&leg);
+                                let _ = shared.ua.send(sip::ua::UaCommand::Reject {
+                                    leg,
+                                    code,
+                                    reason: sip::msg::default_reason(code).to_owned(),
+                                    headers: Vec::new(),
+                                });
+                            }
+                        }
+                    });
+                }
+            }
         }
         Route::Trunks(names) => {
             record.metadata["route"] = "transit".into();
@@ -314,6 +358,106 @@ pub(super) fn on_incoming(shared: &Shared, event: sip::ua::UaEvent) {
             }
         }
         _ => {}
+    }
+}
+
+/// How an inbound call finds its agent: a dialplan `agent` action names it, or the
+/// called number is assigned to one.
+enum AgentLookup {
+    Id(String),
+    Number(String),
+}
+
+/// The agent an inbound call talks to.
+struct AgentRoute {
+    tenant: String,
+    agent_id: String,
+    handoff: Option<String>,
+}
+
+/// The active agent of `lookup` (dialplan ids are `tenant`'s), or the SIP refusal: the
+/// configured code when it is missing, not active or not on the voice channel.
+async fn resolve_agent(
+    shared: &Shared,
+    lookup: AgentLookup,
+    tenant: &str,
+) -> Result<AgentRoute, (u16, String)> {
+    use crate::agents::model::{AgentStatus, Channel};
+    let unavailable = shared.config.agents.unavailable_sip_code;
+    let now = Utc::now();
+    let store_failed = |e: crate::store::StoreError| {
+        shared.metrics.store_error();
+        (503, format!("agent lookup failed: {e}"))
+    };
+    let (agent, tenant, handoff) = match lookup {
+        AgentLookup::Id(id) => {
+            let agent = shared
+                .store
+                .get_agent(tenant, &id, now)
+                .await
+                .map_err(store_failed)?
+                .ok_or_else(|| (unavailable, format!("no agent {id} for tenant {tenant}")))?;
+            (agent, tenant.to_owned(), None)
+        }
+        AgentLookup::Number(number) => {
+            let route = shared
+                .store
+                .agent_for_number(&number, now)
+                .await
+                .map_err(store_failed)?
+                .ok_or_else(|| (unavailable, format!("{number} is no longer assigned")))?;
+            (route.agent, route.tenant, route.handoff_phone_number)
+        }
+    };
+    if agent.status != AgentStatus::Active {
+        return Err((
+            unavailable,
+            format!("agent {} is {}", agent.id, agent.status.as_str()),
+        ));
+    }
+    if !agent.channels.contains(&Channel::Voice) {
+        return Err((
+            unavailable,
+            format!("agent {} does not take voice calls", agent.id),
+        ));
+    }
+    Ok(AgentRoute {
+        tenant,
+        agent_id: agent.id,
+        handoff,
+    })
+}
+
+/// What a call the switch answers itself (a stream or an agent) is made of.
+struct LocalCall {
+    trunk: Trunk,
+    leg: sip::ua::LegRef,
+    endpoint: media::net::RtpEndpoint,
+    offer: sip::ua::Body,
+    source_slot: super::trunk::TrunkSlot,
+    caller_dialog: Option<sip::ua::DialogSnapshot>,
+    peer: std::net::IpAddr,
+}
+
+impl LocalCall {
+    fn task(
+        self,
+        shared: &Shared,
+        record: &Arc<CallRecord>,
+        stream: Option<super::agent_stream::StreamSpec>,
+    ) -> CallTask {
+        CallTask::new(
+            shared.clone(),
+            Arc::clone(record),
+            self.trunk,
+            self.leg,
+            self.endpoint,
+            Some(self.offer),
+            Some(self.source_slot),
+        )
+        .with_caller_dialog(self.caller_dialog)
+        .with_peer_ip(self.peer)
+        .with_stream(stream)
     }
 }
 

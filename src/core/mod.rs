@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     pub stream_connector: Arc<dyn crate::streams::Connector>,
     /// MESSAGEs relayed and waiting for their final response, by message id.
     pub messages: Arc<DashMap<u64, tokio::sync::oneshot::Sender<(u16, String)>>>,
+    /// What AI agent sessions need (store, providers, tool client, live registry).
+    pub agents: crate::agents::runtime::AgentDeps,
     next_leg: Arc<AtomicU64>,
 }
 
@@ -130,6 +132,19 @@ const RESTORED_LEGS: u64 = 1 << 62;
 pub(crate) const CALL_QUEUE: usize = 64;
 
 impl Switch {
+    /// Agents' numbers changed (an agent was created, updated or deleted): inbound
+    /// routing reloads them.
+    pub async fn agent_numbers_changed(&self) {
+        if let Err(e) = self.shared.agents.refresh_numbers().await {
+            tracing::error!(error = %e, "cannot reload the agents' numbers");
+        }
+    }
+
+    /// The agents' live conversations (the API ends a deleted agent's through it).
+    pub fn live_conversations(&self) -> Arc<crate::agents::LiveConversations> {
+        Arc::clone(&self.shared.agents.live)
+    }
+
     /// Wire the core to a running SIP driver and close out calls a previous run left live.
     pub async fn start(
         config: Arc<Config>,
@@ -154,7 +169,19 @@ impl Switch {
             config.dialplan.utc_offset_minutes,
         ));
         let config_guard = config.outbound_guard();
+        let agents = crate::agents::runtime::AgentDeps {
+            store: store.clone(),
+            config: config.clone(),
+            live: Arc::new(crate::agents::LiveConversations::new()),
+            http: crate::agents::tools::client(&config_guard).map_err(|e| {
+                StoreError::Corrupt(format!("cannot build the agents' HTTP client: {e}"))
+            })?,
+            connector: Arc::new(crate::streams::DirectConnector),
+            numbers: Arc::new(dashmap::DashSet::new()),
+        };
+        agents.refresh_numbers().await?;
         let shared = Shared {
+            agents,
             advertise: Arc::new(advertise::Advertise::new(&config)),
             tenant_policy: Arc::new(tenant_policy::TenantPolicy::new(&config.tenants)),
             auth_guard: Arc::new(auth_guard::AuthGuard::new(&config.security)),

@@ -407,6 +407,15 @@ pub(super) async fn delete_agent(pool: &AnyPool, tenant: &str, id: &str) -> Stor
     Ok(true)
 }
 
+pub(super) async fn assigned_numbers(pool: &AnyPool) -> StoreResult<Vec<String>> {
+    let rows = sqlx::query("SELECT phone_number FROM agent_numbers")
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get("phone_number").map_err(Into::into))
+        .collect()
+}
+
 pub(super) async fn agent_for_number(
     pool: &AnyPool,
     number: &str,

@@ -297,6 +297,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         number: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<NumberRoute>>;
+    /// Every number assigned to an agent (inbound routing keeps them in memory).
+    async fn assigned_agent_numbers(&self) -> StoreResult<Vec<String>>;
     /// The agent's tools, oldest first.
     async fn list_agent_tools(&self, tenant: &str, agent_id: &str) -> StoreResult<Vec<Tool>>;
     async fn get_agent_tool(

@@ -778,6 +778,10 @@ impl Store for SqlStore {
         agents::agent_for_number(&self.pool, number, now).await
     }
 
+    async fn assigned_agent_numbers(&self) -> StoreResult<Vec<String>> {
+        agents::assigned_numbers(&self.pool).await
+    }
+
     async fn list_agent_tools(&self, tenant: &str, agent_id: &str) -> StoreResult<Vec<Tool>> {
         agents::list_tools(&self.pool, tenant, agent_id).await
     }

@@ -166,7 +166,7 @@ pub struct StreamStats {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     input_dropped: AtomicU64,
     media_dropped: AtomicU64,
     control_dropped: AtomicU64,
@@ -177,14 +177,14 @@ struct Counters {
 }
 
 impl Counters {
-    fn bump(counter: &AtomicU64) {
+    pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Input from the call to the task.
 #[derive(Debug)]
-enum CallInput {
+pub(crate) enum CallInput {
     Audio { track: Track, pcm: Vec<i16> },
     Dtmf(char),
 }
@@ -197,7 +197,7 @@ struct TapState {
 }
 
 #[derive(Debug)]
-struct SharedPlayout {
+pub(crate) struct SharedPlayout {
     state: Mutex<TapState>,
     /// Wakes the task when `acks` has something.
     acks_ready: Notify,
@@ -371,17 +371,64 @@ pub struct Stream {
     pub task: JoinHandle<EndReason>,
 }
 
-/// Starts a stream's task. Fails at once on a configuration that cannot work.
-pub fn spawn(config: StreamConfig, connector: Arc<dyn Connector>) -> Result<Stream, EndReason> {
-    let url = parse_stream_url(&config.url).map_err(|e| EndReason::Invalid(e.to_string()))?;
-    let invalid = |e: media::resample::ResampleError| EndReason::Invalid(e.to_string());
-    let playout =
-        Playout::new(config.format, config.call_rate, config.max_playout_ms).map_err(invalid)?;
-    let uplink = Uplink::new(config.format, config.call_rate).map_err(invalid)?;
-    let call_frame_len = uplink.call_frame_len();
+/// The far end's side of a stream's plumbing: what the call sends, the playout it
+/// pulls from, the counters and the stop signal. The WebSocket driver owns one; so does
+/// an AI agent's session (`crate::agents::runtime`), which is one more stream end.
+#[derive(Debug)]
+pub(crate) struct StreamEnd {
+    pub input: mpsc::Receiver<CallInput>,
+    pub shared: Arc<SharedPlayout>,
+    pub counters: Arc<Counters>,
+    pub stop: CancellationToken,
+}
 
-    let (input_tx, input_rx) = mpsc::channel(config.input_queue.max(1));
-    let (events_tx, events_rx) = mpsc::channel(32);
+impl StreamEnd {
+    /// Queues audio (at the playout format's rate) for the call; the leg's pacer is woken
+    /// when the queue was empty, so the first packet goes out at once.
+    pub fn push_audio(&self, pcm: &[i16]) {
+        if pcm.is_empty() {
+            return;
+        }
+        let was_empty = {
+            let mut state = self.shared.lock();
+            let was_empty = state.playout.is_empty();
+            state.playout.push_audio(pcm);
+            was_empty
+        };
+        if was_empty {
+            self.shared.audio_ready.notify_one();
+        }
+        self.shared.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Drops what is queued (barge-in); the audio still queued (ms) and the report.
+    pub fn clear(&self) -> (u64, media::stream::ClearReport) {
+        let out = {
+            let mut state = self.shared.lock();
+            let queued = state.playout.queued_ms();
+            (queued, state.playout.clear())
+        };
+        self.shared.changed.send_modify(|n| *n = n.wrapping_add(1));
+        out
+    }
+
+    /// Audio queued for the call, in ms.
+    pub fn queued_ms(&self) -> u64 {
+        self.shared.lock().playout.queued_ms()
+    }
+}
+
+/// A stream's handle and far end, the playout in `format` played at `call_rate`.
+pub(crate) fn plumbing(
+    format: StreamFormat,
+    call_rate: u32,
+    max_playout_ms: u32,
+    input_queue: usize,
+) -> Result<(StreamHandle, StreamEnd), EndReason> {
+    let invalid = |e: media::resample::ResampleError| EndReason::Invalid(e.to_string());
+    let playout = Playout::new(format, call_rate, max_playout_ms).map_err(invalid)?;
+    let call_frame_len = (call_rate / 50) as usize;
+    let (input_tx, input_rx) = mpsc::channel(input_queue.max(1));
     let shared = Arc::new(SharedPlayout {
         state: Mutex::new(TapState {
             playout,
@@ -402,8 +449,30 @@ pub fn spawn(config: StreamConfig, connector: Arc<dyn Connector>) -> Result<Stre
         stop: stop.clone(),
         call_frame_len,
     };
+    let end = StreamEnd {
+        input: input_rx,
+        shared,
+        counters,
+        stop,
+    };
+    Ok((handle, end))
+}
+
+/// Starts a stream's task. Fails at once on a configuration that cannot work.
+pub fn spawn(config: StreamConfig, connector: Arc<dyn Connector>) -> Result<Stream, EndReason> {
+    let url = parse_stream_url(&config.url).map_err(|e| EndReason::Invalid(e.to_string()))?;
+    let invalid = |e: media::resample::ResampleError| EndReason::Invalid(e.to_string());
+    let uplink = Uplink::new(config.format, config.call_rate).map_err(invalid)?;
+    let (handle, end) = plumbing(
+        config.format,
+        config.call_rate,
+        config.max_playout_ms,
+        config.input_queue,
+    )?;
+    let (events_tx, events_rx) = mpsc::channel(32);
     let driver = driver::Driver::new(
-        config, url, connector, uplink, input_rx, shared, counters, stop, events_tx,
+        config, url, connector, uplink, end.input, end.shared, end.counters, end.stop,
+        events_tx,
     );
     let task = tokio::spawn(driver.run());
     Ok(Stream {

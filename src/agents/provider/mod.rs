@@ -164,6 +164,14 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// The name in configuration (`[agents.providers.openai]`, `…gemini]`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Gemini => "gemini",
+        }
+    }
+
     /// The real endpoint (without the model or key, which [`driver`] adds).
     pub fn default_url(self) -> &'static str {
         match self {
