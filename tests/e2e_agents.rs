@@ -11,6 +11,8 @@
 //! `end_call` hanging the call up after the goodbye; the conversation and its transcript
 //! in the API.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -49,7 +51,9 @@ async fn server_url() -> (String, Seen) {
                 "instructions": "Dynamic instructions for this caller.",
                 "greeting": "Hello from the dynamic greeting.",
             })),
-            _ => axum::Json(json!({"status": "shipped", "order_id": event["tool_call"]["arguments"]["order_id"]})),
+            _ => axum::Json(
+                json!({"status": "shipped", "order_id": event["tool_call"]["arguments"]["order_id"]}),
+            ),
         }
     }
     let app = Router::new()
@@ -83,7 +87,9 @@ async fn active_agent(h: &Harness, body: Value) -> String {
         .request(
             reqwest::Method::PATCH,
             &format!("/agents/{id}"),
-            Some(&json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]})),
+            Some(
+                &json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]}),
+            ),
         )
         .await;
     assert_eq!(code, 200, "{patched}");
@@ -130,7 +136,11 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
                 "event_id": "event_user1", "item_id": "item_user1", "content_index": 0,
                 "transcript": "Where is my order A1?",
             }))];
-            a.extend(openai_function_call("call_lookup", "lookup_order", &json!({"order_id": "A1"})));
+            a.extend(openai_function_call(
+                "call_lookup",
+                "lookup_order",
+                &json!({"order_id": "A1"}),
+            ));
             a.push(openai_response_done("resp_fc"));
             a
         })
@@ -206,10 +216,18 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         }
         assert!(types.len() < 20, "{types:?}");
     };
-    assert_eq!(done["type"], "call.completed", "{done}\n{}", h.switch.logs());
+    assert_eq!(
+        done["type"],
+        "call.completed",
+        "{done}\n{}",
+        h.switch.logs()
+    );
     assert_eq!(done["data"]["call"]["end_reason"], "stream_ended", "{done}");
     assert_eq!(done["data"]["call"]["agent_id"], agent_id.as_str());
-    assert!(types.iter().any(|t| t == "call.stream.started"), "{types:?}");
+    assert!(
+        types.iter().any(|t| t == "call.stream.started"),
+        "{types:?}"
+    );
     far.wait().await.assert_success("far end");
 
     // The setup: the prompt, the voice, the tools with the built-ins.
@@ -272,7 +290,10 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         .find(|m| m["item"]["call_id"] == "call_lookup")
         .expect("the tool's output");
     assert!(
-        output["item"]["output"].as_str().unwrap().contains("shipped"),
+        output["item"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("shipped"),
         "{output}"
     );
 
@@ -299,7 +320,11 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         .filter(|f| goertzel(f, 440.0, 8000.0) > goertzel(f, 660.0, 8000.0))
         .flat_map(|f| f.iter().copied())
         .collect();
-    assert!(greeting.len() >= 8000, "{} samples of greeting", greeting.len());
+    assert!(
+        greeting.len() >= 8000,
+        "{} samples of greeting",
+        greeting.len()
+    );
     let answer_ms = frames
         .iter()
         .filter(loud)
@@ -333,13 +358,19 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         .api
         .request(
             reqwest::Method::GET,
-            &format!("/agents/{agent_id}/conversations/{}", conv["id"].as_str().unwrap()),
+            &format!(
+                "/agents/{agent_id}/conversations/{}",
+                conv["id"].as_str().unwrap()
+            ),
             None,
         )
         .await;
     assert_eq!(code, 200, "{detail}");
     let transcript = detail["data"]["transcript"].as_array().unwrap();
-    let roles: Vec<&str> = transcript.iter().filter_map(|m| m["role"].as_str()).collect();
+    let roles: Vec<&str> = transcript
+        .iter()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
     for role in ["assistant", "user", "tool_call", "tool_result"] {
         assert!(roles.contains(&role), "{role} missing: {roles:?}");
     }
@@ -348,5 +379,256 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
             .iter()
             .any(|m| m["text"] == "Where is my order A1?"),
         "{transcript:#?}"
+    );
+}
+
+/// `[agents.providers.<name>]` pointing at a fake provider.
+fn provider_toml(name: &str, fake: &FakeRealtime) -> String {
+    format!(
+        "[agents.providers.{name}]\nurl = \"{}\"\napi_key = \"test-key\"\n",
+        fake.url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_assigned_to_a_gemini_agent_answers_inbound_calls() {
+    let greeting_tone = tone(440.0, 24_000, 1000);
+    let fake = FakeRealtime::builder(Flavor::Gemini)
+        .step(Trigger::Received("realtimeInput.text"), {
+            let mut a = common::fake_realtime::gemini_audio(&greeting_tone, 5);
+            a.push(Action::Send(json!({ "serverContent": { "outputTranscription": { "text": "Hello, Acme here." } } })));
+            a.push(Action::Send(json!({ "serverContent": { "turnComplete": true } })));
+            a
+        })
+        .step(
+            Trigger::InputAudioMs(1000),
+            vec![
+                Action::Send(json!({ "serverContent": { "inputTranscription": { "text": "Bye now.", "finished": true } } })),
+                Action::Send(json!({
+                    "toolCall": { "functionCalls": [{ "id": "fc-end", "name": "end_call", "args": {} }] }
+                })),
+            ],
+        )
+        .spawn()
+        .await;
+    let carrier = Sipp::uas("uas_answer_hold.xml");
+    // Without the assignment the plan would send +1… on to the carrier.
+    let mut h = common::transit::start_with(
+        carrier.addr(),
+        common::transit::TRANSIT_PLAN,
+        &provider_toml("gemini", &fake),
+        |c| {
+            c.rtp_ports(36600, 36699)
+                .numbers(&["+12025551234", "+14155552671"])
+        },
+    )
+    .await;
+    let (code, created) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            "/agents",
+            Some(&json!({
+                "name": "Front desk",
+                "model": "gemini-2.5-flash-native-audio-preview-09-2025",
+                "agent_type": "static",
+                "identity": "You are the front desk of Acme Clinic.",
+                "instructions": "Answer questions and say goodbye.",
+                "voice_name": "Aoede",
+                "language": "en-US",
+                "greeting_type": "static",
+                "static_greeting": "Thanks for calling Acme Clinic.",
+                "phone_number_assignments": [{"phone_number": "+14155552671"}],
+            })),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let agent_id = created["data"]["id"].as_str().unwrap().to_owned();
+    let (code, body) = h
+        .api
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/agents/{agent_id}"),
+            Some(
+                &json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uac_pcmu_tone_remote_bye.xml");
+    let caller = Sipp::builder(scenario.to_str().unwrap())
+        .remote(h.switch.sip_udp())
+        .spawn();
+    // The agent's `end_call` hangs up on the caller.
+    caller.wait().await.assert_success("caller");
+    let events = h.events_until("call.completed").await;
+    let done = &events.last().unwrap()["data"]["call"];
+    assert_eq!(done["agent_id"], agent_id.as_str(), "{done}");
+    assert_eq!(done["metadata"]["route"], "agent", "{done}");
+    assert_eq!(done["end_reason"], "stream_ended", "{done}");
+
+    // The Gemini setup: key in the query, the model, voice, language, prompt.
+    let handshake = fake.log(|l| l.handshakes[0].query.get("key").cloned());
+    assert_eq!(handshake.as_deref(), Some("test-key"));
+    let setup = fake.log(|l| l.of_kind(Flavor::Gemini, "setup"))[0]["setup"].clone();
+    assert_eq!(
+        setup["model"],
+        "models/gemini-2.5-flash-native-audio-preview-09-2025"
+    );
+    let speech = &setup["generationConfig"]["speechConfig"];
+    assert_eq!(
+        speech["voiceConfig"]["prebuiltVoiceConfig"]["voiceName"], "Aoede",
+        "{setup}"
+    );
+    assert_eq!(speech["languageCode"], "en-US", "{setup}");
+    assert!(
+        setup["systemInstruction"]
+            .to_string()
+            .contains("Acme Clinic"),
+        "{setup}"
+    );
+    // The caller's tone at Gemini's 16 kHz input.
+    let input: Vec<i16> = fake
+        .log(|l| l.of_kind(Flavor::Gemini, "realtimeInput.audio"))
+        .iter()
+        .flat_map(|m| pcm_of(m["realtimeInput"]["audio"]["data"].as_str().unwrap()))
+        .collect();
+    assert!(input.len() >= 16_000, "{} samples", input.len());
+    let tail = &input[input.len() / 2..];
+    assert!(
+        goertzel(tail, 1000.0, 16_000.0) > 50.0 * goertzel(tail, 440.0, 16_000.0),
+        "no 1 kHz tone at the provider"
+    );
+    // The conversation: the caller is the contact.
+    let (_, list) = h
+        .api
+        .request(
+            reqwest::Method::GET,
+            &format!("/agents/{agent_id}/conversations"),
+            None,
+        )
+        .await;
+    assert_eq!(list["data"][0]["contact"], "+442071838750", "{list}");
+    assert_eq!(list["data"][0]["status"], "completed", "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_for_an_agent_that_is_not_active_is_refused() {
+    let fake = FakeRealtime::builder(Flavor::OpenAi).spawn().await;
+    let carrier = Sipp::uas("uas_answer_hold.xml");
+    let h = common::transit::start_with(
+        carrier.addr(),
+        common::transit::TRANSIT_PLAN,
+        &provider_toml("openai", &fake),
+        |c| {
+            c.rtp_ports(36700, 36799)
+                .numbers(&["+12025551234", "+14155552671"])
+        },
+    )
+    .await;
+    // A draft agent owns the number: its calls get the configured 480.
+    let (code, created) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            "/agents",
+            Some(&json!({
+                "name": "Not yet",
+                "model": "gpt-realtime",
+                "agent_type": "static",
+                "instructions": "Hi.",
+                "phone_number_assignments": [{"phone_number": "+14155552671"}],
+            })),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let agent_id = created["data"]["id"].as_str().unwrap().to_owned();
+    let caller = Sipp::uac("uac_expect_480.xml", h.switch.sip_udp());
+    caller
+        .wait()
+        .await
+        .assert_success("caller refused with 480");
+    assert!(
+        fake.log(|l| l.handshakes.is_empty()),
+        "a provider session was opened"
+    );
+
+    // Outbound, the API says why before anything is dialled.
+    let (code, body) = h
+        .api
+        .create_call(json!({"to": "+14155550100", "from": "+12025551234", "agent_id": agent_id}))
+        .await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["code"], "AGENT_NOT_ACTIVE", "{body}");
+    let (code, body) = h
+        .api
+        .create_call(
+            json!({"to": "+14155550100", "from": "+12025551234", "agent_id": "agt_missing"}),
+        )
+        .await;
+    assert_eq!(code, 404, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_call_refers_the_caller_to_the_hand_off_number() {
+    let fake = FakeRealtime::builder(Flavor::OpenAi)
+        .step(Trigger::Received("response.create"), {
+            let mut a = openai_function_call(
+                "call_xfer",
+                "transfer_call",
+                &json!({"reason": "wants a human"}),
+            );
+            a.push(openai_response_done("resp_xfer"));
+            a
+        })
+        .spawn()
+        .await;
+    // The carrier honours REFER to +14155550000 (checked by the scenario).
+    let far = Sipp::uas("uas_answer_refer.xml");
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(36800, 36899).extra(&provider)).await;
+    let agent_id = active_agent(
+        &h,
+        json!({
+            "name": "Router",
+            "model": "gpt-realtime",
+            "agent_type": "static",
+            "instructions": "Transfer every caller.",
+            "handoff_phone_number": "+14155550000",
+            "greeting_type": "static",
+            "static_greeting": "One moment.",
+        }),
+    )
+    .await;
+    let id = h.call(json!({"agent_id": agent_id})).await;
+    let done = loop {
+        let e = h.event().await;
+        if e["type"] == "call.completed" || e["type"] == "call.failed" {
+            break e;
+        }
+    };
+    assert_eq!(done["data"]["call"]["id"], id.as_str());
+    assert_eq!(
+        done["data"]["call"]["end_reason"],
+        "transferred",
+        "{done}\n{}",
+        h.switch.logs()
+    );
+    far.wait().await.assert_success("carrier");
+    let told = fake
+        .wait_until(Duration::from_secs(10), |l| {
+            l.of_kind(Flavor::OpenAi, "conversation.item.create")
+                .iter()
+                .any(|m| m["item"]["call_id"] == "call_xfer")
+        })
+        .await;
+    assert!(told, "the model was not told the transfer's outcome");
+    let output =
+        fake.log(|l| l.of_kind(Flavor::OpenAi, "conversation.item.create"))[0]["item"]["output"]
+            .clone();
+    assert!(
+        output.as_str().unwrap().contains("+14155550000"),
+        "{output}"
     );
 }

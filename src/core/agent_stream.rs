@@ -218,7 +218,11 @@ pub(crate) fn start_on_endpoint(
                 call_id: Some(record.id.clone()),
                 from: Some(record.from.clone()),
                 to: Some(record.to.clone()),
-                contact: if inbound { record.from.clone() } else { record.to.clone() },
+                contact: if inbound {
+                    record.from.clone()
+                } else {
+                    record.to.clone()
+                },
                 channel: crate::agents::model::ConversationChannel::Voice,
                 handoff: target.handoff.clone(),
             };
