@@ -56,8 +56,21 @@ async fn server_url() -> (String, Seen) {
             ),
         }
     }
+    // An http agent's own tool: GET with the arguments in the query.
+    async fn orders(
+        State(seen): State<Seen>,
+        headers: HeaderMap,
+        axum::extract::RawQuery(query): axum::extract::RawQuery,
+    ) -> axum::Json<Value> {
+        let query = query.unwrap_or_default();
+        seen.lock()
+            .unwrap()
+            .push((headers, Bytes::from(format!("GET /orders?{query}"))));
+        axum::Json(json!({"status": "packed", "query": query}))
+    }
     let app = Router::new()
         .route("/hook", axum::routing::post(hook))
+        .route("/orders", axum::routing::get(orders))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -94,6 +107,19 @@ async fn active_agent(h: &Harness, body: Value) -> String {
         .await;
     assert_eq!(code, 200, "{patched}");
     id
+}
+
+/// Callbacks until the call ends; the last one (the switch's log on a timeout).
+async fn until_ended(h: &mut Harness) -> Value {
+    loop {
+        let Some(r) = h.sink.try_next_event(harness::GUARD).await else {
+            panic!("the call did not end\n{}", h.switch.logs());
+        };
+        let e = h.sink.verify(&h.secret, &r);
+        if e["type"] == "call.completed" || e["type"] == "call.failed" {
+            return e;
+        }
+    }
 }
 
 fn pcm_of(b64: &str) -> Vec<i16> {
@@ -630,5 +656,195 @@ async fn transfer_call_refers_the_caller_to_the_hand_off_number() {
     assert!(
         output.as_str().unwrap().contains("+14155550000"),
         "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_prompt_is_fetched_and_an_http_tool_is_called() {
+    let (hook_url, seen) = server_url().await;
+    let orders_url = hook_url.replace("/hook", "/orders");
+    // One provider for both calls: each call runs the script again (a fresh fake).
+    let script = |fc: &'static str, args: Value| {
+        FakeRealtime::builder(Flavor::OpenAi)
+            .step(Trigger::Received("response.create"), {
+                let mut a = openai_function_call(fc, "lookup_order", &args);
+                a.push(openai_response_done("resp_1"));
+                a
+            })
+            .step(Trigger::Received("conversation.item.create"), {
+                let mut a = openai_function_call(&format!("{fc}_end"), "end_call", &json!({}));
+                a.push(openai_response_done("resp_2"));
+                a
+            })
+    };
+    let fake = script("call_dyn", json!({"order_id": "B2"})).spawn().await;
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(36900, 36999).extra(&provider)).await;
+
+    // A webhook agent whose prompt and greeting come from its Server URL.
+    let agent_id = active_agent(
+        &h,
+        json!({
+            "name": "Dynamic desk",
+            "model": "gpt-realtime",
+            "agent_type": "webhook",
+            "server_url": hook_url,
+            "server_secret": SECRET,
+            "prompt_type": "dynamic",
+            "greeting_type": "dynamic",
+        }),
+    )
+    .await;
+    let (code, tool) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/agents/{agent_id}/tools"),
+            Some(&json!({"name": "lookup_order", "description": "Find an order."})),
+        )
+        .await;
+    assert_eq!(code, 201, "{tool}");
+    let id = h.call(json!({"agent_id": agent_id})).await;
+    let done = until_ended(&mut h).await;
+    assert_eq!(done["data"]["call"]["id"], id.as_str());
+    assert_eq!(done["data"]["call"]["end_reason"], "stream_ended", "{done}");
+    far.wait().await.assert_success("far end");
+    let requests = seen.lock().unwrap().clone();
+    let (headers, body) = requests
+        .iter()
+        .find(|(_, b)| String::from_utf8_lossy(b).contains("agent:assistant-request"))
+        .expect("an assistant request");
+    assert_eq!(
+        headers["x-switchyard-signature"].to_str().unwrap(),
+        format!("sha256={}", hmac_hex(SECRET, body))
+    );
+    let update = fake.log(|l| l.of_kind(Flavor::OpenAi, "session.update"));
+    assert!(
+        update[0]["session"]["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("Dynamic instructions for this caller."),
+        "{}",
+        update[0]
+    );
+    let creates = fake.log(|l| l.of_kind(Flavor::OpenAi, "response.create"));
+    assert!(
+        creates[0]
+            .to_string()
+            .contains("Hello from the dynamic greeting."),
+        "{}",
+        creates[0]
+    );
+    drop(fake);
+
+    // An http agent: its tool calls its own URL (GET: the arguments in the query).
+    let fake = script("call_http", json!({"order_id": "C3"})).spawn().await;
+    drop(h);
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(36900, 36999).extra(&provider)).await;
+    let agent_id = active_agent(
+        &h,
+        json!({
+            "name": "Http desk",
+            "model": "gpt-realtime",
+            "agent_type": "http",
+            "instructions": "Look orders up.",
+            "greeting_type": "static",
+            "static_greeting": "Order line.",
+        }),
+    )
+    .await;
+    let (code, tool) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/agents/{agent_id}/tools"),
+            Some(&json!({
+                "name": "lookup_order",
+                "description": "Find an order.",
+                "tool_url": orders_url,
+                "tool_method": "GET",
+                "tool_headers": {"x-api-token": "orders-token"},
+            })),
+        )
+        .await;
+    assert_eq!(code, 201, "{tool}");
+    h.call(json!({"agent_id": agent_id})).await;
+    let e = until_ended(&mut h).await;
+    assert_eq!(e["data"]["call"]["end_reason"], "stream_ended", "{e}");
+    far.wait().await.assert_success("far end");
+    let requests = seen.lock().unwrap().clone();
+    let (headers, line) = requests
+        .iter()
+        .find(|(_, b)| b.starts_with(b"GET /orders"))
+        .expect("the http tool was called");
+    assert_eq!(String::from_utf8_lossy(line), "GET /orders?order_id=C3");
+    assert_eq!(headers["x-api-token"], "orders-token");
+    let outputs = fake.log(|l| l.of_kind(Flavor::OpenAi, "conversation.item.create"));
+    let output = outputs
+        .iter()
+        .find(|m| m["item"]["call_id"] == "call_http")
+        .expect("the tool's output went back");
+    assert!(
+        output["item"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("packed"),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_agent_ends_its_live_call() {
+    // The provider greets and then waits: only the DELETE ends the call.
+    let fake = FakeRealtime::builder(Flavor::OpenAi)
+        .step(
+            Trigger::Received("response.create"),
+            openai_audio("item_greet", &tone(440.0, 24_000, 400), 2),
+        )
+        .spawn()
+        .await;
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(37000, 37099).extra(&provider)).await;
+    let agent_id = active_agent(
+        &h,
+        json!({"name": "Temp", "model": "gpt-realtime", "agent_type": "static", "instructions": "Hi."}),
+    )
+    .await;
+    let id = h.call(json!({"agent_id": agent_id})).await;
+    loop {
+        let e = h.event().await;
+        assert_ne!(e["type"], "call.completed", "{e}");
+        if e["type"] == "call.stream.started" {
+            break;
+        }
+    }
+    let (code, body) = h
+        .api
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/agents/{agent_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 204, "{body}");
+    let done = loop {
+        let e = h.event().await;
+        if e["type"] == "call.completed" || e["type"] == "call.failed" {
+            break e;
+        }
+    };
+    assert_eq!(done["data"]["call"]["id"], id.as_str());
+    assert_eq!(done["data"]["call"]["end_reason"], "stream_ended", "{done}");
+    far.wait().await.assert_success("far end");
+    assert!(
+        fake.log(|l| l.closed),
+        "the provider session was not closed"
     );
 }
