@@ -303,7 +303,9 @@ async fn fuzz(database_url: Option<String>, rtp_port_min: u16) -> (SwitchProcess
             .extra("[[tenants]]\nname = \"acme\"\nmax_calls_per_second = 20\n")
             // Realtime sessions configured: their documented 500 (no signing key) is a
             // configuration answer, not what the fuzzer looks for.
-            .extra("[agents]\nrealtime_signing_key = \"schemathesis-signing-key-0123456789abcdef\"\n")
+            .extra(
+                "[agents]\nrealtime_signing_key = \"schemathesis-signing-key-0123456789abcdef\"\n",
+            )
             .env("HTTP_PROXY", &proxy_url)
             .env("HTTPS_PROXY", &proxy_url)
             .env("ALL_PROXY", &proxy_url)
