@@ -848,3 +848,47 @@ async fn deleting_an_agent_ends_its_live_call() {
         "the provider session was not closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hangup_api_ends_the_model_session_too() {
+    let fake = FakeRealtime::builder(Flavor::OpenAi)
+        .step(
+            Trigger::Received("response.create"),
+            openai_audio("item_greet", &tone(440.0, 24_000, 400), 2),
+        )
+        .spawn()
+        .await;
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(37200, 37299).extra(&provider)).await;
+    let agent_id = active_agent(
+        &h,
+        json!({"name": "Brief", "model": "gpt-realtime", "agent_type": "static", "instructions": "Hi."}),
+    )
+    .await;
+    let id = h.call(json!({"agent_id": agent_id})).await;
+    loop {
+        let e = h.event().await;
+        if e["type"] == "call.stream.started" {
+            break;
+        }
+    }
+    let (code, body) = h.api.hangup(&id).await;
+    assert!(code < 300, "{code} {body}");
+    let done = until_ended(&mut h).await;
+    assert_eq!(done["data"]["call"]["id"], id.as_str());
+    assert_eq!(done["data"]["call"]["end_reason"], "hangup", "{done}");
+    far.wait().await.assert_success("far end");
+    let closed = fake.wait_until(Duration::from_secs(10), |l| l.closed).await;
+    assert!(closed, "the provider session outlived the call");
+    let (_, list) = h
+        .api
+        .request(
+            reqwest::Method::GET,
+            &format!("/agents/{agent_id}/conversations"),
+            None,
+        )
+        .await;
+    assert_eq!(list["data"][0]["status"], "completed", "{list}");
+}
