@@ -255,6 +255,16 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         "{types:?}"
     );
     far.wait().await.assert_success("far end");
+    let metrics = h.switch.metrics().await;
+    for line in [
+        "switchyard_agent_sessions_active 0",
+        "switchyard_agent_sessions_ended_total{outcome=\"completed\"} 1",
+        "switchyard_agent_tool_calls_total 2",
+        "switchyard_agent_tool_failures_total 0",
+        "switchyard_agent_barge_ins_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
 
     // The setup: the prompt, the voice, the tools with the built-ins.
     let update = fake.log(|l| l.of_kind(Flavor::OpenAi, "session.update"));

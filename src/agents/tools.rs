@@ -193,8 +193,8 @@ fn method_of(m: ToolMethod) -> reqwest::Method {
     }
 }
 
-/// Runs a custom tool and returns what the model is told: the response, or per
-/// `on_error` `{"error": …}` or `{}`.
+/// Runs a custom tool and returns what the model is told (the response, or per
+/// `on_error` `{"error": …}` or `{}`) and whether the tool answered.
 pub async fn run_tool(
     client: &reqwest::Client,
     agent: &Agent,
@@ -202,7 +202,7 @@ pub async fn run_tool(
     conversation: &ConversationRef,
     tool_call_id: &str,
     arguments: &Value,
-) -> Value {
+) -> (Value, bool) {
     let timeout = Duration::from_millis(u64::try_from(tool.timeout_ms).unwrap_or(5000));
     let secret = agent.server_secret.as_deref();
     let outcome = match agent.agent_type {
@@ -260,13 +260,14 @@ pub async fn run_tool(
         },
     };
     match outcome {
-        Ok(value) => value,
+        Ok(value) => (value, true),
         Err(e) => {
             tracing::info!(agent = %agent.id, tool = %tool.name, error = %e, "agent tool failed");
-            match tool.on_error {
+            let told = match tool.on_error {
                 OnError::ReturnError => json!({"error": e.to_string()}),
                 OnError::ReturnEmpty => json!({}),
-            }
+            };
+            (told, false)
         }
     }
 }

@@ -180,6 +180,7 @@ impl Switch {
             })?,
             connector: Arc::new(crate::streams::DirectConnector),
             numbers: Arc::new(dashmap::DashSet::new()),
+            metrics: Arc::new(crate::agents::runtime::AgentMetrics::default()),
         };
         agents.refresh_numbers().await?;
         let hold_sound = config.streams.hold_sound.as_ref().and_then(|path| {
@@ -275,6 +276,7 @@ impl Switch {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         self.shared.auth_guard.render(&mut text, now_secs);
+        self.shared.agents.metrics.render(&mut text);
         text
     }
 
