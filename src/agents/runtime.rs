@@ -460,7 +460,10 @@ impl Session {
                                 session.truncate(u32::try_from(heard_ms).unwrap_or(u32::MAX));
                             }
                             self.pushed_samples = 0;
-                            ending = None;
+                            if ending.is_some() {
+                                // The goodbye was cut short: no need to wait for it.
+                                ending = Some(tokio::time::Instant::now() + Duration::from_millis(300));
+                            }
                         }
                         ProviderEvent::SpeechStopped => {}
                         ProviderEvent::ResponseDone => {
