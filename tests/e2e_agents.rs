@@ -902,3 +902,86 @@ async fn the_hangup_api_ends_the_model_session_too() {
         .await;
     assert_eq!(list["data"][0]["status"], "completed", "{list}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_transfer_is_reported_to_the_model() {
+    let fake = FakeRealtime::builder(Flavor::OpenAi)
+        .step(Trigger::Received("response.create"), {
+            let mut a = openai_function_call("call_xfer", "transfer_call", &json!({}));
+            a.push(openai_response_done("resp_xfer"));
+            a
+        })
+        .spawn()
+        .await;
+    let carrier = Sipp::uas("uas_answer_hold.xml");
+    let h = common::transit::start_with(
+        carrier.addr(),
+        common::transit::TRANSIT_PLAN,
+        &provider_toml("openai", &fake),
+        |c| {
+            c.rtp_ports(37300, 37399)
+                .numbers(&["+12025551234", "+14155552671"])
+        },
+    )
+    .await;
+    let (code, created) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            "/agents",
+            Some(&json!({
+                "name": "Desk",
+                "model": "gpt-realtime",
+                "agent_type": "static",
+                "instructions": "Transfer callers.",
+                "greeting_type": "static",
+                "static_greeting": "Hello.",
+                "phone_number_assignments": [{"phone_number": "+14155552671", "handoff_phone_number": "+14155550000"}],
+            })),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let agent_id = created["data"]["id"].as_str().unwrap().to_owned();
+    let (code, body) = h
+        .api
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/agents/{agent_id}"),
+            Some(
+                &json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    // The caller's carrier answers the REFER 501; the caller hangs up later.
+    let caller = Sipp::builder(
+        &common::sipp::scenario_dir()
+            .join("uac_rtp_refuse_refer.xml")
+            .display()
+            .to_string(),
+    )
+    .remote(h.switch.sip_udp())
+    .pause_ms(1000)
+    .spawn();
+    let told = fake
+        .wait_until(Duration::from_secs(20), |l| {
+            l.of_kind(Flavor::OpenAi, "conversation.item.create")
+                .iter()
+                .any(|m| m["item"]["call_id"] == "call_xfer")
+        })
+        .await;
+    assert!(
+        told,
+        "the model was not told the transfer's outcome\n{}",
+        h.switch.logs()
+    );
+    let output =
+        fake.log(|l| l.of_kind(Flavor::OpenAi, "conversation.item.create"))[0]["item"]["output"]
+            .clone();
+    let output = output.as_str().unwrap();
+    assert!(
+        output.contains("error") && output.contains("501"),
+        "{output}"
+    );
+    caller.wait().await.assert_success("caller");
+}

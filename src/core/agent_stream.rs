@@ -64,16 +64,11 @@ impl crate::agents::runtime::CallControl for TaskControl {
         let tx = self.0.clone();
         Box::pin(async move {
             let (reply, rx) = tokio::sync::oneshot::channel();
-            tx.send(TaskInput::Transfer {
-                target: to,
-                leg: None,
-                reply,
-            })
-            .await
-            .map_err(|_| "the call has ended".to_owned())?;
+            tx.send(TaskInput::AgentTransfer { target: to, reply })
+                .await
+                .map_err(|_| "the call has ended".to_owned())?;
             match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(why)) => Err(why.to_owned()),
+                Ok(result) => result,
                 Err(_) => Err("the call has ended".to_owned()),
             }
         })

@@ -32,6 +32,12 @@ pub enum TaskInput {
         leg: Option<super::transfer::TransferLeg>,
         reply: oneshot::Sender<Result<(), &'static str>>,
     },
+    /// An AI agent's `transfer_call`: a blind transfer by REFER whose reply waits for the
+    /// far end's answer to the REFER (so the model is told whether it was accepted).
+    AgentTransfer {
+        target: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Start an agent stream on the live call; the reply is its `streamSid`, or why not.
     StartStream {
         spec: super::agent_stream::StreamSpec,
@@ -80,6 +86,8 @@ pub(crate) struct CallTask {
     stream_spec: Option<super::agent_stream::StreamSpec>,
     /// The agent stream running on the call.
     stream: Option<super::agent_stream::AttachedStream>,
+    /// An agent's transfer waiting for the far end's answer to its REFER.
+    agent_transfer: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 impl CallTask {
@@ -115,6 +123,7 @@ impl CallTask {
             peer_ip: None,
             stream_spec: None,
             stream: None,
+            agent_transfer: None,
         }
     }
 
@@ -201,6 +210,22 @@ impl CallTask {
                 let _ = reply.send(result);
                 return;
             }
+            TaskInput::AgentTransfer { target, reply } => {
+                if self.answered.is_none() || self.call.is_done() {
+                    let _ = reply.send(Err("the call is not answered".to_owned()));
+                } else if self.agent_transfer.is_some() {
+                    let _ = reply.send(Err("a transfer is already under way".to_owned()));
+                } else {
+                    let target = super::transfer::refer_uri(&target, &self.trunk);
+                    tracing::info!(%target, "agent transfer: REFER sent");
+                    let _ = self.shared.ua.send(sip::ua::UaCommand::Refer {
+                        leg: self.leg,
+                        refer_to: format!("<{target}>"),
+                    });
+                    self.agent_transfer = Some(reply);
+                }
+                return;
+            }
             TaskInput::StartStream { spec, reply } => {
                 let result = match (
                     &self.stream,
@@ -254,6 +279,13 @@ impl CallTask {
                     self.transfer_event("accepted", code, code < 300).await;
                     if code >= 300 {
                         tracing::warn!(code, "transfer refused by the far end");
+                    }
+                    if let Some(reply) = self.agent_transfer.take() {
+                        let _ = reply.send(if code < 300 {
+                            Ok(())
+                        } else {
+                            Err(format!("the far end refused the transfer ({code})"))
+                        });
                     }
                     return;
                 }

@@ -265,6 +265,11 @@ impl TransitTask {
                 let _ = reply.send(self.api_transfer(target, leg).await);
                 return;
             }
+            TaskInput::AgentTransfer { reply, .. } => {
+                // No agent talks on a transit call (its streams only listen).
+                let _ = reply.send(Err("not a call with an agent".to_owned()));
+                return;
+            }
             TaskInput::StartStream { spec, reply } => {
                 let _ = reply.send(self.start_stream(spec));
                 return;
