@@ -235,13 +235,20 @@ impl DirectListener {
 
     /// One received packet; false once the sink asked to stop.
     pub(crate) fn on_packet(&mut self, view: &RtpView<'_>) -> bool {
-        if view.pt() != self.pt {
+        let audio = view.pt() == self.pt;
+        // Other payload types of the same stream (RFC 4733 events, comfort noise) take
+        // sequence numbers too: they go through the reorder buffer as empty placeholders,
+        // so the audio after a digit is not taken for lost.
+        if !audio && self.reorder.ssrc() != Some(view.ssrc()) {
             return true;
         }
-        let payload = view.payload();
+        let payload = if audio { view.payload() } else { &[] };
         let codec = self.codec;
-        let ts_len =
-            payload_ts(codec, payload).unwrap_or_else(|| codec.timestamp_step(DEFAULT_PTIME_MS));
+        let ts_len = if audio {
+            payload_ts(codec, payload).unwrap_or_else(|| codec.timestamp_step(DEFAULT_PTIME_MS))
+        } else {
+            0
+        };
         let DirectListener {
             reorder,
             decoder,
@@ -258,6 +265,7 @@ impl DirectListener {
             ts_len,
             &mut |rel| {
                 match rel {
+                    Release::Packet { payload: [], .. } => {}
                     Release::Packet { payload, ts_len } => {
                         if let Err(e) = decoder.decode(payload, pcm) {
                             tracing::trace!(error = %e, "undecodable frame concealed");

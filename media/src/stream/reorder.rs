@@ -70,6 +70,11 @@ impl Reorder {
         self.stats
     }
 
+    /// The SSRC of the stream being put in order (none before the first packet).
+    pub fn ssrc(&self) -> Option<u32> {
+        self.next.map(|_| self.ssrc)
+    }
+
     /// Packets waiting behind a gap.
     pub fn held(&self) -> usize {
         self.held.len()
@@ -260,6 +265,23 @@ mod tests {
         assert_eq!(r.stats().late, 1);
         assert_eq!(r.stats().lost, 1);
         assert_eq!(feed(&mut r, 5, 640), vec![Got::P(5)]);
+    }
+
+    #[test]
+    fn placeholders_keep_the_sequence_without_audio() {
+        let mut r = Reorder::new();
+        feed(&mut r, 1, 0);
+        // Two RFC 4733 packets (no audio, no duration) between the audio packets.
+        for seq in [2u16, 3] {
+            let mut got = Vec::new();
+            r.push(seq, 160, 7, &[], 0, &mut |rel| {
+                got.push(matches!(rel, Release::Packet { payload: [], .. }))
+            });
+            assert_eq!(got, vec![true]);
+        }
+        assert_eq!(feed(&mut r, 4, 160), vec![Got::P(4)]);
+        assert_eq!(r.stats().lost, 0);
+        assert_eq!(r.ssrc(), Some(7));
     }
 
     #[test]
