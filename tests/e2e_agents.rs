@@ -49,7 +49,9 @@ async fn server_url() -> (String, Seen) {
                 "instructions": "Dynamic instructions for this caller.",
                 "greeting": "Hello from the dynamic greeting.",
             })),
-            _ => axum::Json(json!({"status": "shipped", "order_id": event["tool_call"]["arguments"]["order_id"]})),
+            _ => axum::Json(
+                json!({"status": "shipped", "order_id": event["tool_call"]["arguments"]["order_id"]}),
+            ),
         }
     }
     let app = Router::new()
@@ -83,7 +85,9 @@ async fn active_agent(h: &Harness, body: Value) -> String {
         .request(
             reqwest::Method::PATCH,
             &format!("/agents/{id}"),
-            Some(&json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]})),
+            Some(
+                &json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]}),
+            ),
         )
         .await;
     assert_eq!(code, 200, "{patched}");
@@ -130,7 +134,11 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
                 "event_id": "event_user1", "item_id": "item_user1", "content_index": 0,
                 "transcript": "Where is my order A1?",
             }))];
-            a.extend(openai_function_call("call_lookup", "lookup_order", &json!({"order_id": "A1"})));
+            a.extend(openai_function_call(
+                "call_lookup",
+                "lookup_order",
+                &json!({"order_id": "A1"}),
+            ));
             a.push(openai_response_done("resp_fc"));
             a
         })
@@ -206,10 +214,18 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         }
         assert!(types.len() < 20, "{types:?}");
     };
-    assert_eq!(done["type"], "call.completed", "{done}\n{}", h.switch.logs());
+    assert_eq!(
+        done["type"],
+        "call.completed",
+        "{done}\n{}",
+        h.switch.logs()
+    );
     assert_eq!(done["data"]["call"]["end_reason"], "stream_ended", "{done}");
     assert_eq!(done["data"]["call"]["agent_id"], agent_id.as_str());
-    assert!(types.iter().any(|t| t == "call.stream.started"), "{types:?}");
+    assert!(
+        types.iter().any(|t| t == "call.stream.started"),
+        "{types:?}"
+    );
     far.wait().await.assert_success("far end");
 
     // The setup: the prompt, the voice, the tools with the built-ins.
@@ -272,7 +288,10 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         .find(|m| m["item"]["call_id"] == "call_lookup")
         .expect("the tool's output");
     assert!(
-        output["item"]["output"].as_str().unwrap().contains("shipped"),
+        output["item"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("shipped"),
         "{output}"
     );
 
@@ -299,7 +318,11 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         .filter(|f| goertzel(f, 440.0, 8000.0) > goertzel(f, 660.0, 8000.0))
         .flat_map(|f| f.iter().copied())
         .collect();
-    assert!(greeting.len() >= 8000, "{} samples of greeting", greeting.len());
+    assert!(
+        greeting.len() >= 8000,
+        "{} samples of greeting",
+        greeting.len()
+    );
     let answer_ms = frames
         .iter()
         .filter(loud)
@@ -333,13 +356,19 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         .api
         .request(
             reqwest::Method::GET,
-            &format!("/agents/{agent_id}/conversations/{}", conv["id"].as_str().unwrap()),
+            &format!(
+                "/agents/{agent_id}/conversations/{}",
+                conv["id"].as_str().unwrap()
+            ),
             None,
         )
         .await;
     assert_eq!(code, 200, "{detail}");
     let transcript = detail["data"]["transcript"].as_array().unwrap();
-    let roles: Vec<&str> = transcript.iter().filter_map(|m| m["role"].as_str()).collect();
+    let roles: Vec<&str> = transcript
+        .iter()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
     for role in ["assistant", "user", "tool_call", "tool_result"] {
         assert!(roles.contains(&role), "{role} missing: {roles:?}");
     }

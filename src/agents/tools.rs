@@ -111,7 +111,10 @@ async fn send(
     secret: Option<&str>,
     timeout: Duration,
 ) -> Result<Value, CallError> {
-    let mut req = client.request(method, url).headers(headers).timeout(timeout);
+    let mut req = client
+        .request(method, url)
+        .headers(headers)
+        .timeout(timeout);
     if let Some(Value::Object(args)) = query {
         let pairs: Vec<(String, String)> = args
             .iter()

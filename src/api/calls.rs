@@ -259,7 +259,9 @@ pub async fn create(
                 "the agent's channels do not include voice",
             ));
         }
-        req.stream = Some(crate::core::agent_stream::StreamSpec::agent(&agent_id, None));
+        req.stream = Some(crate::core::agent_stream::StreamSpec::agent(
+            &agent_id, None,
+        ));
     }
     let call = state.switch.originate(&auth.tenant, req).await?;
     Ok(Envelope::created(call))

@@ -218,9 +218,14 @@ pub(crate) fn start_on_endpoint(
                 call_id: Some(record.id.clone()),
                 from: Some(record.from.clone()),
                 to: Some(record.to.clone()),
-                contact: if inbound { record.from.clone() } else { record.to.clone() },
+                contact: if inbound {
+                    record.from.clone()
+                } else {
+                    record.to.clone()
+                },
                 channel: crate::agents::model::ConversationChannel::Voice,
                 handoff: target.handoff.clone(),
+                notices: None,
             };
             let control: std::sync::Arc<dyn crate::agents::runtime::CallControl> =
                 std::sync::Arc::new(TaskControl(tx.clone()));

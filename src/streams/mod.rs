@@ -471,7 +471,14 @@ pub fn spawn(config: StreamConfig, connector: Arc<dyn Connector>) -> Result<Stre
     )?;
     let (events_tx, events_rx) = mpsc::channel(32);
     let driver = driver::Driver::new(
-        config, url, connector, uplink, end.input, end.shared, end.counters, end.stop,
+        config,
+        url,
+        connector,
+        uplink,
+        end.input,
+        end.shared,
+        end.counters,
+        end.stop,
         events_tx,
     );
     let task = tokio::spawn(driver.run());
