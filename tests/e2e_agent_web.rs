@@ -40,7 +40,8 @@ async fn switch_with(fake: &FakeRealtime, demo: bool) -> (SwitchProcess, Api) {
     // No call is placed: the trunk is a port nothing listens on.
     let trunk = std::net::SocketAddr::from(([127, 0, 0, 1], common::sipp::free_udp_port()));
     let agents = format!(
-        "[agents]\nrealtime_signing_key = \"{SIGNING_KEY}\"\ndemo_page = {demo}\n\n\
+        "[agents]\nrealtime_signing_key = \"{SIGNING_KEY}\"\ndemo_page = {demo}\n\
+         default_plan = \"agency\"\n\n\
          [agents.providers.openai]\nurl = \"{}\"\napi_key = \"test-key\"\n",
         fake.url
     );
@@ -222,6 +223,10 @@ async fn a_browser_session_talks_hears_is_interrupted_and_stops() {
                 "response_id": "resp_greet", "item_id": "item_greet", "output_index": 0,
                 "content_index": 0, "transcript": "Hello from the web agent.",
             })));
+            // `response.done` once the greeting has played: the runtime counts what is
+            // still queued at `response.done` as heard of the next answer (it would
+            // overstate the barge-in's `audio_end_ms` by that much).
+            a.push(Action::Sleep(Duration::from_millis(800)));
             a.push(openai_response_done("resp_greet"));
             a
         })

@@ -367,6 +367,10 @@ async fn run(mut socket: WebSocket, deps: AgentDeps, tenant: String, agent_id: S
     let mut pacer = tokio::time::interval(FRAME);
     pacer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut conversation_id = String::new();
+    let mut started = false;
+    // Notices before `session.started`, and their messages.
+    let mut early: Vec<SessionNotice> = Vec::new();
+    let mut held: Vec<Message> = Vec::new();
     let mut ignored = 0u64;
     tracing::info!(agent = %agent_id, "browser realtime session opened");
 
@@ -393,36 +397,40 @@ async fn run(mut socket: WebSocket, deps: AgentDeps, tenant: String, agent_id: S
                 Some(Ok(_)) => {}
             },
             event = events.recv() => match event {
-                Some(StreamEvent::Connected) => {
-                    // The conversation's id was reported before the provider was
-                    // asked to connect: it is in the queue already.
-                    let mut early = Vec::new();
-                    while let Ok(n) = notices.try_recv() {
-                        match n {
+                Some(StreamEvent::Connected) if !started => {
+                    // The conversation's id was reported before the provider was asked
+                    // to connect: it is in the queue already.
+                    while let Ok(notice) = notices.try_recv() {
+                        early.push(notice);
+                    }
+                    for notice in early.drain(..) {
+                        match notice {
                             SessionNotice::Conversation(id) => conversation_id = id,
-                            other => early.push(other),
+                            other => held.extend(notice_message(other)),
                         }
                     }
+                    started = true;
                     outgoing.push(text(json!({"type": "session.started", "callId": conversation_id})));
-                    outgoing.extend(early.into_iter().filter_map(notice_message));
+                    outgoing.append(&mut held);
                 }
                 Some(StreamEvent::Ended(reason)) => break Ending::Ended(reason),
                 Some(_) => {}
                 None => break Ending::Ended(EndReason::Stopped),
             },
-            Some(notice) = notices.recv() => {
-                match notice {
-                    SessionNotice::Conversation(id) => conversation_id = id,
-                    SessionNotice::Cleared { .. } => {
-                        // The browser drops its queue too: the lead starts over.
-                        downlink.sent_until = Instant::now();
-                        outgoing.extend(notice_message(notice));
-                    }
-                    other => outgoing.extend(notice_message(other)),
+            Some(notice) = notices.recv() => match notice {
+                // Nothing goes out before `session.started`.
+                notice if !started => early.push(notice),
+                SessionNotice::Conversation(id) => conversation_id = id,
+                SessionNotice::Cleared { .. } => {
+                    // The browser drops its queue too: the lead starts over.
+                    downlink.sent_until = Instant::now();
+                    outgoing.extend(notice_message(notice));
                 }
-            }
-            _ = pacer.tick() => outgoing.extend(downlink.pull(&handle)),
-            () = audio_ready.notified() => outgoing.extend(downlink.pull(&handle)),
+                other => outgoing.extend(notice_message(other)),
+            },
+            // The agent's audio waits for `session.started` in the playout.
+            _ = pacer.tick(), if started => outgoing.extend(downlink.pull(&handle)),
+            () = audio_ready.notified(), if started => outgoing.extend(downlink.pull(&handle)),
         }
         let mut gone = false;
         for message in outgoing {
