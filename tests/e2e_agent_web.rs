@@ -576,6 +576,28 @@ async fn sessions_are_refused_before_the_upgrade_and_before_any_provider_session
     };
     assert_eq!(close.map(|c| c.0), Some(1000));
     assert_eq!(fake.log(|l| l.handshakes.len()), 1, "{}", switch.logs());
+
+    // A conversation that ends on the switch's side (here: the agent is deleted) closes
+    // the socket with 1000 and a reason.
+    let (_, url) = session_token(&api, &other).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
+    let started = next_json(&mut ws).await.expect("a message");
+    assert_eq!(started["type"], "session.started", "{started}");
+    let (code, body) = api
+        .request(reqwest::Method::DELETE, &format!("/agents/{other}"), None)
+        .await;
+    assert_eq!(code, 204, "{body}");
+    let close = loop {
+        if let Err(close) = next_json(&mut ws).await {
+            break close;
+        }
+    };
+    assert_eq!(
+        close,
+        Some((1000, "the agent ended the conversation".to_owned())),
+        "{}",
+        switch.logs()
+    );
 }
 
 /// Debian's Chromium (`apt-get install chromium`; `.ci/test.sh` installs it).
@@ -678,14 +700,21 @@ async fn the_demo_page_talks_to_an_agent_from_headless_chromium() {
             a.push(openai_response_done("resp_greet"));
             a
         })
-        .step(
-            Trigger::InputAudioMs(1500),
-            vec![Action::Send(json!({
+        // What the visitor said, and a long answer they talk over.
+        .step(Trigger::InputAudioMs(1500), {
+            let mut a = vec![Action::Send(json!({
                 "type": "conversation.item.input_audio_transcription.completed",
                 "event_id": "event_user1", "item_id": "item_user1", "content_index": 0,
                 "transcript": "I hear a beep.",
-            }))],
-        )
+            }))];
+            a.extend(openai_audio("item_answer", &tone(660.0, 24_000, 3000), 10));
+            a.push(Action::Sleep(Duration::from_millis(400)));
+            a.push(Action::Send(json!({
+                "type": "input_audio_buffer.speech_started", "event_id": "event_ss",
+                "audio_start_ms": 1500, "item_id": "item_user2",
+            })));
+            a
+        })
         .spawn()
         .await;
     let (switch, api) = switch_with(&fake, true).await;
@@ -785,6 +814,18 @@ async fn the_demo_page_talks_to_an_agent_from_headless_chromium() {
     assert!(
         goertzel(tail, 1000.0, 24_000.0) > 20.0 * goertzel(tail, 440.0, 24_000.0),
         "no 1 kHz tone from the microphone"
+    );
+
+    // The barge-in: the page is told to clear and drops what it had scheduled.
+    let state = page
+        .wait_for("the clear", |s| s["clears"].as_u64() >= Some(1))
+        .await;
+    assert_eq!(state["scheduled"], 0, "{state}");
+    assert!(
+        fake.log(|l| !l
+            .of_kind(Flavor::OpenAi, "conversation.item.truncate")
+            .is_empty()),
+        "no truncate"
     );
 
     // Stop: the switch records the conversation and closes with 1000.
