@@ -262,11 +262,17 @@ pub struct StreamsConfig {
     /// Seconds a dropped or failing stream socket is retried (the call hears silence)
     /// before the stream fails.
     pub grace_s: u64,
+    /// A WAV (mono PCM) the caller hears, looped, while an agent stream's socket is
+    /// being reconnected (else silence). Relative to the config file.
+    pub hold_sound: Option<std::path::PathBuf>,
 }
 
 impl Default for StreamsConfig {
     fn default() -> Self {
-        Self { grace_s: 5 }
+        Self {
+            grace_s: 5,
+            hold_sound: None,
+        }
     }
 }
 
@@ -636,6 +642,9 @@ impl Config {
         };
         self.recordings.dir = join(&self.recordings.dir);
         self.proxy.announcements_dir = join(&self.proxy.announcements_dir);
+        if let Some(hold) = &self.streams.hold_sound {
+            self.streams.hold_sound = Some(join(hold));
+        }
         if let Some(file) = &self.dialplan.file {
             self.dialplan.file = Some(join(file));
         }

@@ -580,7 +580,9 @@ async fn sessions_are_refused_before_the_upgrade_and_before_any_provider_session
     // A conversation that ends on the switch's side (here: the agent is deleted) closes
     // the socket with 1000 and a reason.
     let (_, url) = session_token(&api, &other).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
     let started = next_json(&mut ws).await.expect("a message");
     assert_eq!(started["type"], "session.started", "{started}");
     let (code, body) = api

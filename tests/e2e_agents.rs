@@ -11,6 +11,8 @@
 //! `end_call` hanging the call up after the goodbye; the conversation and its transcript
 //! in the API.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -54,8 +56,21 @@ async fn server_url() -> (String, Seen) {
             ),
         }
     }
+    // An http agent's own tool: GET with the arguments in the query.
+    async fn orders(
+        State(seen): State<Seen>,
+        headers: HeaderMap,
+        axum::extract::RawQuery(query): axum::extract::RawQuery,
+    ) -> axum::Json<Value> {
+        let query = query.unwrap_or_default();
+        seen.lock()
+            .unwrap()
+            .push((headers, Bytes::from(format!("GET /orders?{query}"))));
+        axum::Json(json!({"status": "packed", "query": query}))
+    }
     let app = Router::new()
         .route("/hook", axum::routing::post(hook))
+        .route("/orders", axum::routing::get(orders))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -92,6 +107,19 @@ async fn active_agent(h: &Harness, body: Value) -> String {
         .await;
     assert_eq!(code, 200, "{patched}");
     id
+}
+
+/// Callbacks until the call ends; the last one (the switch's log on a timeout).
+async fn until_ended(h: &mut Harness) -> Value {
+    loop {
+        let Some(r) = h.sink.try_next_event(harness::GUARD).await else {
+            panic!("the call did not end\n{}", h.switch.logs());
+        };
+        let e = h.sink.verify(&h.secret, &r);
+        if e["type"] == "call.completed" || e["type"] == "call.failed" {
+            return e;
+        }
+    }
 }
 
 fn pcm_of(b64: &str) -> Vec<i16> {
@@ -227,6 +255,16 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
         "{types:?}"
     );
     far.wait().await.assert_success("far end");
+    let metrics = h.switch.metrics().await;
+    for line in [
+        "switchyard_agent_sessions_active 0",
+        "switchyard_agent_sessions_ended_total{outcome=\"completed\"} 1",
+        "switchyard_agent_tool_calls_total 2",
+        "switchyard_agent_tool_failures_total 0",
+        "switchyard_agent_barge_ins_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
 
     // The setup: the prompt, the voice, the tools with the built-ins.
     let update = fake.log(|l| l.of_kind(Flavor::OpenAi, "session.update"));
@@ -378,4 +416,489 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
             .any(|m| m["text"] == "Where is my order A1?"),
         "{transcript:#?}"
     );
+}
+
+/// `[agents.providers.<name>]` pointing at a fake provider.
+fn provider_toml(name: &str, fake: &FakeRealtime) -> String {
+    format!(
+        "[agents.providers.{name}]\nurl = \"{}\"\napi_key = \"test-key\"\n",
+        fake.url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_assigned_to_a_gemini_agent_answers_inbound_calls() {
+    let greeting_tone = tone(440.0, 24_000, 1000);
+    let fake = FakeRealtime::builder(Flavor::Gemini)
+        .step(Trigger::Received("realtimeInput.text"), {
+            let mut a = common::fake_realtime::gemini_audio(&greeting_tone, 5);
+            a.push(Action::Send(json!({ "serverContent": { "outputTranscription": { "text": "Hello, Acme here." } } })));
+            a.push(Action::Send(json!({ "serverContent": { "turnComplete": true } })));
+            a
+        })
+        .step(
+            Trigger::InputAudioMs(1000),
+            vec![
+                Action::Send(json!({ "serverContent": { "inputTranscription": { "text": "Bye now.", "finished": true } } })),
+                Action::Send(json!({
+                    "toolCall": { "functionCalls": [{ "id": "fc-end", "name": "end_call", "args": {} }] }
+                })),
+            ],
+        )
+        .spawn()
+        .await;
+    let carrier = Sipp::uas("uas_answer_hold.xml");
+    // Without the assignment the plan would send +1… on to the carrier.
+    let mut h = common::transit::start_with(
+        carrier.addr(),
+        common::transit::TRANSIT_PLAN,
+        &provider_toml("gemini", &fake),
+        |c| {
+            c.rtp_ports(36600, 36699)
+                .numbers(&["+12025551234", "+14155552671"])
+        },
+    )
+    .await;
+    let (code, created) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            "/agents",
+            Some(&json!({
+                "name": "Front desk",
+                "model": "gemini-2.5-flash-native-audio-preview-09-2025",
+                "agent_type": "static",
+                "identity": "You are the front desk of Acme Clinic.",
+                "instructions": "Answer questions and say goodbye.",
+                "voice_name": "Aoede",
+                "language": "en-US",
+                "greeting_type": "static",
+                "static_greeting": "Thanks for calling Acme Clinic.",
+                "phone_number_assignments": [{"phone_number": "+14155552671"}],
+            })),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let agent_id = created["data"]["id"].as_str().unwrap().to_owned();
+    let (code, body) = h
+        .api
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/agents/{agent_id}"),
+            Some(
+                &json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uac_pcmu_tone_remote_bye.xml");
+    let caller = Sipp::builder(scenario.to_str().unwrap())
+        .remote(h.switch.sip_udp())
+        .spawn();
+    // The agent's `end_call` hangs up on the caller.
+    caller.wait().await.assert_success("caller");
+    let events = h.events_until("call.completed").await;
+    let done = &events.last().unwrap()["data"]["call"];
+    assert_eq!(done["agent_id"], agent_id.as_str(), "{done}");
+    assert_eq!(done["metadata"]["route"], "agent", "{done}");
+    assert_eq!(done["end_reason"], "stream_ended", "{done}");
+
+    // The Gemini setup: key in the query, the model, voice, language, prompt.
+    let handshake = fake.log(|l| l.handshakes[0].query.get("key").cloned());
+    assert_eq!(handshake.as_deref(), Some("test-key"));
+    let setup = fake.log(|l| l.of_kind(Flavor::Gemini, "setup"))[0]["setup"].clone();
+    assert_eq!(
+        setup["model"],
+        "models/gemini-2.5-flash-native-audio-preview-09-2025"
+    );
+    let speech = &setup["generationConfig"]["speechConfig"];
+    assert_eq!(
+        speech["voiceConfig"]["prebuiltVoiceConfig"]["voiceName"], "Aoede",
+        "{setup}"
+    );
+    assert_eq!(speech["languageCode"], "en-US", "{setup}");
+    assert!(
+        setup["systemInstruction"]
+            .to_string()
+            .contains("Acme Clinic"),
+        "{setup}"
+    );
+    // The caller's tone at Gemini's 16 kHz input.
+    let input: Vec<i16> = fake
+        .log(|l| l.of_kind(Flavor::Gemini, "realtimeInput.audio"))
+        .iter()
+        .flat_map(|m| pcm_of(m["realtimeInput"]["audio"]["data"].as_str().unwrap()))
+        .collect();
+    assert!(input.len() >= 16_000, "{} samples", input.len());
+    let tail = &input[input.len() / 2..];
+    assert!(
+        goertzel(tail, 1000.0, 16_000.0) > 50.0 * goertzel(tail, 440.0, 16_000.0),
+        "no 1 kHz tone at the provider"
+    );
+    // The conversation: the caller is the contact.
+    let (_, list) = h
+        .api
+        .request(
+            reqwest::Method::GET,
+            &format!("/agents/{agent_id}/conversations"),
+            None,
+        )
+        .await;
+    assert_eq!(list["data"][0]["contact"], "+442071838750", "{list}");
+    assert_eq!(list["data"][0]["status"], "completed", "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_for_an_agent_that_is_not_active_is_refused() {
+    let fake = FakeRealtime::builder(Flavor::OpenAi).spawn().await;
+    let carrier = Sipp::uas("uas_answer_hold.xml");
+    let h = common::transit::start_with(
+        carrier.addr(),
+        common::transit::TRANSIT_PLAN,
+        &provider_toml("openai", &fake),
+        |c| {
+            c.rtp_ports(36700, 36799)
+                .numbers(&["+12025551234", "+14155552671"])
+        },
+    )
+    .await;
+    // A draft agent owns the number: its calls get the configured 480.
+    let (code, created) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            "/agents",
+            Some(&json!({
+                "name": "Not yet",
+                "model": "gpt-realtime",
+                "agent_type": "static",
+                "instructions": "Hi.",
+                "phone_number_assignments": [{"phone_number": "+14155552671"}],
+            })),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let agent_id = created["data"]["id"].as_str().unwrap().to_owned();
+    let caller = Sipp::uac("uac_expect_480.xml", h.switch.sip_udp());
+    caller
+        .wait()
+        .await
+        .assert_success("caller refused with 480");
+    assert!(
+        fake.log(|l| l.handshakes.is_empty()),
+        "a provider session was opened"
+    );
+
+    // Outbound, the API says why before anything is dialled.
+    let (code, body) = h
+        .api
+        .create_call(json!({"to": "+14155550100", "from": "+12025551234", "agent_id": agent_id}))
+        .await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["code"], "AGENT_NOT_ACTIVE", "{body}");
+    let (code, body) = h
+        .api
+        .create_call(
+            json!({"to": "+14155550100", "from": "+12025551234", "agent_id": "agt_missing"}),
+        )
+        .await;
+    assert_eq!(code, 404, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_call_refers_the_caller_to_the_hand_off_number() {
+    let fake = FakeRealtime::builder(Flavor::OpenAi)
+        .step(Trigger::Received("response.create"), {
+            let mut a = openai_function_call(
+                "call_xfer",
+                "transfer_call",
+                &json!({"reason": "wants a human"}),
+            );
+            a.push(openai_response_done("resp_xfer"));
+            a
+        })
+        .spawn()
+        .await;
+    // The carrier honours REFER to +14155550000 (checked by the scenario).
+    let far = Sipp::uas("uas_answer_refer.xml");
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(36800, 36899).extra(&provider)).await;
+    let agent_id = active_agent(
+        &h,
+        json!({
+            "name": "Router",
+            "model": "gpt-realtime",
+            "agent_type": "static",
+            "instructions": "Transfer every caller.",
+            "handoff_phone_number": "+14155550000",
+            "greeting_type": "static",
+            "static_greeting": "One moment.",
+        }),
+    )
+    .await;
+    let id = h.call(json!({"agent_id": agent_id})).await;
+    let done = loop {
+        let e = h.event().await;
+        if e["type"] == "call.completed" || e["type"] == "call.failed" {
+            break e;
+        }
+    };
+    assert_eq!(done["data"]["call"]["id"], id.as_str());
+    assert_eq!(
+        done["data"]["call"]["end_reason"],
+        "transferred",
+        "{done}\n{}",
+        h.switch.logs()
+    );
+    far.wait().await.assert_success("carrier");
+    let told = fake
+        .wait_until(Duration::from_secs(10), |l| {
+            l.of_kind(Flavor::OpenAi, "conversation.item.create")
+                .iter()
+                .any(|m| m["item"]["call_id"] == "call_xfer")
+        })
+        .await;
+    assert!(told, "the model was not told the transfer's outcome");
+    let output =
+        fake.log(|l| l.of_kind(Flavor::OpenAi, "conversation.item.create"))[0]["item"]["output"]
+            .clone();
+    assert!(
+        output.as_str().unwrap().contains("+14155550000"),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_prompt_is_fetched_and_an_http_tool_is_called() {
+    let (hook_url, seen) = server_url().await;
+    let orders_url = hook_url.replace("/hook", "/orders");
+    // One provider for both calls: each call runs the script again (a fresh fake).
+    let script = |fc: &'static str, args: Value| {
+        FakeRealtime::builder(Flavor::OpenAi)
+            .step(Trigger::Received("response.create"), {
+                let mut a = openai_function_call(fc, "lookup_order", &args);
+                a.push(openai_response_done("resp_1"));
+                a
+            })
+            .step(Trigger::Received("conversation.item.create"), {
+                let mut a = openai_function_call(&format!("{fc}_end"), "end_call", &json!({}));
+                a.push(openai_response_done("resp_2"));
+                a
+            })
+    };
+    let fake = script("call_dyn", json!({"order_id": "B2"})).spawn().await;
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(36900, 36999).extra(&provider)).await;
+
+    // A webhook agent whose prompt and greeting come from its Server URL.
+    let agent_id = active_agent(
+        &h,
+        json!({
+            "name": "Dynamic desk",
+            "model": "gpt-realtime",
+            "agent_type": "webhook",
+            "server_url": hook_url,
+            "server_secret": SECRET,
+            "prompt_type": "dynamic",
+            "greeting_type": "dynamic",
+        }),
+    )
+    .await;
+    let (code, tool) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/agents/{agent_id}/tools"),
+            Some(&json!({"name": "lookup_order", "description": "Find an order."})),
+        )
+        .await;
+    assert_eq!(code, 201, "{tool}");
+    let id = h.call(json!({"agent_id": agent_id})).await;
+    let done = until_ended(&mut h).await;
+    assert_eq!(done["data"]["call"]["id"], id.as_str());
+    assert_eq!(done["data"]["call"]["end_reason"], "stream_ended", "{done}");
+    far.wait().await.assert_success("far end");
+    let requests = seen.lock().unwrap().clone();
+    let (headers, body) = requests
+        .iter()
+        .find(|(_, b)| String::from_utf8_lossy(b).contains("agent:assistant-request"))
+        .expect("an assistant request");
+    assert_eq!(
+        headers["x-switchyard-signature"].to_str().unwrap(),
+        format!("sha256={}", hmac_hex(SECRET, body))
+    );
+    let update = fake.log(|l| l.of_kind(Flavor::OpenAi, "session.update"));
+    assert!(
+        update[0]["session"]["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("Dynamic instructions for this caller."),
+        "{}",
+        update[0]
+    );
+    let creates = fake.log(|l| l.of_kind(Flavor::OpenAi, "response.create"));
+    assert!(
+        creates[0]
+            .to_string()
+            .contains("Hello from the dynamic greeting."),
+        "{}",
+        creates[0]
+    );
+    drop(fake);
+
+    // An http agent: its tool calls its own URL (GET: the arguments in the query).
+    let fake = script("call_http", json!({"order_id": "C3"})).spawn().await;
+    drop(h);
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(36900, 36999).extra(&provider)).await;
+    let agent_id = active_agent(
+        &h,
+        json!({
+            "name": "Http desk",
+            "model": "gpt-realtime",
+            "agent_type": "http",
+            "instructions": "Look orders up.",
+            "greeting_type": "static",
+            "static_greeting": "Order line.",
+        }),
+    )
+    .await;
+    let (code, tool) = h
+        .api
+        .request(
+            reqwest::Method::POST,
+            &format!("/agents/{agent_id}/tools"),
+            Some(&json!({
+                "name": "lookup_order",
+                "description": "Find an order.",
+                "tool_url": orders_url,
+                "tool_method": "GET",
+                "tool_headers": {"x-api-token": "orders-token"},
+            })),
+        )
+        .await;
+    assert_eq!(code, 201, "{tool}");
+    h.call(json!({"agent_id": agent_id})).await;
+    let e = until_ended(&mut h).await;
+    assert_eq!(e["data"]["call"]["end_reason"], "stream_ended", "{e}");
+    far.wait().await.assert_success("far end");
+    let requests = seen.lock().unwrap().clone();
+    let (headers, line) = requests
+        .iter()
+        .find(|(_, b)| b.starts_with(b"GET /orders"))
+        .expect("the http tool was called");
+    assert_eq!(String::from_utf8_lossy(line), "GET /orders?order_id=C3");
+    assert_eq!(headers["x-api-token"], "orders-token");
+    let outputs = fake.log(|l| l.of_kind(Flavor::OpenAi, "conversation.item.create"));
+    let output = outputs
+        .iter()
+        .find(|m| m["item"]["call_id"] == "call_http")
+        .expect("the tool's output went back");
+    assert!(
+        output["item"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("packed"),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_agent_ends_its_live_call() {
+    // The provider greets and then waits: only the DELETE ends the call.
+    let fake = FakeRealtime::builder(Flavor::OpenAi)
+        .step(
+            Trigger::Received("response.create"),
+            openai_audio("item_greet", &tone(440.0, 24_000, 400), 2),
+        )
+        .spawn()
+        .await;
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(37000, 37099).extra(&provider)).await;
+    let agent_id = active_agent(
+        &h,
+        json!({"name": "Temp", "model": "gpt-realtime", "agent_type": "static", "instructions": "Hi."}),
+    )
+    .await;
+    let id = h.call(json!({"agent_id": agent_id})).await;
+    loop {
+        let e = h.event().await;
+        assert_ne!(e["type"], "call.completed", "{e}");
+        if e["type"] == "call.stream.started" {
+            break;
+        }
+    }
+    let (code, body) = h
+        .api
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/agents/{agent_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 204, "{body}");
+    let done = loop {
+        let e = h.event().await;
+        if e["type"] == "call.completed" || e["type"] == "call.failed" {
+            break e;
+        }
+    };
+    assert_eq!(done["data"]["call"]["id"], id.as_str());
+    assert_eq!(done["data"]["call"]["end_reason"], "stream_ended", "{done}");
+    far.wait().await.assert_success("far end");
+    assert!(
+        fake.log(|l| l.closed),
+        "the provider session was not closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hangup_api_ends_the_model_session_too() {
+    let fake = FakeRealtime::builder(Flavor::OpenAi)
+        .step(
+            Trigger::Received("response.create"),
+            openai_audio("item_greet", &tone(440.0, 24_000, 400), 2),
+        )
+        .spawn()
+        .await;
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(37200, 37299).extra(&provider)).await;
+    let agent_id = active_agent(
+        &h,
+        json!({"name": "Brief", "model": "gpt-realtime", "agent_type": "static", "instructions": "Hi."}),
+    )
+    .await;
+    let id = h.call(json!({"agent_id": agent_id})).await;
+    loop {
+        let e = h.event().await;
+        if e["type"] == "call.stream.started" {
+            break;
+        }
+    }
+    let (code, body) = h.api.hangup(&id).await;
+    assert!(code < 300, "{code} {body}");
+    let done = until_ended(&mut h).await;
+    assert_eq!(done["data"]["call"]["id"], id.as_str());
+    assert_eq!(done["data"]["call"]["end_reason"], "hangup", "{done}");
+    far.wait().await.assert_success("far end");
+    let closed = fake.wait_until(Duration::from_secs(10), |l| l.closed).await;
+    assert!(closed, "the provider session outlived the call");
+    let (_, list) = h
+        .api
+        .request(
+            reqwest::Method::GET,
+            &format!("/agents/{agent_id}/conversations"),
+            None,
+        )
+        .await;
+    assert_eq!(list["data"][0]["status"], "completed", "{list}");
 }

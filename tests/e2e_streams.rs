@@ -545,3 +545,97 @@ async fn clear_reports_what_was_played_and_a_dropped_socket_resumes() {
     );
     far.wait().await.assert_success("far end");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_socket_plays_the_hold_sound_until_the_stream_resumes() {
+    // A 300 Hz hold sound, 8 kHz mono.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wav = dir.path().join("hold.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).expect("wav");
+    for i in 0..8000 {
+        let x = (2.0 * std::f64::consts::PI * 300.0 * f64::from(i) / 8000.0).sin();
+        w.write_sample((x * 12000.0) as i16).expect("sample");
+    }
+    w.finalize().expect("wav");
+    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let far = Sipp::builder(scenario.to_str().expect("utf-8")).spawn();
+    let streams = format!(
+        "[streams]\ngrace_s = 5\nhold_sound = {:?}\n",
+        wav.display().to_string()
+    );
+    let mut h = harness::setup(&far, |c| c.rtp_ports(37100, 37199).extra(&streams)).await;
+    let capture = common::capture::Capture::start("udp and src portrange 37100-37199").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/media", listener.local_addr().expect("addr"));
+    let id = h.call(json!({"stream": {"url": url}})).await;
+    let (mut ws, _) = accept_stream(&listener).await;
+    let mut frames = 0;
+    while frames < 10 {
+        if next_json(&mut ws).await["event"] == "media" {
+            frames += 1;
+        }
+    }
+    // The socket drops; the outage lasts until this server answers again (~800 ms).
+    drop(ws);
+    let (tcp, _) = tokio::time::timeout(GUARD, listener.accept())
+        .await
+        .expect("the switch reconnects")
+        .expect("accept");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut again = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+    assert_eq!(next_json(&mut again).await["event"], "connected");
+    let restart = next_json(&mut again).await;
+    assert_eq!(restart["start"]["reconnect"], true, "{restart}");
+    let mut resumed = 0;
+    while resumed < 25 {
+        if next_json(&mut again).await["event"] == "media" {
+            resumed += 1;
+        }
+    }
+    again
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "done".into(),
+        }))
+        .await
+        .expect("close");
+    events_until(&mut h, &id, "call.completed").await;
+    far.wait().await.assert_success("far end");
+
+    // The far end heard the hold sound during the outage, and silence after it resumed.
+    let packets = capture.finish().await;
+    let frames: Vec<Vec<i16>> = packets
+        .iter()
+        .filter(|d| d.payload.len() == 172)
+        .map(|d| ulaw(&d.payload[12..]))
+        .collect();
+    let held: Vec<usize> = frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            f.iter().any(|s| s.abs() > 4000)
+                && goertzel(f, 300.0, 8000.0) > 10.0 * goertzel(f, 1000.0, 8000.0)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        held.len() >= 25,
+        "{} frames of hold sound in {} sent",
+        held.len(),
+        frames.len()
+    );
+    // One run of it: the outage, not the rest of the call.
+    let span = held.last().expect("held") - held.first().expect("held") + 1;
+    assert!(
+        span <= held.len() + 5,
+        "hold sound scattered over {span} frames"
+    );
+    let after = frames.len() - held.last().expect("held") - 1;
+    assert!(after >= 20, "only {after} frames after the hold sound");
+}

@@ -17,6 +17,7 @@
 //! calls).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -50,6 +51,69 @@ pub trait CallControl: Send + Sync {
     fn transfer(&self, to: String) -> BoxFuture<'static, Result<(), String>>;
 }
 
+/// Counters of agent sessions, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AgentMetrics {
+    started: AtomicU64,
+    /// Ended, by outcome: completed (the agent or the caller ended it), failed (the
+    /// provider), refused (the agent could not take it).
+    completed: AtomicU64,
+    failed: AtomicU64,
+    refused: AtomicU64,
+    tool_calls: AtomicU64,
+    tool_failures: AtomicU64,
+    barge_ins: AtomicU64,
+}
+
+impl AgentMetrics {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Appends the Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let ended = load(&self.completed) + load(&self.failed) + load(&self.refused);
+        let _ = writeln!(out, "# TYPE switchyard_agent_sessions_active gauge");
+        let _ = writeln!(
+            out,
+            "switchyard_agent_sessions_active {}",
+            load(&self.started).saturating_sub(ended)
+        );
+        let _ = writeln!(out, "# TYPE switchyard_agent_sessions_ended_total counter");
+        for (outcome, c) in [
+            ("completed", &self.completed),
+            ("failed", &self.failed),
+            ("refused", &self.refused),
+        ] {
+            let _ = writeln!(
+                out,
+                "switchyard_agent_sessions_ended_total{{outcome=\"{outcome}\"}} {}",
+                load(c)
+            );
+        }
+        let _ = writeln!(out, "# TYPE switchyard_agent_tool_calls_total counter");
+        let _ = writeln!(
+            out,
+            "switchyard_agent_tool_calls_total {}",
+            load(&self.tool_calls)
+        );
+        let _ = writeln!(out, "# TYPE switchyard_agent_tool_failures_total counter");
+        let _ = writeln!(
+            out,
+            "switchyard_agent_tool_failures_total {}",
+            load(&self.tool_failures)
+        );
+        let _ = writeln!(out, "# TYPE switchyard_agent_barge_ins_total counter");
+        let _ = writeln!(
+            out,
+            "switchyard_agent_barge_ins_total {}",
+            load(&self.barge_ins)
+        );
+    }
+}
+
 /// What every agent session needs from the switch.
 #[derive(Clone)]
 pub struct AgentDeps {
@@ -62,6 +126,7 @@ pub struct AgentDeps {
     /// Numbers assigned to agents (kept in memory so that inbound calls to other numbers
     /// cost no lookup); [`AgentDeps::refresh_numbers`] after every change.
     pub numbers: Arc<dashmap::DashSet<String>>,
+    pub metrics: Arc<AgentMetrics>,
 }
 
 impl AgentDeps {
@@ -169,6 +234,7 @@ enum Outcome {
 
 impl Session {
     async fn run(mut self) -> EndReason {
+        AgentMetrics::bump(&self.deps.metrics.started);
         let reason = match self.prepare().await {
             Ok((agent, tools, setup, provider)) => {
                 let outcome = self.converse(&agent, &tools, setup, &provider).await;
@@ -187,6 +253,12 @@ impl Session {
                 .live
                 .unregister(&self.party.agent_id, &c.conversation_id);
         }
+        let m = &self.deps.metrics;
+        AgentMetrics::bump(match &reason {
+            EndReason::ServerClosed | EndReason::Stopped => &m.completed,
+            EndReason::Invalid(_) => &m.refused,
+            _ => &m.failed,
+        });
         tracing::info!(agent = %self.party.agent_id, ?reason, "agent session ended");
         let _ = self.events.try_send(StreamEvent::Ended(reason.clone()));
         reason
@@ -400,6 +472,7 @@ impl Session {
                             let pushed_ms = self.pushed_samples * 1000 / 24_000;
                             let heard_ms = pushed_ms.saturating_sub(queued_ms);
                             if queued_ms > 0 {
+                                AgentMetrics::bump(&self.deps.metrics.barge_ins);
                                 tracing::debug!(heard_ms, dropped_ms = queued_ms, "barge-in: agent audio flushed");
                                 session.truncate(u32::try_from(heard_ms).unwrap_or(u32::MAX));
                             }
@@ -432,6 +505,7 @@ impl Session {
                             Role::User => {}
                         },
                         ProviderEvent::ToolCall { call_id, name, arguments } => {
+                            AgentMetrics::bump(&self.deps.metrics.tool_calls);
                             self.log(MessageRole::ToolCall, None, Some(name.clone()), Some(arguments.clone()), None).await;
                             match name.as_str() {
                                 END_CALL => {
@@ -468,8 +542,12 @@ impl Session {
                                             conv.clone(),
                                             tool_tx.clone(),
                                         );
+                                        let metrics = self.deps.metrics.clone();
                                         tokio::spawn(async move {
-                                            let result = tools::run_tool(&client, &agent, &tool, &conv, &call_id, &arguments).await;
+                                            let (result, ok) = tools::run_tool(&client, &agent, &tool, &conv, &call_id, &arguments).await;
+                                            if !ok {
+                                                AgentMetrics::bump(&metrics.tool_failures);
+                                            }
                                             let _ = tx.send((call_id, name, result)).await;
                                         });
                                     }

@@ -98,16 +98,22 @@ fn headers_of(map: &BTreeMap<String, String>) -> reqwest::header::HeaderMap {
     headers
 }
 
-/// Sends `body` (JSON) to `url` with `method`, the agent's signature if it has a secret,
-/// and reads a JSON answer (a body that is not JSON comes back as a string, an empty one
-/// as null).
+/// What a request carries: a JSON body, or (GET, HEAD, OPTIONS) the arguments as query
+/// parameters.
+enum Payload<'a> {
+    Json(Vec<u8>),
+    Query(&'a Value),
+}
+
+/// Sends `payload` to `url` with `method`, a JSON body signed when the agent has a
+/// secret, and reads a JSON answer (a body that is not JSON comes back as a string, an
+/// empty one as null).
 async fn send(
     client: &reqwest::Client,
     method: reqwest::Method,
     url: &str,
     headers: reqwest::header::HeaderMap,
-    body: Option<Vec<u8>>,
-    query: Option<&Value>,
+    payload: Payload<'_>,
     secret: Option<&str>,
     timeout: Duration,
 ) -> Result<Value, CallError> {
@@ -115,6 +121,10 @@ async fn send(
         .request(method, url)
         .headers(headers)
         .timeout(timeout);
+    let (body, query) = match payload {
+        Payload::Json(body) => (Some(body), None),
+        Payload::Query(args) => (None, Some(args)),
+    };
     if let Some(Value::Object(args)) = query {
         let pairs: Vec<(String, String)> = args
             .iter()
@@ -183,8 +193,8 @@ fn method_of(m: ToolMethod) -> reqwest::Method {
     }
 }
 
-/// Runs a custom tool and returns what the model is told: the response, or per
-/// `on_error` `{"error": …}` or `{}`.
+/// Runs a custom tool and returns what the model is told (the response, or per
+/// `on_error` `{"error": …}` or `{}`) and whether the tool answered.
 pub async fn run_tool(
     client: &reqwest::Client,
     agent: &Agent,
@@ -192,7 +202,7 @@ pub async fn run_tool(
     conversation: &ConversationRef,
     tool_call_id: &str,
     arguments: &Value,
-) -> Value {
+) -> (Value, bool) {
     let timeout = Duration::from_millis(u64::try_from(tool.timeout_ms).unwrap_or(5000));
     let secret = agent.server_secret.as_deref();
     let outcome = match agent.agent_type {
@@ -203,15 +213,17 @@ pub async fn run_tool(
                     tool.tool_method,
                     ToolMethod::Get | ToolMethod::Head | ToolMethod::Options
                 );
-                let body = with_body.then(|| arguments.to_string().into_bytes());
-                let query = (!with_body).then_some(arguments);
+                let payload = if with_body {
+                    Payload::Json(arguments.to_string().into_bytes())
+                } else {
+                    Payload::Query(arguments)
+                };
                 send(
                     client,
                     method,
                     url,
                     headers_of(&tool.tool_headers),
-                    body,
-                    query,
+                    payload,
                     secret,
                     timeout,
                 )
@@ -238,8 +250,7 @@ pub async fn run_tool(
                     reqwest::Method::POST,
                     url,
                     headers_of(&agent.server_headers),
-                    Some(event.to_string().into_bytes()),
-                    None,
+                    Payload::Json(event.to_string().into_bytes()),
                     secret,
                     timeout,
                 )
@@ -249,13 +260,14 @@ pub async fn run_tool(
         },
     };
     match outcome {
-        Ok(value) => value,
+        Ok(value) => (value, true),
         Err(e) => {
             tracing::info!(agent = %agent.id, tool = %tool.name, error = %e, "agent tool failed");
-            match tool.on_error {
+            let told = match tool.on_error {
                 OnError::ReturnError => json!({"error": e.to_string()}),
                 OnError::ReturnEmpty => json!({}),
-            }
+            };
+            (told, false)
         }
     }
 }
@@ -290,8 +302,7 @@ pub async fn assistant_request(
         reqwest::Method::POST,
         url,
         headers_of(&agent.server_headers),
-        Some(event.to_string().into_bytes()),
-        None,
+        Payload::Json(event.to_string().into_bytes()),
         agent.server_secret.as_deref(),
         ASSISTANT_REQUEST_TIMEOUT,
     )

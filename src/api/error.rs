@@ -284,7 +284,8 @@ mod tests {
             | E::NumberAlreadyAssigned
             | E::ToolNameTaken
             | E::AgentNotActive
-            | E::RealtimeNotConfigured => c,
+            | E::RealtimeNotConfigured
+            | E::ChannelNotEnabled => c,
         };
         for code in [
             E::ValidationError,
@@ -312,6 +313,7 @@ mod tests {
             E::ToolNameTaken,
             E::AgentNotActive,
             E::RealtimeNotConfigured,
+            E::ChannelNotEnabled,
         ]
         .map(listed)
         {

@@ -113,16 +113,43 @@ pub struct PlayoutSource {
     tap: PlayoutTap,
     /// The last frame had no audio.
     idle: bool,
+    /// Played, looped, while the socket is being reconnected (at the leg's rate), and
+    /// where in it.
+    hold: Option<(media::source::Clip, usize)>,
 }
 
 impl PlayoutSource {
     pub fn new(tap: PlayoutTap) -> Self {
-        Self { tap, idle: true }
+        Self {
+            tap,
+            idle: true,
+            hold: None,
+        }
+    }
+
+    /// Loops `clip` (at the leg's PCM rate) while the stream reconnects.
+    pub fn with_hold(mut self, clip: Option<media::source::Clip>) -> Self {
+        self.hold = clip.filter(|c| !c.samples.is_empty()).map(|c| (c, 0));
+        self
     }
 }
 
 impl media::source::AudioSource for PlayoutSource {
     fn fill(&mut self, _rate: u32, out: &mut [i16]) -> bool {
+        if let Some((clip, pos)) = self.hold.as_mut()
+            && self.tap.is_reconnecting()
+        {
+            for s in out.iter_mut() {
+                *s = clip.samples.get(*pos).copied().unwrap_or(0);
+                *pos = (*pos + 1) % clip.samples.len();
+            }
+            self.idle = false;
+            return true;
+        }
+        if let Some((_, pos)) = self.hold.as_mut() {
+            // The next outage starts the sound from its beginning.
+            *pos = 0;
+        }
         self.idle = self.tap.fill(out) == 0;
         true
     }
@@ -247,9 +274,13 @@ pub(crate) fn start_on_endpoint(
         }
     };
     if spec.bidirectional {
-        endpoint.play(Box::new(PlayoutSource::new(
-            stream.handle.playout().clone(),
-        )));
+        let hold = shared
+            .hold_sound
+            .as_ref()
+            .and_then(|clip| clip.resampled(call_rate).ok());
+        endpoint.play(Box::new(
+            PlayoutSource::new(stream.handle.playout().clone()).with_hold(hold),
+        ));
     }
     endpoint
         .listen(

@@ -108,6 +108,8 @@ pub(crate) struct Shared {
     pub messages: Arc<DashMap<u64, tokio::sync::oneshot::Sender<(u16, String)>>>,
     /// What AI agent sessions need (store, providers, tool client, live registry).
     pub agents: crate::agents::runtime::AgentDeps,
+    /// `[streams] hold_sound`, loaded once.
+    pub hold_sound: Option<media::source::Clip>,
     next_leg: Arc<AtomicU64>,
 }
 
@@ -183,9 +185,20 @@ impl Switch {
             })?,
             connector: Arc::new(crate::streams::DirectConnector),
             numbers: Arc::new(dashmap::DashSet::new()),
+            metrics: Arc::new(crate::agents::runtime::AgentMetrics::default()),
         };
         agents.refresh_numbers().await?;
+        let hold_sound = config.streams.hold_sound.as_ref().and_then(|path| {
+            match media::source::Clip::load_wav(path) {
+                Ok(clip) => Some(clip),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "[streams] hold_sound unusable: reconnections are silent");
+                    None
+                }
+            }
+        });
         let shared = Shared {
+            hold_sound,
             agents,
             advertise: Arc::new(advertise::Advertise::new(&config)),
             tenant_policy: Arc::new(tenant_policy::TenantPolicy::new(&config.tenants)),
@@ -268,6 +281,7 @@ impl Switch {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         self.shared.auth_guard.render(&mut text, now_secs);
+        self.shared.agents.metrics.render(&mut text);
         text
     }
 

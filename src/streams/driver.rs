@@ -128,6 +128,9 @@ impl Driver {
                     // What was queued belongs to the lost connection; the caller hears
                     // silence until the new one sends audio.
                     self.drop_playout();
+                    self.shared
+                        .reconnecting
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     Counters::bump(&self.counters.reconnects);
                     self.emit(StreamEvent::Reconnecting { reason });
                     outage_start = Instant::now();
@@ -253,6 +256,9 @@ impl Driver {
             Ok(Err(e)) => return SessionEnd::Dropped(format!("sending start: {e}")),
             Err(_) => return SessionEnd::Dropped("sending start timed out".to_owned()),
         }
+        self.shared
+            .reconnecting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.emit(if reconnect {
             StreamEvent::Resumed { attempts }
         } else {

@@ -203,6 +203,8 @@ pub(crate) struct SharedPlayout {
     acks_ready: Notify,
     /// Wakes the leg's pacer when audio arrives at an empty queue (it sends at once).
     audio_ready: Arc<Notify>,
+    /// The socket dropped and is being reconnected (the leg may play a hold sound).
+    reconnecting: std::sync::atomic::AtomicBool,
     /// Bumped by the task after each change from the server (for waiters).
     changed: watch::Sender<u64>,
 }
@@ -248,6 +250,11 @@ impl PlayoutTap {
     /// Notified when audio arrives while nothing was queued.
     pub fn audio_ready(&self) -> Arc<Notify> {
         Arc::clone(&self.shared.audio_ready)
+    }
+
+    /// The socket dropped and the stream is reconnecting (within its grace period).
+    pub fn is_reconnecting(&self) -> bool {
+        self.shared.reconnecting.load(Ordering::Relaxed)
     }
 
     /// The next 20 ms at the call rate (silence when nothing is queued). Never awaits;
@@ -436,6 +443,7 @@ pub(crate) fn plumbing(
         }),
         acks_ready: Notify::new(),
         audio_ready: Arc::new(Notify::new()),
+        reconnecting: std::sync::atomic::AtomicBool::new(false),
         changed: watch::channel(0).0,
     });
     let counters = Arc::new(Counters::default());
