@@ -12,6 +12,8 @@
 //! token; an agent missing, not active, or without the `web` channel). The demo page is
 //! served only when turned on, and works in headless Chromium with a fake microphone.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
