@@ -11,6 +11,8 @@ command -v sipp >/dev/null 2>&1 || need_pkgs+=(sip-tester)
 command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 # tcpdump: tests/e2e_codecs.rs captures what SIPp peers receive on lo.
 command -v tcpdump >/dev/null 2>&1 || need_pkgs+=(tcpdump)
+# chromium: tests/e2e_agent_web.rs runs the agent demo page headless with a fake microphone.
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

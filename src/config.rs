@@ -297,6 +297,10 @@ pub struct AgentsConfig {
     pub providers: std::collections::BTreeMap<String, crate::agents::provider::ProviderConfig>,
     /// The SIP answer to a call for an agent that is missing or not active.
     pub unavailable_sip_code: u16,
+    /// Serve the browser demo (`examples/agent-web/index.html`) at `GET /demo/agent-web/`.
+    /// Off by default: the page asks for an API key, which a real site never puts in a
+    /// browser (its backend creates the realtime session instead).
+    pub demo_page: bool,
 }
 
 impl Default for AgentsConfig {
@@ -311,6 +315,7 @@ impl Default for AgentsConfig {
             public_ws_base: None,
             providers: std::collections::BTreeMap::new(),
             unavailable_sip_code: 480,
+            demo_page: false,
         }
     }
 }

@@ -35,7 +35,9 @@ async fn document(switch: &SwitchProcess) -> Value {
 async fn every_documented_operation_is_served() {
     // No call is placed: the trunk is a port nothing listens on.
     let trunk = std::net::SocketAddr::from(([127, 0, 0, 1], common::sipp::free_udp_port()));
-    let switch = SwitchProcess::start(SwitchConfig::new(trunk)).await;
+    // The demo page (a public operation) answers 200 only when it is turned on.
+    let switch =
+        SwitchProcess::start(SwitchConfig::new(trunk).extra("[agents]\ndemo_page = true\n")).await;
     let doc = document(&switch).await;
     assert_eq!(doc["openapi"], "3.1.0");
     // `switchyard openapi` prints the same document without a running switch.

@@ -161,6 +161,21 @@ pub struct Party {
     pub channel: ConversationChannel,
     /// The hand-off of the number the call came in on (before the agent's own).
     pub handoff: Option<String>,
+    /// Where a browser session hears of the conversation's id, transcripts and flushes
+    /// (`None` on calls: the phone has no screen).
+    pub notices: Option<mpsc::Sender<SessionNotice>>,
+}
+
+/// What a session reports besides audio, for a browser to show (best effort: a full
+/// channel drops the notice rather than hold the session up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionNotice {
+    /// The conversation was opened with this id.
+    Conversation(String),
+    /// A final transcript line.
+    Transcript { role: MessageRole, text: String },
+    /// The caller talked over the agent: the queued audio was flushed.
+    Cleared { queued_ms: u64 },
 }
 
 /// The playout format: what both providers speak out (PCM16 at 24 kHz).
@@ -293,6 +308,7 @@ impl Session {
             tracing::warn!(error = %e, "agent conversation not recorded");
         }
         self.conversation = Some(conv.clone());
+        self.notify(SessionNotice::Conversation(conv.conversation_id.clone()));
 
         let (mut identity, mut instructions) = (agent.identity.clone(), agent.instructions.clone());
         let mut greeting = match agent.greeting_type {
@@ -452,6 +468,7 @@ impl Session {
                         }
                         ProviderEvent::SpeechStarted => {
                             let (queued_ms, _) = self.end.clear();
+                            self.notify(SessionNotice::Cleared { queued_ms });
                             let pushed_ms = self.pushed_samples * 1000 / 24_000;
                             let heard_ms = pushed_ms.saturating_sub(queued_ms);
                             if queued_ms > 0 {
@@ -473,15 +490,18 @@ impl Session {
                             self.pushed_samples = queued;
                             if !assistant_text.is_empty() {
                                 let text = std::mem::take(&mut assistant_text);
+                                self.notify(SessionNotice::Transcript { role: MessageRole::Assistant, text: text.clone() });
                                 self.log(MessageRole::Assistant, Some(text), None, None, None).await;
                             }
                         }
                         ProviderEvent::Transcript { role, text, is_final } => match role {
                             Role::User if is_final => {
+                                self.notify(SessionNotice::Transcript { role: MessageRole::User, text: text.clone() });
                                 self.log(MessageRole::User, Some(text), None, None, None).await;
                             }
                             Role::Assistant if is_final => {
                                 assistant_text.clear();
+                                self.notify(SessionNotice::Transcript { role: MessageRole::Assistant, text: text.clone() });
                                 self.log(MessageRole::Assistant, Some(text), None, None, None).await;
                             }
                             Role::Assistant => assistant_text.push_str(&text),
@@ -615,6 +635,14 @@ impl Session {
             .await
         {
             tracing::warn!(error = %e, "agent transcript line not recorded");
+        }
+    }
+}
+
+impl Session {
+    fn notify(&self, notice: SessionNotice) {
+        if let Some(tx) = &self.party.notices {
+            let _ = tx.try_send(notice);
         }
     }
 }

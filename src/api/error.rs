@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 /// `CALL_ALREADY_ENDED`, `RECORDING_NOT_READY`, `CALL_NOT_TRANSFERABLE`,
 /// `NUMBER_ALREADY_EXISTS`, `NUMBER_IN_USE`, `POOL_EXHAUSTED`, `CALL_NOT_STREAMABLE`,
 /// `AGENT_UPDATE_CONFLICT`, `AGENT_LIMIT_EXCEEDED`, `NUMBER_ALREADY_ASSIGNED`,
-/// `TOOL_NAME_TAKEN`, `AGENT_NOT_ACTIVE`; 413 `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500
+/// `TOOL_NAME_TAKEN`, `AGENT_NOT_ACTIVE`, `CHANNEL_NOT_ENABLED`; 413 `PAYLOAD_TOO_LARGE`; 429 `RATE_LIMITED`; 500
 /// `INTERNAL_ERROR`, `REALTIME_NOT_CONFIGURED`; 503 `SERVICE_UNAVAILABLE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -41,6 +41,7 @@ pub enum ErrorCode {
     ToolNameTaken,
     AgentNotActive,
     RealtimeNotConfigured,
+    ChannelNotEnabled,
 }
 
 impl ErrorCode {
@@ -71,6 +72,7 @@ impl ErrorCode {
             Self::ToolNameTaken => "TOOL_NAME_TAKEN",
             Self::AgentNotActive => "AGENT_NOT_ACTIVE",
             Self::RealtimeNotConfigured => "REALTIME_NOT_CONFIGURED",
+            Self::ChannelNotEnabled => "CHANNEL_NOT_ENABLED",
         }
     }
 
@@ -94,7 +96,8 @@ impl ErrorCode {
             | Self::AgentLimitExceeded
             | Self::NumberAlreadyAssigned
             | Self::ToolNameTaken
-            | Self::AgentNotActive => StatusCode::CONFLICT,
+            | Self::AgentNotActive
+            | Self::ChannelNotEnabled => StatusCode::CONFLICT,
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -281,7 +284,8 @@ mod tests {
             | E::NumberAlreadyAssigned
             | E::ToolNameTaken
             | E::AgentNotActive
-            | E::RealtimeNotConfigured => c,
+            | E::RealtimeNotConfigured
+            | E::ChannelNotEnabled => c,
         };
         for code in [
             E::ValidationError,
@@ -309,6 +313,7 @@ mod tests {
             E::ToolNameTaken,
             E::AgentNotActive,
             E::RealtimeNotConfigured,
+            E::ChannelNotEnabled,
         ]
         .map(listed)
         {

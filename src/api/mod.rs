@@ -2,6 +2,7 @@
 //! stable error codes. Handlers read durable state from the store and send commands to the
 //! core; they never touch SIP or RTP.
 
+pub mod agent_web;
 pub mod agents;
 pub mod calls;
 pub mod envelope;
@@ -89,6 +90,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::list_conversations))
         .routes(routes!(agents::get_conversation))
         .routes(routes!(agents::create_realtime_session))
+        .routes(routes!(agent_web::open_realtime_session))
+        .routes(routes!(agent_web::demo_page))
 }
 
 pub fn router(state: AppState) -> Router {

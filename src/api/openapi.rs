@@ -66,6 +66,13 @@ impl utoipa::Modify for Security {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "realtime_token",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "token",
+                "A single-use realtime session token (`POST /api/v1/agents/{id}/realtime-sessions`)",
+            ))),
+        );
     }
 }
 
@@ -398,17 +405,21 @@ mod tests {
             "/api/v1/proxy/sessions",
             "/api/v1/proxy/sessions/{id}",
             "/api/v1/proxy/sessions/{id}/interactions",
+            "/api/v1/agents/{id}/realtime",
+            DEMO,
         ] {
             assert!(documented.contains(path), "{path} not documented");
         }
     }
+
+    const DEMO: &str = "/demo/agent-web/";
 
     /// Every operation that needs a key says 401 and 429 and names an error body; the
     /// public ones say they need nothing.
     #[test]
     fn operations_declare_auth_and_shared_errors() {
         let doc = doc();
-        let public = ["/health", "/metrics", PATH];
+        let public = ["/health", "/metrics", PATH, DEMO];
         let paths = doc["paths"].as_object().cloned().unwrap_or_default();
         assert!(paths.len() >= 14, "{paths:?}");
         for (path, item) in &paths {
@@ -425,10 +436,11 @@ mod tests {
                         "{method} {path} {status}"
                     );
                 }
+                // A WebSocket's success is its upgrade.
                 assert!(
                     responses
                         .as_object()
-                        .is_some_and(|r| r.keys().any(|k| k.starts_with('2'))),
+                        .is_some_and(|r| r.keys().any(|k| k.starts_with('2') || k == "101")),
                     "{method} {path} has no success response"
                 );
             }

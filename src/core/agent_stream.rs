@@ -247,6 +247,7 @@ pub(crate) fn start_on_endpoint(
                 },
                 channel: crate::agents::model::ConversationChannel::Voice,
                 handoff: target.handoff.clone(),
+                notices: None,
             };
             let control: std::sync::Arc<dyn crate::agents::runtime::CallControl> =
                 std::sync::Arc::new(TaskControl(tx.clone()));

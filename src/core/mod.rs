@@ -147,6 +147,11 @@ impl Switch {
         Arc::clone(&self.shared.agents.live)
     }
 
+    /// What an agent session needs (the API starts browser sessions with it).
+    pub fn agent_deps(&self) -> crate::agents::runtime::AgentDeps {
+        self.shared.agents.clone()
+    }
+
     /// Wire the core to a running SIP driver and close out calls a previous run left live.
     pub async fn start(
         config: Arc<Config>,
