@@ -106,7 +106,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn loud_pcm(samples: usize, rate: usize) -> Vec<i16> {
     let half = rate / 2000;
     (0..samples)
-        .map(|i| if (i / half) % 2 == 0 { 16000 } else { -16000 })
+        .map(|i| {
+            if (i / half).is_multiple_of(2) {
+                16000
+            } else {
+                -16000
+            }
+        })
         .collect()
 }
 
@@ -358,6 +364,7 @@ fn response_done(item: &str) -> serde_json::Value {
 }
 
 /// One connection from an agent session: the fake OpenAI Realtime server side.
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback type
 async fn serve(run: Arc<Run>, tcp: tokio::net::TcpStream) {
     let _ = tcp.set_nodelay(true);
     let mut index: Option<usize> = None;
@@ -700,6 +707,21 @@ impl Bench {
         let url = format!("sqlite://{}", dir.path().join("switchyard.db").display());
         let store = Arc::new(switch_rt.block_on(SqlStore::connect(&url)).unwrap());
         let agent_id = switch_rt.block_on(create_agent(&store));
+        // A running switch's pool is warm: open its connections (8 for SQLite) first, so
+        // that the first calls do not pay for them.
+        switch_rt.block_on(async {
+            let reads = (0..8).map(|_| {
+                let store = store.clone();
+                let id = agent_id.clone();
+                tokio::spawn(async move {
+                    store.get_agent(TENANT, &id, Utc::now()).await.unwrap();
+                    store.list_agent_tools(TENANT, &id).await.unwrap();
+                })
+            });
+            for r in reads.collect::<Vec<_>>() {
+                r.await.unwrap();
+            }
+        });
 
         let (plan_tx, plan_rx) = tokio::sync::watch::channel(None);
         let run = Arc::new(Run {
@@ -903,7 +925,7 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
     // 10 answers per 100 ms.
     let begin = Instant::now();
     for i in 0..n {
-        if i > 0 && i % 10 == 0 {
+        if i > 0 && i.is_multiple_of(10) {
             let at = begin + Duration::from_millis(100 * (i / 10) as u64);
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
         }
