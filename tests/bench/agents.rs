@@ -779,6 +779,7 @@ impl Bench {
             http: reqwest::Client::new(),
             connector: Arc::new(DirectConnector),
             numbers: Arc::new(dashmap::DashSet::new()),
+            metrics: Arc::new(switchyard::agents::runtime::AgentMetrics::default()),
         };
         // Below the ephemeral range (32768 up), where the far ends and the sockets bind.
         let top = u16::try_from(20_000 + 4 * n + 200).unwrap_or(u16::MAX);
@@ -828,6 +829,7 @@ impl Bench {
             contact: "+14155550100".to_owned(),
             channel: ConversationChannel::Voice,
             handoff: None,
+            notices: None,
         };
         let _guard = self.switch_rt.enter();
         let mut endpoint = RtpEndpoint::open(&self.pool, LOCAL).unwrap();
