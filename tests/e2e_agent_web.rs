@@ -225,10 +225,8 @@ async fn a_browser_session_talks_hears_is_interrupted_and_stops() {
                 "response_id": "resp_greet", "item_id": "item_greet", "output_index": 0,
                 "content_index": 0, "transcript": "Hello from the web agent.",
             })));
-            // `response.done` once the greeting has played: the runtime counts what is
-            // still queued at `response.done` as heard of the next answer (it would
-            // overstate the barge-in's `audio_end_ms` by that much).
-            a.push(Action::Sleep(Duration::from_millis(800)));
+            // `response.done` right behind the audio, as the service sends it: the
+            // greeting still queued then is not counted as heard of the next answer.
             a.push(openai_response_done("resp_greet"));
             a
         })

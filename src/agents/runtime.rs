@@ -203,6 +203,8 @@ pub fn spawn(
         control,
         conversation: None,
         pushed_samples: 0,
+        response_done: true,
+        journal: None,
     };
     let task = tokio::spawn(session.run());
     Ok(Stream {
@@ -223,6 +225,10 @@ struct Session {
     /// Provider samples (24 kHz) pushed since the current answer began: what the caller
     /// heard of it is this minus what is still queued.
     pushed_samples: u64,
+    /// The latest answer is complete: the next audio starts another.
+    response_done: bool,
+    /// The conversation log's writer.
+    journal: Option<mpsc::UnboundedSender<Journal>>,
 }
 
 /// How a session ends, and the conversation's status.
@@ -304,9 +310,9 @@ impl Session {
             to: self.party.to.clone(),
             channel: self.party.channel.as_str(),
         };
-        if let Err(e) = store.create_conversation(&conversation).await {
-            tracing::warn!(error = %e, "agent conversation not recorded");
-        }
+        // The log is written by its own task, in order: no store write waits in the
+        // audio's path (the greeting included).
+        self.journal = Some(spawn_journal(store.clone(), conversation));
         self.conversation = Some(conv.clone());
         self.notify(SessionNotice::Conversation(conv.conversation_id.clone()));
 
@@ -463,20 +469,29 @@ impl Session {
                                 Some(r) => resample_all(r, &pcm),
                                 None => pcm,
                             };
+                            if self.response_done {
+                                // The first audio of a new answer: its item starts here.
+                                self.response_done = false;
+                                self.pushed_samples = 0;
+                            }
                             self.pushed_samples += pcm.len() as u64;
                             self.end.push_audio(&pcm);
                         }
                         ProviderEvent::SpeechStarted => {
                             let (queued_ms, _) = self.end.clear();
                             self.notify(SessionNotice::Cleared { queued_ms });
+                            // The queue holds the end of earlier answers, then the latest
+                            // one's unplayed part: what was heard of the latest answer (the
+                            // item the provider truncates) is what of it left the queue.
                             let pushed_ms = self.pushed_samples * 1000 / 24_000;
-                            let heard_ms = pushed_ms.saturating_sub(queued_ms);
+                            let heard_ms = pushed_ms.saturating_sub(queued_ms.min(pushed_ms));
                             if queued_ms > 0 {
                                 AgentMetrics::bump(&self.deps.metrics.barge_ins);
                                 tracing::debug!(heard_ms, dropped_ms = queued_ms, "barge-in: agent audio flushed");
                                 session.truncate(u32::try_from(heard_ms).unwrap_or(u32::MAX));
                             }
                             self.pushed_samples = 0;
+                            self.response_done = true;
                             if ending.is_some() {
                                 // The goodbye was cut short: no need to wait for it.
                                 ending = Some(tokio::time::Instant::now() + Duration::from_millis(300));
@@ -484,10 +499,9 @@ impl Session {
                         }
                         ProviderEvent::SpeechStopped => {}
                         ProviderEvent::ResponseDone => {
-                            // The next answer's audio counts from zero once this one has
-                            // played; what is queued still belongs to this one.
-                            let queued = self.end.queued_ms() * 24;
-                            self.pushed_samples = queued;
+                            // The next answer's audio counts from its first sample (this
+                            // one's stays the latest until then).
+                            self.response_done = true;
                             if !assistant_text.is_empty() {
                                 let text = std::mem::take(&mut assistant_text);
                                 self.notify(SessionNotice::Transcript { role: MessageRole::Assistant, text: text.clone() });
@@ -598,14 +612,17 @@ impl Session {
         reason
     }
 
+    /// Ends the conversation once every line before has been written (awaited: the call
+    /// ends after its conversation does).
     async fn end_conversation(&self, id: &str, status: ConversationStatus) {
-        if let Err(e) = self
-            .deps
-            .store
-            .end_conversation(id, status, Utc::now())
-            .await
-        {
-            tracing::warn!(error = %e, "agent conversation end not recorded");
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let (done, written) = tokio::sync::oneshot::channel();
+        if journal.send(Journal::End(status, done)).is_ok() {
+            let _ = written.await;
+        } else {
+            tracing::warn!(conversation = id, "agent conversation end not recorded");
         }
     }
 
@@ -617,7 +634,7 @@ impl Session {
         tool_arguments: Option<Value>,
         tool_result: Option<Value>,
     ) {
-        let Some(conv) = &self.conversation else {
+        let Some(journal) = &self.journal else {
             return;
         };
         let message = NewMessage {
@@ -628,15 +645,44 @@ impl Session {
             tool_result,
             at: Utc::now(),
         };
-        if let Err(e) = self
-            .deps
-            .store
-            .append_conversation_message(&conv.conversation_id, &message)
-            .await
-        {
-            tracing::warn!(error = %e, "agent transcript line not recorded");
-        }
+        let _ = journal.send(Journal::Append(message));
     }
+}
+
+/// A conversation log's writes, in order.
+enum Journal {
+    Append(NewMessage),
+    End(ConversationStatus, tokio::sync::oneshot::Sender<()>),
+}
+
+/// Creates `conversation` and then writes what comes, in order, on a task of its own.
+fn spawn_journal(
+    store: Arc<dyn Store>,
+    conversation: Conversation,
+) -> mpsc::UnboundedSender<Journal> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let id = conversation.id.clone();
+        if let Err(e) = store.create_conversation(&conversation).await {
+            tracing::warn!(error = %e, "agent conversation not recorded");
+        }
+        while let Some(op) = rx.recv().await {
+            match op {
+                Journal::Append(message) => {
+                    if let Err(e) = store.append_conversation_message(&id, &message).await {
+                        tracing::warn!(error = %e, "agent transcript line not recorded");
+                    }
+                }
+                Journal::End(status, done) => {
+                    if let Err(e) = store.end_conversation(&id, status, Utc::now()).await {
+                        tracing::warn!(error = %e, "agent conversation end not recorded");
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+    });
+    tx
 }
 
 impl Session {
