@@ -182,13 +182,17 @@ async fn digest_authenticated_trunk_reaches_an_agent_and_api_hangup_ends_it() {
     let upstream_elsewhere = "";
     let sink = WebhookSink::start().await;
     let (_plan_dir, plan_path) = plan_file(plan);
-    let config = SwitchConfig::new(far.addr()).extra(&format!(
-        "{digest_trunk}{upstream_elsewhere}\n[dialplan]\nfile = {:?}\n\n[[tenants]]\nname = \"acme\"\nwebhook_url = {:?}\n",
-        plan_path.display().to_string(),
-        sink.url()
-    ));
+    let (_fake, provider) = common::agent::provider().await;
+    let config = SwitchConfig::new(far.addr())
+        .numbers(&["+12025551234", common::agent::AGENT_NUMBER])
+        .extra(&format!(
+            "{digest_trunk}{upstream_elsewhere}\n[dialplan]\nfile = {:?}\n\n[[tenants]]\nname = \"acme\"\nwebhook_url = {:?}\n{provider}",
+            plan_path.display().to_string(),
+            sink.url()
+        ));
     let switch = SwitchProcess::start(config).await;
     let api = switch.api("acme", "owner").await;
+    let agent_id = common::agent::assign(&api).await;
     let secret = api.webhook_secret().await;
     let mut h = Inbound {
         switch,
@@ -208,7 +212,7 @@ async fn digest_authenticated_trunk_reaches_an_agent_and_api_hangup_ends_it() {
     let events = h.events_until("call.in_progress").await;
     let call = &events.last().expect("events")["data"]["call"];
     assert_eq!(call["direction"], "inbound");
-    assert_eq!(call["agent_id"], "agt_front_desk");
+    assert_eq!(call["agent_id"], agent_id.as_str());
     assert_eq!(call["metadata"]["source_trunk"], "digest-carrier");
     let id = call["id"].as_str().expect("id").to_owned();
     let (status, body) = h.api.hangup(&id).await;
@@ -276,7 +280,8 @@ async fn transit_hold_and_unhold_get_the_mirrored_direction() {
 async fn session_timer_expiry_ends_the_call() {
     let far = Sipp::uas("uas_answer_hold.xml");
     let plan = "[[rules]]\nname = \"to-agent\"\nto = { prefix = \"+1\" }\nagent = \"agt_x\"\n";
-    let mut h = start(far.addr(), plan, "[sip]\nmin_se_s = 2\n").await;
+    let (mut h, _agent) =
+        common::agent::start_with_agent(far.addr(), plan, "[sip]\nmin_se_s = 2\n").await;
     // Asks for 4 s with itself as refresher, then never refreshes: the switch must BYE.
     let caller = Sipp::builder("uac_call_timer.xml")
         .remote(h.switch.sip_udp())

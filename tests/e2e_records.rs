@@ -379,7 +379,7 @@ const AGENT_PLAN: &str = "[[rules]]\nname = \"to-agent\"\nto = { prefix = \"+1\"
 /// A call the switch answers itself, never ACKed: `ack_timeout` there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_call_never_acked_ends_ack_timeout() {
-    let mut h = start(
+    let (mut h, agent) = common::agent::start_with_agent(
         "127.0.0.1:5999".parse().unwrap(),
         AGENT_PLAN,
         "[sip]\nt1_ms = 100\n",
@@ -389,14 +389,15 @@ async fn an_agent_call_never_acked_ends_ack_timeout() {
     caller.wait().await.assert_success("caller gets a BYE");
     let events = h.events_until("call.completed").await;
     let done = &events.last().expect("events")["data"];
-    assert_eq!(done["call"]["agent_id"], "agt_front_desk", "{done}");
+    assert_eq!(done["call"]["agent_id"], agent.id.as_str(), "{done}");
     assert_eq!(done["end_reason"], "ack_timeout", "{}", h.switch.logs());
 }
 
 /// An agent call up when the switch is killed: the caller gets its BYE from the next run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_agent_call_byes_the_caller_after_restart() {
-    let mut h = start("127.0.0.1:5999".parse().unwrap(), AGENT_PLAN, "").await;
+    let (mut h, _agent) =
+        common::agent::start_with_agent("127.0.0.1:5999".parse().unwrap(), AGENT_PLAN, "").await;
     let caller = Sipp::builder("uac_remote_bye.xml")
         .remote(h.switch.sip_udp())
         .timeout(Duration::from_secs(30))

@@ -2,6 +2,7 @@
 //! Included with `mod common;` by several test files, each using a different part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod agent;
 pub mod api;
 pub mod capture;
 pub mod fake_realtime;

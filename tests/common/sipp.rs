@@ -410,9 +410,16 @@ fn wait_bound(
 }
 
 /// A UDP port that was free a moment ago (bound to :0, then released).
+/// A port free for UDP and for TCP on 127.0.0.1 (SIPp over TCP binds its `-p` port for
+/// TCP: a UDP-only check let it meet a port a TCP socket held, "errno 98").
 pub fn free_udp_port() -> u16 {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    sock.local_addr().expect("local_addr").port()
+    loop {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = sock.local_addr().expect("local_addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An even port P with P and P+2 free (SIPp uses P for audio and P+2 for video).
