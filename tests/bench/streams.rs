@@ -34,16 +34,22 @@
 //! streamed call costs the switch's threads, inverted. It means something only where
 //! `delivered` is ~100 %: past that the process is starved and the work is not done.
 //!
-//! Measured (2 cores shared with other builders, load average 6-10; the process never
-//! got more than ~1.1 cores): up to 100 calls, uplink p50/p99 31-33/41-45 ms (the listen
-//! path's jitter buffer, 20 ms at the least, plus up to one 20 ms tick), downlink
-//! 10.5-11/21-22 ms (up to one 20 ms pacer tick), barge-in: nothing loud after the
-//! `clear` in 149 of 150 calls (p99 0 ms), `cleared` p99 7 ms. Switch threads 3.1-3.9 ms
-//! CPU per call-second (256-319 calls per core; the whole process 5.4-7.2 ms), short of
-//! the 1,000. From 200 calls the process saturates the ~1 core it gets and
-//! latency grows (p99 153 ms up, 55 ms down at 200). A second run minutes later, under
-//! more load, was worse from 50 calls (uplink p99 69 ms, downlink 26 ms; at 100, 546 and
-//! 51 ms): on this shared machine the figures are the machine's as much as the switch's.
+//! Measured 2026-12-06 on an idle machine (2 cores, load average < 1), after the uplink
+//! moved into the receive path and the downlink learnt to send at once:
+//! - 2 workers each (default): 100 / 200 / 500 calls: uplink p50/p99 0.1/0.6, 0.3/1.5,
+//!   0.9/9.7 ms; downlink 0.1/0.6, 0.3/1.3, 0.9/12.4 ms; all delivered; switch threads
+//!   2.58 / 2.20 / 1.78 ms CPU per call-second (388 / 455 / 562 calls per core); barge-in:
+//!   last loud packet p99 0.3-14 ms after the `clear` was sent.
+//! - `STREAM_SWITCH_WORKERS=1 STREAM_HARNESS_WORKERS=1 STREAM_PIN=1` (the switch alone on
+//!   one core): 300 calls p99 6.5 up / 7.9 ms down at 0.59 of the core; 500 calls 27 / 43
+//!   ms at 0.74; 700 calls saturate it (0.98 core, 1.40 ms per call-second, p99 57 / 71
+//!   ms). One core carries some 400 streamed calls with p99 under 20 ms: short of the
+//!   issue's 1,000. Most of the switch's CPU is the kernel's (UDP and loopback TCP, the
+//!   harness's receive path charged to the sending thread included), the rest tokio
+//!   wake-ups (three tasks per call).
+//! Before (listen task with a 20 ms jitter buffer, pacer-aligned downlink, tungstenite's
+//! 128 KiB zero-filled read buffer): uplink p50 31-33 ms, downlink 10-11 ms, 3.1-3.9 ms
+//! CPU per call-second at 100 calls.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
