@@ -41,7 +41,19 @@
 //! Calls per core = 1 / (switch CPU seconds per call-second). It means something only
 //! where `delivered` is ~100 %.
 //!
-//! Measured (2 cores shared with other builders; `AGENT_CALLS=10,50,100,200`, 10 s; load
+//! Measured again on an idle machine once the conversation log was written by a task of
+//! its own (no store write in the greeting's path):
+//!
+//! ```text
+//! one call at a time (5): answer → greeting p50 4.4 ms, max 12.8 ms
+//! calls | greeting p50/p99 | uplink p50/p99 | downlink p50/p99 | switch CPU ms/call-s | calls/core | delivered
+//!    10 |   33.8/ 42.6 ms  |   0.3/ 0.7 ms  |    0.1/ 0.7 ms   |        5.84          |    171     | 100 %
+//!    50 |    6.5/ 16.6 ms  |   1.0/ 2.5 ms  |    0.2/ 1.9 ms   |        4.59          |    218     | 100 %
+//!   100 |    9.6/ 32.0 ms  |   1.2/ 4.9 ms  |    0.2/ 2.6 ms   |        3.70          |    270     | 100 %
+//!   200 |    9.9/ 39.6 ms  |   3.3/ 7.4 ms  |    0.4/ 6.4 ms   |        3.62          |    276     | 100 %
+//! ```
+//!
+//! Before that change (2 cores shared with other builders; `AGENT_CALLS=10,50,100,200`, 10 s; load
 //! average 2.6 at the start, 1.4 at the end):
 //!
 //! ```text
