@@ -1351,7 +1351,11 @@ async fn conversations_and_realtime_sessions() {
     let sessions = format!("/agents/{id}/realtime-sessions");
     let (code, body) = api.request(Method::POST, &sessions, None).await;
     assert_error(code, &body, 409, "AGENT_NOT_ACTIVE");
-    patch_ok(&api, &got["data"], json!({"status": "active"})).await;
+    let active = patch_ok(&api, &got["data"], json!({"status": "active"})).await;
+    // Only agents on the web channel.
+    let (code, body) = api.request(Method::POST, &sessions, None).await;
+    assert_error(code, &body, 409, "CHANNEL_NOT_ENABLED");
+    patch_ok(&api, &active, json!({"channels": ["voice", "web"]})).await;
     let (code, body) = api.request(Method::POST, &sessions, None).await;
     assert_eq!(code, 201, "{body}");
     let s = &body["data"];

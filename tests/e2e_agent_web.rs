@@ -525,7 +525,21 @@ async fn sessions_are_refused_before_the_upgrade_and_before_any_provider_session
         "another agent's token",
     );
     // Agents that cannot take the session, with tokens the switch signed.
-    let (voice_token, _) = session_token(&api, &voice_only).await;
+    // The token endpoint refuses a voice-only agent; a token signed anyway is refused at
+    // the socket.
+    let (code, body) = api
+        .request(
+            reqwest::Method::POST,
+            &format!("/agents/{voice_only}/realtime-sessions"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (409, Some("CHANNEL_NOT_ENABLED")),
+        "{body}"
+    );
+    let voice_token = craft_token(&voice_only, "acme", now_ms() + 60_000);
     let r = refused(&ws_url(&switch, &voice_only, &voice_token)).await;
     assert!(r.1["error"].as_str().unwrap().contains("web"), "{}", r.1);
     expect(r, 409, "CHANNEL_NOT_ENABLED", "no web channel");

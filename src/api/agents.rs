@@ -1474,7 +1474,7 @@ pub struct RealtimeSession {
         (status = 201, description = "The session's token and WebSocket URL", body = Data<RealtimeSession>),
         (status = 403, description = "`FORBIDDEN`: the key's role is read-only", body = ErrorBody),
         (status = 404, description = "`NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`AGENT_NOT_ACTIVE`: activate the agent first", body = ErrorBody),
+        (status = 409, description = "`AGENT_NOT_ACTIVE`: activate the agent first; `CHANNEL_NOT_ENABLED`: `web` is not among its channels", body = ErrorBody),
         (status = 500, description = "`REALTIME_NOT_CONFIGURED`: no `[agents] realtime_signing_key`", body = ErrorBody),
     )
 )]
@@ -1498,6 +1498,13 @@ pub async fn create_realtime_session(
                 "the agent is {}: only active agents take realtime sessions",
                 agent.status.as_str()
             ),
+        ));
+    }
+    // Refused here, before a token is spent on a socket that would refuse it.
+    if !agent.channels.contains(&crate::agents::model::Channel::Web) {
+        return Err(ApiError::new(
+            ErrorCode::ChannelNotEnabled,
+            "the agent's channels do not include web: add it to take browser sessions",
         ));
     }
     let (token, expires_at) =
