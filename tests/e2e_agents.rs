@@ -89,24 +89,7 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
 
 /// Creates an agent from `body` and activates it; its id.
 async fn active_agent(h: &Harness, body: Value) -> String {
-    let (code, created) = h
-        .api
-        .request(reqwest::Method::POST, "/agents", Some(&body))
-        .await;
-    assert_eq!(code, 201, "{created}");
-    let id = created["data"]["id"].as_str().unwrap().to_owned();
-    let (code, patched) = h
-        .api
-        .request(
-            reqwest::Method::PATCH,
-            &format!("/agents/{id}"),
-            Some(
-                &json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]}),
-            ),
-        )
-        .await;
-    assert_eq!(code, 200, "{patched}");
-    id
+    common::agent::create_active(&h.api, body).await
 }
 
 /// Callbacks until the call ends; the last one (the switch's log on a timeout).
@@ -459,38 +442,22 @@ async fn a_number_assigned_to_a_gemini_agent_answers_inbound_calls() {
         },
     )
     .await;
-    let (code, created) = h
-        .api
-        .request(
-            reqwest::Method::POST,
-            "/agents",
-            Some(&json!({
-                "name": "Front desk",
-                "model": "gemini-2.5-flash-native-audio-preview-09-2025",
-                "agent_type": "static",
-                "identity": "You are the front desk of Acme Clinic.",
-                "instructions": "Answer questions and say goodbye.",
-                "voice_name": "Aoede",
-                "language": "en-US",
-                "greeting_type": "static",
-                "static_greeting": "Thanks for calling Acme Clinic.",
-                "phone_number_assignments": [{"phone_number": "+14155552671"}],
-            })),
-        )
-        .await;
-    assert_eq!(code, 201, "{created}");
-    let agent_id = created["data"]["id"].as_str().unwrap().to_owned();
-    let (code, body) = h
-        .api
-        .request(
-            reqwest::Method::PATCH,
-            &format!("/agents/{agent_id}"),
-            Some(
-                &json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]}),
-            ),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
+    let agent_id = common::agent::create_active(
+        &h.api,
+        json!({
+            "name": "Front desk",
+            "model": "gemini-2.5-flash-native-audio-preview-09-2025",
+            "agent_type": "static",
+            "identity": "You are the front desk of Acme Clinic.",
+            "instructions": "Answer questions and say goodbye.",
+            "voice_name": "Aoede",
+            "language": "en-US",
+            "greeting_type": "static",
+            "static_greeting": "Thanks for calling Acme Clinic.",
+            "phone_number_assignments": [{"phone_number": "+14155552671"}],
+        }),
+    )
+    .await;
 
     let (_dir, scenario) = scenario_with_fixtures("bridge_uac_pcmu_tone_remote_bye.xml");
     let caller = Sipp::builder(scenario.to_str().unwrap())
@@ -638,12 +605,7 @@ async fn transfer_call_refers_the_caller_to_the_hand_off_number() {
     )
     .await;
     let id = h.call(json!({"agent_id": agent_id})).await;
-    let done = loop {
-        let e = h.event().await;
-        if e["type"] == "call.completed" || e["type"] == "call.failed" {
-            break e;
-        }
-    };
+    let done = until_ended(&mut h).await;
     assert_eq!(done["data"]["call"]["id"], id.as_str());
     assert_eq!(
         done["data"]["call"]["end_reason"],
@@ -844,12 +806,7 @@ async fn deleting_an_agent_ends_its_live_call() {
         )
         .await;
     assert_eq!(code, 204, "{body}");
-    let done = loop {
-        let e = h.event().await;
-        if e["type"] == "call.completed" || e["type"] == "call.failed" {
-            break e;
-        }
-    };
+    let done = until_ended(&mut h).await;
     assert_eq!(done["data"]["call"]["id"], id.as_str());
     assert_eq!(done["data"]["call"]["end_reason"], "stream_ended", "{done}");
     far.wait().await.assert_success("far end");
@@ -924,12 +881,7 @@ async fn a_refused_transfer_is_reported_to_the_model() {
         },
     )
     .await;
-    let (code, created) = h
-        .api
-        .request(
-            reqwest::Method::POST,
-            "/agents",
-            Some(&json!({
+    common::agent::create_active(&h.api, json!({
                 "name": "Desk",
                 "model": "gpt-realtime",
                 "agent_type": "static",
@@ -937,22 +889,7 @@ async fn a_refused_transfer_is_reported_to_the_model() {
                 "greeting_type": "static",
                 "static_greeting": "Hello.",
                 "phone_number_assignments": [{"phone_number": "+14155552671", "handoff_phone_number": "+14155550000"}],
-            })),
-        )
-        .await;
-    assert_eq!(code, 201, "{created}");
-    let agent_id = created["data"]["id"].as_str().unwrap().to_owned();
-    let (code, body) = h
-        .api
-        .request(
-            reqwest::Method::PATCH,
-            &format!("/agents/{agent_id}"),
-            Some(
-                &json!({"status": "active", "expected_updated_at": created["data"]["updated_at"]}),
-            ),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
+            })).await;
     // The caller's carrier answers the REFER 501; the caller hangs up later.
     let caller = Sipp::builder(
         &common::sipp::scenario_dir()

@@ -183,13 +183,39 @@ async fn put_assignments(
     Ok(())
 }
 
+/// Binds the agent's settings, `name` to `handoff_phone_number`, in the column order
+/// the insert and the update share.
+fn bind_settings<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    agent: &Agent,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(agent.name.clone())
+        .bind(agent.kind.as_str())
+        .bind(agent.model.clone())
+        .bind(agent.status.as_str())
+        .bind(agent.identity.clone())
+        .bind(agent.instructions.clone())
+        .bind(agent.prompt_type.as_str())
+        .bind(agent.language.clone())
+        .bind(agent.voice_name.clone())
+        .bind(agent.greeting_type.as_str())
+        .bind(agent.static_greeting.clone())
+        .bind(to_json(&agent.channels))
+        .bind(agent.agent_type.as_str())
+        .bind(agent.server_url.clone())
+        .bind(to_json(&agent.server_headers))
+        .bind(agent.server_secret.clone())
+        .bind(agent.handoff_phone_number.clone())
+}
+
 pub(super) async fn create_agent(
     pool: &AnyPool,
     agent: &Agent,
     now: DateTime<Utc>,
 ) -> StoreResult<Agent> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO agents (id, tenant, name, kind, model, status, identity, instructions, \
          prompt_type, language, voice_name, greeting_type, static_greeting, channels, \
          agent_type, server_url, server_headers, server_secret, handoff_phone_number, \
@@ -197,28 +223,12 @@ pub(super) async fn create_agent(
          $13, $14, $15, $16, $17, $18, $19, $20, $21)",
     )
     .bind(agent.id.clone())
-    .bind(agent.tenant.clone())
-    .bind(agent.name.clone())
-    .bind(agent.kind.as_str())
-    .bind(agent.model.clone())
-    .bind(agent.status.as_str())
-    .bind(agent.identity.clone())
-    .bind(agent.instructions.clone())
-    .bind(agent.prompt_type.as_str())
-    .bind(agent.language.clone())
-    .bind(agent.voice_name.clone())
-    .bind(agent.greeting_type.as_str())
-    .bind(agent.static_greeting.clone())
-    .bind(to_json(&agent.channels))
-    .bind(agent.agent_type.as_str())
-    .bind(agent.server_url.clone())
-    .bind(to_json(&agent.server_headers))
-    .bind(agent.server_secret.clone())
-    .bind(agent.handoff_phone_number.clone())
-    .bind(agent.created_at.timestamp_millis())
-    .bind(agent.updated_at.timestamp_millis())
-    .execute(&mut *tx)
-    .await?;
+    .bind(agent.tenant.clone());
+    bind_settings(insert, agent)
+        .bind(agent.created_at.timestamp_millis())
+        .bind(agent.updated_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
     if let Err(e) = put_assignments(&mut tx, agent).await {
         tx.rollback().await?;
         return Err(e);
@@ -336,27 +346,11 @@ pub(super) async fn update_agent(
          handoff_phone_number = $20, {} WHERE tenant = $1 AND id = $2 AND updated_at = $3",
         bump_updated_at(21)
     );
-    let done = sqlx::query(&sql)
+    let update = sqlx::query(&sql)
         .bind(agent.tenant.clone())
         .bind(agent.id.clone())
-        .bind(expected.timestamp_millis())
-        .bind(agent.name.clone())
-        .bind(agent.kind.as_str())
-        .bind(agent.model.clone())
-        .bind(agent.status.as_str())
-        .bind(agent.identity.clone())
-        .bind(agent.instructions.clone())
-        .bind(agent.prompt_type.as_str())
-        .bind(agent.language.clone())
-        .bind(agent.voice_name.clone())
-        .bind(agent.greeting_type.as_str())
-        .bind(agent.static_greeting.clone())
-        .bind(to_json(&agent.channels))
-        .bind(agent.agent_type.as_str())
-        .bind(agent.server_url.clone())
-        .bind(to_json(&agent.server_headers))
-        .bind(agent.server_secret.clone())
-        .bind(agent.handoff_phone_number.clone())
+        .bind(expected.timestamp_millis());
+    let done = bind_settings(update, agent)
         .bind(now.timestamp_millis())
         .execute(&mut *tx)
         .await?;

@@ -31,18 +31,23 @@ pub async fn provider() -> (FakeRealtime, String) {
 
 /// Creates an active static agent of tenant acme assigned [`AGENT_NUMBER`]; its id.
 pub async fn assign(api: &Api) -> String {
+    create_active(
+        api,
+        json!({
+            "name": "Front desk",
+            "model": "gpt-realtime",
+            "agent_type": "static",
+            "instructions": "Answer the phone.",
+            "phone_number_assignments": [{"phone_number": AGENT_NUMBER}],
+        }),
+    )
+    .await
+}
+
+/// Creates the agent `body` describes and activates it; its id.
+pub async fn create_active(api: &Api, body: serde_json::Value) -> String {
     let (code, created) = api
-        .request(
-            reqwest::Method::POST,
-            "/agents",
-            Some(&json!({
-                "name": "Front desk",
-                "model": "gpt-realtime",
-                "agent_type": "static",
-                "instructions": "Answer the phone.",
-                "phone_number_assignments": [{"phone_number": AGENT_NUMBER}],
-            })),
-        )
+        .request(reqwest::Method::POST, "/agents", Some(&body))
         .await;
     assert_eq!(code, 201, "{created}");
     let id = created["data"]["id"].as_str().expect("id").to_owned();
