@@ -158,10 +158,12 @@ impl Builder {
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
         let script = Arc::new(Mutex::new(Some(self.steps)));
+        let changed = Arc::new(tokio::sync::Notify::new());
         let server = Server {
             flavor: self.flavor,
             api_key: self.api_key,
             log: log.clone(),
+            changed: changed.clone(),
             script,
         };
         let task = tokio::spawn(async move {
@@ -174,6 +176,7 @@ impl Builder {
             flavor: self.flavor,
             url: format!("ws://{addr}{}", self.flavor.path()),
             log,
+            changed,
             task,
         }
     }
@@ -186,6 +189,8 @@ pub struct FakeRealtime {
     /// The endpoint (without the model or key parameter, which clients add).
     pub url: String,
     log: Arc<Mutex<Log>>,
+    /// Notified after every change to the log.
+    changed: Arc<tokio::sync::Notify>,
     task: JoinHandle<()>,
 }
 
@@ -213,13 +218,16 @@ impl FakeRealtime {
     pub async fn wait_until(&self, limit: Duration, f: impl Fn(&Log) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            // Registered before the check, so a change in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             if self.log(&f) {
                 return true;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.log(&f);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -234,6 +242,7 @@ struct Server {
     flavor: Flavor,
     api_key: String,
     log: Arc<Mutex<Log>>,
+    changed: Arc<tokio::sync::Notify>,
     /// Played by the first accepted connection.
     script: Arc<Mutex<Option<Vec<Step>>>>,
 }
@@ -278,10 +287,12 @@ impl Server {
         };
         let accepted = tokio_tungstenite::accept_hdr_async(tcp, check).await;
         self.log.lock().unwrap().handshakes.push(seen);
+        self.changed.notify_waiters();
         let Ok(ws) = accepted else { return };
         let steps = self.script.lock().unwrap().take().unwrap_or_default();
         self.session(ws, steps).await;
         self.log.lock().unwrap().closed = true;
+        self.changed.notify_waiters();
     }
 
     async fn send(&self, ws: &mut Ws, message: &Value) -> bool {
@@ -324,6 +335,7 @@ impl Server {
                             };
                             let _ = ws.close(Some(frame)).await;
                             self.log.lock().unwrap().steps_done = next + 1;
+                            self.changed.notify_waiters();
                             // Drain until the client answers the close.
                             while let Some(Ok(_)) = ws.next().await {}
                             return;
@@ -332,6 +344,7 @@ impl Server {
                 }
                 next += 1;
                 self.log.lock().unwrap().steps_done = next;
+                self.changed.notify_waiters();
             }
             let message = match ws.next().await {
                 Some(Ok(Message::Text(t))) => serde_json::from_str::<Value>(t.as_str()).ok(),
@@ -341,6 +354,7 @@ impl Server {
             };
             let Some(message) = message.filter(Value::is_object) else {
                 self.log.lock().unwrap().garbage += 1;
+                self.changed.notify_waiters();
                 continue;
             };
             let kind = message_kind(self.flavor, &message);
@@ -349,6 +363,7 @@ impl Server {
                 log.input_samples += input_samples(self.flavor, &message);
                 log.messages.push(message);
             }
+            self.changed.notify_waiters();
             // What the real service answers by itself.
             let reply = match (self.flavor, kind.as_str()) {
                 (Flavor::OpenAi, "session.update") => Some(json!({
