@@ -860,8 +860,71 @@ async fn the_hangup_api_ends_the_model_session_too() {
     assert_eq!(list["data"][0]["status"], "completed", "{list}");
 }
 
+/// A media socket for a SIPp party whose SDP points at it: every RTP payload received.
+struct PayloadSink {
+    port: u16,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+    count: tokio::sync::watch::Receiver<usize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PayloadSink {
+    async fn start() -> Self {
+        // An even port, as RTP wants.
+        let sock = loop {
+            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if s.local_addr().unwrap().port() % 2 == 0 {
+                break s;
+            }
+        };
+        let port = sock.local_addr().unwrap().port();
+        let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let (count_tx, count) = tokio::sync::watch::channel(0);
+        let store = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = sock.recv(&mut buf).await {
+                // RTP header (12 bytes, no CSRC or extension from the switch).
+                if let Some(payload) = buf.get(12..n) {
+                    let mut all = store.lock().unwrap();
+                    all.push(payload.to_vec());
+                    count_tx.send_replace(all.len());
+                }
+            }
+        });
+        Self {
+            port,
+            received,
+            count,
+            task,
+        }
+    }
+
+    async fn wait_for(&mut self, n: usize) {
+        let reached =
+            tokio::time::timeout(Duration::from_secs(20), self.count.wait_for(|c| *c >= n))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        assert!(
+            reached,
+            "{n} RTP packets never reached the sink (got {})",
+            *self.count.borrow()
+        );
+    }
+
+    fn finish(self) -> Vec<Vec<u8>> {
+        self.task.abort();
+        std::mem::take(&mut *self.received.lock().unwrap())
+    }
+}
+
+/// The caller's carrier refuses the agent's REFER: the switch dials the hand-off number
+/// itself, through the trunk the dialplan picks for it (a second SIPp), and once that
+/// answers bridges the caller to it in the agent's place; the model hears that the
+/// caller was handed off and its conversation ends. The caller's tone (PCMU) then
+/// reaches the person it was handed to (PCMA), and the caller's BYE ends both legs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_transfer_is_reported_to_the_model() {
+async fn a_refused_refer_falls_back_to_a_bridged_leg() {
     let fake = FakeRealtime::builder(Flavor::OpenAi)
         .step(Trigger::Received("response.create"), {
             let mut a = openai_function_call("call_xfer", "transfer_call", &json!({}));
@@ -870,9 +933,16 @@ async fn a_refused_transfer_is_reported_to_the_model() {
         })
         .spawn()
         .await;
-    let carrier = Sipp::uas("uas_answer_hold.xml");
-    let h = common::transit::start_with(
-        carrier.addr(),
+    // The person the caller is handed to: answers PCMA, its media at our sink.
+    let mut sink = PayloadSink::start().await;
+    let person = Sipp::builder("bridge_uas_pcma_sink.xml")
+        .arg("-key")
+        .arg("sinkport")
+        .arg(&sink.port.to_string())
+        .spawn();
+    // The dialplan sends +1 numbers from the caller's trunk to "carrier": the person.
+    let mut h = common::transit::start_with(
+        person.addr(),
         common::transit::TRANSIT_PLAN,
         &provider_toml("openai", &fake),
         |c| {
@@ -881,25 +951,20 @@ async fn a_refused_transfer_is_reported_to_the_model() {
         },
     )
     .await;
-    common::agent::create_active(&h.api, json!({
+    let agent_id = common::agent::create_active(&h.api, json!({
                 "name": "Desk",
                 "model": "gpt-realtime",
                 "agent_type": "static",
                 "instructions": "Transfer callers.",
                 "greeting_type": "static",
                 "static_greeting": "Hello.",
-                "phone_number_assignments": [{"phone_number": "+14155552671", "handoff_phone_number": "+14155550000"}],
+                "phone_number_assignments": [{"phone_number": "+14155552671", "handoff_phone_number": "+14155550111"}],
             })).await;
-    // The caller's carrier answers the REFER 501; the caller hangs up later.
-    let caller = Sipp::builder(
-        &common::sipp::scenario_dir()
-            .join("uac_rtp_refuse_refer.xml")
-            .display()
-            .to_string(),
-    )
-    .remote(h.switch.sip_udp())
-    .pause_ms(1000)
-    .spawn();
+    let (_dir, scenario) = scenario_with_fixtures("agent_uac_tone_refuse_refer.xml");
+    let caller = Sipp::builder(scenario.to_str().unwrap())
+        .remote(h.switch.sip_udp())
+        .pause_ms(2500)
+        .spawn();
     let told = fake
         .wait_until(Duration::from_secs(20), |l| {
             l.of_kind(Flavor::OpenAi, "conversation.item.create")
@@ -915,10 +980,77 @@ async fn a_refused_transfer_is_reported_to_the_model() {
     let output =
         fake.log(|l| l.of_kind(Flavor::OpenAi, "conversation.item.create"))[0]["item"]["output"]
             .clone();
-    let output = output.as_str().unwrap();
+    let output: Value = serde_json::from_str(output.as_str().unwrap()).unwrap();
+    assert_eq!(output["ok"], true, "{output}");
+    assert_eq!(output["method"], "bridged", "{output}");
+    assert_eq!(output["transferred_to"], "+14155550111", "{output}");
+    // A second of the caller's tone through the bridge.
+    sink.wait_for(50).await;
+    caller
+        .wait()
+        .await
+        .assert_success("caller refusing the REFER");
+    let person = person.wait().await;
+    person.assert_success("the person the caller was handed to");
     assert!(
-        output.contains("error") && output.contains("501"),
-        "{output}"
+        person.messages.contains("INVITE sip:+14155550111@"),
+        "{}",
+        person.messages
     );
-    caller.wait().await.assert_success("caller");
+    // The person sees who is calling: the caller, not the agent's number.
+    assert!(
+        person.messages.contains("From: <sip:+442071838750@"),
+        "{}",
+        person.messages
+    );
+
+    let events = h.events_until("call.completed").await;
+    let transfers: Vec<(String, i64, String)> = events
+        .iter()
+        .filter(|e| e["type"] == "call.transfer")
+        .map(|e| {
+            let d = &e["data"];
+            (
+                d["transfer_state"].as_str().unwrap_or_default().to_owned(),
+                d["sip_code"].as_i64().unwrap_or_default(),
+                d["method"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        transfers,
+        [
+            ("refer_refused".to_owned(), 501, "refer".to_owned()),
+            ("succeeded".to_owned(), 200, "dial".to_owned()),
+        ],
+        "{}",
+        h.switch.logs()
+    );
+    let call = &events.last().unwrap()["data"]["call"];
+    assert_eq!(call["end_reason"], "remote_bye", "{call}");
+    assert_eq!(call["metadata"]["transferred"], true, "{call}");
+    assert_eq!(call["metadata"]["transferred_to"], "+14155550111", "{call}");
+
+    // The caller's 1 kHz tone, transcoded to A-law, is what the person heard.
+    let mut heard = Vec::new();
+    for payload in sink.finish() {
+        let mut pcm = vec![0i16; payload.len()];
+        media::g711::decode_alaw(&payload, &mut pcm);
+        heard.extend_from_slice(&pcm);
+    }
+    assert!(
+        goertzel(&heard, 1000.0, 8000.0) > 50.0 * goertzel(&heard, 440.0, 8000.0),
+        "no 1 kHz tone at the person ({} samples)",
+        heard.len()
+    );
+    // The agent is out of the call: its conversation ended with the hand-off.
+    let (_, list) = h
+        .api
+        .request(
+            reqwest::Method::GET,
+            &format!("/agents/{agent_id}/conversations"),
+            None,
+        )
+        .await;
+    assert_eq!(list["data"][0]["status"], "completed", "{list}");
 }

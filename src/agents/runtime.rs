@@ -48,7 +48,27 @@ pub const END_CALL: &str = "end_call";
 
 /// What the call offers the agent: a transfer of the caller to a number.
 pub trait CallControl: Send + Sync {
-    fn transfer(&self, to: String) -> BoxFuture<'static, Result<(), String>>;
+    fn transfer(&self, to: String) -> BoxFuture<'static, Result<Transferred, String>>;
+}
+
+/// How the caller was transferred.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transferred {
+    /// The caller's side accepted a REFER and calls the number itself; the conversation
+    /// lasts until it hangs up on us.
+    Referred,
+    /// The switch dialled the number and bridged the caller to it: the agent is out of
+    /// the call, and its conversation ends once the model has the result.
+    Bridged,
+}
+
+impl Transferred {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Referred => "refer",
+            Self::Bridged => "bridged",
+        }
+    }
 }
 
 /// Counters of agent sessions, for `/metrics`.
@@ -450,8 +470,15 @@ impl Session {
                     Some(CallInput::Dtmf(_)) => {}
                 },
                 Some((call_id, name, result)) = tool_rx.recv() => {
+                    // Bridged to a person: the agent has nobody left to talk to.
+                    let handed_off = name == TRANSFER_CALL
+                        && result["method"] == Transferred::Bridged.as_str();
                     self.log(MessageRole::ToolResult, None, Some(name.clone()), None, Some(result.clone())).await;
                     session.tool_result(&call_id, &name, result);
+                    if handed_off {
+                        tracing::info!(agent = %agent.id, "caller handed off: the conversation ends");
+                        break Outcome::AgentEnded;
+                    }
                 }
                 event = session.recv() => {
                     let Some(event) = event else {
@@ -541,7 +568,7 @@ impl Session {
                                     tokio::spawn(async move {
                                         let result = match (to, control) {
                                             (Some(to), Some(control)) => match control.transfer(to.clone()).await {
-                                                Ok(()) => json!({"ok": true, "transferred_to": to}),
+                                                Ok(how) => json!({"ok": true, "transferred_to": to, "method": how.as_str()}),
                                                 Err(e) => json!({"error": format!("transfer failed: {e}")}),
                                             },
                                             (None, _) => json!({"error": "no hand-off number is configured"}),

@@ -56,11 +56,15 @@ impl StreamSpec {
     }
 }
 
-/// Transfers an agent's caller through the call task (SIP REFER).
+/// Transfers an agent's caller through the call task (SIP REFER, else a bridged leg).
 struct TaskControl(mpsc::Sender<TaskInput>);
 
 impl crate::agents::runtime::CallControl for TaskControl {
-    fn transfer(&self, to: String) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+    fn transfer(
+        &self,
+        to: String,
+    ) -> futures_util::future::BoxFuture<'static, Result<crate::agents::runtime::Transferred, String>>
+    {
         let tx = self.0.clone();
         Box::pin(async move {
             let (reply, rx) = tokio::sync::oneshot::channel();

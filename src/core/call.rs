@@ -43,6 +43,8 @@ pub enum CallInput {
     StreamEnded,
     /// The call's agent stream failed past its grace period.
     StreamFailed,
+    /// The party the caller was handed to (a second leg bridged in) hung up.
+    HandoffBye,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +90,8 @@ pub enum EndReason {
     StreamEnded,
     /// The agent's stream could not be (re)connected within its grace period.
     StreamFailed,
+    /// The party the caller was handed to (a bridged hand-off leg) hung up.
+    HandoffBye,
 }
 
 impl EndReason {
@@ -107,6 +111,7 @@ impl EndReason {
             Self::SwitchShutdown => "switch_shutdown",
             Self::StreamEnded => "stream_ended",
             Self::StreamFailed => "stream_failed",
+            Self::HandoffBye => "handoff_bye",
         }
     }
 }
@@ -156,6 +161,7 @@ impl Call {
             I::Shutdown => (I::Hangup, EndReason::SwitchShutdown),
             I::StreamEnded => (I::Hangup, EndReason::StreamEnded),
             I::StreamFailed => (I::Hangup, EndReason::StreamFailed),
+            I::HandoffBye => (I::Hangup, EndReason::HandoffBye),
             other => (other, EndReason::Hangup),
         };
         match (self.phase, input) {
@@ -410,6 +416,21 @@ mod tests {
             CallOutput::Status(s) => s.end_reason,
             _ => None,
         })
+    }
+
+    #[test]
+    fn the_hand_off_party_hanging_up_byes_the_caller() {
+        let (c, outs) = run(&[I::StartInbound, I::HandoffBye]);
+        assert!(outs.contains(&CallOutput::Bye), "{outs:?}");
+        assert!(!c.is_done(), "done once our BYE completes");
+        let (c, outs) = run(&[
+            I::StartInbound,
+            I::HandoffBye,
+            I::Terminated { by_remote: false },
+        ]);
+        assert!(c.is_done());
+        assert_eq!(end_reason(&outs), Some(EndReason::HandoffBye));
+        assert_eq!(EndReason::HandoffBye.as_str(), "handoff_bye");
     }
 
     #[test]

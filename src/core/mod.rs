@@ -17,6 +17,7 @@ pub mod auth_guard;
 pub mod call;
 pub mod codecs;
 pub mod dialog;
+mod handoff;
 pub mod inbound;
 mod incoming;
 mod live_media;

@@ -33,10 +33,11 @@ pub enum TaskInput {
         reply: oneshot::Sender<Result<(), &'static str>>,
     },
     /// An AI agent's `transfer_call`: a blind transfer by REFER whose reply waits for the
-    /// far end's answer to the REFER (so the model is told whether it was accepted).
+    /// far end's answer to the REFER; a refused REFER falls back to dialling `target` and
+    /// bridging the caller to it, and the reply waits for that answer.
     AgentTransfer {
         target: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<crate::agents::runtime::Transferred, String>>,
     },
     /// Start an agent stream on the live call; the reply is its `streamSid`, or why not.
     StartStream {
@@ -76,8 +77,9 @@ pub(crate) struct CallTask {
     inbound_offer: Option<sip::ua::Body>,
     /// The place this call holds on its trunk (freed when the task ends).
     _slot: Option<super::trunk::TrunkSlot>,
-    /// Inbound calls: the dialog our 200 creates, stored with `in_progress` so a crash
-    /// still ends the call at the caller with a BYE.
+    /// The far end's dialog (inbound calls: the one our 200 creates), stored with
+    /// `in_progress` so a crash still ends the call with a BYE; kept for a hand-off,
+    /// whose row then names both legs.
     caller_dialog: Option<sip::ua::DialogSnapshot>,
     /// Where the far end's SIP comes from (the caller's source, the trunk's address): its
     /// RTP may come from there as well as from its SDP address; nobody else's latches.
@@ -86,9 +88,18 @@ pub(crate) struct CallTask {
     stream_spec: Option<super::agent_stream::StreamSpec>,
     /// The agent stream running on the call.
     stream: Option<super::agent_stream::AttachedStream>,
-    /// An agent's transfer waiting for the far end's answer to its REFER.
-    agent_transfer: Option<oneshot::Sender<Result<(), String>>>,
+    /// An agent's transfer waiting for the far end's answer to its REFER: the number, and
+    /// where the outcome goes.
+    agent_transfer: Option<(String, TransferReply)>,
+    /// The leg an agent's transfer dialled when the REFER was refused (see `handoff`).
+    handoff: Option<super::handoff::Handoff>,
+    /// The agent stream a hand-off took the caller from: its session ends on its own once
+    /// the model has the result; stopped with the call in case it has not.
+    retired_stream: Option<super::agent_stream::AttachedStream>,
 }
+
+pub(crate) type TransferReply =
+    oneshot::Sender<Result<crate::agents::runtime::Transferred, String>>;
 
 impl CallTask {
     pub(crate) fn new(
@@ -124,6 +135,8 @@ impl CallTask {
             stream_spec: None,
             stream: None,
             agent_transfer: None,
+            handoff: None,
+            retired_stream: None,
         }
     }
 
@@ -164,12 +177,24 @@ impl CallTask {
                     },
                     () = sleep_until(deadline) => self.call.handle_timeout(Instant::now()),
                     () = sleep_until(self.media_check) => self.check_media(Instant::now()),
+                    () = sleep_until(self.handoff.as_ref().and_then(|h| h.poll_timeout())) => {
+                        if let Some(h) = self.handoff.as_mut() {
+                            h.handle_timeout(&self.shared, Instant::now());
+                        }
+                    }
                     Some(digit) = next_from(&mut self.dtmf) => self.on_dtmf(digit).await,
                 }
                 self.drain().await;
             }
-            if let Some(stream) = self.stream.take() {
+            for stream in [self.stream.take(), self.retired_stream.take()]
+                .into_iter()
+                .flatten()
+            {
                 stream.handle.stop();
+            }
+            if let Some(mut handoff) = self.handoff.take() {
+                handoff.hang_up(&self.shared);
+                handoff.close(&self.shared).await;
             }
             self.shared.legs.remove(&self.leg);
             self.shared.calls.remove(&self.record.id);
@@ -213,16 +238,16 @@ impl CallTask {
             TaskInput::AgentTransfer { target, reply } => {
                 if self.answered.is_none() || self.call.is_done() {
                     let _ = reply.send(Err("the call is not answered".to_owned()));
-                } else if self.agent_transfer.is_some() {
+                } else if self.agent_transfer.is_some() || self.handoff.is_some() {
                     let _ = reply.send(Err("a transfer is already under way".to_owned()));
                 } else {
-                    let target = super::transfer::refer_uri(&target, &self.trunk);
-                    tracing::info!(%target, "agent transfer: REFER sent");
+                    let uri = super::transfer::refer_uri(&target, &self.trunk);
+                    tracing::info!(target = %uri, "agent transfer: REFER sent");
                     let _ = self.shared.ua.send(sip::ua::UaCommand::Refer {
                         leg: self.leg,
-                        refer_to: format!("<{target}>"),
+                        refer_to: format!("<{uri}>"),
                     });
-                    self.agent_transfer = Some(reply);
+                    self.agent_transfer = Some((target, reply));
                 }
                 return;
             }
@@ -274,18 +299,30 @@ impl CallTask {
                     None => return,
                 }
             }
+            TaskInput::Sip(ev)
+                if self
+                    .handoff
+                    .as_ref()
+                    .is_some_and(|h| super::handoff::leg_of(&ev) == Some(h.leg)) =>
+            {
+                self.on_handoff_event(ev).await;
+                return;
+            }
             TaskInput::Sip(ev) => match ev {
                 UaEvent::ReferResult { code, .. } => {
-                    self.transfer_event("accepted", code, code < 300).await;
                     if code >= 300 {
                         tracing::warn!(code, "transfer refused by the far end");
                     }
-                    if let Some(reply) = self.agent_transfer.take() {
-                        let _ = reply.send(if code < 300 {
-                            Ok(())
-                        } else {
-                            Err(format!("the far end refused the transfer ({code})"))
-                        });
+                    match self.agent_transfer.take() {
+                        Some((_, reply)) if code < 300 => {
+                            self.transfer_event("accepted", code, true).await;
+                            let _ = reply.send(Ok(crate::agents::runtime::Transferred::Referred));
+                        }
+                        Some((number, reply)) => {
+                            self.transfer_event("refer_refused", code, true).await;
+                            self.dial_handoff(&number, code, reply).await;
+                        }
+                        None => self.transfer_event("accepted", code, code < 300).await,
                     }
                     return;
                 }
@@ -310,6 +347,7 @@ impl CallTask {
                 UaEvent::DialogEstablished { snapshot, .. } => {
                     // Written with the in_progress status that follows at once.
                     Arc::make_mut(&mut self.record).sip_dialog = super::dialog::to_json(&snapshot);
+                    self.caller_dialog = Some(*snapshot);
                     return;
                 }
                 UaEvent::Answered { body, .. } => {
@@ -347,17 +385,117 @@ impl CallTask {
         self.call.handle(now, input);
     }
 
-    /// Progress of a transfer as a `call.transfer` event (best effort, spawned: the run
-    /// loop must not wait on the store here).
+    /// Progress of a transfer by REFER as a `call.transfer` event.
     async fn transfer_event(&self, state: &str, sip_code: u16, ok: bool) {
         let state = if ok { state } else { "failed" };
+        self.transfer_event_by(state, sip_code, "refer").await;
+    }
+
+    /// A `call.transfer` event: `method` is `refer` (the far end was asked to call) or
+    /// `dial` (the switch called the target and bridged it).
+    async fn transfer_event_by(&self, state: &str, sip_code: u16, method: &str) {
         record_event(
             &self.shared,
             &self.record,
             "call.transfer",
-            serde_json::json!({"transfer_state": state, "sip_code": sip_code}),
+            serde_json::json!({"transfer_state": state, "sip_code": sip_code, "method": method}),
         )
         .await;
+    }
+
+    /// The agent's REFER was refused (`refused`): dial `number` and bridge the caller to
+    /// it once it answers (the agent hears the outcome then).
+    async fn dial_handoff(&mut self, number: &str, refused: u16, reply: TransferReply) {
+        // The hand-off presents the person being transferred as the caller.
+        let caller_id = if self.inbound_offer.is_some() {
+            self.record.from.clone()
+        } else {
+            self.record.to.clone()
+        };
+        match super::handoff::Handoff::dial(
+            &self.shared,
+            &self.record,
+            &self.trunk,
+            number,
+            &caller_id,
+            reply,
+        )
+        .await
+        {
+            Ok(handoff) => self.handoff = Some(handoff),
+            Err((reply, why)) => {
+                tracing::warn!(%why, "hand-off: cannot dial the target");
+                let _ = reply.send(Err(format!(
+                    "the far end refused the transfer ({refused}) and the switch cannot dial it: {why}"
+                )));
+                self.transfer_event_by("failed", 503, "dial").await;
+            }
+        }
+    }
+
+    /// An event of the hand-off leg: bridge it once answered, give it up if it fails, end
+    /// the call when the person it reached hangs up.
+    async fn on_handoff_event(&mut self, ev: sip::ua::UaEvent) {
+        use super::handoff::HandoffOutcome;
+        let Some(handoff) = self.handoff.as_mut() else {
+            return;
+        };
+        match handoff.on_event(&self.shared, ev) {
+            HandoffOutcome::Nothing => {}
+            HandoffOutcome::Answered => self.bridge_handoff().await,
+            HandoffOutcome::Failed { code } => {
+                if let Some(mut handoff) = self.handoff.take() {
+                    tracing::warn!(code, target = %handoff.number, "hand-off target did not answer; the agent goes on");
+                    handoff.reply(Err(format!(
+                        "the far end refused the transfer and {} did not answer ({code})",
+                        handoff.number
+                    )));
+                    handoff.close(&self.shared).await;
+                }
+                self.transfer_event_by("failed", code, "dial").await;
+            }
+            HandoffOutcome::Ended => {
+                tracing::info!("the hand-off target hung up");
+                self.call.handle(Instant::now(), CallInput::HandoffBye);
+            }
+        }
+    }
+
+    /// The hand-off target answered: the agent steps out and the caller hears the target.
+    async fn bridge_handoff(&mut self) {
+        let (Some(handoff), Some(endpoint)) = (self.handoff.as_mut(), self.endpoint.as_mut())
+        else {
+            return;
+        };
+        // The agent's audio paths make way for the bridge's.
+        endpoint.stop_listening();
+        endpoint.stop_playing();
+        match handoff.bridge(endpoint) {
+            Ok(()) => {
+                handoff.reply(Ok(crate::agents::runtime::Transferred::Bridged));
+                // Its end must not end the call: it is no longer the call's stream.
+                self.retired_stream = self.stream.take();
+                let number = handoff.number.clone();
+                let dialogs = super::handoff::dialogs_json(
+                    self.caller_dialog.as_ref(),
+                    handoff.dialog.as_ref(),
+                );
+                super::handoff::mark_transferred(&mut self.record, &number);
+                Arc::make_mut(&mut self.record).sip_dialog = dialogs;
+                tracing::info!(target = %number, "hand-off done: the caller is bridged");
+                // Written with the event: a crash from here on BYEs both parties.
+                self.transfer_event_by("succeeded", 200, "dial").await;
+            }
+            Err(why) => {
+                tracing::warn!(%why, "hand-off: cannot bridge; hanging the target up");
+                handoff.reply(Err(format!("cannot bridge the caller: {why}")));
+                handoff.hang_up(&self.shared);
+                if let Some(handoff) = self.handoff.take() {
+                    handoff.close(&self.shared).await;
+                }
+                self.call.handle(Instant::now(), CallInput::StreamFailed);
+            }
+        }
     }
 
     /// A digit is a fact about the call, not a status: an outbox event of its own.
@@ -551,8 +689,8 @@ impl CallTask {
                 let codecs = super::codecs::preferring(&local.codecs, params.codec);
                 self.offer = Some(super::codecs::with_codecs(local, &codecs));
                 // Written with the in_progress status that follows at once.
-                if let Some(d) = self.caller_dialog.take() {
-                    Arc::make_mut(&mut self.record).sip_dialog = super::dialog::to_json(&d);
+                if let Some(d) = &self.caller_dialog {
+                    Arc::make_mut(&mut self.record).sip_dialog = super::dialog::to_json(d);
                 }
                 self.send_sip(sip::ua::UaCommand::Answer {
                     leg: self.leg,

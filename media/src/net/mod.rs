@@ -11,6 +11,7 @@ pub mod bridge;
 mod endpoint;
 pub mod kernel;
 pub mod listen;
+pub mod pipe;
 mod pool;
 pub mod recording;
 

@@ -323,6 +323,18 @@ impl Task {
     ) -> End {
         loop {
             tokio::select! {
+                // A tool result sent just before the session is closed (a caller handed
+                // off) still reaches the model: control goes first.
+                biased;
+                command = self.control.recv() => {
+                    match command {
+                        Some(Control::ToolResult { call_id, name, output }) => {
+                            protocol.handle_tool_result(&call_id, &name, &output);
+                        }
+                        Some(Control::Truncate { heard_ms }) => protocol.handle_truncate(heard_ms),
+                        None => return End::Quiet,
+                    }
+                }
                 () = self.stop.cancelled() => return End::Quiet,
                 message = stream.next() => {
                     match message {
@@ -355,15 +367,6 @@ impl Task {
                     let Some(pcm) = frame else { return End::Quiet };
                     protocol.handle_audio(&pcm);
                     SessionStats::bump(&self.stats.input_sent);
-                }
-                command = self.control.recv() => {
-                    match command {
-                        Some(Control::ToolResult { call_id, name, output }) => {
-                            protocol.handle_tool_result(&call_id, &name, &output);
-                        }
-                        Some(Control::Truncate { heard_ms }) => protocol.handle_truncate(heard_ms),
-                        None => return End::Quiet,
-                    }
                 }
             }
             // Setup acknowledgements queue frames too (Gemini's greeting).
