@@ -923,8 +923,10 @@ impl PayloadSink {
 /// answers bridges the caller to it in the agent's place; the model hears that the
 /// caller was handed off and its conversation ends. The caller's tone (PCMU) then
 /// reaches the person it was handed to (PCMA), and the caller's BYE ends both legs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_refer_falls_back_to_a_bridged_leg() {
+/// A switch whose dialplan sends +1 numbers from the caller's trunk to `person` (trunk
+/// "carrier"), with an agent on +14155552671 whose model calls `transfer_call` at once
+/// (hand-off number +14155550111).
+async fn transferring_agent(person: &Sipp) -> (FakeRealtime, common::transit::Inbound, String) {
     let fake = FakeRealtime::builder(Flavor::OpenAi)
         .step(Trigger::Received("response.create"), {
             let mut a = openai_function_call("call_xfer", "transfer_call", &json!({}));
@@ -933,15 +935,7 @@ async fn a_refused_refer_falls_back_to_a_bridged_leg() {
         })
         .spawn()
         .await;
-    // The person the caller is handed to: answers PCMA, its media at our sink.
-    let mut sink = PayloadSink::start().await;
-    let person = Sipp::builder("bridge_uas_pcma_sink.xml")
-        .arg("-key")
-        .arg("sinkport")
-        .arg(&sink.port.to_string())
-        .spawn();
-    // The dialplan sends +1 numbers from the caller's trunk to "carrier": the person.
-    let mut h = common::transit::start_with(
+    let h = common::transit::start_with(
         person.addr(),
         common::transit::TRANSIT_PLAN,
         &provider_toml("openai", &fake),
@@ -960,11 +954,11 @@ async fn a_refused_refer_falls_back_to_a_bridged_leg() {
                 "static_greeting": "Hello.",
                 "phone_number_assignments": [{"phone_number": "+14155552671", "handoff_phone_number": "+14155550111"}],
             })).await;
-    let (_dir, scenario) = scenario_with_fixtures("agent_uac_tone_refuse_refer.xml");
-    let caller = Sipp::builder(scenario.to_str().unwrap())
-        .remote(h.switch.sip_udp())
-        .pause_ms(2500)
-        .spawn();
+    (fake, h, agent_id)
+}
+
+/// What the model was told of its `transfer_call` (waits for it).
+async fn transfer_outcome(fake: &FakeRealtime, logs: impl Fn() -> String) -> Value {
     let told = fake
         .wait_until(Duration::from_secs(20), |l| {
             l.of_kind(Flavor::OpenAi, "conversation.item.create")
@@ -975,12 +969,41 @@ async fn a_refused_refer_falls_back_to_a_bridged_leg() {
     assert!(
         told,
         "the model was not told the transfer's outcome\n{}",
-        h.switch.logs()
+        logs()
     );
     let output =
         fake.log(|l| l.of_kind(Flavor::OpenAi, "conversation.item.create"))[0]["item"]["output"]
             .clone();
-    let output: Value = serde_json::from_str(output.as_str().unwrap()).unwrap();
+    serde_json::from_str(output.as_str().unwrap()).unwrap()
+}
+
+/// Linear samples of RTP payloads in `law` (`decode_alaw` or `decode_ulaw`).
+fn decoded(payloads: Vec<Vec<u8>>, law: fn(&[u8], &mut [i16]) -> usize) -> Vec<i16> {
+    let mut pcm = Vec::new();
+    for payload in payloads {
+        let mut frame = vec![0i16; payload.len()];
+        let n = law(&payload, &mut frame);
+        pcm.extend_from_slice(&frame[..n]);
+    }
+    pcm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_refer_falls_back_to_a_bridged_leg() {
+    // The person the caller is handed to: answers PCMA, its media at our sink.
+    let mut sink = PayloadSink::start().await;
+    let person = Sipp::builder("bridge_uas_pcma_sink.xml")
+        .arg("-key")
+        .arg("sinkport")
+        .arg(&sink.port.to_string())
+        .spawn();
+    let (fake, mut h, agent_id) = transferring_agent(&person).await;
+    let (_dir, scenario) = scenario_with_fixtures("agent_uac_tone_refuse_refer.xml");
+    let caller = Sipp::builder(scenario.to_str().unwrap())
+        .remote(h.switch.sip_udp())
+        .pause_ms(2500)
+        .spawn();
+    let output = transfer_outcome(&fake, || h.switch.logs()).await;
     assert_eq!(output["ok"], true, "{output}");
     assert_eq!(output["method"], "bridged", "{output}");
     assert_eq!(output["transferred_to"], "+14155550111", "{output}");
@@ -1032,12 +1055,7 @@ async fn a_refused_refer_falls_back_to_a_bridged_leg() {
     assert_eq!(call["metadata"]["transferred_to"], "+14155550111", "{call}");
 
     // The caller's 1 kHz tone, transcoded to A-law, is what the person heard.
-    let mut heard = Vec::new();
-    for payload in sink.finish() {
-        let mut pcm = vec![0i16; payload.len()];
-        media::g711::decode_alaw(&payload, &mut pcm);
-        heard.extend_from_slice(&pcm);
-    }
+    let heard = decoded(sink.finish(), media::g711::decode_alaw);
     assert!(
         goertzel(&heard, 1000.0, 8000.0) > 50.0 * goertzel(&heard, 440.0, 8000.0),
         "no 1 kHz tone at the person ({} samples)",
@@ -1053,4 +1071,45 @@ async fn a_refused_refer_falls_back_to_a_bridged_leg() {
         )
         .await;
     assert_eq!(list["data"][0]["status"], "completed", "{list}");
+}
+
+/// The person the caller was handed to hangs up: the switch hangs the caller up too
+/// (`end_reason` `handoff_bye`). Before that, the person's tone (PCMU) reached the
+/// caller through the bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hand_off_party_hanging_up_ends_the_call() {
+    let (_dir, scenario) = scenario_with_fixtures("agent_uas_tone_bye.xml");
+    let person = Sipp::builder(scenario.to_str().unwrap())
+        .pause_ms(1500)
+        .spawn();
+    let (fake, mut h, _) = transferring_agent(&person).await;
+    let mut sink = PayloadSink::start().await;
+    let caller = Sipp::builder("agent_uac_sink_refuse_refer.xml")
+        .remote(h.switch.sip_udp())
+        .arg("-key")
+        .arg("sinkport")
+        .arg(&sink.port.to_string())
+        .spawn();
+    let output = transfer_outcome(&fake, || h.switch.logs()).await;
+    assert_eq!(output["method"], "bridged", "{output}");
+    sink.wait_for(50).await;
+    person.wait().await.assert_success("the person hanging up");
+    caller
+        .wait()
+        .await
+        .assert_success("the caller, hung up by the switch");
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().unwrap()["data"]["call"];
+    assert_eq!(
+        call["end_reason"],
+        "handoff_bye",
+        "{call}\n{}",
+        h.switch.logs()
+    );
+    let heard = decoded(sink.finish(), media::g711::decode_ulaw);
+    assert!(
+        goertzel(&heard, 1000.0, 8000.0) > 50.0 * goertzel(&heard, 440.0, 8000.0),
+        "no 1 kHz tone at the caller ({} samples)",
+        heard.len()
+    );
 }
