@@ -360,15 +360,7 @@ async fn an_openai_agent_greets_calls_a_tool_is_interrupted_and_hangs_up() {
     );
 
     // The conversation, with its transcript.
-    let (code, list) = h
-        .api
-        .request(
-            reqwest::Method::GET,
-            &format!("/agents/{agent_id}/conversations"),
-            None,
-        )
-        .await;
-    assert_eq!(code, 200, "{list}");
+    let list = conversations(&h.api, &agent_id).await;
     let conv = &list["data"][0];
     assert_eq!(conv["channel"], "voice", "{conv}");
     assert_eq!(conv["status"], "completed", "{conv}");
@@ -504,14 +496,7 @@ async fn a_number_assigned_to_a_gemini_agent_answers_inbound_calls() {
         "no 1 kHz tone at the provider"
     );
     // The conversation: the caller is the contact.
-    let (_, list) = h
-        .api
-        .request(
-            reqwest::Method::GET,
-            &format!("/agents/{agent_id}/conversations"),
-            None,
-        )
-        .await;
+    let list = conversations(&h.api, &agent_id).await;
     assert_eq!(list["data"][0]["contact"], "+442071838750", "{list}");
     assert_eq!(list["data"][0]["status"], "completed", "{list}");
 }
@@ -849,14 +834,7 @@ async fn the_hangup_api_ends_the_model_session_too() {
     far.wait().await.assert_success("far end");
     let closed = fake.wait_until(Duration::from_secs(10), |l| l.closed).await;
     assert!(closed, "the provider session outlived the call");
-    let (_, list) = h
-        .api
-        .request(
-            reqwest::Method::GET,
-            &format!("/agents/{agent_id}/conversations"),
-            None,
-        )
-        .await;
+    let list = conversations(&h.api, &agent_id).await;
     assert_eq!(list["data"][0]["status"], "completed", "{list}");
 }
 
@@ -977,6 +955,19 @@ async fn transfer_outcome(fake: &FakeRealtime, logs: impl Fn() -> String) -> Val
     serde_json::from_str(output.as_str().unwrap()).unwrap()
 }
 
+/// `GET /agents/{id}/conversations`.
+async fn conversations(api: &common::api::Api, agent_id: &str) -> Value {
+    let (status, list) = api
+        .request(
+            reqwest::Method::GET,
+            &format!("/agents/{agent_id}/conversations"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list
+}
+
 /// Linear samples of RTP payloads in `law` (`decode_alaw` or `decode_ulaw`).
 fn decoded(payloads: Vec<Vec<u8>>, law: fn(&[u8], &mut [i16]) -> usize) -> Vec<i16> {
     let mut pcm = Vec::new();
@@ -1062,14 +1053,7 @@ async fn a_refused_refer_falls_back_to_a_bridged_leg() {
         heard.len()
     );
     // The agent is out of the call: its conversation ended with the hand-off.
-    let (_, list) = h
-        .api
-        .request(
-            reqwest::Method::GET,
-            &format!("/agents/{agent_id}/conversations"),
-            None,
-        )
-        .await;
+    let list = conversations(&h.api, &agent_id).await;
     assert_eq!(list["data"][0]["status"], "completed", "{list}");
 }
 

@@ -288,26 +288,6 @@ impl Handoff {
     }
 }
 
-/// The leg a SIP event is about (the events a hand-off leg can have).
-pub(crate) fn leg_of(ev: &sip::ua::UaEvent) -> Option<sip::ua::LegRef> {
-    use sip::ua::UaEvent;
-    match ev {
-        UaEvent::Progress { leg, .. }
-        | UaEvent::Answered { leg, .. }
-        | UaEvent::Failed { leg, .. }
-        | UaEvent::Terminated { leg, .. }
-        | UaEvent::Cancelled { leg }
-        | UaEvent::DialogEstablished { leg, .. }
-        | UaEvent::Reoffer { leg, .. }
-        | UaEvent::ReinviteResult { leg, .. }
-        | UaEvent::SessionExpired { leg }
-        | UaEvent::Refer { leg, .. }
-        | UaEvent::ReferResult { leg, .. }
-        | UaEvent::ReferNotify { leg, .. } => Some(*leg),
-        _ => None,
-    }
-}
-
 /// The trunk and the number as the dialplan routes `number` from `call_trunk` (as if a
 /// call to it came in there), else `call_trunk` with the number as given.
 fn route(shared: &Shared, call_trunk: &Trunk, caller_id: &str, number: &str) -> (Trunk, String) {

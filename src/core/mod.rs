@@ -578,18 +578,6 @@ fn route_ua_event(shared: &Shared, event: sip::ua::UaEvent) {
             incoming::on_incoming(shared, event);
             return;
         }
-        UaEvent::Progress { leg, .. }
-        | UaEvent::Answered { leg, .. }
-        | UaEvent::Failed { leg, .. }
-        | UaEvent::Terminated { leg, .. }
-        | UaEvent::Cancelled { leg }
-        | UaEvent::DialogEstablished { leg, .. }
-        | UaEvent::Reoffer { leg, .. }
-        | UaEvent::SessionExpired { leg }
-        | UaEvent::Refer { leg, .. }
-        | UaEvent::ReferResult { leg, .. }
-        | UaEvent::ReferNotify { leg, .. }
-        | UaEvent::ReinviteResult { leg, .. } => *leg,
         UaEvent::Registration { .. } | UaEvent::Pong { .. } => {
             trunk_watch::on_event(shared, event);
             return;
@@ -602,6 +590,10 @@ fn route_ua_event(shared: &Shared, event: sip::ua::UaEvent) {
             masked::on_message_result(shared, *msg, *code, reason.clone());
             return;
         }
+        other => match other.leg() {
+            Some(leg) => leg,
+            None => return,
+        },
     };
     match shared.legs.get(&leg) {
         Some(tx) => {

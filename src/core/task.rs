@@ -303,7 +303,7 @@ impl CallTask {
                 if self
                     .handoff
                     .as_ref()
-                    .is_some_and(|h| super::handoff::leg_of(&ev) == Some(h.leg)) =>
+                    .is_some_and(|h| ev.leg() == Some(h.leg)) =>
             {
                 self.on_handoff_event(ev).await;
                 return;

@@ -383,6 +383,28 @@ pub enum UaEvent {
     },
 }
 
+impl UaEvent {
+    /// The call leg the event is about; `None` for registrations, probes and messages.
+    pub fn leg(&self) -> Option<LegRef> {
+        match self {
+            Self::Progress { leg, .. }
+            | Self::Answered { leg, .. }
+            | Self::Failed { leg, .. }
+            | Self::Terminated { leg, .. }
+            | Self::Cancelled { leg }
+            | Self::DialogEstablished { leg, .. }
+            | Self::Incoming { leg, .. }
+            | Self::Reoffer { leg, .. }
+            | Self::ReinviteResult { leg, .. }
+            | Self::SessionExpired { leg }
+            | Self::Refer { leg, .. }
+            | Self::ReferResult { leg, .. }
+            | Self::ReferNotify { leg, .. } => Some(*leg),
+            _ => None,
+        }
+    }
+}
+
 /// What another process needs to send a BYE in a confirmed UAC dialog (RFC 3261
 /// §12.2.1.1): the dialog itself and where its requests go.
 #[derive(Clone, Debug, PartialEq, Eq)]
