@@ -446,3 +446,97 @@ async fn close_ends_quietly_and_audio_before_ready_is_not_lost_on_openai() {
     assert!(fake.wait_until(GUARD, |l| l.closed).await);
     assert!(!session.send_audio(vec![0; 480]));
 }
+
+/// Runs a Gemini session whose first connection gives a resumption handle and then ends
+/// with `ending` (after the greeting is asked for); returns once the fake has seen caller
+/// audio on a second connection, whose `setup` is returned with the session's events.
+async fn resumed_gemini_session(ending: Vec<Action>) -> (Value, Vec<ProviderEvent>, FakeRealtime) {
+    let mut actions = vec![Action::Send(json!({
+        "sessionResumptionUpdate": { "newHandle": "handle-7", "resumable": true }
+    }))];
+    actions.extend(ending);
+    let fake = FakeRealtime::builder(Flavor::Gemini)
+        .api_key("AIza-test")
+        .step(Trigger::Received("realtimeInput.text"), actions)
+        .spawn()
+        .await;
+    let mut session = spawn(
+        config(&fake.url, "AIza-test"),
+        setup("gemini-live-2.5-flash-preview"),
+        Arc::new(DirectConnector),
+    );
+    // Caller audio on the second connection: after its `setup`.
+    let resumed = |l: &fake_realtime::Log| {
+        let kinds = l.kinds(Flavor::Gemini);
+        kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| *k == "setup")
+            .nth(1)
+            .is_some_and(|(at, _)| kinds[at..].iter().any(|k| k == "realtimeInput.audio"))
+    };
+    let mut events = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !fake.log(resumed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            fake.log(|l| l.kinds(Flavor::Gemini))
+        );
+        tokio::select! {
+            _ = tick.tick() => { session.send_audio(vec![0; 320]); }
+            event = session.recv() => events.push(event.expect("the session ended")),
+        }
+    }
+    session.close();
+    let setups = fake.log(|l| l.of_kind(Flavor::Gemini, "setup"));
+    assert_eq!(setups.len(), 2, "{setups:?}");
+    assert_eq!(setups[0]["setup"]["sessionResumption"], json!({}));
+    (setups[1].clone(), events, fake)
+}
+
+#[tokio::test]
+async fn gemini_go_away_resumes_the_session_on_a_new_connection() {
+    let (second, events, fake) = resumed_gemini_session(vec![Action::Send(
+        json!({ "goAway": { "timeLeft": "30s" } }),
+    )])
+    .await;
+    assert_eq!(
+        second["setup"]["sessionResumption"],
+        json!({ "handle": "handle-7" })
+    );
+    assert_eq!(
+        second["setup"]["model"],
+        "models/gemini-live-2.5-flash-preview"
+    );
+    // No error reached the call; the greeting was asked for once.
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ProviderEvent::Error { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        fake.log(|l| l.of_kind(Flavor::Gemini, "realtimeInput.text"))
+            .len(),
+        1
+    );
+    assert_eq!(fake.log(|l| l.handshakes.len()), 2);
+}
+
+#[tokio::test]
+async fn a_dropped_gemini_connection_is_resumed_with_the_last_handle() {
+    let (second, events, _fake) =
+        resumed_gemini_session(vec![Action::Close(1011, "internal error")]).await;
+    assert_eq!(
+        second["setup"]["sessionResumption"],
+        json!({ "handle": "handle-7" })
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ProviderEvent::Error { fatal: true, .. })),
+        "{events:?}"
+    );
+}

@@ -227,7 +227,13 @@ enum End {
     /// Closed by us, or the call went away: no report.
     Quiet,
     Failed(String),
+    /// The provider announced this connection's end; the session goes on over a new one.
+    Reconnect,
 }
+
+/// Connections in a row that may drop unannounced and be resumed before the session is
+/// given up (an announced end, `goAway`, does not count).
+const MAX_DROPS_RESUMED: u32 = 3;
 
 struct Task {
     kind: ProviderKind,
@@ -245,7 +251,10 @@ impl Task {
     async fn run(mut self) {
         let end = self.session().await;
         match end {
-            End::Quiet => tracing::debug!(provider = ?self.kind, "provider session closed"),
+            // `session` resumes on `Reconnect` itself: it never ends with one.
+            End::Quiet | End::Reconnect => {
+                tracing::debug!(provider = ?self.kind, "provider session closed");
+            }
             End::Failed(message) => {
                 tracing::info!(provider = ?self.kind, %message, "provider session ended");
                 // The last event: wait for room, unless the call has gone.
@@ -295,24 +304,43 @@ impl Task {
     }
 
     async fn session(&mut self) -> End {
-        let ws = tokio::select! {
-            () = self.stop.cancelled() => return End::Quiet,
-            result = self.connect() => match result {
-                Ok(ws) => ws,
-                Err(e) => return End::Failed(e),
-            },
-        };
-        let (mut sink, mut stream) = ws.split();
         let mut protocol = self.kind.protocol();
-        protocol.handle_setup(&self.setup);
-        if let Err(e) = flush(protocol.as_mut(), &mut sink).await {
-            return End::Failed(e);
-        }
-        let end = self.pump(protocol.as_mut(), &mut sink, &mut stream).await;
-        if matches!(end, End::Quiet) {
+        let mut resuming = false;
+        let mut drops = 0;
+        loop {
+            let ws = tokio::select! {
+                () = self.stop.cancelled() => return End::Quiet,
+                result = self.connect() => match result {
+                    Ok(ws) => ws,
+                    Err(e) => return End::Failed(e),
+                },
+            };
+            let (mut sink, mut stream) = ws.split();
+            if resuming {
+                protocol.handle_resume();
+            } else {
+                protocol.handle_setup(&self.setup);
+            }
+            let end = match flush(protocol.as_mut(), &mut sink).await {
+                Ok(()) => self.pump(protocol.as_mut(), &mut sink, &mut stream).await,
+                Err(e) => End::Failed(e),
+            };
+            match end {
+                End::Reconnect => drops = 0,
+                End::Failed(e) if protocol.can_resume() && drops < MAX_DROPS_RESUMED => {
+                    drops += 1;
+                    tracing::info!(provider = ?self.kind, error = %e, "provider connection lost: resuming the session");
+                }
+                End::Quiet => {
+                    let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
+                    return End::Quiet;
+                }
+                End::Failed(e) => return End::Failed(e),
+            }
+            // The old connection is left behind: closed politely, not waited on long.
             let _ = timeout(CLOSE_TIMEOUT, sink.close()).await;
+            resuming = true;
         }
-        end
     }
 
     async fn pump(
@@ -361,6 +389,9 @@ impl Task {
                     }
                     if !self.deliver(protocol).await {
                         return End::Quiet;
+                    }
+                    if protocol.take_reconnect() {
+                        return End::Reconnect;
                     }
                 }
                 frame = self.audio.recv() => {

@@ -31,9 +31,14 @@
 //!   (`is_final: false`); the whole utterance is reported final when the transcription
 //!   says `finished`, when the turn completes or is interrupted, and (for the caller) when
 //!   the model starts answering.
-//! - `goAway` (the server will close in `timeLeft`, ~10 min connection limit) is a
-//!   non-fatal [`ProviderEvent::Error`]; the close that follows is fatal. Session
-//!   resumption is not implemented.
+//! - Session resumption: every `setup` asks for it (`sessionResumption: {}`), and the
+//!   server's `sessionResumptionUpdate`s give the latest `newHandle` while `resumable`.
+//!   On `goAway` (the server will close in `timeLeft`: connections last about ten
+//!   minutes) the driver opens a new connection at once and its `setup` carries
+//!   `sessionResumption.handle`, so a long call keeps its conversation; a connection that
+//!   drops unannounced is resumed the same way. The greeting is not asked for again.
+//!   Without a handle, `goAway` is a non-fatal [`ProviderEvent::Error`] and the close
+//!   that follows is fatal.
 
 use std::collections::VecDeque;
 
@@ -66,6 +71,12 @@ pub struct GeminiLive {
     assistant_text: String,
     /// Caller audio dropped because the setup was not acknowledged yet (samples).
     dropped_before_ready: u64,
+    /// The `setup` message, sent again (with a handle) to resume on a new connection.
+    setup: Option<Value>,
+    /// The latest handle the server said the session can be resumed from.
+    resume_handle: Option<String>,
+    /// `goAway` arrived and the session can be resumed: reconnect.
+    reconnect: bool,
 }
 
 impl GeminiLive {
@@ -193,7 +204,26 @@ impl GeminiLive {
                 .collect();
             self.emit(ProviderEvent::ToolCallsCancelled { call_ids });
         }
-        if let Some(go_away) = message.get("goAway") {
+        if let Some(update) = message.get("sessionResumptionUpdate") {
+            let handle = update.get("newHandle").and_then(Value::as_str);
+            let resumable = update.get("resumable").and_then(Value::as_bool) == Some(true);
+            if let (true, Some(handle)) = (resumable, handle.filter(|h| !h.is_empty())) {
+                self.resume_handle = Some(handle.to_owned());
+            }
+        }
+        if let Some(go_away) = message.get("goAway")
+            && self.resume_handle.is_some()
+        {
+            self.reconnect = true;
+            let left = go_away
+                .get("timeLeft")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            tracing::info!(
+                time_left = left,
+                "Gemini goAway: resuming on a new connection"
+            );
+        } else if let Some(go_away) = message.get("goAway") {
             let left = go_away
                 .get("timeLeft")
                 .and_then(Value::as_str)
@@ -287,7 +317,10 @@ impl Protocol for GeminiLive {
     }
 
     fn handle_setup(&mut self, setup: &SessionSetup) {
-        self.send(Self::setup_message(setup));
+        let mut message = Self::setup_message(setup);
+        message["setup"]["sessionResumption"] = json!({});
+        self.send(message.clone());
+        self.setup = Some(message);
         self.pending_greeting = setup.greeting.clone().filter(|g| !g.trim().is_empty());
     }
 
@@ -340,6 +373,28 @@ impl Protocol for GeminiLive {
 
     fn poll_event(&mut self) -> Option<ProviderEvent> {
         self.events.pop_front()
+    }
+
+    fn take_reconnect(&mut self) -> bool {
+        std::mem::take(&mut self.reconnect)
+    }
+
+    fn can_resume(&self) -> bool {
+        self.resume_handle.is_some() && self.setup.is_some()
+    }
+
+    fn handle_resume(&mut self) {
+        let (Some(mut message), Some(handle)) = (self.setup.clone(), self.resume_handle.clone())
+        else {
+            return;
+        };
+        message["setup"]["sessionResumption"] = json!({ "handle": handle });
+        // Until the new connection's `setupComplete`, audio is dropped as at the start;
+        // what the old one had half-said is reported as it stands.
+        self.ready = false;
+        self.flush_user();
+        self.flush_assistant();
+        self.send(message);
     }
 }
 
@@ -454,6 +509,7 @@ mod tests {
                     "systemInstruction": { "parts": [{ "text": "You answer the phone for Acme." }] },
                     "inputAudioTranscription": {},
                     "outputAudioTranscription": {},
+                    "sessionResumption": {},
                     "tools": [{
                         "functionDeclarations": [{
                             "name": "get_weather",
@@ -635,6 +691,56 @@ mod tests {
                 json!({ "toolResponse": { "functionResponses": [{ "id": "x", "name": "hang_up", "response": { "output": "ok" } }] } }),
             ]
         );
+    }
+
+    #[test]
+    fn go_away_with_a_handle_resumes_on_a_new_connection() {
+        let mut p = GeminiLive::new();
+        p.handle_setup(&setup());
+        drain_out(&mut p);
+        feed(&mut p, json!({ "setupComplete": {} }));
+        assert_eq!(drain_out(&mut p).len(), 1, "the greeting");
+        assert!(!p.can_resume());
+        // Not resumable at this point (e.g. a tool call runs): no handle kept.
+        feed(
+            &mut p,
+            json!({ "sessionResumptionUpdate": { "newHandle": "", "resumable": false } }),
+        );
+        assert!(!p.can_resume());
+        feed(
+            &mut p,
+            json!({ "sessionResumptionUpdate": { "newHandle": "h-2", "resumable": true } }),
+        );
+        assert!(p.can_resume());
+        // goAway with a handle: no error, a reconnect (asked once).
+        assert_eq!(
+            feed(&mut p, json!({ "goAway": { "timeLeft": "50s" } })),
+            vec![]
+        );
+        assert!(p.take_reconnect());
+        assert!(!p.take_reconnect());
+        p.handle_resume();
+        let out = drain_out(&mut p);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            out[0]["setup"]["sessionResumption"],
+            json!({ "handle": "h-2" })
+        );
+        assert_eq!(out[0]["setup"]["model"], setup_model());
+        // Audio waits for the new setupComplete; the greeting is not asked for again.
+        p.handle_audio(&[0; 320]);
+        assert!(drain_out(&mut p).is_empty());
+        assert_eq!(
+            feed(&mut p, json!({ "setupComplete": {} })),
+            vec![ProviderEvent::Ready]
+        );
+        assert!(drain_out(&mut p).is_empty());
+        p.handle_audio(&[0; 320]);
+        assert_eq!(drain_out(&mut p).len(), 1);
+    }
+
+    fn setup_model() -> Value {
+        json!("models/gemini-2.5-flash-native-audio-preview-12-2025")
     }
 
     #[test]

@@ -152,6 +152,18 @@ pub trait Protocol: Send + fmt::Debug {
     fn handle_message(&mut self, message: Incoming<'_>);
     fn poll_outgoing(&mut self) -> Option<Outgoing>;
     fn poll_event(&mut self) -> Option<ProviderEvent>;
+    /// The provider announced the end of this connection and the session can go on over
+    /// a new one: the driver reconnects and calls [`Protocol::handle_resume`]. True once
+    /// per announcement.
+    fn take_reconnect(&mut self) -> bool {
+        false
+    }
+    /// Whether a dropped connection can be resumed on a new one.
+    fn can_resume(&self) -> bool {
+        false
+    }
+    /// The first thing sent on a connection that resumes the session.
+    fn handle_resume(&mut self) {}
 }
 
 /// Which provider runs a model.
