@@ -904,7 +904,10 @@ impl PayloadSink {
 /// A switch whose dialplan sends +1 numbers from the caller's trunk to `person` (trunk
 /// "carrier"), with an agent on +14155552671 whose model calls `transfer_call` at once
 /// (hand-off number +14155550111).
-async fn transferring_agent(person: &Sipp) -> (FakeRealtime, common::transit::Inbound, String) {
+async fn transferring_agent(
+    person: &Sipp,
+    rtp_base: u16,
+) -> (FakeRealtime, common::transit::Inbound, String) {
     let fake = FakeRealtime::builder(Flavor::OpenAi)
         .step(Trigger::Received("response.create"), {
             let mut a = openai_function_call("call_xfer", "transfer_call", &json!({}));
@@ -918,7 +921,7 @@ async fn transferring_agent(person: &Sipp) -> (FakeRealtime, common::transit::In
         common::transit::TRANSIT_PLAN,
         &provider_toml("openai", &fake),
         |c| {
-            c.rtp_ports(37300, 37399)
+            c.rtp_ports(rtp_base, rtp_base + 99)
                 .numbers(&["+12025551234", "+14155552671"])
         },
     )
@@ -988,7 +991,7 @@ async fn a_refused_refer_falls_back_to_a_bridged_leg() {
         .arg("sinkport")
         .arg(&sink.port.to_string())
         .spawn();
-    let (fake, mut h, agent_id) = transferring_agent(&person).await;
+    let (fake, mut h, agent_id) = transferring_agent(&person, 37300).await;
     let (_dir, scenario) = scenario_with_fixtures("agent_uac_tone_refuse_refer.xml");
     let caller = Sipp::builder(scenario.to_str().unwrap())
         .remote(h.switch.sip_udp())
@@ -1066,7 +1069,7 @@ async fn the_hand_off_party_hanging_up_ends_the_call() {
     let person = Sipp::builder(scenario.to_str().unwrap())
         .pause_ms(1500)
         .spawn();
-    let (fake, mut h, _) = transferring_agent(&person).await;
+    let (fake, mut h, _) = transferring_agent(&person, 37400).await;
     let mut sink = PayloadSink::start().await;
     let caller = Sipp::builder("agent_uac_sink_refuse_refer.xml")
         .remote(h.switch.sip_udp())
@@ -1095,5 +1098,60 @@ async fn the_hand_off_party_hanging_up_ends_the_call() {
         goertzel(&heard, 1000.0, 8000.0) > 50.0 * goertzel(&heard, 440.0, 8000.0),
         "no 1 kHz tone at the caller ({} samples)",
         heard.len()
+    );
+}
+
+/// Keypad digits the caller sends (RFC 4733) reach the model as the caller's words once
+/// the caller stops pressing, followed by a request to answer them; the transcript keeps
+/// them as a user message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keypad_digits_reach_the_model_as_the_callers_text() {
+    let fake = FakeRealtime::builder(Flavor::OpenAi).spawn().await;
+    // The far end answers and presses 1.
+    let far = Sipp::uas("uas_answer_dtmf.xml");
+    let provider = provider_toml("openai", &fake);
+    let mut h = harness::setup(&far, |c| c.rtp_ports(37500, 37599).extra(&provider)).await;
+    let agent_id = active_agent(
+        &h,
+        json!({"name": "Menu", "model": "gpt-realtime", "agent_type": "static", "instructions": "Press 1 for sales."}),
+    )
+    .await;
+    let id = h.call(json!({"agent_id": agent_id})).await;
+    let keypad = |l: &common::fake_realtime::Log| {
+        let kinds = l.kinds(Flavor::OpenAi);
+        l.messages.iter().enumerate().any(|(at, m)| {
+            m["type"] == "conversation.item.create"
+                && m["item"]["role"] == "user"
+                && m["item"]["content"][0]["text"] == "[The caller pressed on the keypad: 1]"
+                && kinds[at + 1..].iter().any(|k| k == "response.create")
+        })
+    };
+    let told = fake.wait_until(Duration::from_secs(20), keypad).await;
+    assert!(
+        told,
+        "{:?}\n{}",
+        fake.log(|l| l.kinds(Flavor::OpenAi)),
+        h.switch.logs()
+    );
+    let (code, body) = h.api.hangup(&id).await;
+    assert!(code < 300, "{code} {body}");
+    until_ended(&mut h).await;
+    far.wait().await.assert_success("far end pressing 1");
+    let list = conversations(&h.api, &agent_id).await;
+    let conv_id = list["data"][0]["id"].as_str().unwrap().to_owned();
+    let (_, conv) = h
+        .api
+        .request(
+            reqwest::Method::GET,
+            &format!("/agents/{agent_id}/conversations/{conv_id}"),
+            None,
+        )
+        .await;
+    let transcript = conv["data"]["transcript"].as_array().unwrap();
+    assert!(
+        transcript
+            .iter()
+            .any(|m| m["role"] == "user" && m["text"] == "[The caller pressed on the keypad: 1]"),
+        "{transcript:#?}"
     );
 }

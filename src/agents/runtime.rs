@@ -42,6 +42,8 @@ use crate::streams::{CallInput, EndReason, Stream, StreamEnd, StreamEvent};
 const MAX_PLAYOUT_MS: u32 = 120_000;
 /// How long `end_call` waits for the goodbye to play out at most.
 const MAX_GOODBYE: Duration = Duration::from_secs(15);
+/// Keypad digits are told to the model once none has come for this long (or at `#`).
+const KEYPAD_GAP: Duration = Duration::from_millis(1500);
 /// The built-in tools every agent has.
 pub const TRANSFER_CALL: &str = "transfer_call";
 pub const END_CALL: &str = "end_call";
@@ -440,25 +442,22 @@ impl Session {
         let mut assistant_text = String::new();
         let mut ending: Option<tokio::time::Instant> = None;
         let (tool_tx, mut tool_rx) = mpsc::channel::<(String, String, Value)>(16);
+        // Keypad digits go to the model together, once the caller stops pressing.
+        let mut keypad = String::new();
+        let mut keypad_due: Option<tokio::time::Instant> = None;
         if let Some(g) = &greeting {
             self.log(MessageRole::Assistant, Some(g.clone()), None, None, None)
                 .await;
         }
 
         let outcome = loop {
-            let goodbye = async {
-                match ending {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = self.end.stop.cancelled() => break Outcome::CallGone,
                 () = deleted.cancelled() => {
                     tracing::info!(agent = %agent.id, "agent deleted: ending its conversation");
                     break Outcome::AgentEnded;
                 }
-                () = goodbye => break Outcome::AgentEnded,
+                () = sleep_until_opt(ending) => break Outcome::AgentEnded,
                 input = self.end.input.recv() => match input {
                     None => break Outcome::CallGone,
                     Some(CallInput::Audio { pcm, .. }) => {
@@ -466,9 +465,21 @@ impl Session {
                             session.send_audio(up_buf.clone());
                         }
                     }
-                    // Digits are not sent to speech models.
-                    Some(CallInput::Dtmf(_)) => {}
+                    Some(CallInput::Dtmf(digit)) => {
+                        keypad.push(digit);
+                        keypad_due = Some(tokio::time::Instant::now() + KEYPAD_GAP);
+                        if digit == '#' {
+                            keypad_due = Some(tokio::time::Instant::now());
+                        }
+                    }
                 },
+                () = sleep_until_opt(keypad_due) => {
+                    keypad_due = None;
+                    let text = format!("[The caller pressed on the keypad: {}]", std::mem::take(&mut keypad));
+                    tracing::info!(agent = %agent.id, %text, "keypad digits to the model");
+                    self.log(MessageRole::User, Some(text.clone()), None, None, None).await;
+                    session.user_text(text);
+                }
                 Some((call_id, name, result)) = tool_rx.recv() => {
                     // Bridged to a person: the agent has nobody left to talk to.
                     let handed_off = name == TRANSFER_CALL
@@ -758,4 +769,12 @@ fn resample_all(r: &mut Resampler, pcm: &[i16]) -> Vec<i16> {
         }
     }
     out
+}
+
+/// Sleeps until `at`; pends forever without one.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -82,6 +82,7 @@ enum Control {
     Truncate {
         heard_ms: u32,
     },
+    UserText(String),
 }
 
 /// The call's side of a provider session.
@@ -109,6 +110,7 @@ impl std::fmt::Debug for Control {
                 .debug_struct("Truncate")
                 .field("heard_ms", heard_ms)
                 .finish(),
+            Control::UserText(text) => f.debug_tuple("UserText").field(text).finish(),
         }
     }
 }
@@ -152,6 +154,11 @@ impl ProviderSession {
             name: name.to_owned(),
             output,
         });
+    }
+
+    /// Tells the model something the caller did that is not speech (keypad digits).
+    pub fn user_text(&self, text: String) {
+        let _ = self.control.send(Control::UserText(text));
     }
 
     /// After a barge-in: the caller heard only `heard_ms` of the current assistant audio.
@@ -360,6 +367,7 @@ impl Task {
                             protocol.handle_tool_result(&call_id, &name, &output);
                         }
                         Some(Control::Truncate { heard_ms }) => protocol.handle_truncate(heard_ms),
+                        Some(Control::UserText(text)) => protocol.handle_user_text(&text),
                         None => return End::Quiet,
                     }
                 }

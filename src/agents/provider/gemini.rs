@@ -353,6 +353,11 @@ impl Protocol for GeminiLive {
         }));
     }
 
+    fn handle_user_text(&mut self, text: &str) {
+        // Text in the realtime input is a turn of the caller's, answered like speech.
+        self.send(json!({ "realtimeInput": { "text": text } }));
+    }
+
     fn handle_truncate(&mut self, _heard_ms: u32) {
         // No truncate in the Live API: see the module documentation.
     }
@@ -737,6 +742,16 @@ mod tests {
         assert!(drain_out(&mut p).is_empty());
         p.handle_audio(&[0; 320]);
         assert_eq!(drain_out(&mut p).len(), 1);
+    }
+
+    #[test]
+    fn keypad_text_is_realtime_input_text() {
+        let mut p = GeminiLive::new();
+        p.handle_user_text("[The caller pressed on the keypad: 7]");
+        assert_eq!(
+            drain_out(&mut p),
+            vec![json!({ "realtimeInput": { "text": "[The caller pressed on the keypad: 7]" } })]
+        );
     }
 
     fn setup_model() -> Value {

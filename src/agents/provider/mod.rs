@@ -164,6 +164,9 @@ pub trait Protocol: Send + fmt::Debug {
     }
     /// The first thing sent on a connection that resumes the session.
     fn handle_resume(&mut self) {}
+    /// Something the caller did that is not speech (keypad digits), told to the model as
+    /// the caller's words; the model answers it.
+    fn handle_user_text(&mut self, text: &str);
 }
 
 /// Which provider runs a model.

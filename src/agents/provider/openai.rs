@@ -348,6 +348,18 @@ impl Protocol for OpenAiRealtime {
         self.send(json!({ "type": "response.create" }));
     }
 
+    fn handle_user_text(&mut self, text: &str) {
+        self.send(json!({
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{ "type": "input_text", "text": text }],
+            },
+        }));
+        self.send(json!({ "type": "response.create" }));
+    }
+
     fn handle_truncate(&mut self, heard_ms: u32) {
         let Some(item) = self.audio_item.as_mut() else {
             return;
@@ -507,6 +519,26 @@ mod tests {
             "{instructions}"
         );
         assert!(instructions.contains("word for word"));
+    }
+
+    #[test]
+    fn keypad_text_is_a_user_message_then_a_response() {
+        let mut p = OpenAiRealtime::new();
+        p.handle_user_text("[The caller pressed on the keypad: 42#]");
+        assert_eq!(
+            drain_out(&mut p),
+            vec![
+                json!({
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{ "type": "input_text", "text": "[The caller pressed on the keypad: 42#]" }],
+                    },
+                }),
+                json!({ "type": "response.create" }),
+            ]
+        );
     }
 
     #[test]
