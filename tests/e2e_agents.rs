@@ -906,7 +906,7 @@ impl PayloadSink {
 /// (hand-off number +14155550111).
 async fn transferring_agent(
     person: &Sipp,
-    rtp_base: u16,
+    configure: impl FnOnce(common::switch::SwitchConfig) -> common::switch::SwitchConfig,
 ) -> (FakeRealtime, common::transit::Inbound, String) {
     let fake = FakeRealtime::builder(Flavor::OpenAi)
         .step(Trigger::Received("response.create"), {
@@ -920,10 +920,7 @@ async fn transferring_agent(
         person.addr(),
         common::transit::TRANSIT_PLAN,
         &provider_toml("openai", &fake),
-        |c| {
-            c.rtp_ports(rtp_base, rtp_base + 99)
-                .numbers(&["+12025551234", "+14155552671"])
-        },
+        |c| configure(c.numbers(&["+12025551234", "+14155552671"])),
     )
     .await;
     let agent_id = common::agent::create_active(&h.api, json!({
@@ -991,7 +988,7 @@ async fn a_refused_refer_falls_back_to_a_bridged_leg() {
         .arg("sinkport")
         .arg(&sink.port.to_string())
         .spawn();
-    let (fake, mut h, agent_id) = transferring_agent(&person, 37300).await;
+    let (fake, mut h, agent_id) = transferring_agent(&person, |c| c.rtp_ports(37300, 37399)).await;
     let (_dir, scenario) = scenario_with_fixtures("agent_uac_tone_refuse_refer.xml");
     let caller = Sipp::builder(scenario.to_str().unwrap())
         .remote(h.switch.sip_udp())
@@ -1069,7 +1066,7 @@ async fn the_hand_off_party_hanging_up_ends_the_call() {
     let person = Sipp::builder(scenario.to_str().unwrap())
         .pause_ms(1500)
         .spawn();
-    let (fake, mut h, _) = transferring_agent(&person, 37400).await;
+    let (fake, mut h, _) = transferring_agent(&person, |c| c.rtp_ports(37400, 37499)).await;
     let mut sink = PayloadSink::start().await;
     let caller = Sipp::builder("agent_uac_sink_refuse_refer.xml")
         .remote(h.switch.sip_udp())
@@ -1154,4 +1151,47 @@ async fn keypad_digits_reach_the_model_as_the_callers_text() {
             .any(|m| m["role"] == "user" && m["text"] == "[The caller pressed on the keypad: 1]"),
         "{transcript:#?}"
     );
+}
+
+/// Bridged to a hand-off party that sends no RTP: its silence ends the call after the
+/// media timeout (`end_reason` `media_timeout`) while the caller is still talking, and
+/// both parties get a BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_hand_off_party_times_the_call_out() {
+    let mut sink = PayloadSink::start().await;
+    let person = Sipp::builder("bridge_uas_pcma_sink.xml")
+        .arg("-key")
+        .arg("sinkport")
+        .arg(&sink.port.to_string())
+        .spawn();
+    let (fake, mut h, _) =
+        transferring_agent(&person, |c| c.rtp_ports(37600, 37699).media_timeout_s(1)).await;
+    // The caller's tone lasts 3 s, past the person's 1 s of silence after the bridge.
+    let (_dir, scenario) = scenario_with_fixtures("agent_uac_tone_refuse_refer_bye.xml");
+    let caller = Sipp::builder(scenario.to_str().unwrap())
+        .remote(h.switch.sip_udp())
+        .spawn();
+    let output = transfer_outcome(&fake, || h.switch.logs()).await;
+    assert_eq!(output["method"], "bridged", "{output}");
+    sink.wait_for(10).await;
+    let events = h.events_until("call.completed").await;
+    let call = &events.last().unwrap()["data"]["call"];
+    assert_eq!(
+        call["end_reason"],
+        "media_timeout",
+        "{call}\n{}",
+        h.switch.logs()
+    );
+    // The person's silence did it, not the caller's: the caller's 150 packets (3 s) had
+    // not all arrived yet.
+    let from_caller = call["rtp_packets_received"].as_i64().unwrap_or(0);
+    assert!((1..150).contains(&from_caller), "{call}");
+    caller
+        .wait()
+        .await
+        .assert_success("the caller, hung up while talking");
+    person
+        .wait()
+        .await
+        .assert_success("the silent person, hung up");
 }

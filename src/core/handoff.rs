@@ -32,8 +32,8 @@ pub(crate) struct Handoff {
     /// The agent waits for the outcome (answered, or why not).
     reply: Option<super::task::TransferReply>,
     ring_deadline: Option<Instant>,
-    /// The target answered: the caller is bridged to it.
-    pub bridged: bool,
+    /// When the target answered and the caller was bridged to it.
+    pub bridged_at: Option<Instant>,
     /// The target's dialog (for the call row, so a crash still ends it).
     pub dialog: Option<sip::ua::DialogSnapshot>,
     /// A CANCEL or BYE went out: the leg is on its way down.
@@ -124,7 +124,7 @@ impl Handoff {
             _slot: slot,
             reply: Some(reply),
             ring_deadline: Some(Instant::now() + RING_TIMEOUT),
-            bridged: false,
+            bridged_at: None,
             dialog: None,
             ending: false,
         })
@@ -173,7 +173,7 @@ impl Handoff {
             }
             UaEvent::Failed { code, .. } => HandoffOutcome::Failed { code },
             UaEvent::Cancelled { .. } => HandoffOutcome::Failed { code: 487 },
-            UaEvent::Terminated { .. } | UaEvent::SessionExpired { .. } if self.bridged => {
+            UaEvent::Terminated { .. } | UaEvent::SessionExpired { .. } if self.bridged() => {
                 HandoffOutcome::Ended
             }
             UaEvent::Terminated { .. } => HandoffOutcome::Failed { code: 487 },
@@ -214,13 +214,26 @@ impl Handoff {
             .map_err(|e| format!("cannot hear the target: {e}"))?;
         target.play(Box::new(target_plays));
         caller.play(Box::new(caller_plays));
-        self.bridged = true;
+        self.bridged_at = Some(Instant::now());
         tracing::info!(
             caller_codec = ?a.codec,
             target_codec = ?b.codec,
             "hand-off: the caller is bridged to the target"
         );
         Ok(())
+    }
+
+    /// The caller is bridged to the target.
+    pub(crate) fn bridged(&self) -> bool {
+        self.bridged_at.is_some()
+    }
+
+    /// When the target's last RTP packet arrived (once bridged; `None` before any).
+    pub(crate) fn last_received(&self) -> Option<Instant> {
+        self.endpoint
+            .as_ref()
+            .filter(|_| self.bridged())
+            .and_then(|e| e.stats().last_received)
     }
 
     /// Tells the agent how the hand-off went (once).
@@ -237,7 +250,7 @@ impl Handoff {
         }
         self.ending = true;
         self.ring_deadline = None;
-        let cmd = if self.bridged || self.dialog.is_some() {
+        let cmd = if self.bridged() || self.dialog.is_some() {
             sip::ua::UaCommand::Bye { leg: self.leg }
         } else {
             sip::ua::UaCommand::Cancel { leg: self.leg }

@@ -528,11 +528,17 @@ impl CallTask {
             self.media_check = None;
             return;
         };
-        let last = endpoint
+        let mut last = endpoint
             .stats()
             .last_received
             .unwrap_or(answered)
             .max(answered);
+        // Bridged to a hand-off party: its silence ends the call as well (counted from
+        // the bridging, which comes after the answer).
+        if let Some(handoff) = self.handoff.as_ref().filter(|h| h.bridged()) {
+            let since = handoff.bridged_at.unwrap_or(answered);
+            last = last.min(handoff.last_received().unwrap_or(since).max(since));
+        }
         if now.saturating_duration_since(last) >= timeout {
             tracing::warn!(
                 timeout_s = timeout.as_secs(),
