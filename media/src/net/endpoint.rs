@@ -19,15 +19,17 @@
 //! move the latch, so two live sources cannot make it flap.
 #![allow(clippy::disallowed_methods)] // driver: the only clock reader in this crate
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -44,6 +46,12 @@ use crate::stats::RtpStats;
 
 /// Receive buffer: larger than any sane RTP packet on an Ethernet path.
 const RECV_BUF: usize = 2048;
+/// Datagrams per `recvmmsg`: two, so that one packet at a time (the normal case) comes
+/// back as a short batch, which says the socket is empty without a `recvfrom` failing
+/// with `EAGAIN` after every packet.
+const RECV_BATCH: usize = 2;
+/// Datagrams handled per wake-up before the other branches get a turn.
+const DRAIN_MAX: usize = 16;
 /// Send buffer: header plus 120 ms of 8 kHz G.711.
 const SEND_BUF: usize = HEADER_LEN + 960;
 /// Clock rate assumed for jitter before a codec is known.
@@ -171,6 +179,7 @@ impl RtpEndpoint {
             pcm: Vec::new(),
             early_source: None,
             source_wake: None,
+            udp_state: super::bridge::recv_state()?,
         };
         let task = handle.spawn(driver.run(params_rx, tap_rx, listen_rx, source_rx, pair));
         Ok(RtpEndpoint {
@@ -417,6 +426,8 @@ struct Driver {
     early_source: Option<Box<dyn AudioSource>>,
     /// The playing source's wake-up: audio arrived after it ran dry.
     source_wake: Option<Arc<tokio::sync::Notify>>,
+    /// quinn-udp's state for `recvmmsg` on `rtp` (shared, see `bridge::recv_state`).
+    udp_state: &'static UdpSocketState,
 }
 
 /// The encoder of a playing source (the codec's encoders have no `Debug`).
@@ -458,7 +469,7 @@ impl Driver {
         let mut tap_open = true;
         let mut listen_open = true;
         let mut source_open = true;
-        let mut rbuf = [0u8; RECV_BUF];
+        let mut rbufs = [[0u8; RECV_BUF]; RECV_BATCH];
         let mut cbuf = [0u8; RECV_BUF];
         let mut sbuf = [0u8; SEND_BUF];
         loop {
@@ -472,9 +483,9 @@ impl Driver {
                         self.configure(p, signalling, &mut sbuf);
                     }
                 }
-                r = self.rtp.recv_from(&mut rbuf) => match r {
-                    Ok((n, src)) => self.on_datagram(rbuf.get(..n).unwrap_or_default(), src),
-                    Err(e) => tracing::trace!(error = %e, "RTP recv error"),
+                r = self.rtp.readable() => match r {
+                    Ok(()) => self.drain_rtp(&mut rbufs),
+                    Err(e) => tracing::trace!(error = %e, "RTP readiness error"),
                 },
                 tap = tap_rx.recv(), if tap_open => match tap {
                     Some(tap) => self.tap = Some(tap),
@@ -592,6 +603,45 @@ impl Driver {
                 .get_mut(HEADER_LEN..)
                 .and_then(|out| silence_frame(s.params.codec, ptime_ms, samples, out))
                 .unwrap_or(0);
+        }
+    }
+
+    /// Handles the datagrams waiting on the RTP socket, up to [`DRAIN_MAX`]. A short
+    /// `recvmmsg` batch means the socket was empty at that moment, so readiness is
+    /// cleared right there (as the bridge does) instead of by one more `recvfrom`
+    /// failing with `EAGAIN`: one syscall less per packet.
+    fn drain_rtp(&mut self, bufs: &mut [[u8; RECV_BUF]; RECV_BATCH]) {
+        let mut handled = 0;
+        while handled < DRAIN_MAX {
+            let mut meta = [RecvMeta::default(); RECV_BATCH];
+            let mut got = 0;
+            let res = {
+                let (sock, state) = (&self.rtp, self.udp_state);
+                sock.try_io(Interest::READABLE, || {
+                    let mut iovs = bufs.each_mut().map(|b| IoSliceMut::new(b));
+                    got = state.recv(UdpSockRef::from(sock), &mut iovs, &mut meta)?;
+                    if got < RECV_BATCH {
+                        // Tokio clears readiness on WouldBlock (only if no new event
+                        // arrived meanwhile); what `got` holds is still handled below.
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                })
+            };
+            for (m, buf) in meta.iter().zip(bufs.iter()).take(got) {
+                // GRO is off on this socket (see `bridge::recv_state`): one datagram each.
+                self.on_datagram(buf.get(..m.len).unwrap_or_default(), m.addr);
+            }
+            handled += got.max(1);
+            match res {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::trace!(error = %e, "RTP recv error");
+                    return;
+                }
+            }
         }
     }
 
