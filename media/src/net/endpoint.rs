@@ -441,10 +441,27 @@ impl std::fmt::Debug for SourceEncoder {
     }
 }
 
-/// The playing source's wake-up, or never.
-async fn source_woken(wake: Option<&Arc<tokio::sync::Notify>>) {
-    match wake {
-        Some(w) => w.notified().await,
+/// The playing source's wake-up, kept armed across the task's loop iterations: a fresh
+/// `Notified` on every packet and tick cost two round trips through the `Notify`'s
+/// waiter lock. The `Notify` it was armed on tells when the source changed.
+type ArmedWake = Option<(
+    Arc<tokio::sync::Notify>,
+    std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+)>;
+
+/// Arms `armed` on `wake` (the playing source's), unless it already is.
+fn arm(armed: &mut ArmedWake, wake: Option<&Arc<tokio::sync::Notify>>) {
+    match (wake, armed.as_ref()) {
+        (Some(w), Some((on, _))) if Arc::ptr_eq(w, on) => {}
+        (Some(w), _) => *armed = Some((Arc::clone(w), Box::pin(Arc::clone(w).notified_owned()))),
+        (None, _) => *armed = None,
+    }
+}
+
+/// The armed wake-up, or never.
+async fn source_woken(armed: &mut ArmedWake) {
+    match armed.as_mut() {
+        Some((_, notified)) => notified.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -472,7 +489,9 @@ impl Driver {
         let mut rbufs = [[0u8; RECV_BUF]; RECV_BATCH];
         let mut cbuf = [0u8; RECV_BUF];
         let mut sbuf = [0u8; SEND_BUF];
+        let mut armed: ArmedWake = None;
         loop {
+            arm(&mut armed, self.source_wake.as_ref());
             tokio::select! {
                 changed = params_rx.changed() => {
                     if changed.is_err() {
@@ -501,7 +520,9 @@ impl Driver {
                 },
                 // RTCP is not interpreted yet; drain it so the socket buffer stays empty.
                 _ = self.rtcp.recv_from(&mut cbuf) => {}
-                () = source_woken(self.source_wake.as_ref()) => {
+                () = source_woken(&mut armed) => {
+                    // Spent: armed again at the top of the loop.
+                    armed = None;
                     self.send_early(&mut sbuf).await;
                 }
                 tick = next_tick(&mut self.send) => {
