@@ -118,21 +118,43 @@ impl Shared {
 /// Digits queued for the owner before more are dropped (a person types far slower).
 const DTMF_QUEUE: usize = 32;
 
+/// What the handle tells the task, in order, through one channel (the task polls one
+/// queue per wake-up rather than four); the task ends when it closes.
+enum Command {
+    /// New parameters are in the watch.
+    Params,
+    /// A recording tap.
+    Tap(Tap),
+    /// A listener, or none: stop listening (boxed: a listener is large, and so would
+    /// every command be).
+    Listen(Option<Box<DirectListener>>),
+    /// An audio source, or none: back to silence.
+    Source(Option<Box<dyn AudioSource>>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Params => "Params",
+            Command::Tap(_) => "Tap",
+            Command::Listen(_) => "Listen",
+            Command::Source(_) => "Source",
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct RtpEndpoint {
     local: SocketAddr,
     shared: Arc<Shared>,
+    /// The last parameters (the handle reads them; the task is told by `Params`).
     params_tx: watch::Sender<Option<(StreamParams, Option<IpAddr>)>>,
     first_rx: watch::Receiver<bool>,
     task: JoinHandle<()>,
-    /// Hands a recording tap to the task.
-    tap_tx: mpsc::Sender<Tap>,
-    /// Hands a listener (or none: stop listening) to the task.
-    listen_tx: mpsc::UnboundedSender<Option<DirectListener>>,
+    /// Parameters, taps, listeners and sources to the task.
+    cmd_tx: mpsc::UnboundedSender<Command>,
     /// True while the listener given to the task runs.
     listening: Option<Arc<AtomicBool>>,
-    /// Hands an audio source (or none: back to silence) to the task.
-    source_tx: mpsc::UnboundedSender<Option<Box<dyn AudioSource>>>,
     recording: Option<RecordingHandle>,
     /// RFC 4733 digits the far end sends, once each (taken by the call's owner).
     dtmf_rx: Option<mpsc::Receiver<DtmfEvent>>,
@@ -159,9 +181,7 @@ impl RtpEndpoint {
         });
         let (params_tx, params_rx) = watch::channel(None);
         let (first_tx, first_rx) = watch::channel(false);
-        let (tap_tx, tap_rx) = mpsc::channel(1);
-        let (listen_tx, listen_rx) = mpsc::unbounded_channel();
-        let (source_tx, source_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (dtmf_tx, dtmf_rx) = mpsc::channel(DTMF_QUEUE);
         let driver = Driver {
             rtp,
@@ -181,17 +201,15 @@ impl RtpEndpoint {
             source_wake: None,
             udp_state: super::bridge::recv_state()?,
         };
-        let task = handle.spawn(driver.run(params_rx, tap_rx, listen_rx, source_rx, pair));
+        let task = handle.spawn(driver.run(params_rx, cmd_rx, pair));
         Ok(RtpEndpoint {
             local,
             shared,
             params_tx,
             first_rx,
             task,
-            tap_tx,
-            listen_tx,
+            cmd_tx,
             listening: None,
-            source_tx,
             recording: None,
             dtmf_rx: Some(dtmf_rx),
         })
@@ -202,12 +220,12 @@ impl RtpEndpoint {
     /// the negotiated codec's PCM rate (8 kHz for G.711, 16 kHz for G.722, 48 kHz for
     /// Opus). Ignored when the endpoint has stopped.
     pub fn play(&self, source: Box<dyn AudioSource>) {
-        let _ = self.source_tx.send(Some(source));
+        let _ = self.cmd_tx.send(Command::Source(Some(source)));
     }
 
     /// Back to silence at once.
     pub fn stop_playing(&self) {
-        let _ = self.source_tx.send(None);
+        let _ = self.cmd_tx.send(Command::Source(None));
     }
 
     /// The bound RTP address (RTCP is on the next port).
@@ -225,6 +243,7 @@ impl RtpEndpoint {
     /// comes from, which may latch besides the SDP address (a far end behind NAT).
     pub fn connect_from(&self, params: StreamParams, signalling: Option<IpAddr>) {
         self.params_tx.send_replace(Some((params, signalling)));
+        let _ = self.cmd_tx.send(Command::Params);
     }
 
     /// What the last [`connect`](Self::connect) negotiated, if anything yet.
@@ -272,9 +291,8 @@ impl RtpEndpoint {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| RecordingError::Stopped)?;
         let path = path.as_ref();
         let (tap, task) = super::recording::prepare(path, params)?;
-        // Capacity 1 and at most one recording per endpoint: full cannot happen.
-        self.tap_tx
-            .try_send(tap)
+        self.cmd_tx
+            .send(Command::Tap(tap))
             .map_err(|_| RecordingError::Stopped)?;
         self.recording = Some(RecordingHandle {
             path: path.to_path_buf(),
@@ -306,8 +324,8 @@ impl RtpEndpoint {
         let alive = Arc::new(AtomicBool::new(false));
         let listener =
             DirectListener::new(&params, out_rate, sink, Arc::clone(&alive), Instant::now())?;
-        self.listen_tx
-            .send(Some(listener))
+        self.cmd_tx
+            .send(Command::Listen(Some(Box::new(listener))))
             .map_err(|_| RecordingError::Stopped)?;
         self.listening = Some(alive);
         Ok(())
@@ -317,7 +335,7 @@ impl RtpEndpoint {
     pub fn stop_listening(&mut self) {
         if let Some(alive) = self.listening.take() {
             alive.store(false, Ordering::Relaxed);
-            let _ = self.listen_tx.send(None);
+            let _ = self.cmd_tx.send(Command::Listen(None));
         }
     }
 
@@ -354,16 +372,14 @@ impl RtpEndpoint {
     ) {
         let RtpEndpoint {
             shared,
-            params_tx,
+            cmd_tx,
             task,
-            tap_tx,
             recording,
             ..
         } = self;
-        // The task ends when the params sender goes away; it drops the tap, which ends
+        // The task ends when the command channel closes; it drops the tap, which ends
         // the recording.
-        drop(params_tx);
-        drop(tap_tx);
+        drop(cmd_tx);
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "RTP endpoint task failed");
         }
@@ -478,14 +494,9 @@ impl Driver {
     async fn run(
         mut self,
         mut params_rx: watch::Receiver<Option<(StreamParams, Option<IpAddr>)>>,
-        mut tap_rx: mpsc::Receiver<Tap>,
-        mut listen_rx: mpsc::UnboundedReceiver<Option<DirectListener>>,
-        mut source_rx: mpsc::UnboundedReceiver<Option<Box<dyn AudioSource>>>,
+        mut cmd_rx: mpsc::UnboundedReceiver<Command>,
         ports: PortPair,
     ) {
-        let mut tap_open = true;
-        let mut listen_open = true;
-        let mut source_open = true;
         let mut rbufs = [[0u8; RECV_BUF]; RECV_BATCH];
         let mut cbuf = [0u8; RECV_BUF];
         let mut sbuf = [0u8; SEND_BUF];
@@ -493,30 +504,25 @@ impl Driver {
         loop {
             arm(&mut armed, self.source_wake.as_ref());
             tokio::select! {
-                changed = params_rx.changed() => {
-                    if changed.is_err() {
-                        break;
+                cmd = cmd_rx.recv() => match cmd {
+                    None => break,
+                    // Several `connect`s before the task looks: the last one, once (as
+                    // the watch alone gave it).
+                    Some(Command::Params) => {
+                        if params_rx.has_changed().unwrap_or(false) {
+                            let params = *params_rx.borrow_and_update();
+                            if let Some((p, signalling)) = params {
+                                self.configure(p, signalling, &mut sbuf);
+                            }
+                        }
                     }
-                    let params = *params_rx.borrow_and_update();
-                    if let Some((p, signalling)) = params {
-                        self.configure(p, signalling, &mut sbuf);
-                    }
-                }
+                    Some(Command::Tap(tap)) => self.tap = Some(tap),
+                    Some(Command::Listen(listener)) => self.listen = listener.map(|l| *l),
+                    Some(Command::Source(source)) => self.set_source(source, &mut sbuf),
+                },
                 r = self.rtp.readable() => match r {
                     Ok(()) => self.drain_rtp(&mut rbufs),
                     Err(e) => tracing::trace!(error = %e, "RTP readiness error"),
-                },
-                tap = tap_rx.recv(), if tap_open => match tap {
-                    Some(tap) => self.tap = Some(tap),
-                    None => tap_open = false,
-                },
-                listen = listen_rx.recv(), if listen_open => match listen {
-                    Some(tap) => self.listen = tap,
-                    None => listen_open = false,
-                },
-                source = source_rx.recv(), if source_open => match source {
-                    Some(source) => self.set_source(source, &mut sbuf),
-                    None => source_open = false,
                 },
                 // RTCP is not interpreted yet; drain it so the socket buffer stays empty.
                 _ = self.rtcp.recv_from(&mut cbuf) => {}
