@@ -1,22 +1,29 @@
 //! The task behind one stream: connect (with backoff inside the grace period), run a
 //! session on the socket, and on a drop go back to connecting.
 //!
-//! A session writes `connected` and `start` itself before anything else, then hands the
-//! sink to a writer task fed by a bounded queue, so a server that stops reading never
-//! blocks the loop: reading (pings are answered by tungstenite as it reads), the call's
-//! frames and the playout's mark acknowledgements keep being served, and media that
-//! finds the queue full is dropped and counted. A few slots stay reserved for marks,
-//! digits and `cleared`, which matter more than one 20 ms frame.
+//! A session writes `connected` and `start` itself before anything else. After that one
+//! task serves everything on the socket, reading and writing (no writer task: a frame
+//! from the call is formatted and written in the same wake-up that brings it, with no
+//! hop through a second task). What is to be written goes through a bounded queue
+//! ([`Outbox`]) that is written only while the socket takes it, so a server that stops
+//! reading never blocks the loop: reading (pings are answered by tungstenite as it
+//! reads), the call's frames and the playout's mark acknowledgements keep being served,
+//! and media that finds the queue full is dropped and counted. A few slots stay
+//! reserved for marks, digits and `cleared`, which matter more than one 20 ms frame.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream};
 use media::stream::protocol::{SwitchMessage, parse_server_message};
 use media::stream::{PayloadDecoder, Sequencer, ServerMessage, Uplink};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -39,7 +46,84 @@ enum SessionEnd {
     Dropped(String),
 }
 
-type Sink = SplitSink<WsStream, Message>;
+/// What woke a session.
+enum Wake {
+    Stop,
+    Acks,
+    Input(Option<CallInput>),
+    Frame(Option<Result<Message, tungstenite::Error>>),
+    WriteFailed(tungstenite::Error),
+}
+
+/// Messages waiting for the socket, written by the session's task as far as the socket
+/// takes them: a bounded queue in front of tungstenite's write buffer.
+struct Outbox {
+    queue: VecDeque<Message>,
+    capacity: usize,
+    /// Given to tungstenite but not yet flushed to the socket.
+    unflushed: bool,
+}
+
+impl Outbox {
+    fn new(capacity: usize) -> Self {
+        Outbox {
+            queue: VecDeque::with_capacity(capacity),
+            capacity,
+            unflushed: false,
+        }
+    }
+
+    /// Free slots.
+    fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.queue.len())
+    }
+
+    /// False (nothing queued) when full.
+    fn push(&mut self, msg: Message) -> bool {
+        if self.queue.len() >= self.capacity {
+            return false;
+        }
+        self.queue.push_back(msg);
+        true
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && !self.unflushed
+    }
+
+    /// Writes what is queued and flushes it, one write for all of it where the socket
+    /// takes it. Pending while the socket is full (woken when it drains).
+    fn poll_write(
+        &mut self,
+        ws: &mut WsStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tungstenite::Error>> {
+        while !self.queue.is_empty() {
+            ready!(Pin::new(&mut *ws).poll_ready(cx))?;
+            if let Some(msg) = self.queue.pop_front() {
+                Pin::new(&mut *ws).start_send(msg)?;
+                self.unflushed = true;
+            }
+        }
+        if self.unflushed {
+            ready!(Pin::new(&mut *ws).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Whether the socket under `ws` may have something to read. Only asked once a read
+/// found nothing (tungstenite and TLS hold no undelivered data then): it saves the read
+/// attempt, and its zero-filled buffer, on every wake-up that is only the call's frame.
+fn poll_maybe_readable(ws: &WsStream, cx: &mut Context<'_>) -> bool {
+    let tcp = match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp,
+        MaybeTlsStream::Rustls(tls) => tls.get_ref().0,
+        _ => return true,
+    };
+    tcp.poll_read_ready(cx).is_ready()
+}
 
 pub(super) struct Driver {
     config: StreamConfig,
@@ -237,8 +321,7 @@ impl Driver {
         }
     }
 
-    async fn session(&mut self, ws: WsStream, reconnect: bool, attempts: u32) -> SessionEnd {
-        let (mut sink, mut stream) = ws.split();
+    async fn session(&mut self, mut ws: WsStream, reconnect: bool, attempts: u32) -> SessionEnd {
         self.seq.reset();
         // `connected` and `start` are the first two messages, before anything queued.
         let connected = Message::text(self.seq.connected().to_json());
@@ -248,8 +331,8 @@ impl Driver {
                 .to_json(),
         );
         let hello = async {
-            sink.feed(connected).await?;
-            sink.send(start).await
+            ws.feed(connected).await?;
+            ws.send(start).await
         };
         match timeout(self.config.grace, hello).await {
             Ok(Ok(())) => {}
@@ -265,50 +348,83 @@ impl Driver {
             StreamEvent::Connected
         });
 
-        let (out_tx, out_rx) = mpsc::channel(self.config.send_queue.max(CONTROL_RESERVE + 1));
-        let mut writer = tokio::spawn(write_loop(sink, out_rx));
+        let mut out = Outbox::new(self.config.send_queue.max(CONTROL_RESERVE + 1));
+        // The wake-up sources live across iterations: re-registering a cancellation
+        // and a `Notify` waiter on every frame was a visible cost.
+        let stop = self.stop.clone();
+        let mut cancelled = pin!(stop.cancelled());
+        let shared = self.shared.clone();
+        let mut acks = pin!(shared.acks_ready.notified());
+        // The last read found nothing: wait for the socket's readiness before another.
+        let mut read_idle = false;
         let end = loop {
-            tokio::select! {
-                () = self.stop.cancelled() => {
-                    self.say_stop(&out_tx);
+            let input = &mut self.input;
+            let wake = poll_fn(|cx| {
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Stop);
+                }
+                if !out.is_idle()
+                    && let Poll::Ready(Err(e)) = out.poll_write(&mut ws, cx)
+                {
+                    return Poll::Ready(Wake::WriteFailed(e));
+                }
+                if acks.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Acks);
+                }
+                if let Poll::Ready(input) = input.poll_recv(cx) {
+                    return Poll::Ready(Wake::Input(input));
+                }
+                if !read_idle || poll_maybe_readable(&ws, cx) {
+                    match Pin::new(&mut ws).poll_next(cx) {
+                        Poll::Ready(frame) => {
+                            read_idle = false;
+                            return Poll::Ready(Wake::Frame(frame));
+                        }
+                        Poll::Pending => read_idle = true,
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Stop => {
+                    self.say_stop(&mut out);
                     break SessionEnd::Stopped;
                 }
-                frame = stream.next() => {
-                    if let Some(end) = self.on_frame(frame, &out_tx) {
+                Wake::Acks => {
+                    acks.set(shared.acks_ready.notified());
+                    self.send_acks(&mut out);
+                }
+                Wake::Input(Some(input)) => self.on_input(input, &mut out),
+                Wake::Input(None) => {
+                    self.say_stop(&mut out);
+                    break SessionEnd::Stopped;
+                }
+                Wake::Frame(frame) => {
+                    if let Some(end) = self.on_frame(frame, &mut out) {
                         break end;
                     }
                 }
-                () = self.shared.acks_ready.notified() => self.send_acks(&out_tx),
-                input = self.input.recv() => match input {
-                    Some(input) => self.on_input(input, &out_tx),
-                    None => {
-                        self.say_stop(&out_tx);
-                        break SessionEnd::Stopped;
-                    }
-                },
-                written = &mut writer => {
-                    let reason = match written {
-                        Ok(Err(e)) => format!("write: {e}"),
-                        Ok(Ok(())) => "write side closed".to_owned(),
-                        Err(e) => format!("writer task: {e}"),
-                    };
-                    return SessionEnd::Dropped(reason);
-                }
+                Wake::WriteFailed(e) => return SessionEnd::Dropped(format!("write: {e}")),
             }
         };
-        // Closing the queue lets the writer flush, close and finish.
-        drop(out_tx);
         if !matches!(end, SessionEnd::Dropped(_)) {
-            let _ = timeout(CLOSE_TIMEOUT, &mut writer).await;
+            // What is queued (`stop` and the close frame, or the reply to the server's
+            // close), then the closing handshake; errors here change nothing.
+            let _ = timeout(CLOSE_TIMEOUT, async {
+                if poll_fn(|cx| out.poll_write(&mut ws, cx)).await.is_ok() {
+                    let _ = SinkExt::close(&mut ws).await;
+                }
+            })
+            .await;
         }
-        writer.abort();
         end
     }
 
     fn on_frame(
         &mut self,
         frame: Option<Result<Message, tungstenite::Error>>,
-        out: &mpsc::Sender<Message>,
+        out: &mut Outbox,
     ) -> Option<SessionEnd> {
         match frame {
             None => Some(SessionEnd::Dropped(
@@ -335,7 +451,7 @@ impl Driver {
         }
     }
 
-    fn on_server_text(&mut self, text: &str, out: &mpsc::Sender<Message>) {
+    fn on_server_text(&mut self, text: &str, out: &mut Outbox) {
         match parse_server_message(text) {
             Err(e) => {
                 Counters::bump(&self.counters.bad_messages);
@@ -388,13 +504,13 @@ impl Driver {
         }
     }
 
-    fn on_input(&mut self, input: CallInput, out: &mpsc::Sender<Message>) {
+    fn on_input(&mut self, input: CallInput, out: &mut Outbox) {
         match input {
             CallInput::Audio { track, pcm } => {
                 if !self.config.start.tracks.contains(&track) {
                     return;
                 }
-                if out.capacity() <= CONTROL_RESERVE {
+                if out.room() <= CONTROL_RESERVE {
                     // Slow server: drop this frame (media time still advances, and no
                     // sequence number is spent on it).
                     Counters::bump(&self.counters.media_dropped);
@@ -403,8 +519,8 @@ impl Driver {
                 }
                 match self.uplink.frame(track, &pcm) {
                     Ok(chunk) => {
-                        let msg = Message::text(self.seq.media(chunk).to_json());
-                        if out.try_send(msg).is_err() {
+                        let msg = Message::text(self.seq.media_json(&chunk));
+                        if !out.push(msg) {
                             Counters::bump(&self.counters.media_dropped);
                         }
                     }
@@ -421,34 +537,34 @@ impl Driver {
     /// Queues a non-media message if there is room (then its sequence number is used).
     fn send_control(
         &mut self,
-        out: &mpsc::Sender<Message>,
+        out: &mut Outbox,
         build: impl FnOnce(&mut Sequencer) -> SwitchMessage,
     ) {
-        if out.capacity() == 0 {
+        if out.room() == 0 {
             Counters::bump(&self.counters.control_dropped);
             return;
         }
         let msg = Message::text(build(&mut self.seq).to_json());
-        if out.try_send(msg).is_err() {
+        if !out.push(msg) {
             Counters::bump(&self.counters.control_dropped);
         }
     }
 
-    fn send_acks(&mut self, out: &mpsc::Sender<Message>) {
+    fn send_acks(&mut self, out: &mut Outbox) {
         let names: Vec<String> = self.shared.lock().acks.drain(..).collect();
         for name in &names {
             self.send_control(out, |seq| seq.mark(name));
         }
     }
 
-    fn say_stop(&mut self, out: &mpsc::Sender<Message>) {
+    fn say_stop(&mut self, out: &mut Outbox) {
         let start = self.config.start.clone();
         self.send_control(out, |seq| seq.stop(&start));
         let close = Message::Close(Some(CloseFrame {
             code: CloseCode::Normal,
             reason: "stream stopped".into(),
         }));
-        if out.try_send(close).is_err() {
+        if !out.push(close) {
             Counters::bump(&self.counters.control_dropped);
         }
     }
@@ -466,21 +582,4 @@ impl Driver {
     fn changed(&self) {
         self.shared.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
-}
-
-/// Writes queued messages, flushing when the queue is momentarily empty; closes the
-/// socket when the queue closes.
-async fn write_loop(
-    mut sink: Sink,
-    mut queue: mpsc::Receiver<Message>,
-) -> Result<(), tungstenite::Error> {
-    while let Some(msg) = queue.recv().await {
-        sink.feed(msg).await?;
-        if queue.is_empty() {
-            sink.flush().await?;
-        }
-    }
-    // Completes a close handshake either side started; errors here change nothing.
-    let _ = sink.close().await;
-    Ok(())
 }

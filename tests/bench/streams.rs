@@ -38,15 +38,49 @@
 //! moved into the receive path and the downlink learnt to send at once:
 //! - 2 workers each (default): 100 / 200 / 500 calls: uplink p50/p99 0.1/0.6, 0.3/1.5,
 //!   0.9/9.7 ms; downlink 0.1/0.6, 0.3/1.3, 0.9/12.4 ms; all delivered; switch threads
-//!   2.58 / 2.20 / 1.78 ms CPU per call-second (388 / 455 / 562 calls per core); barge-in:
-//!   last loud packet p99 0.3-14 ms after the `clear` was sent.
-//! - `STREAM_SWITCH_WORKERS=1 STREAM_HARNESS_WORKERS=1 STREAM_PIN=1` (the switch alone on
-//!   one core): 300 calls p99 6.5 up / 7.9 ms down at 0.59 of the core; 500 calls 27 / 43
-//!   ms at 0.74; 700 calls saturate it (0.98 core, 1.40 ms per call-second, p99 57 / 71
-//!   ms). One core carries some 400 streamed calls with p99 under 20 ms: short of the
-//!   issue's 1,000. Most of the switch's CPU is the kernel's (UDP and loopback TCP, the
-//!   harness's receive path charged to the sending thread included), the rest tokio
-//!   wake-ups (three tasks per call).
+//!   2.58 / 2.20 / 1.78 ms CPU per call-second (388 / 455 / 562 calls per core).
+//! - pinned (`STREAM_SWITCH_WORKERS=1 STREAM_HARNESS_WORKERS=1 STREAM_PIN=1`): 300 calls
+//!   p99 6.5 up / 7.9 ms down at 0.59 of the core; 500 calls 27 / 43 ms at 0.74; 700
+//!   calls saturate it (0.98 core, 1.40 ms per call-second, p99 57 / 71 ms).
+//!
+//! Measured 2026-12-06 later, after the stream driver became one task (no writer task,
+//! its wake-up sources kept across iterations, `media` JSON formatted without serde)
+//! and the RTP endpoint reads with `recvmmsg` in pairs (a short batch clears readiness:
+//! no `EAGAIN` recvfrom after each packet) and polls one command queue per wake-up.
+//! The machine was no longer idle (load average ~1.5 from other work, and an nftables
+//! table `ip switchyard`, left by a kernel-forwarding test run, putting every packet
+//! through conntrack), so the code before the change was measured again alongside,
+//! alternating (before → after):
+//! - `STREAM_CALLS=100,200,500 STREAM_SECONDS=10`, 2 workers each: uplink p50/p99 100
+//!   calls 0.3/2.0 → 0.2/2.0 ms, 200 calls 0.7/6.2 → 0.4/1.3, 500 calls 14.1/53.1 →
+//!   5.7/37.8; downlink 0.3/2.0 → 0.2/1.9, 0.7/7.3 → 0.4/1.7, 21.7/70.3 → 7.0/52.9;
+//!   switch threads 3.98 → 3.52, 3.48 → 2.69, 2.18 → 2.15 ms per call-second (251 →
+//!   284, 287 → 372, 458 → 465 calls per core; at 500 the process uses both cores);
+//!   delivered (downlink / uplink) 100/100 % up to 200 calls, at 500 81/100 → 94/100 %.
+//! - `STREAM_SWITCH_WORKERS=1 STREAM_HARNESS_WORKERS=1 STREAM_PIN=1
+//!   STREAM_CALLS=300,500,700 STREAM_SECONDS=10` (the switch alone on CPU 0):
+//!
+//!   ```text
+//!    calls | uplink p50/p99 | downlink p50/p99 | switch ms/call-s | core | calls/core | delivered d/u
+//!     300  |  0.8 /  10.6   |   0.7 /  14.7    |      2.67        | 0.80 |    375     |  99.9 / 100.0
+//!          |  0.6 /   9.4   |   0.5 /  12.4    |      2.54        | 0.76 |    394     |  99.9 /  99.9
+//!     500  | 12.0 /  62.9   |  26.1 /  96.4    |      1.96        | 0.98 |    509     |  69.2 / 100.1
+//!          |  7.3 /  60.4   |  11.5 /  83.4    |      1.93        | 0.96 |    519     |  84.0 / 100.4
+//!     700  | 32.7 / 148.4   |  63.5 / 211.4    |      1.40        | 0.98 |    716     |  45.8 / 100.4
+//!          | 21.4 / 142.8   |  42.7 / 234.6    |      1.41        | 0.98 |    711     |  51.0 / 100.5
+//!   ```
+//!
+//!   (first line of each N before, second after.) Three alternating 300-call pinned
+//!   runs: 2.99 / 2.81 / 2.95 ms per call-second before, 2.82 / 2.73 / 2.65 after
+//!   (−6.5 %). In a fresh network namespace (`unshare -n`, no conntrack) the pinned
+//!   300 / 500 / 700 runs gave 2.42 / 1.80 / 1.40 before and 2.38 / 1.89 / 1.41 after:
+//!   within this machine's run-to-run noise. On this machine one core carries some 300 streamed calls with p99 under
+//!   20 ms and saturates by 500, before as after: short of the issue's 1,000. Syscalls
+//!   of the switch per frame pair: 4.0 → 3.0 (`perf stat`). Where its time goes
+//!   (`perf record -g`, 300 calls): `sendto` 52 % (the TCP write of each `media` 31 %,
+//!   of which ~14 % is loopback delivering it into the server's socket; the RTP send
+//!   18 %), `recvmmsg` 6 %, `epoll_wait` 2 %, user space ~38 % (tokio wake-ups and
+//!   channel polls, codecs, JSON and base64, tungstenite framing).
 //!
 //! Before (listen task with a 20 ms jitter buffer, pacer-aligned downlink, tungstenite's
 //! 128 KiB zero-filled read buffer): uplink p50 31-33 ms, downlink 10-11 ms, 3.1-3.9 ms
@@ -597,13 +631,16 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
         plan.b_end.saturating_duration_since(Instant::now()) + Duration::from_millis(200),
     );
 
-    let drops: u64 = handles
-        .iter()
-        .map(|h| {
-            let s = h.stats();
-            s.input_dropped + s.media_dropped + s.playout_dropped_ms / 20
-        })
-        .sum();
+    // Frames dropped: before the driver, before the socket, from the playout.
+    let kinds = handles.iter().fold((0, 0, 0), |(i, m, p), h| {
+        let s = h.stats();
+        (
+            i + s.input_dropped,
+            m + s.media_dropped,
+            p + s.playout_dropped_ms / 20,
+        )
+    });
+    let drops: u64 = kinds.0 + kinds.1 + kinds.2;
     for h in &handles {
         h.stop();
     }
@@ -655,7 +692,7 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
     barge.sort_by(f64::total_cmp);
     cleared.sort_by(f64::total_cmp);
     eprintln!(
-        "  {n} calls: rtp in {} media in {} up extra {} down extra {}",
+        "  {n} calls: rtp in {} media in {} up extra {} down extra {}; dropped input/media/playout {kinds:?}",
         r.rtp_in.load(Ordering::Relaxed),
         r.media_in.load(Ordering::Relaxed),
         r.up_extra.load(Ordering::Relaxed),

@@ -739,7 +739,7 @@ thread_local! {
 /// TOS reception on the socket it is given; relay sockets want none of that (a GRO'd
 /// burst could exceed our buffers, and cmsgs cost per packet), and `recv` keeps no
 /// per-socket state. So one state, built on a throwaway unbound socket, serves all.
-fn recv_state() -> io::Result<&'static UdpSocketState> {
+pub(super) fn recv_state() -> io::Result<&'static UdpSocketState> {
     static STATE: OnceLock<UdpSocketState> = OnceLock::new();
     if let Some(state) = STATE.get() {
         return Ok(state);

@@ -19,15 +19,17 @@
 //! move the latch, so two live sources cannot make it flap.
 #![allow(clippy::disallowed_methods)] // driver: the only clock reader in this crate
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -44,6 +46,12 @@ use crate::stats::RtpStats;
 
 /// Receive buffer: larger than any sane RTP packet on an Ethernet path.
 const RECV_BUF: usize = 2048;
+/// Datagrams per `recvmmsg`: two, so that one packet at a time (the normal case) comes
+/// back as a short batch, which says the socket is empty without a `recvfrom` failing
+/// with `EAGAIN` after every packet.
+const RECV_BATCH: usize = 2;
+/// Datagrams handled per wake-up before the other branches get a turn.
+const DRAIN_MAX: usize = 16;
 /// Send buffer: header plus 120 ms of 8 kHz G.711.
 const SEND_BUF: usize = HEADER_LEN + 960;
 /// Clock rate assumed for jitter before a codec is known.
@@ -110,21 +118,43 @@ impl Shared {
 /// Digits queued for the owner before more are dropped (a person types far slower).
 const DTMF_QUEUE: usize = 32;
 
+/// What the handle tells the task, in order, through one channel (the task polls one
+/// queue per wake-up rather than four); the task ends when it closes.
+enum Command {
+    /// New parameters are in the watch.
+    Params,
+    /// A recording tap.
+    Tap(Tap),
+    /// A listener, or none: stop listening (boxed: a listener is large, and so would
+    /// every command be).
+    Listen(Option<Box<DirectListener>>),
+    /// An audio source, or none: back to silence.
+    Source(Option<Box<dyn AudioSource>>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Params => "Params",
+            Command::Tap(_) => "Tap",
+            Command::Listen(_) => "Listen",
+            Command::Source(_) => "Source",
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct RtpEndpoint {
     local: SocketAddr,
     shared: Arc<Shared>,
+    /// The last parameters (the handle reads them; the task is told by `Params`).
     params_tx: watch::Sender<Option<(StreamParams, Option<IpAddr>)>>,
     first_rx: watch::Receiver<bool>,
     task: JoinHandle<()>,
-    /// Hands a recording tap to the task.
-    tap_tx: mpsc::Sender<Tap>,
-    /// Hands a listener (or none: stop listening) to the task.
-    listen_tx: mpsc::UnboundedSender<Option<DirectListener>>,
+    /// Parameters, taps, listeners and sources to the task.
+    cmd_tx: mpsc::UnboundedSender<Command>,
     /// True while the listener given to the task runs.
     listening: Option<Arc<AtomicBool>>,
-    /// Hands an audio source (or none: back to silence) to the task.
-    source_tx: mpsc::UnboundedSender<Option<Box<dyn AudioSource>>>,
     recording: Option<RecordingHandle>,
     /// RFC 4733 digits the far end sends, once each (taken by the call's owner).
     dtmf_rx: Option<mpsc::Receiver<DtmfEvent>>,
@@ -151,9 +181,7 @@ impl RtpEndpoint {
         });
         let (params_tx, params_rx) = watch::channel(None);
         let (first_tx, first_rx) = watch::channel(false);
-        let (tap_tx, tap_rx) = mpsc::channel(1);
-        let (listen_tx, listen_rx) = mpsc::unbounded_channel();
-        let (source_tx, source_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (dtmf_tx, dtmf_rx) = mpsc::channel(DTMF_QUEUE);
         let driver = Driver {
             rtp,
@@ -171,18 +199,17 @@ impl RtpEndpoint {
             pcm: Vec::new(),
             early_source: None,
             source_wake: None,
+            udp_state: super::bridge::recv_state()?,
         };
-        let task = handle.spawn(driver.run(params_rx, tap_rx, listen_rx, source_rx, pair));
+        let task = handle.spawn(driver.run(params_rx, cmd_rx, pair));
         Ok(RtpEndpoint {
             local,
             shared,
             params_tx,
             first_rx,
             task,
-            tap_tx,
-            listen_tx,
+            cmd_tx,
             listening: None,
-            source_tx,
             recording: None,
             dtmf_rx: Some(dtmf_rx),
         })
@@ -193,12 +220,12 @@ impl RtpEndpoint {
     /// the negotiated codec's PCM rate (8 kHz for G.711, 16 kHz for G.722, 48 kHz for
     /// Opus). Ignored when the endpoint has stopped.
     pub fn play(&self, source: Box<dyn AudioSource>) {
-        let _ = self.source_tx.send(Some(source));
+        let _ = self.cmd_tx.send(Command::Source(Some(source)));
     }
 
     /// Back to silence at once.
     pub fn stop_playing(&self) {
-        let _ = self.source_tx.send(None);
+        let _ = self.cmd_tx.send(Command::Source(None));
     }
 
     /// The bound RTP address (RTCP is on the next port).
@@ -216,6 +243,7 @@ impl RtpEndpoint {
     /// comes from, which may latch besides the SDP address (a far end behind NAT).
     pub fn connect_from(&self, params: StreamParams, signalling: Option<IpAddr>) {
         self.params_tx.send_replace(Some((params, signalling)));
+        let _ = self.cmd_tx.send(Command::Params);
     }
 
     /// What the last [`connect`](Self::connect) negotiated, if anything yet.
@@ -263,9 +291,8 @@ impl RtpEndpoint {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| RecordingError::Stopped)?;
         let path = path.as_ref();
         let (tap, task) = super::recording::prepare(path, params)?;
-        // Capacity 1 and at most one recording per endpoint: full cannot happen.
-        self.tap_tx
-            .try_send(tap)
+        self.cmd_tx
+            .send(Command::Tap(tap))
             .map_err(|_| RecordingError::Stopped)?;
         self.recording = Some(RecordingHandle {
             path: path.to_path_buf(),
@@ -297,8 +324,8 @@ impl RtpEndpoint {
         let alive = Arc::new(AtomicBool::new(false));
         let listener =
             DirectListener::new(&params, out_rate, sink, Arc::clone(&alive), Instant::now())?;
-        self.listen_tx
-            .send(Some(listener))
+        self.cmd_tx
+            .send(Command::Listen(Some(Box::new(listener))))
             .map_err(|_| RecordingError::Stopped)?;
         self.listening = Some(alive);
         Ok(())
@@ -308,7 +335,7 @@ impl RtpEndpoint {
     pub fn stop_listening(&mut self) {
         if let Some(alive) = self.listening.take() {
             alive.store(false, Ordering::Relaxed);
-            let _ = self.listen_tx.send(None);
+            let _ = self.cmd_tx.send(Command::Listen(None));
         }
     }
 
@@ -345,16 +372,14 @@ impl RtpEndpoint {
     ) {
         let RtpEndpoint {
             shared,
-            params_tx,
+            cmd_tx,
             task,
-            tap_tx,
             recording,
             ..
         } = self;
-        // The task ends when the params sender goes away; it drops the tap, which ends
+        // The task ends when the command channel closes; it drops the tap, which ends
         // the recording.
-        drop(params_tx);
-        drop(tap_tx);
+        drop(cmd_tx);
         if let Err(e) = task.await {
             tracing::warn!(error = %e, "RTP endpoint task failed");
         }
@@ -417,6 +442,8 @@ struct Driver {
     early_source: Option<Box<dyn AudioSource>>,
     /// The playing source's wake-up: audio arrived after it ran dry.
     source_wake: Option<Arc<tokio::sync::Notify>>,
+    /// quinn-udp's state for `recvmmsg` on `rtp` (shared, see `bridge::recv_state`).
+    udp_state: &'static UdpSocketState,
 }
 
 /// The encoder of a playing source (the codec's encoders have no `Debug`).
@@ -430,10 +457,27 @@ impl std::fmt::Debug for SourceEncoder {
     }
 }
 
-/// The playing source's wake-up, or never.
-async fn source_woken(wake: Option<&Arc<tokio::sync::Notify>>) {
-    match wake {
-        Some(w) => w.notified().await,
+/// The playing source's wake-up, kept armed across the task's loop iterations: a fresh
+/// `Notified` on every packet and tick cost two round trips through the `Notify`'s
+/// waiter lock. The `Notify` it was armed on tells when the source changed.
+type ArmedWake = Option<(
+    Arc<tokio::sync::Notify>,
+    std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+)>;
+
+/// Arms `armed` on `wake` (the playing source's), unless it already is.
+fn arm(armed: &mut ArmedWake, wake: Option<&Arc<tokio::sync::Notify>>) {
+    match (wake, armed.as_ref()) {
+        (Some(w), Some((on, _))) if Arc::ptr_eq(w, on) => {}
+        (Some(w), _) => *armed = Some((Arc::clone(w), Box::pin(Arc::clone(w).notified_owned()))),
+        (None, _) => *armed = None,
+    }
+}
+
+/// The armed wake-up, or never.
+async fn source_woken(armed: &mut ArmedWake) {
+    match armed.as_mut() {
+        Some((_, notified)) => notified.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -450,47 +494,41 @@ impl Driver {
     async fn run(
         mut self,
         mut params_rx: watch::Receiver<Option<(StreamParams, Option<IpAddr>)>>,
-        mut tap_rx: mpsc::Receiver<Tap>,
-        mut listen_rx: mpsc::UnboundedReceiver<Option<DirectListener>>,
-        mut source_rx: mpsc::UnboundedReceiver<Option<Box<dyn AudioSource>>>,
+        mut cmd_rx: mpsc::UnboundedReceiver<Command>,
         ports: PortPair,
     ) {
-        let mut tap_open = true;
-        let mut listen_open = true;
-        let mut source_open = true;
-        let mut rbuf = [0u8; RECV_BUF];
+        let mut rbufs = [[0u8; RECV_BUF]; RECV_BATCH];
         let mut cbuf = [0u8; RECV_BUF];
         let mut sbuf = [0u8; SEND_BUF];
+        let mut armed: ArmedWake = None;
         loop {
+            arm(&mut armed, self.source_wake.as_ref());
             tokio::select! {
-                changed = params_rx.changed() => {
-                    if changed.is_err() {
-                        break;
+                cmd = cmd_rx.recv() => match cmd {
+                    None => break,
+                    // Several `connect`s before the task looks: the last one, once (as
+                    // the watch alone gave it).
+                    Some(Command::Params) => {
+                        if params_rx.has_changed().unwrap_or(false) {
+                            let params = *params_rx.borrow_and_update();
+                            if let Some((p, signalling)) = params {
+                                self.configure(p, signalling, &mut sbuf);
+                            }
+                        }
                     }
-                    let params = *params_rx.borrow_and_update();
-                    if let Some((p, signalling)) = params {
-                        self.configure(p, signalling, &mut sbuf);
-                    }
-                }
-                r = self.rtp.recv_from(&mut rbuf) => match r {
-                    Ok((n, src)) => self.on_datagram(rbuf.get(..n).unwrap_or_default(), src),
-                    Err(e) => tracing::trace!(error = %e, "RTP recv error"),
+                    Some(Command::Tap(tap)) => self.tap = Some(tap),
+                    Some(Command::Listen(listener)) => self.listen = listener.map(|l| *l),
+                    Some(Command::Source(source)) => self.set_source(source, &mut sbuf),
                 },
-                tap = tap_rx.recv(), if tap_open => match tap {
-                    Some(tap) => self.tap = Some(tap),
-                    None => tap_open = false,
-                },
-                listen = listen_rx.recv(), if listen_open => match listen {
-                    Some(tap) => self.listen = tap,
-                    None => listen_open = false,
-                },
-                source = source_rx.recv(), if source_open => match source {
-                    Some(source) => self.set_source(source, &mut sbuf),
-                    None => source_open = false,
+                r = self.rtp.readable() => match r {
+                    Ok(()) => self.drain_rtp(&mut rbufs),
+                    Err(e) => tracing::trace!(error = %e, "RTP readiness error"),
                 },
                 // RTCP is not interpreted yet; drain it so the socket buffer stays empty.
                 _ = self.rtcp.recv_from(&mut cbuf) => {}
-                () = source_woken(self.source_wake.as_ref()) => {
+                () = source_woken(&mut armed) => {
+                    // Spent: armed again at the top of the loop.
+                    armed = None;
                     self.send_early(&mut sbuf).await;
                 }
                 tick = next_tick(&mut self.send) => {
@@ -592,6 +630,45 @@ impl Driver {
                 .get_mut(HEADER_LEN..)
                 .and_then(|out| silence_frame(s.params.codec, ptime_ms, samples, out))
                 .unwrap_or(0);
+        }
+    }
+
+    /// Handles the datagrams waiting on the RTP socket, up to [`DRAIN_MAX`]. A short
+    /// `recvmmsg` batch means the socket was empty at that moment, so readiness is
+    /// cleared right there (as the bridge does) instead of by one more `recvfrom`
+    /// failing with `EAGAIN`: one syscall less per packet.
+    fn drain_rtp(&mut self, bufs: &mut [[u8; RECV_BUF]; RECV_BATCH]) {
+        let mut handled = 0;
+        while handled < DRAIN_MAX {
+            let mut meta = [RecvMeta::default(); RECV_BATCH];
+            let mut got = 0;
+            let res = {
+                let (sock, state) = (&self.rtp, self.udp_state);
+                sock.try_io(Interest::READABLE, || {
+                    let mut iovs = bufs.each_mut().map(|b| IoSliceMut::new(b));
+                    got = state.recv(UdpSockRef::from(sock), &mut iovs, &mut meta)?;
+                    if got < RECV_BATCH {
+                        // Tokio clears readiness on WouldBlock (only if no new event
+                        // arrived meanwhile); what `got` holds is still handled below.
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                })
+            };
+            for (m, buf) in meta.iter().zip(bufs.iter()).take(got) {
+                // GRO is off on this socket (see `bridge::recv_state`): one datagram each.
+                self.on_datagram(buf.get(..m.len).unwrap_or_default(), m.addr);
+            }
+            handled += got.max(1);
+            match res {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::trace!(error = %e, "RTP recv error");
+                    return;
+                }
+            }
         }
     }
 

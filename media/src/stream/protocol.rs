@@ -216,13 +216,17 @@ pub struct StartParams {
 #[derive(Debug, Clone)]
 pub struct Sequencer {
     stream_sid: String,
+    /// `stream_sid` as a JSON string literal, for [`Sequencer::media_json`].
+    sid_json: String,
     next: u64,
 }
 
 impl Sequencer {
     pub fn new(stream_sid: impl Into<String>) -> Self {
+        let stream_sid = stream_sid.into();
         Sequencer {
-            stream_sid: stream_sid.into(),
+            sid_json: serde_json::to_string(&stream_sid).unwrap_or_default(),
+            stream_sid,
             next: 1,
         }
     }
@@ -283,6 +287,27 @@ impl Sequencer {
                 payload: chunk.payload,
             },
         }
+    }
+
+    /// `self.media(chunk).to_json()`, the same text, formatted directly: one of these
+    /// goes out per 20 ms frame of every stream, and serde's envelope (five `String`
+    /// fields, then the serialiser) was a visible share of the uplink's cost.
+    pub fn media_json(&mut self, chunk: &MediaChunk) -> String {
+        use std::fmt::Write as _;
+        let seq = self.next;
+        self.next += 1;
+        let mut out = String::with_capacity(112 + self.sid_json.len() + chunk.payload.len());
+        // Writing to a String cannot fail. The payload is base64: nothing to escape.
+        let _ = write!(
+            out,
+            r#"{{"event":"media","sequenceNumber":"{seq}","streamSid":{},"media":{{"track":"{}","chunk":"{}","timestamp":"{}","payload":"{}"}}}}"#,
+            self.sid_json,
+            chunk.track.as_str(),
+            chunk.chunk,
+            chunk.timestamp_ms,
+            chunk.payload,
+        );
+        out
     }
 
     pub fn dtmf(&mut self, digit: char) -> SwitchMessage {
@@ -422,6 +447,24 @@ mod tests {
     use super::*;
     use crate::stream::playout::ClearedMark;
     use serde_json::{Value, json};
+
+    #[test]
+    fn media_json_is_the_serde_text() {
+        for sid in ["MZ01HXYZ", "odd \"sid\" \\ \u{1}"] {
+            let (mut fast, mut slow) = (Sequencer::new(sid), Sequencer::new(sid));
+            for (track, chunk, ts) in [(Track::Inbound, 1, 0), (Track::Outbound, 77, 1540)] {
+                let chunk = MediaChunk {
+                    track,
+                    chunk,
+                    timestamp_ms: ts,
+                    payload: encode_payload(&[0xff, 0x7f, 0x00, 0x12]),
+                };
+                assert_eq!(fast.media_json(&chunk), slow.media(chunk).to_json());
+            }
+            // The numbering goes on from there for either.
+            assert_eq!(fast.dtmf('5'), slow.dtmf('5'));
+        }
+    }
 
     fn params() -> StartParams {
         StartParams {
