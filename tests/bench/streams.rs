@@ -82,6 +82,13 @@
 //!   18 %), `recvmmsg` 6 %, `epoll_wait` 2 %, user space ~38 % (tokio wake-ups and
 //!   channel polls, codecs, JSON and base64, tungstenite framing).
 //!
+//! Measured again after the merge with the conntrack table deleted (`nft delete table ip
+//! switchyard`; load average 2.0 at the start from a build that had just finished),
+//! pinned, `STREAM_CALLS=300,500,700`: 300 calls p99 4.3 up / 4.8 ms down at 0.66 of the
+//! core (2.20 ms per call-second, 454 calls per core), all delivered; 500 calls p99 41 /
+//! 54 ms at 0.95 (saturated, downlink 89 % delivered); 700 saturated. Still short of the
+//! issue's 1,000 per core.
+//!
 //! Before (listen task with a 20 ms jitter buffer, pacer-aligned downlink, tungstenite's
 //! 128 KiB zero-filled read buffer): uplink p50 31-33 ms, downlink 10-11 ms, 3.1-3.9 ms
 //! CPU per call-second at 100 calls.
