@@ -16,14 +16,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::envelope::{Data, Envelope, Page, Pagination};
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{
-    AppJson, AppPath as Path, AppQuery as Query, Auth, invalid_cursor, parse_limit,
-};
+use super::extract::{AppJson, AppPath as Path, AppQuery as Query, Auth, parse_limit};
 use crate::agents::model::{
     Agent, AgentKind, AgentStatus, AgentType, Channel, Conversation, ConversationChannel,
     ConversationStatus, GreetingType, Message, MessageRole, NumberAssignment, OnError, PromptType,
@@ -665,15 +663,8 @@ pub async fn create_agent(
     Ok(Envelope::created(created.into()))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageQuery {
-    /// Page size.
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 100, default = 20)]
-    pub limit: Option<String>,
-    /// `meta.pagination.cursor` of the previous page; else `INVALID_CURSOR`.
-    pub cursor: Option<String>,
-}
+/// `limit` and `cursor`, as every list takes them.
+pub use super::calls::ListQuery as PageQuery;
 
 /// The tenant's agents, newest first.
 #[utoipa::path(
@@ -694,15 +685,10 @@ pub async fn list_agents(
 ) -> Result<Envelope<Vec<AgentBody>>, ApiError> {
     let limit = parse_limit(q.limit.as_deref())?;
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
-    let page = match state
+    let page = state
         .store
         .list_agents(&auth.tenant, limit, cursor, Utc::now())
-        .await
-    {
-        Ok(p) => p,
-        Err(StoreError::InvalidCursor) => return Err(invalid_cursor()),
-        Err(e) => return Err(e.into()),
-    };
+        .await?;
     Ok(Envelope::page(
         page.agents.into_iter().map(AgentBody::from).collect(),
         Pagination {
@@ -1377,15 +1363,10 @@ pub async fn list_conversations(
     let limit = parse_limit(q.limit.as_deref())?;
     find_agent(&state, &auth.tenant, &id).await?;
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
-    let page = match state
+    let page = state
         .store
         .list_conversations(&auth.tenant, &id, limit, cursor)
-        .await
-    {
-        Ok(p) => p,
-        Err(StoreError::InvalidCursor) => return Err(invalid_cursor()),
-        Err(e) => return Err(e.into()),
-    };
+        .await?;
     Ok(Envelope::page(
         page.conversations
             .into_iter()

@@ -8,9 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::envelope::{Data, Envelope, Page, Pagination};
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{
-    AppJson, AppPath as Path, AppQuery as Query, Auth, invalid_cursor, parse_limit,
-};
+use super::extract::{AppJson, AppPath as Path, AppQuery as Query, Auth, parse_limit};
 use crate::core::OriginateRequest;
 use crate::model::{CallEvent, CallRecord};
 
@@ -296,11 +294,7 @@ pub async fn list(
 ) -> Result<Envelope<Vec<CallRecord>>, ApiError> {
     let limit = parse_limit(q.limit.as_deref())?;
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
-    let page = match state.store.list_calls(&auth.tenant, limit, cursor).await {
-        Ok(p) => p,
-        Err(crate::store::StoreError::InvalidCursor) => return Err(invalid_cursor()),
-        Err(e) => return Err(e.into()),
-    };
+    let page = state.store.list_calls(&auth.tenant, limit, cursor).await?;
     Ok(Envelope::page(
         page.calls,
         Pagination {

@@ -197,6 +197,10 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        // A cursor the client sent is its mistake, not the store's.
+        if matches!(e, crate::store::StoreError::InvalidCursor) {
+            return super::extract::invalid_cursor();
+        }
         tracing::error!(error = %e, "store error");
         Self::new(ErrorCode::InternalError, "internal error")
     }

@@ -10,9 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::envelope::{Data, Envelope, Page, Pagination};
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::extract::{
-    AppJson, AppPath as Path, AppQuery as Query, Auth, invalid_cursor, parse_limit,
-};
+use super::extract::{AppJson, AppPath as Path, AppQuery as Query, Auth, parse_limit};
 use crate::proxy::{
     Capability, NewSession, ProxyInteraction, ProxyNumber, ProxySession, SessionMode,
     SessionStatus, UnknownCaller,
@@ -449,15 +447,10 @@ pub async fn list_sessions(
         ),
     };
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
-    let page = match state
+    let page = state
         .store
         .list_proxy_sessions(&auth.tenant, status, limit, cursor, Utc::now())
-        .await
-    {
-        Ok(p) => p,
-        Err(StoreError::InvalidCursor) => return Err(invalid_cursor()),
-        Err(e) => return Err(e.into()),
-    };
+        .await?;
     Ok(Envelope::page(
         page.sessions,
         Pagination {
@@ -570,11 +563,7 @@ pub async fn list_interactions(
             limit,
             q.cursor.as_deref().filter(|c| !c.is_empty()),
         )
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::InvalidCursor => invalid_cursor(),
-            e => e.into(),
-        })?;
+        .await?;
     Ok(Envelope::page(
         page.interactions,
         Pagination {
