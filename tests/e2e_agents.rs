@@ -755,9 +755,18 @@ async fn a_dynamic_prompt_is_fetched_and_an_http_tool_is_called() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_an_agent_ends_its_live_call() {
-    // The provider greets and then waits: only the DELETE ends the call.
+/// An outbound call to a SIPp far end (a PCMU tone) connected to an agent named `name`
+/// whose provider greets and then waits; returned once the agent's stream has started.
+struct LiveAgentCall {
+    fake: FakeRealtime,
+    far: Sipp,
+    h: Harness,
+    agent_id: String,
+    id: String,
+    _scenario: tempfile::TempDir,
+}
+
+async fn live_agent_call(rtp_base: u16, name: &str) -> LiveAgentCall {
     let fake = FakeRealtime::builder(Flavor::OpenAi)
         .step(
             Trigger::Received("response.create"),
@@ -765,13 +774,16 @@ async fn deleting_an_agent_ends_its_live_call() {
         )
         .spawn()
         .await;
-    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
+    let (dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
     let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
     let provider = provider_toml("openai", &fake);
-    let mut h = harness::setup(&far, |c| c.rtp_ports(37000, 37099).extra(&provider)).await;
+    let mut h = harness::setup(&far, |c| {
+        c.rtp_ports(rtp_base, rtp_base + 99).extra(&provider)
+    })
+    .await;
     let agent_id = active_agent(
         &h,
-        json!({"name": "Temp", "model": "gpt-realtime", "agent_type": "static", "instructions": "Hi."}),
+        json!({"name": name, "model": "gpt-realtime", "agent_type": "static", "instructions": "Hi."}),
     )
     .await;
     let id = h.call(json!({"agent_id": agent_id})).await;
@@ -782,6 +794,21 @@ async fn deleting_an_agent_ends_its_live_call() {
             break;
         }
     }
+    LiveAgentCall {
+        fake,
+        far,
+        h,
+        agent_id,
+        id,
+        _scenario: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_agent_ends_its_live_call() {
+    // The provider greets and then waits: only the DELETE ends the call.
+    let call = live_agent_call(37000, "Temp").await;
+    let (fake, far, mut h, agent_id, id) = (call.fake, call.far, call.h, call.agent_id, call.id);
     let (code, body) = h
         .api
         .request(
@@ -803,29 +830,8 @@ async fn deleting_an_agent_ends_its_live_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hangup_api_ends_the_model_session_too() {
-    let fake = FakeRealtime::builder(Flavor::OpenAi)
-        .step(
-            Trigger::Received("response.create"),
-            openai_audio("item_greet", &tone(440.0, 24_000, 400), 2),
-        )
-        .spawn()
-        .await;
-    let (_dir, scenario) = scenario_with_fixtures("bridge_uas_pcmu_tone.xml");
-    let far = Sipp::builder(scenario.to_str().unwrap()).spawn();
-    let provider = provider_toml("openai", &fake);
-    let mut h = harness::setup(&far, |c| c.rtp_ports(37200, 37299).extra(&provider)).await;
-    let agent_id = active_agent(
-        &h,
-        json!({"name": "Brief", "model": "gpt-realtime", "agent_type": "static", "instructions": "Hi."}),
-    )
-    .await;
-    let id = h.call(json!({"agent_id": agent_id})).await;
-    loop {
-        let e = h.event().await;
-        if e["type"] == "call.stream.started" {
-            break;
-        }
-    }
+    let call = live_agent_call(37200, "Brief").await;
+    let (fake, far, mut h, agent_id, id) = (call.fake, call.far, call.h, call.agent_id, call.id);
     let (code, body) = h.api.hangup(&id).await;
     assert!(code < 300, "{code} {body}");
     let done = until_ended(&mut h).await;
