@@ -19,17 +19,20 @@
 //! move the latch, so two live sources cannot make it flap.
 #![allow(clippy::disallowed_methods)] // driver: the only clock reader in this crate
 
+use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::io::Interest;
+use tokio::io::{Interest, ReadBuf};
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -168,6 +171,14 @@ impl RtpEndpoint {
         let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         let (pair, rtp, rtcp) = super::pool::bind_from_pool(pool, bind_ip, None)?;
         let local = SocketAddr::new(bind_ip, pair.rtp());
+        // Registered for reading only: a socket registered for writing too gets an
+        // EPOLLOUT edge every time the kernel frees a sent datagram, one event per packet
+        // that nobody waits for. Sends go straight to the socket (see `send_packet`).
+        // `with_interest` is deprecated because an arbitrary `AsRawFd` may change or
+        // close its descriptor behind the reactor's back; the `AsyncFd` owns this
+        // `std::net::UdpSocket`, whose descriptor is fixed until it is dropped.
+        #[allow(deprecated)]
+        let rtp = AsyncFd::with_interest(rtp.into_std()?, Interest::READABLE)?;
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
             packets_received: AtomicU64::new(0),
@@ -420,7 +431,8 @@ impl SendState {
 /// The task's state. Buffers live on the task's stack: nothing allocates per packet.
 #[derive(Debug)]
 struct Driver {
-    rtp: UdpSocket,
+    /// Non-blocking; registered for readiness to read only.
+    rtp: AsyncFd<std::net::UdpSocket>,
     rtcp: UdpSocket,
     shared: Arc<Shared>,
     first_tx: watch::Sender<bool>,
@@ -475,19 +487,34 @@ fn arm(armed: &mut ArmedWake, wake: Option<&Arc<tokio::sync::Notify>>) {
 }
 
 /// The armed wake-up, or never.
-async fn source_woken(armed: &mut ArmedWake) {
-    match armed.as_mut() {
-        Some((_, notified)) => notified.as_mut().await,
-        None => std::future::pending().await,
-    }
+
+/// What woke the endpoint's task.
+enum Wake {
+    /// A command, or `None`: the handle is gone.
+    Command(Option<Command>),
+    /// The pacing tick.
+    Tick(tokio::time::Instant),
+    /// Audio arrived at the playing source after it ran dry.
+    Source,
+    /// Datagrams wait on the RTP socket.
+    Rtp,
+    /// The reactor is gone (the runtime shuts down).
+    Gone(io::Error),
 }
 
-/// Next pacing tick, or never when not sending.
-async fn next_tick(send: &mut Option<SendState>) -> tokio::time::Instant {
-    match send.as_mut().and_then(|s| s.ticker.as_mut()) {
-        Some(t) => t.tick().await,
-        None => std::future::pending().await,
+/// Datagrams this many at most per wake-up on the RTCP socket.
+const RTCP_DRAIN_MAX: usize = 16;
+
+/// Empties the RTCP socket (not interpreted yet), registering for its next datagram.
+fn drain_rtcp(rtcp: &UdpSocket, buf: &mut [u8; RECV_BUF], cx: &mut Context<'_>) {
+    for _ in 0..RTCP_DRAIN_MAX {
+        let mut rb = ReadBuf::new(&mut buf[..]);
+        if rtcp.poll_recv_from(cx, &mut rb).is_pending() {
+            return;
+        }
     }
+    // More than a wake-up's share: come back for the rest.
+    cx.waker().wake_by_ref();
 }
 
 impl Driver {
@@ -503,47 +530,79 @@ impl Driver {
         let mut armed: ArmedWake = None;
         loop {
             arm(&mut armed, self.source_wake.as_ref());
-            tokio::select! {
-                cmd = cmd_rx.recv() => match cmd {
-                    None => break,
-                    // Several `connect`s before the task looks: the last one, once (as
-                    // the watch alone gave it).
-                    Some(Command::Params) => {
-                        if params_rx.has_changed().unwrap_or(false) {
-                            let params = *params_rx.borrow_and_update();
-                            if let Some((p, signalling)) = params {
-                                self.configure(p, signalling, &mut sbuf);
-                            }
+            // Polled by hand rather than with `select!`: the readiness futures `select!`
+            // builds and drops on every iteration each took the socket's waiter lock
+            // twice. The pacing tick comes before the RTP socket, so a flood of packets
+            // cannot starve what we send.
+            let wake = poll_fn(|cx| {
+                if let Poll::Ready(cmd) = cmd_rx.poll_recv(cx) {
+                    return Poll::Ready(Wake::Command(cmd));
+                }
+                if let Some(ticker) = self.send.as_mut().and_then(|s| s.ticker.as_mut())
+                    && let Poll::Ready(tick) = ticker.poll_tick(cx)
+                {
+                    return Poll::Ready(Wake::Tick(tick));
+                }
+                if let Some((_, notified)) = armed.as_mut()
+                    && notified.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Wake::Source);
+                }
+                match self.rtp.poll_read_ready(cx) {
+                    // Readiness stays set: `drain_rtp` clears it when the socket is empty.
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Wake::Rtp),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Wake::Gone(e)),
+                    Poll::Pending => {}
+                }
+                drain_rtcp(&self.rtcp, &mut cbuf, cx);
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Command(None) => break,
+                // Several `connect`s before the task looks: the last one, once (as the
+                // watch alone gave it).
+                Wake::Command(Some(Command::Params)) => {
+                    if params_rx.has_changed().unwrap_or(false) {
+                        let params = *params_rx.borrow_and_update();
+                        if let Some((p, signalling)) = params {
+                            self.configure(p, signalling, &mut sbuf);
                         }
                     }
-                    Some(Command::Tap(tap)) => self.tap = Some(tap),
-                    Some(Command::Listen(listener)) => self.listen = listener.map(|l| *l),
-                    Some(Command::Source(source)) => self.set_source(source, &mut sbuf),
-                },
-                r = self.rtp.readable() => match r {
-                    Ok(()) => self.drain_rtp(&mut rbufs),
-                    Err(e) => tracing::trace!(error = %e, "RTP readiness error"),
-                },
-                // RTCP is not interpreted yet; drain it so the socket buffer stays empty.
-                _ = self.rtcp.recv_from(&mut cbuf) => {}
-                () = source_woken(&mut armed) => {
+                }
+                Wake::Command(Some(Command::Tap(tap))) => self.tap = Some(tap),
+                Wake::Command(Some(Command::Listen(listener))) => {
+                    self.listen = listener.map(|l| *l);
+                }
+                Wake::Command(Some(Command::Source(source))) => self.set_source(source, &mut sbuf),
+                Wake::Rtp => self.drain_rtp(&mut rbufs),
+                Wake::Source => {
                     // Spent: armed again at the top of the loop.
                     armed = None;
-                    self.send_early(&mut sbuf).await;
+                    self.send_early(&mut sbuf);
                 }
-                tick = next_tick(&mut self.send) => {
-                    self.send_packet(tick, false, &mut sbuf).await;
+                Wake::Tick(tick) => {
+                    self.send_packet(tick, false, &mut sbuf);
                     if let Some(listener) = self.listen.as_mut()
                         && !listener.on_tick(Instant::now())
                     {
                         self.listen = None;
                     }
                 }
+                Wake::Gone(e) => {
+                    // Only when the runtime shuts down.
+                    tracing::debug!(error = %e, "RTP endpoint's reactor is gone");
+                    break;
+                }
             }
         }
         // The sockets go back with their ports (kept for the next call, or closed first).
         let Driver { rtp, rtcp, .. } = self;
-        ports.recycle(rtp, rtcp);
+        match UdpSocket::from_std(rtp.into_inner()) {
+            Ok(rtp) => ports.recycle(rtp, rtcp),
+            // No reactor to register it with (shutdown): it closes, the pair is freed.
+            Err(e) => tracing::debug!(error = %e, "RTP socket not kept"),
+        }
     }
 
     fn configure(
@@ -644,9 +703,9 @@ impl Driver {
             let mut got = 0;
             let res = {
                 let (sock, state) = (&self.rtp, self.udp_state);
-                sock.try_io(Interest::READABLE, || {
+                sock.try_io(Interest::READABLE, |inner| {
                     let mut iovs = bufs.each_mut().map(|b| IoSliceMut::new(b));
-                    got = state.recv(UdpSockRef::from(sock), &mut iovs, &mut meta)?;
+                    got = state.recv(UdpSockRef::from(inner), &mut iovs, &mut meta)?;
                     if got < RECV_BATCH {
                         // Tokio clears readiness on WouldBlock (only if no new event
                         // arrived meanwhile); what `got` holds is still handled below.
@@ -752,7 +811,7 @@ impl Driver {
     /// Audio arrived at a source that had run dry: send it now rather than at the next
     /// tick, and tick from here on. The packet's timestamp is one frame on, as always,
     /// so the timestamps now lead the clock by what was left of the packet time.
-    async fn send_early(&mut self, sbuf: &mut [u8; SEND_BUF]) {
+    fn send_early(&mut self, sbuf: &mut [u8; SEND_BUF]) {
         let Some(s) = self.send.as_mut() else {
             return;
         };
@@ -767,10 +826,10 @@ impl Driver {
             .map_or(s.ptime, |t| now.saturating_duration_since(t));
         s.lead += s.ptime.saturating_sub(since);
         ticker.reset();
-        self.send_packet(now, true, sbuf).await;
+        self.send_packet(now, true, sbuf);
     }
 
-    async fn send_packet(
+    fn send_packet(
         &mut self,
         tick: tokio::time::Instant,
         early: bool,
@@ -835,7 +894,9 @@ impl Driver {
         let Some(packet) = sbuf.get(..HEADER_LEN + payload_len) else {
             return;
         };
-        match self.rtp.send_to(packet, s.dest()).await {
+        // Straight to the socket: a datagram that finds the send buffer full is late
+        // audio, better dropped than waited for.
+        match self.rtp.get_ref().send_to(packet, s.dest()) {
             Ok(_) => {
                 self.shared.packets_sent.fetch_add(1, Ordering::Relaxed);
             }
