@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::io::{Interest, ReadBuf};
 use tokio::io::unix::AsyncFd;
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -486,8 +486,6 @@ fn arm(armed: &mut ArmedWake, wake: Option<&Arc<tokio::sync::Notify>>) {
     }
 }
 
-/// The armed wake-up, or never.
-
 /// What woke the endpoint's task.
 enum Wake {
     /// A command, or `None`: the handle is gone.
@@ -829,12 +827,7 @@ impl Driver {
         self.send_packet(now, true, sbuf);
     }
 
-    fn send_packet(
-        &mut self,
-        tick: tokio::time::Instant,
-        early: bool,
-        sbuf: &mut [u8; SEND_BUF],
-    ) {
+    fn send_packet(&mut self, tick: tokio::time::Instant, early: bool, sbuf: &mut [u8; SEND_BUF]) {
         let Some(s) = self.send.as_mut() else {
             return;
         };
