@@ -6,6 +6,10 @@
 //! cargo bench --bench streams                     # 50, 100, 200, 300, 500, 1,000 calls
 //! STREAM_CALLS=200 STREAM_SECONDS=30 cargo bench --bench streams
 //! STREAM_CALLS=500,1000,1500 cargo bench --bench streams
+//! # the switch alone on CPU 0, the far ends and servers on CPU 1: calls per core
+//! STREAM_SWITCH_WORKERS=1 STREAM_HARNESS_WORKERS=1 STREAM_PIN=1 STREAM_CALLS=300,500,700 cargo bench --bench streams
+//! # the same with bare sockets in place of the switch (`floor_call`): the kernel's floor
+//! STREAM_FLOOR=1 STREAM_SWITCH_WORKERS=1 STREAM_HARNESS_WORKERS=1 STREAM_PIN=1 cargo bench --bench streams
 //! ```
 //!
 //! Each call is what the switch runs for an answered call with a bidirectional µ-law
@@ -88,6 +92,32 @@
 //! core (2.20 ms per call-second, 454 calls per core), all delivered; 500 calls p99 41 /
 //! 54 ms at 0.95 (saturated, downlink 89 % delivered); 700 saturated. Still short of the
 //! issue's 1,000 per core.
+//!
+//! Measured 2026-12-06 (a new session, a fresh machine, no nftables table), after the
+//! RTP endpoint's loop became a hand-polled one (no readiness futures built and dropped
+//! per wake-up) and its RTP socket was registered for reading only (no EPOLLOUT event per
+//! datagram sent), pinned:
+//! - alternating 500-call runs, before → after: 1.31 / 1.31 / 1.36 → 1.29 / 1.24 / 1.29
+//!   ms per call-second (−4 %), p99 up/down 2.1–9.9 / 2.5–18.3 → 1.4–3.7 / 1.3–5.2 ms.
+//! - 600 calls: p99 5.2 up / 7.7 ms down at 0.84 of the core (1.40 ms per call-second,
+//!   714 calls per core), all delivered; 700 calls: 0.95 of the core, p99 56 / 76 ms,
+//!   89 % of the downlink delivered (saturated). At the session's start, on a quieter
+//!   host, the same code before the change carried 700 calls at 0.82 of the core with
+//!   p99 6.4 / 7.5 ms: this VM's speed drifts by some 15 % over an hour.
+//! - `STREAM_FLOOR=1` (bare sockets, the same far ends and servers): 0.81 / 0.78 / 0.79
+//!   / 0.69 / 0.74 ms per call-second at 300 / 500 / 700 / 1,000 / 1,200 calls (1,000
+//!   calls: 0.69 of the core; 1,200: 0.89), all delivered. With the RTP sent from a
+//!   20 ms timer of its own instead of on arrival (`STREAM_FLOOR_TIMER=1`, as the real
+//!   pacer does) it costs some 10 % more (0.63 / 0.65 → 0.70 / 0.74 at 700 calls).
+//!   The switch's work above the floor is ~0.6 ms per call-second (1.40 against 0.80 at
+//!   600-700 calls). `perf` (700 calls, the switch's thread): 68 % kernel (RTP `sendto`
+//!   28 %, the `media` TCP `send` 20 %, TCP reads 10 %, `epoll_wait` 6 %, `recvmmsg` 4 %;
+//!   a loopback send also runs the receiving peer's network stack), user space ~30 %
+//!   spread over some sixty functions (none above 1.4 %): tokio wake-ups and channels,
+//!   G.711, base64 and JSON, tungstenite framing, the playout. 1,000 calls on one core
+//!   with p99 under 20 ms needs the total under ~0.85 ms per call-second, the floor's
+//!   0.69 plus at most ~0.15 of our own: a quarter of what the switch spends above the
+//!   floor today.
 //!
 //! Before (listen task with a 20 ms jitter buffer, pacer-aligned downlink, tungstenite's
 //! 128 KiB zero-filled read buffer): uplink p50 31-33 ms, downlink 10-11 ms, 3.1-3.9 ms
@@ -487,6 +517,90 @@ struct Row {
     delivered: (f64, f64),
 }
 
+/// `STREAM_FLOOR=1`: what one call costs a switch that does nothing but the socket work
+/// the real one cannot avoid. Per RTP packet from the far end: one `recv` (readiness
+/// cleared by the same call, as the endpoint's `recvmmsg` does), one RTP packet back and
+/// one `media` frame (prepared once, a masked WebSocket text frame of the size the real
+/// one has) to the server: the three syscalls per frame pair the real switch makes,
+/// with one task and one wake-up per packet and no audio work. The server's rare
+/// messages are read and dropped.
+async fn floor_call(i: usize, url: String, udp: UdpSocket, far: SocketAddr) {
+    use tokio::io::Interest;
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+        return;
+    };
+    let hello = [
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#.to_owned(),
+        format!(
+            r#"{{"event":"start","sequenceNumber":"1","start":{{"callSid":"CA{i}","streamSid":"MZ{i}"}},"streamSid":"MZ{i}"}}"#
+        ),
+    ];
+    for text in hello {
+        if ws.send(Message::text(text)).await.is_err() {
+            return;
+        }
+    }
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.into_inner() else {
+        return;
+    };
+    let payload = BASE64.encode([SILENCE; 160]);
+    let json = format!(
+        r#"{{"event":"media","sequenceNumber":"100","media":{{"track":"inbound","chunk":"99","timestamp":"1980","payload":"{payload}"}},"streamSid":"MZ{i}"}}"#
+    );
+    // A client frame: FIN + text, masked (an all-zero key leaves the payload as is).
+    let mut frame = vec![0x81, 0x80 | 126];
+    frame.extend_from_slice(&u16::try_from(json.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(json.as_bytes());
+    let mut rtp = [SILENCE; 172];
+    rtp[..12].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0x51, 0x57, 0, 0]);
+    let mut buf = [0u8; 4096];
+    let mut uninit = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    let mut seq: u16 = 0;
+    let timer = std::env::var("STREAM_FLOOR_TIMER").is_ok_and(|v| v == "1");
+    let mut tick = tokio::time::interval(PTIME);
+    loop {
+        tokio::select! {
+            _ = tick.tick(), if timer => {
+                seq = seq.wrapping_add(1);
+                rtp[2..4].copy_from_slice(&seq.to_be_bytes());
+                let _ = udp.try_send_to(&rtp, far);
+            }
+            r = udp.readable() => {
+                if r.is_err() {
+                    return;
+                }
+                let got = udp.try_io(Interest::READABLE, || {
+                    socket2::SockRef::from(&udp).recv(&mut uninit)?;
+                    // One packet per readiness: cleared here, as the endpoint does.
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+                if got.is_err() {
+                    if !timer {
+                        seq = seq.wrapping_add(1);
+                        rtp[2..4].copy_from_slice(&seq.to_be_bytes());
+                        let _ = udp.try_send_to(&rtp, far);
+                    }
+                    let _ = tcp.try_write(&frame);
+                }
+            }
+            r = tcp.readable() => {
+                if r.is_err() {
+                    return;
+                }
+                loop {
+                    match tcp.try_read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Pins the calling thread to `cpu` (with `taskset`, which the `util-linux` package
 /// every Debian has provides), for `STREAM_PIN=1` runs.
 fn pin_current_thread(cpu: &str) {
@@ -557,6 +671,7 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
         });
     }
 
+    let floor = std::env::var("STREAM_FLOOR").is_ok_and(|v| v == "1");
     // The calls, wired as `start_on_endpoint` wires them.
     // Below the ephemeral range (32768 up), where the far ends and the sockets bind.
     let top = u16::try_from(20_000 + 4 * n + 200).unwrap_or(u16::MAX);
@@ -567,6 +682,14 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
     for i in 0..n {
         let far = Arc::new(harness_rt.block_on(UdpSocket::bind((LOCAL, 0))).unwrap());
         let far_addr = far.local_addr().unwrap();
+        if floor {
+            // The same far end and server, answered by the bare sockets (see `floor_call`).
+            let udp = switch_rt.block_on(UdpSocket::bind((LOCAL, 0))).unwrap();
+            let at = udp.local_addr().unwrap();
+            switch_rt.spawn(floor_call(i, url.clone(), udp, far_addr));
+            harness_rt.spawn(far_end(run.clone(), i, far, at));
+            continue;
+        }
         let _guard = switch_rt.enter();
         let mut endpoint = RtpEndpoint::open(&pool, LOCAL).unwrap();
         endpoint.connect(StreamParams {
