@@ -3,6 +3,14 @@
 //!
 //! In: 16-bit linear PCM samples or 8-bit code words. Out: the other form. One code
 //! word per sample, so buffers convert element for element with no allocation.
+//!
+//! Every call's audio passes through here several times per packet, so the conversions
+//! are table lookups: decoding from two 256-entry tables built at compile time, encoding
+//! from tables built once on first use (µ-law by the whole 16-bit sample, 64 KiB; A-law
+//! by its 13 significant bits, 8 KiB). The bit algorithm stays as the reference the
+//! tables are built from (and tested against, for every input).
+
+use std::sync::LazyLock;
 
 /// µ-law bias added before finding the segment (0x84 = 132).
 const ULAW_BIAS: i32 = 0x84;
@@ -11,14 +19,72 @@ const ULAW_CLIP: i32 = 32635;
 
 /// Encodes one linear sample as µ-law.
 pub fn linear_to_ulaw(sample: i16) -> u8 {
-    let mut s = i32::from(sample);
+    ULAW_ENCODE[usize::from(sample as u16)]
+}
+
+/// Decodes one µ-law code word.
+pub fn ulaw_to_linear(code: u8) -> i16 {
+    ULAW_DECODE[usize::from(code)]
+}
+
+/// Encodes one linear sample as A-law.
+pub fn linear_to_alaw(sample: i16) -> u8 {
+    ALAW_ENCODE[usize::from((sample as u16) >> 3)]
+}
+
+/// Decodes one A-law code word.
+pub fn alaw_to_linear(code: u8) -> i16 {
+    ALAW_DECODE[usize::from(code)]
+}
+
+static ULAW_DECODE: [i16; 256] = {
+    let mut t = [0i16; 256];
+    let mut code = 0;
+    while code < 256 {
+        t[code] = ulaw_to_linear_ref(code as u8);
+        code += 1;
+    }
+    t
+};
+
+static ALAW_DECODE: [i16; 256] = {
+    let mut t = [0i16; 256];
+    let mut code = 0;
+    while code < 256 {
+        t[code] = alaw_to_linear_ref(code as u8);
+        code += 1;
+    }
+    t
+};
+
+/// µ-law code of every sample, indexed by the sample's bits.
+static ULAW_ENCODE: LazyLock<Box<[u8]>> = LazyLock::new(|| {
+    (0..=u16::MAX)
+        .map(|bits| linear_to_ulaw_ref(bits as i16))
+        .collect()
+});
+
+/// A-law code of every sample, indexed by the sample's top 13 bits (A-law ignores the
+/// low 3).
+static ALAW_ENCODE: LazyLock<Box<[u8]>> = LazyLock::new(|| {
+    (0..8192u16)
+        .map(|top| linear_to_alaw_ref((top << 3) as i16))
+        .collect()
+});
+
+/// Encodes one linear sample as µ-law, by the bit algorithm.
+const fn linear_to_ulaw_ref(sample: i16) -> u8 {
+    let mut s = sample as i32;
     let sign: u8 = if s < 0 {
         s = -s;
         0x80
     } else {
         0
     };
-    s = s.min(ULAW_CLIP) + ULAW_BIAS;
+    if s > ULAW_CLIP {
+        s = ULAW_CLIP;
+    }
+    s += ULAW_BIAS;
     // Segment = position of the highest set bit among bits 7..14.
     let top = ((s >> 7) & 0xff) as u8;
     let exponent = if top == 0 {
@@ -30,11 +96,11 @@ pub fn linear_to_ulaw(sample: i16) -> u8 {
     !(sign | (exponent << 4) | mantissa)
 }
 
-/// Decodes one µ-law code word.
-pub fn ulaw_to_linear(code: u8) -> i16 {
+/// Decodes one µ-law code word, by the bit algorithm.
+const fn ulaw_to_linear_ref(code: u8) -> i16 {
     let u = !code;
     let exponent = (u >> 4) & 0x07;
-    let mantissa = i32::from(u & 0x0f);
+    let mantissa = (u & 0x0f) as i32;
     let magnitude = (((mantissa << 3) + ULAW_BIAS) << exponent) - ULAW_BIAS;
     // |magnitude| ≤ 32124, always in range.
     let v = if u & 0x80 != 0 { -magnitude } else { magnitude };
@@ -44,8 +110,8 @@ pub fn ulaw_to_linear(code: u8) -> i16 {
 /// Upper bounds of the A-law segments on the 13-bit scale.
 const ALAW_SEG_END: [i32; 8] = [0x1f, 0x3f, 0x7f, 0xff, 0x1ff, 0x3ff, 0x7ff, 0xfff];
 
-/// Encodes one linear sample as A-law.
-pub fn linear_to_alaw(sample: i16) -> u8 {
+/// Encodes one linear sample as A-law, by the bit algorithm.
+fn linear_to_alaw_ref(sample: i16) -> u8 {
     // A-law works on 13 bits.
     let mut v = i32::from(sample) >> 3;
     let mask: u8 = if v >= 0 {
@@ -63,10 +129,10 @@ pub fn linear_to_alaw(sample: i16) -> u8 {
     ((seg << 4) | quant) ^ mask
 }
 
-/// Decodes one A-law code word.
-pub fn alaw_to_linear(code: u8) -> i16 {
+/// Decodes one A-law code word, by the bit algorithm.
+const fn alaw_to_linear_ref(code: u8) -> i16 {
     let a = code ^ 0x55;
-    let mut t = i32::from(a & 0x0f) << 4;
+    let mut t = ((a & 0x0f) as i32) << 4;
     let seg = (a >> 4) & 0x07;
     match seg {
         0 => t += 8,
@@ -81,8 +147,9 @@ pub fn alaw_to_linear(code: u8) -> i16 {
 /// Encodes `src` into `dst` as µ-law, up to the shorter of the two; returns the count.
 pub fn encode_ulaw(src: &[i16], dst: &mut [u8]) -> usize {
     let n = src.len().min(dst.len());
+    let table: &[u8] = &ULAW_ENCODE;
     for (d, s) in dst.iter_mut().zip(src) {
-        *d = linear_to_ulaw(*s);
+        *d = table.get(usize::from(*s as u16)).copied().unwrap_or(0xff);
     }
     n
 }
@@ -99,8 +166,12 @@ pub fn decode_ulaw(src: &[u8], dst: &mut [i16]) -> usize {
 /// Encodes `src` into `dst` as A-law, up to the shorter of the two; returns the count.
 pub fn encode_alaw(src: &[i16], dst: &mut [u8]) -> usize {
     let n = src.len().min(dst.len());
+    let table: &[u8] = &ALAW_ENCODE;
     for (d, s) in dst.iter_mut().zip(src) {
-        *d = linear_to_alaw(*s);
+        *d = table
+            .get(usize::from((*s as u16) >> 3))
+            .copied()
+            .unwrap_or(0xd5);
     }
     n
 }
@@ -117,6 +188,32 @@ pub fn decode_alaw(src: &[u8], dst: &mut [i16]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tables_are_the_bit_algorithm_for_every_input() {
+        for x in i16::MIN..=i16::MAX {
+            assert_eq!(linear_to_ulaw(x), linear_to_ulaw_ref(x), "ulaw {x}");
+            assert_eq!(linear_to_alaw(x), linear_to_alaw_ref(x), "alaw {x}");
+        }
+        let pcm: Vec<i16> = (i16::MIN..=i16::MAX).collect();
+        let mut codes = vec![0u8; pcm.len()];
+        encode_ulaw(&pcm, &mut codes);
+        assert!(
+            pcm.iter()
+                .zip(&codes)
+                .all(|(&x, &c)| c == linear_to_ulaw_ref(x))
+        );
+        encode_alaw(&pcm, &mut codes);
+        assert!(
+            pcm.iter()
+                .zip(&codes)
+                .all(|(&x, &c)| c == linear_to_alaw_ref(x))
+        );
+        for code in 0..=255u8 {
+            assert_eq!(ulaw_to_linear(code), ulaw_to_linear_ref(code));
+            assert_eq!(alaw_to_linear(code), alaw_to_linear_ref(code));
+        }
+    }
 
     #[test]
     fn known_values() {
