@@ -93,31 +93,49 @@
 //! 54 ms at 0.95 (saturated, downlink 89 % delivered); 700 saturated. Still short of the
 //! issue's 1,000 per core.
 //!
-//! Measured 2026-12-06 (a new session, a fresh machine, no nftables table), after the
-//! RTP endpoint's loop became a hand-polled one (no readiness futures built and dropped
-//! per wake-up) and its RTP socket was registered for reading only (no EPOLLOUT event per
-//! datagram sent), pinned:
-//! - alternating 500-call runs, before → after: 1.31 / 1.31 / 1.36 → 1.29 / 1.24 / 1.29
-//!   ms per call-second (−4 %), p99 up/down 2.1–9.9 / 2.5–18.3 → 1.4–3.7 / 1.3–5.2 ms.
-//! - 600 calls: p99 5.2 up / 7.7 ms down at 0.84 of the core (1.40 ms per call-second,
-//!   714 calls per core), all delivered; 700 calls: 0.95 of the core, p99 56 / 76 ms,
-//!   89 % of the downlink delivered (saturated). At the session's start, on a quieter
-//!   host, the same code before the change carried 700 calls at 0.82 of the core with
-//!   p99 6.4 / 7.5 ms: this VM's speed drifts by some 15 % over an hour.
-//! - `STREAM_FLOOR=1` (bare sockets, the same far ends and servers): 0.81 / 0.78 / 0.79
-//!   / 0.69 / 0.74 ms per call-second at 300 / 500 / 700 / 1,000 / 1,200 calls (1,000
-//!   calls: 0.69 of the core; 1,200: 0.89), all delivered. With the RTP sent from a
-//!   20 ms timer of its own instead of on arrival (`STREAM_FLOOR_TIMER=1`, as the real
-//!   pacer does) it costs some 10 % more (0.63 / 0.65 → 0.70 / 0.74 at 700 calls).
-//!   The switch's work above the floor is ~0.6 ms per call-second (1.40 against 0.80 at
-//!   600-700 calls). `perf` (700 calls, the switch's thread): 68 % kernel (RTP `sendto`
-//!   28 %, the `media` TCP `send` 20 %, TCP reads 10 %, `epoll_wait` 6 %, `recvmmsg` 4 %;
-//!   a loopback send also runs the receiving peer's network stack), user space ~30 %
-//!   spread over some sixty functions (none above 1.4 %): tokio wake-ups and channels,
-//!   G.711, base64 and JSON, tungstenite framing, the playout. 1,000 calls on one core
-//!   with p99 under 20 ms needs the total under ~0.85 ms per call-second, the floor's
-//!   0.69 plus at most ~0.15 of our own: a quarter of what the switch spends above the
-//!   floor today.
+//! Measured 2026-12-06 (a new session, a fresh machine, no nftables table), pinned.
+//! Changes, each measured in alternating runs against the build before it (this VM's
+//! speed drifts by some 15 % within an hour, so only alternating runs compare):
+//! - the RTP endpoint's loop polled by hand (no readiness futures built and dropped per
+//!   wake-up) and its RTP socket registered for reading only (no EPOLLOUT event per
+//!   datagram sent): 500 calls 1.31 / 1.31 / 1.36 → 1.29 / 1.24 / 1.29 ms per
+//!   call-second (−4 %), p99 up/down 2.1–9.9 / 2.5–18.3 → 1.4–3.7 / 1.3–5.2 ms;
+//! - G.711 by table and the `media` JSON's integers through itoa (callgrind: G.711 and
+//!   base64 were a third of the switch thread's user-space instructions): 600 calls
+//!   1.34 / 1.22 / 1.28 (the session's starting build) → 1.16 / 1.22 / 1.24 (−6 %).
+//!
+//! Tried and left out: pacing the endpoint's RTP on the far end's packets (one wake-up
+//! for both): −3 % at 500 calls, but each re-lock shifted the packet clock and the far
+//! ends got 0.6 % fewer packets than real time. A channel hop between the receive path
+//! and the socket's task, added to the floor for a run: no measurable cost (0.71 / 0.78
+//! → 0.69 / 0.71), so writing the uplink from the receive path would not pay.
+//!
+//! After both (`STREAM_CALLS=300,500,600,700,800 STREAM_SECONDS=10`):
+//!
+//! ```text
+//!  calls | uplink p50/p99 | downlink p50/p99 | switch ms/call-s | core | calls/core | delivered d/u
+//!   300  |   0.3 /  0.9   |    0.3 /  0.8    |      1.50        | 0.45 |    668     | 100.1 / 100.0
+//!   500  |   0.5 /  4.7   |    0.4 /  5.7    |      1.19        | 0.59 |    842     | 100.1 / 100.0
+//!   600  |   0.6 /  4.8   |    0.5 /  7.2    |      1.18        | 0.71 |    846     |  99.9 / 100.0
+//!   700  |   0.8 / 23.3   |    0.6 / 29.2    |      1.18        | 0.83 |    845     |  98.6 / 100.0
+//!   800  |   1.2 / 55.3   |    1.0 / 72.8    |      1.15        | 0.92 |    870     |  93.0 / 100.3
+//! ```
+//!
+//! One core carries 600 streamed calls with p99 under 20 ms (under 8 ms), ~650 at the
+//! limit; the p99 passes 20 ms at 83 % of the core, where the far ends' core (0.73) is
+//! loaded too. By CPU, ~850 calls per core.
+//!
+//! The floor (`STREAM_FLOOR=1`: bare sockets, the same far ends and servers): 0.81 /
+//! 0.78 / 0.79 / 0.69 / 0.74 ms per call-second at 300 / 500 / 700 / 1,000 / 1,200 calls
+//! (1,000 calls: 0.69 of the core; 1,200: 0.89), all delivered. With the RTP sent from
+//! a 20 ms timer of its own instead of on arrival (`STREAM_FLOOR_TIMER=1`, as the real
+//! pacer does) it costs some 10 % more (0.63 / 0.65 → 0.70 / 0.74 at 700 calls). `perf`
+//! (700 calls, the switch's thread): 68 % kernel (RTP `sendto` 28 %, the `media` TCP
+//! `send` 20 %, TCP reads 10 %, `epoll_wait` 6 %, `recvmmsg` 4 %; on loopback a send
+//! also runs the receiving peer's network stack), user space ~30 % over some sixty
+//! functions, none above 1.4 %. 1,000 calls on one core with p99 under 20 ms needs the
+//! switch under ~0.85 ms per call-second: the floor's ~0.7 plus at most ~0.15 of its
+//! own, against ~0.4 today.
 //!
 //! Before (listen task with a 20 ms jitter buffer, pacer-aligned downlink, tungstenite's
 //! 128 KiB zero-filled read buffer): uplink p50 31-33 ms, downlink 10-11 ms, 3.1-3.9 ms
