@@ -844,6 +844,17 @@ async fn the_hangup_api_ends_the_model_session_too() {
     assert_eq!(list["data"][0]["status"], "completed", "{list}");
 }
 
+/// The person a caller is handed to: a SIPp that answers PCMA, its media at the sink.
+async fn pcma_sink_person() -> (PayloadSink, Sipp) {
+    let sink = PayloadSink::start().await;
+    let person = Sipp::builder("bridge_uas_pcma_sink.xml")
+        .arg("-key")
+        .arg("sinkport")
+        .arg(&sink.port.to_string())
+        .spawn();
+    (sink, person)
+}
+
 /// A media socket for a SIPp party whose SDP points at it: every RTP payload received.
 struct PayloadSink {
     port: u16,
@@ -987,13 +998,7 @@ fn decoded(payloads: Vec<Vec<u8>>, law: fn(&[u8], &mut [i16]) -> usize) -> Vec<i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_refer_falls_back_to_a_bridged_leg() {
-    // The person the caller is handed to: answers PCMA, its media at our sink.
-    let mut sink = PayloadSink::start().await;
-    let person = Sipp::builder("bridge_uas_pcma_sink.xml")
-        .arg("-key")
-        .arg("sinkport")
-        .arg(&sink.port.to_string())
-        .spawn();
+    let (mut sink, person) = pcma_sink_person().await;
     let (fake, mut h, agent_id) = transferring_agent(&person, |c| c.rtp_ports(37300, 37399)).await;
     let (_dir, scenario) = scenario_with_fixtures("agent_uac_tone_refuse_refer.xml");
     let caller = Sipp::builder(scenario.to_str().unwrap())
@@ -1164,12 +1169,7 @@ async fn keypad_digits_reach_the_model_as_the_callers_text() {
 /// both parties get a BYE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_hand_off_party_times_the_call_out() {
-    let mut sink = PayloadSink::start().await;
-    let person = Sipp::builder("bridge_uas_pcma_sink.xml")
-        .arg("-key")
-        .arg("sinkport")
-        .arg(&sink.port.to_string())
-        .spawn();
+    let (mut sink, person) = pcma_sink_person().await;
     let (fake, mut h, _) =
         transferring_agent(&person, |c| c.rtp_ports(37600, 37699).media_timeout_s(1)).await;
     // The caller's tone lasts 3 s, past the person's 1 s of silence after the bridge.
