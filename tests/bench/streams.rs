@@ -137,6 +137,43 @@
 //! switch under ~0.85 ms per call-second: the floor's ~0.7 plus at most ~0.15 of its
 //! own, against ~0.4 today.
 //!
+//! Measured 2026-12-06, the next session (a new VM, some 1.8 times faster: the floor,
+//! `STREAM_FLOOR_TIMER=1`, 0.40 ms per call-second at 1,000 calls against 0.74 before).
+//! The switch's code is the last session's; the harness changed:
+//! - its WebSocket servers read with a 4 KiB buffer: at tungstenite's 128 KiB default the
+//!   zero-fill before each read was 43 % of the harness's thread at 1,000 calls (`perf`),
+//!   which ran it at ~0.8 of its core; after each stall of the VM (a spinning thread sees
+//!   gaps of up to 24 ms every few seconds here, with nothing else running) it took
+//!   four times the stall to catch up, and that queueing was the latency's p99 (20-40
+//!   ms at 1,000 calls, p95 under 2 ms);
+//! - transparent huge pages off, as `switchyard serve` has them: mimalloc's purged pages
+//!   came back as 2 MiB faults zeroed by the kernel (6.6 % of the switch's thread at
+//!   1,000 calls; barge-in p99 29-90 ms → under 1 ms, the 2 s `media` is no longer
+//!   faulted in);
+//! - the tail (p90 … p99.9) and each runtime's scheduling lag are printed.
+//!
+//! `STREAM_SWITCH_WORKERS=1 STREAM_HARNESS_WORKERS=1 STREAM_PIN=1 STREAM_SECONDS=15`:
+//!
+//! ```text
+//!  calls | uplink p50/p99 | downlink p50/p99 | switch ms/call-s | core | calls/core | delivered d/u
+//!   600  |   0.3 /  1.0   |    0.2 /  1.2    |      0.74        | 0.44 |   1356     | 100.0 / 100.0
+//!   800  |   0.4 /  1.3   |    0.3 /  1.1    |      0.71        | 0.57 |   1401     | 100.0 / 100.0
+//!  1000  |   0.6 /  1.6   |    0.5 /  1.9    |      0.73        | 0.73 |   1364     | 100.1 / 100.0
+//!  1200  |   0.8 /  7.8   |    0.6 / 12.7    |      0.71        | 0.85 |   1411     |  99.8 / 100.0
+//!  1400  |   2.3 / 59.2   |    2.8 / 76.3    |      0.71        | 0.99 |   1413     |  79.1 / 100.1
+//! ```
+//!
+//! Barge-in at 1,000 calls: the last loud packet p99 0.8 ms after `clear` was sent,
+//! `clear` → `cleared` p99 1.2 ms. Six runs at 1,000 calls: p99 up/down 1.6/1.9, 1.5/2.1,
+//! 1.6/2.1, 2.0/2.3, 1.8/2.3 ms at 0.70-0.82 of the core; one at 26/33 ms at 0.93 of
+//! it, in a slow spell of the VM (the floor measured 0.49 instead of 0.40 beside it). One
+//! core carries 1,000 streamed calls with p99 added under 20 ms, 1,200 in its fast
+//! spells. Tried and left out: the endpoint sending each slot's packet when the far end's
+//! packet arrives (a fixed slot grid, the timer only for slots nothing came for; one
+//! wake-up for both directions): alternating runs at 1,000 calls, 0.83 / 0.80 / 0.79 ms
+//! per call-second against 0.83 / 0.70 / 0.82 without, no gain to carry its change to
+//! every call's packet timing.
+//!
 //! Before (listen task with a 20 ms jitter buffer, pacer-aligned downlink, tungstenite's
 //! 128 KiB zero-filled read buffer): uplink p50 31-33 ms, downlink 10-11 ms, 3.1-3.9 ms
 //! CPU per call-second at 100 calls.
@@ -385,7 +422,13 @@ fn media_payload(text: &str) -> Option<Vec<u8>> {
 /// One connection from a stream driver: the Twilio-protocol server side.
 async fn serve(run: Arc<Run>, tcp: tokio::net::TcpStream) {
     let _ = tcp.set_nodelay(true);
-    let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+    // tungstenite zero-fills its whole read buffer before every read: at the 128 KiB
+    // default that memset was 43 % of the harness's thread at 1,000 calls (`perf`), and
+    // the harness's queueing, not the switch, made the latency's tail. The switch's
+    // driver reads with the same 4 KiB (`src/streams/driver.rs`).
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await else {
         return;
     };
     let (mut tx, mut rx) = ws.split();
@@ -496,6 +539,36 @@ fn threads_cpu(name: &str) -> f64 {
             .unwrap_or(0);
     }
     total as f64 / 1e9
+}
+
+/// How late a 1 ms timer task on a runtime wakes up, over phase A: that runtime's
+/// queueing delay (what any task woken there waits before it runs). Returns the
+/// lateness of each wake-up with the time it was due.
+async fn lag_probe(run: Arc<Run>) -> Vec<(Instant, Duration)> {
+    let Some(plan) = run.plan().await else {
+        return Vec::new();
+    };
+    let step = Duration::from_millis(1);
+    let mut due = plan.a_start;
+    let mut lags = Vec::new();
+    while due < plan.a_end {
+        tokio::time::sleep_until(due.into()).await;
+        let now = Instant::now();
+        lags.push((due, now.saturating_duration_since(due)));
+        // A fixed grid; wake-ups missed while late are skipped, not bunched.
+        while due <= now {
+            due += step;
+        }
+    }
+    lags
+}
+
+/// p50 / p99 / max of a probe's lateness in ms, and its wake-ups later than 5 ms.
+fn lag_summary(lags: &[(Instant, Duration)]) -> (Option<f64>, Option<f64>, Option<f64>, usize) {
+    let mut d: Vec<Duration> = lags.iter().map(|&(_, l)| l).collect();
+    d.sort();
+    let late = d.iter().filter(|l| **l > Duration::from_millis(5)).count();
+    (pct(&d, 0.5), pct(&d, 0.99), pct(&d, 1.0), late)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Option<f64> {
@@ -762,6 +835,8 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
         b_start,
         b_end: b_start + Duration::from_millis(3500),
     };
+    let switch_lag = switch_rt.spawn(lag_probe(run.clone()));
+    let harness_lag = harness_rt.spawn(lag_probe(run.clone()));
     plan_tx.send_replace(Some(plan));
     std::thread::sleep(a_start.saturating_duration_since(Instant::now()));
     let counts = |r: &Results| {
@@ -789,6 +864,48 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
         )
     });
     let drops: u64 = kinds.0 + kinds.1 + kinds.2;
+    let switch_lag = switch_rt.block_on(switch_lag).unwrap_or_default();
+    let harness_lag = harness_rt.block_on(harness_lag).unwrap_or_default();
+    // Wake-ups over 5 ms late on both runtimes within 5 ms of each other: a stall of
+    // the whole machine rather than of one side.
+    let both = switch_lag
+        .iter()
+        .filter(|(_, l)| *l > Duration::from_millis(5))
+        .filter(|(at, _)| {
+            harness_lag.iter().any(|(h, l)| {
+                *l > Duration::from_millis(5)
+                    && h.max(at).duration_since(*h.min(at)) < Duration::from_millis(5)
+            })
+        })
+        .count();
+    let (sw, hn) = (lag_summary(&switch_lag), lag_summary(&harness_lag));
+    if std::env::var("STREAM_LAG_TRACE").is_ok() {
+        for (name, lags) in [("switch", &switch_lag), ("harness", &harness_lag)] {
+            let worst: Vec<String> = lags
+                .iter()
+                .filter(|(_, l)| *l > Duration::from_millis(5))
+                .map(|(at, l)| {
+                    format!(
+                        "{:.3}s:{:.1}",
+                        at.duration_since(plan.a_start).as_secs_f64(),
+                        l.as_secs_f64() * 1e3
+                    )
+                })
+                .collect();
+            eprintln!("  {name} late wake-ups (s after phase A start: ms late): {worst:?}");
+        }
+    }
+    eprintln!(
+        "  {n} calls: scheduling lag p50/p99/max (ms, wake-ups > 5 ms late): switch {}/{}/{} ({}), harness {}/{}/{} ({}); late on both at once: {both}",
+        ms(sw.0),
+        ms(sw.1),
+        ms(sw.2),
+        sw.3,
+        ms(hn.0),
+        ms(hn.1),
+        ms(hn.2),
+        hn.3
+    );
     for h in &handles {
         h.stop();
     }
@@ -846,6 +963,16 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
         r.up_extra.load(Ordering::Relaxed),
         r.down_extra.load(Ordering::Relaxed)
     );
+    let tail = |v: &[Duration]| {
+        [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
+            .map(|p| ms(pct(v, p)))
+            .join("/")
+    };
+    eprintln!(
+        "  {n} calls: latency p90/p95/p98/p99/p99.5/p99.9 ms: uplink {}, downlink {}",
+        tail(&up),
+        tail(&down)
+    );
     Some(Row {
         calls: n,
         up: (pct(&up, 0.5), pct(&up, 0.99), up.len()),
@@ -873,6 +1000,12 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
 }
 
 fn main() {
+    // As `switchyard serve` runs (see `src/main.rs`): no transparent huge pages, or each
+    // page mimalloc takes back after a purge costs the kernel zeroing 2 MiB at once (6.6 %
+    // of the switch's thread at 1,000 calls, in `perf`, before this).
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("cannot turn transparent huge pages off: {e}");
+    }
     let seconds = env_u64("STREAM_SECONDS", 10);
     let calls: Vec<usize> = std::env::var("STREAM_CALLS")
         .unwrap_or_else(|_| "50,100,200,300,500,1000".to_owned())
