@@ -164,11 +164,12 @@
 //! ```
 //!
 //! Barge-in at 1,000 calls: the last loud packet p99 0.8 ms after `clear` was sent,
-//! `clear` → `cleared` p99 1.2 ms. Six runs at 1,000 calls: p99 up/down 1.6/1.9, 1.5/2.1,
-//! 1.6/2.1, 2.0/2.3, 1.8/2.3 ms at 0.70-0.82 of the core; one at 26/33 ms at 0.93 of
-//! it, in a slow spell of the VM (the floor measured 0.49 instead of 0.40 beside it). One
-//! core carries 1,000 streamed calls with p99 added under 20 ms, 1,200 in its fast
-//! spells. Tried and left out: the endpoint sending each slot's packet when the far end's
+//! `clear` → `cleared` p99 1.2 ms. Seven runs at 1,000 calls: five with p99 up/down
+//! 1.6/1.9, 1.5/2.1, 1.6/2.1, 2.0/2.3, 1.8/2.3 ms at 0.70-0.82 of the core; two over 20
+//! ms, 26/33 ms at 0.93 of the core in a slow spell of the VM (the floor measured 0.49
+//! instead of 0.40 beside it) and 26/36 ms at 0.83 (p95 2.1 ms: a stall's backlog). One
+//! core carries 1,000 streamed calls with p99 added under 20 ms in most runs, 1,200 in
+//! the VM's fast spells. Tried and left out: the endpoint sending each slot's packet when the far end's
 //! packet arrives (a fixed slot grid, the timer only for slots nothing came for; one
 //! wake-up for both directions): alternating runs at 1,000 calls, 0.83 / 0.80 / 0.79 ms
 //! per call-second against 0.83 / 0.70 / 0.82 without, no gain to carry its change to
