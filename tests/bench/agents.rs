@@ -413,7 +413,13 @@ async fn serve(run: Arc<Run>, tcp: tokio::net::TcpStream) {
         });
         Ok(resp)
     };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+    // A 4 KiB read buffer, as the switch's side reads: tungstenite zero-fills the whole
+    // buffer before every read, and at the 128 KiB default that made the streams bench's
+    // harness, not the switch, the slow part (see `tests/bench/streams.rs`).
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await
+    else {
         return;
     };
     let Some(i) = index.filter(|&i| i < run.calls.len()) else {
@@ -1079,6 +1085,10 @@ fn run_once(n: usize, seconds: u64) -> Option<Row> {
 }
 
 fn main() {
+    // As `switchyard serve` runs (see `src/main.rs`): no transparent huge pages.
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("cannot turn transparent huge pages off: {e}");
+    }
     let seconds = env_u64("AGENT_SECONDS", 10);
     let singles = env_u64("AGENT_SINGLE", 5) as usize;
     let calls: Vec<usize> = std::env::var("AGENT_CALLS")
