@@ -17,9 +17,9 @@
 //! The test checks that each committed file is exactly what this code generates; with
 //! `SWITCHYARD_WRITE_FIXTURES=1` it (re)writes the files instead. Opus is the exception:
 //! `opus-rs` picks its float code paths (AVX, AVX2, FMA) by the CPU it runs on, and fused
-//! multiply-adds round differently, so its bytes differ from one machine to the next (the
-//! committed file came from a CPU without AVX-512, and a test run on one with it failed
-//! the byte comparison). For it the packets' headers are checked exactly and the
+//! multiply-adds round differently, so its bytes differ from one machine to the next (a
+//! VM with AVX2 and FMA failed the byte comparison against the committed file, written on
+//! an earlier one). For it the packets' headers are checked exactly and the
 //! committed payloads by decoding them back to the tone.
 
 use std::path::PathBuf;
