@@ -142,10 +142,10 @@
 //! The switch's code is the last session's; the harness changed:
 //! - its WebSocket servers read with a 4 KiB buffer: at tungstenite's 128 KiB default the
 //!   zero-fill before each read was 43 % of the harness's thread at 1,000 calls (`perf`),
-//!   which ran it at ~0.8 of its core; after each stall of the VM (a spinning thread sees
-//!   gaps of up to 24 ms every few seconds here, with nothing else running) it took
-//!   four times the stall to catch up, and that queueing was the latency's p99 (20-40
-//!   ms at 1,000 calls, p95 under 2 ms);
+//!   which ran it at ~0.8 of its core; at that load a backlog drains at a fifth of real
+//!   time, so each stall of the VM (a spinning thread sees gaps of up to 24 ms every few
+//!   seconds here, with nothing else running) took some four times its length to clear,
+//!   and that queueing was the latency's p99 (20-40 ms at 1,000 calls, p95 under 2 ms);
 //! - transparent huge pages off, as `switchyard serve` has them: mimalloc's purged pages
 //!   came back as 2 MiB faults zeroed by the kernel (6.6 % of the switch's thread at
 //!   1,000 calls; barge-in p99 29-90 ms → under 1 ms, the 2 s `media` is no longer
@@ -169,11 +169,13 @@
 //! ms, 26/33 ms at 0.93 of the core in a slow spell of the VM (the floor measured 0.49
 //! instead of 0.40 beside it) and 26/36 ms at 0.83 (p95 2.1 ms: a stall's backlog). One
 //! core carries 1,000 streamed calls with p99 added under 20 ms in most runs, 1,200 in
-//! the VM's fast spells. Tried and left out: the endpoint sending each slot's packet when the far end's
-//! packet arrives (a fixed slot grid, the timer only for slots nothing came for; one
-//! wake-up for both directions): alternating runs at 1,000 calls, 0.83 / 0.80 / 0.79 ms
-//! per call-second against 0.83 / 0.70 / 0.82 without, no gain to carry its change to
-//! every call's packet timing.
+//! the VM's fast spells.
+//!
+//! Tried and left out: the endpoint sending each slot's packet when the far end's packet
+//! arrives (a fixed slot grid, the timer only for slots nothing came for; one wake-up
+//! for both directions): alternating runs at 1,000 calls, 0.83 / 0.80 / 0.79 ms per
+//! call-second against 0.83 / 0.70 / 0.82 without; no gain to carry its change to every
+//! call's packet timing.
 //!
 //! Before (listen task with a 20 ms jitter buffer, pacer-aligned downlink, tungstenite's
 //! 128 KiB zero-filled read buffer): uplink p50 31-33 ms, downlink 10-11 ms, 3.1-3.9 ms
