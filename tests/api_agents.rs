@@ -693,6 +693,17 @@ async fn agents_crud_and_validation() {
         ),
         (json!({"instructions": null}), "instructions"),
         (json!({"instructions": ""}), "instructions"),
+        // PostgreSQL stores no NUL: refused in every text, prompts included.
+        (json!({"instructions": "Be\u{0}kind."}), "instructions"),
+        (
+            json!({"instructions": null, "system_prompt": "\u{0}"}),
+            "instructions",
+        ),
+        (json!({"identity": "You are\u{0}Ana."}), "identity"),
+        (
+            json!({"greeting_type": "static", "static_greeting": "Hi\u{0}"}),
+            "static_greeting",
+        ),
         (json!({"server_url": "ftp://example.com/x"}), "server_url"),
         (json!({"server_url": "not a url"}), "server_url"),
         (

@@ -398,6 +398,11 @@ fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), Ap
             format!("must be {min} to {max} characters"),
         ));
     }
+    // Prompts may hold newlines and tabs, but PostgreSQL stores no NUL (a 500 before,
+    // found by Schemathesis on PostgreSQL).
+    if value.contains('\0') {
+        return Err(ApiError::validation(field, "must not contain NUL (U+0000)"));
+    }
     Ok(())
 }
 
