@@ -164,10 +164,11 @@
 //! ```
 //!
 //! Barge-in at 1,000 calls: the last loud packet p99 0.8 ms after `clear` was sent,
-//! `clear` → `cleared` p99 1.2 ms. Seven runs at 1,000 calls: five with p99 up/down
-//! 1.6/1.9, 1.5/2.1, 1.6/2.1, 2.0/2.3, 1.8/2.3 ms at 0.70-0.82 of the core; two over 20
-//! ms, 26/33 ms at 0.93 of the core in a slow spell of the VM (the floor measured 0.49
-//! instead of 0.40 beside it) and 26/36 ms at 0.83 (p95 2.1 ms: a stall's backlog). One
+//! `clear` → `cleared` p99 1.2 ms. Ten runs at 1,000 calls: eight with p99 up/down
+//! 1.6/1.9, 1.5/2.1, 1.6/2.1, 2.0/2.3, 1.8/2.3, 1.4/1.7, 1.8/2.2, 7.2/8.4 ms at 0.68-0.82
+//! of the core; two over 20 ms, 26/33 ms at 0.93 of the core in a slow spell of the VM
+//! (the floor measured 0.49 instead of 0.40 beside it) and 26/36 ms at 0.83 (p95 2.1
+//! ms: a stall's backlog). One
 //! core carries 1,000 streamed calls with p99 added under 20 ms in most runs, 1,200 in
 //! the VM's fast spells.
 //!
