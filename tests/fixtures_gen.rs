@@ -24,6 +24,10 @@
 
 use std::path::PathBuf;
 
+mod common;
+
+use common::fixtures::goertzel;
+
 use media::codec::AudioCodec;
 
 /// Peak of a 0 dBm0 sine in µ-law (G.711: the full-scale sine, peak 32124, is +3.17 dBm0).
@@ -298,17 +302,7 @@ fn assert_tone(f: &Fixture, pcm: &[i16]) {
     // Past the codec's start-up; whole 10 ms blocks, so 600 Hz completes its cycles.
     let rate = f64::from(f.codec.sample_rate());
     let tail = &pcm[pcm.len() / 2..];
-    let power = |hz: f64| {
-        let w = 2.0 * std::f64::consts::PI * hz / rate;
-        let coeff = 2.0 * w.cos();
-        let (mut s1, mut s2) = (0.0f64, 0.0f64);
-        for &s in tail {
-            let s0 = f64::from(s) + coeff * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        s1 * s1 + s2 * s2 - coeff * s1 * s2
-    };
+    let power = |hz: f64| goertzel(tail, hz, rate);
     let margin =
         10.0 * (power(f.tone_hz) / power(f.tone_hz * 0.7).max(power(f.tone_hz * 1.3))).log10();
     assert!(
